@@ -1,0 +1,50 @@
+"""Per-org fault injection, deterministic for a given seed.
+
+Admin endpoints set an org's :class:`OrgFaults`; the transport (latency, 503s, token expiry),
+the record store (lock errors), the API counter (lowered limit) and CDC (gaps, overflow, purge,
+dropped streams) consult it. Decisions hash the seed with the subject, so one seed always gives
+the same faults for the same records, whatever the order of calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+def _fraction(seed: int, *parts: str) -> float:
+    digest = hashlib.sha256("|".join((str(seed), *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass
+class OrgFaults:
+    """What is currently wrong with one org. All off by default."""
+
+    seed: int = 0
+    latency_ms: int = 0
+    # Share of REST calls answered 503 SERVER_UNAVAILABLE.
+    unavailable_ratio: float = 0.0
+    # Share of records whose writes fail with UNABLE_TO_LOCK_ROW.
+    lock_ratio: float = 0.0
+    # Each (call, record) pair is decided independently, so a retry can succeed.
+    lock_attempt_counter: dict[str, int] = field(default_factory=dict)
+    # Overrides the org's daily API limit when set.
+    api_limit: int | None = None
+    # Pub/Sub streams open before this many seconds of uptime are cut (incremented per drop).
+    drop_streams_generation: int = 0
+
+    def unavailable(self, call_id: str) -> bool:
+        """Whether this call gets a 503."""
+        return self.unavailable_ratio > 0 and _fraction(self.seed, "503", call_id) < self.unavailable_ratio
+
+    def lock_error(self, record_key: str) -> bool:
+        """Whether this attempt to write ``record_key`` fails with UNABLE_TO_LOCK_ROW.
+
+        Every attempt counts, so a record that failed once can succeed on a retry, as in Salesforce.
+        """
+        if self.lock_ratio <= 0:
+            return False
+        attempt = self.lock_attempt_counter.get(record_key, 0)
+        self.lock_attempt_counter[record_key] = attempt + 1
+        return _fraction(self.seed, "lock", record_key, str(attempt)) < self.lock_ratio
