@@ -1,0 +1,245 @@
+"""Per-field conflict resolution: pure functions over one field's state, no I/O.
+
+For every link and field the resolver keeps a :class:`FieldState`:
+
+- ``truth``: the value Duplex last decided both sides should hold, with the side that authored
+  it and the origin commit time of that edit;
+- ``pending``: per side, the value Duplex has asked that side to write and not yet seen back;
+- ``seen``: per side, the last genuine (non-echo) edit observed from it, to spot stale and
+  duplicate deliveries.
+
+A genuine edit from side S proposes a new truth. It is a *conflict* only when S edited without
+having received the current truth, which is exactly when a write of that truth to S is still
+pending. Otherwise S edited on top of the truth and simply wins. Conflicts are settled by the
+field's policy. An echo (Duplex's own write coming back, by origin client or by value) only
+confirms the pending write and never causes a write, so Duplex cannot argue with itself.
+
+Further rules, for every policy:
+- a blank (null, empty string, empty multi-value) never overwrites data unless the mapping
+  allows nulls; the side that holds data keeps it;
+- a field's direction limits which side Duplex may write;
+- a side is written only when the value it will hold differs from the truth.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from decimal import Decimal
+
+from services.common.tenant_config import ConflictPolicy as Policy
+from services.common.tenant_config import Direction
+
+# A field value in domain terms. Multi-values are tuples so that values are hashable and comparable.
+Value = None | str | int | Decimal | float | bool | date | datetime | tuple[str, ...]
+
+
+class Side(enum.StrEnum):
+    APP = "app"
+    CRM = "crm"
+
+    @property
+    def other(self) -> Side:
+        return Side.CRM if self is Side.APP else Side.APP
+
+
+def may_write(direction: Direction, side: Side) -> bool:
+    """Whether a field with this direction may be written by Duplex on ``side``."""
+    return direction.to_crm if side is Side.CRM else direction.to_app
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    policy: Policy
+    direction: Direction = Direction.BOTH
+    allow_nulls: bool = False
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A value, the side that authored it and the origin commit time of that edit."""
+
+    value: Value
+    author: Side
+    at: datetime
+
+
+@dataclass(frozen=True)
+class FieldState:
+    truth: Edit | None = None
+    # Writes in flight per side, oldest first: a record's writes land in the order they were sent.
+    pending_app: tuple[Edit, ...] = ()
+    pending_crm: tuple[Edit, ...] = ()
+    seen_app: Edit | None = None
+    seen_crm: Edit | None = None
+
+    def pending(self, side: Side) -> tuple[Edit, ...]:
+        return self.pending_app if side is Side.APP else self.pending_crm
+
+    def seen(self, side: Side) -> Edit | None:
+        return self.seen_app if side is Side.APP else self.seen_crm
+
+    def with_pending(self, side: Side, edits: tuple[Edit, ...]) -> FieldState:
+        return replace(self, pending_app=edits) if side is Side.APP else replace(self, pending_crm=edits)
+
+    def with_seen(self, side: Side, edit: Edit) -> FieldState:
+        return replace(self, seen_app=edit) if side is Side.APP else replace(self, seen_crm=edit)
+
+    def landed(self, side: Side, value: Value) -> FieldState | None:
+        """The state after our write of ``value`` landed on ``side``, or None if none is pending.
+
+        The oldest pending write with that value is the one that landed; older ones before it were
+        superseded (coalesced by the writer, or their echoes overtaken) and will not echo.
+        """
+        pending = self.pending(side)
+        for i, edit in enumerate(pending):
+            if same_value(edit.value, value):
+                return self.with_pending(side, pending[i + 1 :])
+        return None
+
+
+class Outcome(enum.StrEnum):
+    """What an incoming value turned out to be."""
+
+    ECHO = "echo"  # Duplex's own write coming back: confirmed, dropped
+    STALE = "stale"  # older than an edit already seen from that side
+    DUPLICATE = "duplicate"  # the same edit again (a redelivery)
+    UNCHANGED = "unchanged"  # a genuine edit that leaves the truth as it was
+    ACCEPTED = "accepted"  # the edit is the new truth
+    REJECTED = "rejected"  # the edit lost a conflict; the truth stands
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The result of one incoming value, for the sync log and the writers."""
+
+    outcome: Outcome
+    state: FieldState
+    # Values Duplex must now write, per side (at most one per side per incoming edit).
+    writes: dict[Side, Edit]
+    reason: str
+    conflict: bool = False
+
+
+def is_blank(value: Value) -> bool:
+    """Null, an empty or whitespace-only string, or an empty multi-value."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, tuple) and not value
+
+
+def same_value(a: Value, b: Value) -> bool:
+    """Equal as field values: all blanks are equal; decimals compare exactly; types must match."""
+    if is_blank(a) and is_blank(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+# When two edits carry the same origin commit time, Salesforce's wins: its timestamps are the
+# org's own commit clock, and the org is usually the system of record for shared fields.
+TIE_WINNER = Side.CRM
+
+
+def conflict_winner(policy: Policy, proposal: Edit, truth: Edit) -> tuple[Side, str]:
+    """Which side wins a conflict between two concurrent edits from different sides."""
+    app, crm = (proposal, truth) if proposal.author is Side.APP else (truth, proposal)
+    if policy is Policy.APP_WINS:
+        return Side.APP, "conflict: app wins"
+    if policy is Policy.CRM_WINS:
+        return Side.CRM, "conflict: crm wins"
+    if policy is Policy.NEWEST_WINS:
+        if app.at == crm.at:
+            return TIE_WINNER, "conflict: same commit time, crm wins ties"
+        return (Side.APP, "conflict: app is newer") if app.at > crm.at else (Side.CRM, "conflict: crm is newer")
+    if policy is Policy.APP_UNLESS_BLANK:
+        return (Side.CRM, "conflict: app is blank") if is_blank(app.value) else (Side.APP, "conflict: app wins")
+    return (Side.APP, "conflict: crm is blank") if is_blank(crm.value) else (Side.CRM, "conflict: crm wins")
+
+
+def observe(
+    rule: FieldRule, state: FieldState, side: Side, value: Value, at: datetime, *, from_duplex: bool
+) -> Decision:
+    """Take one value reported by ``side`` (committed there at ``at``) and decide what follows."""
+    if from_duplex:
+        # Only a tagged echo proves our write landed on that side, in that side's commit order.
+        landed = state.landed(side, value)
+        if landed is not None:
+            return Decision(Outcome.ECHO, landed, {}, "echo confirms pending write")
+        return Decision(Outcome.ECHO, state, {}, "echo of an earlier write")
+
+    seen = state.seen(side)
+    if seen is not None and at < seen.at:
+        return Decision(Outcome.STALE, state, {}, f"older than the last {side} edit")
+    if seen is not None and at == seen.at and same_value(seen.value, value):
+        return Decision(Outcome.DUPLICATE, state, {}, "already seen")
+
+    proposal = Edit(value, side, at)
+    state = state.with_seen(side, proposal)
+    truth = state.truth
+    if truth is not None and same_value(truth.value, value):
+        # The side agrees with the truth (perhaps typed before our write landed). Nothing to write,
+        # but a newer edit becomes the truth's authorship so newest-wins compares against it.
+        if at > truth.at:
+            state = replace(state, truth=proposal)
+        return Decision(Outcome.UNCHANGED, state, {}, "same as the synced value")
+
+    # Concurrent edit: the side edited without having the truth, because our write of it there is
+    # still in flight, or because its edit is older than the truth itself.
+    conflict = truth is not None and truth.author is not side and (bool(state.pending(side)) or at < truth.at)
+    if truth is not None and conflict:
+        winner, reason = conflict_winner(rule.policy, proposal, truth)
+        if winner is not side:
+            return Decision(Outcome.REJECTED, *_restore(rule, state, side, truth), reason, conflict=True)
+    else:
+        reason = "first value seen" if truth is None else f"{side} changed"
+
+    if is_blank(value) and not rule.allow_nulls and truth is not None and not is_blank(truth.value):
+        # The blank stays on its side; the other side keeps its data and the truth stands.
+        return Decision(Outcome.UNCHANGED, state, {}, f"{reason}; blank does not overwrite data", conflict=conflict)
+
+    state = replace(state, truth=proposal)
+    writes: dict[Side, Edit] = {}
+    other = side.other
+    # A blank only travels when the mapping allows nulls: the other side may hold data we never saw.
+    if (
+        may_write(rule.direction, other)
+        and not _sending(state, other, value)
+        and (rule.allow_nulls or not is_blank(value))
+    ):
+        writes[other] = proposal
+    if state.pending(side) and may_write(rule.direction, side):
+        # Our earlier write to this side is still in flight and will land after this edit: write the
+        # edit back after it, or the side would end up holding the value that just lost.
+        writes[side] = proposal
+    for target, write in writes.items():
+        state = state.with_pending(target, (*state.pending(target), write))
+    return Decision(Outcome.ACCEPTED, state, writes, reason, conflict=conflict)
+
+
+def _sending(state: FieldState, side: Side, value: Value) -> bool:
+    """Whether the last write in flight to ``side`` already carries ``value``."""
+    pending = state.pending(side)
+    return bool(pending) and same_value(pending[-1].value, value)
+
+
+def _restore(rule: FieldRule, state: FieldState, side: Side, truth: Edit) -> tuple[FieldState, dict[Side, Edit]]:
+    """After ``side`` lost a conflict, make sure it ends up holding the truth again."""
+    if _sending(state, side, truth.value) or not may_write(rule.direction, side):
+        return state, {}
+    if is_blank(truth.value) and not rule.allow_nulls:
+        return state, {}
+    return state.with_pending(side, (*state.pending(side), truth)), {side: truth}
+
+
+def roll_back(state: FieldState, side: Side, value: Value) -> FieldState:
+    """``side`` refused the write of ``value`` for good: it will never echo, so stop waiting for it.
+
+    Successful write outcomes deliberately confirm nothing: they can overtake the side's own
+    change stream, and only the echo, in that side's commit order, shows which edits our write
+    overwrote.
+    """
+    pending = state.pending(side)
+    return state.with_pending(side, tuple(e for e in pending if not same_value(e.value, value)))
