@@ -1,0 +1,234 @@
+"""``duplex``: the admin command line.
+
+Exit codes: 0 success; 1 the request is invalid (bad configuration or usage, unknown tenant or
+version); 2 the database cannot be reached or used. Errors are one line each on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+import yaml
+
+# Not re-exported by typer, which vendors click; pinned in uv.lock.
+from typer._click import Context
+from typer._click.exceptions import UsageError
+from typer.core import TyperGroup
+
+from services.admin.config_store import ConfigStore, DatabaseUnavailableError, connect
+from services.admin.settings import AdminSettings, load_settings
+from services.common.tenant_config import (
+    ConfigFileError,
+    ConfigInvalidError,
+    LoadedDocument,
+    StoredConfig,
+    parse_config_sources,
+    to_document,
+)
+
+EXIT_INVALID = 1
+EXIT_DATABASE = 2
+
+
+class _Group(TyperGroup):
+    """Usage errors exit 1 like every other invalid request, so 2 always means "database unavailable"."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Context | None = None, **extra: Any
+    ) -> Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except UsageError as exc:
+            exc.exit_code = EXIT_INVALID
+            raise
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            exc.exit_code = EXIT_INVALID
+            raise
+
+
+app = typer.Typer(
+    name="duplex",
+    cls=_Group,
+    help="Duplex admin: tenants and their Salesforce sync configuration.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Validate, apply and show tenant configuration.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Inspect tenants.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(tenants_app, name="tenants")
+
+
+class OutputFormat(StrEnum):
+    YAML = "yaml"
+    JSON = "json"
+
+
+class TableFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+Files = Annotated[
+    list[str],
+    typer.Option(
+        "--filename",
+        "-f",
+        help="YAML file with one or more Tenant documents ('-' reads stdin). Repeatable.",
+        show_default=False,
+    ),
+]
+Dsn = Annotated[
+    str | None,
+    typer.Option("--dsn", help="PostgreSQL DSN; defaults to $POSTGRES_DSN.", show_default=False),
+]
+
+T = TypeVar("T")
+
+
+def _fail(lines: str | list[str] | tuple[str, ...], code: int) -> NoReturn:
+    for line in [lines] if isinstance(lines, str) else lines:
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+def _read_sources(files: list[str]) -> list[tuple[str, str]]:
+    sources = []
+    for name in files:
+        if name == "-":
+            sources.append(("<stdin>", sys.stdin.read()))
+            continue
+        try:
+            sources.append((name, Path(name).read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            _fail(f"{name}: cannot read: {reason}", EXIT_INVALID)
+    return sources
+
+
+def _load(files: list[str]) -> list[LoadedDocument]:
+    try:
+        return parse_config_sources(_read_sources(files))
+    except ConfigFileError as exc:
+        _fail(exc.problems, EXIT_INVALID)
+
+
+def _settings(dsn: str | None) -> tuple[AdminSettings, str]:
+    settings = load_settings(dsn)
+    if settings.postgres_dsn is None:
+        _fail("no database configured: set POSTGRES_DSN or pass --dsn", EXIT_DATABASE)
+    return settings, settings.postgres_dsn.get_secret_value()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except DatabaseUnavailableError as exc:
+        _fail(str(exc), EXIT_DATABASE)
+
+
+@config_app.command("validate")
+def validate(files: Files) -> None:
+    """Check files without touching the database."""
+    for doc in _load(files):
+        pairs = doc.config.spec.objects
+        fields = sum(len(p.fields) for p in pairs)
+        typer.echo(f"tenant/{doc.config.tenant_id} valid ({len(pairs)} object pairs, {fields} fields)")
+
+
+@config_app.command("apply")
+def apply(files: Files, dsn: Dsn = None) -> None:
+    """Store each tenant's document as its next version; nothing is written unless every document is valid."""
+    docs = _load(files)
+    settings, url = _settings(dsn)
+
+    async def run() -> list[str]:
+        async with connect(url, settings.connect_timeout_seconds) as conn:
+            results = await ConfigStore(conn).apply([d.config for d in docs], settings.actor)
+        return [
+            f"tenant/{r.tenant_id} {'configured' if r.changed else 'unchanged'} (version {r.version})" for r in results
+        ]
+
+    for line in _run(run()):
+        typer.echo(line)
+
+
+@config_app.command("show")
+def show(
+    tenant: Annotated[str, typer.Argument(help="Tenant name (metadata.name).", show_default=False)],
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="A stored version (default: current).", show_default=False)
+    ] = None,
+    output: Annotated[OutputFormat, typer.Option("--output", "-o", help="Output format.")] = OutputFormat.YAML,
+    dsn: Dsn = None,
+) -> None:
+    """Print a stored configuration; the output can be applied again as it is."""
+    settings, url = _settings(dsn)
+
+    async def run() -> StoredConfig | None:
+        async with connect(url, settings.connect_timeout_seconds) as conn:
+            return await ConfigStore(conn).get(tenant, version)
+
+    try:
+        stored = _run(run())
+    except ConfigInvalidError as exc:
+        # Only possible if the schema tightened after this version was stored.
+        _fail(f"tenant/{tenant}: the stored version no longer validates: {exc}", EXIT_INVALID)
+    if stored is None:
+        which = "no stored configuration" if version is None else f"no version {version}"
+        _fail(f"tenant/{tenant}: {which}", EXIT_INVALID)
+    document = to_document(stored.config)
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    typer.echo(
+        f"# tenant/{stored.tenant_id} version {stored.version}, applied {stored.applied_at.isoformat()}"
+        f" by {stored.applied_by}\n# sha256 {stored.sha256}"
+    )
+    typer.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
+
+
+@tenants_app.command("list")
+def list_tenants(
+    output: Annotated[TableFormat, typer.Option("--output", "-o", help="Output format.")] = TableFormat.TABLE,
+    dsn: Dsn = None,
+) -> None:
+    """Every tenant with its current configuration version."""
+    settings, url = _settings(dsn)
+
+    async def run() -> list[dict[str, Any]]:
+        async with connect(url, settings.connect_timeout_seconds) as conn:
+            tenants = await ConfigStore(conn).list_tenants()
+        return [
+            {
+                "name": t.tenant_id,
+                "version": t.version,
+                "appliedAt": t.applied_at.isoformat() if t.applied_at else None,
+                "appliedBy": t.applied_by,
+                "createdAt": t.created_at.isoformat(),
+            }
+            for t in tenants
+        ]
+
+    rows = _run(run())
+    if output is TableFormat.JSON:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = [("NAME", "VERSION", "APPLIED", "APPLIED BY")] + [
+        (r["name"], str(r["version"] or "-"), r["appliedAt"] or "-", r["appliedBy"] or "-") for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
