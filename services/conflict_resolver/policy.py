@@ -25,23 +25,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 
+from services.common.change import Side
 from services.common.tenant_config import ConflictPolicy as Policy
 from services.common.tenant_config import Direction
-
-# A field value in domain terms. Multi-values are tuples so that values are hashable and comparable.
-Value = None | str | int | Decimal | float | bool | date | datetime | tuple[str, ...]
-
-
-class Side(enum.StrEnum):
-    APP = "app"
-    CRM = "crm"
-
-    @property
-    def other(self) -> Side:
-        return Side.CRM if self is Side.APP else Side.APP
+from services.common.values import Value, is_blank, same_value
 
 
 def may_write(direction: Direction, side: Side) -> bool:
@@ -120,22 +109,6 @@ class Decision:
     writes: dict[Side, Edit]
     reason: str
     conflict: bool = False
-
-
-def is_blank(value: Value) -> bool:
-    """Null, an empty or whitespace-only string, or an empty multi-value."""
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    return isinstance(value, tuple) and not value
-
-
-def same_value(a: Value, b: Value) -> bool:
-    """Equal as field values: all blanks are equal; decimals compare exactly; types must match."""
-    if is_blank(a) and is_blank(b):
-        return True
-    return type(a) is type(b) and a == b
 
 
 # When two edits carry the same origin commit time, Salesforce's wins: its timestamps are the

@@ -7,20 +7,18 @@ from decimal import Decimal
 
 import pytest
 
+from services.common.change import Side
 from services.common.tenant_config import ConflictPolicy as Policy
 from services.common.tenant_config import Direction
+from services.common.values import Value, is_blank, same_value
 from services.conflict_resolver.policy import (
     Edit,
     FieldRule,
     FieldState,
     Outcome,
-    Side,
-    Value,
     conflict_winner,
-    is_blank,
     observe,
     roll_back,
-    same_value,
 )
 
 pytestmark = pytest.mark.unit

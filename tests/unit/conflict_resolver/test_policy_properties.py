@@ -17,17 +17,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.common.change import Side
 from services.common.tenant_config import ConflictPolicy as Policy
 from services.common.tenant_config import Direction
+from services.common.values import Value, is_blank
 from services.conflict_resolver.policy import (
     Decision,
     Edit,
     FieldRule,
     FieldState,
     Outcome,
-    Side,
-    Value,
-    is_blank,
     may_write,
     observe,
 )

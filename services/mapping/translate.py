@@ -1,0 +1,319 @@
+"""Translate a change on one side into both sides' terms. Pure: no I/O.
+
+For each field mapping of the object pair whose source field is part of the change:
+- the field's direction decides whether the value may travel this way at all; Salesforce fields
+  that describe reports as read-only (formula, system, not updateable) only travel CRM -> app;
+- the value is coerced to the mapping's type, then converted for the other side: picklist value
+  maps, references translated through links, string lengths checked against the mapping and
+  Salesforce's describe;
+- what cannot travel is listed as dropped with a reason; what is invalid rejects the whole change
+  (it goes to the sync log and the DLQ with the reason, and the partition moves on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+
+from services.common.change import Change, Side
+from services.common.tenant_config import Direction, FieldMapping, FieldType, ObjectPair, OnUnresolved, RecordFilter
+from services.common.values import Reference, Value, is_blank
+
+# (pair name, side the id belongs to, id) -> the linked record's id on the other side, if linked.
+ResolveReference = Callable[[str, Side, str], str | None]
+
+
+@dataclass(frozen=True)
+class CrmFieldInfo:
+    """What Salesforce's describe says about a field (the parts mapping needs)."""
+
+    name: str
+    updateable: bool = True
+    createable: bool = True
+    calculated: bool = False
+    length: int = 0
+
+    @property
+    def read_only(self) -> bool:
+        return self.calculated or not (self.updateable or self.createable)
+
+
+@dataclass(frozen=True)
+class MappedField:
+    app_field: str
+    crm_field: str
+    app_value: Value
+    crm_value: Value
+    changed: bool
+
+
+@dataclass(frozen=True)
+class Dropped:
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Mapped:
+    pair: str
+    fields: tuple[MappedField, ...]
+    dropped: tuple[Dropped, ...]
+    # References whose target has no link yet, to retry once it has (rule "hold").
+    held: tuple[str, ...] = ()
+
+
+class RejectedChangeError(ValueError):
+    """The change cannot be mapped; ``code`` is a stable reason code for the sync log."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.code = code
+        self.field = field
+
+
+def effective_direction(mapping: FieldMapping, pair: ObjectPair, crm: CrmFieldInfo | None) -> Direction:
+    """The field's direction, forced to CRM -> app when Salesforce says the field is read-only."""
+    if crm is not None and crm.read_only:
+        return Direction.CRM_TO_APP
+    return pair.direction_of(mapping)
+
+
+def matches_filter(record_filter: RecordFilter | None, side: Side, fields: Mapping[str, Value]) -> bool:
+    """Whether a record passes the pair's filter for its side (conditions on absent fields pass)."""
+    if record_filter is None:
+        return True
+    conditions = record_filter.app if side is Side.APP else record_filter.salesforce
+    lowered = {name.lower(): value for name, value in fields.items()}
+    for condition in conditions:
+        key = condition.field.lower()
+        if key not in lowered:
+            continue
+        value = lowered[key]
+        if condition.not_null and is_blank(value):
+            return False
+        if condition.equals is not None and value != condition.equals:
+            return False
+        if condition.in_ is not None and value not in condition.in_:
+            return False
+    return True
+
+
+def translate(
+    pair: ObjectPair,
+    change: Change,
+    *,
+    resolve: ResolveReference,
+    crm_fields: Mapping[str, CrmFieldInfo] | None = None,
+) -> Mapped:
+    """``change`` in both sides' terms. Raises RejectedChangeError when a value is invalid."""
+    crm_info = {name.lower(): info for name, info in (crm_fields or {}).items()}
+    source = {name.lower(): (name, value) for name, value in change.fields.items()}
+    mapped: list[MappedField] = []
+    dropped: list[Dropped] = []
+    held: list[str] = []
+    for mapping in pair.fields:
+        source_name = mapping.app if change.side is Side.APP else mapping.salesforce
+        found = source.get(source_name.lower())
+        if found is None:
+            continue
+        _, raw = found
+        direction = effective_direction(mapping, pair, crm_info.get(mapping.salesforce.lower()))
+        allowed = direction.to_crm if change.side is Side.APP else direction.to_app
+        if not allowed:
+            dropped.append(Dropped(source_name, f"direction is {direction}"))
+            continue
+        try:
+            app_value, crm_value = _both_sides(pair, mapping, change.side, raw, crm_info, resolve)
+        except _UnresolvedReferenceError as unresolved:
+            rule = mapping.reference.on_unresolved if mapping.reference else OnUnresolved.HOLD
+            if rule is OnUnresolved.REJECT:
+                raise RejectedChangeError("UNRESOLVED_REFERENCE", str(unresolved), source_name) from None
+            if rule is OnUnresolved.HOLD:
+                held.append(source_name)
+            dropped.append(Dropped(source_name, f"unresolved reference ({rule})"))
+            continue
+        mapped.append(
+            MappedField(mapping.app, mapping.salesforce, app_value, crm_value, changed=change.was_changed(source_name))
+        )
+    return Mapped(pair.name, tuple(mapped), tuple(dropped), tuple(held))
+
+
+class _UnresolvedReferenceError(LookupError):
+    pass
+
+
+def _both_sides(
+    pair: ObjectPair,
+    mapping: FieldMapping,
+    side: Side,
+    raw: Value,
+    crm_info: Mapping[str, CrmFieldInfo],
+    resolve: ResolveReference,
+) -> tuple[Value, Value]:
+    name = mapping.app if side is Side.APP else mapping.salesforce
+    transform = mapping.transform
+    kind = transform.type if transform is not None else None
+    value = coerce(raw, kind, name) if kind is not None else raw
+    if value is None:
+        return None, None
+
+    if kind is FieldType.REFERENCE and mapping.reference is not None:
+        other = resolve(mapping.reference.object, side, str(value))
+        if other is None:
+            raise _UnresolvedReferenceError(f"no link yet for {mapping.reference.object} record {value}")
+        linked = Reference(other)
+        return (value, linked) if side is Side.APP else (linked, value)
+
+    value_map = transform.value_map if transform is not None else None
+    if value_map:
+        translated = _map_values(value, value_map if side is Side.APP else _invert(value_map), name)
+        app_value, crm_value = (value, translated) if side is Side.APP else (translated, value)
+    else:
+        app_value = crm_value = value
+
+    limit = _max_length(mapping, crm_info)
+    if limit and isinstance(crm_value, str) and len(crm_value) > limit:
+        raise RejectedChangeError(
+            "STRING_TOO_LONG", f"{len(crm_value)} characters, at most {limit} allowed", mapping.salesforce
+        )
+    return app_value, crm_value
+
+
+def _max_length(mapping: FieldMapping, crm_info: Mapping[str, CrmFieldInfo]) -> int:
+    limits = [mapping.transform.max_length] if mapping.transform and mapping.transform.max_length else []
+    info = crm_info.get(mapping.salesforce.lower())
+    if info is not None and info.length:
+        limits.append(info.length)
+    return min(limits) if limits else 0
+
+
+def _invert(value_map: Mapping[str, str]) -> dict[str, str]:
+    return {crm: app for app, crm in value_map.items()}
+
+
+def _map_values(value: Value, value_map: Mapping[str, str], field: str) -> Value:
+    if isinstance(value, tuple):
+        return tuple(_map_one(v, value_map, field) for v in value)
+    if isinstance(value, str):
+        return _map_one(value, value_map, field)
+    return value
+
+
+def _map_one(value: str, value_map: Mapping[str, str], field: str) -> str:
+    if value not in value_map:
+        raise RejectedChangeError("INVALID_PICKLIST_VALUE", f"no mapping for value {value!r}", field)
+    return value_map[value]
+
+
+def coerce(value: Value, kind: FieldType, field: str) -> Value:
+    """``value`` as the mapping's type; blanks become None. Raises RejectedChangeError when it cannot be."""
+    if is_blank(value) and kind is not FieldType.STRING:
+        return None
+    if value is None:
+        return None
+    try:
+        converted = _COERCIONS[kind](value)
+    except (ValueError, TypeError, InvalidOperation, ArithmeticError) as exc:
+        raise RejectedChangeError("INVALID_VALUE", f"not a valid {kind}: {value!r} ({exc})", field) from None
+    return converted
+
+
+def _to_string(value: Value) -> Value:
+    if isinstance(value, bool | tuple | date):
+        raise TypeError("text expected")
+    return str(value)
+
+
+def _to_int(value: Value) -> Value:
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal | float | str):
+        number = Decimal(str(value).strip())
+        if number != number.to_integral_value():
+            raise ValueError("has a fraction")
+        return int(number)
+    raise TypeError("number expected")
+
+
+def _to_decimal(value: Value) -> Value:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+        raise TypeError("number expected")
+    number = Decimal(str(value).strip())
+    if not number.is_finite():
+        raise ValueError("not finite")
+    return number
+
+
+def _to_double(value: Value) -> Value:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+        raise TypeError("number expected")
+    return float(value)
+
+
+def _to_bool(value: Value) -> Value:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower() == "true"
+    raise TypeError("true or false expected")
+
+
+def _to_date(value: Value) -> Value:
+    if isinstance(value, datetime):
+        raise TypeError("a date without a time expected")
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        return date.fromisoformat(value.strip())
+    raise TypeError("date expected")
+
+
+def _to_datetime(value: Value) -> Value:
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    else:
+        raise TypeError("datetime expected")
+    if parsed.tzinfo is None:
+        raise ValueError("a time zone is required")
+    return parsed.astimezone(UTC)
+
+
+def _to_reference(value: Value) -> Value:
+    if not isinstance(value, str):
+        raise TypeError("an id expected")
+    return Reference(value.strip())
+
+
+def _to_picklist(value: Value) -> Value:
+    if not isinstance(value, str):
+        raise TypeError("text expected")
+    return value
+
+
+def _to_multi(value: Value) -> Value:
+    # Salesforce writes multi-picklists as "A;B" in REST and CDC.
+    if isinstance(value, str):
+        return tuple(v for v in (part.strip() for part in value.split(";")) if v)
+    if isinstance(value, tuple):
+        return value
+    raise TypeError("a list of values expected")
+
+
+_COERCIONS: dict[FieldType, Callable[[Value], Value]] = {
+    FieldType.STRING: _to_string,
+    FieldType.INT: _to_int,
+    FieldType.DECIMAL: _to_decimal,
+    FieldType.DOUBLE: _to_double,
+    FieldType.BOOL: _to_bool,
+    FieldType.DATE: _to_date,
+    FieldType.DATETIME: _to_datetime,
+    FieldType.REFERENCE: _to_reference,
+    FieldType.PICKLIST: _to_picklist,
+    FieldType.MULTIPICKLIST: _to_multi,
+}

@@ -1,0 +1,268 @@
+"""Table-driven tests of field translation between the app and Salesforce."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from services.common.change import Change, ChangeKind, Side
+from services.common.tenant_config import FieldType, ObjectPair
+from services.common.values import Reference, Value
+from services.mapping.translate import (
+    CrmFieldInfo,
+    Dropped,
+    MappedField,
+    RejectedChangeError,
+    coerce,
+    matches_filter,
+    translate,
+)
+
+pytestmark = pytest.mark.unit
+
+AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+PAIR = ObjectPair.model_validate(
+    {
+        "name": "partners",
+        "app": {"object": "partners"},
+        "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+        "filter": {"app": [{"field": "status", "in": ["active", "onboarding"]}]},
+        "fields": [
+            {"app": "name", "salesforce": "Name", "transform": {"type": "string", "maxLength": 20}},
+            {
+                "app": "tier",
+                "salesforce": "Tier__c",
+                "direction": "app_to_crm",
+                "transform": {"type": "picklist", "valueMap": {"gold": "Gold", "silver": "Silver"}},
+            },
+            {
+                "app": "status",
+                "salesforce": "Status__c",
+                "transform": {"type": "picklist", "valueMap": {"active": "Active", "onboarding": "Onboarding"}},
+            },
+            {
+                "app": "industries",
+                "salesforce": "Industries__c",
+                "transform": {"type": "multipicklist", "valueMap": {"software": "Software", "services": "Services"}},
+            },
+            {
+                "app": "revenue",
+                "salesforce": "AnnualRevenue",
+                "direction": "crm_to_app",
+                "transform": {"type": "decimal"},
+            },
+            {"app": "since", "salesforce": "Since__c", "transform": {"type": "date"}},
+            {"app": "score", "salesforce": "Score__c", "transform": {"type": "double"}},
+            {"app": "upper_name", "salesforce": "Upper_Name__c", "transform": {"type": "string"}},
+            {
+                "app": "parent_id",
+                "salesforce": "ParentId",
+                "transform": {"type": "reference"},
+                "reference": {"object": "partners", "onUnresolved": "hold"},
+            },
+        ],
+    }
+)
+DESCRIBE = {
+    "Name": CrmFieldInfo("Name", length=255),
+    "Upper_Name__c": CrmFieldInfo("Upper_Name__c", calculated=True, updateable=False, createable=False),
+}
+LINKS = {
+    ("partners", Side.APP, "app-parent"): "001000000000001AAA",
+    ("partners", Side.CRM, "001000000000001AAA"): "app-parent",
+}
+
+
+def resolve(pair: str, side: Side, record_id: str) -> str | None:
+    return LINKS.get((pair, side, record_id))
+
+
+def change(
+    side: Side, fields: dict[str, Value], kind: ChangeKind = ChangeKind.UPDATE, changed: set[str] | None = None
+) -> Change:
+    return Change(
+        event_id="e1",
+        tenant_id="acme",
+        side=side,
+        object_type="partners" if side is Side.APP else "Account",
+        record_id="r1",
+        kind=kind,
+        fields=fields,
+        at=AT,
+        changed=frozenset(changed if changed is not None else fields),
+    )
+
+
+def by_app_field(fields: tuple[MappedField, ...]) -> dict[str, MappedField]:
+    return {f.app_field: f for f in fields}
+
+
+@pytest.mark.parametrize(
+    ("side", "source", "app_field", "app_value", "crm_value"),
+    [
+        (Side.APP, {"name": "Acme"}, "name", "Acme", "Acme"),
+        (Side.CRM, {"Name": "Acme"}, "name", "Acme", "Acme"),
+        (Side.CRM, {"name": "Acme"}, "name", "Acme", "Acme"),  # Salesforce names are case-insensitive
+        (Side.APP, {"tier": "gold"}, "tier", "gold", "Gold"),
+        (Side.APP, {"status": "onboarding"}, "status", "onboarding", "Onboarding"),
+        (Side.CRM, {"Status__c": "Active"}, "status", "active", "Active"),
+        (
+            Side.APP,
+            {"industries": ("software", "services")},
+            "industries",
+            ("software", "services"),
+            ("Software", "Services"),
+        ),
+        (
+            Side.CRM,
+            {"Industries__c": "Software;Services"},
+            "industries",
+            ("software", "services"),
+            ("Software", "Services"),
+        ),
+        (Side.CRM, {"AnnualRevenue": 1250000.5}, "revenue", Decimal("1250000.5"), Decimal("1250000.5")),
+        (Side.CRM, {"AnnualRevenue": "12.10"}, "revenue", Decimal("12.10"), Decimal("12.10")),
+        (Side.APP, {"since": "2024-02-29"}, "since", date(2024, 2, 29), date(2024, 2, 29)),
+        (Side.APP, {"score": 3}, "score", 3.0, 3.0),
+        (Side.CRM, {"Upper_Name__c": "ACME"}, "upper_name", "ACME", "ACME"),
+        (Side.APP, {"parent_id": "app-parent"}, "parent_id", Reference("app-parent"), Reference("001000000000001AAA")),
+        (
+            Side.CRM,
+            {"ParentId": "001000000000001AAA"},
+            "parent_id",
+            Reference("app-parent"),
+            Reference("001000000000001AAA"),
+        ),
+        (Side.APP, {"name": None}, "name", None, None),
+    ],
+)
+def test_values_travel_in_both_sides_terms(
+    side: Side, source: dict[str, Value], app_field: str, app_value: Value, crm_value: Value
+) -> None:
+    mapped = translate(PAIR, change(side, source), resolve=resolve, crm_fields=DESCRIBE)
+
+    field = by_app_field(mapped.fields)[app_field]
+    assert (field.app_value, field.crm_value) == (app_value, crm_value)
+    assert type(field.crm_value) is type(crm_value)
+    assert mapped.dropped == ()
+
+
+@pytest.mark.parametrize(
+    ("side", "source", "dropped"),
+    [
+        (Side.CRM, {"Tier__c": "Gold"}, Dropped("Tier__c", "direction is app_to_crm")),
+        (Side.APP, {"revenue": "10"}, Dropped("revenue", "direction is crm_to_app")),
+        # Formula fields flow CRM -> app only, whatever the mapping says.
+        (Side.APP, {"upper_name": "X"}, Dropped("upper_name", "direction is crm_to_app")),
+    ],
+)
+def test_fields_not_allowed_in_this_direction_are_dropped(
+    side: Side, source: dict[str, Value], dropped: Dropped
+) -> None:
+    mapped = translate(PAIR, change(side, source), resolve=resolve, crm_fields=DESCRIBE)
+
+    assert mapped.fields == ()
+    assert mapped.dropped == (dropped,)
+
+
+@pytest.mark.parametrize(
+    ("side", "source", "code", "field"),
+    [
+        (Side.APP, {"name": "x" * 21}, "STRING_TOO_LONG", "Name"),
+        (Side.APP, {"tier": "platinum"}, "INVALID_PICKLIST_VALUE", "tier"),
+        (Side.CRM, {"Status__c": "Dormant"}, "INVALID_PICKLIST_VALUE", "Status__c"),
+        (Side.APP, {"since": "29/02/2024"}, "INVALID_VALUE", "since"),
+        (Side.APP, {"score": "many"}, "INVALID_VALUE", "score"),
+        (Side.APP, {"score": True}, "INVALID_VALUE", "score"),
+    ],
+)
+def test_invalid_values_reject_the_change_with_a_reason(
+    side: Side, source: dict[str, Value], code: str, field: str
+) -> None:
+    with pytest.raises(RejectedChangeError) as raised:
+        translate(PAIR, change(side, source), resolve=resolve, crm_fields=DESCRIBE)
+
+    assert (raised.value.code, raised.value.field) == (code, field)
+
+
+@pytest.mark.parametrize(
+    ("rule", "held", "raises"),
+    [("hold", ("parent_id",), False), ("omit", (), False), ("reject", (), True)],
+)
+def test_unresolved_references_follow_the_mapping_rule(rule: str, held: tuple[str, ...], raises: bool) -> None:
+    data: dict[str, Any] = PAIR.model_dump(by_alias=True)
+    for field in data["fields"]:
+        if field["app"] == "parent_id":
+            field["reference"]["onUnresolved"] = rule
+    pair = ObjectPair.model_validate(data)
+    source = change(Side.APP, {"parent_id": "not-linked-yet", "name": "Acme"})
+
+    if raises:
+        with pytest.raises(RejectedChangeError, match="no link yet"):
+            translate(pair, source, resolve=resolve)
+        return
+    mapped = translate(pair, source, resolve=resolve)
+    assert mapped.held == held
+    assert [f.app_field for f in mapped.fields] == ["name"]
+    assert mapped.dropped == (Dropped("parent_id", f"unresolved reference ({rule})"),)
+
+
+def test_changed_flags_follow_the_change_kind() -> None:
+    update = translate(
+        PAIR, change(Side.CRM, {"Name": "A", "Since__c": "2024-01-01"}, changed={"Name"}), resolve=resolve
+    )
+    create = translate(
+        PAIR, change(Side.CRM, {"Name": "A", "Since__c": "2024-01-01"}, ChangeKind.CREATE, set()), resolve=resolve
+    )
+
+    assert {f.app_field: f.changed for f in update.fields} == {"name": True, "since": False}
+    assert {f.app_field: f.changed for f in create.fields} == {"name": True, "since": True}
+
+
+@pytest.mark.parametrize(
+    ("side", "fields", "passes"),
+    [
+        (Side.APP, {"status": "active"}, True),
+        (Side.APP, {"status": "suspended"}, False),
+        (Side.APP, {"name": "no status in this change"}, True),
+        (Side.CRM, {"Status__c": "Whatever"}, True),  # the filter only constrains the app side here
+    ],
+)
+def test_record_filter(side: Side, fields: dict[str, Value], passes: bool) -> None:
+    assert matches_filter(PAIR.filter, side, fields) is passes
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "expected"),
+    [
+        ("", FieldType.INT, None),
+        ("", FieldType.STRING, ""),
+        ("42", FieldType.INT, 42),
+        (Decimal("42.0"), FieldType.INT, 42),
+        ("0.1", FieldType.DECIMAL, Decimal("0.1")),
+        ("TRUE", FieldType.BOOL, True),
+        ("2026-03-01T12:00:00Z", FieldType.DATETIME, AT),
+        ("2026-03-01T13:00:00+01:00", FieldType.DATETIME, AT),
+        ("A; B;", FieldType.MULTIPICKLIST, ("A", "B")),
+    ],
+)
+def test_coerce(value: Value, kind: FieldType, expected: Value) -> None:
+    assert coerce(value, kind, "f") == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("4.5", FieldType.INT),
+        ("2026-03-01T12:00:00", FieldType.DATETIME),
+        ("NaN", FieldType.DECIMAL),
+        ("yes", FieldType.BOOL),
+    ],
+)
+def test_coerce_refuses(value: Value, kind: FieldType) -> None:
+    with pytest.raises(RejectedChangeError):
+        coerce(value, kind, "f")
