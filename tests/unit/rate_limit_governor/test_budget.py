@@ -1,0 +1,158 @@
+"""The governor's budget arithmetic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.rate_limit_governor.budget import (
+    Limits,
+    OrgUsage,
+    Priority,
+    TenantBudget,
+    acquire,
+    granted_in_window,
+    is_warning,
+    predicted_exhaustion,
+    release,
+    remaining,
+    report,
+)
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def budget(**limits: object) -> TenantBudget:
+    return TenantBudget(Limits(**{"daily_cap": 1000, "burst": 100, **limits}))  # type: ignore[arg-type]
+
+
+def test_grants_count_against_the_daily_cap() -> None:
+    grant = acquire(budget(), 10, T0)
+
+    assert grant.granted
+    assert grant.remaining == 990
+    assert granted_in_window(grant.budget, T0) == 10
+
+
+def test_a_burst_cannot_spend_the_day_at_once() -> None:
+    b = budget()
+    for _ in range(10):
+        g = acquire(b, 10, T0)
+        assert g.granted
+        b = g.budget
+
+    denied = acquire(b, 10, T0)
+
+    assert not denied.granted
+    assert denied.reason == "spreading calls over the day"
+    # 10 calls at 1000/day take 864 s to refill.
+    assert denied.not_before == T0 + timedelta(seconds=864)
+    assert acquire(b, 10, T0 + timedelta(seconds=864)).granted
+
+
+def test_the_cap_holds_and_frees_as_the_window_rolls() -> None:
+    b = budget(daily_cap=200, burst=200)
+    g = acquire(b, 200, T0)
+    assert g.granted
+
+    denied = acquire(g.budget, 1, T0 + timedelta(hours=23))
+    later = acquire(g.budget, 1, T0 + timedelta(hours=24, minutes=1))
+
+    assert (denied.granted, denied.reason) == (False, "daily cap reached")
+    assert denied.not_before == T0 + timedelta(hours=24, minutes=1)
+    assert later.granted
+
+
+def test_backfills_leave_the_live_reserve_alone() -> None:
+    b = budget(daily_cap=1000, burst=1000, live_reserve=0.2)
+    b = acquire(b, 790, T0).budget
+
+    backfill = acquire(b, 20, T0, priority=Priority.BACKFILL)
+    live = acquire(b, 20, T0, priority=Priority.LIVE)
+
+    assert not backfill.granted
+    assert live.granted
+
+
+def test_calls_made_by_others_reduce_what_is_granted() -> None:
+    b = report(budget(daily_cap=10_000, burst=10_000, org_share=0.9), OrgUsage(used=8_900, max=10_000, observed_at=T0))
+
+    assert remaining(b, T0) == 100
+    assert acquire(b, 100, T0).granted
+    denied = acquire(acquire(b, 100, T0).budget, 1, T0)
+    assert (denied.granted, denied.reason) == (False, "org allocation exhausted")
+
+
+def test_a_newer_report_replaces_the_estimate_and_older_ones_are_ignored() -> None:
+    b = report(budget(burst=1000), OrgUsage(used=0, max=100_000, observed_at=T0))
+    b = acquire(b, 50, T0).budget
+    assert b.granted_since_report == 50
+
+    newer = report(b, OrgUsage(used=60, max=100_000, observed_at=T0 + timedelta(seconds=1)))
+    older = report(newer, OrgUsage(used=10, max=100_000, observed_at=T0))
+
+    assert newer.granted_since_report == 0
+    assert older.org == newer.org
+
+
+def test_long_running_calls_are_capped_and_released() -> None:
+    b = budget(max_long_running=2)
+    for lease in ("a", "b"):
+        b = acquire(b, 1, T0, long_running=True, lease_id=lease).budget
+
+    full = acquire(b, 1, T0, long_running=True, lease_id="c")
+    freed = acquire(release(b, "a"), 1, T0, long_running=True, lease_id="c")
+    expired = acquire(b, 1, T0 + timedelta(minutes=16), long_running=True, lease_id="c")
+
+    assert (full.granted, full.reason) == (False, "too many long-running calls")
+    assert freed.granted
+    assert expired.granted
+
+
+def test_warning_below_ten_percent() -> None:
+    b = acquire(budget(daily_cap=1000, burst=1000), 900, T0).budget
+    assert not is_warning(b, T0)
+    assert is_warning(acquire(b, 1, T0).budget, T0)
+
+
+def test_predicted_exhaustion_follows_the_last_hours_rate() -> None:
+    b = budget(daily_cap=1000, burst=1000)
+    assert predicted_exhaustion(b, T0) is None
+    b = acquire(b, 100, T0).budget  # 100 calls/hour, 900 left: 9 hours
+
+    assert predicted_exhaustion(b, T0) == T0 + timedelta(hours=9)
+
+
+requests = st.lists(
+    st.tuples(
+        st.integers(min_value=1, max_value=200),  # calls
+        st.integers(min_value=0, max_value=3 * 3600),  # seconds since the previous request
+        st.sampled_from(list(Priority)),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cap=st.integers(min_value=50, max_value=5000), script=requests)
+def test_no_rolling_24_hours_ever_exceed_the_cap(cap: int, script: list[tuple[int, int, Priority]]) -> None:
+    b = TenantBudget(Limits(daily_cap=cap))
+    now = T0
+    grants: list[tuple[datetime, int]] = []
+    for calls, gap, priority in script:
+        now += timedelta(seconds=gap)
+        g = acquire(b, calls, now, priority=priority)
+        b = g.budget
+        if g.granted:
+            grants.append((now, calls))
+        else:
+            assert g.not_before is not None
+            assert g.not_before > now
+    for moment, _ in grants:
+        in_window = sum(c for t, c in grants if moment - timedelta(hours=24) < t <= moment)
+        assert in_window <= cap
