@@ -1,0 +1,135 @@
+"""Every Prometheus metric Duplex exports, declared in this one place.
+
+Names follow Prometheus conventions (``duplex_`` prefix, ``_total`` for counters, base units).
+A metric is reached through :class:`Metrics` attributes, so a misspelt name is a type error;
+:data:`MetricName` lists the names for dashboards and tests.
+
+Labels stay bounded: ``tenant`` is a configured tenant id (or ``unknown`` for input that never
+proved to be one of ours), ``topic`` a physical topic name, everything else a small fixed set.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+MetricName = Literal[
+    "duplex_events_total",
+    "duplex_consumer_lag_messages",
+    "duplex_end_to_end_latency_seconds",
+    "duplex_api_calls_total",
+    "duplex_api_budget_remaining",
+    "duplex_echoes_dropped_total",
+    "duplex_conflicts_decided_total",
+    "duplex_dlq_messages_total",
+    "duplex_redeliveries_total",
+    "duplex_circuit_breaker_trips_total",
+]
+METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
+
+UNKNOWN_TENANT = "unknown"
+
+# faststream's Kafka Prometheus middleware owns the per-message transport metrics
+# (duplex_kafka_received_messages_total, ..._processing_duration_seconds, ..._published_messages_total,
+# ...); they are named by this prefix and not repeated here.
+FASTSTREAM_METRICS_PREFIX = "duplex_kafka"
+
+# From a few milliseconds (in-process hop) to several minutes (catch-up after an outage).
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+
+
+class Metrics:
+    """The collectors of one process, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        # Events a consumer finished with, by how it finished (processed, dead_lettered, halted).
+        self.events = Counter(
+            _name("duplex_events_total"),
+            "Events consumed, per tenant, topic and outcome.",
+            ["service", "tenant", "topic", "outcome"],
+            registry=registry,
+        )
+        # How far a consumer is behind the end of its partition, after its last event.
+        self.consumer_lag = Gauge(
+            _name("duplex_consumer_lag_messages"),
+            "Messages between a consumer's position and the partition's high watermark.",
+            ["service", "topic", "partition"],
+            registry=registry,
+        )
+        # Origin commit on one side to the moment a stage finished with it (stage=written is
+        # the end-to-end figure from origin commit to the write on the other side).
+        self.end_to_end_latency = Histogram(
+            _name("duplex_end_to_end_latency_seconds"),
+            "Seconds from a change's origin commit to the end of a stage, per tenant.",
+            ["tenant", "stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # Salesforce API calls made, by API family (rest, composite, bulk, pubsub) and priority.
+        self.api_calls = Counter(
+            _name("duplex_api_calls_total"),
+            "Salesforce API calls made, per tenant.",
+            ["tenant", "api", "priority"],
+            registry=registry,
+        )
+        # The governor's view of the calls a tenant may still make today.
+        self.api_budget_remaining = Gauge(
+            _name("duplex_api_budget_remaining"),
+            "Salesforce API calls the tenant may still make in the current window.",
+            ["tenant"],
+            registry=registry,
+        )
+        # Changes recognised as Duplex's own writes coming back, and why (origin_client, values).
+        self.echoes_dropped = Counter(
+            _name("duplex_echoes_dropped_total"),
+            "Changes dropped as echoes of Duplex's own writes.",
+            ["tenant", "side", "reason"],
+            registry=registry,
+        )
+        # Field conflicts the resolver decided, by policy and the side that won.
+        self.conflicts_decided = Counter(
+            _name("duplex_conflicts_decided_total"),
+            "Field conflicts decided by the conflict-resolver.",
+            ["tenant", "policy", "winner"],
+            registry=registry,
+        )
+        # Records sent to a dead-letter topic, by source topic and error class.
+        self.dlq_messages = Counter(
+            _name("duplex_dlq_messages_total"),
+            "Records sent to a dead-letter topic.",
+            ["service", "topic", "error_class"],
+            registry=registry,
+        )
+        # Events handed back for redelivery after a retryable (or unknown) failure.
+        self.redeliveries = Counter(
+            _name("duplex_redeliveries_total"),
+            "Events redelivered after a failed attempt.",
+            ["service", "topic"],
+            registry=registry,
+        )
+        # Consumers halted by the dead-letter circuit breaker or exhausted retries.
+        self.circuit_breaker_trips = Counter(
+            _name("duplex_circuit_breaker_trips_total"),
+            "Consumers halted instead of dead-lettering or retrying further.",
+            ["service", "topic", "cause"],
+            registry=registry,
+        )
+
+
+def _name(name: MetricName) -> str:
+    # prometheus_client appends _total to counters itself and rejects names that already have it.
+    return name.removesuffix("_total")
+
+
+def start_metrics_server(port: int, registry: CollectorRegistry, *, addr: str = "0.0.0.0") -> WSGIServer | None:
+    """Serve ``/metrics`` on ``port`` from a daemon thread; 0 means "no endpoint".
+
+    The returned server's ``shutdown()`` stops it (tests); services let it die with the process.
+    """
+    if port <= 0:
+        return None
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server

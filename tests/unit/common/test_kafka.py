@@ -1,0 +1,124 @@
+"""The broker and subscriber helpers: commit semantics are explicit and safe by construction."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from duplex.change.v1 import record_changed_pb2
+from faststream import AckPolicy
+from faststream.kafka import TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import DefaultSubscriber
+from faststream.params import NoCast
+
+from services.common.codec import MESSAGE_TYPE_HEADER, record_key
+from services.common.dlq import Halt
+from services.common.errors import ConsumerHalted
+from services.common.kafka import AFTER_EFFECTS, EXIT_HALTED, make_broker, make_kafka, run_service
+from services.common.settings import KafkaSettings
+from services.common.topics import Topic, TopicNames, load_topic_table
+
+pytestmark = pytest.mark.unit
+
+RecordChanged = record_changed_pb2.RecordChanged
+NAMES = TopicNames(load_topic_table(), prefix="k.")
+SETTINGS = KafkaSettings(bootstrap_servers="127.0.0.1:9", client_id="duplex")
+
+
+def test_producer_waits_for_all_replicas_with_idempotence() -> None:
+    broker = make_broker(SETTINGS, service_name="writer")
+    kwargs = broker._connection_kwargs
+    assert kwargs["acks"] == "all"
+    assert kwargs["enable_idempotence"] is True
+    assert kwargs["client_id"] == "duplex-writer"
+    assert broker.config.ack_policy is AckPolicy.NACK_ON_ERROR
+
+
+def test_subscribers_join_the_service_group_from_the_earliest_event_without_autocommit() -> None:
+    kafka = make_kafka(SETTINGS, service_name="mapping", topic_names=NAMES)
+
+    @kafka.subscriber(Topic.APP_CHANGES, message_type=RecordChanged, ack_policy=AFTER_EFFECTS)
+    async def handle(event: NoCast[RecordChanged]) -> None: ...
+
+    (declared,) = kafka.broker.subscribers
+    assert isinstance(declared, DefaultSubscriber)
+    subscriber = declared
+    assert subscriber.group_id == "mapping"
+    assert subscriber.topics[0].name == "k.duplex.app-changes.v1"
+    assert subscriber.ack_policy is AckPolicy.NACK_ON_ERROR
+    assert subscriber._connection_args["enable_auto_commit"] is False
+    assert subscriber._connection_args["auto_offset_reset"] == "earliest"
+
+
+@pytest.mark.parametrize("policy", [AckPolicy.ACK_FIRST, AckPolicy.ACK, AckPolicy.REJECT_ON_ERROR])
+def test_policies_that_commit_unprocessed_events_are_refused(policy: AckPolicy) -> None:
+    kafka = make_kafka(SETTINGS, service_name="mapping", topic_names=NAMES)
+    with pytest.raises(ValueError, match="can commit an event that was not processed"):
+        kafka.subscriber(Topic.APP_CHANGES, message_type=RecordChanged, ack_policy=policy)
+
+
+def test_batch_subscribers_are_not_offered_by_the_guarded_helper() -> None:
+    kafka = make_kafka(SETTINGS, service_name="writer", topic_names=NAMES)
+    with pytest.raises(ValueError, match="not guarded"):
+        kafka.subscriber(Topic.CRM_WRITES, message_type=RecordChanged, ack_policy=AckPolicy.MANUAL, batch=True)
+
+
+async def test_published_events_arrive_decoded_with_their_key_and_type_header() -> None:
+    kafka = make_kafka(SETTINGS, service_name="mapping", topic_names=NAMES)
+    out = kafka.publisher(Topic.APP_CHANGES)
+    received: list[tuple[RecordChanged, bytes | None, str | None]] = []
+
+    @kafka.subscriber(Topic.APP_CHANGES, message_type=RecordChanged, ack_policy=AFTER_EFFECTS)
+    async def handle(event: NoCast[RecordChanged], msg: KafkaMessage) -> None:
+        raw = msg.raw_message
+        assert not isinstance(raw, tuple)
+        received.append((event, raw.key, msg.headers.get(MESSAGE_TYPE_HEADER)))
+
+    event = RecordChanged(event_id="e1", tenant_id="acme", object_type="partners", record_id="p-1")
+    async with TestKafkaBroker(kafka.broker):
+        await out.publish(event, key=record_key("acme", "partners", "p-1"))
+        handle.mock.assert_called_once()
+
+    assert received == [(event, b"acme/partners/p-1", "duplex.change.v1.RecordChanged")]
+
+
+async def test_a_halt_stops_the_service_with_a_non_zero_status() -> None:
+    class App:
+        def __init__(self) -> None:
+            self.stop = asyncio.Event()
+
+        async def run(self) -> None:
+            await self.stop.wait()
+
+        def exit(self) -> None:
+            self.stop.set()
+
+    halt = Halt()
+    app: Any = App()
+    running = asyncio.create_task(run_service(app, halt))
+    await asyncio.sleep(0)
+    halt.trip(ConsumerHalted("too much garbage", topic="t"))
+    assert await asyncio.wait_for(running, 5) == EXIT_HALTED
+    assert (await halt.wait()).reason == "too much garbage"
+
+
+async def test_a_clean_stop_exits_zero() -> None:
+    class App:
+        async def run(self) -> None:
+            return None
+
+        def exit(self) -> None:  # pragma: no cover - nothing halts
+            raise AssertionError
+
+    assert await run_service(App(), Halt()) == 0  # type: ignore[arg-type]
+
+
+def test_halt_keeps_the_first_error_and_tells_late_subscribers() -> None:
+    halt = Halt()
+    halt.trip(ConsumerHalted("first"))
+    halt.trip(ConsumerHalted("second"))
+    told: list[str] = []
+    halt.on_trip(lambda error: told.append(error.reason))
+    assert told == ["first"]
