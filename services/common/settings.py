@@ -50,6 +50,6 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_nested_delimiter="__")
 
     service_name: str
-    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())  # type: ignore[call-arg]
-    postgres: PostgresSettings = Field(default_factory=lambda: PostgresSettings())  # type: ignore[call-arg]
+    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
+    postgres: PostgresSettings = Field(default_factory=lambda: PostgresSettings())
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)

@@ -1,0 +1,186 @@
+"""The governor's gRPC service: thin handlers over the budget arithmetic and the ledger."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import Counter, Gauge
+
+from services.common import sync_log
+from services.common.tenant_config import TenantNotFoundError
+from services.rate_limit_governor import budget as b
+from services.rate_limit_governor.ledger import Ledger
+
+log = logging.getLogger(__name__)
+SERVICE = "rate-limit-governor"
+
+GRANTED = Counter("duplex_governor_calls_granted", "API calls granted", ["tenant", "priority"])
+DENIED = Counter("duplex_governor_requests_denied", "Requests for calls denied", ["tenant", "priority", "reason"])
+REMAINING = Gauge("duplex_governor_budget_remaining", "Calls a tenant may still make in the rolling 24 h", ["tenant"])
+EXHAUSTION = Gauge(
+    "duplex_governor_predicted_exhaustion_seconds",
+    "Unix time at which the budget runs out at the last hour's rate (0: not predicted)",
+    ["tenant"],
+)
+WARNING = Gauge("duplex_governor_budget_warning", "1 while a tenant has less than 10 % of its budget left", ["tenant"])
+
+_PRIORITY = {
+    governor_pb2.CALL_PRIORITY_UNSPECIFIED: b.Priority.LIVE,
+    governor_pb2.CALL_PRIORITY_LIVE: b.Priority.LIVE,
+    governor_pb2.CALL_PRIORITY_BACKFILL: b.Priority.BACKFILL,
+}
+
+
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _budget_message(tenant_id: str, budget: b.TenantBudget, now: datetime) -> governor_pb2.Budget:
+    org = budget.org
+    return governor_pb2.Budget(
+        tenant_id=tenant_id,
+        daily_cap=budget.limits.daily_cap,
+        org_max=org.max if org else 0,
+        org_used=org.used if org else 0,
+        granted_24h=b.granted_in_window(budget, now),
+        remaining=b.remaining(budget, now),
+        warning=b.is_warning(budget, now),
+        predicted_exhaustion=_timestamp(b.predicted_exhaustion(budget, now)),
+    )
+
+
+class Governor(governor_service_pb2_grpc.RateLimitGovernorServiceServicer):
+    """One instance per process; any number of processes may share the database."""
+
+    def __init__(self, ledger: Ledger, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._ledger = ledger
+        self._clock = clock
+
+    async def AcquireCalls(  # noqa: N802 - gRPC method name
+        self, request: governor_service_pb2.AcquireCallsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> governor_service_pb2.AcquireCallsResponse:
+        if not request.tenant_id or request.calls <= 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id and a positive calls are required")
+        priority = _PRIORITY.get(request.priority, b.Priority.LIVE)
+        now = self._clock()
+        lease_id = uuid.uuid4().hex if request.long_running else None
+
+        async def decide(budget: b.TenantBudget, conn: Any) -> tuple[b.TenantBudget, b.Grant]:
+            was_warning = b.is_warning(budget, now)
+            grant = b.acquire(
+                budget, request.calls, now, priority=priority, long_running=request.long_running, lease_id=lease_id
+            )
+            if grant.warning and not was_warning:
+                await self._warn(conn, request.tenant_id, grant)
+            return grant.budget, grant
+
+        grant = await self._update(request.tenant_id, decide, context)
+        self._observe(request.tenant_id, grant.budget, now)
+        label = priority.name.lower()
+        if grant.granted:
+            GRANTED.labels(request.tenant_id, label).inc(request.calls)
+        else:
+            DENIED.labels(request.tenant_id, label, grant.reason).inc()
+        return governor_service_pb2.AcquireCallsResponse(
+            granted=grant.granted,
+            not_before=_timestamp(grant.not_before),
+            lease_id=grant.lease_id or "",
+            remaining=grant.remaining,
+            reason=grant.reason,
+        )
+
+    async def ReleaseLease(  # noqa: N802
+        self, request: governor_service_pb2.ReleaseLeaseRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> governor_service_pb2.ReleaseLeaseResponse:
+        tenant_id = dict(context.invocation_metadata() or ()).get("tenant-id", "")
+        if not tenant_id or not request.lease_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lease_id and tenant-id metadata are required")
+
+        async def drop(budget: b.TenantBudget, _: Any) -> tuple[b.TenantBudget, None]:
+            return b.release(budget, request.lease_id), None
+
+        await self._update(str(tenant_id), drop, context)
+        return governor_service_pb2.ReleaseLeaseResponse()
+
+    async def ReportUsage(  # noqa: N802
+        self, request: governor_service_pb2.ReportUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> governor_service_pb2.ReportUsageResponse:
+        if not request.tenant_id or request.max <= 0 or request.used < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id, used >= 0 and max > 0 are required")
+        now = self._clock()
+        observed = request.observed_at.ToDatetime(tzinfo=UTC) if request.HasField("observed_at") else now
+        usage = b.OrgUsage(request.used, request.max, observed)
+
+        async def apply(budget: b.TenantBudget, conn: Any) -> tuple[b.TenantBudget, b.TenantBudget]:
+            was_warning = b.is_warning(budget, now)
+            budget = b.report(budget, usage)
+            if b.is_warning(budget, now) and not was_warning:
+                grant = b.Grant(False, budget, b.remaining(budget, now), "org usage reported", warning=True)
+                await self._warn(conn, request.tenant_id, grant)
+            return budget, budget
+
+        updated = await self._update(request.tenant_id, apply, context)
+        self._observe(request.tenant_id, updated, now)
+        return governor_service_pb2.ReportUsageResponse(budget=_budget_message(request.tenant_id, updated, now))
+
+    async def GetBudget(  # noqa: N802
+        self, request: governor_service_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> governor_service_pb2.GetBudgetResponse:
+        now = self._clock()
+
+        async def read(budget: b.TenantBudget, _: Any) -> tuple[b.TenantBudget, b.TenantBudget]:
+            return budget, budget
+
+        current = await self._update(request.tenant_id, read, context)
+        return governor_service_pb2.GetBudgetResponse(budget=_budget_message(request.tenant_id, current, now))
+
+    async def _update(self, tenant_id: str, change: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await self._ledger.update(tenant_id, change)
+        except TenantNotFoundError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def _warn(self, conn: Any, tenant_id: str, grant: b.Grant) -> None:
+        message = f"less than 10 % of the daily API budget left ({grant.remaining} calls)"
+        log.warning("budget warning", extra={"tenant_id": tenant_id, "remaining": grant.remaining})
+        await sync_log.record(
+            conn,
+            tenant_id=tenant_id,
+            service=SERVICE,
+            event="budget.warning",
+            code="BUDGET_LOW",
+            message=message,
+            detail={"remaining": grant.remaining},
+        )
+
+    def _observe(self, tenant_id: str, budget: b.TenantBudget, now: datetime) -> None:
+        REMAINING.labels(tenant_id).set(b.remaining(budget, now))
+        WARNING.labels(tenant_id).set(1 if b.is_warning(budget, now) else 0)
+        exhaustion = b.predicted_exhaustion(budget, now)
+        EXHAUSTION.labels(tenant_id).set(exhaustion.timestamp() if exhaustion else 0)
+
+
+async def start_server(governor: Governor, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """Start a grpc.aio server with the governor and the standard health service; returns it and its port."""
+    server = grpc.aio.server()
+    governor_service_pb2_grpc.add_RateLimitGovernorServiceServicer_to_server(governor, server)
+    # grpc_health exposes the asyncio servicer as health.aio; its stubs do not know it yet.
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    for name in ("", governor_service_pb2.DESCRIPTOR.services_by_name["RateLimitGovernorService"].full_name):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound
