@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
@@ -22,7 +22,8 @@ from services.rate_limit_governor.settings import GovernorSettings
 
 pytestmark = pytest.mark.integration
 
-Stub = governor_service_pb2_grpc.RateLimitGovernorServiceAsyncStub
+# The async stub type exists only in the generated .pyi.
+Stub: TypeAlias = "governor_service_pb2_grpc.RateLimitGovernorServiceAsyncStub"
 
 
 def tenant(name: str, cap: int) -> Any:
