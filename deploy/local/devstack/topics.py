@@ -1,0 +1,136 @@
+"""Creating and deleting the topic table's topics on a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
+
+from services.common.topics import TopicNames, TopicSpec, TopicTable
+
+_ADMIN_TIMEOUT_MS = 30_000
+
+
+def all_led(topics: list[dict[str, Any]]) -> bool:
+    """Whether every topic in a metadata answer is error-free and each partition has a leader."""
+    return all(
+        topic["error_code"] == 0
+        and all(partition["error_code"] == 0 and partition["leader"] >= 0 for partition in topic["partitions"])
+        for topic in topics
+    )
+
+
+def topic_configs(spec: TopicSpec) -> dict[str, str]:
+    """The per-topic broker configs a table row asks for."""
+    return {"retention.ms": str(spec.retention_ms), "cleanup.policy": spec.cleanup_policy}
+
+
+def new_topics(table: TopicTable, prefix: str = "") -> list[NewTopic]:
+    """One NewTopic per table row, under its physical (prefixed) name; replication 1 (one broker)."""
+    names = TopicNames(table, prefix)
+    return [
+        NewTopic(
+            name=names(topic),
+            num_partitions=spec.partitions,
+            replication_factor=1,
+            topic_configs=topic_configs(spec),
+        )
+        for topic, spec in table.topics.items()
+    ]
+
+
+async def ensure_topics(bootstrap_servers: str, table: TopicTable, prefix: str = "") -> list[str]:
+    """Create every topic of ``table`` that is missing; return the names created.
+
+    Existing topics are left as they are (so running ``up`` twice is fine).
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=_ADMIN_TIMEOUT_MS,
+        client_id="duplex-devstack",
+    )
+    await admin.start()
+    try:
+        wanted = new_topics(table, prefix)
+        response = await admin.create_topics(wanted, timeout_ms=_ADMIN_TIMEOUT_MS)
+        await _wait_for_leaders(admin, [topic.name for topic in wanted])
+    finally:
+        await admin.close()
+    await wait_until_served(bootstrap_servers, [topic.name for topic in wanted])
+    created = []
+    for row in response.to_object()["topic_errors"]:
+        code = row["error_code"]
+        if code == 0:
+            created.append(row["topic"])
+        elif code != TopicAlreadyExistsError.errno:
+            error = for_code(code)
+            msg = f"creating topic {row['topic']} failed: {error.__name__} {row.get('error_message')}"
+            raise error(msg)
+    return sorted(created)
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], within: float = 30.0) -> None:
+    """Wait until every partition of ``names`` has a leader, so the first produce does not bounce."""
+    deadline = time.monotonic() + within
+    while not all_led(await admin.describe_topics(names)):
+        if time.monotonic() > deadline:
+            msg = f"partitions of {names} still have no leader after {within:.0f}s"
+            raise TimeoutError(msg)
+        await asyncio.sleep(0.1)
+
+
+async def wait_until_served(bootstrap_servers: str, names: Iterable[str] | None = None, within: float = 60.0) -> None:
+    """Return once the broker answers offset requests for every partition of ``names`` (all topics if None).
+
+    Metadata names a leader before that leader serves the partition (it still creates or loads
+    the log); asking for end offsets is the first thing every consumer does.
+    """
+    async with asyncio.timeout(within):
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="duplex-devstack-probe")
+        await admin.start()
+        try:
+            described = await admin.describe_topics(None if names is None else list(names))
+        finally:
+            await admin.close()
+        partitions = [
+            TopicPartition(topic["topic"], partition["partition"])
+            for topic in described
+            for partition in topic["partitions"]
+        ]
+        if not partitions:
+            return
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            enable_auto_commit=False,
+            client_id="duplex-devstack-probe",
+            request_timeout_ms=int(within * 1000),
+        )
+        await consumer.start()
+        try:
+            await consumer.end_offsets(partitions)
+        finally:
+            await consumer.stop()
+
+
+async def delete_topics(bootstrap_servers: str, names: Iterable[str]) -> None:
+    """Delete ``names``; topics already gone are fine."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=_ADMIN_TIMEOUT_MS,
+        client_id="duplex-devstack",
+    )
+    await admin.start()
+    try:
+        response = await admin.delete_topics(list(names), timeout_ms=_ADMIN_TIMEOUT_MS)
+    finally:
+        await admin.close()
+    for topic, code in response.topic_error_codes:
+        if code not in (0, UnknownTopicOrPartitionError.errno):
+            error = for_code(code)
+            msg = f"deleting topic {topic} failed: {error.__name__}"
+            raise error(msg)
