@@ -1,0 +1,330 @@
+"""The composition root: ``build_app(settings)`` wires orgs, sessions, the record store, the event
+log, the HTTP APIs and the gRPC server into one :class:`Emulator`.
+
+Every call under ``/services/data/vXX.X/`` passes the :class:`ApiGateway` first, which does what
+Salesforce's front door does before a handler runs: authenticate the Bearer token (401
+INVALID_SESSION_ID), apply the org's injected latency and outages (503 SERVER_UNAVAILABLE), count
+the call against the rolling 24-hour allocation (403 REQUEST_LIMIT_EXCEEDED when exhausted) and
+stamp ``Sforce-Limit-Info`` on the response. Handlers receive the resulting
+:class:`~services.salesforce_emulator.context.CallContext` through the ``call_context`` dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.salesforce_emulator import ids
+from services.salesforce_emulator.admin_api import build_admin_router
+from services.salesforce_emulator.bulk_ingest import build_bulk_ingest_router
+from services.salesforce_emulator.bulk_query import build_bulk_query_router
+from services.salesforce_emulator.context import ApiName, CallContext, parse_call_options
+from services.salesforce_emulator.errors import SalesforceError, install_error_handlers, invalid_session
+from services.salesforce_emulator.event_log import EventLog
+from services.salesforce_emulator.limits import (
+    DAILY_BULK_API_BATCHES,
+    DAILY_BULK_V2_QUERY_JOBS,
+    UsageMeter,
+    build_limits_router,
+)
+from services.salesforce_emulator.oauth import OAuthService, TokenStore, build_oauth_router
+from services.salesforce_emulator.orgs import Org, OrgError, OrgRegistry, OrgRepository
+from services.salesforce_emulator.pubsub import build_pubsub_server
+from services.salesforce_emulator.query_api import QueryService, build_query_router, run_query_url
+from services.salesforce_emulator.rest import build_data_router
+from services.salesforce_emulator.seed import SeedFile, apply_seed, load_seed
+from services.salesforce_emulator.settings import EmulatorSettings
+from services.salesforce_emulator.soap import build_soap_router
+from services.salesforce_emulator.store import RecordStore
+from services.salesforce_emulator.tls import TlsFiles, ensure_certificates
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+_API_PATH = re.compile(r"^/services/data/v(?P<version>\d+\.\d+)(?:/|$)")
+LIMIT_HEADER = "Sforce-Limit-Info"
+
+
+def call_context(request: Request) -> CallContext:
+    """FastAPI dependency: the authenticated call, as established by :class:`ApiGateway`."""
+    ctx = request.scope.get("state", {}).get("call_context")
+    if not isinstance(ctx, CallContext):
+        raise invalid_session()
+    return ctx
+
+
+def _api_name(path: str) -> ApiName:
+    return "bulkapi" if "/jobs/ingest" in path else "rest"
+
+
+class ApiGateway:
+    """ASGI middleware in front of the versioned REST and Bulk APIs (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        oauth: OAuthService,
+        orgs: OrgRegistry,
+        usage: UsageMeter,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self._app = app
+        self._oauth = oauth
+        self._orgs = orgs
+        self._usage = usage
+        self._sleep = sleep
+        self._calls = itertools.count()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = _API_PATH.match(scope["path"]) if scope["type"] == "http" else None
+        if match is None:
+            await self._app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        session = self._oauth.authenticate(token.strip()) if scheme.lower() in ("bearer", "oauth") else None
+        org = self._orgs.find(session.org_id) if session else None
+        if session is None or org is None:
+            await JSONResponse(invalid_session().rest_body(), status_code=401)(scope, receive, send)
+            return
+        faults = org.faults
+        if faults.latency_ms:
+            await self._sleep(faults.latency_ms / 1000)
+        if faults.unavailable(f"{org.org_id}:{next(self._calls)}"):
+            error = SalesforceError(503, "SERVER_UNAVAILABLE", "Server is temporarily unavailable. Retry later.")
+            await self._reply(error, org, scope, receive, send)
+            return
+        try:
+            used, maximum = self._usage.admit(org)
+        except SalesforceError as error:
+            await self._reply(error, org, scope, receive, send)
+            return
+        scope.setdefault("state", {})["call_context"] = CallContext(
+            org_id=org.org_id,
+            user_id=session.user_id,
+            api_version=match["version"],
+            api_name=_api_name(scope["path"]),
+            client=parse_call_options(headers.get("sforce-call-options")),
+        )
+        limit_info = f"api-usage={used}/{maximum}"
+        extra_limit = self._extra_limit(scope)
+
+        async def send_with_usage(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[LIMIT_HEADER] = limit_info
+                if extra_limit is not None and message["status"] < 300:
+                    self._usage.record(org.org_id, 1, extra_limit)
+            await send(message)
+
+        await self._app(scope, receive, send_with_usage)
+
+    @staticmethod
+    def _extra_limit(scope: Scope) -> str | None:
+        """Bulk calls that also consume their own daily allocation."""
+        path, method = scope["path"].rstrip("/"), scope["method"]
+        if method == "POST" and path.endswith("/jobs/query"):
+            return DAILY_BULK_V2_QUERY_JOBS
+        if method == "PUT" and path.endswith("/batches"):
+            return DAILY_BULK_API_BATCHES
+        return None
+
+    async def _reply(self, error: SalesforceError, org: Org, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            error.rest_body(), status_code=error.http_status, headers={LIMIT_HEADER: self._usage.header(org)}
+        )
+        await response(scope, receive, send)
+
+
+@dataclass
+class Emulator:
+    """One running emulated Salesforce: HTTP app, orgs, sessions, records, events, gRPC."""
+
+    settings: EmulatorSettings
+    app: FastAPI
+    orgs: OrgRegistry
+    oauth: OAuthService
+    usage: UsageMeter
+    store: RecordStore
+    event_log: EventLog
+    tls: TlsFiles | None
+    seed: SeedFile | None
+    instance_url: str
+    _db: sqlite3.Connection
+
+    @property
+    def default_org(self) -> Org:
+        return self.orgs.default_org
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{public_host(self.settings.host)}:{self.settings.grpc_port}"
+
+    def authenticate_pubsub(self, access_token: str, instance_url: str, tenant_id: str) -> str:
+        """Pub/Sub metadata check: a live session, for the org named by ``tenantid`` when given."""
+        del instance_url  # Salesforce routes by it; one emulator serves every org on one URL.
+        session = self.oauth.authenticate(access_token)
+        if session is None:
+            msg = "invalid or expired session"
+            raise PermissionError(msg)
+        if tenant_id and not (len(tenant_id) in (15, 18) and ids.same(tenant_id, session.org_id)):
+            msg = "tenantid does not match the session's org"
+            raise PermissionError(msg)
+        return session.org_id
+
+    def build_grpc_server(self) -> grpc.aio.Server:
+        """The Pub/Sub gRPC server (not started); call from the loop that will run it."""
+        return build_pubsub_server(
+            self.settings.host,
+            self.settings.grpc_port,
+            tls=self.tls.cert_and_key() if self.tls else None,
+            log=self.event_log,
+            schema_for=self.orgs.schema_for,
+            authenticate=self.authenticate_pubsub,
+        )
+
+    def startup_info(self) -> dict[str, Any]:
+        """What a client needs to connect: the one JSON line ``__main__`` prints."""
+        org = self.default_org
+        spec = next((o for o in self.seed.orgs if o.alias == org.alias), None) if self.seed else None
+        user = spec.users[0] if spec and spec.users else None
+        client = spec.clients[0] if spec and spec.clients else None
+        return {
+            "instance_url": self.instance_url,
+            "login_url": self.instance_url,
+            "grpc": self.grpc_address,
+            "grpc_tls": self.tls is not None,
+            "ca_cert": str(self.tls.ca_cert.resolve()) if self.tls else None,
+            "api_version": self.settings.default_api_version,
+            "org_alias": org.alias,
+            "org_id": org.org_id,
+            "user_id": org.default_user.user_id,
+            "username": org.default_user.username,
+            "password": user.password.get_secret_value() if user else None,
+            "client_id": client.client_id if client else None,
+            "client_secret": client.client_secret.get_secret_value() if client else None,
+            "admin_token": self.settings.admin_token.get_secret_value(),
+        }
+
+    def close(self) -> None:
+        self.store.close()
+        self.event_log.close()
+        self._db.close()
+
+
+def public_host(host: str) -> str:
+    """The host clients should dial: a wildcard bind address is reached through loopback."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _open_db(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 30000")
+    if path != ":memory:":
+        db.execute("PRAGMA journal_mode=WAL")
+    return db
+
+
+def build_app(settings: EmulatorSettings, *, clock: Clock = time.time) -> Emulator:
+    """Wire one emulator from its settings. Creates the data folder and TLS files as needed."""
+    if not settings.in_memory:
+        Path(settings.data_file).parent.mkdir(parents=True, exist_ok=True)
+    db = _open_db(settings.data_file)
+    db_lock = threading.Lock()
+    orgs = OrgRegistry(OrgRepository(db, db_lock))
+    seed = load_seed(settings.seed_file) if settings.seed_file is not None else None
+    if seed is not None:
+        apply_seed(orgs, seed)
+    try:
+        orgs.default_org  # noqa: B018 (fail at start-up, not on the first request)
+    except OrgError as exc:
+        msg = "the emulator has no orgs: configure a seed file (SF_EMULATOR_SEED_FILE)"
+        raise OrgError(msg) from exc
+
+    tls = ensure_certificates(settings.resolved_tls_dir(), (settings.host,)) if settings.tls else None
+    instance_url = f"{settings.scheme}://{public_host(settings.host)}:{settings.https_port}"
+    oauth = OAuthService(
+        orgs,
+        TokenStore(db, db_lock),
+        login_url=instance_url,
+        instance_url=instance_url,
+        access_token_ttl=settings.access_token_ttl_seconds,
+        code_ttl=settings.authorization_code_ttl_seconds,
+        clock=clock,
+    )
+    usage = UsageMeter(orgs, clock)
+    event_log = EventLog(
+        orgs.schema_for,
+        path=None if settings.in_memory else settings.data_file,
+        retention_seconds=settings.event_retention_hours * 3600,
+        clock=clock,
+    )
+    store = RecordStore(
+        settings.data_file,
+        schema_for=orgs.schema_for,
+        faults_for=orgs.faults_for,
+        sink=event_log,
+        readonly_fields_for=orgs.readonly_fields_for,
+        clock=clock,
+    )
+
+    app = FastAPI(title="Salesforce emulator", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    app.include_router(build_oauth_router(oauth))
+    app.include_router(build_soap_router(orgs, oauth))
+    app.include_router(build_limits_router(usage, orgs, call_context))
+    app.include_router(
+        build_admin_router(
+            admin_token=settings.admin_token.get_secret_value(),
+            orgs=orgs,
+            usage=usage,
+            oauth=oauth,
+            events=event_log,
+            reset_records=store.reset_org,
+            clock=clock,
+        )
+    )
+    # One query service, so that Composite query subrequests and the query resource share cursors.
+    queries = QueryService.with_clock(store, orgs.schema_for, clock)
+    app.include_router(
+        build_data_router(
+            store,
+            call_context,
+            query_handler=lambda ctx, url, headers: run_query_url(queries, ctx, url, headers),
+            clock=clock,
+        )
+    )
+    app.include_router(build_bulk_ingest_router(store, call_context))
+    app.include_router(build_query_router(store, orgs.schema_for, call_context, service=queries, clock=clock))
+    app.include_router(build_bulk_query_router(store, orgs.schema_for, call_context, clock=clock))
+    app.add_middleware(ApiGateway, oauth=oauth, orgs=orgs, usage=usage)
+
+    return Emulator(
+        settings=settings,
+        app=app,
+        orgs=orgs,
+        oauth=oauth,
+        usage=usage,
+        store=store,
+        event_log=event_log,
+        tls=tls,
+        seed=seed,
+        instance_url=instance_url,
+        _db=db,
+    )
