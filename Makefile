@@ -77,7 +77,7 @@ demo: stack-up ## Bring everything up on the embedded defaults and run the main 
 	$(PY) -m devstack demo
 
 bench: setup ## Run the benchmarks in bench/ and print their figures
-	$(PY) -m pytest bench -m 'slow or not slow' -s -p no:cacheprovider
+	$(PY) -m bench
 
 clean: stack-down ## Remove generated code and local state (keeps downloaded jars)
 	rm -rf gen var .mypy_cache .ruff_cache .pytest_cache

@@ -17,7 +17,8 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from tests.fixtures.emulator import EmulatorProcess
+from devstack.emulator import EmulatorProcess
+from tests.fixtures.emulator import simple_salesforce
 
 pytestmark = pytest.mark.conformance
 
@@ -29,7 +30,7 @@ SF = Any
 
 @pytest.fixture(scope="module")
 def sf(emulator: EmulatorProcess) -> SF:
-    return emulator.salesforce(client="conformance")
+    return simple_salesforce(emulator, client="conformance")
 
 
 def unique(prefix: str = "conf") -> str:
@@ -304,7 +305,9 @@ def test_unknown_records_are_not_found(sf: SF) -> None:
 
 
 def test_per_user_read_only_fields(emulator: EmulatorProcess) -> None:
-    integration: SF = emulator.salesforce(username="integration@acme.example", password="acme-integration-password")
+    integration: SF = simple_salesforce(
+        emulator, username="integration@acme.example", password="acme-integration-password"
+    )
     with pytest.raises(SalesforceMalformedRequest) as raised:
         integration.Account.create({"Name": unique(), "AnnualRevenue": 5})
     assert error_code(raised.value) == "INSUFFICIENT_ACCESS_OR_READONLY"
@@ -312,7 +315,7 @@ def test_per_user_read_only_fields(emulator: EmulatorProcess) -> None:
 
 
 def test_past_the_api_limit_calls_are_refused(faults: EmulatorProcess) -> None:
-    sf: SF = faults.salesforce()
+    sf: SF = simple_salesforce(faults)
     sf.query("SELECT Id FROM User LIMIT 1")
     used = sf.api_usage["api-usage"].used
     faults.admin("PATCH", f"/orgs/{faults.info['org_id']}/faults", {"api_limit": used + 1})
@@ -326,7 +329,7 @@ def test_past_the_api_limit_calls_are_refused(faults: EmulatorProcess) -> None:
 
 
 def test_expired_sessions_are_invalid_session_id(faults: EmulatorProcess) -> None:
-    sf: SF = faults.salesforce()
+    sf: SF = simple_salesforce(faults)
     faults.admin("POST", f"/orgs/{faults.info['org_id']}/tokens/expire")
 
     with pytest.raises(SalesforceExpiredSession) as raised:

@@ -299,7 +299,7 @@ def test_entity_is_deleted(env: Env) -> None:
 
 def test_per_user_readonly_field(env: Env) -> None:
     a = env.create("Account", {"Name": "A"})
-    env.readonly.add("Phone")
+    env.readonly.add("Account.Phone")
     r = env.client.patch(f"{B}/sobjects/Account/{a}", json={"Phone": "1"})
     assert error(r) == (400, "INSUFFICIENT_ACCESS_OR_READONLY")
 

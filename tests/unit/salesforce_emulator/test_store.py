@@ -323,7 +323,7 @@ def test_lock_faults_fail_writes_with_unable_to_lock_row(env: Env) -> None:
 
 def test_readonly_fields_for_the_calling_user(env: Env) -> None:
     a = env.create("Account", {"Name": "A"})
-    env.readonly.add("Phone")
+    env.readonly.add("Account.Phone")
     with pytest.raises(SalesforceError) as caught, env.store.transaction(env.ctx) as txn:
         txn.update("Account", a, {"Phone": "1"})
     assert caught.value.error_code == "INSUFFICIENT_ACCESS_OR_READONLY"

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks that print their figures: ``make bench`` (``python -m bench [name ...]``)."""
