@@ -99,3 +99,11 @@ def migrate(
         raise typer.Exit(1)
     applied = asyncio.run(run_migrations(target, directory))
     typer.echo(f"applied: {', '.join(applied)}" if applied else "nothing pending")
+
+
+@app.command()
+def demo(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+    """Run the demo on the running stack (``make demo`` starts the stack first)."""
+    from devstack.demo import run
+
+    raise typer.Exit(run(state_dir.resolve()))

@@ -11,7 +11,7 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,11 +85,14 @@ class EmulatorProcess:
         return self.process.wait(timeout=30)
 
 
-def start_emulator(data_dir: Path, *extra: str) -> EmulatorProcess:
-    """Start ``python -m services.salesforce_emulator`` on free ports and wait for its JSON line."""
+def start_emulator(data_dir: Path, *extra: str, timeout: float = 90.0) -> EmulatorProcess:
+    """Start ``python -m services.salesforce_emulator`` on free ports and wait for its JSON line.
+
+    Output goes to files in ``data_dir`` (not pipes) and the process gets its own session, so it
+    can outlive its starter (``make demo``) and a Ctrl-C in the starter's terminal.
+    """
     https_port, grpc_port = pick_free_ports(2)
     data_dir.mkdir(parents=True, exist_ok=True)
-    stderr = (data_dir / "stderr.log").open("w")
     command = [
         sys.executable,
         "-m",
@@ -105,14 +108,19 @@ def start_emulator(data_dir: Path, *extra: str) -> EmulatorProcess:
     if "--data-file" not in extra:
         command += ["--data-file", ":memory:"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SF_EMULATOR_")}
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(process.stdout.readline() if process.stdout else ""))
-    reader.start()
-    reader.join(90)
-    if not line or not line[0]:
-        process.kill()
-        process.wait()
-        msg = f"the emulator did not start:\n{(data_dir / 'stderr.log').read_text()}"
-        raise RuntimeError(msg)
-    return EmulatorProcess(process, json.loads(line[0]), data_dir)
+    stdout_path, stderr_path = data_dir / "emulator.json", data_dir / "stderr.log"
+    with stdout_path.open("w") as stdout, stderr_path.open("a") as stderr:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=True, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        line = stdout_path.read_text().partition("\n")
+        if line[1]:
+            return EmulatorProcess(process, json.loads(line[0]), data_dir)
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    msg = f"the emulator did not start:\n{stderr_path.read_text()}"
+    raise RuntimeError(msg)
