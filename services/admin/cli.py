@@ -22,8 +22,17 @@ from typer._click import Context
 from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
-from services.admin.config_store import ConfigStore, DatabaseUnavailableError, connect
+from services.admin.config_store import (
+    DATABASE_ERRORS,
+    ConfigStore,
+    DatabaseUnavailableError,
+    connect,
+    explain_database_error,
+)
 from services.admin.settings import AdminSettings, load_settings
+from services.common.db import MigrationError
+from services.common.db import migrate as run_migrations
+from services.common.settings import KafkaSettings
 from services.common.tenant_config import (
     ConfigFileError,
     ConfigInvalidError,
@@ -32,6 +41,8 @@ from services.common.tenant_config import (
     parse_config_sources,
     to_document,
 )
+from services.common.topic_admin import ensure_topics
+from services.common.topics import load_topic_table
 
 EXIT_INVALID = 1
 EXIT_DATABASE = 2
@@ -60,15 +71,17 @@ class _Group(TyperGroup):
 app = typer.Typer(
     name="duplex",
     cls=_Group,
-    help="Duplex admin: tenants and their Salesforce sync configuration.",
+    help="Duplex admin: tenants, their Salesforce sync configuration, the database schema and Kafka topics.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 config_app = typer.Typer(help="Validate, apply and show tenant configuration.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Inspect tenants.", no_args_is_help=True)
+topics_app = typer.Typer(help="Provision Kafka topics from the topic table.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(topics_app, name="topics")
 
 
 class OutputFormat(StrEnum):
@@ -232,3 +245,39 @@ def list_tenants(
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command("migrate")
+def migrate(dsn: Dsn = None) -> None:
+    """Apply pending SQL migrations (safe to run from several replicas at once)."""
+    _, url = _settings(dsn)
+
+    async def run() -> list[str]:
+        try:
+            return await run_migrations(url)
+        except DATABASE_ERRORS as exc:
+            raise explain_database_error(exc, url) from None
+
+    try:
+        applied = _run(run())
+    except MigrationError as exc:
+        _fail(str(exc), EXIT_INVALID)
+    typer.echo(f"applied {', '.join(applied)}" if applied else "nothing to apply")
+
+
+@topics_app.command("apply")
+def apply_topics(
+    bootstrap: Annotated[
+        str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers; defaults to $KAFKA_BOOTSTRAP_SERVERS.")
+    ] = None,
+    prefix: Annotated[str | None, typer.Option(help="Physical-name prefix; defaults to $KAFKA_TOPIC_PREFIX.")] = None,
+    replication_factor: Annotated[int, typer.Option(min=1, help="3 on a production cluster.")] = 1,
+) -> None:
+    """Create every topic of the topic table that is missing (partitions, retention, compaction, DLQs)."""
+    kafka = KafkaSettings.model_validate(
+        {k: v for k, v in {"bootstrap_servers": bootstrap, "topic_prefix": prefix}.items() if v is not None}
+    )
+    created = asyncio.run(
+        ensure_topics(kafka.bootstrap_servers, load_topic_table(), kafka.topic_prefix, replication_factor)
+    )
+    typer.echo(f"created {', '.join(created)}" if created else "every topic exists")

@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 
 from devstack import processes
 from devstack.install import ensure_java, kafka_installed, kafka_libs_dir
-from devstack.topics import all_led, wait_until_served
+from services.common.topic_admin import all_led, wait_until_served
 
 HOST = "127.0.0.1"
 NODE_ID = 1

@@ -26,8 +26,8 @@ from devstack.state import (
     save_env,
     save_state,
 )
-from devstack.topics import ensure_topics
 from services.common.db import migrate
+from services.common.topic_admin import ensure_topics
 from services.common.topics import TopicTable, load_topic_table
 
 # Where the cluster goes when the server account cannot reach the state dir (a repo under a

@@ -13,7 +13,7 @@ import pytest
 from devstack.kafka import KafkaPorts, new_cluster_id, render_log4j2, render_properties, server_properties
 from devstack.postgres import OsAccount, can_traverse, dsn_with_database, render_conf
 from devstack.state import ProcessRecord, StackState, render_env
-from devstack.topics import new_topics
+from services.common.topic_admin import new_topics
 from services.common.topics import Topic, load_topic_table
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""Creating and deleting the topic table's topics on a broker."""
+"""Creating and deleting the topic table's topics on a broker (local stack, tests, and ``duplex topics apply``)."""
 
 from __future__ import annotations
 
@@ -30,33 +30,36 @@ def topic_configs(spec: TopicSpec) -> dict[str, str]:
     return {"retention.ms": str(spec.retention_ms), "cleanup.policy": spec.cleanup_policy}
 
 
-def new_topics(table: TopicTable, prefix: str = "") -> list[NewTopic]:
-    """One NewTopic per table row, under its physical (prefixed) name; replication 1 (one broker)."""
+def new_topics(table: TopicTable, prefix: str = "", replication_factor: int = 1) -> list[NewTopic]:
+    """One NewTopic per table row, under its physical (prefixed) name."""
     names = TopicNames(table, prefix)
     return [
         NewTopic(
             name=names(topic),
             num_partitions=spec.partitions,
-            replication_factor=1,
+            replication_factor=replication_factor,
             topic_configs=topic_configs(spec),
         )
         for topic, spec in table.topics.items()
     ]
 
 
-async def ensure_topics(bootstrap_servers: str, table: TopicTable, prefix: str = "") -> list[str]:
+async def ensure_topics(
+    bootstrap_servers: str, table: TopicTable, prefix: str = "", replication_factor: int = 1
+) -> list[str]:
     """Create every topic of ``table`` that is missing; return the names created.
 
-    Existing topics are left as they are (so running ``up`` twice is fine).
+    Existing topics are left as they are (so running it twice is fine). One broker locally
+    takes replication 1; a production cluster wants 3.
     """
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=_ADMIN_TIMEOUT_MS,
-        client_id="duplex-devstack",
+        client_id="duplex-topic-admin",
     )
     await admin.start()
     try:
-        wanted = new_topics(table, prefix)
+        wanted = new_topics(table, prefix, replication_factor)
         response = await admin.create_topics(wanted, timeout_ms=_ADMIN_TIMEOUT_MS)
         await _wait_for_leaders(admin, [topic.name for topic in wanted])
     finally:
@@ -91,7 +94,7 @@ async def wait_until_served(bootstrap_servers: str, names: Iterable[str] | None 
     the log); asking for end offsets is the first thing every consumer does.
     """
     async with asyncio.timeout(within):
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="duplex-devstack-probe")
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="duplex-topic-admin-probe")
         await admin.start()
         try:
             described = await admin.describe_topics(None if names is None else list(names))
@@ -107,7 +110,7 @@ async def wait_until_served(bootstrap_servers: str, names: Iterable[str] | None 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             enable_auto_commit=False,
-            client_id="duplex-devstack-probe",
+            client_id="duplex-topic-admin-probe",
             request_timeout_ms=int(within * 1000),
         )
         await consumer.start()
@@ -122,7 +125,7 @@ async def delete_topics(bootstrap_servers: str, names: Iterable[str]) -> None:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=_ADMIN_TIMEOUT_MS,
-        client_id="duplex-devstack",
+        client_id="duplex-topic-admin",
     )
     await admin.start()
     try:
