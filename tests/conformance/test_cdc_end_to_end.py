@@ -81,6 +81,10 @@ def metadata(emulator: EmulatorProcess, login: Login) -> tuple[tuple[str, str], 
     return (("accesstoken", login.session_id), ("instanceurl", instance), ("tenantid", login.org_id))
 
 
+def topic_schema_id(subscriber: Subscriber) -> str:
+    return str(subscriber.stub.GetTopic(pb.TopicRequest(topic_name=TOPIC), metadata=subscriber.metadata).schema_id)
+
+
 def earliest(n: int) -> pb.FetchRequest:
     return pb.FetchRequest(topic_name=TOPIC, replay_preset=pb.EARLIEST, num_requested=n)
 
@@ -286,3 +290,69 @@ def test_a_bad_session_is_an_auth_error(private_emulator: EmulatorProcess, login
     error: Any = raised.value
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
     assert dict(error.trailing_metadata() or ())["error-code"] == "sfdc.platform.eventbus.grpc.service.auth.error"
+
+
+def test_injected_gap_and_overflow_events_arrive_header_only(private_emulator: EmulatorProcess, login: Login) -> None:
+    sf: Any = simple_salesforce(private_emulator)
+    account = sf.Account.create({"Name": "gap target"})["id"]
+    probe = Subscriber(private_emulator, login, earliest(100))
+    try:
+        info = probe.stub.GetSchema(pb.SchemaRequest(schema_id=topic_schema_id(probe)), metadata=probe.metadata)
+        last = b""
+        while not last:
+            response = probe.next()
+            for consumed in response.events:
+                header = decode_both(info.schema_json, consumed.event.payload)[0]["ChangeEventHeader"]
+                if header["recordIds"] == [account]:
+                    last = consumed.replay_id
+            if response.events and response.pending_num_requested == 0:
+                probe.request(100)
+    finally:
+        probe.close()
+    org = login.org_id
+    private_emulator.admin(
+        "POST", f"/orgs/{org}/events/gap", {"entity": "Account", "record_ids": [account], "change_type": "GAP_UPDATE"}
+    )
+    private_emulator.admin("POST", f"/orgs/{org}/events/overflow", {"entity": "Account"})
+
+    after = Subscriber(
+        private_emulator,
+        login,
+        pb.FetchRequest(topic_name=TOPIC, replay_preset=pb.CUSTOM, replay_id=last, num_requested=2),
+    )
+    try:
+        events: list[Any] = []
+        schema = ""
+        while len(events) < 2:
+            for consumed in after.next().events:
+                if not schema:
+                    request = pb.SchemaRequest(schema_id=consumed.event.schema_id)
+                    schema = after.stub.GetSchema(request, metadata=after.metadata).schema_json
+                events.append(decode_both(schema, consumed.event.payload)[0])
+    finally:
+        after.close()
+
+    gap, overflow = (event["ChangeEventHeader"] for event in events)
+    assert (gap["changeType"], gap["recordIds"], gap["sequenceNumber"]) == ("GAP_UPDATE", [account], 1)
+    assert (overflow["changeType"], overflow["recordIds"]) == ("GAP_OVERFLOW", [])
+    assert overflow["entityName"] == "Account"
+    assert events[0]["Name"] is None  # gap events carry no field values
+
+
+def test_dropped_streams_end_with_unavailable(private_emulator: EmulatorProcess, login: Login) -> None:
+    subscriber = Subscriber(private_emulator, login, pb.FetchRequest(topic_name=TOPIC, num_requested=1))
+    try:
+        # The LATEST subscription is open once the server has it; dropping then ends it.
+        for _ in range(50):
+            dropped = private_emulator.admin("POST", f"/orgs/{login.org_id}/streams/drop").json()["dropped"]
+            if dropped:
+                break
+            threading.Event().wait(0.1)
+        with pytest.raises(grpc.RpcError) as raised:
+            subscriber.next()
+    finally:
+        subscriber.close()
+
+    error: Any = raised.value
+    assert dropped == 1
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
