@@ -33,27 +33,17 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from services.salesforce_emulator.changes import CommittedTransaction, JsonValue, RecordChange
+from services.salesforce_emulator.changes import ChangeType, CommittedTransaction, JsonValue, RecordChange
 from services.salesforce_emulator.schema import FieldDef, FieldType, ObjectDef
 
 NAMESPACE: Final = "com.sforce.eventbus"
 HEADER_FIELD: Final = "ChangeEventHeader"
-CHANGE_TYPES: Final = (
-    "CREATE",
-    "UPDATE",
-    "DELETE",
-    "UNDELETE",
-    "GAP_CREATE",
-    "GAP_UPDATE",
-    "GAP_DELETE",
-    "GAP_UNDELETE",
-    "GAP_OVERFLOW",
-)
+CHANGE_TYPES: Final = get_args(ChangeType)
 ALL_CHANGE_EVENTS_CHANNEL: Final = "/data/ChangeEvents"
 
 # Salesforce leaves these out of change events: the deletion flag and modstamp are bookkeeping,

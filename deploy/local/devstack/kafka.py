@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 
 from devstack import processes
 from devstack.install import ensure_java, kafka_installed, kafka_libs_dir
+from devstack.server import LocalServer
 from services.common.topic_admin import all_led, wait_until_served
 
 HOST = "127.0.0.1"
@@ -141,8 +142,10 @@ async def cluster_metadata(bootstrap_servers: str, within: float = 5.0) -> dict[
     return metadata
 
 
-class KafkaServer:
+class KafkaServer(LocalServer):
     """One broker+controller JVM whose files all live under ``state_dir``."""
+
+    ready_within = 120.0
 
     def __init__(
         self,
@@ -169,17 +172,8 @@ class KafkaServer:
         return f"{HOST}:{self.ports.broker}"
 
     @property
-    def pid(self) -> int | None:
-        """The broker's pid while it runs (also when another process started it)."""
-        # Our own child is trusted as is: right after spawning, its command line may not show
-        # the marker yet (setpriv and java are still exec'ing).
-        if self._child is not None and self._child.poll() is None:
-            return self._child.pid
-        return processes.pid_if_ours(processes.read_pid_file(self.pid_file), str(self.config_file))
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
+    def marker(self) -> str:
+        return str(self.config_file)
 
     def _java(self, main_class: str, *args: str, jvm_options: tuple[str, ...] = ()) -> list[str]:
         return [
@@ -246,12 +240,13 @@ class KafkaServer:
         )
         self.pid_file.write_text(f"{self._child.pid}\n")
 
-    async def wait_ready(self, within: float = 120.0) -> None:
+    async def wait_ready(self, within: float | None = None) -> None:
         """Return once this broker leads, and serves, every partition of every topic.
 
         Registered is not enough: right after a (re)start the broker still loads its partitions,
         and clients would meet NotLeaderForPartition for a few seconds.
         """
+        within = within or self.ready_within
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if not self.running:
@@ -291,25 +286,6 @@ class KafkaServer:
         if pid is not None:
             processes.terminate(pid, timeout=timeout, child=self._child)
         self._forget()
-
-    def kill(self) -> None:
-        """Crash the broker (SIGKILL): no controlled shutdown, as after a power cut."""
-        pid = self.pid
-        if pid is not None:
-            processes.kill(pid, child=self._child)
-        self._forget()
-
-    async def restart(self, within: float = 120.0) -> None:
-        """Stop, start again on the same ports and data, and wait until ready."""
-        await asyncio.to_thread(self.stop)
-        self.start()
-        await self.wait_ready(within)
-
-    def _forget(self) -> None:
-        if self._child is not None:
-            self._child.poll()
-        self._child = None
-        self.pid_file.unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         return f"KafkaServer({self.bootstrap_servers}, pid={self.pid}, dir={self.state_dir})"

@@ -26,6 +26,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from devstack import processes
 from devstack.paths import POSTGRES_BIN_DIR
+from devstack.server import LocalServer
 
 HOST = "127.0.0.1"
 SERVICE_ACCOUNT = "duplex"
@@ -135,8 +136,10 @@ def render_conf(*, port: int, socket_dir: Path, durable: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-class PostgresServer:
+class PostgresServer(LocalServer):
     """One PostgreSQL cluster whose files all live under ``home``."""
+
+    ready_within = 60.0
 
     def __init__(
         self,
@@ -172,17 +175,8 @@ class PostgresServer:
         return f"postgresql://{DB_USER}:{self.password}@{HOST}:{self.port}/{database}"
 
     @property
-    def pid(self) -> int | None:
-        """The postmaster's pid while it runs (also when another process started it)."""
-        # Our own child is trusted as is: right after spawning, its command line may not show
-        # the marker yet (setpriv and java are still exec'ing).
-        if self._child is not None and self._child.poll() is None:
-            return self._child.pid
-        return processes.pid_if_ours(processes.read_pid_file(self.pid_file), str(self.data_dir))
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
+    def marker(self) -> str:
+        return str(self.data_dir)
 
     def _as_account(self, argv: list[str]) -> list[str]:
         if self.account.uid == os.geteuid():
@@ -289,8 +283,9 @@ class PostgresServer:
         )
         self.pid_file.write_text(f"{self._child.pid}\n")
 
-    async def wait_ready(self, within: float = 60.0) -> None:
+    async def wait_ready(self, within: float | None = None) -> None:
         """Return once a password login to the ``duplex`` database succeeds."""
+        within = within or self.ready_within
         deadline = time.monotonic() + within
         last_error: Exception | None = None
         while time.monotonic() < deadline:
@@ -321,27 +316,6 @@ class PostgresServer:
         if pid is not None:
             processes.terminate(pid, sig=signal.SIGINT, timeout=timeout, child=self._child)
         self._forget()
-
-    def kill(self) -> None:
-        """Crash the postmaster (SIGKILL); the next start runs crash recovery."""
-        pid = self.pid
-        if pid is not None:
-            # The whole process group: backends outliving their postmaster keep its shared
-            # memory attached, and a new postmaster refuses to start until they are gone.
-            processes.kill(pid, child=self._child)
-        self._forget()
-
-    async def restart(self, within: float = 60.0) -> None:
-        """Stop, start again on the same port and data, and wait until ready."""
-        await asyncio.to_thread(self.stop)
-        self.start()
-        await self.wait_ready(within)
-
-    def _forget(self) -> None:
-        if self._child is not None:
-            self._child.poll()
-        self._child = None
-        self.pid_file.unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         return f"PostgresServer({HOST}:{self.port}, pid={self.pid}, home={self.home})"
