@@ -53,7 +53,7 @@ fmt: $(VENV)/.synced ## Format the Python code
 	$(VENV)/bin/ruff check --fix .
 
 typecheck: $(VENV)/.synced gen/python/.stamp ## mypy --strict
-	$(VENV)/bin/mypy services tests bench deploy/local
+	$(VENV)/bin/mypy services tests bench deploy/local examples
 
 test: setup lint typecheck ## Install everything tests need, then lint, typecheck and run every test (not the slow marker)
 	$(PY) -m pytest

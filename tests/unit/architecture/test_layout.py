@@ -63,3 +63,14 @@ def test_the_library_imports_no_service() -> None:
         if module.startswith("services.") and not module.startswith(f"services.{LIBRARY}")
     ]
     assert offenders == []
+
+
+def test_the_example_app_uses_only_the_public_contract() -> None:
+    # Internal services integrate through the protobuf contract alone, never through Duplex's code.
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in (ROOT / "examples").rglob("*.py")
+        for module in _imports(path)
+        if module.startswith(("services", "devstack")) or (module.startswith("duplex.") and ".change." not in module)
+    ]
+    assert offenders == []

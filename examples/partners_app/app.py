@@ -1,0 +1,215 @@
+"""The partner directory: its table, an outbox relay to app-changes, and an app-updates consumer.
+
+The two rules of Duplex's public contract that matter most, and how this app keeps them:
+
+1. *Nothing lost:* a change and its outbox row commit in one transaction; the relay marks a row
+   published only after Kafka acknowledged it (acks=all). A crash in between publishes it again
+   with the same event id, which Duplex deduplicates.
+2. *No echo loops:* a change made by applying an app-update is published with that update's
+   ``origin_client``, so Duplex recognises its own change coming back and does not sync it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from duplex.change.v1 import record_changed_pb2 as rc
+from google.protobuf.message import DecodeError
+
+from examples.partners_app import contract
+
+log = logging.getLogger("partners_app")
+SCHEMA = Path(__file__).with_name("schema.sql")
+COLUMNS = tuple(contract.COLUMNS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    dsn: str
+    bootstrap_servers: str
+    tenant_id: str
+    app_changes_topic: str = "duplex.app-changes.v1"
+    app_updates_topic: str = "duplex.app-updates.v1"
+    group_id: str = "partners-app"
+
+
+async def migrate(conn: Any) -> None:
+    await conn.execute(SCHEMA.read_text())
+
+
+async def _outbox(
+    conn: Any, record_id: str, kind: str, changed: list[str], origin_client: str = contract.CLIENT
+) -> None:
+    # The event id is stored with the change, so a republished change keeps its idempotency key.
+    await conn.execute(
+        "INSERT INTO partners_app.outbox (event_id, record_id, kind, changed, committed_at, origin_client)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        uuid.uuid4().hex,
+        record_id,
+        kind,
+        changed,
+        datetime.now(UTC),
+        origin_client,
+    )
+
+
+async def create_partner(
+    conn: Any, values: Mapping[str, Any], *, link_id: str | None = None, origin: str = contract.CLIENT
+) -> str:
+    """Insert a partner and record the change, in one transaction."""
+    unknown = set(values) - set(COLUMNS)
+    if unknown:
+        raise contract.ContractError(f"unknown fields {sorted(unknown)}")
+    record_id = f"p-{uuid.uuid4().hex[:12]}"
+    columns = ["id", "duplex_link_id", *values]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    async with conn.transaction():
+        await conn.execute(
+            f"INSERT INTO partners_app.partners ({', '.join(columns)}) VALUES ({placeholders})",
+            record_id,
+            link_id,
+            *values.values(),
+        )
+        await _outbox(conn, record_id, "create", list(COLUMNS), origin)
+    return record_id
+
+
+async def edit_partner(
+    conn: Any, record_id: str, values: Mapping[str, Any], *, origin: str = contract.CLIENT
+) -> list[str]:
+    """Update a partner; records the fields that really changed. Returns them."""
+    unknown = set(values) - set(COLUMNS)
+    if unknown:
+        raise contract.ContractError(f"unknown fields {sorted(unknown)}")
+    async with conn.transaction():
+        current = await conn.fetchrow("SELECT * FROM partners_app.partners WHERE id = $1 FOR UPDATE", record_id)
+        if current is None:
+            raise LookupError(f"no partner {record_id}")
+        changed = [k for k, v in values.items() if current[k] != v]
+        if not changed:
+            return []
+        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changed, start=2))
+        await conn.execute(
+            f"UPDATE partners_app.partners SET {assignments}, updated_at = now() WHERE id = $1",
+            record_id,
+            *(values[name] for name in changed),
+        )
+        await _outbox(conn, record_id, "update", changed, origin)
+    return changed
+
+
+async def delete_partner(conn: Any, record_id: str, *, origin: str = contract.CLIENT) -> None:
+    async with conn.transaction():
+        await conn.execute("DELETE FROM partners_app.partners WHERE id = $1", record_id)
+        await _outbox(conn, record_id, "delete", [], origin)
+
+
+async def relay_once(conn: Any, producer: AIOKafkaProducer, settings: Settings, batch: int = 500) -> int:
+    """Publish unpublished outbox rows in order; returns how many were published."""
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "SELECT o.*, p.* FROM partners_app.outbox o"
+            " LEFT JOIN partners_app.partners p ON p.id = o.record_id"
+            " WHERE o.published_at IS NULL ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
+            batch,
+        )
+        for row in rows:
+            message = contract.record_changed(
+                tenant_id=settings.tenant_id,
+                event=row["event_id"],
+                record_id=row["record_id"],
+                kind=row["kind"],
+                row=row if row["kind"] != "delete" and row["id"] is not None else None,
+                changed=row["changed"],
+                committed_at=row["committed_at"],
+                origin_client=row["origin_client"],
+                link_id=row["duplex_link_id"],
+            )
+            # Keyed tenant/object/record: Duplex keeps each record's changes in order.
+            key = f"{settings.tenant_id}/{contract.OBJECT}/{row['record_id']}".encode()
+            await producer.send_and_wait(settings.app_changes_topic, message.SerializeToString(), key=key)
+        if rows:
+            await conn.execute(
+                "UPDATE partners_app.outbox SET published_at = now() WHERE seq = ANY($1::bigint[])",
+                [row["seq"] for row in rows],
+            )
+    return len(rows)
+
+
+async def apply_update(conn: Any, update: rc.RecordChanged, settings: Settings) -> bool:
+    """Apply one app-update once. False when it was already applied or is not for this app."""
+    if update.tenant_id != settings.tenant_id or update.object_type != contract.OBJECT:
+        return False
+    values = contract.update_values(update)  # raises ContractError before anything is written
+    async with conn.transaction():
+        first = await conn.fetchval(
+            "INSERT INTO partners_app.applied_updates (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
+            update.event_id,
+        )
+        if not first:
+            return False
+        record_id = update.record_id or await conn.fetchval(
+            "SELECT id FROM partners_app.partners WHERE duplex_link_id = $1", update.external_id
+        )
+        exists = record_id and await conn.fetchval("SELECT true FROM partners_app.partners WHERE id = $1", record_id)
+        origin = update.origin_client or "duplex"
+        if update.kind == rc.CHANGE_KIND_DELETE:
+            if exists:
+                await delete_partner(conn, record_id, origin=origin)
+        elif exists:
+            await edit_partner(conn, record_id, values, origin=origin)
+        else:
+            await create_partner(conn, {"name": "", **values}, link_id=update.external_id or None, origin=origin)
+    return True
+
+
+async def consume(settings: Settings, consumer: AIOKafkaConsumer, pool: Any) -> None:
+    """Apply app-updates; an offset is committed only after its update is applied (or refused)."""
+    async for message in consumer:
+        try:
+            update = rc.RecordChanged.FromString(message.value or b"")
+            async with pool.acquire() as conn:
+                await apply_update(conn, update, settings)
+        except (DecodeError, contract.ContractError) as exc:
+            # This app's policy for updates it cannot use: log and move on (they stay in the topic).
+            log.warning("skipping app-update at offset %s: %s", message.offset, exc)
+        await consumer.commit()
+
+
+async def run(settings: Settings, *, relay_interval: float = 0.2) -> None:
+    """Relay and consume until cancelled."""
+    pool = await asyncpg.create_pool(settings.dsn, min_size=1, max_size=4)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True)
+    consumer = AIOKafkaConsumer(
+        settings.app_updates_topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+
+        async def relay() -> None:
+            while True:
+                async with pool.acquire() as conn:
+                    if not await relay_once(conn, producer, settings):
+                        await asyncio.sleep(relay_interval)
+
+        await asyncio.gather(relay(), consume(settings, consumer, pool))
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await pool.close()
