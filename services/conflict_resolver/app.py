@@ -1,0 +1,73 @@
+"""Composition root: settings in, the conflict-resolver (a FastStream app) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from duplex.mapping.v1 import change_mapped_pb2
+from duplex.writer.v1 import write_settled_pb2
+from faststream import FastStream
+from faststream.params import NoCast
+from google.protobuf.message import Message
+
+from services.common.kafka import AFTER_EFFECTS, ServiceKafka, make_kafka
+from services.common.telemetry import Telemetry
+from services.common.topics import Topic, TopicNames, load_topic_table
+from services.conflict_resolver.handlers import ConfigVersions, Resolver
+from services.conflict_resolver.settings import ResolverSettings
+
+ChangeMapped = change_mapped_pb2.ChangeMapped
+WriteSettled = write_settled_pb2.WriteSettled
+
+
+@dataclass
+class ResolverApp:
+    app: FastStream
+    kafka: ServiceKafka
+
+
+def build_app(settings: ResolverSettings, *, telemetry: Telemetry | None = None) -> ResolverApp:
+    topic_names = TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)
+    kafka = make_kafka(settings.kafka, service_name=settings.service_name, topic_names=topic_names, telemetry=telemetry)
+    crm_writes = kafka.publisher(Topic.CRM_WRITES)
+    app_updates = kafka.publisher(Topic.APP_UPDATES)
+    holder: dict[str, Any] = {}
+
+    async def publish_crm(event: Message, key: bytes) -> None:
+        await crm_writes.publish(event, key=key)
+
+    async def publish_app(event: Message, key: bytes) -> None:
+        await app_updates.publish(event, key=key)
+
+    async def open_pool() -> None:
+        postgres = settings.postgres
+        pool = await asyncpg.create_pool(
+            dsn=postgres.dsn.get_secret_value(), min_size=postgres.pool_min_size, max_size=postgres.pool_max_size
+        )
+        holder["pool"] = pool
+        holder["resolver"] = Resolver(
+            pool,
+            ConfigVersions(settings.config_cache_size),
+            publish_crm=publish_crm,
+            publish_app=publish_app,
+            service_name=settings.service_name,
+            metrics=telemetry.metrics if telemetry else None,
+        )
+
+    async def close_pool() -> None:
+        pool = holder.pop("pool", None)
+        if pool is not None:
+            await pool.close()
+
+    @kafka.subscriber(Topic.MAPPED_CHANGES, message_type=ChangeMapped, ack_policy=AFTER_EFFECTS)
+    async def on_mapped(event: NoCast[ChangeMapped]) -> None:
+        await holder["resolver"].on_mapped(event)
+
+    @kafka.subscriber(Topic.WRITE_OUTCOMES, message_type=WriteSettled, ack_policy=AFTER_EFFECTS)
+    async def on_settled(event: NoCast[WriteSettled]) -> None:
+        await holder["resolver"].on_settled(event)
+
+    app = FastStream(kafka.broker, on_startup=[open_pool], after_shutdown=[close_pool])
+    return ResolverApp(app, kafka)

@@ -1,0 +1,122 @@
+"""The resolver's events in and out: ChangeMapped in domain terms, WriteRecords and RecordChanged out."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from duplex.change.v1 import record_changed_pb2
+from duplex.mapping.v1 import change_mapped_pb2
+from duplex.writer.v1 import write_records_pb2
+
+from services.common.change import Change, ChangeKind, Side, to_proto
+from services.common.errors import InvalidEvent
+from services.common.tenant_config import ObjectPair
+from services.common.values import to_field_value, to_value
+from services.conflict_resolver.resolve import AppUpdate, CrmWrite, FieldChange, LinkState, MappedChange, Operation
+
+# Output ids derive from the input's, so a redelivered input republishes identical outputs.
+NAMESPACE = uuid.UUID("0d6bb7a4-7a0e-4c1f-8f43-2f4f3e2d1a77")
+
+_SIDES = {record_changed_pb2.SIDE_APP: Side.APP, record_changed_pb2.SIDE_CRM: Side.CRM}
+_KINDS = {
+    record_changed_pb2.CHANGE_KIND_CREATE: ChangeKind.CREATE,
+    record_changed_pb2.CHANGE_KIND_UPDATE: ChangeKind.UPDATE,
+    record_changed_pb2.CHANGE_KIND_DELETE: ChangeKind.DELETE,
+    record_changed_pb2.CHANGE_KIND_UNDELETE: ChangeKind.UNDELETE,
+    record_changed_pb2.CHANGE_KIND_SNAPSHOT: ChangeKind.SNAPSHOT,
+}
+_OPERATIONS = {
+    Operation.UPSERT: write_records_pb2.OPERATION_UPSERT,
+    Operation.UPDATE: write_records_pb2.OPERATION_UPDATE,
+    Operation.DELETE: write_records_pb2.OPERATION_DELETE,
+}
+
+
+def mapped_from_proto(event: change_mapped_pb2.ChangeMapped) -> MappedChange:
+    """The domain form of a ChangeMapped; InvalidEvent when it breaks the contract."""
+    if not event.link_id or not event.object_pair:
+        raise InvalidEvent("ChangeMapped without link_id or object_pair")
+    side = _SIDES.get(event.origin_side)
+    kind = _KINDS.get(event.kind)
+    if side is None or kind is None:
+        raise InvalidEvent(f"ChangeMapped with origin_side {event.origin_side}, kind {event.kind}")
+    if not event.HasField("origin_commit_time"):
+        raise InvalidEvent("ChangeMapped without origin_commit_time")
+    try:
+        fields = tuple(
+            FieldChange(f.app_field, f.crm_field, to_value(f.app_value), to_value(f.crm_value), f.changed)
+            for f in event.fields
+        )
+    except ValueError as error:
+        raise InvalidEvent(f"ChangeMapped with an invalid value: {error}") from error
+    return MappedChange(
+        event_id=event.event_id,
+        tenant_id=event.tenant_id,
+        link_id=event.link_id,
+        object_pair=event.object_pair,
+        mapping_version=event.mapping_version,
+        side=side,
+        kind=kind,
+        fields=fields,
+        at=event.origin_commit_time.ToDatetime(tzinfo=UTC),
+        app_record_id=event.app_record_id,
+        crm_record_id=event.crm_record_id,
+        external_id=event.external_id,
+        origin_client=event.origin_client,
+        source_event_id=event.source_event_id,
+    )
+
+
+def output_id(kind: str, event_id: str) -> str:
+    return uuid.uuid5(NAMESPACE, f"{kind}/{event_id}").hex
+
+
+def write_records(
+    change: MappedChange, pair: ObjectPair, link: LinkState, write: CrmWrite
+) -> write_records_pb2.WriteRecords:
+    command = write_records_pb2.WriteRecords(
+        command_id=output_id("crm", change.event_id),
+        tenant_id=change.tenant_id,
+        crm_object=pair.salesforce.object,
+        operation=_OPERATIONS[write.operation],
+        external_id_field=pair.salesforce.external_id_field if write.operation is Operation.UPSERT else "",
+        # Backfills must not take live changes' API budget.
+        priority=write_records_pb2.PRIORITY_BACKFILL
+        if change.kind is ChangeKind.SNAPSHOT
+        else write_records_pb2.PRIORITY_LIVE,
+    )
+    record = command.records.add(
+        link_id=link.link_id,
+        record_id=write.record_id,
+        external_id_value=write.external_id_value,
+        version=write.version,
+    )
+    for name, value in write.fields.items():
+        record.fields[name].CopyFrom(to_field_value(value))
+    command.origin_commit_time.FromDatetime(change.at)
+    return command
+
+
+def app_update(
+    change: MappedChange, pair: ObjectPair, client_id: str, update: AppUpdate, at: datetime | None = None
+) -> record_changed_pb2.RecordChanged:
+    """The RecordChanged an internal service applies. ``origin_client`` is the tenant's client id:
+    the service publishes its resulting change with it, so its echo is recognised."""
+    names = frozenset(update.fields)
+    return to_proto(
+        Change(
+            event_id=output_id("app", change.event_id),
+            tenant_id=change.tenant_id,
+            side=Side.CRM,
+            object_type=pair.app.object,
+            record_id=update.record_id,
+            kind=update.kind,
+            fields=dict(update.fields),
+            at=at or change.at,
+            changed=names if update.kind is ChangeKind.UPDATE else frozenset(),
+            nulled=frozenset(n for n, v in update.fields.items() if v is None),
+            origin_client=client_id,
+            external_id=update.external_id,
+        )
+    )

@@ -1,0 +1,240 @@
+"""The resolver's handlers: thin over :mod:`resolve`, one transaction per event.
+
+The outputs of an event are published (acks=all) inside its transaction, before it commits. A
+crash in between rolls the state back and the event comes again; since output ids and contents
+derive from the input and the state it found, the second run publishes the same commands,
+which the writer and the app deduplicate by id. The other order (commit, then publish) could
+lose the outputs for good once the event is marked processed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from duplex.mapping.v1 import change_mapped_pb2
+from duplex.writer.v1 import write_records_pb2, write_settled_pb2
+from google.protobuf.message import Message
+
+from services.common import sync_log
+from services.common.codec import link_key, record_key
+from services.common.errors import InvalidEvent
+from services.common.metrics import Metrics
+from services.common.tenant_config import StoredConfig, fetch_config
+from services.conflict_resolver.contract import app_update, mapped_from_proto, write_records
+from services.conflict_resolver.repository import ResolverRepository
+from services.conflict_resolver.resolve import (
+    LinkState,
+    MappedChange,
+    Resolution,
+    resolve,
+    settle_rejected,
+)
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Message, bytes], Awaitable[None]]
+
+
+class ConfigVersions:
+    """Parsed mapping versions; a version never changes once applied, so nothing expires but the oldest."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._cache: OrderedDict[tuple[str, int], StoredConfig] = OrderedDict()
+
+    async def get(self, conn: Any, tenant_id: str, version: int) -> StoredConfig | None:
+        key = (tenant_id, version)
+        found = self._cache.get(key)
+        if found is None:
+            found = await fetch_config(conn, tenant_id, version)
+            if found is None:
+                return None
+            self._cache[key] = found
+            if len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return found
+
+
+class Resolver:
+    def __init__(
+        self,
+        pool: Any,
+        configs: ConfigVersions,
+        *,
+        publish_crm: Publish,
+        publish_app: Publish,
+        service_name: str,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._pool = pool
+        self._configs = configs
+        self._publish_crm = publish_crm
+        self._publish_app = publish_app
+        self._service = service_name
+        self._metrics = metrics
+
+    async def on_mapped(self, event: change_mapped_pb2.ChangeMapped) -> None:
+        change = mapped_from_proto(event)
+        async with self._pool.acquire() as conn:
+            stored = await self._configs.get(conn, change.tenant_id, change.mapping_version)
+            pair = stored.config.object_pair(change.object_pair) if stored is not None else None
+            if stored is None or pair is None:
+                reason = f"no object pair {change.object_pair!r} in mapping version {change.mapping_version}"
+                await self._log(
+                    conn, change.tenant_id, "change.rejected", change.link_id, code="UNKNOWN_PAIR", message=reason
+                )
+                raise InvalidEvent(reason)
+            client_id = stored.config.spec.salesforce.call_options_client
+            async with conn.transaction():
+                repo = ResolverRepository(conn, change.tenant_id)
+                if not await repo.claim(change.event_id):
+                    log.debug("duplicate event", extra={"tenant": change.tenant_id, "event": change.event_id})
+                    return
+                link = await repo.lock_or_create_link(
+                    LinkState(change.link_id, change.object_pair, change.external_id or f"dx-{change.link_id}")
+                )
+                fields = await repo.fields(change.link_id)
+                resolution = resolve(pair, client_id, link, fields, change)
+                if resolution.crm_write is not None:
+                    command = write_records(change, pair, resolution.link, resolution.crm_write)
+                    await self._publish_crm(command, link_key(change.tenant_id, change.link_id))
+                    write = resolution.crm_write
+                    await repo.record_sent(change.link_id, write.version, str(write.operation), write.pending)
+                if resolution.app_update is not None:
+                    update = app_update(change, pair, client_id, resolution.app_update)
+                    record = resolution.app_update.record_id or change.link_id
+                    await self._publish_app(update, record_key(change.tenant_id, pair.app.object, record))
+                await repo.save(resolution.link, resolution.fields)
+                await self._record(conn, change, resolution)
+        self._count(change, resolution)
+
+    async def on_settled(self, event: write_settled_pb2.WriteSettled) -> None:
+        if not event.link_id:
+            raise InvalidEvent("WriteSettled without link_id")
+        async with self._pool.acquire() as conn, conn.transaction():
+            repo = ResolverRepository(conn, event.tenant_id)
+            if not await repo.claim(f"outcome:{event.command_id}:{event.link_id}:{event.version}"):
+                return
+            link = await repo.lock_link(event.link_id)
+            if link is None:
+                await self._log(conn, event.tenant_id, "outcome.ignored", event.link_id, message="unknown link")
+                return
+            if event.status == write_settled_pb2.WRITE_STATUS_REJECTED:
+                await self._rejected(conn, repo, link, event)
+            elif event.status == write_settled_pb2.WRITE_STATUS_SUCCEEDED:
+                await self._succeeded(conn, repo, link, event)
+
+    async def _succeeded(
+        self, conn: Any, repo: ResolverRepository, link: LinkState, event: write_settled_pb2.WriteSettled
+    ) -> None:
+        # Success confirms nothing about field values (policy.roll_back explains why); it only
+        # tells us the id of a record Duplex created.
+        if event.operation == write_records_pb2.OPERATION_DELETE or not event.record_id:
+            return
+        if event.record_id != link.crm_record_id and (event.created or link.crm_record_id is None):
+            await repo.save(replace(link, crm_record_id=event.record_id), {})
+            await repo.store_crm_id(link, event.record_id)
+            await self._log(conn, event.tenant_id, "record.created", link.link_id, record_id=event.record_id)
+
+    async def _rejected(
+        self, conn: Any, repo: ResolverRepository, link: LinkState, event: write_settled_pb2.WriteSettled
+    ) -> None:
+        sent = await repo.sent(link.link_id, event.version)
+        first = event.errors[0] if event.errors else None
+        settled = {}
+        if sent is not None:
+            operation, pending = sent
+            settled = settle_rejected(await repo.fields(link.link_id), pending)
+            if operation == "delete":
+                link = replace(link, crm_deleted=False)
+        await repo.save(link, settled)
+        await self._log(
+            conn,
+            event.tenant_id,
+            "write.rejected",
+            link.link_id,
+            record_id=event.record_id or link.crm_record_id,
+            code=first.status_code if first else "REJECTED",
+            message=first.message if first else "rejected without an error",
+            detail={
+                "version": event.version,
+                "rolled_back": sorted(settled),
+                "errors": [
+                    {"code": e.status_code, "message": e.message, "fields": list(e.fields)} for e in event.errors
+                ],
+            },
+        )
+
+    async def _record(self, conn: Any, change: MappedChange, resolution: Resolution) -> None:
+        """One sync log row per change, one more per conflict: 'why did this field flip?'."""
+        event = "echo.dropped" if resolution.echo is not None else "change.resolved"
+        writes: dict[str, Any] = {}
+        if resolution.crm_write is not None:
+            writes["crm"] = {
+                "operation": str(resolution.crm_write.operation),
+                "fields": sorted(resolution.crm_write.fields),
+            }
+        if resolution.app_update is not None:
+            writes["app"] = {"kind": str(resolution.app_update.kind), "fields": sorted(resolution.app_update.fields)}
+        detail = {
+            "source_event_id": change.source_event_id,
+            "side": str(change.side),
+            "kind": str(change.kind),
+            "echo": str(resolution.echo) if resolution.echo else None,
+            "fields": {
+                d.field: {"outcome": str(d.outcome), "reason": d.reason, **({"echo": str(d.echo)} if d.echo else {})}
+                for d in resolution.decisions
+            },
+            "notes": list(resolution.notes),
+            "writes": writes,
+        }
+        await self._log(conn, change.tenant_id, event, change.link_id, detail=detail)
+        for d in resolution.decisions:
+            if d.conflict:
+                await self._log(
+                    conn,
+                    change.tenant_id,
+                    "conflict.decided",
+                    change.link_id,
+                    code=d.policy,
+                    message=f"{d.field}: {d.winner} wins ({d.reason})",
+                    detail={"field": d.field, "winner": str(d.winner), "outcome": str(d.outcome)},
+                )
+
+    def _count(self, change: MappedChange, resolution: Resolution) -> None:
+        if self._metrics is None:
+            return
+        if resolution.echo is not None:
+            self._metrics.echoes_dropped.labels(change.tenant_id, str(change.side), str(resolution.echo)).inc()
+        for d in resolution.decisions:
+            if d.conflict:
+                self._metrics.conflicts_decided.labels(change.tenant_id, d.policy, str(d.winner)).inc()
+
+    async def _log(
+        self,
+        conn: Any,
+        tenant_id: str,
+        event: str,
+        link_id: str | None,
+        *,
+        record_id: str | None = None,
+        code: str | None = None,
+        message: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        await sync_log.record(
+            conn,
+            tenant_id=tenant_id,
+            service=self._service,
+            event=event,
+            link_id=link_id,
+            record_id=record_id,
+            code=code,
+            message=message,
+            detail=detail,
+        )

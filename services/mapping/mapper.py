@@ -1,0 +1,299 @@
+"""The mapping handler: a RecordChanged from either side in, ChangeMapped events (keyed tenant/link) out.
+
+Thin over :mod:`links` and :mod:`translate`. One database transaction per change; the events are
+published (and acknowledged by the broker) inside it, before it commits, so a crash in between
+repeats both. Repeating is harmless: link ids and event ids are derived from the input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+from duplex.change.v1 import record_changed_pb2
+from duplex.mapping.v1 import change_mapped_pb2
+from google.protobuf.message import Message
+
+from services.common import sync_log
+from services.common.change import Change, ChangeKind, InvalidChangeError, Side, from_proto
+from services.common.codec import link_key
+from services.common.errors import InvalidEvent
+from services.common.tenant_config import ObjectPair, StoredConfig
+from services.common.values import Reference, to_field_value
+from services.mapping.config_cache import ConfigCache
+from services.mapping.links import (
+    Link,
+    conversion_of,
+    conversion_target,
+    external_id_in,
+    mapped_event_id,
+    merge_winner,
+    pair_for,
+    reference_needs,
+    released_event_id,
+)
+from services.mapping.repository import HeldReference, LinkRepository
+from services.mapping.translate import Mapped, RejectedChangeError, matches_filter, translate
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Message, bytes], Awaitable[None]]
+
+_SIDE_TO_PB = {Side.APP: record_changed_pb2.SIDE_APP, Side.CRM: record_changed_pb2.SIDE_CRM}
+_KIND_TO_PB = {
+    ChangeKind.CREATE: record_changed_pb2.CHANGE_KIND_CREATE,
+    ChangeKind.UPDATE: record_changed_pb2.CHANGE_KIND_UPDATE,
+    ChangeKind.DELETE: record_changed_pb2.CHANGE_KIND_DELETE,
+    ChangeKind.UNDELETE: record_changed_pb2.CHANGE_KIND_UNDELETE,
+    ChangeKind.SNAPSHOT: record_changed_pb2.CHANGE_KIND_SNAPSHOT,
+}
+
+
+class Mapper:
+    def __init__(self, pool: Any, cache: ConfigCache, publish: Publish, *, service_name: str) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._publish = publish
+        self._service = service_name
+
+    async def handle(self, event: record_changed_pb2.RecordChanged) -> None:
+        try:
+            change = from_proto(event)
+        except InvalidChangeError as error:
+            await self._reject(event.tenant_id, event.record_id, "INVALID_CHANGE", str(error), event.event_id)
+        if not change.record_id:
+            await self._reject(change.tenant_id, "", "INVALID_CHANGE", "missing record_id", change.event_id)
+        async with self._pool.acquire() as conn:
+            stored = await self._cache.current(conn, change.tenant_id)
+        if stored is None:
+            await self._reject(
+                change.tenant_id, change.record_id, "UNKNOWN_TENANT", "tenant has no configuration", change.event_id
+            )
+        pair = pair_for(stored.config, change.side, change.object_type)
+        if pair is None:
+            await self._reject(
+                change.tenant_id,
+                change.record_id,
+                "UNKNOWN_OBJECT",
+                f"no object pair maps {change.side} object {change.object_type!r}",
+                change.event_id,
+            )
+        if change.kind is ChangeKind.GAP:
+            # cdc-ingest repairs gaps itself and publishes the re-read records as snapshots.
+            log.debug("gap event ignored", extra={"tenant": change.tenant_id, "record": change.record_id})
+            return
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                events = await self._map(LinkRepository(conn), conn, stored, pair, change)
+                for key, mapped in events:
+                    await self._publish(mapped, key)
+        except RejectedChangeError as error:
+            detail = f"{error.field}: {error}" if error.field else str(error)
+            await self._reject(change.tenant_id, change.record_id, error.code, detail, change.event_id)
+
+    async def _map(
+        self, repo: LinkRepository, conn: Any, stored: StoredConfig, pair: ObjectPair, change: Change
+    ) -> list[tuple[bytes, change_mapped_pb2.ChangeMapped]]:
+        conversion = conversion_of(change)
+        if conversion is not None:
+            target = conversion_target(stored.config, pair, conversion)
+            await self._convert(repo, conn, pair, change, target)
+            return []
+        winner = merge_winner(change)
+        if winner is not None:
+            await self._merge(repo, conn, pair, change, winner)
+            return []
+        if change.kind is not ChangeKind.DELETE and not matches_filter(pair.filter, change.side, change.fields):
+            log.debug("filtered out", extra={"tenant": change.tenant_id, "record": change.record_id})
+            return []
+        link = await self._link(repo, pair, change)
+        if link is None or link.merged_into is not None:
+            return []
+
+        needs = reference_needs(pair, change)
+        resolved = await repo.other_side_ids(
+            change.tenant_id, change.side, [(n.target_pair, n.record_id) for n in needs]
+        )
+        mapped = translate(pair, change, resolve=lambda p, _side, rid: resolved.get((p, rid)))
+        source_names = [f.app_field if change.side is Side.APP else f.crm_field for f in mapped.fields]
+        await repo.unhold(change.tenant_id, link.link_id, source_names)
+        for need in needs:
+            if need.field in mapped.held:
+                await repo.hold(
+                    HeldReference(
+                        link_id=link.link_id,
+                        field=need.field,
+                        object_pair=pair.name,
+                        origin_side=change.side,
+                        target_pair=need.target_pair,
+                        target_record_id=need.record_id,
+                        source_event_id=change.event_id,
+                        origin_commit_at=change.at,
+                        origin_client=change.origin_client,
+                        mapping_version=stored.version,
+                    ),
+                    change.tenant_id,
+                )
+
+        events: list[tuple[bytes, change_mapped_pb2.ChangeMapped]] = []
+        if mapped.fields or change.kind in {ChangeKind.DELETE, ChangeKind.UNDELETE}:
+            events.append((link_key(change.tenant_id, link.link_id), self._event(stored, link, change, mapped)))
+        for held in await repo.take_released(link):
+            released = await self._released(repo, stored, held, link)
+            if released is not None:
+                events.append(released)
+        return events
+
+    async def _link(self, repo: LinkRepository, pair: ObjectPair, change: Change) -> Link | None:
+        tenant = change.tenant_id
+        link = await repo.find(tenant, pair.name, change.side, change.record_id)
+        if link is not None:
+            return link
+        if change.kind is ChangeKind.DELETE:
+            return None  # never synced: nothing to tell the other side
+        external_id = external_id_in(change, pair)
+        if external_id is not None:
+            # A record Duplex created on this side: its first event binds it to the link it was created for.
+            if change.side is Side.APP:
+                candidate = await repo.get(tenant, external_id)
+            else:
+                candidate = await repo.find_by_external_id(tenant, pair.name, external_id)
+            if candidate is not None and candidate.object_pair == pair.name:
+                bound = await repo.bind(candidate, change.side, change.record_id)
+                if bound is not None:
+                    return bound
+                log.warning(
+                    "external id already bound to another record; linking separately",
+                    extra={"tenant": tenant, "record": change.record_id, "link": candidate.link_id},
+                )
+        return await repo.create(tenant, pair.name, change.side, change.record_id)
+
+    async def _convert(
+        self, repo: LinkRepository, conn: Any, pair: ObjectPair, change: Change, target: tuple[ObjectPair, str] | None
+    ) -> None:
+        lead = await repo.find(change.tenant_id, pair.name, Side.CRM, change.record_id)
+        if lead is None or target is None:
+            await self._log(conn, change, "lead.converted", None, "no link or no pair for the converted records")
+            return
+        target_pair, record_id = target
+        existing = await repo.find(change.tenant_id, target_pair.name, Side.CRM, record_id)
+        if existing is not None and existing.link_id != lead.link_id:
+            if existing.app_record_id is not None:
+                # Both already synced to different app records: keep the contact's link, stop the lead's.
+                await repo.retire(lead, existing.link_id)
+                await self._log(conn, change, "lead.converted", lead.link_id, f"converted into linked {record_id}")
+                return
+            # The converted record's own create arrived first and founded a link of its own: the
+            # lead's link (which has the app record) absorbs it.
+            await repo.retire(existing, lead.link_id)
+        await repo.repoint(lead, target_pair.name, record_id)
+        await self._log(
+            conn, change, "link.repointed", lead.link_id, f"lead converted into {target_pair.name} {record_id}"
+        )
+
+    async def _merge(self, repo: LinkRepository, conn: Any, pair: ObjectPair, change: Change, winner: str) -> None:
+        loser = await repo.find(change.tenant_id, pair.name, Side.CRM, change.record_id)
+        if loser is None:
+            return
+        winner_link = await repo.find(change.tenant_id, pair.name, Side.CRM, winner)
+        if winner_link is None:
+            await repo.repoint(loser, pair.name, winner)
+            message = f"merged into {winner}: link moved to the winner"
+        else:
+            await repo.retire(loser, winner_link.link_id)
+            message = f"merged into {winner}, already linked as {winner_link.link_id}: link retired, app record kept"
+        await self._log(conn, change, "link.merged", loser.link_id, message)
+
+    def _event(
+        self, stored: StoredConfig, link: Link, change: Change, mapped: Mapped
+    ) -> change_mapped_pb2.ChangeMapped:
+        event = change_mapped_pb2.ChangeMapped(
+            event_id=mapped_event_id(change),
+            tenant_id=change.tenant_id,
+            link_id=link.link_id,
+            object_pair=link.object_pair,
+            mapping_version=stored.version,
+            origin_side=_SIDE_TO_PB[change.side],
+            kind=_KIND_TO_PB[change.kind],
+            app_record_id=link.app_record_id or "",
+            crm_record_id=link.crm_record_id or "",
+            external_id=link.external_id,
+            origin_client=change.origin_client,
+            source_event_id=change.event_id,
+        )
+        for f in mapped.fields:
+            event.fields.add(
+                app_field=f.app_field,
+                crm_field=f.crm_field,
+                app_value=to_field_value(f.app_value),
+                crm_value=to_field_value(f.crm_value),
+                changed=f.changed,
+            )
+        for d in mapped.dropped:
+            event.dropped_fields.add(field=d.field, reason=d.reason)
+        event.origin_commit_time.FromDatetime(change.at)
+        return event
+
+    async def _released(
+        self, repo: LinkRepository, stored: StoredConfig, held: HeldReference, target: Link
+    ) -> tuple[bytes, change_mapped_pb2.ChangeMapped] | None:
+        holder = await repo.get(target.tenant_id, held.link_id)
+        pair = stored.config.object_pair(held.object_pair)
+        if holder is None or pair is None or holder.merged_into is not None:
+            return None
+        mapping = (
+            pair.field_by_app(held.field) if held.origin_side is Side.APP else pair.field_by_salesforce(held.field)
+        )
+        if mapping is None or target.app_record_id is None or target.crm_record_id is None:
+            return None
+        event = change_mapped_pb2.ChangeMapped(
+            event_id=released_event_id(held.source_event_id, holder.link_id, held.field),
+            tenant_id=holder.tenant_id,
+            link_id=holder.link_id,
+            object_pair=holder.object_pair,
+            mapping_version=stored.version,
+            origin_side=_SIDE_TO_PB[held.origin_side],
+            kind=record_changed_pb2.CHANGE_KIND_UPDATE,
+            app_record_id=holder.app_record_id or "",
+            crm_record_id=holder.crm_record_id or "",
+            external_id=holder.external_id,
+            origin_client=held.origin_client,
+            source_event_id=held.source_event_id,
+        )
+        event.fields.add(
+            app_field=mapping.app,
+            crm_field=mapping.salesforce,
+            app_value=to_field_value(Reference(target.app_record_id)),
+            crm_value=to_field_value(Reference(target.crm_record_id)),
+            changed=True,
+        )
+        event.origin_commit_time.FromDatetime(held.origin_commit_at)
+        return link_key(holder.tenant_id, holder.link_id), event
+
+    async def _log(self, conn: Any, change: Change, event: str, link_id: str | None, message: str) -> None:
+        await sync_log.record(
+            conn,
+            tenant_id=change.tenant_id,
+            service=self._service,
+            event=event,
+            link_id=link_id,
+            record_id=change.record_id,
+            message=message,
+            detail={"source_event_id": change.event_id, "object": change.object_type},
+        )
+
+    async def _reject(self, tenant_id: str, record_id: str, code: str, message: str, event_id: str) -> NoReturn:
+        """Record why a change cannot be mapped, then send it to the dead-letter topic."""
+        async with self._pool.acquire() as conn:
+            await sync_log.record(
+                conn,
+                tenant_id=tenant_id or "unknown",
+                service=self._service,
+                event="change.rejected",
+                record_id=record_id or None,
+                code=code,
+                message=message,
+                detail={"source_event_id": event_id},
+            )
+        raise InvalidEvent(f"{code}: {message}")

@@ -1,0 +1,22 @@
+"""The mapping service's settings, loaded once at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.settings import KafkaSettings, PostgresSettings, TelemetrySettings
+
+
+class MappingSettings(BaseSettings):
+    """MAPPING_* variables, plus the shared KAFKA_*, POSTGRES_* and TELEMETRY_* ones."""
+
+    model_config = SettingsConfigDict(env_prefix="MAPPING_", frozen=True, extra="ignore")
+
+    service_name: str = "mapping"
+    # How often a tenant's current mapping version is re-checked (one indexed max() query);
+    # a newly applied version is used at most this long after it was applied.
+    config_check_seconds: float = Field(default=5.0, ge=0)
+    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
+    postgres: PostgresSettings = Field(default_factory=lambda: PostgresSettings())
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)

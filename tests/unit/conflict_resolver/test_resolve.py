@@ -1,0 +1,332 @@
+"""Table-driven tests of what one mapped change means for both sides of a link."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from services.common.change import ChangeKind, Side
+from services.common.tenant_config import ObjectPair
+from services.common.values import Reference, Value
+from services.conflict_resolver.policy import Outcome
+from services.conflict_resolver.resolve import (
+    EchoReason,
+    FieldChange,
+    FieldRecord,
+    LinkState,
+    MappedChange,
+    Operation,
+    Resolution,
+    resolve,
+    settle_rejected,
+)
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+CLIENT = "duplex-acme"
+
+
+def pair(delete_policy: str = "propagate", direction: str = "both", **extra: object) -> ObjectPair:
+    doc: dict[str, object] = {
+        "name": "partners",
+        "app": {"object": "partners"},
+        "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+        "direction": direction,
+        "conflictPolicy": "newest_wins",
+        "deletePolicy": delete_policy,
+        "fields": [
+            {"app": "name", "salesforce": "Name"},
+            {"app": "status", "salesforce": "Status__c", "conflictPolicy": "app_wins"},
+            {"app": "revenue", "salesforce": "AnnualRevenue", "direction": "crm_to_app"},
+            {"app": "archived", "salesforce": "Archived__c"},
+            {"app": "notes", "salesforce": "Description", "allowNulls": True},
+        ],
+        **extra,
+    }
+    return ObjectPair.model_validate(doc)
+
+
+PAIR = pair()
+SOFT = pair("soft_delete", softDeleteField={"app": "archived", "salesforce": "Archived__c"})
+
+
+def link(**kw: object) -> LinkState:
+    base: dict[str, object] = {"link_id": "L1", "object_pair": "partners", "external_id": "dx-L1"}
+    return LinkState(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def change(
+    side: Side,
+    fields: dict[str, Value] | None = None,
+    *,
+    kind: ChangeKind = ChangeKind.UPDATE,
+    at: int = 0,
+    client: str = "",
+    crm: dict[str, Value] | None = None,
+    n: int = 1,
+) -> MappedChange:
+    names = {
+        "name": "Name",
+        "status": "Status__c",
+        "revenue": "AnnualRevenue",
+        "archived": "Archived__c",
+        "notes": "Description",
+    }
+    crm = crm or {}
+    return MappedChange(
+        event_id=f"e{n}",
+        tenant_id="acme",
+        link_id="L1",
+        object_pair="partners",
+        mapping_version=1,
+        side=side,
+        kind=kind,
+        fields=tuple(FieldChange(k, names[k], v, crm.get(k, v)) for k, v in (fields or {}).items()),
+        at=T0 + timedelta(seconds=at),
+        origin_client=client,
+    )
+
+
+def run(*changes: MappedChange, start: LinkState | None = None) -> list[Resolution]:
+    """Apply changes in order, carrying link and field state forward."""
+    state = start or link()
+    fields: dict[str, FieldRecord] = {}
+    out = []
+    for c in changes:
+        r = resolve(PAIR if c.object_pair == "partners" else SOFT, CLIENT, state, fields, c)
+        state = r.link
+        fields = {**fields, **r.fields}
+        out.append(r)
+    return out
+
+
+def test_an_app_create_of_a_record_not_in_salesforce_is_upserted_on_the_external_id() -> None:
+    (r,) = run(change(Side.APP, {"name": "Acme", "status": "active"}, kind=ChangeKind.CREATE))
+    assert r.crm_write is not None
+    assert (r.crm_write.operation, r.crm_write.external_id_value, r.crm_write.version) == (Operation.UPSERT, "dx-L1", 1)
+    assert dict(r.crm_write.fields) == {"Name": "Acme", "Status__c": "active"}
+    assert r.app_update is None
+
+
+def test_a_known_salesforce_record_is_updated_by_id_with_only_the_changed_fields_in_salesforce_terms() -> None:
+    c = change(Side.APP, {"status": "active"}, crm={"status": "Active"})
+    (r,) = run(c, start=link(crm_record_id="001A", app_record_id="a1"))
+    assert r.crm_write is not None
+    assert (r.crm_write.operation, r.crm_write.record_id) == (Operation.UPDATE, "001A")
+    assert dict(r.crm_write.fields) == {"Status__c": "Active"}
+    assert dict(r.crm_write.pending) == {"status": "active"}
+
+
+def test_a_salesforce_create_becomes_an_app_create_carrying_the_link_id() -> None:
+    (r,) = run(change(Side.CRM, {"name": "Acme", "revenue": Decimal("10.50")}, kind=ChangeKind.CREATE))
+    assert r.app_update is not None
+    assert (r.app_update.kind, r.app_update.record_id, r.app_update.external_id) == (ChangeKind.CREATE, "", "L1")
+    assert dict(r.app_update.fields) == {"name": "Acme", "revenue": Decimal("10.50")}
+    assert r.crm_write is None
+
+
+def test_a_tagged_echo_is_dropped_and_counted_and_never_written_back() -> None:
+    first, echo = run(
+        change(Side.APP, {"name": "Acme"}, n=1),
+        change(Side.CRM, {"name": "Acme"}, at=1, client=CLIENT, n=2),
+        start=link(crm_record_id="001A", app_record_id="a1"),
+    )
+    assert first.crm_write is not None
+    assert echo.crm_write is None
+    assert echo.app_update is None
+    assert echo.echo is EchoReason.ORIGIN_CLIENT
+    assert [d.outcome for d in echo.decisions] == [Outcome.ECHO]
+    assert echo.fields["name"].state.pending_crm == ()
+
+
+def test_an_untagged_change_carrying_the_synced_value_is_an_echo_by_value() -> None:
+    _, same = run(
+        change(Side.APP, {"name": "Acme"}, n=1),
+        change(Side.CRM, {"name": "Acme"}, at=2, n=2),
+        start=link(crm_record_id="001A", app_record_id="a1"),
+    )
+    assert same.echo is EchoReason.VALUES
+    assert same.crm_write is None
+    assert same.app_update is None
+
+
+@pytest.mark.parametrize(
+    ("field", "app_at", "crm_at", "winner", "app_write", "crm_write"),
+    [
+        # newest_wins: the later commit wins, whichever side it comes from.
+        # Our write of the app's value is still in flight to Salesforce: its value goes after it.
+        ("name", 2, 3, Side.CRM, {"name": "crm"}, {"Name": "crm"}),
+        # The app's value is already in flight to Salesforce and lands after its edit: no new write.
+        ("name", 3, 2, Side.APP, None, None),
+        # app_wins: the app's value stands even when Salesforce's is newer.
+        ("status", 2, 3, Side.APP, None, None),
+    ],
+)
+def test_concurrent_edits_are_settled_by_the_field_policy(
+    field: str,
+    app_at: int,
+    crm_at: int,
+    winner: Side,
+    app_write: dict[str, Value] | None,
+    crm_write: dict[str, Value] | None,
+) -> None:
+    # The app edits, Duplex sends it to Salesforce, and Salesforce edits before our write echoes.
+    crm_name = {"name": "Name", "status": "Status__c"}[field]
+    _, _, concurrent = run(
+        change(Side.APP, {field: "v0"}, n=1),
+        change(Side.APP, {field: "app"}, at=app_at, n=2),
+        change(Side.CRM, {field: "crm"}, at=crm_at, n=3),
+        start=link(crm_record_id="001A", app_record_id="a1"),
+    )
+    (decision,) = concurrent.decisions
+    assert decision.conflict
+    assert decision.winner is winner
+    assert (dict(concurrent.app_update.fields) if concurrent.app_update else None) == app_write
+    # Salesforce must end on the winner: a write goes after the pending one unless that already carries it.
+    assert (dict(concurrent.crm_write.fields) if concurrent.crm_write else None) == crm_write
+    assert crm_write is None or crm_name in crm_write
+
+
+def test_a_blank_never_overwrites_data_unless_the_mapping_allows_nulls() -> None:
+    _, blank_name, _, null_notes = run(
+        change(Side.APP, {"name": "Acme", "notes": "hello"}, n=1),
+        change(Side.CRM, {"name": None}, at=1, n=2),
+        change(Side.APP, {"notes": "x"}, at=2, n=3),
+        change(Side.CRM, {"notes": None}, at=3, n=4),
+        start=link(crm_record_id="001A", app_record_id="a1"),
+    )
+    assert blank_name.app_update is None
+    assert blank_name.decisions[0].reason.endswith("blank does not overwrite data")
+    assert null_notes.app_update is not None
+    assert dict(null_notes.app_update.fields) == {"notes": None}
+
+
+def test_a_field_flowing_crm_to_app_is_never_written_to_salesforce() -> None:
+    (r,) = run(change(Side.APP, {"revenue": Decimal(5)}), start=link(crm_record_id="001A", app_record_id="a1"))
+    assert r.crm_write is None
+
+
+def test_duplicate_and_stale_deliveries_change_nothing() -> None:
+    first, dup, stale = run(
+        change(Side.CRM, {"name": "B"}, at=5, n=1),
+        change(Side.CRM, {"name": "B"}, at=5, n=2),
+        change(Side.CRM, {"name": "A"}, at=4, n=3),
+        start=link(crm_record_id="001A", app_record_id="a1"),
+    )
+    assert first.app_update is not None
+    assert [d.outcome for d in dup.decisions] == [Outcome.DUPLICATE]
+    assert [d.outcome for d in stale.decisions] == [Outcome.STALE]
+    assert dup.app_update is None
+    assert stale.app_update is None
+
+
+@pytest.mark.parametrize(
+    ("policy", "side", "expect_crm", "expect_app"),
+    [
+        ("propagate", Side.APP, Operation.DELETE, None),
+        ("propagate", Side.CRM, None, ChangeKind.DELETE),
+        ("ignore", Side.APP, None, None),
+        ("ignore", Side.CRM, None, None),
+    ],
+)
+def test_deletes_follow_the_delete_policy(
+    policy: str, side: Side, expect_crm: Operation | None, expect_app: ChangeKind | None
+) -> None:
+    p = pair(policy)
+    r = resolve(p, CLIENT, link(crm_record_id="001A", app_record_id="a1"), {}, change(side, kind=ChangeKind.DELETE))
+    assert (r.crm_write.operation if r.crm_write else None) == expect_crm
+    assert (r.app_update.kind if r.app_update else None) == expect_app
+    assert r.link.deleted(side)
+    if expect_crm:
+        assert r.crm_write is not None
+        assert r.crm_write.record_id == "001A"
+
+
+def test_soft_delete_sets_the_flag_on_the_other_side_through_the_policy() -> None:
+    c = change(Side.CRM, kind=ChangeKind.DELETE)
+    r = resolve(SOFT, CLIENT, link(crm_record_id="001A", app_record_id="a1"), {}, c)
+    assert r.app_update is not None
+    assert dict(r.app_update.fields) == {"archived": True}
+    assert r.crm_write is None
+    # The flag went pending on the app side: its tagged echo will be recognised.
+    assert r.fields["archived"].state.pending_app[0].value is True
+
+
+def test_no_write_reaches_a_record_deleted_on_that_side_so_it_is_never_resurrected() -> None:
+    start = link(crm_record_id="001A", app_record_id="a1", crm_deleted=True)
+    r = resolve(PAIR, CLIENT, start, {}, change(Side.APP, {"name": "Late"}))
+    assert r.crm_write is None
+    assert r.fields["name"].state.pending_crm == ()
+    late_crm = resolve(PAIR, CLIENT, start, {}, change(Side.CRM, {"name": "Late"}))
+    assert late_crm.app_update is None
+
+
+def test_a_repeated_delete_is_an_echo_and_duplex_deletes_are_recognised_by_client() -> None:
+    start = link(crm_record_id="001A", app_record_id="a1", crm_deleted=True)
+    again = resolve(PAIR, CLIENT, start, {}, change(Side.CRM, kind=ChangeKind.DELETE))
+    assert again.echo is EchoReason.VALUES
+    assert again.app_update is None
+    ours = resolve(
+        PAIR, CLIENT, link(crm_record_id="001A"), {}, change(Side.CRM, kind=ChangeKind.DELETE, client=CLIENT)
+    )
+    assert ours.echo is EchoReason.ORIGIN_CLIENT
+    assert ours.app_update is None
+    assert ours.link.crm_deleted
+
+
+def test_an_app_undelete_recreates_the_salesforce_record_with_every_field_it_held() -> None:
+    _created, deleted, undeleted = run(
+        change(Side.APP, {"name": "Acme", "status": "active"}, kind=ChangeKind.CREATE, n=1),
+        change(Side.APP, kind=ChangeKind.DELETE, at=1, n=2),
+        change(Side.APP, {"name": "Acme"}, kind=ChangeKind.UNDELETE, at=2, n=3),
+        start=link(crm_record_id="001A", app_record_id="a1"),
+    )
+    assert deleted.crm_write is not None
+    assert deleted.crm_write.operation is Operation.DELETE
+    assert undeleted.crm_write is not None
+    assert undeleted.crm_write.operation is Operation.UPSERT
+    assert dict(undeleted.crm_write.fields) == {"Name": "Acme", "Status__c": "active"}
+    assert not undeleted.link.crm_deleted
+    assert undeleted.link.crm_record_id is None
+
+
+def test_a_crm_undelete_restores_the_app_record() -> None:
+    _, _, undeleted = run(
+        change(Side.CRM, {"name": "Acme"}, kind=ChangeKind.CREATE, n=1),
+        change(Side.CRM, kind=ChangeKind.DELETE, at=1, n=2),
+        change(Side.CRM, {"name": "Acme"}, kind=ChangeKind.UNDELETE, at=2, n=3),
+        start=link(crm_record_id="001A", app_record_id="a1"),
+    )
+    assert undeleted.app_update is not None
+    assert (undeleted.app_update.kind, dict(undeleted.app_update.fields)) == (ChangeKind.UNDELETE, {"name": "Acme"})
+
+
+def test_a_restored_truth_is_written_in_salesforce_terms() -> None:
+    # Salesforce loses an app_wins conflict (its edit is older than the app's, delivered late, after
+    # our write landed): the app's value must be restored as Salesforce spells it.
+    _, _, lost = run(
+        change(Side.APP, {"status": "active"}, crm={"status": "Active"}, at=5, n=1),
+        change(Side.CRM, {"status": "active"}, crm={"status": "Active"}, at=6, client=CLIENT, n=2),
+        change(Side.CRM, {"status": "suspended"}, crm={"status": "Suspended"}, at=3, n=3),
+        start=link(crm_record_id="001A", app_record_id="a1"),
+    )
+    assert lost.crm_write is not None
+    assert dict(lost.crm_write.fields) == {"Status__c": "Active"}
+
+
+def test_a_rejected_write_rolls_back_exactly_its_pending_values() -> None:
+    (r,) = run(change(Side.APP, {"name": "Acme"}), start=link(crm_record_id="001A", app_record_id="a1"))
+    assert r.crm_write is not None
+    settled = settle_rejected(r.fields, r.crm_write.pending)
+    assert settled["name"].state.pending_crm == ()
+    assert settled["name"].state.truth == r.fields["name"].state.truth
+
+
+def test_references_travel_in_each_sides_terms() -> None:
+    c = change(Side.APP, {"name": Reference("a9")}, crm={"name": Reference("001Z")})
+    (r,) = run(c, start=link(crm_record_id="001A", app_record_id="a1"))
+    assert r.crm_write is not None
+    assert r.crm_write.fields["Name"] == Reference("001Z")

@@ -1,0 +1,78 @@
+"""Link identity, conversions and merges: pure rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.common.change import Change, ChangeKind, Side
+from services.common.tenant_config import parse_tenant_config
+from services.common.values import Value
+from services.mapping.links import (
+    conversion_of,
+    conversion_target,
+    external_id_for,
+    external_id_in,
+    link_id_for,
+    mapped_event_id,
+    merge_winner,
+    pair_for,
+    reference_needs,
+)
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[3]
+CONFIG = parse_tenant_config(yaml.safe_load((ROOT / "deploy/examples/tenant-acme.yaml").read_text()))
+AT = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def change(side: Side, obj: str, rid: str, fields: dict[str, Value], kind: ChangeKind = ChangeKind.UPDATE) -> Change:
+    return Change("e1", "acme", side, obj, rid, kind, fields, AT)
+
+
+def test_link_ids_and_event_ids_are_deterministic_and_distinct() -> None:
+    assert link_id_for("acme", "partners", Side.APP, "a1") == link_id_for("acme", "partners", Side.APP, "a1")
+    assert link_id_for("acme", "partners", Side.APP, "a1") != link_id_for("acme", "partners", Side.CRM, "a1")
+    c = change(Side.APP, "partners", "a1", {})
+    assert mapped_event_id(c) == mapped_event_id(c)
+    assert external_id_for("abc") == "dx-abc"
+
+
+def test_pairs_are_found_by_app_object_or_salesforce_object_case_insensitively() -> None:
+    assert pair_for(CONFIG, Side.APP, "partners").name == "partners"  # type: ignore[union-attr]
+    assert pair_for(CONFIG, Side.CRM, "account").name == "partners"  # type: ignore[union-attr]
+    assert pair_for(CONFIG, Side.CRM, "Opportunity") is None
+
+
+def test_only_duplex_external_ids_bind_salesforce_records() -> None:
+    partners = CONFIG.spec.objects[0]
+    assert external_id_in(change(Side.CRM, "Account", "001", {"Duplex_Id__c": "dx-L1"}), partners) == "dx-L1"
+    assert external_id_in(change(Side.CRM, "Account", "001", {"Duplex_Id__c": "ERP-7"}), partners) is None
+    app = Change("e1", "acme", Side.APP, "partners", "a1", ChangeKind.CREATE, {}, AT, external_id="L1")
+    assert external_id_in(app, partners) == "L1"
+
+
+def test_a_converted_lead_moves_to_the_contact_pair() -> None:
+    lead = change(Side.CRM, "Lead", "00Q1", {"ConvertedContactId": "003C", "ConvertedAccountId": "001A"})
+    conversion = conversion_of(lead)
+    assert conversion is not None
+    target = conversion_target(CONFIG, CONFIG.spec.objects[1], conversion)
+    assert target is not None
+    assert (target[0].name, target[1]) == ("partner_contacts", "003C")
+    assert conversion_of(change(Side.CRM, "Lead", "00Q1", {"Status": "Open"})) is None
+
+
+def test_a_merge_delete_names_the_winner() -> None:
+    loser = change(Side.CRM, "Account", "001L", {"MasterRecordId": "001W"}, ChangeKind.DELETE)
+    assert merge_winner(loser) == "001W"
+    assert merge_winner(change(Side.CRM, "Account", "001L", {}, ChangeKind.DELETE)) is None
+
+
+def test_reference_values_are_collected_for_lookup() -> None:
+    contacts = CONFIG.spec.objects[1]
+    needs = reference_needs(contacts, change(Side.CRM, "Contact", "003", {"AccountId": "001P", "LastName": "X"}))
+    assert [(n.field, n.target_pair, n.record_id) for n in needs] == [("AccountId", "partners", "001P")]
