@@ -1,0 +1,1 @@
+"""cdc-ingest: Salesforce changes (Pub/Sub CDC, polling, backfill) onto the crm-changes topic."""

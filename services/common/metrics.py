@@ -26,6 +26,10 @@ MetricName = Literal[
     "duplex_dlq_messages_total",
     "duplex_redeliveries_total",
     "duplex_circuit_breaker_trips_total",
+    "duplex_cdc_events_ingested_total",
+    "duplex_cdc_lag_seconds",
+    "duplex_cdc_reconnects_total",
+    "duplex_cdc_gaps_repaired_total",
 ]
 METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
 
@@ -115,6 +119,35 @@ class Metrics:
             _name("duplex_circuit_breaker_trips_total"),
             "Consumers halted instead of dead-lettering or retrying further.",
             ["service", "topic", "cause"],
+            registry=registry,
+        )
+        # cdc-ingest: Salesforce changes published to crm-changes, by how they were read
+        # (stream, poll, gap, backfill).
+        self.cdc_events_ingested = Counter(
+            _name("duplex_cdc_events_ingested_total"),
+            "Salesforce changes published by cdc-ingest, per tenant and source.",
+            ["tenant", "source"],
+            registry=registry,
+        )
+        # cdc-ingest: now minus the origin commit time of the newest change published.
+        self.cdc_lag = Gauge(
+            _name("duplex_cdc_lag_seconds"),
+            "Seconds between a change's Salesforce commit and its publication, per tenant (latest).",
+            ["tenant"],
+            registry=registry,
+        )
+        # cdc-ingest: Pub/Sub streams re-opened after an error.
+        self.cdc_reconnects = Counter(
+            _name("duplex_cdc_reconnects_total"),
+            "Pub/Sub subscriptions re-opened after an error, per tenant and reason.",
+            ["tenant", "reason"],
+            registry=registry,
+        )
+        # cdc-ingest: gaps caught up by reading (gap, overflow, replay_expired).
+        self.cdc_gaps_repaired = Counter(
+            _name("duplex_cdc_gaps_repaired_total"),
+            "Gaps in the change stream repaired by re-reading, per tenant and kind.",
+            ["tenant", "kind"],
             registry=registry,
         )
 

@@ -146,6 +146,14 @@ class SalesforceClient:
             raise _api_error(response)
         return response
 
+    async def session(self) -> Session:
+        """The current session (logging in first if there is none), for APIs beside REST (Pub/Sub)."""
+        return await self._current_session()
+
+    async def refresh_session(self, stale: Session) -> Session:
+        """A new session after ``stale`` was refused (another task may already have refreshed it)."""
+        return await self._authenticate(stale=stale)
+
     async def _send(self, session: Session, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {
             "Authorization": f"Bearer {session.access_token}",

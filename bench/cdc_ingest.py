@@ -1,0 +1,191 @@
+"""cdc-ingest's throughput and lag: Salesforce commit → RecordChanged acknowledged by Kafka.
+
+A private emulator, a Kafka broker and a PostgreSQL server are started; cdc-ingest runs in this
+process against them. Once its first-connection backfill is done, Accounts are created through
+sObject Collections (200 per call, one transaction each). For every change the lag is the Kafka
+record's timestamp (set by the producer when it sent the record, i.e. just before the ack) minus
+the change's origin commit time; throughput is changes over the time from the first commit to
+the last record's timestamp. Writer, emulator, broker and cdc-ingest share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+from aiokafka import AIOKafkaConsumer
+from duplex.change.v1 import record_changed_pb2
+
+from bench.report import Figure, Result
+from devstack.emulator import API_VERSION, EmulatorProcess, start_emulator
+from devstack.kafka import KafkaPorts, KafkaServer
+from devstack.ports import pick_free_ports
+from devstack.postgres import PostgresServer
+from services.cdc_ingest.app import build_app
+from services.cdc_ingest.settings import CdcIngestSettings
+from services.common.db import migrate
+from services.common.settings import KafkaSettings, PostgresSettings
+from services.common.tenant_config import canonical_json, config_sha256, parse_tenant_config
+from services.common.topic_admin import ensure_topics
+from services.common.topics import Topic, TopicNames, load_topic_table
+
+CHANGES = 10_000
+BATCH = 200
+TENANT = "bench"
+
+
+def _tenant(emulator: EmulatorProcess) -> dict[str, Any]:
+    return {
+        "apiVersion": "duplex.dev/v1",
+        "kind": "Tenant",
+        "metadata": {"name": TENANT},
+        "spec": {
+            "salesforce": {
+                "instanceUrl": emulator.instance_url,
+                "apiVersion": API_VERSION,
+                "auth": {
+                    "mode": "password",
+                    "clientId": emulator.info["client_id"],
+                    "clientSecret": {"secretRef": {"env": "BENCH_SF_SECRET"}},
+                    "username": emulator.info["username"],
+                    "password": {"secretRef": {"env": "BENCH_SF_PASSWORD"}},
+                },
+                "dailyApiCap": 100_000,
+            },
+            "objects": [
+                {
+                    "name": "partners",
+                    "app": {"object": "partners"},
+                    "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+                    "fields": [{"app": "name", "salesforce": "Name"}],
+                }
+            ],
+        },
+    }
+
+
+async def _configure(dsn: str, emulator: EmulatorProcess) -> None:
+    await migrate(dsn)
+    config = parse_tenant_config(_tenant(emulator))
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("INSERT INTO tenants (id, created_by) VALUES ($1, 'bench')", TENANT)
+        await connection.execute(
+            "INSERT INTO config_versions (tenant_id, version, document, sha256, applied_by)"
+            " VALUES ($1, 1, $2::jsonb, $3, 'bench')",
+            TENANT,
+            canonical_json(config),
+            config_sha256(config),
+        )
+    finally:
+        await connection.close()
+
+
+async def _wait_backfilled(dsn: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        for _ in range(600):
+            if await connection.fetchval("SELECT count(*) FROM backfills WHERE status = 'done'"):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+    raise RuntimeError("cdc-ingest did not finish its backfill")
+
+
+async def _write(emulator: EmulatorProcess, count: int) -> None:
+    token = emulator.password_token()["access_token"]
+    context = ssl.create_default_context(cafile=emulator.ca_cert)
+    headers = {"Authorization": f"Bearer {token}", "Sforce-Call-Options": "client=bench"}
+    url = f"/services/data/v{API_VERSION}/composite/sobjects"
+    async with httpx.AsyncClient(base_url=emulator.instance_url, verify=context, headers=headers, timeout=60) as client:
+        for start in range(0, count, BATCH):
+            records = [{"attributes": {"type": "Account"}, "Name": f"Bench {i}"} for i in range(start, start + BATCH)]
+            response = await client.post(url, json={"allOrNone": True, "records": records})
+            response.raise_for_status()
+
+
+async def _consume(bootstrap: str, topic: str, expected: int) -> list[tuple[int, int]]:
+    """(origin commit ms, Kafka record timestamp ms) of every change."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    seen: dict[str, tuple[int, int]] = {}
+    deadline = time.monotonic() + 600
+    try:
+        while len(seen) < expected and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    change = record_changed_pb2.RecordChanged()
+                    change.ParseFromString(record.value)
+                    if change.kind == record_changed_pb2.CHANGE_KIND_CREATE:
+                        seen.setdefault(change.event_id, (change.origin_commit_time.ToMilliseconds(), record.timestamp))
+    finally:
+        await consumer.stop()
+    return list(seen.values())
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _run() -> Result:
+    with tempfile.TemporaryDirectory(prefix="bench-cdc-") as tmp:
+        root = Path(tmp)
+        # PostgreSQL runs as its own account when we are root; it must reach its data directory.
+        await asyncio.to_thread(root.chmod, 0o755)
+        broker_port, controller_port, pg_port = pick_free_ports(3)
+        kafka = KafkaServer(root / "kafka", KafkaPorts(broker_port, controller_port))
+        postgres = PostgresServer(root / "postgres", pg_port, durable=False)
+        emulator = start_emulator(root / "emulator")
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(emulator.stop)
+            await asyncio.to_thread(kafka.start)
+            stack.callback(kafka.stop)
+            await kafka.wait_ready()
+            await asyncio.to_thread(postgres.start)
+            stack.callback(postgres.stop)
+            await postgres.wait_ready()
+            names = TopicNames(load_topic_table(), prefix="bench.")
+            await ensure_topics(kafka.bootstrap_servers, names.table, names.prefix)
+            await _configure(postgres.dsn, emulator)
+            settings = CdcIngestSettings(
+                kafka=KafkaSettings(bootstrap_servers=kafka.bootstrap_servers, topic_prefix=names.prefix),
+                postgres=PostgresSettings(dsn=postgres.dsn),
+                pubsub_target=emulator.grpc_target,
+                ca_file=emulator.ca_cert,
+                lease_renew_seconds=1.0,
+            )
+            environ = {
+                "BENCH_SF_SECRET": emulator.info["client_secret"],
+                "BENCH_SF_PASSWORD": emulator.info["password"],
+            }
+            service = build_app(settings, environ=environ)
+            async with service.app:
+                await _wait_backfilled(postgres.dsn)
+                consumer = asyncio.create_task(_consume(kafka.bootstrap_servers, names(Topic.CRM_CHANGES), CHANGES))
+                await _write(emulator, CHANGES)
+                pairs = await consumer
+    lags = [(acked - committed) / 1000 for committed, acked in pairs]
+    span = (max(acked for _, acked in pairs) - min(committed for committed, _ in pairs)) / 1000
+    return Result(
+        "cdc-ingest",
+        {"changes": CHANGES, "writes": f"sObject Collections, {BATCH} per call", "delivered": len(pairs)},
+        [
+            Figure("ingest throughput, commit → Kafka ack (events/s)", len(pairs) / span, "events/s"),
+            Figure("lag p50 (commit → Kafka ack)", statistics.median(lags), "s"),
+            Figure("lag p99 (commit → Kafka ack)", _percentile(lags, 0.99), "s"),
+        ],
+    )
+
+
+def run() -> Result:
+    return asyncio.run(_run())

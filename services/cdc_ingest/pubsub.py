@@ -1,0 +1,183 @@
+"""Salesforce's Pub/Sub API (gRPC ``eventbus.v1.PubSub``): authenticated, flow-controlled Subscribe.
+
+* Metadata on every call: ``accesstoken``, ``instanceurl``, ``tenantid`` (the org id).
+* Flow control: at most ``fetch_batch`` (≤ 100) events outstanding; the next FetchRequest goes out
+  only when the server reports ``pending_num_requested == 0``, *after* the caller has handled the
+  batch (the generator is suspended meanwhile), so memory stays bounded whatever the backlog.
+* Keepalives (empty FetchResponses with ``latest_replay_id``) are passed on: the caller may
+  checkpoint their replay id. No response at all within the idle timeout means a dead stream.
+* Errors become :class:`ReplayIdInvalidError` (expired/corrupted replay id: catch up),
+  :class:`PubSubAuthError` (log in again) or :class:`PubSubUnavailableError` (reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+from eventbus.v1 import pubsub_api_pb2 as pb
+from eventbus.v1 import pubsub_api_pb2_grpc as pb_grpc
+
+from services.cdc_ingest.event_schema import ChangeEventSchema, parse_schema
+from services.common.salesforce import SalesforceClient, Session
+
+REPLAY_ERROR_CODES = frozenset(
+    {
+        "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.corrupted",
+        "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.validation.failed",
+    }
+)
+AUTH_ERROR_CODES = frozenset(
+    {"sfdc.platform.eventbus.grpc.service.auth.error", "sfdc.platform.eventbus.grpc.service.auth.refresh.invalid"}
+)
+
+
+class PubSubError(Exception):
+    def __init__(self, message: str, *, code: str = "", status: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class ReplayIdInvalidError(PubSubError):
+    """The replay id to resume after is expired or invalid: the gap must be caught up by reading."""
+
+
+class PubSubAuthError(PubSubError):
+    """The access token was refused."""
+
+
+class PubSubUnavailableError(PubSubError):
+    """The stream broke, went silent, or the server refused for another reason; reconnect later."""
+
+
+def classify(error: grpc.aio.AioRpcError) -> PubSubError:
+    # grpc.aio.Metadata iterates as (key, value) pairs; its stubs do not say so.
+    trailers: Any = error.trailing_metadata() or ()
+    code = next((str(value) for key, value in trailers if key == "error-code"), "")
+    message = f"{error.code().name}: {error.details()}"
+    status = error.code().name
+    if code in REPLAY_ERROR_CODES:
+        return ReplayIdInvalidError(message, code=code, status=status)
+    if code in AUTH_ERROR_CODES or error.code() is grpc.StatusCode.UNAUTHENTICATED:
+        return PubSubAuthError(message, code=code, status=status)
+    return PubSubUnavailableError(message, code=code, status=status)
+
+
+class TokenSource(Protocol):
+    async def current(self) -> Session: ...
+
+    async def refresh(self, stale: Session) -> Session: ...
+
+
+class ClientTokens:
+    """The tenant's REST session, shared with :class:`SalesforceClient` (one login per tenant)."""
+
+    def __init__(self, client: SalesforceClient) -> None:
+        self._client = client
+
+    async def current(self) -> Session:
+        return await self._client.session()
+
+    async def refresh(self, stale: Session) -> Session:
+        return await self._client.refresh_session(stale)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a subscription starts: after ``replay_id`` (CUSTOM), or a preset."""
+
+    preset: pb.ReplayPreset.ValueType
+    replay_id: bytes = b""
+
+    @classmethod
+    def after(cls, replay_id: bytes) -> Start:
+        return cls(pb.CUSTOM, replay_id)
+
+    @classmethod
+    def earliest(cls) -> Start:
+        return cls(pb.EARLIEST)
+
+    @classmethod
+    def latest(cls) -> Start:
+        return cls(pb.LATEST)
+
+
+def open_channel(target: str, ca_file: str | None) -> grpc.aio.Channel:
+    roots = Path(ca_file).read_bytes() if ca_file else None
+    return grpc.aio.secure_channel(
+        target,
+        grpc.ssl_channel_credentials(root_certificates=roots),
+        # HTTP/2 pings keep NATs and proxies from dropping a quiet stream between keepalives.
+        options=[("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_permit_without_calls", 0)],
+    )
+
+
+class PubSubClient:
+    """One tenant's Pub/Sub access over a shared channel; caches schemas by id."""
+
+    def __init__(self, channel: grpc.aio.Channel, tokens: TokenSource, org_id: str) -> None:
+        self._stub = pb_grpc.PubSubStub(channel)
+        self._tokens = tokens
+        self._org_id = org_id
+        self._schemas: dict[str, ChangeEventSchema] = {}
+
+    async def _metadata(self) -> tuple[tuple[str, str], ...]:
+        session = await self._tokens.current()
+        return (
+            ("accesstoken", session.access_token),
+            ("instanceurl", session.instance_url),
+            ("tenantid", self._org_id),
+        )
+
+    async def reauthenticate(self) -> None:
+        await self._tokens.refresh(await self._tokens.current())
+
+    async def schema(self, schema_id: str) -> ChangeEventSchema:
+        cached = self._schemas.get(schema_id)
+        if cached is not None:
+            return cached
+        try:
+            info = await self._stub.GetSchema(pb.SchemaRequest(schema_id=schema_id), metadata=await self._metadata())
+        except grpc.aio.AioRpcError as error:
+            raise classify(error) from error
+        parsed = parse_schema(schema_id, info.schema_json)
+        self._schemas[schema_id] = parsed
+        return parsed
+
+    async def subscribe(
+        self, topic: str, start: Start, *, batch: int, idle_timeout: float
+    ) -> AsyncIterator[pb.FetchResponse]:
+        """FetchResponses (events and keepalives) until the stream fails; never ends normally."""
+        requests: asyncio.Queue[pb.FetchRequest] = asyncio.Queue()
+        requests.put_nowait(
+            pb.FetchRequest(
+                topic_name=topic, replay_preset=start.preset, replay_id=start.replay_id, num_requested=batch
+            )
+        )
+
+        async def request_stream() -> AsyncIterator[pb.FetchRequest]:
+            while True:
+                yield await requests.get()
+
+        call = self._stub.Subscribe(request_stream(), metadata=await self._metadata())
+        responses = aiter(call)
+        try:
+            while True:
+                try:
+                    response = await asyncio.wait_for(anext(responses), idle_timeout)
+                except TimeoutError as exc:
+                    raise PubSubUnavailableError(f"no response on {topic} for {idle_timeout:.0f} s") from exc
+                except StopAsyncIteration as exc:
+                    raise PubSubUnavailableError(f"the server ended the stream on {topic}") from exc
+                yield response
+                if response.pending_num_requested == 0:
+                    requests.put_nowait(pb.FetchRequest(topic_name=topic, num_requested=batch))
+        except grpc.aio.AioRpcError as error:
+            raise classify(error) from error
+        finally:
+            call.cancel()

@@ -1,0 +1,134 @@
+"""The REST calls cdc-ingest makes (describe, SOQL, Bulk 2.0 query jobs), over the shared client.
+
+Every call goes through :class:`~services.common.salesforce.SalesforceClient`, so it is budgeted
+(the rate-limit-governor seam), stamped with the tenant's call-options client and re-authenticated
+on an expired session. Reads for backfills are marked ``backfill=True`` so that the governor can
+give live work priority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.cdc_ingest.typed import FieldInfo
+from services.common.salesforce import SalesforceApiError, SalesforceClient
+
+BULK_DONE = "JobComplete"
+BULK_FAILED = frozenset({"Failed", "Aborted"})
+
+
+class BulkJobGoneError(LookupError):
+    """The Bulk 2.0 job no longer exists (deleted, or older than Salesforce keeps jobs)."""
+
+
+@dataclass(frozen=True)
+class BulkPage:
+    rows: list[dict[str, str]]
+    # The locator of the page after this one; None when this was the last.
+    next_locator: str | None
+
+
+class SalesforceRest:
+    def __init__(self, client: SalesforceClient) -> None:
+        self.client = client
+        self._describes: dict[str, dict[str, FieldInfo]] = {}
+
+    async def org_id(self) -> str:
+        """The org id (``tenantid`` for Pub/Sub), from the OpenID userinfo of the session."""
+        response = await self.client.request("GET", "/services/oauth2/userinfo")
+        return str(response.json()["organization_id"])
+
+    async def fields(self, entity: str, *, refresh: bool = False) -> dict[str, FieldInfo]:
+        """Describe's fields of ``entity`` by name, cached until ``refresh``."""
+        if refresh or entity not in self._describes:
+            response = await self.client.request("GET", f"{self.client.api_base}/sobjects/{entity}/describe")
+            self._describes[entity] = {
+                f["name"]: FieldInfo(
+                    name=f["name"],
+                    type=f["type"],
+                    compound=f.get("compoundFieldName"),
+                    calculated=bool(f.get("calculated")),
+                )
+                for f in response.json()["fields"]
+            }
+        return self._describes[entity]
+
+    async def query(
+        self, soql: str, *, all_rows: bool = False, backfill: bool = False
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every record of a SOQL query, following nextRecordsUrl (``all_rows``: queryAll)."""
+        resource = "queryAll" if all_rows else "query"
+        response = await self.client.request(
+            "GET", f"{self.client.api_base}/{resource}", params={"q": soql}, backfill=backfill
+        )
+        while True:
+            body = response.json()
+            for record in body["records"]:
+                yield record
+            next_url = body.get("nextRecordsUrl")
+            if body.get("done", True) or not next_url:
+                return
+            response = await self.client.request("GET", next_url, backfill=backfill)
+
+    async def count(self, entity: str) -> int:
+        response = await self.client.request(
+            "GET", f"{self.client.api_base}/query", params={"q": f"SELECT COUNT() FROM {entity}"}, backfill=True
+        )
+        return int(response.json()["totalSize"])
+
+    # --- Bulk 2.0 query jobs ---------------------------------------------------------------------
+
+    async def create_query_job(self, soql: str) -> str:
+        response = await self.client.request(
+            "POST",
+            f"{self.client.api_base}/jobs/query",
+            json={
+                "operation": "query",
+                "query": soql,
+                "contentType": "CSV",
+                "columnDelimiter": "COMMA",
+                "lineEnding": "LF",
+            },
+            backfill=True,
+        )
+        return str(response.json()["id"])
+
+    async def wait_for_job(self, job_id: str, poll_seconds: float) -> None:
+        """Return once the job is complete; raise if it failed or is gone."""
+        while True:
+            try:
+                response = await self.client.request(
+                    "GET", f"{self.client.api_base}/jobs/query/{job_id}", backfill=True
+                )
+            except SalesforceApiError as error:
+                if error.http_status == 404:
+                    raise BulkJobGoneError(job_id) from error
+                raise
+            info: Mapping[str, Any] = response.json()
+            state = info.get("state")
+            if state == BULK_DONE:
+                return
+            if state in BULK_FAILED:
+                raise SalesforceApiError(500, f"BULK_JOB_{str(state).upper()}", str(info.get("errorMessage", "")))
+            await asyncio.sleep(poll_seconds)
+
+    async def job_page(self, job_id: str, locator: str | None, max_records: int) -> BulkPage:
+        params = {"maxRecords": str(max_records)}
+        if locator:
+            params["locator"] = locator
+        try:
+            response = await self.client.request(
+                "GET", f"{self.client.api_base}/jobs/query/{job_id}/results", params=params, backfill=True
+            )
+        except SalesforceApiError as error:
+            if error.http_status == 404:
+                raise BulkJobGoneError(job_id) from error
+            raise
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        next_locator = response.headers.get("Sforce-Locator")
+        return BulkPage(rows, None if not next_locator or next_locator == "null" else next_locator)

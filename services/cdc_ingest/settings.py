@@ -1,0 +1,62 @@
+"""cdc-ingest's settings: CDC_INGEST_* plus the shared KAFKA_*, POSTGRES_*, TELEMETRY_* ones."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from datetime import timedelta
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+def _default_replica_id() -> str:
+    # Unique per process even when several share a host (tests, one pod restarting in place).
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+class CdcIngestSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CDC_INGEST_", frozen=True, extra="ignore", env_nested_delimiter="__")
+
+    service_name: str = "cdc-ingest"
+    replica_id: str = Field(default_factory=_default_replica_id)
+
+    # Pub/Sub API endpoint (host:port, TLS). One endpoint serves every org.
+    pubsub_target: str = "api.pubsub.salesforce.com:7443"
+    # CA bundle for Pub/Sub and REST; None trusts the system store.
+    ca_file: str | None = None
+    # The channel every tenant subscribes to: all CDC-selected objects of the org.
+    channel: str = "/data/ChangeEvents"
+    # Events asked for at a time; Salesforce caps what is outstanding per Subscribe at 100.
+    fetch_batch: int = Field(default=100, ge=1, le=100)
+    # No response at all (not even a keepalive, sent within 270 s) for this long: reconnect.
+    stream_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    reconnect_base_delay_seconds: float = Field(default=0.5, ge=0)
+    reconnect_max_delay_seconds: float = Field(default=60.0, gt=0)
+
+    # Objects read by polling instead of CDC, as "tenant/Object" or "Object" (every tenant);
+    # a tenant with spec.sync.cdc = false polls all its objects.
+    polled_objects: tuple[str, ...] = ()
+    poll_page_size: int = Field(default=2000, ge=1, le=2000)
+    poll_overlap_seconds: float = Field(default=300.0, ge=0)
+
+    # Above this many records (SELECT COUNT()), a backfill uses a Bulk 2.0 query job.
+    bulk_threshold: int = Field(default=2000, ge=0)
+    bulk_page_size: int = Field(default=10_000, ge=1)
+    bulk_poll_seconds: float = Field(default=1.0, gt=0)
+    # Run a full backfill for a tenant that has no checkpoint yet (its first connection).
+    backfill_on_first_connect: bool = True
+
+    lease_ttl_seconds: float = Field(default=30.0, gt=0)
+    lease_renew_seconds: float = Field(default=10.0, gt=0)
+    # Only these tenants (empty: every tenant with a configuration).
+    tenants: tuple[str, ...] = ()
+
+    @property
+    def poll_overlap(self) -> timedelta:
+        return timedelta(seconds=self.poll_overlap_seconds)
+
+    def polls(self, tenant_id: str, entity: str) -> bool:
+        return entity in self.polled_objects or f"{tenant_id}/{entity}" in self.polled_objects

@@ -1,0 +1,269 @@
+"""cdc-ingest's Postgres state (``deploy/sql/0004_cdc_ingest.sql``): checkpoints, cursors,
+backfills, leases, and the sync log.
+
+Every write of progress is *fenced* by the tenant's lease: it only lands while this replica holds
+an unexpired lease on the tenant. A replica that lost its lease (paused, partitioned) and carries
+on for a moment may still publish duplicates, which are harmless, but can never move a checkpoint
+that the tenant's new owner relies on; it learns of the loss from :class:`LeaseLostError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from services.cdc_ingest.cursor import Cursor
+from services.common import sync_log
+
+SERVICE = "cdc-ingest"
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLostError(RuntimeError):
+    """This replica no longer holds the tenant's lease; stop serving the tenant."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    replay_id: bytes
+    commit_time: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Backfill:
+    tenant_id: str
+    entity: str
+    status: str
+    method: str
+    job_id: str | None
+    locator: str | None
+    cursor: Cursor | None
+    emitted: int
+    started_at: datetime
+
+
+_FENCE = "EXISTS (SELECT 1 FROM tenant_leases l WHERE l.tenant_id = $1 AND l.holder = $2 AND l.expires_at > now())"
+
+
+class Store:
+    """State of every tenant this replica serves. ``holder`` is this replica's lease-holder id."""
+
+    def __init__(self, pool: asyncpg.Pool, holder: str) -> None:
+        self.pool = pool
+        self.holder = holder
+
+    async def _fenced(self, tenant_id: str, query: str, *args: Any) -> None:
+        status = await self.pool.execute(query, tenant_id, self.holder, *args)
+        if status.endswith(" 0"):
+            raise LeaseLostError(f"lease on tenant {tenant_id} lost")
+
+    # --- replay checkpoints ---------------------------------------------------------------------
+
+    async def checkpoint(self, tenant_id: str, channel: str) -> Checkpoint | None:
+        row = await self.pool.fetchrow(
+            "SELECT replay_id, commit_time, updated_at FROM replay_checkpoints WHERE tenant_id = $1 AND channel = $2",
+            tenant_id,
+            channel,
+        )
+        return Checkpoint(bytes(row["replay_id"]), row["commit_time"], row["updated_at"]) if row else None
+
+    async def save_checkpoint(
+        self, tenant_id: str, channel: str, replay_id: bytes, commit_time: datetime | None
+    ) -> None:
+        """Only call once every event up to ``replay_id`` is acknowledged by Kafka."""
+        await self._fenced(
+            tenant_id,
+            "INSERT INTO replay_checkpoints (tenant_id, channel, replay_id, commit_time, updated_at)"
+            f" SELECT $1, $3::text, $4::bytea, $5::timestamptz, now() WHERE {_FENCE}"
+            " ON CONFLICT (tenant_id, channel) DO UPDATE SET replay_id = EXCLUDED.replay_id,"
+            " commit_time = COALESCE(EXCLUDED.commit_time, replay_checkpoints.commit_time), updated_at = now()",
+            channel,
+            replay_id,
+            commit_time,
+        )
+
+    # --- poll cursors ----------------------------------------------------------------------------
+
+    async def poll_cursor(self, tenant_id: str, entity: str) -> Cursor | None:
+        row = await self.pool.fetchrow(
+            "SELECT modstamp, record_id FROM poll_cursors WHERE tenant_id = $1 AND object = $2", tenant_id, entity
+        )
+        return Cursor(row["modstamp"], row["record_id"]) if row else None
+
+    async def save_poll_cursor(self, tenant_id: str, entity: str, cursor: Cursor) -> None:
+        await self._fenced(
+            tenant_id,
+            "INSERT INTO poll_cursors (tenant_id, object, modstamp, record_id, updated_at)"
+            f" SELECT $1, $3::text, $4::timestamptz, $5::text, now() WHERE {_FENCE}"
+            " ON CONFLICT (tenant_id, object) DO UPDATE SET modstamp = EXCLUDED.modstamp,"
+            " record_id = EXCLUDED.record_id, updated_at = now()",
+            entity,
+            cursor.modstamp,
+            cursor.record_id,
+        )
+
+    # --- backfills -------------------------------------------------------------------------------
+
+    async def backfill(self, tenant_id: str, entity: str) -> Backfill | None:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM backfills WHERE tenant_id = $1 AND object = $2", tenant_id, entity
+        )
+        if row is None:
+            return None
+        cursor = Cursor(row["cursor_modstamp"], row["cursor_id"] or "") if row["cursor_modstamp"] else None
+        return Backfill(
+            tenant_id,
+            entity,
+            row["status"],
+            row["method"],
+            row["job_id"],
+            row["locator"],
+            cursor,
+            row["emitted"],
+            row["started_at"],
+        )
+
+    async def start_backfill(self, tenant_id: str, entity: str, method: str) -> None:
+        """(Re)start a backfill from the beginning; an on-demand request replaces a finished one."""
+        await self._fenced(
+            tenant_id,
+            "INSERT INTO backfills (tenant_id, object, status, method) SELECT $1, $3::text, 'running', $4::text"
+            f" WHERE {_FENCE} ON CONFLICT (tenant_id, object) DO UPDATE SET status = 'running',"
+            " method = EXCLUDED.method, job_id = NULL, locator = NULL, cursor_modstamp = NULL, cursor_id = NULL,"
+            " emitted = 0, started_at = now(), updated_at = now()",
+            entity,
+            method,
+        )
+
+    async def backfill_progress(
+        self,
+        tenant_id: str,
+        entity: str,
+        *,
+        job_id: str | None,
+        locator: str | None,
+        cursor: Cursor | None,
+        emitted: int,
+    ) -> None:
+        await self._fenced(
+            tenant_id,
+            "UPDATE backfills SET job_id = $4::text, locator = $5::text, cursor_modstamp = $6::timestamptz,"
+            " cursor_id = $7::text, emitted = $8::bigint, updated_at = now()"
+            f" WHERE tenant_id = $1 AND object = $3 AND {_FENCE}",
+            entity,
+            job_id,
+            locator,
+            cursor.modstamp if cursor else None,
+            cursor.record_id if cursor else None,
+            emitted,
+        )
+
+    async def finish_backfill(self, tenant_id: str, entity: str) -> None:
+        await self._fenced(
+            tenant_id,
+            "UPDATE backfills SET status = 'done', updated_at = now()"
+            f" WHERE tenant_id = $1 AND object = $3 AND {_FENCE}",
+            entity,
+        )
+
+    async def request_backfill(self, tenant_id: str, entity: str) -> None:
+        """On demand (operator, admin API): the serving replica re-runs it on its next check."""
+        await self.pool.execute(
+            "INSERT INTO backfills (tenant_id, object, status, method) VALUES ($1, $2, 'running', 'rest')"
+            " ON CONFLICT (tenant_id, object) DO UPDATE SET status = 'running', job_id = NULL, locator = NULL,"
+            " cursor_modstamp = NULL, cursor_id = NULL, emitted = 0, started_at = now(), updated_at = now()",
+            tenant_id,
+            entity,
+        )
+
+    # --- sync log ------------------------------------------------------------------------------
+
+    async def log_event(
+        self,
+        tenant_id: str,
+        event: str,
+        *,
+        message: str,
+        record_id: str | None = None,
+        code: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        await sync_log.record(
+            self.pool,
+            tenant_id=tenant_id,
+            service=SERVICE,
+            event=event,
+            record_id=record_id,
+            code=code,
+            message=message,
+            detail=detail,
+        )
+
+    # --- leases --------------------------------------------------------------------------------
+
+    async def configured_tenants(self) -> list[str]:
+        rows = await self.pool.fetch("SELECT DISTINCT tenant_id FROM config_versions ORDER BY tenant_id")
+        return [row["tenant_id"] for row in rows]
+
+    async def heartbeat(self, ttl_seconds: float) -> int:
+        """Mark this replica alive; the number of live replicas (this one included)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO cdc_replicas (replica_id, expires_at) VALUES ($1, now() + make_interval(secs => $2))"
+                " ON CONFLICT (replica_id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+                self.holder,
+                ttl_seconds,
+            )
+            await conn.execute("DELETE FROM cdc_replicas WHERE expires_at < now() - interval '1 hour'")
+            live: int = await conn.fetchval("SELECT count(*) FROM cdc_replicas WHERE expires_at > now()")
+            return live
+
+    async def held(self) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT tenant_id FROM tenant_leases WHERE holder = $1 AND expires_at > now() ORDER BY tenant_id",
+            self.holder,
+        )
+        return [row["tenant_id"] for row in rows]
+
+    async def renew(self, tenant_ids: list[str], ttl_seconds: float) -> list[str]:
+        """Extend the leases still held; the ones renewed."""
+        rows = await self.pool.fetch(
+            "UPDATE tenant_leases SET expires_at = now() + make_interval(secs => $3)"
+            " WHERE tenant_id = ANY($1::text[]) AND holder = $2 AND expires_at > now() RETURNING tenant_id",
+            tenant_ids,
+            self.holder,
+            ttl_seconds,
+        )
+        return [row["tenant_id"] for row in rows]
+
+    async def try_acquire(self, tenant_id: str, ttl_seconds: float) -> bool:
+        """Take the tenant's lease if it is free or expired."""
+        row = await self.pool.fetchrow(
+            "INSERT INTO tenant_leases (tenant_id, holder, expires_at)"
+            " VALUES ($1, $2, now() + make_interval(secs => $3))"
+            " ON CONFLICT (tenant_id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at"
+            " WHERE tenant_leases.expires_at <= now() OR tenant_leases.holder = EXCLUDED.holder"
+            " RETURNING tenant_id",
+            tenant_id,
+            self.holder,
+            ttl_seconds,
+        )
+        return row is not None
+
+    async def release(self, tenant_id: str) -> None:
+        await self.pool.execute(
+            "DELETE FROM tenant_leases WHERE tenant_id = $1 AND holder = $2", tenant_id, self.holder
+        )
+
+    async def leased_elsewhere(self) -> int:
+        """Tenants held (unexpired) by other replicas."""
+        count: int = await self.pool.fetchval(
+            "SELECT count(*) FROM tenant_leases WHERE holder <> $1 AND expires_at > now()", self.holder
+        )
+        return count

@@ -1,0 +1,277 @@
+"""Shared set-up for cdc-ingest tests: a private org in the emulator, a tenant configured for it,
+cdc-ingest running in-process, and a reader of crm-changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import requests
+from aiokafka import AIOKafkaConsumer
+from duplex.change.v1 import record_changed_pb2
+from simple_salesforce.api import Salesforce
+
+from devstack.emulator import API_VERSION, EmulatorProcess
+from services.cdc_ingest.app import CdcIngestApp, build_app
+from services.cdc_ingest.settings import CdcIngestSettings
+from services.common.db import migrate
+from services.common.settings import KafkaSettings, PostgresSettings
+from services.common.tenant_config import canonical_json, config_sha256, parse_tenant_config
+from services.common.topics import Topic, TopicNames
+
+RecordChanged = record_changed_pb2.RecordChanged
+CLIENT = "someone-else"
+
+
+@dataclass(frozen=True)
+class Org:
+    """A private org, so that each test sees only its own records and events."""
+
+    emulator: EmulatorProcess
+    org_id: str
+    alias: str
+    username: str
+    password: str
+    client_id: str
+    client_secret: str
+
+    def token(self) -> dict[str, Any]:
+        with self.emulator.http() as client:
+            response = client.post(
+                "/services/oauth2/token",
+                data={
+                    "grant_type": "password",
+                    "client_id": self.client_id,
+                    "client_secret": self.client_secret,
+                    "username": self.username,
+                    "password": self.password,
+                },
+            )
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def salesforce(self, client: str = CLIENT) -> Any:
+        """simple-salesforce, unchanged, stamping ``Sforce-Call-Options: client=<client>``.
+
+        Typed Any: simple-salesforce resolves objects dynamically (``sf.Account``), which mypy cannot follow.
+        """
+        token = self.token()
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = self.emulator.ca_cert
+        session.headers["Sforce-Call-Options"] = f"client={client}"
+        return Salesforce(
+            instance_url=token["instance_url"], session_id=token["access_token"], version=API_VERSION, session=session
+        )
+
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self.emulator.admin(method, f"/orgs/{self.org_id}{path}", body)
+        return response.json() if response.content else None
+
+
+def create_org(emulator: EmulatorProcess, *, objects: dict[str, Any] | None = None) -> Org:
+    alias = f"cdc-{uuid.uuid4().hex[:10]}"
+    username = f"admin@{alias}.example"
+    password = f"pw-{uuid.uuid4().hex}"
+    client_id = f"duplex-{alias}"
+    client_secret = uuid.uuid4().hex
+    spec = {
+        "alias": alias,
+        "name": alias,
+        "edition": "enterprise",
+        "licenses": 50,
+        "users": [{"username": username, "password": password, "last_name": "Admin"}],
+        "clients": [{"name": "duplex", "client_id": client_id, "client_secret": client_secret, "pkce_required": False}],
+        "objects": objects or {},
+    }
+    created = emulator.admin("POST", "/orgs", spec).json()
+    return Org(emulator, created["org_id"], alias, username, password, client_id, client_secret)
+
+
+def tenant_document(
+    tenant_id: str, org: Org, objects: Sequence[str], *, cdc: bool = True, poll_seconds: int = 5
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "duplex.dev/v1",
+        "kind": "Tenant",
+        "metadata": {"name": tenant_id},
+        "spec": {
+            "salesforce": {
+                "instanceUrl": org.emulator.instance_url,
+                "apiVersion": API_VERSION,
+                "auth": {
+                    "mode": "password",
+                    "clientId": org.client_id,
+                    "clientSecret": {"secretRef": {"env": f"SF_SECRET_{tenant_id.upper().replace('-', '_')}"}},
+                    "username": org.username,
+                    "password": {"secretRef": {"env": f"SF_PASSWORD_{tenant_id.upper().replace('-', '_')}"}},
+                },
+                "dailyApiCap": 100_000,
+                "callOptionsClient": "duplex-test",
+            },
+            "sync": {"cdc": cdc, "pollIntervalSeconds": poll_seconds},
+            "objects": [
+                {
+                    "name": name.lower().replace("_", "-").strip("-"),
+                    "app": {"object": name.lower()},
+                    "salesforce": {"object": name, "externalIdField": "Duplex_Id__c"},
+                    "fields": [{"app": "name", "salesforce": "Name"}],
+                }
+                for name in objects
+            ],
+        },
+    }
+
+
+def secrets_for(tenant_id: str, org: Org) -> dict[str, str]:
+    suffix = tenant_id.upper().replace("-", "_")
+    return {f"SF_SECRET_{suffix}": org.client_secret, f"SF_PASSWORD_{suffix}": org.password}
+
+
+async def prepare_database(dsn: str) -> None:
+    await migrate(dsn)
+
+
+async def configure_tenant(dsn: str, document: dict[str, Any]) -> None:
+    config = parse_tenant_config(document)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(
+            "INSERT INTO tenants (id, created_by) VALUES ($1, 'test') ON CONFLICT DO NOTHING", config.tenant_id
+        )
+        await connection.execute(
+            "INSERT INTO config_versions (tenant_id, version, document, sha256, applied_by)"
+            " VALUES ($1, (SELECT coalesce(max(version), 0) + 1 FROM config_versions WHERE tenant_id = $1),"
+            " $2::jsonb, $3, 'test')",
+            config.tenant_id,
+            canonical_json(config),
+            config_sha256(config),
+        )
+    finally:
+        await connection.close()
+
+
+def settings(
+    *,
+    emulator: EmulatorProcess,
+    kafka_bootstrap: str,
+    topic_names: TopicNames,
+    dsn: str,
+    **overrides: Any,
+) -> CdcIngestSettings:
+    values: dict[str, Any] = {
+        "pubsub_target": emulator.grpc_target,
+        "ca_file": emulator.ca_cert,
+        "lease_renew_seconds": 0.5,
+        "lease_ttl_seconds": 5.0,
+        "poll_overlap_seconds": 2.0,
+        "reconnect_base_delay_seconds": 0.1,
+        "reconnect_max_delay_seconds": 1.0,
+        "bulk_poll_seconds": 0.2,
+    } | overrides
+    return CdcIngestSettings(
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_names.prefix),
+        postgres=PostgresSettings(dsn=dsn, pool_min_size=1, pool_max_size=4),
+        **values,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: CdcIngestSettings, environ: dict[str, str]) -> AsyncIterator[CdcIngestApp]:
+    service = build_app(settings, environ=environ)
+    async with service.app:
+        yield service
+
+
+@dataclass
+class ChangeReader:
+    """Everything published on crm-changes since the reader started."""
+
+    consumer: AIOKafkaConsumer
+    changes: list[RecordChanged] = field(default_factory=list)
+
+    async def until(self, done: Callable[[list[RecordChanged]], bool], *, within: float = 30.0) -> list[RecordChanged]:
+        deadline = time.monotonic() + within
+        while not done(self.changes):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                summary = [(c.object_type, c.record_id, c.kind) for c in self.changes[-20:]]
+                raise AssertionError(f"timed out with {len(self.changes)} changes; last: {summary}")
+            batch = await self.consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
+            for records in batch.values():
+                for record in records:
+                    change = RecordChanged()
+                    change.ParseFromString(record.value)
+                    assert record.key == f"{change.tenant_id}/{change.object_type}/{change.record_id}".encode()
+                    self.changes.append(change)
+        return self.changes
+
+    def of(self, record_id: str) -> list[RecordChanged]:
+        return [c for c in self.changes if c.record_id == record_id]
+
+
+@contextlib.asynccontextmanager
+async def change_reader(kafka_bootstrap: str, topic_names: TopicNames) -> AsyncIterator[ChangeReader]:
+    consumer = AIOKafkaConsumer(
+        topic_names(Topic.CRM_CHANGES),
+        bootstrap_servers=kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        yield ChangeReader(consumer)
+    finally:
+        await consumer.stop()
+
+
+async def sync_log(dsn: str, tenant_id: str) -> list[dict[str, Any]]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch("SELECT * FROM sync_log WHERE tenant_id = $1 ORDER BY id", tenant_id)
+    finally:
+        await connection.close()
+    return [dict(row) | {"detail": json.loads(row["detail"])} for row in rows]
+
+
+async def wait_backfilled(dsn: str, tenant_id: str, objects: int, within: float = 30.0) -> None:
+    """Until ``objects`` backfills have completed (first connection)."""
+    deadline = time.monotonic() + within
+    while sum(row["event"] == "cdc.backfill.completed" for row in await sync_log(dsn, tenant_id)) < objects:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"backfill not finished: {await sync_log(dsn, tenant_id)}")
+        await asyncio.sleep(0.1)
+
+
+async def checkpoint_of(dsn: str, tenant_id: str) -> int:
+    """The tenant's checkpointed replay id as a number (0: none yet)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        replay = await connection.fetchval("SELECT replay_id FROM replay_checkpoints WHERE tenant_id = $1", tenant_id)
+    finally:
+        await connection.close()
+    return int.from_bytes(bytes(replay), "big") if replay is not None else 0
+
+
+async def wait_checkpoint(dsn: str, tenant_id: str, at_least: bytes, within: float = 20.0) -> None:
+    """Until the checkpoint covers ``at_least`` (a replay id)."""
+    deadline = time.monotonic() + within
+    wanted = int.from_bytes(at_least, "big")
+    while await checkpoint_of(dsn, tenant_id) < wanted:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"checkpoint stuck below {wanted}")
+        await asyncio.sleep(0.05)
+
+
+async def in_thread(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """simple-salesforce is synchronous; keep the event loop (and cdc-ingest in it) running."""
+    return await asyncio.to_thread(call, *args, **kwargs)

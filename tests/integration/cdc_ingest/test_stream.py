@@ -1,0 +1,133 @@
+"""cdc-ingest against the emulator process, real Kafka and real PostgreSQL: the CDC stream."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from duplex.change.v1 import record_changed_pb2 as pb
+
+from devstack.emulator import EmulatorProcess
+from services.common.change import ChangeKind, from_proto
+from services.common.topics import TopicNames
+from services.common.values import Reference
+from tests.integration.cdc_ingest.harness import (
+    CLIENT,
+    change_reader,
+    configure_tenant,
+    create_org,
+    in_thread,
+    prepare_database,
+    running,
+    secrets_for,
+    settings,
+    tenant_document,
+    wait_backfilled,
+    wait_checkpoint,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+async def test_changes_arrive_with_kinds_values_fields_and_origin(
+    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    org = create_org(emulator)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await prepare_database(fresh_database)
+    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account", "Contact"]))
+    config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
+    sf = org.salesforce()
+
+    async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
+        await wait_backfilled(fresh_database, tenant, 2)
+        account = (
+            await in_thread(
+                sf.Account.create,
+                {"Name": "Acme", "Phone": "555-0100", "BillingStreet": "1 Main St", "BillingCity": "Springfield"},
+            )
+        )["id"]
+        await in_thread(sf.Account.update, account, {"BillingCity": "Shelbyville", "Phone": None})
+        contact = (await in_thread(sf.Contact.create, {"FirstName": "Jane", "LastName": "Doe", "AccountId": account}))[
+            "id"
+        ]
+        await in_thread(sf.Account.delete, account)
+
+        await reader.until(lambda _: len(reader.of(account)) >= 3 and len(reader.of(contact)) >= 1)
+
+    create, update, delete = (from_proto(m) for m in reader.of(account))
+    assert create.kind is ChangeKind.CREATE
+    assert create.fields["Name"] == "Acme"
+    assert create.fields["Phone"] == "555-0100"
+    assert create.fields["BillingStreet"] == "1 Main St"
+    assert create.fields["BillingCity"] == "Springfield"
+    assert create.fields["BillingState"] is None
+    assert create.origin_client == CLIENT
+    assert abs((datetime.now(UTC) - create.at).total_seconds()) < 60
+
+    assert update.kind is ChangeKind.UPDATE
+    assert update.fields["BillingCity"] == "Shelbyville"
+    assert update.fields["Phone"] is None
+    assert "Name" not in update.fields
+    assert {"BillingAddress.City", "BillingCity", "Phone", "LastModifiedDate"} <= update.changed
+    assert "Phone" in update.nulled
+    assert "Name" not in update.changed
+    assert update.origin_client == CLIENT
+    assert update.transaction_key
+    assert update.transaction_key != create.transaction_key
+
+    assert delete.kind is ChangeKind.DELETE
+    assert not delete.fields
+
+    (contact_create,) = (from_proto(m) for m in reader.of(contact))
+    assert contact_create.kind is ChangeKind.CREATE
+    assert contact_create.fields["FirstName"] == "Jane"
+    assert contact_create.fields["LastName"] == "Doe"
+    assert contact_create.fields["AccountId"] == Reference(account)
+    for message in reader.of(account) + reader.of(contact):
+        assert message.origin_side == pb.SIDE_CRM
+        assert message.tenant_id == tenant
+        assert len(message.source_position.replay_id) == 8
+        assert message.source_position.channel == "/data/ChangeEvents"
+    assert len({m.event_id for m in reader.changes}) == len(reader.changes)
+
+
+async def test_restart_resumes_after_the_checkpoint_with_nothing_lost(
+    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    org = create_org(emulator)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await prepare_database(fresh_database)
+    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
+    config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
+    sf = org.salesforce()
+
+    async with change_reader(kafka_bootstrap, topic_names) as reader:
+        async with running(config, secrets_for(tenant, org)):
+            await wait_backfilled(fresh_database, tenant, 1)
+            first = (await in_thread(sf.Account.create, {"Name": "Before the stop"}))["id"]
+            await reader.until(lambda _: bool(reader.of(first)))
+            await wait_checkpoint(fresh_database, tenant, reader.of(first)[0].source_position.replay_id)
+        # Stopped: these changes happen while nobody listens.
+        while_down = [(await in_thread(sf.Account.create, {"Name": f"While down {i}"}))["id"] for i in range(5)]
+        await in_thread(sf.Account.update, first, {"Name": "Renamed while down"})
+        async with running(config, secrets_for(tenant, org)):
+            await reader.until(lambda _: all(reader.of(r) for r in while_down) and len(reader.of(first)) >= 2)
+
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        checkpoint = await connection.fetchrow("SELECT * FROM replay_checkpoints WHERE tenant_id = $1", tenant)
+    finally:
+        await connection.close()
+    assert checkpoint is not None
+    for record_id in while_down:
+        assert [m.kind for m in reader.of(record_id)] == [pb.CHANGE_KIND_CREATE]
+    kinds = [m.kind for m in reader.of(first)]
+    assert kinds == [pb.CHANGE_KIND_CREATE, pb.CHANGE_KIND_UPDATE]
+    # Resumed CUSTOM after the checkpoint: the first create was not published again.
+    assert reader.of(first)[1].fields["Name"].string_value == "Renamed while down"
+    assert int.from_bytes(bytes(checkpoint["replay_id"]), "big") >= int.from_bytes(
+        reader.of(first)[-1].source_position.replay_id, "big"
+    )
