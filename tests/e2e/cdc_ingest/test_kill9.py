@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
-from devstack.emulator import ROOT, EmulatorProcess
+from devstack.emulator import EmulatorProcess
 from services.common.topics import TopicNames
 from tests.integration.cdc_ingest.harness import (
     Org,
@@ -22,38 +19,12 @@ from tests.integration.cdc_ingest.harness import (
     create_org,
     prepare_database,
     secrets_for,
+    start_service,
     tenant_document,
     wait_backfilled,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def start_service(
-    emulator: EmulatorProcess,
-    kafka_bootstrap: str,
-    topic_names: TopicNames,
-    dsn: str,
-    secrets: dict[str, str],
-    log: Path,
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        **secrets,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "KAFKA_TOPIC_PREFIX": topic_names.prefix,
-        "POSTGRES_DSN": dsn,
-        "CDC_INGEST_PUBSUB_TARGET": emulator.grpc_target,
-        "CDC_INGEST_CA_FILE": emulator.ca_cert,
-        "CDC_INGEST_LEASE_TTL_SECONDS": "3",
-        "CDC_INGEST_LEASE_RENEW_SECONDS": "0.5",
-        "CDC_INGEST_POLL_OVERLAP_SECONDS": "2",
-        "TELEMETRY_LOG_LEVEL": "WARNING",
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.cdc_ingest"], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
 
 
 def create_accounts(org: Org, total: int, ids: list[str], done: threading.Event) -> None:

@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -18,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from duplex.change.v1 import record_changed_pb2
 from simple_salesforce.api import Salesforce
 
-from devstack.emulator import API_VERSION, EmulatorProcess
+from devstack.emulator import API_VERSION, ROOT, EmulatorProcess
 from services.cdc_ingest.app import CdcIngestApp, build_app
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
@@ -275,3 +279,33 @@ async def wait_checkpoint(dsn: str, tenant_id: str, at_least: bytes, within: flo
 async def in_thread(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """simple-salesforce is synchronous; keep the event loop (and cdc-ingest in it) running."""
     return await asyncio.to_thread(call, *args, **kwargs)
+
+
+def start_service(
+    emulator: EmulatorProcess,
+    kafka_bootstrap: str,
+    topic_names: TopicNames,
+    dsn: str,
+    secrets: dict[str, str],
+    log: Path,
+    **settings: str,
+) -> subprocess.Popen[bytes]:
+    """cdc-ingest as its own process (``python -m services.cdc_ingest``); ``settings`` are CDC_INGEST_* values."""
+    env = {
+        **os.environ,
+        **secrets,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_TOPIC_PREFIX": topic_names.prefix,
+        "POSTGRES_DSN": dsn,
+        "CDC_INGEST_PUBSUB_TARGET": emulator.grpc_target,
+        "CDC_INGEST_CA_FILE": emulator.ca_cert,
+        "CDC_INGEST_LEASE_TTL_SECONDS": "3",
+        "CDC_INGEST_LEASE_RENEW_SECONDS": "0.5",
+        "CDC_INGEST_POLL_OVERLAP_SECONDS": "2",
+        "TELEMETRY_LOG_LEVEL": "WARNING",
+        **{f"CDC_INGEST_{name.upper()}": value for name, value in settings.items()},
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cdc_ingest"], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
