@@ -287,7 +287,7 @@ def build_app(settings: EmulatorSettings, *, clock: Clock = time.time) -> Emulat
     app = FastAPI(title="Salesforce emulator", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.include_router(build_oauth_router(oauth))
-    app.include_router(build_soap_router(orgs, oauth))
+    app.include_router(build_soap_router(orgs, oauth, store))
     app.include_router(build_limits_router(usage, orgs, call_context))
     app.include_router(
         build_admin_router(

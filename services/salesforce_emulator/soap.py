@@ -1,4 +1,5 @@
-"""The partner SOAP API's ``login`` call, the way Salesforce's own examples and simple-salesforce log in.
+"""The partner SOAP API's ``login`` call, the way Salesforce's own examples and simple-salesforce log in,
+and its ``undelete`` call (Salesforce's REST API has no undelete).
 
 Clients read the response by position (the official Pub/Sub Python example takes ``result[3]``,
 ``result[4]``, ``result[6]`` and ``userInfo[8]``), so the elements are written in exactly
@@ -16,8 +17,11 @@ from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Request, Response
 
+from services.salesforce_emulator.context import CallContext
+from services.salesforce_emulator.errors import SalesforceError
 from services.salesforce_emulator.oauth import OAuthService
 from services.salesforce_emulator.orgs import Org, OrgRegistry, User, derived_id
+from services.salesforce_emulator.store import RecordStore
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER = "urn:partner.soap.sforce.com"
@@ -106,8 +110,43 @@ def parse_login(body: bytes) -> tuple[str, str] | None:
     return username.strip(), password
 
 
-def build_soap_router(orgs: OrgRegistry, oauth: OAuthService) -> APIRouter:
-    """``POST /services/Soap/u/{version}[/…]`` answering ``login``."""
+def parse_undelete(body: bytes) -> tuple[str, str | None, list[str]] | None:
+    """(session id, Sforce client, record ids) of a partner ``undelete`` envelope."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None
+    call = root.find(f"{{{SOAP_ENV}}}Body/{{{PARTNER}}}undelete")
+    session = root.findtext(f"{{{SOAP_ENV}}}Header/{{{PARTNER}}}SessionHeader/{{{PARTNER}}}sessionId")
+    if call is None or not session:
+        return None
+    client = root.findtext(f"{{{SOAP_ENV}}}Header/{{{PARTNER}}}CallOptions/{{{PARTNER}}}client")
+    ids = [(e.text or "").strip() for e in call.findall(f"{{{PARTNER}}}ids")]
+    return session.strip(), (client or "").strip() or None, ids
+
+
+def undelete_response(results: list[tuple[str, SalesforceError | None]]) -> str:
+    """``undeleteResponse``: one ``result`` per id, in request order."""
+    items = []
+    for record_id, error in results:
+        if error is None:
+            items.append(f"<result><id>{escape(record_id)}</id><success>true</success></result>")
+        else:
+            items.append(
+                f"<result><errors><message>{escape(error.message)}</message>"
+                f"<statusCode>{escape(error.error_code)}</statusCode></errors>"
+                '<id xsi:nil="true"/><success>false</success></result>'
+            )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<soapenv:Envelope xmlns:soapenv="{SOAP_ENV}" xmlns="{PARTNER}"'
+        ' xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        f"<soapenv:Body><undeleteResponse>{''.join(items)}</undeleteResponse></soapenv:Body></soapenv:Envelope>"
+    )
+
+
+def build_soap_router(orgs: OrgRegistry, oauth: OAuthService, store: RecordStore) -> APIRouter:
+    """``POST /services/Soap/u/{version}[/…]`` answering ``login`` and ``undelete``."""
     router = APIRouter()
 
     def xml(body: str, status: int) -> Response:
@@ -118,16 +157,21 @@ def build_soap_router(orgs: OrgRegistry, oauth: OAuthService) -> APIRouter:
     @router.post("/services/Soap/u/{version}/{org_hint}")
     async def soap(version: str, request: Request) -> Response:
         action = request.headers.get("soapaction", "").strip('"').lower()
-        credentials = parse_login(await request.body())
+        body = await request.body()
+        if action == "undelete":
+            return undelete(version, body)
+        credentials = parse_login(body)
         if credentials is None or action not in ("", "login"):
-            return xml(soap_fault("INVALID_OPERATION", "only the login call is emulated", fault_type="ApiFault"), 500)
+            return xml(
+                soap_fault("INVALID_OPERATION", "only login and undelete are emulated", fault_type="ApiFault"), 500
+            )
         username, password = credentials
         found = orgs.find_user(username)
         if found is None or not found[1].active or not found[1].password_matches(password):
             return xml(soap_fault("INVALID_LOGIN", _INVALID_LOGIN), 500)
         org, user = found
         session_id = oauth.issue_session(org, user, scope="api web full")
-        body = login_response(
+        envelope = login_response(
             org=org,
             user=user,
             session_id=session_id,
@@ -135,6 +179,30 @@ def build_soap_router(orgs: OrgRegistry, oauth: OAuthService) -> APIRouter:
             version=version,
             session_seconds=int(oauth.access_token_ttl),
         )
-        return xml(body, 200)
+        return xml(envelope, 200)
+
+    def undelete(version: str, body: bytes) -> Response:
+        parsed = parse_undelete(body)
+        if parsed is None:
+            return xml(soap_fault("INVALID_OPERATION", "malformed undelete request", fault_type="ApiFault"), 500)
+        session_id, client, ids = parsed
+        session = oauth.authenticate(session_id)
+        if session is None:
+            return xml(
+                soap_fault(
+                    "INVALID_SESSION_ID", "Invalid Session ID found in SessionHeader", fault_type="UnexpectedErrorFault"
+                ),
+                500,
+            )
+        ctx = CallContext(session.org_id, session.user_id, version, api_name="soap", client=client)
+        results: list[tuple[str, SalesforceError | None]] = []
+        with store.transaction(ctx) as txn:
+            for record_id in ids:
+                try:
+                    results.append((txn.undelete(record_id), None))
+                except SalesforceError as error:
+                    # A failed operation writes nothing; the other ids still go through.
+                    results.append((record_id, error))
+        return xml(undelete_response(results), 200)
 
     return router

@@ -62,6 +62,25 @@ class Org:
         body: dict[str, Any] = response.json()
         return body
 
+    def undelete(self, *record_ids: str, client: str = CLIENT) -> None:
+        """Restore records from the recycle bin with the partner SOAP API (REST has no undelete)."""
+        session = self.token()["access_token"]
+        envelope = (
+            '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"'
+            ' xmlns:urn="urn:partner.soap.sforce.com"><soapenv:Header>'
+            f"<urn:SessionHeader><urn:sessionId>{session}</urn:sessionId></urn:SessionHeader>"
+            f"<urn:CallOptions><urn:client>{client}</urn:client></urn:CallOptions>"
+            "</soapenv:Header><soapenv:Body><urn:undelete>"
+            + "".join(f"<urn:ids>{record_id}</urn:ids>" for record_id in record_ids)
+            + "</urn:undelete></soapenv:Body></soapenv:Envelope>"
+        )
+        with self.emulator.http() as http:
+            response = http.post(
+                f"/services/Soap/u/{API_VERSION}/", content=envelope, headers={"SOAPAction": "undelete"}
+            )
+        response.raise_for_status()
+        assert response.text.count("<success>true</success>") == len(record_ids), response.text
+
     def salesforce(self, client: str = CLIENT) -> Any:
         """simple-salesforce, unchanged, stamping ``Sforce-Call-Options: client=<client>``.
 

@@ -54,10 +54,11 @@ async def test_changes_arrive_with_kinds_values_fields_and_origin(
             "id"
         ]
         await in_thread(sf.Account.delete, account)
+        await in_thread(org.undelete, account)
 
-        await reader.until(lambda _: len(reader.of(account)) >= 3 and len(reader.of(contact)) >= 1)
+        await reader.until(lambda _: len(reader.of(account)) >= 4 and len(reader.of(contact)) >= 1)
 
-    create, update, delete = (from_proto(m) for m in reader.of(account))
+    create, update, delete, undelete = (from_proto(m) for m in reader.of(account))
     assert create.kind is ChangeKind.CREATE
     assert create.fields["Name"] == "Acme"
     assert create.fields["Phone"] == "555-0100"
@@ -80,6 +81,11 @@ async def test_changes_arrive_with_kinds_values_fields_and_origin(
 
     assert delete.kind is ChangeKind.DELETE
     assert not delete.fields
+
+    assert undelete.kind is ChangeKind.UNDELETE
+    assert undelete.fields["Name"] == "Acme"
+    assert undelete.fields["BillingCity"] == "Shelbyville"
+    assert undelete.origin_client == CLIENT
 
     (contact_create,) = (from_proto(m) for m in reader.of(contact))
     assert contact_create.kind is ChangeKind.CREATE
