@@ -11,12 +11,9 @@ the last record's timestamp. Writer, emulator, broker and cdc-ingest share this 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -25,17 +22,14 @@ from aiokafka import AIOKafkaConsumer
 from duplex.change.v1 import record_changed_pb2
 
 from bench.report import Figure, Result
+from bench.stack import bench_stack, percentile
 from devstack.emulator import API_VERSION, EmulatorProcess, start_emulator
-from devstack.kafka import KafkaPorts, KafkaServer
-from devstack.ports import pick_free_ports
-from devstack.postgres import PostgresServer
 from services.cdc_ingest.app import build_app
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.tenant_config import canonical_json, config_sha256, parse_tenant_config
-from services.common.topic_admin import ensure_topics
-from services.common.topics import Topic, TopicNames, load_topic_table
+from services.common.topics import Topic
 
 CHANGES = 10_000
 BATCH = 200
@@ -132,34 +126,15 @@ async def _consume(bootstrap: str, topic: str, expected: int) -> list[tuple[int,
     return list(seen.values())
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def _run() -> Result:
-    with tempfile.TemporaryDirectory(prefix="bench-cdc-") as tmp:
-        root = Path(tmp)
-        # PostgreSQL runs as its own account when we are root; it must reach its data directory.
-        await asyncio.to_thread(root.chmod, 0o755)
-        broker_port, controller_port, pg_port = pick_free_ports(3)
-        kafka = KafkaServer(root / "kafka", KafkaPorts(broker_port, controller_port))
-        postgres = PostgresServer(root / "postgres", pg_port, durable=False)
-        emulator = start_emulator(root / "emulator")
-        async with contextlib.AsyncExitStack() as stack:
-            stack.callback(emulator.stop)
-            await asyncio.to_thread(kafka.start)
-            stack.callback(kafka.stop)
-            await kafka.wait_ready()
-            await asyncio.to_thread(postgres.start)
-            stack.callback(postgres.stop)
-            await postgres.wait_ready()
-            names = TopicNames(load_topic_table(), prefix="bench.")
-            await ensure_topics(kafka.bootstrap_servers, names.table, names.prefix)
-            await _configure(postgres.dsn, emulator)
+    async with bench_stack("bench-cdc") as servers:
+        emulator = start_emulator(servers.root / "emulator")
+        try:
+            names = servers.names
+            await _configure(servers.dsn, emulator)
             settings = CdcIngestSettings(
-                kafka=KafkaSettings(bootstrap_servers=kafka.bootstrap_servers, topic_prefix=names.prefix),
-                postgres=PostgresSettings(dsn=postgres.dsn),
+                kafka=KafkaSettings(bootstrap_servers=servers.bootstrap_servers, topic_prefix=names.prefix),
+                postgres=PostgresSettings(dsn=servers.dsn),
                 pubsub_target=emulator.grpc_target,
                 ca_file=emulator.ca_cert,
                 lease_renew_seconds=1.0,
@@ -170,10 +145,13 @@ async def _run() -> Result:
             }
             service = build_app(settings, environ=environ)
             async with service.app:
-                await _wait_backfilled(postgres.dsn)
-                consumer = asyncio.create_task(_consume(kafka.bootstrap_servers, names(Topic.CRM_CHANGES), CHANGES))
+                await _wait_backfilled(servers.dsn)
+                topic = names(Topic.CRM_CHANGES)
+                consumer = asyncio.create_task(_consume(servers.bootstrap_servers, topic, CHANGES))
                 await _write(emulator, CHANGES)
                 pairs = await consumer
+        finally:
+            emulator.stop()
     lags = [(acked - committed) / 1000 for committed, acked in pairs]
     span = (max(acked for _, acked in pairs) - min(committed for committed, _ in pairs)) / 1000
     return Result(
@@ -182,7 +160,7 @@ async def _run() -> Result:
         [
             Figure("ingest throughput, commit → Kafka ack (events/s)", len(pairs) / span, "events/s"),
             Figure("lag p50 (commit → Kafka ack)", statistics.median(lags), "s"),
-            Figure("lag p99 (commit → Kafka ack)", _percentile(lags, 0.99), "s"),
+            Figure("lag p99 (commit → Kafka ack)", percentile(lags, 0.99), "s"),
         ],
     )
 
