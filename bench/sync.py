@@ -92,14 +92,11 @@ async def _services(servers: BenchStack) -> AsyncIterator[list[asyncio.subproces
         "POSTGRES_DSN": servers.dsn,
         "TELEMETRY_LOG_LEVEL": "WARNING",
     }
-    processes = []
     log = await asyncio.to_thread((servers.root / "services.log").open, "ab")
-    for module in ("services.mapping", "services.conflict_resolver"):
-        processes.append(
-            await asyncio.create_subprocess_exec(
-                sys.executable, "-m", module, cwd=ROOT, env=env, stdout=log, stderr=log
-            )
-        )
+    processes = [
+        await asyncio.create_subprocess_exec(sys.executable, "-m", module, cwd=ROOT, env=env, stdout=log, stderr=log)
+        for module in ("services.mapping", "services.conflict_resolver")
+    ]
     try:
         yield processes
     finally:
