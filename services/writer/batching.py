@@ -113,6 +113,9 @@ class Batcher:
     # Object -> parent reference field; batches are ordered by it so that records sharing a parent
     # land together, which reduces UNABLE_TO_LOCK_ROW on the parent.
     parent_fields: Mapping[str, str] = field(default_factory=dict)
+    # A Bulk job waits for the window (a job costs ~7 calls however small it is) unless it holds
+    # this many records; larger groups become several jobs.
+    bulk_max_records: int = 10_000
     _pending: dict[tuple[str, str, str], RecordWrite] = field(default_factory=dict)
     _since: dict[tuple[str, str, str], datetime] = field(default_factory=dict)
 
@@ -131,8 +134,10 @@ class Batcher:
         ready = []
         for key, writes in groups.items():
             oldest = min(self._since[w.record_key] for w in writes)
-            if len(writes) >= COLLECTION_LIMIT or now - oldest >= self.window:
-                ready.extend(self._take(key, writes, flush_partial=now - oldest >= self.window))
+            expired = now - oldest >= self.window
+            full = self.bulk_max_records if self._transport(key[2], len(writes)) is Transport.BULK else COLLECTION_LIMIT
+            if len(writes) >= full or expired:
+                ready.extend(self._take(key, writes, flush_partial=expired))
         return ready
 
     def drain(self) -> list[Batch]:
@@ -153,13 +158,13 @@ class Batcher:
 
     def _take(self, key: GroupKey, writes: list[RecordWrite], *, flush_partial: bool) -> list[Batch]:
         tenant, crm_object, operation, ext_field = key
-        transport = self._transport(len(writes))
+        transport = self._transport(operation, len(writes))
         parent = self.parent_fields.get(crm_object)
         if parent:
             writes = sorted(writes, key=lambda w: str(w.fields.get(parent) or ""))
-        size = len(writes) if transport is Transport.BULK else COLLECTION_LIMIT
+        size = self.bulk_max_records if transport is Transport.BULK else COLLECTION_LIMIT
         chunks = [writes[i : i + size] for i in range(0, len(writes), size)]
-        if not flush_partial and transport is Transport.REST and len(chunks[-1]) < COLLECTION_LIMIT:
+        if not flush_partial and len(chunks[-1]) < size:
             chunks = chunks[:-1]
         batches = []
         for chunk in chunks:
@@ -169,7 +174,10 @@ class Batcher:
             batches.append(Batch(tenant, crm_object, operation, ext_field, transport, tuple(chunk)))
         return batches
 
-    def _transport(self, size: int) -> Transport:
+    def _transport(self, operation: Operation, size: int) -> Transport:
+        # Bulk result rows are matched to writes by external id or record id; a plain create has neither.
+        if operation is Operation.CREATE:
+            return Transport.REST
         if self.ingestion is Ingestion.BULK:
             return Transport.BULK
         if self.ingestion is Ingestion.AUTOMATIC and size > self.bulk_threshold:

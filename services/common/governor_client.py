@@ -1,0 +1,135 @@
+"""The rate-limit-governor as a :class:`~services.common.salesforce.CallBudget`, over gRPC.
+
+Every Salesforce call a service makes is first granted here. The client fails closed: when the
+governor cannot be asked (down, timing out), no call is made; the caller gets a
+:class:`GovernorUnavailable` (retryable) and tries again later, because calling Salesforce
+without permission could put a tenant over its cap.
+
+When the governor says "not yet", :meth:`GovernorBudget.acquire` sleeps until the ``not_before``
+it was given and asks again, but never longer than ``max_wait`` in total: a tenant at its daily
+cap may have to wait hours, and a caller that serves several tenants must get control back to
+schedule its own retry (:class:`BudgetUnavailable` carries the time worth retrying at). The wait
+is a plain ``asyncio.sleep``, so cancelling the caller cancels it.
+
+Usage reports are advisory: a report that cannot be delivered is logged and dropped, because the
+Salesforce call it describes already happened, and failing it would make the caller repeat work.
+The next response's ``Sforce-Limit-Info`` carries the newer figure anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.errors import RetryableError
+
+if TYPE_CHECKING:
+    Stub = governor_service_pb2_grpc.RateLimitGovernorServiceAsyncStub
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], datetime]
+
+# A denial without a usable not_before (should not happen) is retried after this long.
+_DEFAULT_RETRY = timedelta(seconds=1)
+# Never hammer the governor: even a not_before in the past waits this long before asking again.
+_MIN_WAIT = timedelta(milliseconds=20)
+
+
+class BudgetUnavailable(RetryableError):  # noqa: N818 (a state of the budget, as the governor reports it)
+    """The governor denied the calls for longer than the caller is willing to wait now."""
+
+    def __init__(self, tenant_id: str, not_before: datetime, reason: str) -> None:
+        super().__init__(f"tenant {tenant_id}: no API budget before {not_before.isoformat()} ({reason})")
+        self.tenant_id = tenant_id
+        self.not_before = not_before
+        self.reason = reason
+
+
+class GovernorUnavailable(RetryableError):  # noqa: N818
+    """The governor could not be asked; no Salesforce call may be made until it can."""
+
+
+class UnknownTenant(Exception):  # noqa: N818
+    """The governor has no configuration for this tenant, so it will never grant it calls."""
+
+
+class GovernorBudget:
+    """A :class:`CallBudget` that asks the rate-limit-governor before every call."""
+
+    def __init__(
+        self,
+        stub: Stub,
+        *,
+        max_wait: timedelta = timedelta(seconds=30),
+        rpc_timeout: float = 5.0,
+        clock: Clock = lambda: datetime.now(UTC),
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._stub = stub
+        self._max_wait = max_wait
+        self._rpc_timeout = rpc_timeout
+        self._clock = clock
+        self._sleep = sleep
+
+    @classmethod
+    def connect(cls, target: str, **options: object) -> tuple[GovernorBudget, grpc.aio.Channel]:
+        """A budget over a new insecure channel to ``target`` (in-cluster traffic); close the channel when done."""
+        channel = grpc.aio.insecure_channel(target)
+        stub = governor_service_pb2_grpc.RateLimitGovernorServiceStub(channel)
+        return cls(stub, **options), channel  # type: ignore[arg-type]
+
+    async def acquire(self, tenant_id: str, calls: int, *, backfill: bool = False) -> None:
+        """Return once ``calls`` calls are granted; raise :class:`BudgetUnavailable` past ``max_wait``."""
+        request = governor_service_pb2.AcquireCallsRequest(
+            tenant_id=tenant_id,
+            calls=calls,
+            priority=governor_pb2.CALL_PRIORITY_BACKFILL if backfill else governor_pb2.CALL_PRIORITY_LIVE,
+        )
+        give_up_at = self._clock() + self._max_wait
+        while True:
+            response = await self._call(tenant_id, self._stub.AcquireCalls(request, timeout=self._rpc_timeout))
+            if response.granted:
+                return
+            now = self._clock()
+            not_before = (
+                response.not_before.ToDatetime(tzinfo=UTC) if response.HasField("not_before") else now + _DEFAULT_RETRY
+            )
+            if not_before > give_up_at:
+                raise BudgetUnavailable(tenant_id, not_before, response.reason)
+            await self._sleep(max(not_before - now, _MIN_WAIT).total_seconds())
+
+    async def report(self, tenant_id: str, used: int, limit: int) -> None:
+        """Tell the governor what Salesforce said about the org's usage (best effort, see module doc)."""
+        observed = Timestamp()
+        observed.FromDatetime(self._clock())
+        request = governor_service_pb2.ReportUsageRequest(
+            tenant_id=tenant_id, used=used, max=limit, observed_at=observed
+        )
+        try:
+            await self._call(tenant_id, self._stub.ReportUsage(request, timeout=self._rpc_timeout))
+        except (GovernorUnavailable, UnknownTenant) as exc:
+            log.warning("usage report dropped", extra={"tenant_id": tenant_id, "reason": str(exc)})
+
+    async def budget(self, tenant_id: str) -> governor_pb2.Budget:
+        """The tenant's budget as the governor sees it."""
+        request = governor_service_pb2.GetBudgetRequest(tenant_id=tenant_id)
+        response = await self._call(tenant_id, self._stub.GetBudget(request, timeout=self._rpc_timeout))
+        return response.budget
+
+    async def _call(self, tenant_id: str, call: Awaitable[R]) -> R:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise UnknownTenant(f"tenant {tenant_id}: {exc.details()}") from exc
+            raise GovernorUnavailable(f"governor: {exc.code().name}: {exc.details()}") from exc

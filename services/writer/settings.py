@@ -1,0 +1,37 @@
+"""The writer's settings, loaded once at start-up (WRITER_*, plus the shared KAFKA_*, POSTGRES_*, TELEMETRY_*)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class WriterSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="WRITER_", frozen=True, extra="ignore", env_nested_delimiter="__")
+
+    service_name: str = "writer"
+    governor_target: str = "127.0.0.1:50051"
+    # How long one call may wait for the governor's permission before the tenant is paused and
+    # its batch rescheduled for the governor's not-before time.
+    governor_max_wait_seconds: float = Field(default=30.0, gt=0)
+    # How long a write may wait for others to fill its batch.
+    batch_window_ms: int = Field(default=200, ge=0)
+    # Above this many pending records of one kind, ingestion "automatic" uses a Bulk API 2.0 job.
+    bulk_threshold: int = Field(default=2000, gt=0)
+    bulk_max_records: int = Field(default=10_000, gt=0)
+    # Batches in flight at once per tenant (1: serial, which minimises lock contention).
+    tenant_concurrency: int = Field(default=2, gt=0)
+    # Unsettled writes one tenant may hold before the consumer waits for it.
+    max_pending_per_tenant: int = Field(default=50_000, gt=0)
+    # Record-level retryable failures (locks, rollbacks) before the record is rejected to the DLQ.
+    max_record_attempts: int = Field(default=10, gt=0)
+    commit_interval_ms: int = Field(default=500, gt=0)
+    # How long a tenant's configuration is used before it is read again.
+    config_ttl_seconds: float = Field(default=60.0, ge=0)
+    # CA bundle for the Salesforce endpoints (the emulator's own CA in development); None: system CAs.
+    salesforce_ca_file: str | None = None
+    salesforce_timeout_seconds: float = Field(default=120.0, gt=0)
+    # On shutdown, how long to wait for held writes to settle before leaving them to the replay.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)

@@ -1,0 +1,188 @@
+"""Making outcomes durable, then releasing the offsets of the commands they settle.
+
+For every settled write, in this order (each step idempotent, so a retry after a failure
+repeats the whole sequence harmlessly):
+
+1. rejected writes go to the crm-writes dead-letter topic, as a one-record WriteRecords command
+   (replayable after the fix) with the origin and Salesforce's code in the headers;
+2. one WriteSettled per folded command goes to write-outcomes (keyed tenant/link);
+3. the sync log gets a ``write.rejected`` row per rejected write (with Salesforce's statusCode)
+   and one aggregated ``write.succeeded`` row per batch;
+4. only then does each delivery's item count go down in the offset tracker, which is what lets
+   the committer move the partition's committed offset past the command.
+
+Every publish waits for ``acks=all``; the sync-log rows commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from prometheus_client import Counter
+
+from services.common import sync_log
+from services.common.codec import link_key
+from services.common.dlq import dead_letter_headers
+from services.common.errors import InvalidEvent
+from services.writer.commands import Delivery, dead_letter_command, settled_events
+from services.writer.offsets import OffsetTracker
+from services.writer.payload import Outcome, WriteResult
+
+log = logging.getLogger(__name__)
+
+SERVICE = "writer"
+ERROR_CODE_HEADER = "duplex-error-code"
+
+RECORDS = Counter("duplex_writer_records", "Record writes settled", ["tenant", "outcome"])
+
+# Outcomes are sent without waiting one by one, then awaited together (the producer batches them).
+_PUBLISH_CHUNK = 1000
+
+
+class Publish(Protocol):
+    def __call__(
+        self, message: Any, topic: str, *, key: bytes | None, headers: dict[str, str] | None, no_confirm: bool
+    ) -> Awaitable[Any]: ...
+
+
+class Database(Protocol):
+    def acquire(self) -> Any: ...
+
+
+class WriteRejected(InvalidEvent):
+    """Salesforce refused a record for a reason a retry cannot fix (the dead-letter reason)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class Settlement:
+    def __init__(
+        self,
+        *,
+        publish: Publish,
+        outcomes_topic: str,
+        dead_letter_topic: str,
+        source_topic: str,
+        database: Database,
+        tracker: OffsetTracker,
+        deliveries: MutableMapping[str, Delivery],
+        remaining: MutableMapping[str, int],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._publish = publish
+        self._outcomes_topic = outcomes_topic
+        self._dead_letter_topic = dead_letter_topic
+        self._source_topic = source_topic
+        self._database = database
+        self._tracker = tracker
+        self._deliveries = deliveries
+        self._remaining = remaining
+        self._clock = clock
+
+    async def settle(self, tenant_id: str, settled: list[tuple[WriteResult, int]]) -> None:
+        now = self._clock()
+        pairs = [
+            pair
+            for result, attempts in settled
+            for pair in settled_events(result, self._deliveries, attempts=max(attempts, 1), settled_at=now)
+        ]
+        rejected = [result for result, _ in settled if result.outcome is Outcome.REJECTED]
+        await self._send([self._dead_letter(result, now) for result in rejected])
+        await self._send(
+            [(event, self._outcomes_topic, link_key(tenant_id, event.link_id), None) for _, event in pairs]
+        )
+        await self._log(tenant_id, settled)
+        for delivery, _ in pairs:
+            self._release(delivery)
+        succeeded = len(settled) - len(rejected)
+        if succeeded:
+            RECORDS.labels(tenant_id, "succeeded").inc(succeeded)
+        if rejected:
+            RECORDS.labels(tenant_id, "rejected").inc(len(rejected))
+
+    def _dead_letter(self, result: WriteResult, now: datetime) -> tuple[Any, str, bytes, dict[str, str]]:
+        write = result.write
+        # The latest command folded into the write stands for it: its values are the ones sent.
+        delivery = self._deliveries[write.all_command_ids[-1]]
+        error = result.errors[0] if result.errors else None
+        code = error.status_code if error else "UNKNOWN_EXCEPTION"
+        headers = dead_letter_headers(
+            original_headers=delivery.headers,
+            topic=delivery.partition[0],
+            partition=delivery.partition[1],
+            offset=delivery.offset,
+            timestamp_ms=delivery.timestamp_ms,
+            error=WriteRejected(code, error.message if error else ""),
+            service=SERVICE,
+            failed_at=now,
+        )
+        headers[ERROR_CODE_HEADER] = code
+        key = delivery.key or link_key(write.tenant_id, write.link_id)
+        return dead_letter_command(result, delivery), self._dead_letter_topic, key, headers
+
+    async def _send(self, messages: list[tuple[Any, str, bytes, dict[str, str] | None]]) -> None:
+        for start in range(0, len(messages), _PUBLISH_CHUNK):
+            pending = [
+                await self._publish(message, topic, key=key, headers=headers, no_confirm=True)
+                for message, topic, key, headers in messages[start : start + _PUBLISH_CHUNK]
+            ]
+            await asyncio.gather(*pending)
+
+    async def _log(self, tenant_id: str, settled: list[tuple[WriteResult, int]]) -> None:
+        rejected = [(r, a) for r, a in settled if r.outcome is Outcome.REJECTED]
+        succeeded = [r for r, _ in settled if r.outcome is Outcome.SUCCEEDED]
+        async with self._database.acquire() as conn, conn.transaction():
+            for result, attempts in rejected:
+                write = result.write
+                error = result.errors[0] if result.errors else None
+                await sync_log.record(
+                    conn,
+                    tenant_id=tenant_id,
+                    service=SERVICE,
+                    event="write.rejected",
+                    link_id=write.link_id,
+                    record_id=result.record_id or write.record_id or None,
+                    code=error.status_code if error else "UNKNOWN_EXCEPTION",
+                    message=error.message if error else None,
+                    detail={
+                        "crm_object": write.crm_object,
+                        "operation": str(write.operation),
+                        "external_id_value": write.external_id_value,
+                        "fields": list(error.fields) if error else [],
+                        "errors": [e.status_code for e in result.errors],
+                        "command_ids": [
+                            self._deliveries[t].command_id for t in write.all_command_ids if t in self._deliveries
+                        ],
+                        "attempts": attempts,
+                    },
+                )
+            if succeeded:
+                # One row per batch, not per record: the log stays readable at 10,000 records a minute.
+                objects = sorted({r.write.crm_object for r in succeeded})
+                await sync_log.record(
+                    conn,
+                    tenant_id=tenant_id,
+                    service=SERVICE,
+                    event="write.succeeded",
+                    message=f"{len(succeeded)} records written to {', '.join(objects)}",
+                    detail={
+                        "count": len(succeeded),
+                        "created": sum(1 for r in succeeded if r.created),
+                        "objects": objects,
+                    },
+                )
+
+    def _release(self, delivery: Delivery) -> None:
+        self._tracker.done(delivery.partition, delivery.offset)
+        left = self._remaining.get(delivery.token, 0) - 1
+        if left > 0:
+            self._remaining[delivery.token] = left
+        else:
+            self._remaining.pop(delivery.token, None)
+            self._deliveries.pop(delivery.token, None)

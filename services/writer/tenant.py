@@ -1,0 +1,293 @@
+"""One tenant's writing loop: batching window, in-flight records, retries, backoff, back-pressure.
+
+Every tenant has its own :class:`TenantWriter` and its own task, so a tenant that is throttled,
+locked or down only ever waits for itself. Per record the writer keeps Salesforce order: while a
+write to a record is in flight (or waiting to be retried), later writes to that record are
+parked, and join the retry (coalesced after it) or go to the batcher once it settles. So two
+writes to one record are never in flight at once, and a retry never overtakes a newer value.
+
+Failures:
+* record-level retryable errors (UNABLE_TO_LOCK_ROW, rollback placeholders, Bulk leftovers) are
+  retried with capped, jittered backoff, up to ``max_record_attempts``; after that the record is
+  rejected with its last code (DLQ, replayable), so one cursed record cannot hold the tenant's
+  offsets forever;
+* whole-call failures (503, timeouts, quota, no budget) pause the whole tenant, until the
+  governor's not-before time or a growing backoff, and never count against the records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from services.common.retry import RetryPolicy
+from services.common.tenant_config import TenantNotFoundError
+from services.writer.batching import Batch, Batcher, Ingestion, RecordWrite
+from services.writer.executor import CallFailure, retry_all
+from services.writer.payload import ItemError, Outcome, WriteResult
+
+log = logging.getLogger(__name__)
+
+RecordKey = tuple[str, str, str]
+Clock = Callable[[], datetime]
+
+
+class Executor(Protocol):
+    async def execute(self, batch: Batch, *, backfill: bool = False) -> list[WriteResult]: ...
+
+
+@dataclass(frozen=True)
+class TenantResources:
+    executor: Executor
+    ingestion: Ingestion
+
+
+class Settler(Protocol):
+    """Makes outcomes durable (write-outcomes, DLQ, sync log) and releases their offsets."""
+
+    async def settle(self, tenant_id: str, settled: list[tuple[WriteResult, int]]) -> None: ...
+
+
+RECORD_RETRY = RetryPolicy(base_delay=0.2, max_delay=30.0, max_attempts=None)
+TENANT_RETRY = RetryPolicy(base_delay=0.5, max_delay=60.0, max_attempts=None)
+SETTLE_RETRY = RetryPolicy(base_delay=0.2, max_delay=10.0, max_attempts=None)
+
+
+@dataclass(frozen=True)
+class TenantOptions:
+    window: timedelta = timedelta(milliseconds=200)
+    bulk_threshold: int = 2000
+    bulk_max_records: int = 10_000
+    # Batches in flight at once for one tenant (1 = serial).
+    concurrency: int = 2
+    # Writes held (batched, in flight, parked) before the consumer waits for this tenant.
+    max_pending: int = 50_000
+    max_record_attempts: int = 10
+    record_retry: RetryPolicy = RECORD_RETRY
+    tenant_retry: RetryPolicy = TENANT_RETRY
+    settle_retry: RetryPolicy = SETTLE_RETRY
+
+
+class TenantWriter:
+    def __init__(
+        self,
+        tenant_id: str,
+        *,
+        resources: Callable[[], Awaitable[TenantResources]],
+        settler: Settler,
+        is_backfill: Callable[[RecordWrite], bool],
+        options: TenantOptions,
+        clock: Clock = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self._resources = resources
+        self._settler = settler
+        self._is_backfill = is_backfill
+        self._options = options
+        self._clock = clock
+        self._sleep = sleep
+        self._batcher = Batcher(
+            window=options.window,
+            bulk_threshold=options.bulk_threshold,
+            bulk_max_records=options.bulk_max_records,
+        )
+        self._ready: list[Batch] = []
+        self._in_flight: set[RecordKey] = set()
+        self._parked: dict[RecordKey, list[RecordWrite]] = {}
+        self._retries: dict[RecordKey, tuple[datetime, RecordWrite]] = {}
+        self._attempts: dict[RecordKey, int] = {}
+        self._record_failures: dict[RecordKey, int] = {}
+        self._tenant_failures = 0
+        self._paused_until: datetime | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._refused: list[WriteResult] = []
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    # ------------------------------------------------------------------ intake (consumer side)
+
+    def submit(self, writes: list[RecordWrite], refused: list[WriteResult]) -> None:
+        now = self._clock()
+        for write in writes:
+            key = write.record_key
+            if key in self._in_flight:
+                self._parked.setdefault(key, []).append(write)
+            else:
+                self._batcher.add(write, now)
+        self._refused.extend(refused)
+        self._update_room()
+        self._wake.set()
+
+    async def room(self) -> None:
+        """Wait while this tenant holds too many unsettled writes (back-pressure on the consumer)."""
+        await self._room.wait()
+
+    def pending(self) -> int:
+        return len(self._batcher) + len(self._in_flight) + sum(len(p) for p in self._parked.values())
+
+    def _update_room(self) -> None:
+        if self.pending() >= self._options.max_pending:
+            self._room.clear()
+        else:
+            self._room.set()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        # Learn the tenant's ingestion mode before the first batch is cut (a failure here is
+        # retried with the first batch, which needs the same resources).
+        with contextlib.suppress(Exception):
+            self._batcher.ingestion = (await self._resources()).ingestion
+        try:
+            while True:
+                self._step(self._clock())
+                await self._wait()
+        finally:
+            for task in list(self._running):
+                task.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _step(self, now: datetime) -> None:
+        if self._refused:
+            refused, self._refused = self._refused, []
+            # Refused before any call: they never were in flight, so they touch no record state.
+            self._spawn(self._settle([(r, 0) for r in refused]))
+        for key, (due, write) in list(self._retries.items()):
+            if due <= now:
+                del self._retries[key]
+                self._batcher.add(write, now)
+                for later in self._parked.pop(key, []):
+                    self._batcher.add(later, now)
+                self._in_flight.discard(key)
+        if self._paused_until is not None and now < self._paused_until:
+            return
+        self._paused_until = None
+        while len(self._running) < self._options.concurrency:
+            if not self._ready:
+                # Taken only when a slot is free: meanwhile the batcher keeps coalescing, and a
+                # backlog that outgrows the Bulk threshold becomes one Bulk job.
+                self._ready = self._batcher.due(now)
+                for batch in self._ready:
+                    self._in_flight.update(w.record_key for w in batch.writes)
+            if not self._ready:
+                break
+            self._spawn(self._run_batch(self._ready.pop(0)))
+
+    async def _wait(self) -> None:
+        now = self._clock()
+        moments = [due for due, _ in self._retries.values()]
+        if self._paused_until is not None:
+            moments.append(self._paused_until)
+        elif len(self._running) < self._options.concurrency:
+            deadline = self._batcher.next_deadline()
+            if deadline is not None:
+                moments.append(deadline)
+            if self._ready:
+                moments.append(now)
+        timeout = max(0.0, (min(moments) - now).total_seconds()) if moments else None
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            finally:
+                self._running.discard(task)
+                self._wake.set()
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._running.add(task)
+
+    async def _run_batch(self, batch: Batch) -> None:
+        backfill = all(self._is_backfill(w) for w in batch.writes)
+        try:
+            resources = await self._resources()
+        except TenantNotFoundError as exc:
+            # No configuration, no org to write to: refuse, replayable from the DLQ once configured.
+            error = ItemError("TENANT_NOT_CONFIGURED", str(exc))
+            results = [WriteResult(w, Outcome.REJECTED, errors=(error,)) for w in batch.writes]
+        except Exception as exc:  # configuration unreadable now: retry the tenant later
+            log.warning("tenant resources unavailable", extra={"tenant_id": self.tenant_id, "reason": str(exc)})
+            results = retry_all(batch.writes, CallFailure(ItemError("CONFIGURATION_ERROR", str(exc)), False))
+        else:
+            self._batcher.ingestion = resources.ingestion
+            results = await resources.executor.execute(batch, backfill=backfill)
+        await self._finish(results)
+
+    async def _finish(self, results: list[WriteResult]) -> None:
+        now = self._clock()
+        settled: list[tuple[WriteResult, int]] = []
+        retries: list[WriteResult] = []
+        for result in results:
+            key = result.write.record_key
+            attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
+            if result.outcome is not Outcome.RETRY:
+                settled.append((result, attempts))
+            elif result.whole_call:
+                retries.append(result)
+            else:
+                failures = self._record_failures[key] = self._record_failures.get(key, 0) + 1
+                if failures >= self._options.max_record_attempts:
+                    settled.append((replace(result, outcome=Outcome.REJECTED), attempts))
+                else:
+                    retries.append(result)
+        if settled:
+            await self._settle(settled)
+        whole_call = [r for r in retries if r.whole_call]
+        if whole_call:
+            self._tenant_failures += 1
+            first = whole_call[0]
+            pause = first.retry_at or now + timedelta(seconds=self._options.tenant_retry.delay(self._tenant_failures))
+            self._paused_until = max(pause, self._paused_until or pause)
+            log.warning(
+                "tenant paused",
+                extra={
+                    "tenant_id": self.tenant_id,
+                    "code": first.code,
+                    "until": pause.isoformat(),
+                    "records": len(whole_call),
+                },
+            )
+        elif settled:
+            self._tenant_failures = 0
+        for result in retries:
+            key = result.write.record_key
+            if result.whole_call:
+                due = self._paused_until or now
+            else:
+                due = now + timedelta(seconds=self._options.record_retry.delay(self._record_failures[key]))
+            self._retries[key] = (due, result.write)
+        now = self._clock()
+        for result, _ in settled:
+            key = result.write.record_key
+            self._in_flight.discard(key)
+            self._attempts.pop(key, None)
+            self._record_failures.pop(key, None)
+            for later in self._parked.pop(key, []):
+                self._batcher.add(later, now)
+        self._update_room()
+
+    async def _settle(self, settled: list[tuple[WriteResult, int]]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._settler.settle(self.tenant_id, settled)
+                return
+            except Exception as exc:  # Kafka or Postgres briefly away: the outcomes are known, retry
+                attempt += 1
+                delay = self._options.settle_retry.delay(attempt)
+                log.warning(
+                    "settling outcomes failed, retrying",
+                    extra={"tenant_id": self.tenant_id, "retry_in_s": round(delay, 3)},
+                    exc_info=exc,
+                )
+                await self._sleep(delay)

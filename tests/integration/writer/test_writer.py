@@ -1,0 +1,247 @@
+"""The writer against the emulator, a real Kafka broker and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from duplex.writer.v1 import write_records_pb2
+
+from devstack.emulator import EmulatorProcess
+from services.common.dlq import ORIGINAL_TOPIC
+from services.common.salesforce import UnlimitedBudget
+from services.common.topics import Topic, TopicNames
+from services.writer.app import Writer, build_app
+from services.writer.settle import ERROR_CODE_HEADER
+from tests.integration.writer.harness import (
+    REJECTED,
+    SUCCEEDED,
+    TopicReader,
+    WriteSettled,
+    api_used,
+    command,
+    committed_total,
+    count_accounts,
+    outcomes,
+    prepare_database,
+    resolver,
+    send,
+    soql,
+    tenant_document,
+    upstream,
+    writer_settings,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+TENANT = "acme-writer"
+
+
+@dataclass
+class Stack:
+    bootstrap: str
+    names: TopicNames
+    dsn: str
+    emulator: EmulatorProcess
+    group: str = ""
+
+    @asynccontextmanager
+    async def writer(self, ingestion: str = "rest", **overrides: Any) -> AsyncIterator[tuple[Writer, UnlimitedBudget]]:
+        await prepare_database_once(self, ingestion)
+        budget = UnlimitedBudget()
+        # A consumer group per test: no test waits for another test's members to leave.
+        overrides.setdefault("service_name", f"writer-{uuid.uuid4().hex[:8]}")
+        settings = writer_settings(self.bootstrap, self.names, self.dsn, self.emulator, **overrides)
+        self.group = settings.service_name
+        app = build_app(settings, secrets=resolver(self.emulator, {TENANT: "acme"}), budget=budget)
+        async with app.running() as writer:
+            yield writer, budget
+
+
+async def prepare_database_once(stack: Stack, ingestion: str) -> None:
+    await prepare_database(stack.dsn, [tenant_document(TENANT, stack.emulator, ingestion=ingestion)])
+
+
+@pytest.fixture
+def stack(kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str, emulator: EmulatorProcess) -> Stack:
+    return Stack(kafka_bootstrap, topic_names, fresh_database, emulator)
+
+
+def prefix() -> str:
+    return f"w{uuid.uuid4().hex[:8]}-"
+
+
+async def write_many(stack: Stack, run: str, total: int, per_command: int) -> int:
+    commands = [
+        command(TENANT, [(f"{run}{n}", {"Name": f"Account {n}"}) for n in range(start, start + per_command)])
+        for start in range(0, total, per_command)
+    ]
+    async with upstream(stack.bootstrap) as broker:
+        return await send(broker, stack.names, commands)
+
+
+async def sync_log(dsn: str, event: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT * FROM sync_log WHERE event = $1 ORDER BY id", event)
+    finally:
+        await conn.close()
+    return [dict(r) | {"detail": json.loads(r["detail"])} for r in rows]
+
+
+async def test_ten_thousand_records_take_at_most_51_calls_over_rest(stack: Stack) -> None:
+    run = prefix()
+    before = api_used(stack.emulator)
+    async with (
+        stack.writer("rest", batch_window_ms=500) as (_, budget),
+        TopicReader(stack.bootstrap, stack.names, Topic.WRITE_OUTCOMES) as reader,
+    ):
+        sent = await write_many(stack, run, 10_000, 100)
+        await reader.until(lambda: len(reader.records) >= 10_000, within=180, what="10,000 outcomes")
+        calls = api_used(stack.emulator) - before
+        await _committed(stack, sent)
+
+    settled = outcomes(reader)
+    assert len(settled) == 10_000
+    assert {s.status for s in settled} == {SUCCEEDED}
+    assert all(s.created and s.record_id.startswith("001") for s in settled)
+    print(f"10,000 records over REST: {calls} API calls")  # the figure, for the report (-s)
+    assert calls <= 51, calls
+    assert budget.calls[TENANT] == calls
+    assert count_accounts(stack.emulator, run) == 10_000
+    logged = await sync_log(stack.dsn, "write.succeeded")
+    assert sum(row["detail"]["count"] for row in logged) == 10_000
+
+
+async def test_bulk_forced_takes_far_fewer_calls(stack: Stack) -> None:
+    run = prefix()
+    before = api_used(stack.emulator)
+    async with (
+        stack.writer("bulk", batch_window_ms=3000) as _,
+        TopicReader(stack.bootstrap, stack.names, Topic.WRITE_OUTCOMES) as reader,
+    ):
+        await write_many(stack, run, 10_000, 500)
+        await reader.until(lambda: len(reader.records) >= 10_000, within=180, what="10,000 outcomes")
+        calls = api_used(stack.emulator) - before
+
+    assert {s.status for s in outcomes(reader)} == {SUCCEEDED}
+    print(f"10,000 records over Bulk 2.0: {calls} API calls")
+    assert calls <= 15, calls
+    assert count_accounts(stack.emulator, run) == 10_000
+
+
+async def test_ten_updates_to_one_record_in_one_window_cost_one_call(stack: Stack) -> None:
+    link = f"{prefix()}one"
+    async with (
+        stack.writer("rest", batch_window_ms=1500) as (_, budget),
+        TopicReader(stack.bootstrap, stack.names, Topic.WRITE_OUTCOMES) as reader,
+    ):
+        async with upstream(stack.bootstrap) as broker:
+            await send(
+                broker, stack.names, [command(TENANT, [(link, {"Name": f"v{n}"})], version=n) for n in range(10)]
+            )
+        await reader.until(lambda: len(reader.records) >= 10, within=30, what="10 outcomes")
+
+    settled = outcomes(reader)
+    assert len({s.command_id for s in settled}) == 10
+    assert {s.status for s in settled} == {SUCCEEDED}
+    assert len({s.record_id for s in settled}) == 1
+    assert budget.calls[TENANT] == 1
+    rows = soql(stack.emulator, f"SELECT Name FROM Account WHERE Duplex_Id__c = '{link}'")["records"]
+    assert [r["Name"] for r in rows] == ["v9"]
+
+
+async def test_permanent_failures_are_rejected_per_record_while_the_rest_succeeds(stack: Stack) -> None:
+    run = prefix()
+    async with (
+        stack.writer("rest", batch_window_ms=800) as _,
+        TopicReader(stack.bootstrap, stack.names, Topic.WRITE_OUTCOMES) as reader,
+        TopicReader(stack.bootstrap, stack.names, Topic.CRM_WRITES_DLQ) as dead,
+        upstream(stack.bootstrap) as broker,
+    ):
+        # Two records to update afterwards: one will be given the other's unique external id.
+        await send(broker, stack.names, [command(TENANT, [(f"{run}a", {"Name": "A"}), (f"{run}b", {"Name": "B"})])])
+        await reader.until(lambda: len(reader.records) >= 2, within=30, what="setup")
+        ids = {s.link_id: s.record_id for s in outcomes(reader)}
+
+        upserts = command(
+            TENANT,
+            [
+                (f"{run}good1", {"Name": "Good 1"}),
+                (f"{run}missing", {"Phone": "1"}),
+                (f"{run}unknown", {"Name": "X", "No_Such_Field__c": "x"}),
+                (f"{run}readonly", {"Name": "X", "AnnualRevenue": 5}),
+                (f"{run}long", {"Name": "x" * 300}),
+                (f"{run}good2", {"Name": "Good 2"}),
+            ],
+        )
+        updates = command(
+            TENANT,
+            [(f"{run}a", {"Phone": "42"}), (f"{run}b", {"Duplex_Id__c": f"{run}a"}), (f"{run}bad", {"Phone": "1"})],
+            operation=write_records_pb2.OPERATION_UPDATE,
+            record_ids={f"{run}a": ids[f"{run}a"], f"{run}b": ids[f"{run}b"], f"{run}bad": "001NOTANID"},
+        )
+        await send(broker, stack.names, [upserts, updates])
+        await reader.until(lambda: len(reader.records) >= 11, within=60, what="9 outcomes")
+        await dead.until(lambda: len(dead.records) >= 6, within=30, what="6 dead letters")
+
+    by_link: dict[str, WriteSettled] = {s.link_id.removeprefix(run): s for s in outcomes(reader)[2:]}
+    expected = {
+        "missing": "REQUIRED_FIELD_MISSING",
+        "unknown": "INVALID_FIELD",
+        "readonly": "INSUFFICIENT_ACCESS_OR_READONLY",
+        "long": "STRING_TOO_LONG",
+        "b": "DUPLICATE_VALUE",
+        "bad": "MALFORMED_ID",
+    }
+    for link, code in expected.items():
+        assert by_link[link].status == REJECTED, link
+        assert by_link[link].errors[0].status_code == code, link
+    for link in ("good1", "good2", "a"):
+        assert by_link[link].status == SUCCEEDED, link
+    logged = {row["link_id"].removeprefix(run): row["code"] for row in await sync_log(stack.dsn, "write.rejected")}
+    assert logged == expected
+    dead_codes = {}
+    for record in dead.records:
+        headers = {k: v.decode() for k, v in record.headers}
+        replay = write_records_pb2.WriteRecords()
+        replay.ParseFromString(record.value)
+        assert headers[ORIGINAL_TOPIC] == stack.names(Topic.CRM_WRITES)
+        assert len(replay.records) == 1
+        dead_codes[replay.records[0].link_id.removeprefix(run)] = headers[ERROR_CODE_HEADER]
+    assert dead_codes == expected
+    assert count_accounts(stack.emulator, run) == 4  # a, b, good1, good2
+
+
+async def test_locks_and_outages_are_retried_to_success(stack: Stack, faults: EmulatorProcess) -> None:
+    run = prefix()
+    org = faults.info["org_id"]
+    faults.admin("PATCH", f"/orgs/{org}/faults", {"lock_ratio": 0.2, "unavailable_ratio": 0.3, "seed": 7})
+    async with (
+        stack.writer("rest", batch_window_ms=200) as _,
+        TopicReader(stack.bootstrap, stack.names, Topic.WRITE_OUTCOMES) as reader,
+    ):
+        await write_many(stack, run, 1000, 50)
+        await reader.until(lambda: len(reader.records) >= 1000, within=120, what="1,000 outcomes")
+
+    settled = outcomes(reader)
+    assert {s.status for s in settled} == {SUCCEEDED}
+    assert max(s.attempts for s in settled) > 1
+    faults.admin("PATCH", f"/orgs/{org}/faults", {"lock_ratio": 0, "unavailable_ratio": 0})
+    assert count_accounts(faults, run) == 1000
+
+
+async def _committed(stack: Stack, sent: int) -> None:
+    topic = stack.names(Topic.CRM_WRITES)
+    for _ in range(50):
+        if await committed_total(stack.bootstrap, stack.group, topic) == sent:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"committed {await committed_total(stack.bootstrap, stack.group, topic)} of {sent}")
