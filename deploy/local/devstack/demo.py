@@ -28,10 +28,10 @@ import yaml
 from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc
 from eventbus.v1 import pubsub_api_pb2 as pb
 from eventbus.v1 import pubsub_api_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack import processes
 from devstack.emulator import ROOT, start_emulator
+from devstack.health import wait_serving
 from devstack.ports import pick_free_ports
 from devstack.state import load_state, register_process
 from services.common.salesforce import SalesforceClient, env_secrets
@@ -74,24 +74,6 @@ def ensure_governor(state_dir: Path, dsn: str) -> int:
     port_file.write_text(str(port))
     wait_serving(f"127.0.0.1:{port}", state_dir / "governor.log")
     return port
-
-
-def wait_serving(target: str, log: Path, timeout: float = 60.0) -> None:
-    """Block until the gRPC health service at ``target`` says SERVING."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if (
-                    health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                time.sleep(0.2)
-    msg = f"{target} did not become ready:\n{processes.log_tail(log)}"
-    raise RuntimeError(msg)
 
 
 def tenant_document(info: dict[str, Any]) -> dict[str, Any]:
