@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import cdc_ingest, emulator, sync
+from bench import cdc_ingest, emulator, sync, writer
 from bench.report import Result, machine, render
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
     "emulator": emulator.run,
     "cdc_ingest": cdc_ingest.run,
     "sync": sync.run,
+    "writer": writer.run,
 }
 
 

@@ -25,7 +25,7 @@ class Figure:
             return ""
         met = self.value >= self.target if self.higher_is_better else self.value <= self.target
         sign = ">=" if self.higher_is_better else "<="
-        return f"{'met' if met else 'MISSED'} (target {sign} {self.target:,.0f})"
+        return f"{'met' if met else 'MISSED'} (target {sign} {self.target:,g})"
 
 
 @dataclass

@@ -134,6 +134,7 @@ class Writer:
                 is_backfill=self._is_backfill,
                 options=TenantOptions(
                     window=timedelta(milliseconds=s.batch_window_ms),
+                    max_wait=timedelta(milliseconds=s.batch_max_wait_ms),
                     bulk_threshold=s.bulk_threshold,
                     bulk_max_records=s.bulk_max_records,
                     concurrency=s.tenant_concurrency,

@@ -105,9 +105,14 @@ class Batch:
 
 @dataclass
 class Batcher:
-    """Holds writes until they make a full batch or have waited ``window``."""
+    """Holds writes until they make a full batch, or their group goes quiet for ``window``.
+
+    A partial batch waits while writes keep arriving for its group (a steady stream fills batches
+    to 200, the fewest calls), but never longer than ``max_wait`` after its oldest write.
+    """
 
     window: timedelta = timedelta(milliseconds=200)
+    max_wait: timedelta = timedelta(seconds=2)
     bulk_threshold: int = 2000
     ingestion: Ingestion = Ingestion.AUTOMATIC
     # Object -> parent reference field; batches are ordered by it so that records sharing a parent
@@ -118,23 +123,28 @@ class Batcher:
     bulk_max_records: int = 10_000
     _pending: dict[tuple[str, str, str], RecordWrite] = field(default_factory=dict)
     _since: dict[tuple[str, str, str], datetime] = field(default_factory=dict)
+    _last: dict[GroupKey, datetime] = field(default_factory=dict)
 
     def add(self, write: RecordWrite, now: datetime) -> None:
         key = write.record_key
         earlier = self._pending.get(key)
-        self._pending[key] = coalesce(earlier, write) if earlier is not None else write
+        merged = coalesce(earlier, write) if earlier is not None else write
+        self._pending[key] = merged
         self._since.setdefault(key, now)
+        self._last[group_key(merged)] = now
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def due(self, now: datetime) -> list[Batch]:
-        """Batches that are full, or whose oldest write has waited the window."""
+        """Batches that are full, or whose group went quiet for the window, or waited ``max_wait``."""
         groups = self._groups()
+        for gone in self._last.keys() - groups.keys():
+            del self._last[gone]
         ready = []
         for key, writes in groups.items():
             oldest = min(self._since[w.record_key] for w in writes)
-            expired = now - oldest >= self.window
+            expired = now - self._last[key] >= self.window or now - oldest >= self.max_wait
             full = self.bulk_max_records if self._transport(key[2], len(writes)) is Transport.BULK else COLLECTION_LIMIT
             if len(writes) >= full or expired:
                 ready.extend(self._take(key, writes, flush_partial=expired))
@@ -147,8 +157,12 @@ class Batcher:
         ]
 
     def next_deadline(self) -> datetime | None:
-        """When the oldest held write's window ends."""
-        return min(self._since.values()) + self.window if self._since else None
+        """The earliest moment a held partial batch becomes due (if no more writes arrive)."""
+        deadlines = [
+            min(self._last[key] + self.window, min(self._since[w.record_key] for w in writes) + self.max_wait)
+            for key, writes in self._groups().items()
+        ]
+        return min(deadlines) if deadlines else None
 
     def _groups(self) -> dict[GroupKey, list[RecordWrite]]:
         groups: dict[GroupKey, list[RecordWrite]] = {}
@@ -172,6 +186,8 @@ class Batcher:
                 del self._pending[write.record_key]
                 del self._since[write.record_key]
             batches.append(Batch(tenant, crm_object, operation, ext_field, transport, tuple(chunk)))
+        if sum(len(chunk) for chunk in chunks) == len(writes):
+            self._last.pop(key, None)
         return batches
 
     def _transport(self, operation: Operation, size: int) -> Transport:

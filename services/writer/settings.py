@@ -16,8 +16,11 @@ class WriterSettings(ServiceSettings):
     # How long one call may wait for the governor's permission before the tenant is paused and
     # its batch rescheduled for the governor's not-before time.
     governor_max_wait_seconds: float = Field(default=30.0, gt=0)
-    # How long a write may wait for others to fill its batch.
+    # A partial batch is sent once no write has joined it for this long (a steady stream fills
+    # batches to 200 records) ...
     batch_window_ms: int = Field(default=200, ge=0)
+    # ... but never later than this after its oldest write.
+    batch_max_wait_ms: int = Field(default=2000, ge=0)
     # Above this many pending records of one kind, ingestion "automatic" uses a Bulk API 2.0 job.
     bulk_threshold: int = Field(default=2000, gt=0)
     bulk_max_records: int = Field(default=10_000, gt=0)

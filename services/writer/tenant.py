@@ -61,6 +61,7 @@ SETTLE_RETRY = RetryPolicy(base_delay=0.2, max_delay=10.0, max_attempts=None)
 @dataclass(frozen=True)
 class TenantOptions:
     window: timedelta = timedelta(milliseconds=200)
+    max_wait: timedelta = timedelta(seconds=2)
     bulk_threshold: int = 2000
     bulk_max_records: int = 10_000
     # Batches in flight at once for one tenant (1 = serial).
@@ -94,6 +95,7 @@ class TenantWriter:
         self._sleep = sleep
         self._batcher = Batcher(
             window=options.window,
+            max_wait=options.max_wait,
             bulk_threshold=options.bulk_threshold,
             bulk_max_records=options.bulk_max_records,
         )

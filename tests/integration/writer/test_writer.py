@@ -100,10 +100,11 @@ async def test_ten_thousand_records_take_at_most_51_calls_over_rest(stack: Stack
     run = prefix()
     before = api_used(stack.emulator)
     async with (
-        stack.writer("rest", batch_window_ms=500) as (_, budget),
+        stack.writer("rest") as (_, budget),
         TopicReader(stack.bootstrap, stack.names, Topic.WRITE_OUTCOMES) as reader,
     ):
-        sent = await write_many(stack, run, 10_000, 100)
+        # One record per command, as the conflict-resolver sends them.
+        sent = await write_many(stack, run, 10_000, 1)
         await reader.until(lambda: len(reader.records) >= 10_000, within=180, what="10,000 outcomes")
         calls = api_used(stack.emulator) - before
         await _committed(stack, sent)

@@ -162,3 +162,41 @@ def test_batches_are_ordered_by_parent_to_reduce_lock_contention() -> None:
 )
 def test_failures_are_classified(code: str, http: int | None, failure: Failure) -> None:
     assert classify(code, http) is failure
+
+
+def test_a_steady_trickle_fills_whole_batches() -> None:
+    # One write every 2 ms: the group never goes quiet for the 200 ms window, so nothing partial
+    # is sent; each batch leaves full.
+    batcher = Batcher(window=timedelta(milliseconds=200), max_wait=timedelta(seconds=2))
+    sent = []
+    for n in range(1_000):
+        now = T0 + timedelta(milliseconds=2 * n)
+        batcher.add(write(n), now)
+        sent += batcher.due(now)
+
+    assert [len(b.writes) for b in sent] == [COLLECTION_LIMIT] * 5
+    assert len(batcher) == 0
+
+
+def test_a_partial_batch_leaves_when_its_group_goes_quiet() -> None:
+    batcher = Batcher(window=timedelta(milliseconds=200))
+    batcher.add(write(1), T0)
+    batcher.add(write(2), T0 + timedelta(milliseconds=150))
+
+    assert batcher.due(T0 + timedelta(milliseconds=300)) == []  # the second write restarted the window
+    assert batcher.next_deadline() == T0 + timedelta(milliseconds=350)
+    [batch] = batcher.due(T0 + timedelta(milliseconds=350))
+    assert len(batch.writes) == 2
+
+
+def test_max_wait_bounds_how_long_a_trickle_can_hold_a_write() -> None:
+    batcher = Batcher(window=timedelta(milliseconds=200), max_wait=timedelta(seconds=1))
+    sent: list[tuple[int, int]] = []
+    for n in range(10):  # one write every 150 ms: never quiet for 200 ms, never full
+        now = T0 + timedelta(milliseconds=150 * n)
+        batcher.add(write(n), now)
+        sent += [(n, len(b.writes)) for b in batcher.due(now)]
+
+    # At 1,050 ms the oldest write has waited more than a second: everything held leaves.
+    assert sent == [(7, 8)]
+    assert len(batcher) == 2
