@@ -16,7 +16,7 @@ import statistics
 import time
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 from duplex.change.v1 import record_changed_pb2

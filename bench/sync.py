@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from duplex.change.v1 import record_changed_pb2 as rc
 from duplex.writer.v1 import write_records_pb2

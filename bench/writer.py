@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from duplex.writer.v1 import write_records_pb2, write_settled_pb2
 

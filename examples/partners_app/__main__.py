@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Annotated, Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import typer
 
 from examples.partners_app import app as partners

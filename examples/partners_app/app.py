@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from duplex.change.v1 import record_changed_pb2 as rc
 from google.protobuf.message import DecodeError

@@ -1,5 +1,3 @@
-# asyncpg ships without type information.
-# mypy: disable-error-code="import-untyped"
 """Versioned tenant configuration in PostgreSQL (tables from ``deploy/sql/0001_tenants_and_config.sql``).
 
 Reads of a single version go through :func:`services.common.tenant_config.fetch_config`, the same

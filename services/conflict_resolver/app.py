@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from duplex.mapping.v1 import change_mapped_pb2
 from duplex.writer.v1 import write_settled_pb2
 from faststream import FastStream

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from duplex.change.v1 import record_changed_pb2
 from faststream import FastStream
 from faststream.params import NoCast

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import httpx
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from duplex.writer.v1 import write_records_pb2

@@ -6,7 +6,7 @@ import signal
 import uuid
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 from duplex.change.v1 import record_changed_pb2 as pb
 

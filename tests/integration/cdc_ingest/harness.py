@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import requests
 from aiokafka import AIOKafkaConsumer
 from duplex.change.v1 import record_changed_pb2

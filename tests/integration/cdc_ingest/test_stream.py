@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 from duplex.change.v1 import record_changed_pb2 as pb
 

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 
 from services.common.db import MigrationError, load_migrations, migrate

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 from duplex.mapping.v1 import change_mapped_pb2
 from pydantic import SecretStr

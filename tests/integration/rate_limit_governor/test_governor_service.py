@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeAlias
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import grpc
 import pytest
 from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped,unused-ignore]
+import asyncpg
 import pytest
 from typer.testing import CliRunner
 
