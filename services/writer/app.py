@@ -275,7 +275,10 @@ class WriterApp:
                 committer.cancel()
                 for task in writer.tasks.values():
                     task.cancel()
-                await asyncio.gather(committer, *writer.tasks.values(), return_exceptions=True)
+                # Bounded: a task that does not finish after cancellation must not hold the process.
+                _, stuck = await asyncio.wait([committer, *writer.tasks.values()], timeout=s.shutdown_grace_seconds + 5)
+                if stuck:
+                    log.error("writer tasks did not stop", extra={"tasks": sorted(t.get_name() for t in stuck)})
                 await self.kafka.broker.stop()
 
 
