@@ -30,6 +30,7 @@ from services.admin.config_store import (
     explain_database_error,
 )
 from services.admin.settings import AdminSettings, load_settings
+from services.common.backfills import request_backfill
 from services.common.db import MigrationError
 from services.common.db import migrate as run_migrations
 from services.common.settings import KafkaSettings
@@ -281,3 +282,31 @@ def apply_topics(
         ensure_topics(kafka.bootstrap_servers, load_topic_table(), kafka.topic_prefix, replication_factor)
     )
     typer.echo(f"created {', '.join(created)}" if created else "every topic exists")
+
+
+@app.command("backfill")
+def backfill(
+    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
+    salesforce_object: Annotated[str, typer.Argument(metavar="OBJECT", help="A Salesforce object the tenant syncs.")],
+    dsn: Dsn = None,
+) -> None:
+    """Re-read every record of one object from Salesforce (cdc-ingest starts it within seconds)."""
+    settings, url = _settings(dsn)
+
+    async def run() -> str | None:
+        async with connect(url, settings.connect_timeout_seconds) as conn:
+            stored = await ConfigStore(conn).get(tenant)
+            if stored is None:
+                return f"tenant '{tenant}' has no configuration"
+            configured = {pair.salesforce.object.lower(): pair.salesforce.object for pair in stored.config.spec.objects}
+            name = configured.get(salesforce_object.lower())
+            if name is None:
+                synced = ", ".join(sorted(configured.values())) or "nothing"
+                return f"tenant '{tenant}' does not sync {salesforce_object} (it syncs {synced})"
+            await request_backfill(conn, tenant, name)
+            return None
+
+    problem = _run(run())
+    if problem:
+        _fail(problem, EXIT_INVALID)
+    typer.echo(f"backfill of {salesforce_object} requested for tenant/{tenant}")

@@ -172,16 +172,6 @@ class Store:
             entity,
         )
 
-    async def request_backfill(self, tenant_id: str, entity: str) -> None:
-        """On demand (operator, admin API): the serving replica re-runs it on its next check."""
-        await self.pool.execute(
-            "INSERT INTO backfills (tenant_id, object, status, method) VALUES ($1, $2, 'running', 'rest')"
-            " ON CONFLICT (tenant_id, object) DO UPDATE SET status = 'running', job_id = NULL, locator = NULL,"
-            " cursor_modstamp = NULL, cursor_id = NULL, emitted = 0, started_at = now(), updated_at = now()",
-            tenant_id,
-            entity,
-        )
-
     # --- sync log ------------------------------------------------------------------------------
 
     async def log_event(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
 import pytest
 from duplex.change.v1 import record_changed_pb2 as pb
+from typer.testing import CliRunner
 
 from devstack.emulator import EmulatorProcess
+from services.admin.cli import app as cli
 from services.common.topics import TopicNames
 from tests.integration.cdc_ingest.harness import (
     change_reader,
@@ -86,3 +89,44 @@ async def test_backfill_resumes_after_a_stop_without_starting_over(
     started = [r for r in await sync_log(fresh_database, tenant) if r["event"] == "cdc.backfill.started"]
     assert len(started) == 1
     assert started[0]["detail"]["records"] == RECORDS
+
+
+async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica(
+    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    org = create_org(emulator)
+    sf = org.salesforce()
+    await in_thread(sf.bulk2.Account.insert, records=[{"Name": f"Again {i:03d}"} for i in range(50)], wait=0.2)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await prepare_database(fresh_database)
+    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
+    config = settings(
+        emulator=emulator,
+        kafka_bootstrap=kafka_bootstrap,
+        topic_names=topic_names,
+        dsn=fresh_database,
+        poll_overlap_seconds=0,
+    )
+    runner = CliRunner()
+
+    def snapshots(changes: list[pb.RecordChanged]) -> list[pb.RecordChanged]:
+        return [c for c in changes if c.kind == pb.CHANGE_KIND_SNAPSHOT]
+
+    async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
+        await wait_backfilled(fresh_database, tenant, 1)
+        await reader.until(lambda changes: len(snapshots(changes)) >= 50, within=30)
+        requested = await in_thread(runner.invoke, cli, ["backfill", tenant, "account", "--dsn", fresh_database])
+        unknown = await in_thread(runner.invoke, cli, ["backfill", tenant, "Lead", "--dsn", fresh_database])
+        await reader.until(lambda changes: len(snapshots(changes)) >= 100, within=60)
+        for _ in range(100):  # the completion is logged just after the last snapshot is published
+            completed = [r for r in await sync_log(fresh_database, tenant) if r["event"] == "cdc.backfill.completed"]
+            if len(completed) == 2:
+                break
+            await asyncio.sleep(0.1)
+
+    assert (requested.exit_code, requested.output.strip()) == (0, f"backfill of account requested for tenant/{tenant}")
+    assert unknown.exit_code == 1
+    assert "does not sync Lead (it syncs Account)" in unknown.output
+    assert len(snapshots(reader.changes)) == 100
+    assert len({c.record_id for c in snapshots(reader.changes)}) == 50
+    assert len(completed) == 2
