@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from duplex.mapping.v1 import change_mapped_pb2
 from duplex.writer.v1 import write_settled_pb2
 from faststream import FastStream
 from faststream.params import NoCast
 from google.protobuf.message import Message
 
+from services.common.db import create_pool
 from services.common.kafka import AFTER_EFFECTS, ServiceKafka, make_kafka
 from services.common.telemetry import Telemetry
 from services.common.topics import Topic, TopicNames, load_topic_table
@@ -41,12 +42,11 @@ def build_app(settings: ResolverSettings, *, telemetry: Telemetry | None = None)
     async def publish_app(event: Message, key: bytes) -> None:
         await app_updates.publish(event, key=key)
 
+    # The pool lives from start-up to shutdown; the stack closes it after the broker stopped.
+    resources = AsyncExitStack()
+
     async def open_pool() -> None:
-        postgres = settings.postgres
-        pool = await asyncpg.create_pool(
-            dsn=postgres.dsn.get_secret_value(), min_size=postgres.pool_min_size, max_size=postgres.pool_max_size
-        )
-        holder["pool"] = pool
+        pool = await resources.enter_async_context(create_pool(settings.postgres))
         holder["resolver"] = Resolver(
             pool,
             ConfigVersions(settings.config_cache_size),
@@ -57,9 +57,8 @@ def build_app(settings: ResolverSettings, *, telemetry: Telemetry | None = None)
         )
 
     async def close_pool() -> None:
-        pool = holder.pop("pool", None)
-        if pool is not None:
-            await pool.close()
+        holder.pop("resolver", None)
+        await resources.aclose()
 
     @kafka.subscriber(Topic.MAPPED_CHANGES, message_type=ChangeMapped, ack_policy=AFTER_EFFECTS)
     async def on_mapped(event: NoCast[ChangeMapped]) -> None:

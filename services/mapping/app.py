@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from duplex.change.v1 import record_changed_pb2
 from faststream import FastStream
 from faststream.params import NoCast
 from google.protobuf.message import Message
 
+from services.common.db import create_pool
 from services.common.kafka import AFTER_EFFECTS, ServiceKafka, make_kafka
 from services.common.telemetry import Telemetry
 from services.common.topics import Topic, TopicNames, load_topic_table
@@ -36,20 +37,18 @@ def build_app(settings: MappingSettings, *, telemetry: Telemetry | None = None) 
     async def publish(event: Message, key: bytes) -> None:
         await mapped_changes.publish(event, key=key)
 
+    # The pool lives from start-up to shutdown; the stack closes it after the broker stopped.
+    resources = AsyncExitStack()
+
     async def open_pool() -> None:
-        postgres = settings.postgres
-        pool = await asyncpg.create_pool(
-            dsn=postgres.dsn.get_secret_value(), min_size=postgres.pool_min_size, max_size=postgres.pool_max_size
-        )
-        holder["pool"] = pool
+        pool = await resources.enter_async_context(create_pool(settings.postgres))
         holder["mapper"] = Mapper(
             pool, ConfigCache(settings.config_check_seconds), publish, service_name=settings.service_name
         )
 
     async def close_pool() -> None:
-        pool = holder.pop("pool", None)
-        if pool is not None:
-            await pool.close()
+        holder.pop("mapper", None)
+        await resources.aclose()
 
     # Both sides' changes go through the same handler; each topic is its own subscription so that
     # a burst on one side does not wait behind the other's partitions.
