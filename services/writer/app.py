@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 WriteRecords = write_records_pb2.WriteRecords
 
+COMMIT_TIMEOUT_SECONDS = 10.0
+
 
 @dataclass
 class _CachedTenant:
@@ -188,10 +190,14 @@ class Writer:
             if not positions:
                 return
             try:
-                await consumer.commit({TopicPartition(t, p): o for (t, p), o in positions.items()})
+                # Bounded: aiokafka retries a commit for as long as the coordinator is unknown, and
+                # forever once the consumer is closing. A commit given up is replayed, never lost.
+                async with asyncio.timeout(COMMIT_TIMEOUT_SECONDS):
+                    await consumer.commit({TopicPartition(t, p): o for (t, p), o in positions.items()})
             except Exception as exc:
-                # A rebalance moved the partition: its new owner replays from the last commit.
-                log.warning("offset commit failed", extra={"reason": str(exc)})
+                # A rebalance moved the partition or the broker is away: the next owner (or this
+                # one, on the next tick) goes on from the last commit that landed.
+                log.warning("offset commit failed", extra={"reason": str(exc) or type(exc).__name__})
                 return
             self.tracker.committed(positions)
 
@@ -206,7 +212,6 @@ class Writer:
         # Settling is spread over every tenant's tasks; polling the one counter is simplest.
         while self.tracker.unfinished() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        await self.commit()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -267,19 +272,33 @@ class WriterApp:
             try:
                 yield writer
             finally:
-                # Stop consuming first, give held writes a moment to settle, then stop.
-                for subscriber in self.kafka.broker.subscribers:
-                    await subscriber.stop()
-                with contextlib.suppress(Exception):
-                    await writer.drain(s.shutdown_grace_seconds)
-                committer.cancel()
-                for task in writer.tasks.values():
-                    task.cancel()
-                # Bounded: a task that does not finish after cancellation must not hold the process.
-                _, stuck = await asyncio.wait([committer, *writer.tasks.values()], timeout=s.shutdown_grace_seconds + 5)
-                if stuck:
-                    log.error("writer tasks did not stop", extra={"tasks": sorted(t.get_name() for t in stuck)})
-                await self.kafka.broker.stop()
+                await self._shut_down(committer)
+
+    async def _shut_down(self, committer: asyncio.Task[None]) -> None:
+        """Stop fetching, let held writes settle, commit once more, and only then close the consumer.
+
+        The order matters: a commit issued while aiokafka closes its consumer never returns.
+        """
+        writer = self.writer
+        consumer = writer.consumer
+        if consumer is not None:
+            consumer.pause(*consumer.assignment())
+        await writer.drain(self.settings.shutdown_grace_seconds)
+        committer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await committer
+        await writer.commit()
+        writer.consumer = None
+        for subscriber in self.kafka.broker.subscribers:
+            await subscriber.stop()
+        for task in writer.tasks.values():
+            task.cancel()
+        if writer.tasks:
+            # Bounded: a task that does not finish after cancellation must not hold the process.
+            _, stuck = await asyncio.wait(writer.tasks.values(), timeout=self.settings.shutdown_grace_seconds + 5)
+            if stuck:
+                log.error("writer tasks did not stop", extra={"tasks": sorted(t.get_name() for t in stuck)})
+        await self.kafka.broker.stop()
 
 
 def build_app(
