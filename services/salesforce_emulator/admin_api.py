@@ -216,8 +216,12 @@ def build_admin_router(
         return {"expired": oauth.expire_all(org.org_id)}
 
     @router.get("/orgs/{org_ref}/usage")
-    async def get_usage(org: OrgRef) -> dict[str, int]:
-        return {"used": usage.used(org.org_id), "max": usage.allocation(org)}
+    async def get_usage(org: OrgRef) -> dict[str, Any]:
+        return {
+            "used": usage.used(org.org_id),
+            "max": usage.allocation(org),
+            "by_client": usage.used_by_client(org.org_id),
+        }
 
     @router.post("/orgs/{org_ref}/usage")
     async def add_usage(org: OrgRef, body: UsageRequest) -> dict[str, int]:

@@ -111,8 +111,9 @@ class ApiGateway:
             error = SalesforceError(503, "SERVER_UNAVAILABLE", "Server is temporarily unavailable. Retry later.")
             await self._reply(error, org, scope, receive, send)
             return
+        client = parse_call_options(headers.get("sforce-call-options"))
         try:
-            used, maximum = self._usage.admit(org)
+            used, maximum = self._usage.admit(org, client)
         except SalesforceError as error:
             await self._reply(error, org, scope, receive, send)
             return
@@ -121,7 +122,7 @@ class ApiGateway:
             user_id=session.user_id,
             api_version=match["version"],
             api_name=_api_name(scope["path"]),
-            client=parse_call_options(headers.get("sforce-call-options")),
+            client=client,
         )
         limit_info = f"api-usage={used}/{maximum}"
         extra_limit = self._extra_limit(scope)

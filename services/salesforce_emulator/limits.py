@@ -120,6 +120,9 @@ class UsageMeter:
         self._orgs = orgs
         self._clock = clock
         self._counters: dict[tuple[str, str], RollingCounter] = {}
+        # DailyApiRequests per (org, Sforce-Call-Options client; "" when none was sent): real orgs
+        # do not report this, tests need it to tell Duplex's calls from everyone else's.
+        self._by_client: dict[tuple[str, str], RollingCounter] = {}
         self._lock = threading.Lock()
 
     def _minute(self) -> int:
@@ -141,8 +144,8 @@ class UsageMeter:
             return org.faults.api_limit
         return daily_api_allocation(org.state.edition, org.state.licenses)
 
-    def admit(self, org: Org) -> tuple[int, int]:
-        """Count one API call, or raise REQUEST_LIMIT_EXCEEDED once the allocation is used up.
+    def admit(self, org: Org, client: str | None = None) -> tuple[int, int]:
+        """Count one API call made by ``client``, or raise REQUEST_LIMIT_EXCEEDED once the allocation is used up.
 
         Returns (used, max) after counting, for the Sforce-Limit-Info header. A refused call is not
         counted, so usage stays at the allocation while it is exhausted.
@@ -155,15 +158,23 @@ class UsageMeter:
             if used >= maximum:
                 raise request_limit_exceeded()
             counter.add(minute, 1)
+            self._by_client.setdefault((org.org_id, client or ""), RollingCounter()).add(minute, 1)
             return used + 1, maximum
+
+    def used_by_client(self, org_id: str) -> dict[str, int]:
+        """API requests admitted in the last 24 hours per Sforce-Call-Options client ("" for none)."""
+        minute = self._minute()
+        with self._lock:
+            return {client: c.total(minute) for (org, client), c in self._by_client.items() if org == org_id}
 
     def header(self, org: Org) -> str:
         return f"api-usage={self.used(org.org_id)}/{self.allocation(org)}"
 
     def reset(self, org_id: str) -> None:
         with self._lock:
-            for key in [k for k in self._counters if k[0] == org_id]:
-                del self._counters[key]
+            for counters in (self._counters, self._by_client):
+                for key in [k for k in counters if k[0] == org_id]:
+                    del counters[key]
 
     def limits(self, org: Org) -> dict[str, dict[str, int]]:
         """The /limits document: every entry with Max and Remaining."""

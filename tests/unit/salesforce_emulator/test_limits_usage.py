@@ -113,3 +113,16 @@ def test_the_limits_document_reports_max_and_remaining() -> None:
         assert doc[key]["Remaining"] == doc[key]["Max"] > 0
     org.faults.api_limit = 1
     assert meter.limits(org)[DAILY_API_REQUESTS] == {"Max": 1, "Remaining": 0}
+
+
+def test_usage_is_also_counted_per_call_options_client() -> None:
+    orgs, org = org_with()
+    meter = UsageMeter(orgs, Clock())
+    meter.admit(org, "duplex-acme")
+    meter.admit(org, "duplex-acme")
+    meter.admit(org)
+    meter.record(org.org_id, 5)  # other integrations, through the admin API: no client
+    assert meter.used(org.org_id) == 8
+    assert meter.used_by_client(org.org_id) == {"duplex-acme": 2, "": 1}
+    meter.reset(org.org_id)
+    assert meter.used_by_client(org.org_id) == {}
