@@ -169,7 +169,12 @@ class PubSubClient:
         try:
             while True:
                 try:
-                    response = await asyncio.wait_for(anext(responses), idle_timeout)
+                    # Not asyncio.wait_for: on Python 3.11 it returns the result instead of raising
+                    # when the caller is cancelled just as the response arrives (cpython gh-86296),
+                    # so a stop during a busy replay was lost and the worker never ended.
+                    # asyncio.timeout reads in this task, so a cancellation always propagates.
+                    async with asyncio.timeout(idle_timeout):
+                        response = await anext(responses)
                 except TimeoutError as exc:
                     raise PubSubUnavailableError(f"no response on {topic} for {idle_timeout:.0f} s") from exc
                 except StopAsyncIteration as exc:

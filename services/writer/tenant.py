@@ -195,8 +195,10 @@ class TenantWriter:
                 moments.append(now)
         timeout = max(0.0, (min(moments) - now).total_seconds()) if moments else None
         self._wake.clear()
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (gh-86296).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     def _spawn(self, work: Awaitable[None]) -> None:
         async def run() -> None:

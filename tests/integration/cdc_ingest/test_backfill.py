@@ -33,11 +33,6 @@ RECORDS = 3000
 PAGE = 500
 
 
-# Slow suite until an intermittent stall is found: on this 2-core machine about two runs in three
-# (REST or Bulk alike) stop making progress after the in-process restart and end at the 180 s
-# timeout. Resuming after a kill -9 half-way is covered in `make test` by
-# tests/e2e/cdc_ingest/test_backfill_kill9.py; this clean-stop variant runs with `pytest -m slow`.
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "overrides"),
     [
