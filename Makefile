@@ -73,7 +73,7 @@ stack-status: ## What is running
 emulator: setup ## Run the Salesforce emulator in the foreground
 	$(PY) -m services.salesforce_emulator
 
-demo: stack-up ## Bring everything up on the embedded defaults and run the main job end to end
+demo: stack-up ## Start the emulator and every service as processes, sync sample data both ways, print what happened
 	$(PY) -m devstack demo
 
 bench: setup ## Run the benchmarks in bench/ and print their figures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Annotated, Any
 
@@ -16,12 +17,15 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 def settings() -> partners.Settings:
     prefix = os.environ.get("KAFKA_TOPIC_PREFIX", "")
+    tenant = os.environ.get("PARTNERS_APP_TENANT", "acme")
     return partners.Settings(
         dsn=os.environ["PARTNERS_APP_DSN"],
         bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-        tenant_id=os.environ.get("PARTNERS_APP_TENANT", "acme"),
+        tenant_id=tenant,
         app_changes_topic=prefix + "duplex.app-changes.v1",
         app_updates_topic=prefix + "duplex.app-updates.v1",
+        # Every app reads all of app-updates and keeps its tenant's: one consumer group per app.
+        group_id=os.environ.get("PARTNERS_APP_GROUP_ID", f"partners-app-{tenant}"),
     )
 
 
@@ -37,6 +41,7 @@ async def _with_conn(work: Any) -> Any:
 @cli.command()
 def run() -> None:
     """Publish local changes to app-changes and apply app-updates, until Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(partners.run(settings()))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,16 +49,38 @@ async def migrate(conn: Any) -> None:
 async def _outbox(
     conn: Any, record_id: str, kind: str, changed: list[str], origin_client: str = contract.CLIENT
 ) -> None:
+    """Record a change in the outbox, in the caller's transaction, with the values it made.
+
+    The message is built now, not when the relay publishes it: by then a later change may have
+    altered the row, and publishing those later values with this change's commit time would
+    make Duplex's newest-wins policies compare the wrong edits. The tenant is filled in by the relay.
+    """
+    event_id, committed_at = uuid.uuid4().hex, datetime.now(UTC)
+    row = None
+    if kind != "delete":
+        row = await conn.fetchrow("SELECT * FROM partners_app.partners WHERE id = $1", record_id)
+    message = contract.record_changed(
+        tenant_id="",
+        event=event_id,
+        record_id=record_id,
+        kind=kind,
+        row=row,
+        changed=changed,
+        committed_at=committed_at,
+        origin_client=origin_client,
+        link_id=row["duplex_link_id"] if row is not None else None,
+    )
     # The event id is stored with the change, so a republished change keeps its idempotency key.
     await conn.execute(
-        "INSERT INTO partners_app.outbox (event_id, record_id, kind, changed, committed_at, origin_client)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        uuid.uuid4().hex,
+        "INSERT INTO partners_app.outbox (event_id, record_id, kind, changed, committed_at, origin_client, message)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        event_id,
         record_id,
         kind,
         changed,
-        datetime.now(UTC),
+        committed_at,
         origin_client,
+        message.SerializeToString(),
     )
 
 
@@ -81,6 +103,12 @@ async def create_partner(
         )
         await _outbox(conn, record_id, "create", list(COLUMNS), origin)
     return record_id
+
+
+async def create_partners(conn: Any, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Insert many partners (an import, say) in one transaction; each change goes to the outbox."""
+    async with conn.transaction():
+        return [await create_partner(conn, values) for values in rows]
 
 
 async def edit_partner(
@@ -123,17 +151,21 @@ async def relay_once(conn: Any, producer: AIOKafkaProducer, settings: Settings, 
             batch,
         )
         for row in rows:
-            message = contract.record_changed(
-                tenant_id=settings.tenant_id,
-                event=row["event_id"],
-                record_id=row["record_id"],
-                kind=row["kind"],
-                row=row if row["kind"] != "delete" and row["id"] is not None else None,
-                changed=row["changed"],
-                committed_at=row["committed_at"],
-                origin_client=row["origin_client"],
-                link_id=row["duplex_link_id"],
-            )
+            if row["message"] is not None:
+                message = rc.RecordChanged.FromString(row["message"])
+                message.tenant_id = settings.tenant_id
+            else:  # written before outbox rows carried their message
+                message = contract.record_changed(
+                    tenant_id=settings.tenant_id,
+                    event=row["event_id"],
+                    record_id=row["record_id"],
+                    kind=row["kind"],
+                    row=row if row["kind"] != "delete" and row["id"] is not None else None,
+                    changed=row["changed"],
+                    committed_at=row["committed_at"],
+                    origin_client=row["origin_client"],
+                    link_id=row["duplex_link_id"],
+                )
             # Keyed tenant/object/record: Duplex keeps each record's changes in order.
             key = f"{settings.tenant_id}/{contract.OBJECT}/{row['record_id']}".encode()
             await producer.send_and_wait(settings.app_changes_topic, message.SerializeToString(), key=key)
@@ -201,6 +233,8 @@ async def run(settings: Settings, *, relay_interval: float = 0.2) -> None:
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
+        # The line a supervisor waits for (devstack.pipeline): tables exist, producer and consumer run.
+        log.info("partners app running (tenant %s, publishing to %s)", settings.tenant_id, settings.app_changes_topic)
 
         async def relay() -> None:
             while True:

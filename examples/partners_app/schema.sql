@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS partners_app.outbox (
     origin_client  text NOT NULL,
     published_at   timestamptz
 );
+-- The RecordChanged as of the change (serialised protobuf, tenant left blank): values travel as they
+-- were when the change committed, even if the row changed again before the relay ran.
+ALTER TABLE partners_app.outbox ADD COLUMN IF NOT EXISTS message bytea;
 CREATE INDEX IF NOT EXISTS outbox_unpublished ON partners_app.outbox (seq) WHERE published_at IS NULL;
 
 -- app-updates already applied (events may be delivered more than once).

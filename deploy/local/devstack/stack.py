@@ -16,6 +16,7 @@ from pathlib import Path
 from devstack import processes
 from devstack.kafka import KafkaPorts, KafkaServer
 from devstack.paths import MIGRATIONS_DIR
+from devstack.pipeline import PIPELINE_DIR
 from devstack.ports import reuse_or_pick
 from devstack.postgres import OsAccount, PostgresServer, can_traverse, server_account
 from devstack.state import (
@@ -160,11 +161,17 @@ async def up(
 
 
 def _markers(state_dir: Path, state: StackState) -> list[str]:
-    """Argv fragments only our servers have: their config file and data dir."""
+    """Argv fragments only our servers have: their config file and data dir, the emulator's data
+    dir, and the pipeline's folder (every service is started through ``devstack.launch`` with it)."""
     homes = {state_dir / "postgres"}
     if state.postgres_home is not None:
         homes.add(Path(state.postgres_home))
-    return [str(state_dir / "kafka" / "server.properties"), *(str(home / "data") for home in homes)]
+    return [
+        str(state_dir / PIPELINE_DIR),
+        str(state_dir / "emulator" / "tls"),
+        str(state_dir / "kafka" / "server.properties"),
+        *(str(home / "data") for home in homes),
+    ]
 
 
 def leftovers(state_dir: Path) -> list[str]:
