@@ -141,7 +141,10 @@ def observe(
         landed = state.landed(side, value)
         if landed is not None:
             return Decision(Outcome.ECHO, landed, {}, "echo confirms pending write")
-        return Decision(Outcome.ECHO, state, {}, "echo of an earlier write")
+        if state.truth is not None or state.pending(side):
+            return Decision(Outcome.ECHO, state, {}, "echo of an earlier write")
+        # A field Duplex never held a value for (the record's Id, a default Salesforce set while
+        # creating our record): that side's own value, taken like any edit made there.
 
     seen = state.seen(side)
     if seen is not None and at < seen.at:

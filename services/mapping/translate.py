@@ -110,6 +110,10 @@ def translate(
     """``change`` in both sides' terms. Raises RejectedChangeError when a value is invalid."""
     crm_info = {name.lower(): info for name, info in (crm_fields or {}).items()}
     source = {name.lower(): (name, value) for name, value in change.fields.items()}
+    if change.side is Side.CRM and change.record_id:
+        # Change events carry the record's Id in their header, not among the fields; a mapping may
+        # still ask for it (to keep the Salesforce id in an app column).
+        source.setdefault("id", ("Id", change.record_id))
     mapped: list[MappedField] = []
     dropped: list[Dropped] = []
     held: list[str] = []

@@ -152,6 +152,15 @@ def test_an_echo_of_an_older_write_never_writes() -> None:
     assert d.state.pending_crm == (edit("b", APP, 2),)
 
 
+def test_a_tagged_echo_carrying_a_value_duplex_never_had_is_that_sides_own() -> None:
+    # The Id (or a default) Salesforce set while creating the record Duplex asked for.
+    d = observe(BOTH_NEWEST, FieldState(), CRM, "001A", t(5), from_duplex=True)
+
+    assert d.outcome is Outcome.ACCEPTED
+    assert d.writes == {APP: edit("001A", CRM, 5)}
+    assert d.state.truth == edit("001A", CRM, 5)
+
+
 def test_stale_and_duplicate_deliveries_change_nothing() -> None:
     first = observe(BOTH_NEWEST, FieldState(), APP, "a", t(5), from_duplex=False).state
 

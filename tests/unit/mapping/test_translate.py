@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from services.common.change import Change, ChangeKind, Side
-from services.common.tenant_config import FieldType, ObjectPair
+from services.common.tenant_config import FieldMapping, FieldType, ObjectPair
 from services.common.values import Reference, Value
 from services.mapping.translate import (
     CrmFieldInfo,
@@ -266,3 +266,16 @@ def test_coerce(value: Value, kind: FieldType, expected: Value) -> None:
 def test_coerce_refuses(value: Value, kind: FieldType) -> None:
     with pytest.raises(RejectedChangeError):
         coerce(value, kind, "f")
+
+
+def test_the_salesforce_id_can_be_mapped_although_change_events_carry_it_only_in_their_header() -> None:
+    pair = PAIR.model_copy(
+        update={"fields": (*PAIR.fields, FieldMapping.model_validate({"app": "sf_id", "salesforce": "Id"}))}
+    )
+    created = translate(pair, change(Side.CRM, {"Name": "Acme"}, kind=ChangeKind.CREATE), resolve=resolve)
+    updated = translate(pair, change(Side.CRM, {"Name": "Acme 2"}), resolve=resolve)
+
+    assert by_app_field(created.fields)["sf_id"] == MappedField("sf_id", "Id", "r1", "r1", changed=True)
+    # Present on every change, but changed only on the ones carrying the full record.
+    assert by_app_field(updated.fields)["sf_id"].changed is False
+    assert "sf_id" not in by_app_field(translate(pair, change(Side.APP, {"name": "A"}), resolve=resolve).fields)
