@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -93,10 +94,16 @@ async def _services(servers: BenchStack) -> AsyncIterator[list[asyncio.subproces
         "TELEMETRY_LOG_LEVEL": "WARNING",
     }
     log = await asyncio.to_thread((servers.root / "services.log").open, "ab")
-    processes = [
-        await asyncio.create_subprocess_exec(sys.executable, "-m", module, cwd=ROOT, env=env, stdout=log, stderr=log)
-        for module in ("services.mapping", "services.conflict_resolver")
-    ]
+    # BENCH_PROFILE_DIR=<dir> runs each service under cProfile and leaves <dir>/<module>.prof.
+    profile_dir = os.environ.get("BENCH_PROFILE_DIR")
+    processes = []
+    for module in ("services.mapping", "services.conflict_resolver"):
+        profile = ["-m", "cProfile", "-o", f"{profile_dir}/{module}.prof"] if profile_dir else []
+        processes.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, *profile, "-m", module, cwd=ROOT, env=env, stdout=log, stderr=log
+            )
+        )
     try:
         yield processes
     finally:
@@ -154,6 +161,7 @@ async def _run() -> Result:
                 # Warm up: both services joined their groups and handled a first event.
                 await _publish(producer, source, 1, None)
                 await _writes(consumer, 1, within=120)
+                cpu_warm = [_cpu_seconds(p.pid) for p in processes]
 
                 started = time.time()
                 await _publish(producer, source, BURST, None)
@@ -164,9 +172,11 @@ async def _run() -> Result:
                 await _publish(producer, source, STEADY_RATE * STEADY_SECONDS, STEADY_RATE)
                 latencies = [ts - origin for origin, ts in await steady]
                 memory = [rss_mib(p.pid) for p in processes]
+                cpu = [_cpu_seconds(p.pid) - warm for p, warm in zip(processes, cpu_warm, strict=True)]
         finally:
             await consumer.stop()
             await producer.stop()
+    total = BURST + STEADY_RATE * STEADY_SECONDS
     return Result(
         "mapping + conflict-resolver",
         {"burst": BURST, "steady": f"{STEADY_RATE}/s for {STEADY_SECONDS} s", "path": "app-changes → crm-writes"},
@@ -176,8 +186,17 @@ async def _run() -> Result:
             Figure(f"added latency p99 at {STEADY_RATE}/s", percentile(latencies, 0.99) * 1000, "ms"),
             Figure("mapping peak memory", memory[0], "MiB"),
             Figure("conflict-resolver peak memory", memory[1], "MiB"),
+            # Where a 2-core machine's time goes: CPU per event of each service, after start-up.
+            Figure("mapping CPU per event", cpu[0] / total * 1e6, "µs"),
+            Figure("conflict-resolver CPU per event", cpu[1] / total * 1e6, "µs"),
         ],
     )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run() -> Result:

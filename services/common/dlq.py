@@ -28,9 +28,12 @@ pipeline look healthy. Past the limit it is better to stop and page someone. It 
 were invalid. The event that would cross the limit is neither dead-lettered nor committed, so
 after the fix the consumer resumes exactly there.
 
-Batch subscribers are not guarded (an invalid event inside a batch has no single offset to
-commit past); batch handlers must dead-letter per record themselves with
-:class:`DeadLetterPublisher`.
+Batches (:meth:`services.common.kafka.ServiceKafka.batch_subscriber`) have no single offset
+to commit past an invalid event, so the batch subscriber books each record itself with
+:meth:`ConsumerGuard.succeeded` and :meth:`ConsumerGuard.rejected`. What fails a whole batch
+(its handler raised, a dead letter could not be sent, even faststream's own argument parsing)
+gets the redelivery backoff here, counted on the batch's first record, before ``NACK_ON_ERROR``
+seeks the batch back; a failure never turns into a hot redelivery loop.
 """
 
 from __future__ import annotations
@@ -444,6 +447,7 @@ class _GuardMiddleware(BaseMiddleware):
     ) -> bool | None:
         record = self._record()
         if record is None:
+            await self._batch_failed(exc_val)
             return False
         if exc_val is None:
             self._guard.succeeded(record, self._consumer)
@@ -465,8 +469,19 @@ class _GuardMiddleware(BaseMiddleware):
         await self._guard.failed(record, exc_val, self._consumer)
         return False
 
+    async def _batch_failed(self, exc_val: BaseException | None) -> None:
+        """Back off before a failed batch comes again (halts once the policy gives up)."""
+        batch = self.msg
+        if not isinstance(batch, tuple) or not batch or not isinstance(exc_val, Exception):
+            return
+        if isinstance(exc_val, IgnoredException | ConsumerHalted):
+            return
+        # Counted on a record that is first again after NACK_ON_ERROR's seek-back.
+        first = min(batch, key=lambda r: (r.topic, r.partition, r.offset))
+        await self._guard.failed(first, exc_val, self._consumer)
+
     def _record(self) -> ConsumerRecord[Any, Any] | None:
-        # Batch subscribers hand over a tuple of records; they are not guarded (see module doc).
+        # Batch subscribers hand over a tuple of records: booked by the subscriber (see module doc).
         msg = self.msg
         return None if msg is None or isinstance(msg, tuple) else msg
 

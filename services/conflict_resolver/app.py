@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -9,11 +10,11 @@ from typing import Any
 from duplex.mapping.v1 import change_mapped_pb2
 from duplex.writer.v1 import write_settled_pb2
 from faststream import FastStream
-from faststream.params import NoCast
 from google.protobuf.message import Message
 
 from services.common.db import create_pool
-from services.common.kafka import AFTER_EFFECTS, ServiceKafka, make_kafka
+from services.common.errors import InvalidEvent
+from services.common.kafka import ServiceKafka, make_kafka
 from services.common.telemetry import Telemetry
 from services.common.topics import Topic, TopicNames, load_topic_table
 from services.conflict_resolver.handlers import ConfigVersions, Resolver
@@ -32,15 +33,15 @@ class ResolverApp:
 def build_app(settings: ResolverSettings, *, telemetry: Telemetry | None = None) -> ResolverApp:
     topic_names = TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)
     kafka = make_kafka(settings.kafka, service_name=settings.service_name, topic_names=topic_names, telemetry=telemetry)
-    crm_writes = kafka.publisher(Topic.CRM_WRITES)
-    app_updates = kafka.publisher(Topic.APP_UPDATES)
+    crm_writes = kafka.sender(Topic.CRM_WRITES)
+    app_updates = kafka.sender(Topic.APP_UPDATES)
     holder: dict[str, Any] = {}
 
-    async def publish_crm(event: Message, key: bytes) -> None:
-        await crm_writes.publish(event, key=key)
+    async def publish_crm(events: Sequence[tuple[Message, bytes]]) -> None:
+        await crm_writes.publish_all(events)
 
-    async def publish_app(event: Message, key: bytes) -> None:
-        await app_updates.publish(event, key=key)
+    async def publish_app(events: Sequence[tuple[Message, bytes]]) -> None:
+        await app_updates.publish_all(events)
 
     # The pool lives from start-up to shutdown; the stack closes it after the broker stopped.
     resources = AsyncExitStack()
@@ -60,13 +61,16 @@ def build_app(settings: ResolverSettings, *, telemetry: Telemetry | None = None)
         holder.pop("resolver", None)
         await resources.aclose()
 
-    @kafka.subscriber(Topic.MAPPED_CHANGES, message_type=ChangeMapped, ack_policy=AFTER_EFFECTS)
-    async def on_mapped(event: NoCast[ChangeMapped]) -> None:
-        await holder["resolver"].on_mapped(event)
+    async def on_mapped(events: Sequence[ChangeMapped]) -> Mapping[int, InvalidEvent]:
+        refused: dict[int, InvalidEvent] = await holder["resolver"].on_mapped_batch(events)
+        return refused
 
-    @kafka.subscriber(Topic.WRITE_OUTCOMES, message_type=WriteSettled, ack_policy=AFTER_EFFECTS)
-    async def on_settled(event: NoCast[WriteSettled]) -> None:
-        await holder["resolver"].on_settled(event)
+    async def on_settled(events: Sequence[WriteSettled]) -> Mapping[int, InvalidEvent]:
+        refused: dict[int, InvalidEvent] = await holder["resolver"].on_settled_batch(events)
+        return refused
+
+    kafka.batch_subscriber(Topic.MAPPED_CHANGES, message_type=ChangeMapped, handler=on_mapped)
+    kafka.batch_subscriber(Topic.WRITE_OUTCOMES, message_type=WriteSettled, handler=on_settled)
 
     app = FastStream(kafka.broker, on_startup=[open_pool], after_shutdown=[close_pool])
     return ResolverApp(app, kafka)

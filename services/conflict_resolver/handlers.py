@@ -1,17 +1,29 @@
-"""The resolver's handlers: thin over :mod:`resolve`, one transaction per event.
+"""The resolver's handlers: thin over :mod:`resolve`, one transaction per batch of events.
 
-The outputs of an event are published (acks=all) inside its transaction, before it commits. A
-crash in between rolls the state back and the event comes again; since output ids and contents
+Events come in batches (see :mod:`services.common.kafka`). A batch of mapped changes is applied
+in one transaction with a handful of statements: claim all event ids (a redelivered one is
+skipped), lock or create every link of the batch, read their field states, then :func:`resolve`
+each change in the batch's order against the state the changes before it left (so the changes
+of one link apply in offset order), and write the final states, the commands sent and the sync
+log at once.
+
+The outputs of the batch are published (acks=all) inside its transaction, before it commits. A
+crash in between rolls the state back and the batch comes again; since output ids and contents
 derive from the input and the state it found, the second run publishes the same commands,
 which the writer and the app deduplicate by id. The other order (commit, then publish) could
-lose the outputs for good once the event is marked processed.
+lose the outputs for good once the events are marked processed.
+
+A change that breaks the contract or names a pair its mapping version lacks is handed back to
+be dead-lettered (and written to the sync log); the rest of its batch goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,10 +35,12 @@ from services.common import sync_log
 from services.common.codec import link_key, record_key
 from services.common.errors import InvalidEvent
 from services.common.metrics import Metrics
-from services.common.tenant_config import StoredConfig, fetch_config
+from services.common.tenant_config import ObjectPair, StoredConfig, fetch_config
+from services.common.values import Value
 from services.conflict_resolver.contract import app_update, mapped_from_proto, write_records
-from services.conflict_resolver.repository import ResolverRepository
+from services.conflict_resolver.repository import BatchRepository, FieldKey, LinkKey, LogRow, ResolverRepository
 from services.conflict_resolver.resolve import (
+    FieldRecord,
     LinkState,
     MappedChange,
     Resolution,
@@ -36,7 +50,8 @@ from services.conflict_resolver.resolve import (
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[Message, bytes], Awaitable[None]]
+# Publishes (event, key) pairs in order; returns once the broker acknowledged all (acks=all).
+Publish = Callable[[Sequence[tuple[Message, bytes]]], Awaitable[None]]
 
 
 class ConfigVersions:
@@ -78,56 +93,112 @@ class Resolver:
         self._service = service_name
         self._metrics = metrics
 
-    async def on_mapped(self, event: change_mapped_pb2.ChangeMapped) -> None:
-        change = mapped_from_proto(event)
+    async def on_mapped_batch(self, events: Sequence[change_mapped_pb2.ChangeMapped]) -> dict[int, InvalidEvent]:
+        """Apply ``events`` in order; returns the refused ones by index (see the module doc)."""
+        refused: dict[int, InvalidEvent] = {}
+        logs: list[LogRow] = []
+        items: list[tuple[MappedChange, ObjectPair, str]] = []
         async with self._pool.acquire() as conn:
-            stored = await self._configs.get(conn, change.tenant_id, change.mapping_version)
-            pair = stored.config.object_pair(change.object_pair) if stored is not None else None
-            if stored is None or pair is None:
-                reason = f"no object pair {change.object_pair!r} in mapping version {change.mapping_version}"
-                await self._log(
-                    conn, change.tenant_id, "change.rejected", change.link_id, code="UNKNOWN_PAIR", message=reason
-                )
-                raise InvalidEvent(reason)
-            client_id = stored.config.spec.salesforce.call_options_client
+            for index, event in enumerate(events):
+                try:
+                    change = mapped_from_proto(event)
+                except InvalidEvent as error:
+                    refused[index] = error
+                    continue
+                stored = await self._configs.get(conn, change.tenant_id, change.mapping_version)
+                pair = stored.config.object_pair(change.object_pair) if stored is not None else None
+                if stored is None or pair is None:
+                    reason = f"no object pair {change.object_pair!r} in mapping version {change.mapping_version}"
+                    logs.append(
+                        self._row(
+                            change.tenant_id, "change.rejected", change.link_id, code="UNKNOWN_PAIR", message=reason
+                        )
+                    )
+                    refused[index] = InvalidEvent(reason)
+                    continue
+                items.append((change, pair, stored.config.spec.salesforce.call_options_client))
             async with conn.transaction():
-                repo = ResolverRepository(conn, change.tenant_id)
-                if not await repo.claim(change.event_id):
-                    log.debug("duplicate event", extra={"tenant": change.tenant_id, "event": change.event_id})
-                    return
-                link = await repo.lock_or_create_link(
-                    LinkState(change.link_id, change.object_pair, change.external_id or f"dx-{change.link_id}")
-                )
-                fields = await repo.fields(change.link_id)
-                resolution = resolve(pair, client_id, link, fields, change)
-                if resolution.crm_write is not None:
-                    command = write_records(change, pair, resolution.link, resolution.crm_write)
-                    await self._publish_crm(command, link_key(change.tenant_id, change.link_id))
-                    write = resolution.crm_write
-                    await repo.record_sent(change.link_id, write.version, str(write.operation), write.pending)
-                if resolution.app_update is not None:
-                    update = app_update(change, pair, client_id, resolution.app_update)
-                    record = resolution.app_update.record_id or change.link_id
-                    await self._publish_app(update, record_key(change.tenant_id, pair.app.object, record))
-                await repo.save(resolution.link, resolution.fields)
-                await self._record(conn, change, resolution)
-        self._count(change, resolution)
+                resolved = await self._apply(BatchRepository(conn), items, logs)
+        for change, resolution in resolved:
+            self._count(change, resolution)
+        return refused
 
-    async def on_settled(self, event: write_settled_pb2.WriteSettled) -> None:
-        if not event.link_id:
-            raise InvalidEvent("WriteSettled without link_id")
-        async with self._pool.acquire() as conn, conn.transaction():
-            repo = ResolverRepository(conn, event.tenant_id)
-            if not await repo.claim(f"outcome:{event.command_id}:{event.link_id}:{event.version}"):
-                return
-            link = await repo.lock_link(event.link_id)
-            if link is None:
-                await self._log(conn, event.tenant_id, "outcome.ignored", event.link_id, message="unknown link")
-                return
-            if event.status == write_settled_pb2.WRITE_STATUS_REJECTED:
-                await self._rejected(conn, repo, link, event)
-            elif event.status == write_settled_pb2.WRITE_STATUS_SUCCEEDED:
-                await self._succeeded(conn, repo, link, event)
+    async def _apply(
+        self, repo: BatchRepository, items: Sequence[tuple[MappedChange, ObjectPair, str]], logs: list[LogRow]
+    ) -> list[tuple[MappedChange, Resolution]]:
+        """Resolve ``items`` in order inside the caller's transaction, publish their outputs (acked)."""
+        claimed = await repo.claim([(change.tenant_id, change.event_id) for change, _, _ in items])
+        fresh = []
+        for item in items:
+            change = item[0]
+            if (change.tenant_id, change.event_id) in claimed:
+                claimed.discard((change.tenant_id, change.event_id))  # a second copy in the batch is a duplicate
+                fresh.append(item)
+            else:
+                log.debug("duplicate event", extra={"tenant": change.tenant_id, "event": change.event_id})
+        initial: dict[LinkKey, LinkState] = {}
+        for change, _, _ in fresh:
+            initial.setdefault(
+                (change.tenant_id, change.link_id),
+                LinkState(change.link_id, change.object_pair, change.external_id or f"dx-{change.link_id}"),
+            )
+        links = await repo.lock_or_create_links(initial)
+        fields = await repo.fields(list(initial))
+        changed_fields: dict[FieldKey, FieldRecord] = {}
+        sent: list[tuple[str, str, int, str, Mapping[str, Value]]] = []
+        crm_writes: list[tuple[Message, bytes]] = []
+        app_updates: list[tuple[Message, bytes]] = []
+        resolved: list[tuple[MappedChange, Resolution]] = []
+        for change, pair, client_id in fresh:
+            key = (change.tenant_id, change.link_id)
+            resolution = resolve(pair, client_id, links[key], fields[key], change)
+            if resolution.crm_write is not None:
+                command = write_records(change, pair, resolution.link, resolution.crm_write)
+                crm_writes.append((command, link_key(change.tenant_id, change.link_id)))
+                write = resolution.crm_write
+                sent.append((change.tenant_id, change.link_id, write.version, str(write.operation), write.pending))
+            if resolution.app_update is not None:
+                update = app_update(change, pair, client_id, resolution.app_update)
+                record = resolution.app_update.record_id or change.link_id
+                app_updates.append((update, record_key(change.tenant_id, pair.app.object, record)))
+            # The next change of this link starts from what this one left.
+            links[key] = resolution.link
+            fields[key].update(resolution.fields)
+            for name, field_record in resolution.fields.items():
+                changed_fields[(change.tenant_id, change.link_id, name)] = field_record
+            logs.extend(self._records(change, resolution))
+            resolved.append((change, resolution))
+        await repo.save(links, changed_fields)
+        await repo.record_sent(sent)
+        await repo.log(logs)
+        # Both topics' records queued before waiting for any ack; all acked before the commit.
+        await asyncio.gather(self._publish_crm(crm_writes), self._publish_app(app_updates))
+        return resolved
+
+    async def on_settled_batch(self, events: Sequence[write_settled_pb2.WriteSettled]) -> dict[int, InvalidEvent]:
+        """Apply write outcomes in order, in one transaction; returns the refused ones by index."""
+        refused = {i: InvalidEvent("WriteSettled without link_id") for i, e in enumerate(events) if not e.link_id}
+        valid = [e for i, e in enumerate(events) if i not in refused]
+        if valid:
+            async with self._pool.acquire() as conn, conn.transaction():
+                # All of the batch's links locked up front, in the order every batch uses.
+                await BatchRepository(conn).lock_links([(e.tenant_id, e.link_id) for e in valid])
+                for event in valid:
+                    await self._settle(conn, event)
+        return refused
+
+    async def _settle(self, conn: Any, event: write_settled_pb2.WriteSettled) -> None:
+        repo = ResolverRepository(conn, event.tenant_id)
+        if not await repo.claim(f"outcome:{event.command_id}:{event.link_id}:{event.version}"):
+            return
+        link = await repo.lock_link(event.link_id)
+        if link is None:
+            await self._log(conn, event.tenant_id, "outcome.ignored", event.link_id, message="unknown link")
+            return
+        if event.status == write_settled_pb2.WRITE_STATUS_REJECTED:
+            await self._rejected(conn, repo, link, event)
+        elif event.status == write_settled_pb2.WRITE_STATUS_SUCCEEDED:
+            await self._succeeded(conn, repo, link, event)
 
     async def _succeeded(
         self, conn: Any, repo: ResolverRepository, link: LinkState, event: write_settled_pb2.WriteSettled
@@ -170,7 +241,7 @@ class Resolver:
             },
         )
 
-    async def _record(self, conn: Any, change: MappedChange, resolution: Resolution) -> None:
+    def _records(self, change: MappedChange, resolution: Resolution) -> list[LogRow]:
         """One sync log row per change, one more per conflict: 'why did this field flip?'."""
         event = "echo.dropped" if resolution.echo is not None else "change.resolved"
         writes: dict[str, Any] = {}
@@ -193,18 +264,20 @@ class Resolver:
             "notes": list(resolution.notes),
             "writes": writes,
         }
-        await self._log(conn, change.tenant_id, event, change.link_id, detail=detail)
-        for d in resolution.decisions:
-            if d.conflict:
-                await self._log(
-                    conn,
-                    change.tenant_id,
-                    "conflict.decided",
-                    change.link_id,
-                    code=d.policy,
-                    message=f"{d.field}: {d.winner} wins ({d.reason})",
-                    detail={"field": d.field, "winner": str(d.winner), "outcome": str(d.outcome)},
-                )
+        rows = [self._row(change.tenant_id, event, change.link_id, detail=detail)]
+        rows.extend(
+            self._row(
+                change.tenant_id,
+                "conflict.decided",
+                change.link_id,
+                code=d.policy,
+                message=f"{d.field}: {d.winner} wins ({d.reason})",
+                detail={"field": d.field, "winner": str(d.winner), "outcome": str(d.outcome)},
+            )
+            for d in resolution.decisions
+            if d.conflict
+        )
+        return rows
 
     def _count(self, change: MappedChange, resolution: Resolution) -> None:
         if self._metrics is None:
@@ -238,3 +311,18 @@ class Resolver:
             message=message,
             detail=detail,
         )
+
+    def _row(
+        self,
+        tenant_id: str,
+        event: str,
+        link_id: str | None,
+        *,
+        record_id: str | None = None,
+        code: str | None = None,
+        message: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> LogRow:
+        """A sync log row, as :func:`sync_log.record` would write it."""
+        details = json.dumps(detail or {}, sort_keys=True, default=str)
+        return (tenant_id, self._service, event, link_id, record_id, code, message, details)

@@ -1,14 +1,19 @@
 """The resolver's tables (``deploy/sql/0006_conflict_resolver.sql``) over one asyncpg connection.
 
-Every method runs inside the handler's transaction. :meth:`ResolverRepository.claim` comes first:
-a second delivery of an event already applied finds its row and changes nothing; a concurrent
-one waits on the row's lock until the first commits (then skips) or rolls back (then applies).
+Every method runs inside the handler's transaction. Claiming an event id comes first: a second
+delivery of an event already applied finds its row and changes nothing; a concurrent one waits
+on the row's lock until the first commits (then skips) or rolls back (then applies).
+
+:class:`BatchRepository` does the same for a whole batch of events, tenants mixed, with one
+statement per step instead of one per event. Link rows are always locked in (tenant, link)
+order, so that two batches (mapped changes and outcomes, or two replicas during a rebalance)
+never wait on each other in a cycle.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.common.values import Value
@@ -143,3 +148,136 @@ class ResolverRepository:
             link.link_id,
             record_id,
         )
+
+
+# (tenant, link id)
+LinkKey = tuple[str, str]
+# (tenant, link id, app field name)
+FieldKey = tuple[str, str, str]
+# sync_log columns: tenant_id, service, event, link_id, record_id, code, message, detail (JSON text)
+LogRow = tuple[str, str, str, str | None, str | None, str | None, str | None, str]
+
+
+class BatchRepository:
+    """The resolver's tables for one batch's transaction (see the module doc)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def claim(self, event_ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Record (tenant, event id) pairs as applied; returns those that were not yet."""
+        wanted = sorted(set(event_ids))
+        if not wanted:
+            return set()
+        rows = await self._conn.fetch(
+            "INSERT INTO processed_events (tenant_id, event_id) SELECT * FROM unnest($1::text[], $2::text[])"
+            " ON CONFLICT DO NOTHING RETURNING tenant_id, event_id",
+            [w[0] for w in wanted],
+            [w[1] for w in wanted],
+        )
+        return {(row["tenant_id"], row["event_id"]) for row in rows}
+
+    async def lock_or_create_links(self, links: Mapping[LinkKey, LinkState]) -> dict[LinkKey, LinkState]:
+        """The current state of ``links`` (created from the given ones when new), locked."""
+        keys = sorted(links)
+        if not keys:
+            return {}
+        await self._conn.execute(
+            "INSERT INTO link_states (tenant_id, link_id, object_pair, external_id)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [links[k].object_pair for k in keys],
+            [links[k].external_id for k in keys],
+        )
+        locked = await self.lock_links(keys)
+        assert len(locked) == len(keys)  # inserted above or already there; rows are never deleted here
+        return locked
+
+    async def lock_links(self, keys: Sequence[LinkKey]) -> dict[LinkKey, LinkState]:
+        """The existing ones of ``keys``, locked in (tenant, link) order."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        rows = await self._conn.fetch(
+            f"SELECT l.tenant_id, {', '.join('l.' + c for c in _LINK_COLUMNS.split(', '))} FROM link_states l"
+            " JOIN unnest($1::text[], $2::text[]) AS w(t, id) ON l.tenant_id = w.t AND l.link_id = w.id"
+            " ORDER BY l.tenant_id, l.link_id FOR UPDATE OF l",
+            [k[0] for k in wanted],
+            [k[1] for k in wanted],
+        )
+        return {(row["tenant_id"], row["link_id"]): _link(row) for row in rows}
+
+    async def fields(self, keys: Sequence[LinkKey]) -> dict[LinkKey, dict[str, FieldRecord]]:
+        """Every field state of the ``keys`` links (an empty mapping for a link without any)."""
+        wanted = sorted(set(keys))
+        records: dict[LinkKey, dict[str, FieldRecord]] = {k: {} for k in wanted}
+        if not wanted:
+            return records
+        rows = await self._conn.fetch(
+            "SELECT f.tenant_id, f.link_id, f.field, f.state FROM field_states f"
+            " JOIN unnest($1::text[], $2::text[]) AS w(t, id) ON f.tenant_id = w.t AND f.link_id = w.id",
+            [k[0] for k in wanted],
+            [k[1] for k in wanted],
+        )
+        for row in rows:
+            state, crm_form = decode_state(_json(row["state"]))
+            records[(row["tenant_id"], row["link_id"])][row["field"]] = FieldRecord(state, crm_form)
+        return records
+
+    async def save(self, links: Mapping[LinkKey, LinkState], fields: Mapping[FieldKey, FieldRecord]) -> None:
+        """Write the links' and fields' final states."""
+        if links:
+            keys = sorted(links)
+            await self._conn.execute(
+                "UPDATE link_states l SET object_pair = w.pair, app_record_id = w.app, crm_record_id = w.crm,"
+                " version = w.version, app_deleted = w.app_deleted, crm_deleted = w.crm_deleted, updated_at = now()"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],"
+                " $7::boolean[], $8::boolean[]) AS w(t, id, pair, app, crm, version, app_deleted, crm_deleted)"
+                " WHERE l.tenant_id = w.t AND l.link_id = w.id",
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [links[k].object_pair for k in keys],
+                [links[k].app_record_id for k in keys],
+                [links[k].crm_record_id for k in keys],
+                [links[k].version for k in keys],
+                [links[k].app_deleted for k in keys],
+                [links[k].crm_deleted for k in keys],
+            )
+        if fields:
+            names = sorted(fields)
+            await self._conn.execute(
+                "INSERT INTO field_states (tenant_id, link_id, field, state)"
+                " SELECT t, id, f, s::jsonb"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS w(t, id, f, s)"
+                " ON CONFLICT (tenant_id, link_id, field) DO UPDATE SET state = EXCLUDED.state, updated_at = now()",
+                [n[0] for n in names],
+                [n[1] for n in names],
+                [n[2] for n in names],
+                [json.dumps(encode_state(fields[n].state, fields[n].crm_form)) for n in names],
+            )
+
+    async def record_sent(self, sent: Sequence[tuple[str, str, int, str, Mapping[str, Value]]]) -> None:
+        """(tenant, link, version, operation, pending values) of each write command sent."""
+        if not sent:
+            return
+        await self._conn.execute(
+            "INSERT INTO sent_writes (tenant_id, link_id, version, operation, fields)"
+            " SELECT t, id, v, op, f::jsonb FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])"
+            " AS w(t, id, v, op, f) ON CONFLICT DO NOTHING",
+            [s[0] for s in sent],
+            [s[1] for s in sent],
+            [s[2] for s in sent],
+            [s[3] for s in sent],
+            [json.dumps({name: encode_value(value) for name, value in s[4].items()}) for s in sent],
+        )
+
+    async def log(self, rows: Sequence[LogRow]) -> None:
+        """Append sync log rows (as :func:`services.common.sync_log.record` does, many at once)."""
+        if rows:
+            await self._conn.execute(
+                "INSERT INTO sync_log (tenant_id, service, event, link_id, record_id, code, message, detail)"
+                " SELECT t, s, e, l, r, c, m, d::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+                " $5::text[], $6::text[], $7::text[], $8::text[]) AS w(t, s, e, l, r, c, m, d)",
+                *([row[i] for row in rows] for i in range(8)),
+            )

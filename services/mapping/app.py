@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 from duplex.change.v1 import record_changed_pb2
 from faststream import FastStream
-from faststream.params import NoCast
 from google.protobuf.message import Message
 
 from services.common.db import create_pool
-from services.common.kafka import AFTER_EFFECTS, ServiceKafka, make_kafka
+from services.common.errors import InvalidEvent
+from services.common.kafka import ServiceKafka, make_kafka
 from services.common.telemetry import Telemetry
 from services.common.topics import Topic, TopicNames, load_topic_table
 from services.mapping.config_cache import ConfigCache
@@ -31,11 +32,11 @@ class MappingApp:
 def build_app(settings: MappingSettings, *, telemetry: Telemetry | None = None) -> MappingApp:
     topic_names = TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)
     kafka = make_kafka(settings.kafka, service_name=settings.service_name, topic_names=topic_names, telemetry=telemetry)
-    mapped_changes = kafka.publisher(Topic.MAPPED_CHANGES)
+    mapped_changes = kafka.sender(Topic.MAPPED_CHANGES)
     holder: dict[str, Any] = {}
 
-    async def publish(event: Message, key: bytes) -> None:
-        await mapped_changes.publish(event, key=key)
+    async def publish(events: Sequence[tuple[Message, bytes]]) -> None:
+        await mapped_changes.publish_all(events)
 
     # The pool lives from start-up to shutdown; the stack closes it after the broker stopped.
     resources = AsyncExitStack()
@@ -50,15 +51,14 @@ def build_app(settings: MappingSettings, *, telemetry: Telemetry | None = None) 
         holder.pop("mapper", None)
         await resources.aclose()
 
-    # Both sides' changes go through the same handler; each topic is its own subscription so that
-    # a burst on one side does not wait behind the other's partitions.
-    @kafka.subscriber(Topic.APP_CHANGES, message_type=RecordChanged, ack_policy=AFTER_EFFECTS)
-    async def on_app_change(event: NoCast[RecordChanged]) -> None:
-        await holder["mapper"].handle(event)
+    async def on_changes(events: Sequence[RecordChanged]) -> Mapping[int, InvalidEvent]:
+        refused: dict[int, InvalidEvent] = await holder["mapper"].handle_batch(events)
+        return refused
 
-    @kafka.subscriber(Topic.CRM_CHANGES, message_type=RecordChanged, ack_policy=AFTER_EFFECTS)
-    async def on_crm_change(event: NoCast[RecordChanged]) -> None:
-        await holder["mapper"].handle(event)
+    # Both sides' changes go through the same handler, in batches; each topic is its own
+    # subscription so that a burst on one side does not wait behind the other's partitions.
+    kafka.batch_subscriber(Topic.APP_CHANGES, message_type=RecordChanged, handler=on_changes)
+    kafka.batch_subscriber(Topic.CRM_CHANGES, message_type=RecordChanged, handler=on_changes)
 
     app = FastStream(kafka.broker, on_startup=[open_pool], after_shutdown=[close_pool])
     return MappingApp(app, kafka)

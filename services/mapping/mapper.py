@@ -1,15 +1,22 @@
-"""The mapping handler: a RecordChanged from either side in, ChangeMapped events (keyed tenant/link) out.
+"""The mapping handler: RecordChanged events from either side in, ChangeMapped events (keyed tenant/link) out.
 
-Thin over :mod:`links` and :mod:`translate`. One database transaction per change; the events are
-published (and acknowledged by the broker) inside it, before it commits, so a crash in between
-repeats both. Repeating is harmless: link ids and event ids are derived from the input.
+Thin over :mod:`links` and :mod:`translate`. Changes come in batches (see
+:mod:`services.common.kafka`) and are mapped one after the other, in the batch's order, inside
+one database transaction per batch (:class:`~services.mapping.repository.BatchLinkRepository`
+keeps that to a few statements). All the batch's events are published, and acknowledged by the
+broker, inside it, before it commits, so a crash in between repeats both. Repeating is harmless:
+link ids and event ids are derived from the input.
+
+A change that cannot be mapped is written to the sync log and handed back to be dead-lettered;
+the others of its batch go on (:meth:`Mapper.handle_batch`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from duplex.change.v1 import record_changed_pb2
 from duplex.mapping.v1 import change_mapped_pb2
@@ -18,7 +25,7 @@ from google.protobuf.message import Message
 from services.common import sync_log
 from services.common.change import Change, ChangeKind, InvalidChangeError, Side, from_proto
 from services.common.codec import link_key
-from services.common.errors import InvalidEvent
+from services.common.errors import InvalidEvent, RetryableError
 from services.common.tenant_config import ObjectPair, StoredConfig
 from services.common.values import Reference, to_field_value
 from services.mapping.config_cache import ConfigCache
@@ -33,12 +40,16 @@ from services.mapping.links import (
     reference_needs,
     released_event_id,
 )
-from services.mapping.repository import HeldReference, LinkRepository
+from services.mapping.repository import BatchLinkRepository, ConcurrentLinkError, HeldReference, LinkRepository
 from services.mapping.translate import Mapped, RejectedChangeError, matches_filter, translate
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[Message, bytes], Awaitable[None]]
+# Publishes (event, key) pairs in order; returns once the broker acknowledged all (acks=all).
+Publish = Callable[[Sequence[tuple[Message, bytes]]], Awaitable[None]]
+
+# A batch that keeps meeting links created concurrently goes back to the consumer's redelivery.
+_CONCURRENT_ATTEMPTS = 3
 
 _SIDE_TO_PB = {Side.APP: record_changed_pb2.SIDE_APP, Side.CRM: record_changed_pb2.SIDE_CRM}
 _KIND_TO_PB = {
@@ -50,6 +61,32 @@ _KIND_TO_PB = {
 }
 
 
+@dataclass(frozen=True)
+class _Item:
+    """A change that passed the checks that need no link: its place in the batch, config and pair."""
+
+    index: int
+    change: Change
+    stored: StoredConfig
+    pair: ObjectPair
+
+
+@dataclass(frozen=True)
+class _Rejection:
+    tenant_id: str
+    record_id: str
+    code: str
+    message: str
+    event_id: str
+
+
+class _Refused(Exception):  # noqa: N818 (carries a rejection out of a transaction, rolling it back)
+    def __init__(self, position: int, rejection: _Rejection) -> None:
+        super().__init__(rejection.message)
+        self.position = position
+        self.rejection = rejection
+
+
 class Mapper:
     def __init__(self, pool: Any, cache: ConfigCache, publish: Publish, *, service_name: str) -> None:
         self._pool = pool
@@ -57,40 +94,121 @@ class Mapper:
         self._publish = publish
         self._service = service_name
 
-    async def handle(self, event: record_changed_pb2.RecordChanged) -> None:
+    async def handle_batch(self, events: Sequence[record_changed_pb2.RecordChanged]) -> dict[int, InvalidEvent]:
+        """Map ``events`` in order; returns the rejected ones by index (already in the sync log).
+
+        When it returns, every other event's links are committed and its ChangeMapped events acked.
+        """
+        refused: dict[int, InvalidEvent] = {}
+        rejections: list[_Rejection] = []
+        async with self._pool.acquire() as conn:
+            items: list[_Item] = []
+            for index, event in enumerate(events):
+                try:
+                    item = await self._prepare(conn, index, event)
+                except _Refused as error:
+                    refused[index] = InvalidEvent(f"{error.rejection.code}: {error.rejection.message}")
+                    rejections.append(error.rejection)
+                    continue
+                if item is not None:
+                    items.append(item)
+            # Most batches commit in one attempt. A change refused half-way (translate rejects it
+            # after its link was looked up) rolls its attempt back; the changes before it then
+            # commit on their own and the rest goes on after it, so each change is mapped at most
+            # twice however many are refused, and the order of the others is kept.
+            start, end = 0, len(items)
+            while start < len(items):
+                failed = await self._attempt(conn, items[start:end])
+                if failed is None:
+                    start, end = end, len(items)
+                    continue
+                position, rejection = failed
+                bad = items.pop(start + position)
+                refused[bad.index] = InvalidEvent(f"{rejection.code}: {rejection.message}")
+                rejections.append(rejection)
+                end = start + position
+            for r in rejections:
+                await sync_log.record(
+                    conn,
+                    tenant_id=r.tenant_id or "unknown",
+                    service=self._service,
+                    event="change.rejected",
+                    record_id=r.record_id or None,
+                    code=r.code,
+                    message=r.message,
+                    detail={"source_event_id": r.event_id},
+                )
+        return refused
+
+    async def _prepare(self, conn: Any, index: int, event: record_changed_pb2.RecordChanged) -> _Item | None:
+        """The change with its config and pair, None to ignore it; raises _Refused."""
         try:
             change = from_proto(event)
         except InvalidChangeError as error:
-            await self._reject(event.tenant_id, event.record_id, "INVALID_CHANGE", str(error), event.event_id)
+            raise _Refused(
+                index, _Rejection(event.tenant_id, event.record_id, "INVALID_CHANGE", str(error), event.event_id)
+            ) from error
         if not change.record_id:
-            await self._reject(change.tenant_id, "", "INVALID_CHANGE", "missing record_id", change.event_id)
-        async with self._pool.acquire() as conn:
-            stored = await self._cache.current(conn, change.tenant_id)
+            raise _Refused(
+                index, _Rejection(change.tenant_id, "", "INVALID_CHANGE", "missing record_id", change.event_id)
+            )
+        stored = await self._cache.current(conn, change.tenant_id)
         if stored is None:
-            await self._reject(
-                change.tenant_id, change.record_id, "UNKNOWN_TENANT", "tenant has no configuration", change.event_id
+            raise _Refused(
+                index,
+                _Rejection(
+                    change.tenant_id, change.record_id, "UNKNOWN_TENANT", "tenant has no configuration", change.event_id
+                ),
             )
         pair = pair_for(stored.config, change.side, change.object_type)
         if pair is None:
-            await self._reject(
-                change.tenant_id,
-                change.record_id,
-                "UNKNOWN_OBJECT",
-                f"no object pair maps {change.side} object {change.object_type!r}",
-                change.event_id,
+            message = f"no object pair maps {change.side} object {change.object_type!r}"
+            raise _Refused(
+                index, _Rejection(change.tenant_id, change.record_id, "UNKNOWN_OBJECT", message, change.event_id)
             )
         if change.kind is ChangeKind.GAP:
             # cdc-ingest repairs gaps itself and publishes the re-read records as snapshots.
             log.debug("gap event ignored", extra={"tenant": change.tenant_id, "record": change.record_id})
-            return
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                events = await self._map(LinkRepository(conn), conn, stored, pair, change)
-                for key, mapped in events:
-                    await self._publish(mapped, key)
-        except RejectedChangeError as error:
-            detail = f"{error.field}: {error}" if error.field else str(error)
-            await self._reject(change.tenant_id, change.record_id, error.code, detail, change.event_id)
+            return None
+        return _Item(index, change, stored, pair)
+
+    async def _attempt(self, conn: Any, items: Sequence[_Item]) -> tuple[int, _Rejection] | None:
+        """Map ``items`` in one transaction and publish their events (acked) before it commits.
+
+        Returns None once committed, or the first refused change's position after rolling back:
+        nothing of the attempt is then kept or published.
+        """
+        if not items:
+            return None
+        for _ in range(_CONCURRENT_ATTEMPTS):
+            try:
+                async with conn.transaction():
+                    repo = BatchLinkRepository(conn)
+                    await repo.prefetch(
+                        [(i.change.tenant_id, i.pair.name, i.change.side, i.change.record_id) for i in items]
+                    )
+                    events: list[tuple[bytes, change_mapped_pb2.ChangeMapped]] = []
+                    for position, item in enumerate(items):
+                        change = item.change
+                        try:
+                            events += await self._map(repo, conn, item.stored, item.pair, change)
+                        except RejectedChangeError as error:
+                            detail = f"{error.field}: {error}" if error.field else str(error)
+                            rejection = _Rejection(
+                                change.tenant_id, change.record_id, error.code, detail, change.event_id
+                            )
+                            raise _Refused(position, rejection) from error
+                    await repo.flush()
+                    # All acked before the transaction commits.
+                    await self._publish([(event, key) for key, event in events])
+                return None
+            except _Refused as refused:
+                return refused.position, refused.rejection
+            except ConcurrentLinkError as error:
+                # Another replica (or the other topic's consumer) linked a record meanwhile: run
+                # the batch again, it now finds that link.
+                log.info("batch retried", extra={"reason": str(error)})
+        raise RetryableError(f"links kept being created concurrently ({_CONCURRENT_ATTEMPTS} attempts)")
 
     async def _map(
         self, repo: LinkRepository, conn: Any, stored: StoredConfig, pair: ObjectPair, change: Change
@@ -282,18 +400,3 @@ class Mapper:
             message=message,
             detail={"source_event_id": change.event_id, "object": change.object_type},
         )
-
-    async def _reject(self, tenant_id: str, record_id: str, code: str, message: str, event_id: str) -> NoReturn:
-        """Record why a change cannot be mapped, then send it to the dead-letter topic."""
-        async with self._pool.acquire() as conn:
-            await sync_log.record(
-                conn,
-                tenant_id=tenant_id or "unknown",
-                service=self._service,
-                event="change.rejected",
-                record_id=record_id or None,
-                code=code,
-                message=message,
-                detail={"source_event_id": event_id},
-            )
-        raise InvalidEvent(f"{code}: {message}")

@@ -3,11 +3,17 @@
 Every method runs inside the caller's transaction. Link creation is race-free without locks:
 inserts use ON CONFLICT DO NOTHING on the unique indexes and then read what won, and binds only
 fill an id that is still empty.
+
+:class:`BatchLinkRepository` serves a whole batch of changes in one transaction with a few
+statements instead of several per change: it reads the links of all the batch's records at once,
+answers lookups from what it read (kept up to date with its own writes), and defers the common
+writes (new links, releasing newer fields' held values) into one statement each, sent before any
+other statement that could observe them and at the end of the batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -210,3 +216,204 @@ class LinkRepository:
             )
             for row in rows
         ]
+
+
+class ConcurrentLinkError(Exception):
+    """Another transaction created one of the batch's new links first; the batch must run again
+    (it then finds that link)."""
+
+
+# (tenant, pair, side, record id on that side)
+RecordRef = tuple[str, str, Side, str]
+
+
+class BatchLinkRepository(LinkRepository):
+    """A :class:`LinkRepository` for one batch's transaction (see the module doc).
+
+    Lookups by record (:meth:`find`) and by id (:meth:`get`) are answered from the batch's
+    prefetch, misses included; every write of this repository updates those answers. Writes of
+    other transactions during the batch are seen as they would be by a change processed at the
+    batch's start; the statements that depend on them (binds, conflicting inserts) still check the
+    table itself.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__(conn)
+        self._by_record: dict[RecordRef, Link | None] = {}
+        self._by_id: dict[tuple[str, str], Link | None] = {}
+        self._new: list[Link] = []
+        self._unheld: set[tuple[str, str, str]] = set()
+        # The id a record's new link would take (its founding id), by record.
+        self._candidates: dict[RecordRef, str] = {}
+
+    async def prefetch(self, refs: Sequence[RecordRef]) -> None:
+        """Read the links of ``refs``, and whether the ids their new links would take are free."""
+        wanted = sorted(set(refs) - self._by_record.keys())
+        for side in Side:
+            keys = [r for r in wanted if r[2] is side]
+            if not keys:
+                continue
+            rows = await self._conn.fetch(
+                f"SELECT {_COLUMNS} FROM links l JOIN unnest($1::text[], $2::text[], $3::text[]) AS w(t, p, r)"
+                f" ON l.tenant_id = w.t AND l.object_pair = w.p AND l.{_SIDE_COLUMN[side]} = w.r",
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [k[3] for k in keys],
+            )
+            found = {(row["tenant_id"], row["object_pair"], side, row[_SIDE_COLUMN[side]]): _link(row) for row in rows}
+            for ref in keys:
+                self._remember(found.get(ref))
+                self._by_record.setdefault(ref, None)
+        # uuid5 is not free: derived once, for create() too.
+        self._candidates.update({ref: link_id_for(*ref) for ref in wanted if ref not in self._candidates})
+        ids = sorted({(ref[0], self._candidates[ref]) for ref in wanted} - self._by_id.keys())
+        if ids:
+            rows = await self._conn.fetch(
+                f"SELECT {_COLUMNS} FROM links l JOIN unnest($1::text[], $2::text[]) AS w(t, id)"
+                " ON l.tenant_id = w.t AND l.link_id = w.id",
+                [i[0] for i in ids],
+                [i[1] for i in ids],
+            )
+            for row in rows:
+                self._remember(_link(row))
+            for key in ids:
+                self._by_id.setdefault(key, None)
+
+    async def find(self, tenant_id: str, pair: str, side: Side, record_id: str) -> Link | None:
+        key = (tenant_id, pair, side, record_id)
+        if key not in self._by_record:
+            await self.flush()
+            self._by_record[key] = await super().find(tenant_id, pair, side, record_id)
+        return self._by_record[key]
+
+    async def get(self, tenant_id: str, link_id: str) -> Link | None:
+        key = (tenant_id, link_id)
+        if key not in self._by_id:
+            await self.flush()
+            self._by_id[key] = await super().get(tenant_id, link_id)
+        return self._by_id[key]
+
+    async def find_by_external_id(self, tenant_id: str, pair: str, external_id: str) -> Link | None:
+        await self.flush()
+        return await super().find_by_external_id(tenant_id, pair, external_id)
+
+    async def create(self, tenant_id: str, pair: str, side: Side, record_id: str) -> Link:
+        ref = (tenant_id, pair, side, record_id)
+        link_id = self._candidates.get(ref) or link_id_for(tenant_id, pair, side, record_id)
+        known_new = ref in self._by_record and self._by_record[ref] is None
+        if known_new and (tenant_id, link_id) in self._by_id and self._by_id[(tenant_id, link_id)] is None:
+            # Known to be new, with its id free: inserted with the batch's other new links.
+            link = Link(
+                tenant_id=tenant_id,
+                object_pair=pair,
+                link_id=link_id,
+                app_record_id=record_id if side is Side.APP else None,
+                crm_record_id=record_id if side is Side.CRM else None,
+                external_id=external_id_for(link_id),
+            )
+            self._new.append(link)
+            self._remember(link)
+            return link
+        await self.flush()
+        # The plain repository reads back what each insert made from the table itself, not from
+        # this one's answers (which know the record had no link).
+        link = await LinkRepository(self._conn).create(tenant_id, pair, side, record_id)
+        self._remember(link)
+        return link
+
+    async def bind(self, link: Link, side: Side, record_id: str) -> Link | None:
+        await self.flush()
+        bound = await super().bind(link, side, record_id)
+        if bound is not None:
+            self._replace(link, bound)
+        return bound
+
+    async def repoint(self, link: Link, pair: str, crm_record_id: str) -> Link:
+        await self.flush()
+        moved = await super().repoint(link, pair, crm_record_id)
+        self._replace(link, moved)
+        return moved
+
+    async def retire(self, link: Link, merged_into: str) -> None:
+        await self.flush()
+        await super().retire(link, merged_into)
+        # Read again when asked: simpler than re-deriving the retired row (it keeps its app id).
+        self._forget(link, unlinked=False)
+
+    async def other_side_ids(
+        self, tenant_id: str, side: Side, wanted: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        # Links still waiting to be inserted have an id on one side only: they cannot answer this.
+        return await super().other_side_ids(tenant_id, side, wanted)
+
+    async def hold(self, held: HeldReference, tenant_id: str) -> None:
+        await self.flush()
+        await super().hold(held, tenant_id)
+
+    async def unhold(self, tenant_id: str, link_id: str, fields: Iterable[str]) -> None:
+        # Deleting is idempotent and commutes with other deletes; flush() sends it before any
+        # statement that reads or writes held references.
+        self._unheld.update((tenant_id, link_id, name) for name in fields)
+
+    async def take_released(self, target: Link) -> list[HeldReference]:
+        if target.app_record_id is None or target.crm_record_id is None:
+            return []
+        await self.flush()
+        return await super().take_released(target)
+
+    async def flush(self) -> None:
+        """Send the deferred writes. Raises :class:`ConcurrentLinkError` when a new link's row
+        turned out to exist already (made by another transaction after the prefetch)."""
+        if self._new:
+            new, self._new = self._new, []
+            inserted = await self._conn.fetch(
+                "INSERT INTO links (tenant_id, object_pair, link_id, app_record_id, crm_record_id, external_id)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+                " ON CONFLICT DO NOTHING RETURNING link_id",
+                [n.tenant_id for n in new],
+                [n.object_pair for n in new],
+                [n.link_id for n in new],
+                [n.app_record_id for n in new],
+                [n.crm_record_id for n in new],
+                [n.external_id for n in new],
+            )
+            if len(inserted) != len(new):
+                raise ConcurrentLinkError(f"{len(new) - len(inserted)} of {len(new)} new links already existed")
+        if self._unheld:
+            unheld = sorted(self._unheld)
+            self._unheld.clear()
+            await self._conn.execute(
+                "DELETE FROM held_references h USING unnest($1::text[], $2::text[], $3::text[]) AS w(t, l, f)"
+                " WHERE h.tenant_id = w.t AND h.link_id = w.l AND h.field = w.f",
+                [u[0] for u in unheld],
+                [u[1] for u in unheld],
+                [u[2] for u in unheld],
+            )
+
+    def _remember(self, link: Link | None) -> None:
+        if link is None:
+            return
+        self._by_id[(link.tenant_id, link.link_id)] = link
+        for side in Side:
+            record_id = link.record_id(side)
+            if record_id is not None:
+                self._by_record[(link.tenant_id, link.object_pair, side, record_id)] = link
+
+    def _forget(self, link: Link, *, unlinked: bool) -> None:
+        """Drop what is known of ``link``; with ``unlinked``, its records are known to have no link
+        (they cannot have another one: the unique indexes allowed only this one)."""
+        self._by_id.pop((link.tenant_id, link.link_id), None)
+        for side in Side:
+            record_id = link.record_id(side)
+            if record_id is None:
+                continue
+            key = (link.tenant_id, link.object_pair, side, record_id)
+            if unlinked:
+                self._by_record[key] = None
+            else:
+                self._by_record.pop(key, None)
+
+    def _replace(self, old: Link, new: Link) -> None:
+        # The new row's ids are remembered again just after; those it lost belong to no link.
+        self._forget(old, unlinked=True)
+        self._remember(new)
