@@ -24,7 +24,7 @@ from duplex.change.v1 import record_changed_pb2
 from bench.report import Figure, Result
 from bench.stack import bench_stack, percentile
 from devstack.emulator import API_VERSION, EmulatorProcess, start_emulator
-from services.cdc_ingest.app import build_app
+from services.cdc_ingest.app import build_app, unlimited_budgets
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
 from services.common.settings import KafkaSettings, PostgresSettings
@@ -143,7 +143,7 @@ async def _run() -> Result:
                 "BENCH_SF_SECRET": emulator.info["client_secret"],
                 "BENCH_SF_PASSWORD": emulator.info["password"],
             }
-            service = build_app(settings, environ=environ)
+            service = build_app(settings, environ=environ, budget_for=unlimited_budgets())
             async with service.app:
                 await _wait_backfilled(servers.dsn)
                 topic = names(Topic.CRM_CHANGES)

@@ -3,9 +3,12 @@
 cdc-ingest consumes Salesforce, not Kafka: the FastStream app owns the producer's lifecycle, and
 the supervisor (tenant leases → one worker per tenant) runs from start-up to shutdown.
 
-The rate-limit-governor seam: ``budget_for(tenant_id)`` gives the :class:`CallBudget` every REST
-call of that tenant goes through. It defaults to :class:`UnlimitedBudget`; pass the governor's
-gRPC client (``services/common/governor_client.py``) once it exists.
+The rate-limit-governor: every REST call of a tenant goes through ``budget_for(tenant_id)``, a
+:class:`CallBudget`. By default (as in production) that is the governor's gRPC client
+(:class:`~services.common.governor_client.GovernorBudget`) at ``settings.governor_target``: each
+call is granted first (backfill reads at backfill priority, everything else live) and Salesforce's
+reported usage is passed on. The channel is opened at start-up and closed at shutdown. Tests and
+benchmarks may pass their own ``budget_for`` (e.g. :func:`unlimited_budgets`) instead.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -30,6 +34,7 @@ from services.cdc_ingest.sink import KafkaSink
 from services.cdc_ingest.store import Store
 from services.cdc_ingest.supervisor import Supervisor
 from services.cdc_ingest.worker import TenantWorker
+from services.common.governor_client import GovernorBudget
 from services.common.kafka import ServiceKafka, make_kafka
 from services.common.salesforce import CallBudget, SalesforceClient, UnlimitedBudget, env_secrets
 from services.common.telemetry import Telemetry
@@ -47,9 +52,14 @@ class CdcIngestApp:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-def _unlimited() -> BudgetFor:
+def unlimited_budgets() -> BudgetFor:
+    """No governor: every call is allowed (and counted per tenant). For tests and benchmarks only."""
     budgets: dict[str, CallBudget] = {}
     return lambda tenant_id: budgets.setdefault(tenant_id, UnlimitedBudget())
+
+
+def _same_for_all(budget: CallBudget) -> BudgetFor:
+    return lambda _tenant_id: budget
 
 
 def build_app(
@@ -63,7 +73,6 @@ def build_app(
     kafka = make_kafka(settings.kafka, service_name=settings.service_name, topic_names=topic_names, telemetry=telemetry)
     sink = KafkaSink(kafka)
     secrets = env_secrets(dict(os.environ if environ is None else environ))
-    budgets = budget_for or _unlimited()
     metrics = telemetry.metrics if telemetry else None
     service = CdcIngestApp(FastStream(kafka.broker), kafka)
     state = service.state
@@ -80,6 +89,14 @@ def build_app(
         channel = open_channel(settings.pubsub_target, settings.ca_file)
         store = Store(pool, settings.replica_id)
         state.update(pool=pool, http=http, channel=channel, store=store)
+        budgets = budget_for
+        if budgets is None:
+            # One client serves every tenant: each request names its tenant.
+            governed, governor = GovernorBudget.connect(
+                settings.governor_target, max_wait=timedelta(seconds=settings.governor_max_wait_seconds)
+            )
+            state.update(governor=governor)
+            budgets = _same_for_all(governed)
 
         async def run_tenant(tenant_id: str) -> None:
             config = await load_current(pool, tenant_id)
@@ -116,6 +133,9 @@ def build_app(
         channel: grpc.aio.Channel | None = state.pop("channel", None)
         if channel is not None:
             await channel.close(grace=None)
+        governor: grpc.aio.Channel | None = state.pop("governor", None)
+        if governor is not None:
+            await governor.close(grace=None)
         http: httpx.AsyncClient | None = state.pop("http", None)
         if http is not None:
             await http.aclose()

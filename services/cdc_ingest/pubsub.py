@@ -107,13 +107,25 @@ class Start:
         return cls(pb.LATEST)
 
 
+# How often the channel pings the server: the shortest interval default gRPC servers accept (see open_channel).
+KEEPALIVE_TIME_MS = 300_000
+
+
 def open_channel(target: str, ca_file: str | None) -> grpc.aio.Channel:
     roots = Path(ca_file).read_bytes() if ca_file else None
     return grpc.aio.secure_channel(
         target,
         grpc.ssl_channel_credentials(root_certificates=roots),
-        # HTTP/2 pings keep NATs and proxies from dropping a quiet stream between keepalives.
-        options=[("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_permit_without_calls", 0)],
+        # HTTP/2 pings keep NATs and proxies from dropping a quiet stream between keepalives. Not
+        # more often than every 5 minutes: that is the least a gRPC server with default settings
+        # (grpc.http2.min_ping_interval_without_data_ms = 300 000) accepts while no data flows.
+        # Pinging sooner earns a GOAWAY ENHANCE_YOUR_CALM "too_many_pings", and every call on the
+        # channel fails with "UNAVAILABLE: Too many pings". A stream that stops answering is
+        # caught by the subscription's own idle timeout (stream_idle_timeout_seconds), not by pings.
+        options=[
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+            ("grpc.keepalive_permit_without_calls", 0),
+        ],
     )
 
 

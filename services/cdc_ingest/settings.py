@@ -23,6 +23,13 @@ class CdcIngestSettings(ServiceSettings):
     service_name: str = "cdc-ingest"
     replica_id: str = Field(default_factory=_default_replica_id)
 
+    # The rate-limit-governor (host:port, in-cluster plaintext gRPC): every Salesforce REST call
+    # cdc-ingest makes is granted by it first and its usage reported to it, as the writer's are.
+    governor_target: str = "127.0.0.1:50051"
+    # How long one call may wait for the governor's permission before it fails (BudgetUnavailable)
+    # and the work is retried later: the stream reconnects, a poll or backfill resumes from its cursor.
+    governor_max_wait_seconds: float = Field(default=30.0, gt=0)
+
     # Pub/Sub API endpoint (host:port, TLS). One endpoint serves every org.
     pubsub_target: str = "api.pubsub.salesforce.com:7443"
     # CA bundle for Pub/Sub and REST; None trusts the system store.

@@ -340,6 +340,7 @@ class Pipeline:
                 # Stable, so a restarted (or killed and restarted) replica takes its own lease back
                 # at once instead of waiting for it to expire.
                 "CDC_INGEST_REPLICA_ID": f"devstack-{hashlib.sha256(str(c.state_dir).encode()).hexdigest()[:8]}",
+                "CDC_INGEST_GOVERNOR_TARGET": f"127.0.0.1:{ports['rate-limit-governor']}",
                 **c.secrets,
             }
         elif spec.name == "mapping":

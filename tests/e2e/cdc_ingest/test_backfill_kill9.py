@@ -16,6 +16,7 @@ from tests.integration.cdc_ingest.harness import (
     change_reader,
     configure_tenant,
     create_org,
+    governor_process,
     in_thread,
     prepare_database,
     secrets_for,
@@ -45,20 +46,25 @@ async def kill_during_backfill(
     # Bulk 2.0 query job, read in pages: the job id and locator are the resume point.
     tuning = {"bulk_threshold": "1000", "bulk_page_size": str(PAGE), "poll_overlap_seconds": "0"}
 
-    async with change_reader(kafka_bootstrap, topic_names) as reader:
-        process = start_service(emulator, kafka_bootstrap, topic_names, dsn, secrets, log, **tuning)
-        try:
-            await reader.until(lambda changes: len(changes) >= records // 3, within=300)
-            process.send_signal(signal.SIGKILL)
-            assert process.wait(timeout=10) == -signal.SIGKILL
-            killed_at = len(reader.changes)
-            assert killed_at < records, "killed too late to show a resume"
-            process = start_service(emulator, kafka_bootstrap, topic_names, dsn, secrets, log, **tuning)
-            await wait_backfilled(dsn, tenant, 1, within=600)
-            await reader.until(lambda changes: len({c.record_id for c in changes}) >= records, within=120)
-        finally:
-            process.kill()
-            process.wait(timeout=10)
+    with governor_process(dsn, tmp_path / "governor.log") as governor:
+        async with change_reader(kafka_bootstrap, topic_names) as reader:
+            process = start_service(
+                emulator, kafka_bootstrap, topic_names, dsn, secrets, log, governor=governor, **tuning
+            )
+            try:
+                await reader.until(lambda changes: len(changes) >= records // 3, within=300)
+                process.send_signal(signal.SIGKILL)
+                assert process.wait(timeout=10) == -signal.SIGKILL
+                killed_at = len(reader.changes)
+                assert killed_at < records, "killed too late to show a resume"
+                process = start_service(
+                    emulator, kafka_bootstrap, topic_names, dsn, secrets, log, governor=governor, **tuning
+                )
+                await wait_backfilled(dsn, tenant, 1, within=600)
+                await reader.until(lambda changes: len({c.record_id for c in changes}) >= records, within=120)
+            finally:
+                process.kill()
+                process.wait(timeout=10)
 
     snapshots = [c for c in reader.changes if c.kind == pb.CHANGE_KIND_SNAPSHOT]
     assert len({c.record_id for c in snapshots}) == records, f"log: {log.read_text()[-3000:]}"

@@ -17,6 +17,7 @@ from tests.integration.cdc_ingest.harness import (
     change_reader,
     configure_tenant,
     create_org,
+    governor_process,
     prepare_database,
     secrets_for,
     start_service,
@@ -51,24 +52,25 @@ async def kill_during_stream(
     await configure_tenant(dsn, tenant_document(tenant, org, ["Account"]))
     secrets = secrets_for(tenant, org)
     log = tmp_path / "cdc-ingest.log"
-    process = start_service(emulator, kafka_bootstrap, topic_names, dsn, secrets, log)
-    try:
-        await wait_backfilled(dsn, tenant, 1, within=60)
-        async with change_reader(kafka_bootstrap, topic_names) as reader:
-            ids: list[str] = []
-            done = threading.Event()
-            writer = threading.Thread(target=create_accounts, args=(org, total, ids, done), daemon=True)
-            writer.start()
-            await reader.until(lambda changes: len(changes) >= total // 3, within=120)
-            process.send_signal(signal.SIGKILL)
-            assert process.wait(timeout=10) == -signal.SIGKILL
-            process = start_service(emulator, kafka_bootstrap, topic_names, dsn, secrets, log)
-            await asyncio.to_thread(done.wait, 300)
-            assert len(ids) == total
-            await reader.until(lambda changes: set(ids) <= {c.record_id for c in changes}, within=180)
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    with governor_process(dsn, tmp_path / "governor.log") as governor:
+        process = start_service(emulator, kafka_bootstrap, topic_names, dsn, secrets, log, governor=governor)
+        try:
+            await wait_backfilled(dsn, tenant, 1, within=60)
+            async with change_reader(kafka_bootstrap, topic_names) as reader:
+                ids: list[str] = []
+                done = threading.Event()
+                writer = threading.Thread(target=create_accounts, args=(org, total, ids, done), daemon=True)
+                writer.start()
+                await reader.until(lambda changes: len(changes) >= total // 3, within=120)
+                process.send_signal(signal.SIGKILL)
+                assert process.wait(timeout=10) == -signal.SIGKILL
+                process = start_service(emulator, kafka_bootstrap, topic_names, dsn, secrets, log, governor=governor)
+                await asyncio.to_thread(done.wait, 300)
+                assert len(ids) == total
+                await reader.until(lambda changes: set(ids) <= {c.record_id for c in changes}, within=180)
+        finally:
+            process.kill()
+            process.wait(timeout=10)
     seen = {c.record_id for c in reader.changes if c.kind in (1, 6)}  # CREATE, or SNAPSHOT if re-read
     missing = set(ids) - seen
     assert not missing, f"{len(missing)} changes lost; log: {log.read_text()[-3000:]}"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from duplex.change.v1 import record_changed_pb2
 from simple_salesforce.api import Salesforce
 
 from devstack.emulator import API_VERSION, ROOT, EmulatorProcess
-from services.cdc_ingest.app import CdcIngestApp, build_app
+from devstack.health import wait_serving
+from devstack.ports import pick_free_ports
+from services.cdc_ingest.app import CdcIngestApp, build_app, unlimited_budgets
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
 from services.common.settings import KafkaSettings, PostgresSettings
@@ -32,6 +34,8 @@ from services.common.topics import Topic, TopicNames
 
 RecordChanged = record_changed_pb2.RecordChanged
 CLIENT = "someone-else"
+# The call-options client cdc-ingest stamps on the tenants' calls (the emulator counts calls per client).
+CALL_OPTIONS_CLIENT = "duplex-test"
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ def create_org(emulator: EmulatorProcess, *, objects: dict[str, Any] | None = No
 
 
 def tenant_document(
-    tenant_id: str, org: Org, objects: Sequence[str], *, cdc: bool = True, poll_seconds: int = 5
+    tenant_id: str, org: Org, objects: Sequence[str], *, cdc: bool = True, poll_seconds: int = 5, cap: int = 100_000
 ) -> dict[str, Any]:
     return {
         "apiVersion": "duplex.dev/v1",
@@ -137,8 +141,8 @@ def tenant_document(
                     "username": org.username,
                     "password": {"secretRef": {"env": f"SF_PASSWORD_{tenant_id.upper().replace('-', '_')}"}},
                 },
-                "dailyApiCap": 100_000,
-                "callOptionsClient": "duplex-test",
+                "dailyApiCap": cap,
+                "callOptionsClient": CALL_OPTIONS_CLIENT,
             },
             "sync": {"cdc": cdc, "pollIntervalSeconds": poll_seconds},
             "objects": [
@@ -208,8 +212,12 @@ def settings(
 
 
 @contextlib.asynccontextmanager
-async def running(settings: CdcIngestSettings, environ: dict[str, str]) -> AsyncIterator[CdcIngestApp]:
-    service = build_app(settings, environ=environ)
+async def running(
+    settings: CdcIngestSettings, environ: dict[str, str], *, governed: bool = False
+) -> AsyncIterator[CdcIngestApp]:
+    """cdc-ingest in-process; its calls are not budgeted unless ``governed`` (then the governor at
+    ``settings.governor_target`` grants them, as in production)."""
+    service = build_app(settings, environ=environ, budget_for=None if governed else unlimited_budgets())
     async with service.app:
         yield service
 
@@ -300,6 +308,23 @@ async def in_thread(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(call, *args, **kwargs)
 
 
+@contextlib.contextmanager
+def governor_process(dsn: str, log: Path) -> Iterator[str]:
+    """The rate-limit-governor as its own process; its target (host:port)."""
+    (port,) = pick_free_ports(1)
+    env = {**os.environ, "POSTGRES_DSN": dsn, "GOVERNOR_PORT": str(port)}
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.rate_limit_governor"], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+    try:
+        wait_serving(f"127.0.0.1:{port}", log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def start_service(
     emulator: EmulatorProcess,
     kafka_bootstrap: str,
@@ -307,9 +332,12 @@ def start_service(
     dsn: str,
     secrets: dict[str, str],
     log: Path,
+    *,
+    governor: str,
     **settings: str,
 ) -> subprocess.Popen[bytes]:
-    """cdc-ingest as its own process (``python -m services.cdc_ingest``); ``settings`` are CDC_INGEST_* values."""
+    """cdc-ingest as its own process (``python -m services.cdc_ingest``), its calls granted by the
+    governor at ``governor`` (see :func:`governor_process`); ``settings`` are CDC_INGEST_* values."""
     env = {
         **os.environ,
         **secrets,
@@ -321,6 +349,7 @@ def start_service(
         "CDC_INGEST_LEASE_TTL_SECONDS": "3",
         "CDC_INGEST_LEASE_RENEW_SECONDS": "0.5",
         "CDC_INGEST_POLL_OVERLAP_SECONDS": "2",
+        "CDC_INGEST_GOVERNOR_TARGET": governor,
         "TELEMETRY_LOG_LEVEL": "WARNING",
         **{f"CDC_INGEST_{name.upper()}": value for name, value in settings.items()},
     }

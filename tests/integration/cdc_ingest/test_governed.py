@@ -1,0 +1,148 @@
+"""cdc-ingest under the real rate-limit-governor: every Salesforce call is granted and counted by it,
+and a backfill stops at the tenant's daily cap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from duplex.governor.v1 import governor_pb2
+
+from devstack.emulator import EmulatorProcess
+from services.common.governor_client import GovernorBudget
+from services.common.settings import PostgresSettings
+from services.common.topics import TopicNames
+from services.rate_limit_governor.app import running_governor
+from services.rate_limit_governor.settings import GovernorSettings
+from tests.integration.cdc_ingest.harness import (
+    CALL_OPTIONS_CLIENT,
+    Org,
+    change_reader,
+    configure_tenant,
+    create_org,
+    in_thread,
+    prepare_database,
+    running,
+    secrets_for,
+    settings,
+    tenant_document,
+    wait_backfilled,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+@contextlib.asynccontextmanager
+async def governor(dsn: str) -> AsyncIterator[str]:
+    async with running_governor(GovernorSettings(port=0, postgres=PostgresSettings(dsn=dsn))) as (_, port):
+        yield f"127.0.0.1:{port}"
+
+
+def calls_by_ingest(org: Org) -> int:
+    """Calls the emulator counted for cdc-ingest's call-options client (not the test's own)."""
+    usage: dict[str, Any] = org.admin("GET", "/usage")
+    return int(usage["by_client"].get(CALL_OPTIONS_CLIENT, 0))
+
+
+async def budget_of(target: str, tenant_id: str) -> governor_pb2.Budget:
+    budget, channel = GovernorBudget.connect(target)
+    try:
+        return await budget.budget(tenant_id)
+    finally:
+        await channel.close(None)
+
+
+async def settled_calls(org: Org, *, quiet: float = 3.0, within: float = 60.0) -> int:
+    """cdc-ingest's call count once it has not moved for ``quiet`` seconds."""
+    deadline = time.monotonic() + within
+    last, since = calls_by_ingest(org), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"cdc-ingest kept calling: {last} calls")
+        await asyncio.sleep(0.25)
+        now = calls_by_ingest(org)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+async def test_every_call_is_granted_and_counted_by_the_governor(
+    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    org = create_org(emulator)
+    sf = org.salesforce()
+    await in_thread(sf.bulk2.Account.insert, records=[{"Name": f"Existing {i:03d}"} for i in range(30)], wait=0.2)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await prepare_database(fresh_database)
+    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
+
+    async with governor(fresh_database) as target, change_reader(kafka_bootstrap, topic_names) as reader:
+        config = settings(
+            emulator=emulator,
+            kafka_bootstrap=kafka_bootstrap,
+            topic_names=topic_names,
+            dsn=fresh_database,
+            governor_target=target,
+            poll_page_size=10,
+        )
+        async with running(config, secrets_for(tenant, org), governed=True):
+            await wait_backfilled(fresh_database, tenant, 1)
+            await reader.until(lambda changes: len({c.record_id for c in changes}) >= 30)
+            calls = await settled_calls(org)
+            budget = await budget_of(target, tenant)
+
+    # At least count, describe and 4 pages of 10 (the last one empty).
+    assert calls >= 6, calls
+    # Plus the userinfo call the stream starts with (the org id), which Salesforce does not count.
+    assert calls <= budget.granted_24h <= calls + 1, (budget.granted_24h, calls)
+    # Salesforce's Sforce-Limit-Info was passed on.
+    assert budget.org_max > 0
+
+
+async def test_a_backfill_stops_at_the_tenants_daily_cap(
+    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    records, page, cap = 200, 10, 10
+    org = create_org(emulator)
+    sf = org.salesforce()
+    await in_thread(sf.bulk2.Account.insert, records=[{"Name": f"Existing {i:03d}"} for i in range(records)], wait=0.2)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await prepare_database(fresh_database)
+    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"], cap=cap))
+
+    async with governor(fresh_database) as target, change_reader(kafka_bootstrap, topic_names) as reader:
+        config = settings(
+            emulator=emulator,
+            kafka_bootstrap=kafka_bootstrap,
+            topic_names=topic_names,
+            dsn=fresh_database,
+            governor_target=target,
+            governor_max_wait_seconds=1,
+            bulk_threshold=1_000_000,
+            poll_page_size=page,
+        )
+        async with running(config, secrets_for(tenant, org), governed=True):
+            await reader.until(lambda changes: len(changes) >= page)
+            # The worker fails on the refusal and the supervisor restarts it every lease round
+            # (0.5 s here): it keeps asking, and is refused before any call is made.
+            calls = await settled_calls(org)
+            budget = await budget_of(target, tenant)
+
+    # A paged backfill of 200 records needs 22 calls; the governor granted the cap and no more.
+    assert 0 < calls <= cap, calls
+    assert budget.granted_24h == calls
+    assert budget.remaining == cap - calls
+    published = {c.record_id for c in reader.changes}
+    assert 0 < len(published) < records
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        status = await connection.fetchval("SELECT status FROM backfills WHERE tenant_id = $1", tenant)
+    finally:
+        await connection.close()
+    assert status == "running"
