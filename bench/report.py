@@ -33,6 +33,8 @@ class Result:
     benchmark: str
     parameters: dict[str, object]
     figures: list[Figure] = field(default_factory=list)
+    # Free-text lines printed after the figures (what was measured where, what is missing).
+    notes: list[str] = field(default_factory=list)
 
 
 def machine() -> str:
@@ -67,4 +69,5 @@ def render(result: Result) -> str:
     params = ", ".join(f"{k}={v}" for k, v in result.parameters.items())
     lines = [f"## {result.benchmark}", f"parameters: {params}"]
     lines += [f"  {f.name:<44} {f.value:>14,.1f} {f.unit:<12} {f.verdict}" for f in result.figures]
+    lines += result.notes
     return "\n".join(lines)
