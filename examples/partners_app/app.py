@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
 from duplex.change.v1 import record_changed_pb2 as rc
 from google.protobuf.message import DecodeError
 
@@ -204,17 +205,64 @@ async def apply_update(conn: Any, update: rc.RecordChanged, settings: Settings) 
     return True
 
 
-async def consume(settings: Settings, consumer: AIOKafkaConsumer, pool: Any) -> None:
-    """Apply app-updates; an offset is committed only after its update is applied (or refused)."""
-    async for message in consumer:
+# Failures that pass: the database or the broker restarting. The app waits them out instead of
+# exiting, so a restart of either loses nothing and needs nobody to restart the app.
+TRANSIENT = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    KafkaError,
+)
+RETRY_SECONDS = 1.0
+
+
+async def _apply(message: ConsumerRecord[Any, Any], settings: Settings, pool: Any) -> None:
+    """Apply one app-update, retrying while the database is away; refuse what cannot be used."""
+    while True:
         try:
             update = rc.RecordChanged.FromString(message.value or b"")
             async with pool.acquire() as conn:
                 await apply_update(conn, update, settings)
+            return
         except (DecodeError, contract.ContractError) as exc:
             # This app's policy for updates it cannot use: log and move on (they stay in the topic).
             log.warning("skipping app-update at offset %s: %s", message.offset, exc)
-        await consumer.commit()
+            return
+        except TRANSIENT as exc:
+            log.warning("applying app-update at offset %s failed, retrying: %r", message.offset, exc)
+            await asyncio.sleep(RETRY_SECONDS)
+
+
+async def consume(settings: Settings, consumer: AIOKafkaConsumer, pool: Any) -> None:
+    """Apply app-updates in order; offsets are committed only after their updates are applied (or refused)."""
+    while True:
+        batches = await consumer.getmany(timeout_ms=500, max_records=500)
+        for messages in batches.values():
+            for message in messages:
+                await _apply(message, settings, pool)
+        if not batches:
+            continue
+        try:
+            await consumer.commit()
+        except KafkaError as exc:
+            # They come again and are skipped: applied_updates remembers every event id applied.
+            log.warning("committing app-update offsets failed: %r", exc)
+
+
+async def relay(settings: Settings, producer: AIOKafkaProducer, pool: Any, interval: float) -> None:
+    """Publish the outbox, forever; waits out a database or broker restart."""
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                published = await relay_once(conn, producer, settings)
+        except TRANSIENT as exc:
+            # The transaction rolled back: the same rows are published again, with the same event ids.
+            log.warning("relaying the outbox failed, retrying: %r", exc)
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        if not published:
+            await asyncio.sleep(interval)
 
 
 async def run(settings: Settings, *, relay_interval: float = 0.2) -> None:
@@ -236,13 +284,7 @@ async def run(settings: Settings, *, relay_interval: float = 0.2) -> None:
         # The line a supervisor waits for (devstack.pipeline): tables exist, producer and consumer run.
         log.info("partners app running (tenant %s, publishing to %s)", settings.tenant_id, settings.app_changes_topic)
 
-        async def relay() -> None:
-            while True:
-                async with pool.acquire() as conn:
-                    if not await relay_once(conn, producer, settings):
-                        await asyncio.sleep(relay_interval)
-
-        await asyncio.gather(relay(), consume(settings, consumer, pool))
+        await asyncio.gather(relay(settings, producer, pool, relay_interval), consume(settings, consumer, pool))
     finally:
         await consumer.stop()
         await producer.stop()
