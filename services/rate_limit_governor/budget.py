@@ -8,7 +8,8 @@ How much a tenant may spend:
 - at most ``daily_cap`` calls granted in any rolling 24 hours (a ledger of per-minute buckets);
 - never more than the org has left: the org's allocation times ``org_share``, minus what
   Salesforce last reported as used (which includes every other integration's calls), minus what
-  Duplex was granted since that report;
+  Duplex was granted since that report; when that report says the org is out and is a minute
+  old, one live call goes through to fetch a fresh one (else a lifted limit would never be seen);
 - spread over the day: a token bucket refilling at ``daily_cap`` per 24 h, holding at most
   ``burst`` calls, so a backlog cannot spend the whole day's budget in a minute;
 - backfills (low priority) never take the last ``live_reserve`` of the budget or of the bucket,
@@ -26,6 +27,9 @@ from datetime import datetime, timedelta
 WINDOW = timedelta(hours=24)
 BUCKET = timedelta(minutes=1)
 WARNING_FRACTION = 0.10
+# How old the org's last reported usage must be before one call may go to refresh it, when that
+# report says the org is out of calls.
+ORG_PROBE_AFTER = timedelta(minutes=1)
 
 
 class Priority(enum.IntEnum):
@@ -168,13 +172,28 @@ def acquire(
         return Grant(False, budget, left, reason, not_before=not_before, warning=is_warning(budget, now))
 
     reserve = limits.live_reserve if priority is Priority.BACKFILL else 0.0
+    probe = False
     if left - calls < reserve * limits.daily_cap:
         headroom = org_headroom(budget)
+        own_left = limits.daily_cap - granted_in_window(budget, now)
         if headroom is not None and headroom - calls < reserve * limits.daily_cap:
-            # The org itself is (nearly) out; only a new report from Salesforce can change that.
-            return deny("org allocation exhausted", now + timedelta(minutes=5))
-        return deny("daily cap reached", _window_frees_at(budget, now, calls))
-    if tokens - calls < reserve * limits.effective_burst:
+            # The org itself is (nearly) out, as far as the last report knows. Only a new report can
+            # say otherwise (the window moved on, the limit was raised), and reports come only with
+            # calls: so once the report is old, one live call may go as a probe.
+            assert budget.org is not None
+            probe = (
+                calls == 1
+                and priority is Priority.LIVE
+                and budget.granted_since_report == 0
+                and now - budget.org.observed_at >= ORG_PROBE_AFTER
+                and own_left >= 1
+            )
+            if not probe:
+                probe_at = budget.org.observed_at + ORG_PROBE_AFTER
+                return deny("org allocation exhausted", probe_at if probe_at > now else now + ORG_PROBE_AFTER)
+        else:
+            return deny("daily cap reached", _window_frees_at(budget, now, calls))
+    if tokens - calls < reserve * limits.effective_burst and not probe:
         rate = limits.daily_cap / WINDOW.total_seconds()
         wait = (calls + reserve * limits.effective_burst - tokens) / rate
         return deny("spreading calls over the day", now + timedelta(seconds=math.ceil(wait)))

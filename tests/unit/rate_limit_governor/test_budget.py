@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.rate_limit_governor.budget import (
+    ORG_PROBE_AFTER,
     Limits,
     OrgUsage,
     Priority,
@@ -86,6 +87,25 @@ def test_calls_made_by_others_reduce_what_is_granted() -> None:
     assert acquire(b, 100, T0).granted
     denied = acquire(acquire(b, 100, T0).budget, 1, T0)
     assert (denied.granted, denied.reason) == (False, "org allocation exhausted")
+
+
+def test_an_old_report_of_an_exhausted_org_lets_one_live_call_probe_for_a_new_one() -> None:
+    # The org was out of calls a minute ago; since then nothing was granted, so nothing reported.
+    b = report(budget(daily_cap=10_000, burst=10_000), OrgUsage(used=15_000, max=15_000, observed_at=T0))
+    fresh = acquire(b, 1, T0 + timedelta(seconds=30))
+    assert (fresh.granted, fresh.reason) == (False, "org allocation exhausted")
+    assert fresh.not_before == T0 + ORG_PROBE_AFTER
+
+    later = T0 + ORG_PROBE_AFTER
+    assert not acquire(b, 2, later).granted  # a probe is one call
+    assert not acquire(b, 1, later, priority=Priority.BACKFILL).granted  # and a live one
+    probe = acquire(b, 1, later)
+    assert probe.granted
+    assert not acquire(probe.budget, 1, later + timedelta(minutes=5)).granted  # one until the next report
+
+    # The probe's answer says the limit was lifted: calls flow again.
+    lifted = report(probe.budget, OrgUsage(used=15_001, max=100_000, observed_at=later))
+    assert acquire(lifted, 100, later).granted
 
 
 def test_a_newer_report_replaces_the_estimate_and_older_ones_are_ignored() -> None:
