@@ -205,15 +205,9 @@ async def apply_update(conn: Any, update: rc.RecordChanged, settings: Settings) 
     return True
 
 
-# Failures that pass: the database or the broker restarting. The app waits them out instead of
-# exiting, so a restart of either loses nothing and needs nobody to restart the app.
-TRANSIENT = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    KafkaError,
-)
+# Whatever fails while relaying or applying (the database or the broker restarting, a connection
+# broken mid-transaction), nothing is lost: the outbox row stays unpublished, the update stays
+# unapplied and uncommitted. So both loops log, wait and try again instead of exiting.
 RETRY_SECONDS = 1.0
 
 
@@ -229,8 +223,8 @@ async def _apply(message: ConsumerRecord[Any, Any], settings: Settings, pool: An
             # This app's policy for updates it cannot use: log and move on (they stay in the topic).
             log.warning("skipping app-update at offset %s: %s", message.offset, exc)
             return
-        except TRANSIENT as exc:
-            log.warning("applying app-update at offset %s failed, retrying: %r", message.offset, exc)
+        except Exception:
+            log.exception("applying app-update at offset %s failed, retrying", message.offset)
             await asyncio.sleep(RETRY_SECONDS)
 
 
@@ -256,9 +250,9 @@ async def relay(settings: Settings, producer: AIOKafkaProducer, pool: Any, inter
         try:
             async with pool.acquire() as conn:
                 published = await relay_once(conn, producer, settings)
-        except TRANSIENT as exc:
+        except Exception:
             # The transaction rolled back: the same rows are published again, with the same event ids.
-            log.warning("relaying the outbox failed, retrying: %r", exc)
+            log.exception("relaying the outbox failed, retrying")
             await asyncio.sleep(RETRY_SECONDS)
             continue
         if not published:
