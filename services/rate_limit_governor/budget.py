@@ -9,7 +9,8 @@ How much a tenant may spend:
 - never more than the org has left: the org's allocation times ``org_share``, minus what
   Salesforce last reported as used (which includes every other integration's calls), minus what
   Duplex was granted since that report; when that report says the org is out and is a minute
-  old, one live call goes through to fetch a fresh one (else a lifted limit would never be seen);
+  old, one live call a minute goes through to fetch a fresh one (else a lifted limit would never
+  be seen);
 - spread over the day: a token bucket refilling at ``daily_cap`` per 24 h, holding at most
   ``burst`` calls, so a backlog cannot spend the whole day's budget in a minute;
 - backfills (low priority) never take the last ``live_reserve`` of the budget or of the bucket,
@@ -184,7 +185,6 @@ def acquire(
             probe = (
                 calls == 1
                 and priority is Priority.LIVE
-                and budget.granted_since_report == 0
                 and now - budget.org.observed_at >= ORG_PROBE_AFTER
                 and own_left >= 1
             )
@@ -215,6 +215,11 @@ def acquire(
         granted_since_report=budget.granted_since_report + calls,
         leases=leases,
     )
+    if probe:
+        # Counts as looking again: the next probe waits another interval (some calls, such as
+        # OAuth's, return no usage at all, so the probe may bring no report back).
+        assert budget.org is not None
+        budget = replace(budget, org=replace(budget.org, observed_at=now))
     return Grant(
         True,
         budget,

@@ -101,7 +101,8 @@ def test_an_old_report_of_an_exhausted_org_lets_one_live_call_probe_for_a_new_on
     assert not acquire(b, 1, later, priority=Priority.BACKFILL).granted  # and a live one
     probe = acquire(b, 1, later)
     assert probe.granted
-    assert not acquire(probe.budget, 1, later + timedelta(minutes=5)).granted  # one until the next report
+    assert not acquire(probe.budget, 1, later + timedelta(seconds=59)).granted  # one a minute
+    assert acquire(probe.budget, 1, later + ORG_PROBE_AFTER).granted
 
     # The probe's answer says the limit was lifted: calls flow again.
     lifted = report(probe.budget, OrgUsage(used=15_001, max=100_000, observed_at=later))
