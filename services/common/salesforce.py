@@ -23,6 +23,7 @@ import httpx
 from services.common.tenant_config import AuthMode, SalesforceSpec, SecretValue
 
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+OAUTH_PATH = "/services/oauth2/"
 
 
 class SecretResolver(Protocol):
@@ -130,12 +131,17 @@ class SalesforceClient:
         backfill: bool = False,
     ) -> httpx.Response:
         """One API call (``path`` relative to the instance, e.g. ``/services/data/v62.0/limits``)."""
-        await self._budget.acquire(self.tenant_id, 1, backfill=backfill)
+        # OAuth endpoints (userinfo) are not API requests: Salesforce neither counts them nor
+        # reports usage on them, so they are not asked of the budget either.
+        counted = not path.startswith(OAUTH_PATH)
+        if counted:
+            await self._budget.acquire(self.tenant_id, 1, backfill=backfill)
         session = await self._current_session()
         response = await self._send(session, method, path, json=json, params=params, content=content, headers=headers)
         if response.status_code == 401:
             session = await self._authenticate(stale=session)
-            await self._budget.acquire(self.tenant_id, 1, backfill=backfill)
+            if counted:
+                await self._budget.acquire(self.tenant_id, 1, backfill=backfill)
             response = await self._send(
                 session, method, path, json=json, params=params, content=content, headers=headers
             )

@@ -55,6 +55,9 @@ async def test_calls_are_budgeted_stamped_and_reported(emulator: EmulatorProcess
 
     assert row["Id"] == record_id
     assert budget.calls["acme"] == 2
+    # OAuth endpoints are not API requests: Salesforce does not count them, nor does the budget.
+    assert (await sf.request("GET", "/services/oauth2/userinfo")).json()["organization_id"]
+    assert budget.calls["acme"] == 2
     used, limit = budget.usage["acme"]
     assert limit == 15_000
     assert used >= 2
