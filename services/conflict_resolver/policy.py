@@ -133,9 +133,21 @@ def conflict_winner(policy: Policy, proposal: Edit, truth: Edit) -> tuple[Side, 
 
 
 def observe(
-    rule: FieldRule, state: FieldState, side: Side, value: Value, at: datetime, *, from_duplex: bool
+    rule: FieldRule,
+    state: FieldState,
+    side: Side,
+    value: Value,
+    at: datetime,
+    *,
+    from_duplex: bool,
+    read_back: bool = False,
 ) -> Decision:
-    """Take one value reported by ``side`` (committed there at ``at``) and decide what follows."""
+    """Take one value reported by ``side`` (committed there at ``at``) and decide what follows.
+
+    ``read_back``: the value comes from reading the record (a snapshot after a CDC gap or replay
+    expiry), not from a change event: it shows the record's state, stamped with its last
+    modification, and carries no origin client.
+    """
     if from_duplex:
         # Only a tagged echo proves our write landed on that side, in that side's commit order.
         landed = state.landed(side, value)
@@ -145,6 +157,13 @@ def observe(
             return Decision(Outcome.ECHO, state, {}, "echo of an earlier write")
         # A field Duplex never held a value for (the record's Id, a default Salesforce set while
         # creating our record): that side's own value, taken like any edit made there.
+
+    # An earlier write of ours, read back while a later one is still on its way: the time it
+    # carries is when Salesforce applied our write, not a newer edit by anyone.
+    truth = state.truth
+    ours = any(same_value(p.value, value) for p in state.pending(side))
+    if read_back and ours and (truth is None or not same_value(truth.value, value)):
+        return Decision(Outcome.UNCHANGED, state, {}, "an earlier write of ours, read back")
 
     seen = state.seen(side)
     if seen is not None and at < seen.at:

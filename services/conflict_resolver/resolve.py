@@ -172,11 +172,18 @@ class _Builder:
         return self.records.get(app_field) or self.stored.get(app_field) or FieldRecord()
 
     def observe(
-        self, mapping: FieldMapping, change: FieldChange, side: Side, at: datetime, *, from_duplex: bool
+        self,
+        mapping: FieldMapping,
+        change: FieldChange,
+        side: Side,
+        at: datetime,
+        *,
+        from_duplex: bool,
+        read_back: bool = False,
     ) -> None:
         rule = rule_of(self.pair, mapping)
         before = self.record(mapping.app)
-        decision = observe(rule, before.state, side, change.app_value, at, from_duplex=from_duplex)
+        decision = observe(rule, before.state, side, change.app_value, at, from_duplex=from_duplex, read_back=read_back)
         state = decision.state
         crm_form = before.crm_form
         truth = state.truth
@@ -359,7 +366,14 @@ def resolve(
             mapping = pair.field_by_app(f.app_field)
             if not f.changed or mapping is None:
                 continue
-            b.observe(mapping, f, change.side, change.at, from_duplex=from_duplex)
+            b.observe(
+                mapping,
+                f,
+                change.side,
+                change.at,
+                from_duplex=from_duplex,
+                read_back=change.kind is ChangeKind.SNAPSHOT,
+            )
         if from_duplex:
             echo = EchoReason.ORIGIN_CLIENT
         elif b.decisions and all(d.echo is EchoReason.VALUES for d in b.decisions):
