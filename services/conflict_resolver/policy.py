@@ -158,12 +158,11 @@ def observe(
         # A field Duplex never held a value for (the record's Id, a default Salesforce set while
         # creating our record): that side's own value, taken like any edit made there.
 
-    # An earlier write of ours, read back while a later one is still on its way: the time it
-    # carries is when Salesforce applied our write, not a newer edit by anyone.
-    truth = state.truth
-    ours = any(same_value(p.value, value) for p in state.pending(side))
-    if read_back and ours and (truth is None or not same_value(truth.value, value)):
-        return Decision(Outcome.UNCHANGED, state, {}, "an earlier write of ours, read back")
+    if read_back and state.pending(side):
+        # The record was read while a write of ours to it is still on its way, so what it shows
+        # predates that write; its time is the record's last modification, often our own earlier
+        # write landing, not anyone's newer edit. The write in flight settles the field.
+        return Decision(Outcome.UNCHANGED, state, {}, "read while our write is in flight")
 
     seen = state.seen(side)
     if seen is not None and at < seen.at:

@@ -143,10 +143,10 @@ def test_an_untagged_value_equal_to_the_pending_write_writes_nothing_and_confirm
     assert d.state.truth == edit("a", CRM, 5)
 
 
-def test_a_read_back_of_an_older_write_of_ours_is_not_a_newer_edit() -> None:
-    # We wrote "a" then "b" to Salesforce; a re-read after a CDC gap (no origin client, stamped
-    # with the time Salesforce applied "a") shows "a" while "b" is still in flight.
-    state = synced("b", APP, 2).with_pending(CRM, (edit("a", APP, 1), edit("b", APP, 2)))
+def test_a_record_read_while_our_write_is_in_flight_is_not_a_newer_edit() -> None:
+    # We wrote "a" (confirmed) then "b" to Salesforce; a re-read after a CDC gap (no origin client,
+    # stamped with the time Salesforce applied "a") shows "a" while "b" is still in flight.
+    state = synced("b", APP, 2).with_pending(CRM, (edit("b", APP, 2),))
 
     read = observe(BOTH_NEWEST, state, CRM, "a", t(9), from_duplex=False, read_back=True)
     # The same value in a change event is someone's edit: typed again, it is the newest.
