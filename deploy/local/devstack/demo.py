@@ -444,8 +444,8 @@ async def report(run: Run, conn: Any, before: Budget, after: Budget, rep: SalesR
     )
     say(
         "",
-        f"{governed:,} of them were granted by the rate-limit-governor (the writer's); budget left today: "
-        f"{after.remaining:,} of {after.daily_cap:,}",
+        f"{governed:,} of them were granted by the rate-limit-governor (the writer and cdc-ingest ask it);"
+        f" budget left today: {after.remaining:,} of {after.daily_cap:,}",
     )
     org_used, org_max = await rep.usage()
     say(
