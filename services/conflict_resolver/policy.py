@@ -62,6 +62,10 @@ class FieldState:
     pending_crm: tuple[Edit, ...] = ()
     seen_app: Edit | None = None
     seen_crm: Edit | None = None
+    # Per side, the last write of ours that side confirmed (its tagged echo came back): a record
+    # read back later may still show it, and must not be taken for someone's edit.
+    written_app: Edit | None = None
+    written_crm: Edit | None = None
 
     def pending(self, side: Side) -> tuple[Edit, ...]:
         return self.pending_app if side is Side.APP else self.pending_crm
@@ -75,6 +79,14 @@ class FieldState:
     def with_seen(self, side: Side, edit: Edit) -> FieldState:
         return replace(self, seen_app=edit) if side is Side.APP else replace(self, seen_crm=edit)
 
+    def written(self, side: Side) -> Edit | None:
+        return self.written_app if side is Side.APP else self.written_crm
+
+    def ours(self, side: Side, value: Value) -> bool:
+        """Whether ``value`` is a write of ours to ``side``: in flight, or the last one confirmed."""
+        written = self.written(side)
+        return any(same_value(e.value, value) for e in (*self.pending(side), *([written] if written else [])))
+
     def landed(self, side: Side, value: Value) -> FieldState | None:
         """The state after our write of ``value`` landed on ``side``, or None if none is pending.
 
@@ -84,7 +96,8 @@ class FieldState:
         pending = self.pending(side)
         for i, edit in enumerate(pending):
             if same_value(edit.value, value):
-                return self.with_pending(side, pending[i + 1 :])
+                state = self.with_pending(side, pending[i + 1 :])
+                return replace(state, written_app=edit) if side is Side.APP else replace(state, written_crm=edit)
         return None
 
 
@@ -158,11 +171,12 @@ def observe(
         # A field Duplex never held a value for (the record's Id, a default Salesforce set while
         # creating our record): that side's own value, taken like any edit made there.
 
-    if read_back and state.pending(side):
-        # The record was read while a write of ours to it is still on its way, so what it shows
-        # predates that write; its time is the record's last modification, often our own earlier
-        # write landing, not anyone's newer edit. The write in flight settles the field.
-        return Decision(Outcome.UNCHANGED, state, {}, "read while our write is in flight")
+    truth = state.truth
+    if read_back and state.ours(side, value) and not (truth is not None and same_value(truth.value, value)):
+        # A record read back (after a CDC gap) shows a write of ours, stamped with the record's
+        # last modification, often the moment our write landed: not anyone's newer edit. A value
+        # that is not ours is someone's edit the gap hid, and is taken like any other.
+        return Decision(Outcome.UNCHANGED, state, {}, "a write of ours, read back")
 
     seen = state.seen(side)
     if seen is not None and at < seen.at:

@@ -82,6 +82,8 @@ def encode_state(state: FieldState, crm_form: Value) -> Json:
         "pending_crm": [_edit(e) for e in state.pending_crm],
         "seen_app": _edit(state.seen_app),
         "seen_crm": _edit(state.seen_crm),
+        "written_app": _edit(state.written_app),
+        "written_crm": _edit(state.written_crm),
         "crm_form": encode_value(crm_form),
     }
 
@@ -93,5 +95,8 @@ def decode_state(data: Json) -> tuple[FieldState, Value]:
         pending_crm=_edits(data["pending_crm"]),
         seen_app=_from_edit(data["seen_app"]),
         seen_crm=_from_edit(data["seen_crm"]),
+        # Absent from states stored before it was kept.
+        written_app=_from_edit(data.get("written_app")),
+        written_crm=_from_edit(data.get("written_crm")),
     )
     return state, decode_value(data["crm_form"])

@@ -143,18 +143,26 @@ def test_an_untagged_value_equal_to_the_pending_write_writes_nothing_and_confirm
     assert d.state.truth == edit("a", CRM, 5)
 
 
-def test_a_record_read_while_our_write_is_in_flight_is_not_a_newer_edit() -> None:
-    # We wrote "a" (confirmed) then "b" to Salesforce; a re-read after a CDC gap (no origin client,
-    # stamped with the time Salesforce applied "a") shows "a" while "b" is still in flight.
-    state = synced("b", APP, 2).with_pending(CRM, (edit("b", APP, 2),))
+def test_a_write_of_ours_read_back_is_not_a_newer_edit_but_a_hidden_edit_is() -> None:
+    # We wrote "a" (its echo confirmed it) then "b" to Salesforce. A re-read after a CDC gap (no
+    # origin client, stamped with the record's last modification) comes while "b" is in flight.
+    sent = observe(BOTH_NEWEST, synced("z", APP, 0), APP, "a", t(1), from_duplex=False).state
+    confirmed = observe(BOTH_NEWEST, sent, CRM, "a", t(2), from_duplex=True).state
+    state = observe(BOTH_NEWEST, confirmed, APP, "b", t(3), from_duplex=False).state
+    assert state.written_crm == edit("a", APP, 1)
+    assert state.pending_crm == (edit("b", APP, 3),)
 
-    read = observe(BOTH_NEWEST, state, CRM, "a", t(9), from_duplex=False, read_back=True)
+    ours = observe(BOTH_NEWEST, state, CRM, "a", t(9), from_duplex=False, read_back=True)
+    hidden = observe(BOTH_NEWEST, state, CRM, "c", t(9), from_duplex=False, read_back=True)
     # The same value in a change event is someone's edit: typed again, it is the newest.
     typed = observe(BOTH_NEWEST, state, CRM, "a", t(9), from_duplex=False)
 
-    assert (read.outcome, read.writes, read.state) == (Outcome.UNCHANGED, {}, state)
+    assert (ours.outcome, ours.writes, ours.state) == (Outcome.UNCHANGED, {}, state)
+    assert hidden.outcome is Outcome.ACCEPTED
+    assert hidden.state.truth == edit("c", CRM, 9)
+    # Written back to Salesforce too, so it survives our "b" landing after it.
+    assert hidden.writes == {APP: edit("c", CRM, 9), CRM: edit("c", CRM, 9)}
     assert typed.outcome is Outcome.ACCEPTED
-    assert typed.state.truth == edit("a", CRM, 9)
 
 
 def test_an_echo_of_an_older_write_never_writes() -> None:
