@@ -172,13 +172,14 @@ def observe(
         # creating our record): that side's own value, taken like any edit made there.
 
     truth = state.truth
-    if read_back and state.ours(side, value) and not (truth is not None and same_value(truth.value, value)):
-        # A record read back (after a CDC gap) shows a write of ours, stamped with the record's
-        # last modification, often the moment our write landed: not anyone's newer edit. A value
-        # that is not ours is someone's edit the gap hid, and is taken like any other.
-        return Decision(Outcome.UNCHANGED, state, {}, "a write of ours, read back")
-
     seen = state.seen(side)
+    known = state.ours(side, value) or (seen is not None and same_value(seen.value, value))
+    if read_back and known and not (truth is not None and same_value(truth.value, value)):
+        # A record read back (after a CDC gap) is stamped with its last modification, whichever
+        # field that touched, so a value already known from that side (a write of ours, or the
+        # side's last edit) is not a newer edit. An unknown value is an edit the gap hid.
+        return Decision(Outcome.UNCHANGED, state, {}, "known value, read back")
+
     if seen is not None and at < seen.at:
         return Decision(Outcome.STALE, state, {}, f"older than the last {side} edit")
     if seen is not None and at == seen.at and same_value(seen.value, value):

@@ -163,6 +163,11 @@ def test_a_write_of_ours_read_back_is_not_a_newer_edit_but_a_hidden_edit_is() ->
     # Written back to Salesforce too, so it survives our "b" landing after it.
     assert hidden.writes == {APP: edit("c", CRM, 9), CRM: edit("c", CRM, 9)}
     assert typed.outcome is Outcome.ACCEPTED
+    # Salesforce's own last edit, read back with a later modification stamp, is not newer either.
+    edited = observe(BOTH_NEWEST, confirmed, CRM, "s", t(4), from_duplex=False).state
+    behind = observe(BOTH_NEWEST, edited, APP, "b", t(5), from_duplex=False).state
+    again = observe(BOTH_NEWEST, behind, CRM, "s", t(9), from_duplex=False, read_back=True)
+    assert (again.outcome, again.writes) == (Outcome.UNCHANGED, {})
 
 
 def test_an_echo_of_an_older_write_never_writes() -> None:
