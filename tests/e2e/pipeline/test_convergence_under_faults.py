@@ -49,11 +49,10 @@ from tests.e2e.pipeline.world import (
     tenant_document,
 )
 
-# Slow suite, and failing today on its last residue: every process survives every fault, but a
-# Salesforce record re-read after a CDC gap or replay expiry cannot yet be told apart from
-# Duplex's own earlier write (the resolver keeps no trace of when its confirmed writes landed), so
-# a few fields in a run (3 of ~1,000 in the last) end on an older edit. Until that is fixed,
-# `make test` cannot include this test, and docs/guarantees.md lists the guarantee as not proven.
+# Slow suite, and failing today: every process survives every fault, but with all faults together
+# a few fields per run (6 of ~1,000 in the last) end on an older app value where a Salesforce edit
+# was the newest, and the cause is not traced yet. Until it passes repeatedly, `make test` cannot
+# include this test, and docs/guarantees.md lists the guarantee as not proven.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 TENANTS = 3
