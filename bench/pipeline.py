@@ -58,7 +58,7 @@ from duplex.writer.v1 import write_settled_pb2
 
 from bench.report import Figure, Result, rss_mib
 from bench.stack import percentile
-from devstack.emulator import API_VERSION, EmulatorProcess, start_emulator
+from devstack.emulator import API_VERSION, EmulatorProcess, org_spec, start_emulator
 from devstack.kafka import KafkaPorts, KafkaServer
 from devstack.pipeline import Pipeline, PipelineConfig
 from devstack.ports import pick_free_ports
@@ -103,33 +103,6 @@ SUCCEEDED = write_settled_pb2.WRITE_STATUS_SUCCEEDED
 
 
 # --------------------------------------------------------------------------- the world
-
-
-def org_spec(alias: str) -> dict[str, Any]:
-    """A fresh org with room for the benchmark's calls: an admin, Duplex's connected app, the external id."""
-    return {
-        "alias": alias,
-        "name": f"Bench {alias}",
-        "edition": "enterprise",
-        "licenses": 10,
-        "users": [{"username": f"admin@{alias}.example", "password": f"{alias}-password"}],
-        "clients": [
-            {
-                "name": "duplex",
-                "client_id": f"{alias}-client",
-                "client_secret": f"{alias}-secret",
-                "pkce_required": False,
-                "execution_user": f"admin@{alias}.example",
-            }
-        ],
-        "objects": {
-            "Account": {
-                "fields": [
-                    {"name": "Duplex_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
-                ]
-            }
-        },
-    }
 
 
 def tenant_document(tenant: str, alias: str, emulator: EmulatorProcess) -> dict[str, Any]:
@@ -718,7 +691,9 @@ async def _world(root: Path) -> AsyncIterator[Run]:
         names = TopicNames(load_topic_table(), prefix=f"bench-pipeline-{tag}.")
         await ensure_topics(kafka.bootstrap_servers, names.table, names.prefix)
 
-        response = await asyncio.to_thread(emulator.admin, "POST", "/orgs", org_spec(alias))
+        response = await asyncio.to_thread(
+            emulator.admin, "POST", "/orgs", org_spec(alias, edition="enterprise", licenses=10)
+        )
         org_id = str(response.json()["org_id"])
         await migrate(postgres.dsn)
         app = await asyncpg.connect(postgres.dsn)

@@ -85,6 +85,35 @@ class EmulatorProcess:
         return self.process.wait(timeout=30)
 
 
+def org_spec(alias: str, *, edition: str = "developer", licenses: int = 2) -> dict[str, Any]:
+    """A new org for the admin API (``POST /orgs``): an admin user, Duplex's connected app
+    (client credentials as that admin: ``<alias>-client`` / ``<alias>-secret``) and the unique
+    external-id field ``Account.Duplex_Id__c``."""
+    return {
+        "alias": alias,
+        "name": f"Org {alias}",
+        "edition": edition,
+        "licenses": licenses,
+        "users": [{"username": f"admin@{alias}.example", "password": f"{alias}-password"}],
+        "clients": [
+            {
+                "name": "duplex",
+                "client_id": f"{alias}-client",
+                "client_secret": f"{alias}-secret",
+                "pkce_required": False,
+                "execution_user": f"admin@{alias}.example",
+            }
+        ],
+        "objects": {
+            "Account": {
+                "fields": [
+                    {"name": "Duplex_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
+                ]
+            }
+        },
+    }
+
+
 def start_emulator(data_dir: Path, *extra: str, timeout: float = 90.0) -> EmulatorProcess:
     """Start ``python -m services.salesforce_emulator`` on free ports and wait for its JSON line.
 

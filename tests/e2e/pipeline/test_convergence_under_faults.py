@@ -30,7 +30,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from devstack.emulator import EmulatorProcess
+from devstack.emulator import EmulatorProcess, org_spec
 from devstack.kafka import KafkaServer
 from devstack.pipeline import SERVICES, Pipeline, PipelineConfig
 from devstack.postgres import PostgresServer, dsn_with_database
@@ -44,7 +44,6 @@ from tests.e2e.pipeline.world import (
     SalesforceSide,
     Tenant,
     duplex_client,
-    org_spec,
     secret_env,
     tenant_document,
 )

@@ -84,31 +84,6 @@ def duplex_client(tenant: str) -> str:
     return f"duplex-{tenant}"
 
 
-def org_spec(alias: str) -> dict[str, Any]:
-    """A fresh developer org with an admin user, Duplex's connected app and the external-id field."""
-    return {
-        "alias": alias,
-        "name": f"Org {alias}",
-        "users": [{"username": f"admin@{alias}.example", "password": f"{alias}-password"}],
-        "clients": [
-            {
-                "name": "duplex",
-                "client_id": f"{alias}-client",
-                "client_secret": f"{alias}-secret",
-                "pkce_required": False,
-                "execution_user": f"admin@{alias}.example",
-            }
-        ],
-        "objects": {
-            "Account": {
-                "fields": [
-                    {"name": "Duplex_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
-                ]
-            }
-        },
-    }
-
-
 async def retrying(what: str, call: Callable[[], Awaitable[T]], *, within: float = 120.0) -> T:
     """``call()`` until it succeeds: the faults under test make calls fail for a while."""
     deadline = time.monotonic() + within
