@@ -162,7 +162,7 @@ async def running(
             ),
             specs=app_spec,
         )
-        crm = SalesforceSide(emulator, tenant, orgs[tenant])
+        crm = SalesforceSide(emulator, tenant)
         sides.append(Tenant(tenant, cap, crm, AppSide(app_dsn)))
     try:
         for side in sides:

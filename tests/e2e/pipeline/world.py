@@ -106,8 +106,6 @@ class SalesforceSide:
 
     emulator: EmulatorProcess
     alias: str
-    org_id: str
-    calls: int = 0
     _token: str | None = None
     _http: httpx.AsyncClient | None = None
 
@@ -144,7 +142,6 @@ class SalesforceSide:
         if self._token is None:
             self._token = await self._login()
         headers = {"Authorization": f"Bearer {self._token}", "Sforce-Call-Options": f"client={REP_CLIENT}"}
-        self.calls += 1
         response = await self._http.request(method, path, json=body, headers=headers)
         if response.status_code == 401:
             self._token = None
