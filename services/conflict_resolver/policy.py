@@ -174,10 +174,12 @@ def observe(
     truth = state.truth
     seen = state.seen(side)
     known = state.ours(side, value) or (seen is not None and same_value(seen.value, value))
-    if read_back and known and not (truth is not None and same_value(truth.value, value)):
+    if read_back and known:
         # A record read back (after a CDC gap) is stamped with its last modification, whichever
         # field that touched, so a value already known from that side (a write of ours, or the
-        # side's last edit) is not a newer edit. An unknown value is an edit the gap hid.
+        # side's last edit) is not a newer edit, and the state stays as it was: taking its stamp
+        # as the side's last edit would make the side's real edits, delivered after it, look
+        # stale. An unknown value is an edit the gap hid.
         return Decision(Outcome.UNCHANGED, state, {}, "known value, read back")
 
     if seen is not None and at < seen.at:

@@ -170,6 +170,20 @@ def test_a_write_of_ours_read_back_is_not_a_newer_edit_but_a_hidden_edit_is() ->
     assert (again.outcome, again.writes) == (Outcome.UNCHANGED, {})
 
 
+def test_our_write_read_back_leaves_later_delivered_edits_fresh() -> None:
+    # Our "a" (app, t1) is in flight to Salesforce while its stream is stalled; meanwhile a rep typed
+    # "s" (t4), which our late write then overwrote. The re-read (stamped t9) shows our "a"; the rep's
+    # edit, delivered after it, must still be seen as newer than "a" and restored on both sides.
+    state = observe(BOTH_NEWEST, synced("z", APP, 0), APP, "a", t(1), from_duplex=False).state
+
+    read = observe(BOTH_NEWEST, state, CRM, "a", t(9), from_duplex=False, read_back=True)
+    late = observe(BOTH_NEWEST, read.state, CRM, "s", t(4), from_duplex=False)
+
+    assert (read.outcome, read.writes, read.state) == (Outcome.UNCHANGED, {}, state)
+    assert late.outcome is Outcome.ACCEPTED
+    assert late.writes == {APP: edit("s", CRM, 4), CRM: edit("s", CRM, 4)}
+
+
 def test_an_echo_of_an_older_write_never_writes() -> None:
     state = synced("b", APP, 2).with_pending(CRM, (edit("b", APP, 2),))
 
