@@ -209,10 +209,15 @@ def read_change(
     kind: ChangeKind,
     cursor: str,
     channel: str,
+    missing_since: datetime | None = None,
 ) -> record_changed_pb2.RecordChanged:
     """A record read by REST/SOQL/Bulk (poll, gap repair, backfill) as a RecordChanged.
 
     The origin commit time is the record's SystemModstamp: the time of the state that was read.
+    ``missing_since``: the record is re-read because the change events after that time are missing
+    (a gap, an overflow, expired replay ids). The read then also shows edits whose own events are
+    still to come, and SystemModstamp dates every field by the record's last edit; dated no later
+    than the missing stretch, it leaves each later edit to be decided by its own event's time.
     """
     change = Change(
         event_id=snapshot_event_id(tenant_id, entity, record_id, modstamp, kind),
@@ -222,7 +227,7 @@ def read_change(
         record_id=record_id,
         kind=kind,
         fields={} if kind is ChangeKind.DELETE else dict(values),
-        at=modstamp,
+        at=min(modstamp, missing_since) if missing_since else modstamp,
     )
     message = to_proto(change)
     message.source_position.cursor = cursor

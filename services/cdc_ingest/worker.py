@@ -284,7 +284,12 @@ class TenantWorker:
             count = await self._refetch(order)
             kind, what = "gap", f"{order.change_type} for {len(order.record_ids)} record(s)"
         else:
-            count = await self.read_window(order.entity, Cursor(order.commit_time).minus(self._overlap), "overflow")
+            count = await self.read_window(
+                order.entity,
+                Cursor(order.commit_time).minus(self._overlap),
+                "overflow",
+                missing_since=order.commit_time,
+            )
             kind, what = "overflow", f"{order.reason} on {order.entity}"
         await self.store.log_event(
             self.tenant_id,
@@ -323,7 +328,7 @@ class TenantWorker:
                     )
                     continue
                 kind = _GAP_KIND.get(order.change_type, ChangeKind.SNAPSHOT)
-                changes.append(self._row_change(order.entity, found_row, types, kind, "gap"))
+                changes.append(self._row_change(order.entity, found_row, types, kind, "gap", order.commit_time))
             await self._publish(changes, "gap")
             published += len(changes)
         return published
@@ -342,7 +347,7 @@ class TenantWorker:
         published = 0
         start = Cursor(since).minus(self._overlap) if since else None
         for entity in self.streamed:
-            published += await self.read_window(entity, start, "catch_up")
+            published += await self.read_window(entity, start, "catch_up", missing_since=since)
         state.start = Start.earliest()
         state.skip_before = began - self._overlap
         await self.store.log_event(
@@ -369,7 +374,13 @@ class TenantWorker:
         }
 
     def _row_change(
-        self, entity: str, row: dict[str, Any], types: FieldTypes, kind: ChangeKind, channel: str
+        self,
+        entity: str,
+        row: dict[str, Any],
+        types: FieldTypes,
+        kind: ChangeKind,
+        channel: str,
+        missing_since: datetime | None = None,
     ) -> record_changed_pb2.RecordChanged:
         modstamp = typed("datetime", row["SystemModstamp"])
         assert isinstance(modstamp, datetime)
@@ -385,6 +396,7 @@ class TenantWorker:
             kind=kind,
             cursor=Cursor(modstamp, record_id).encode(),
             channel=f"{channel}:{entity}",
+            missing_since=missing_since,
         )
 
     def _deleted(self, entity: str, record_id: str, at: datetime, cursor: str) -> record_changed_pb2.RecordChanged:
@@ -409,11 +421,13 @@ class TenantWorker:
         recent: RecentlyEmitted | None = None,
         all_rows: bool = True,
         backfill: bool = False,
+        missing_since: datetime | None = None,
     ) -> int:
         """Publish every record after ``start`` in (SystemModstamp, Id) order, page by page.
 
         ``save`` is called with the cursor and the count published so far after each page is
-        acknowledged. Returns the number of changes published.
+        acknowledged; ``missing_since`` dates the records read (see ``read_change``). Returns the
+        number of changes published.
         """
         fields = await self._select(entity)
         types = await self.rest.fields(entity)
@@ -424,7 +438,7 @@ class TenantWorker:
             rows = [row async for row in self.rest.query(soql, all_rows=all_rows, backfill=backfill)]
             changes = []
             for row in rows:
-                change = self._row_change(entity, row, types, ChangeKind.SNAPSHOT, source)
+                change = self._row_change(entity, row, types, ChangeKind.SNAPSHOT, source, missing_since)
                 stamp = change.origin_commit_time.ToDatetime(tzinfo=UTC)
                 if recent is None or recent.is_new(change.record_id, stamp):
                     changes.append(change)

@@ -266,3 +266,29 @@ def test_re_read_records_are_snapshots_keyed_by_their_state() -> None:
     assert message.event_id == snapshot_event_id("acme", "Account", "001000000000001AAA", stamp, ChangeKind.SNAPSHOT)
     later = snapshot_event_id("acme", "Account", "001000000000001AAA", stamp.replace(second=1), ChangeKind.SNAPSHOT)
     assert later != message.event_id
+
+
+@pytest.mark.parametrize(
+    ("missing_since", "dated"),
+    [
+        (None, 12),  # a poll or backfill: the state as of its last modification
+        (11, 11),  # re-read for missing events after 11:00: later edits' own events are still to come
+        (13, 12),  # missing only after the record's last modification: its stamp is already exact
+    ],
+)
+def test_a_re_read_after_missing_events_is_dated_no_later_than_them(missing_since: int | None, dated: int) -> None:
+    stamp = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    message = read_change(
+        tenant_id="acme",
+        entity="Account",
+        record_id="001000000000001AAA",
+        values={"Name": "Acme"},
+        modstamp=stamp,
+        kind=ChangeKind.SNAPSHOT,
+        cursor="c",
+        channel="gap:Account",
+        missing_since=stamp.replace(hour=missing_since) if missing_since else None,
+    )
+    assert message.origin_commit_time.ToDatetime(tzinfo=UTC) == stamp.replace(hour=dated)
+    # The same state read again is the same event, whatever the date given to it.
+    assert message.event_id == snapshot_event_id("acme", "Account", "001000000000001AAA", stamp, ChangeKind.SNAPSHOT)
