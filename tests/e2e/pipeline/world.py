@@ -230,6 +230,12 @@ class Record:
     # Records created while the faults go on, and records to delete, are never edited.
     editable: bool = True
     deleted: bool = False
+    # Every edit made to it, in order: (side, column, value).
+    edits: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def last(self, side: str, column: str) -> Any:
+        """The value of the last edit of ``column`` made on ``side`` (None if there was none)."""
+        return next((v for s, c, v in reversed(self.edits) if (s, c) == (side, column)), None)
 
 
 @dataclass
@@ -292,6 +298,7 @@ class Tenant:
         else:
             await self.crm.update(record.crm_id, {FIELDS[column]: value})
         record.expected[column] = value
+        record.edits.append((side, column, value))
         self.edits += 1
 
     async def delete(self, record: Record) -> None:
