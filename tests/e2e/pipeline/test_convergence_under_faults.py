@@ -516,6 +516,7 @@ async def test_every_record_converges_after_every_part_fails_in_turn(
             f"fields edited on both sides whose Salesforce edit never came as an event (replay expiry),"
             f" agreed on the last edit of one side: {len(unordered)}\n"
             + "".join(f"  {u}\n" for u in unordered)
+            + f"dead letters (each with its reason): {await dead_letters(run)}\n"
             + "\n".join(f"{t.name}: {duplex_calls(run, t)} API calls by Duplex, cap {t.cap}" for t in run.tenants),
             flush=True,
         )
