@@ -79,7 +79,16 @@ demo: stack-up ## Start the emulator and every service as processes, sync sample
 bench: setup ## Run the benchmarks in bench/ and print their figures
 	$(PY) -m bench
 
+helm-check: $(VENV)/.synced gen/python/.stamp ## Build helm (Go, once), lint and render helm/duplex, run its tests (tests/deploy)
+	$(PY) -m devstack.helm install
+	helm=$$($(PY) -m devstack.helm path) && \
+	  $$helm lint helm/duplex --strict && \
+	  $$helm lint helm/duplex --strict -f helm/duplex/ci/all-options-values.yaml && \
+	  $$helm template duplex helm/duplex > /dev/null && \
+	  $$helm template duplex helm/duplex -f helm/duplex/ci/all-options-values.yaml > /dev/null
+	$(PY) -m pytest -m slow tests/deploy
+
 clean: stack-down ## Remove generated code and local state (keeps downloaded jars)
 	rm -rf gen var .mypy_cache .ruff_cache .pytest_cache
 
-.PHONY: help setup proto proto-lint lint fmt typecheck test test-unit stack-up stack-down stack-status emulator demo bench clean
+.PHONY: help setup proto proto-lint lint fmt typecheck test test-unit stack-up stack-down stack-status emulator demo bench clean helm-check

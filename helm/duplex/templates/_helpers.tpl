@@ -1,0 +1,192 @@
+{{/*
+The services the chart runs. Each is started by its thin entry point (`python -m <module>`, see
+services/<package>/__main__.py) and configured only through the environment variables its
+pydantic-settings class reads (services/<package>/settings.py, services/common/settings.py).
+  kafka:      reads KAFKA_* (KafkaSettings); the governor does not.
+  salesforce: calls Salesforce, so it needs the tenants' secrets (env vars named by their secretRefs).
+  governorTargetEnv: the setting holding the governor's host:port.
+*/}}
+{{- define "duplex.catalogue" -}}
+cdcIngest:
+  name: cdc-ingest
+  module: services.cdc_ingest
+  kafka: true
+  salesforce: true
+  governorTargetEnv: CDC_INGEST_GOVERNOR_TARGET
+mapping:
+  name: mapping
+  module: services.mapping
+  kafka: true
+  salesforce: false
+  governorTargetEnv: ""
+conflictResolver:
+  name: conflict-resolver
+  module: services.conflict_resolver
+  kafka: true
+  salesforce: false
+  governorTargetEnv: ""
+writer:
+  name: writer
+  module: services.writer
+  kafka: true
+  salesforce: true
+  governorTargetEnv: WRITER_GOVERNOR_TARGET
+rateLimitGovernor:
+  name: rate-limit-governor
+  module: services.rate_limit_governor
+  kafka: false
+  salesforce: false
+  governorTargetEnv: ""
+{{- end -}}
+
+{{- define "duplex.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Leaves room for the longest suffix, "-rate-limit-governor" (20 characters). */}}
+{{- define "duplex.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 42 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 42 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 42 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "duplex.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "duplex.labels" -}}
+helm.sh/chart: {{ include "duplex.chart" . }}
+app.kubernetes.io/name: {{ include "duplex.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: duplex
+{{- end -}}
+
+{{/* Selector labels of one component; call with (dict "root" $ "component" "writer"). */}}
+{{- define "duplex.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "duplex.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "duplex.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "duplex.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The image of one service: the global image, overridden field by field by the service's own. */}}
+{{- define "duplex.image" -}}
+{{- $own := .values.image | default dict -}}
+{{- $repository := $own.repository | default .root.Values.image.repository -}}
+{{- $tag := $own.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- printf "%s:%s" $repository (toString $tag) -}}
+{{- end -}}
+
+{{- define "duplex.pullPolicy" -}}
+{{- $own := .values.image | default dict -}}
+{{- $own.pullPolicy | default .root.Values.image.pullPolicy -}}
+{{- end -}}
+
+{{/* Secret holding POSTGRES_DSN: the existing one, or the one the chart creates. */}}
+{{- define "duplex.secretName" -}}
+{{- .Values.secrets.existingSecret | default (include "duplex.fullname" .) -}}
+{{- end -}}
+
+{{/* The governor's in-cluster address (host:port) every client of it is given. */}}
+{{- define "duplex.governorServiceName" -}}
+{{- printf "%s-rate-limit-governor" (include "duplex.fullname" .) -}}
+{{- end -}}
+
+{{- define "duplex.governorTarget" -}}
+{{- if .Values.governorTarget -}}
+{{- .Values.governorTarget -}}
+{{- else if .Values.rateLimitGovernor.enabled -}}
+{{- printf "%s.%s.svc.%s:%d" (include "duplex.governorServiceName" .) .Release.Namespace .Values.clusterDomain (int .Values.rateLimitGovernor.port) -}}
+{{- else -}}
+{{- fail "rateLimitGovernor.enabled is false: set governorTarget to the host:port of a governor running elsewhere" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Env var name the services look up for {secretRef: {name: N, key: K}} (services/common/salesforce.py env_secrets). */}}
+{{- define "duplex.secretRefEnv" -}}
+{{- printf "%s_%s" .name .key | upper | replace "-" "_" | replace "." "_" -}}
+{{- end -}}
+
+{{/*
+The non-secret settings of one service (its ConfigMap's data); call with
+(dict "root" $ "key" "writer" "meta" <catalogue entry> "values" <its values>).
+Names are exactly the env names the settings classes read; values.<service>.config is merged last.
+*/}}
+{{- define "duplex.configData" -}}
+{{- $root := .root -}}
+{{- $data := dict -}}
+{{- if .meta.kafka -}}
+{{- $_ := set $data "KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers -}}
+{{- $_ := set $data "KAFKA_TOPIC_PREFIX" $root.Values.kafka.topicPrefix -}}
+{{- $_ := set $data "KAFKA_CLIENT_ID" $root.Values.kafka.clientId -}}
+{{- end -}}
+{{- $_ := set $data "POSTGRES_POOL_MIN_SIZE" (toString $root.Values.postgres.poolMinSize) -}}
+{{- $_ := set $data "POSTGRES_POOL_MAX_SIZE" (toString $root.Values.postgres.poolMaxSize) -}}
+{{- $_ := set $data "TELEMETRY_LOG_LEVEL" $root.Values.telemetry.logLevel -}}
+{{- $_ := set $data "TELEMETRY_LOG_JSON" (toString $root.Values.telemetry.logJson) -}}
+{{- $_ := set $data "TELEMETRY_METRICS_PORT" (toString (int $root.Values.telemetry.metricsPort)) -}}
+{{- if $root.Values.telemetry.otlpEndpoint -}}
+{{- $_ := set $data "TELEMETRY_OTLP_ENDPOINT" $root.Values.telemetry.otlpEndpoint -}}
+{{- end -}}
+{{- if .meta.governorTargetEnv -}}
+{{- $_ := set $data .meta.governorTargetEnv (include "duplex.governorTarget" $root) -}}
+{{- end -}}
+{{- if eq .key "cdcIngest" -}}
+{{- $_ := set $data "CDC_INGEST_PUBSUB_TARGET" .values.pubsubTarget -}}
+{{- if .values.tenants -}}
+{{- $_ := set $data "CDC_INGEST_TENANTS" (toJson .values.tenants) -}}
+{{- end -}}
+{{- if .values.polledObjects -}}
+{{- $_ := set $data "CDC_INGEST_POLLED_OBJECTS" (toJson .values.polledObjects) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq .key "rateLimitGovernor" -}}
+{{- $_ := set $data "GOVERNOR_HOST" "0.0.0.0" -}}
+{{- $_ := set $data "GOVERNOR_PORT" (toString (int .values.port)) -}}
+{{- end -}}
+{{- range $name, $value := .values.config -}}
+{{- $_ := set $data $name (toString $value) -}}
+{{- end -}}
+{{- toYaml $data -}}
+{{- end -}}
+
+{{/* Pod-level scheduling and security shared by Deployments and hook Jobs; call with (dict "root" $ "values" <values>). */}}
+{{- define "duplex.podScheduling" -}}
+{{- $nodeSelector := .values.nodeSelector | default .root.Values.defaults.nodeSelector -}}
+{{- $tolerations := .values.tolerations | default .root.Values.defaults.tolerations -}}
+{{- $affinity := .values.affinity | default .root.Values.defaults.affinity -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with $nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

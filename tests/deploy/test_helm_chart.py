@@ -1,0 +1,591 @@
+"""The Helm chart (helm/duplex) renders what the services actually run and read.
+
+Renders the chart with ``helm template`` (default values, and ci/all-options-values.yaml which turns
+every option on) and checks the result against the code: each Deployment runs its service's entry
+point; every environment variable the chart sets is one the service's pydantic-settings class reads,
+and the rendered environment loads into that class with the intended values; secrets stay out of
+ConfigMaps; clients reach the governor through its Service; the hook Jobs run existing CLI commands.
+
+Marked slow (not part of ``make test``): it needs the helm binary, which ``make helm-check`` builds
+into .cache/helm; without it every test here is skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import os
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+from typer.testing import CliRunner
+
+from devstack.helm import helm_path
+from services.admin.cli import app as admin_cli
+from services.admin.settings import AdminSettings
+from services.cdc_ingest.settings import CdcIngestSettings
+from services.common.salesforce import env_secrets
+from services.common.settings import KafkaSettings
+from services.common.tenant_config import SecretRef, SecretValue
+from services.conflict_resolver.settings import ResolverSettings
+from services.mapping.settings import MappingSettings
+from services.rate_limit_governor.settings import GovernorSettings
+from services.writer.settings import WriterSettings
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "duplex"
+ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
+RELEASE = "duplex"
+NAMESPACE = "sync"
+POD_NAME = "duplex-all-cdc-ingest-5d9c7b-abcde"
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    values_key: str
+    module: str
+    settings: type[BaseSettings]
+    # Calls Salesforce, so it is given the tenants' secrets.
+    salesforce: bool
+
+
+SERVICES = (
+    Service("cdc-ingest", "cdcIngest", "services.cdc_ingest", CdcIngestSettings, salesforce=True),
+    Service("mapping", "mapping", "services.mapping", MappingSettings, salesforce=False),
+    Service("conflict-resolver", "conflictResolver", "services.conflict_resolver", ResolverSettings, salesforce=False),
+    Service("writer", "writer", "services.writer", WriterSettings, salesforce=True),
+    Service("rate-limit-governor", "rateLimitGovernor", "services.rate_limit_governor", GovernorSettings, False),
+)
+BY_NAME = {service.name: service for service in SERVICES}
+GOVERNOR = BY_NAME["rate-limit-governor"]
+# Settings holding the governor's host:port.
+GOVERNOR_TARGET_ENV = {"cdc-ingest": "CDC_INGEST_GOVERNOR_TARGET", "writer": "WRITER_GOVERNOR_TARGET"}
+RENDERS = ("default", "all-options")
+ADMIN_ENV_CLASSES: tuple[type[BaseSettings], ...] = (AdminSettings, KafkaSettings)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _helm() -> Path:
+    path = helm_path()
+    if not path.is_file():
+        pytest.skip(f"helm is not installed at {path.relative_to(ROOT)}: run `make helm-check`, which builds it")
+    return path
+
+
+def _run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(_helm()), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def render(*args: str) -> list[Doc]:
+    result = _run_helm(*args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def render_fails(*args: str) -> str:
+    result = _run_helm(*args)
+    assert result.returncode != 0, f"rendered although it should not have: helm template {' '.join(args)}"
+    return result.stderr
+
+
+RENDER_ARGS = {"default": (), "all-options": ("-f", str(ALL_OPTIONS))}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Doc]]:
+    return {name: render(*args) for name, args in RENDER_ARGS.items()}
+
+
+def all_options_values() -> Doc:
+    values: Doc = yaml.safe_load(ALL_OPTIONS.read_text())
+    return values
+
+
+def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def component(doc: Doc) -> str:
+    label: str = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+    return label
+
+
+def deployment(docs: list[Doc], name: str) -> Doc:
+    found = [doc for doc in of_kind(docs, "Deployment") if component(doc) == name]
+    assert len(found) == 1, f"{len(found)} Deployments for {name}"
+    return found[0]
+
+
+def container(workload: Doc) -> Doc:
+    containers: list[Doc] = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def config_maps(docs: list[Doc]) -> dict[str, dict[str, str]]:
+    return {doc["metadata"]["name"]: doc.get("data") or {} for doc in of_kind(docs, "ConfigMap")}
+
+
+def secrets(docs: list[Doc]) -> dict[str, dict[str, str]]:
+    return {
+        doc["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+        for doc in of_kind(docs, "Secret")
+    }
+
+
+def environment(docs: list[Doc], workload: Doc) -> dict[str, str]:
+    """The container's environment as the process would see it: ConfigMaps expanded, Secrets resolved
+    when the chart renders them (a placeholder otherwise), the pod name for fieldRef metadata.name."""
+    spec = container(workload)
+    maps, stored = config_maps(docs), secrets(docs)
+    env: dict[str, str] = {}
+    for source in spec.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(maps[source["configMapRef"]["name"]])
+        elif "secretRef" in source and source["secretRef"]["name"] in stored:
+            env.update(stored[source["secretRef"]["name"]])
+    for entry in spec.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+            continue
+        ref = entry["valueFrom"]
+        if "secretKeyRef" in ref:
+            key = ref["secretKeyRef"]
+            env[entry["name"]] = stored.get(key["name"], {}).get(key["key"], f"<{key['name']}/{key['key']}>")
+        elif ref.get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[entry["name"]] = POD_NAME
+        else:
+            raise AssertionError(f"unexpected valueFrom {ref}")
+    return env
+
+
+def chart_set_names(docs: list[Doc], workload: Doc) -> set[str]:
+    """Env names the chart itself sets: its ConfigMap's keys and its env entries (not the tenants'
+    Salesforce secrets, whose names come from tenant documents, nor user-supplied extraEnvFrom)."""
+    spec = container(workload)
+    maps = config_maps(docs)
+    names = {entry["name"] for entry in spec.get("env", [])}
+    for source in spec.get("envFrom", []):
+        if "configMapRef" in source:
+            names |= set(maps[source["configMapRef"]["name"]])
+    tenant_secrets = {
+        entry["name"]
+        for entry in spec.get("env", [])
+        if entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name") not in (None, *secrets(docs))
+        and entry["name"] != "POSTGRES_DSN"
+    }
+    return names - tenant_secrets
+
+
+# ---------------------------------------------------------------- what the settings classes read
+
+
+def env_names(settings: type[BaseSettings]) -> set[str]:
+    """Every environment variable name ``settings`` reads (upper case; pydantic-settings ignores case)."""
+    prefix = settings.model_config.get("env_prefix", "")
+    delimiter = settings.model_config.get("env_nested_delimiter")
+    names: set[str] = set()
+    for field_name, field in settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names |= {choice.upper() for choice in alias.choices if isinstance(choice, str)}
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+        else:
+            names.add(f"{prefix}{field_name}".upper())
+        nested = field.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseSettings):
+            if field.default_factory is not None:
+                # Built by its own class from its own prefix (KAFKA_, POSTGRES_, TELEMETRY_).
+                names |= env_names(nested)
+            if delimiter:
+                names |= {f"{prefix}{field_name}{delimiter}{sub}".upper() for sub in nested.model_fields}
+    return names
+
+
+def test_env_names_knows_the_shared_and_own_prefixes() -> None:
+    # The helper the drift tests rest on: it must neither miss nor invent names.
+    names = env_names(WriterSettings)
+    assert {"WRITER_GOVERNOR_TARGET", "KAFKA_BOOTSTRAP_SERVERS", "POSTGRES_DSN", "TELEMETRY_METRICS_PORT"} <= names
+    assert "GOVERNOR_PORT" not in names
+    assert "KAFKA_BOOTSTRAP_SERVERS" not in env_names(GovernorSettings)
+    assert {"POSTGRES_DSN", "DUPLEX_ACTOR"} <= env_names(AdminSettings)
+
+
+def load_settings(monkeypatch: pytest.MonkeyPatch, settings: type[BaseSettings], env: dict[str, str]) -> Any:
+    for name in list(os.environ):
+        if name.upper() in env_names(settings):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return settings()
+
+
+def attribute(settings: Any, path: str) -> Any:
+    for part in path.split("."):
+        settings = getattr(settings, part)
+    return settings
+
+
+# ---------------------------------------------------------------- the chart
+
+
+def test_chart_app_version_is_the_project_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert (chart["apiVersion"], chart["name"], chart["version"]) == ("v2", "duplex", "0.1.0")
+    assert chart["appVersion"] == project["version"]
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+def test_one_deployment_per_service_running_its_entry_point(rendered: dict[str, list[Doc]], render_name: str) -> None:
+    docs = rendered[render_name]
+    assert sorted(component(d) for d in of_kind(docs, "Deployment")) == sorted(BY_NAME)
+    for service in SERVICES:
+        command = container(deployment(docs, service.name))["command"]
+        assert command == ["python", "-m", service.module]
+        assert importlib.util.find_spec(f"{service.module}.__main__") is not None, f"{service.module} has no __main__"
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_every_env_name_the_chart_sets_is_read_by_the_service(
+    rendered: dict[str, list[Doc]], render_name: str, service: Service
+) -> None:
+    docs = rendered[render_name]
+    unread = chart_set_names(docs, deployment(docs, service.name)) - env_names(service.settings)
+    assert unread == set(), f"{service.name} ({service.settings.__name__}) reads none of {sorted(unread)}"
+
+
+# What the all-options values must arrive as, once the rendered environment is loaded by each class.
+LOADED = [
+    ("cdc-ingest", "kafka.bootstrap_servers", "kafka-0.kafka:9092,kafka-1.kafka:9092"),
+    ("cdc-ingest", "kafka.topic_prefix", "staging."),
+    ("cdc-ingest", "kafka.client_id", "duplex-staging"),
+    ("cdc-ingest", "postgres.dsn", "postgresql://duplex:fake-db-password-3f9a@postgres:5432/duplex"),
+    ("cdc-ingest", "tenants", ("acme", "globex")),
+    ("cdc-ingest", "polled_objects", ("acme/Task",)),
+    ("cdc-ingest", "bulk_threshold", 5000),
+    ("cdc-ingest", "backfill_on_first_connect", False),
+    ("cdc-ingest", "replica_id", POD_NAME),
+    ("cdc-ingest", "ca_file", "/etc/duplex/ca/ca.pem"),
+    ("cdc-ingest", "pubsub_target", "api.pubsub.salesforce.com:7443"),
+    ("cdc-ingest", "telemetry.otlp_endpoint", "http://otel-collector:4317"),
+    ("mapping", "config_check_seconds", 2.0),
+    ("mapping", "postgres.pool_min_size", 2),
+    ("conflict-resolver", "config_cache_size", 512),
+    ("conflict-resolver", "telemetry.log_level", "DEBUG"),
+    ("writer", "tenant_concurrency", 4),
+    ("writer", "batch_window_ms", 100),
+    ("writer", "postgres.pool_max_size", 20),
+    ("writer", "telemetry.metrics_port", 9102),
+    ("rate-limit-governor", "host", "0.0.0.0"),
+    ("rate-limit-governor", "port", 50052),
+    ("rate-limit-governor", "org_share", 0.8),
+    ("rate-limit-governor", "live_reserve", 0.25),
+    ("rate-limit-governor", "telemetry.log_json", False),
+    ("rate-limit-governor", "telemetry.metrics_port", 9102),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "expected"), LOADED, ids=[f"{n}:{p}" for n, p, _ in LOADED])
+def test_the_rendered_environment_loads_into_the_settings(
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch, name: str, path: str, expected: Any
+) -> None:
+    docs = rendered["all-options"]
+    loaded = load_settings(monkeypatch, BY_NAME[name].settings, environment(docs, deployment(docs, name)))
+    value = attribute(loaded, path)
+    if path == "postgres.dsn":
+        value = value.get_secret_value()
+    assert value == expected
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_the_default_environment_loads_with_ports_matching_the_pod(
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch, render_name: str, service: Service
+) -> None:
+    docs = rendered[render_name]
+    workload = deployment(docs, service.name)
+    loaded = load_settings(monkeypatch, service.settings, environment(docs, workload))
+    ports = {port["name"]: port["containerPort"] for port in container(workload)["ports"]}
+    assert loaded.telemetry.metrics_port == ports["metrics"] > 0
+    annotations = workload["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(ports["metrics"])
+    assert annotations["prometheus.io/path"] == "/metrics"
+    if service is GOVERNOR:
+        assert (loaded.host, loaded.port) == ("0.0.0.0", ports["grpc"])
+
+
+def _secret_values(docs: list[Doc]) -> set[str]:
+    values = {value for stored in secrets(docs).values() for value in stored.values()}
+    assert values, "the all-options render should create Secrets"
+    return values
+
+
+def _literal_strings(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _literal_strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _literal_strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_no_secret_value_outside_secrets(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["all-options"]
+    values = all_options_values()["secrets"]
+    planted = {values["postgresDsn"], *values["salesforce"].values()}
+    assert planted <= _secret_values(docs)
+    leaks = [
+        f"{doc['kind']}/{doc['metadata']['name']}"
+        for doc in docs
+        if doc["kind"] != "Secret"
+        for text in _literal_strings(doc)
+        for secret in planted
+        if secret in text or "fake-db-password" in text
+    ]
+    assert leaks == []
+
+
+def render_notes(tmp_path: Path, *args: str) -> str:
+    """NOTES.txt as ``helm install`` would print it. Only install renders it, and install needs a
+    cluster, so a copy of the chart renders it through ``tpl`` into a ConfigMap instead."""
+    chart = tmp_path / "duplex"
+    shutil.copytree(CHART, chart)
+    (chart / "notes.txt").write_text((CHART / "templates" / "NOTES.txt").read_text())
+    (chart / "templates" / "NOTES.txt").unlink()
+    (chart / "templates" / "notes-check.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data:\n  notes: {{ tpl (.Files.Get "notes.txt") . | quote }}\n'
+    )
+    result = subprocess.run(
+        [str(_helm()), "template", RELEASE, str(chart), "-n", NAMESPACE, "-s", "templates/notes-check.yaml", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    notes: str = yaml.safe_load(result.stdout)["data"]["notes"]
+    return notes
+
+
+def test_notes_name_secrets_without_their_values(tmp_path: Path) -> None:
+    notes = render_notes(tmp_path, "-f", str(ALL_OPTIONS))
+    assert "ACME_SF_CLIENT_SECRET" in notes
+    assert "GLOBEX_SALESFORCE_CLIENT_SECRET" in notes
+    assert "duplex-all-rate-limit-governor.sync.svc.cluster.local:50052" in notes
+    values = all_options_values()["secrets"]
+    for secret in (values["postgresDsn"], *values["salesforce"].values()):
+        assert secret not in notes
+
+
+def test_notes_say_topics_must_exist_when_the_chart_does_not_create_them(tmp_path: Path) -> None:
+    notes = render_notes(tmp_path, "--set", "topics.enabled=false")
+    assert "must exist" in notes
+    assert "duplex topics apply" in notes
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+@pytest.mark.parametrize("client", sorted(GOVERNOR_TARGET_ENV))
+def test_clients_reach_the_governor_through_its_service(
+    rendered: dict[str, list[Doc]], render_name: str, client: str
+) -> None:
+    docs = rendered[render_name]
+    (service,) = of_kind(docs, "Service")
+    governor = deployment(docs, GOVERNOR.name)
+    pod_labels = governor["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (grpc,) = [port for port in service["spec"]["ports"] if port["name"] == "grpc"]
+    container_ports = {port["name"]: port["containerPort"] for port in container(governor)["ports"]}
+    assert grpc["targetPort"] == "grpc"
+    assert grpc["port"] == container_ports["grpc"]
+
+    target = environment(docs, deployment(docs, client))[GOVERNOR_TARGET_ENV[client]]
+    host, port = target.rsplit(":", 1)
+    assert host == f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    assert int(port) == grpc["port"]
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_disabling_a_service_removes_it(service: Service) -> None:
+    args = ["--set", f"{service.values_key}.enabled=false"]
+    if service is GOVERNOR:
+        args += ["--set", "governorTarget=governor.elsewhere:50051"]
+    docs = render(*args)
+    remaining = {component(doc) for doc in docs if doc["kind"] in ("Deployment", "ConfigMap", "Service")}
+    assert service.name not in remaining
+    assert sorted(component(d) for d in of_kind(docs, "Deployment")) == sorted(set(BY_NAME) - {service.name})
+    if service is GOVERNOR:
+        for client, env in GOVERNOR_TARGET_ENV.items():
+            assert environment(docs, deployment(docs, client))[env] == "governor.elsewhere:50051"
+
+
+def test_disabling_the_governor_without_a_target_fails() -> None:
+    assert "set governorTarget" in render_fails("--set", "rateLimitGovernor.enabled=false")
+
+
+def _workloads(docs: list[Doc]) -> list[Doc]:
+    return [doc for doc in docs if doc["kind"] in ("Deployment", "Job")]
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+def test_every_pod_runs_locked_down(rendered: dict[str, list[Doc]], render_name: str) -> None:
+    docs = rendered[render_name]
+    workloads = _workloads(docs)
+    assert len(workloads) == len(SERVICES) + 2
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        name = workload["metadata"]["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["automountServiceAccountToken"] is False, name
+        context = container(workload)["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True, name
+        assert context["allowPrivilegeEscalation"] is False, name
+        assert context["capabilities"]["drop"] == ["ALL"], name
+        assert {"name": "tmp", "mountPath": "/tmp"} in container(workload)["volumeMounts"], name
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+def test_deployments_run_as_the_chart_service_account(rendered: dict[str, list[Doc]], render_name: str) -> None:
+    docs = rendered[render_name]
+    (account,) = of_kind(docs, "ServiceAccount")
+    for workload in of_kind(docs, "Deployment"):
+        assert workload["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_probes_use_what_the_service_serves(rendered: dict[str, list[Doc]], render_name: str, service: Service) -> None:
+    spec = container(deployment(rendered[render_name], service.name))
+    ports = {port["name"]: port["containerPort"] for port in spec["ports"]}
+    for probe in (spec["livenessProbe"], spec["readinessProbe"]):
+        if service is GOVERNOR:
+            # grpc.health.v1 on the gRPC port (services/rate_limit_governor/server.py).
+            assert probe["grpc"]["port"] == ports["grpc"]
+        else:
+            # No health endpoint: the Prometheus endpoint the process serves.
+            assert probe["httpGet"] == {"path": "/metrics", "port": "metrics"}
+
+
+@pytest.mark.parametrize(
+    ("render_name", "expected"),
+    [
+        ("default", set()),
+        ("all-options", {"cdc-ingest", "mapping", "conflict-resolver", "writer", "rate-limit-governor"}),
+    ],
+)
+def test_disruption_budgets_only_for_replicated_services(
+    rendered: dict[str, list[Doc]], render_name: str, expected: set[str]
+) -> None:
+    docs = rendered[render_name]
+    budgets = of_kind(docs, "PodDisruptionBudget")
+    assert {component(pdb) for pdb in budgets} == expected
+    for pdb in budgets:
+        pods = deployment(docs, component(pdb))["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pods.items()
+        assert deployment(docs, component(pdb))["spec"]["replicas"] > 1
+
+
+def test_a_single_replica_gets_no_budget() -> None:
+    docs = render("-f", str(ALL_OPTIONS), "--set", "writer.replicas=1")
+    assert "writer" not in {component(pdb) for pdb in of_kind(docs, "PodDisruptionBudget")}
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_tenant_secrets_reach_only_the_salesforce_callers(rendered: dict[str, list[Doc]], service: Service) -> None:
+    docs = rendered["all-options"]
+    env = environment(docs, deployment(docs, service.name))
+    # {secretRef: {env: ACME_SF_CLIENT_SECRET}} from the chart's Secret; {secretRef: {name, key}} from
+    # the named Secret, under the name the services resolve it by.
+    refs = [
+        SecretValue(secret_ref=SecretRef(env="ACME_SF_CLIENT_SECRET")),
+        SecretValue(secret_ref=SecretRef(name="globex-salesforce", key="client-secret")),
+    ]
+    resolve = env_secrets(env)
+    if service.salesforce:
+        assert resolve(refs[0]) == "fake-sf-secret-7c21"
+        assert resolve(refs[1]) == "<globex-salesforce/client-secret>"
+        sources = container(deployment(docs, service.name))["envFrom"]
+        assert {"secretRef": {"name": "tenant-secrets"}} in sources
+    else:
+        for ref in refs:
+            with pytest.raises(LookupError):
+                resolve(ref)
+
+
+@pytest.mark.parametrize(("render_name", "job"), [(r, j) for r in RENDERS for j in ("migrations", "topics")])
+def test_hook_jobs_run_existing_admin_commands(rendered: dict[str, list[Doc]], render_name: str, job: str) -> None:
+    docs = rendered[render_name]
+    (workload,) = [doc for doc in of_kind(docs, "Job") if component(doc) == job]
+    assert workload["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    spec = container(workload)
+    assert spec["command"][:3] == ["python", "-m", "services.admin"]
+    # The subcommand and its options exist in the admin CLI.
+    result = CliRunner().invoke(admin_cli, [*spec["command"][3:], "--help"])
+    assert result.exit_code == 0, result.output
+    names = {entry["name"] for entry in spec["env"]}
+    readable = set().union(*(env_names(cls) for cls in ADMIN_ENV_CLASSES))
+    assert names - readable == set()
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+def test_the_migrations_job_finds_its_dsn_before_install(rendered: dict[str, list[Doc]], render_name: str) -> None:
+    docs = rendered[render_name]
+    (job,) = [doc for doc in of_kind(docs, "Job") if component(doc) == "migrations"]
+    (dsn,) = [entry for entry in container(job)["env"] if entry["name"] == "POSTGRES_DSN"]
+    ref = dsn["valueFrom"]["secretKeyRef"]
+    hook_secrets = {
+        doc["metadata"]["name"]: doc
+        for doc in of_kind(docs, "Secret")
+        if "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+    }
+    if render_name == "default":
+        # An existing Secret, not created by the chart.
+        assert ref["name"] == "duplex-db"
+        assert hook_secrets == {}
+    else:
+        secret = hook_secrets[ref["name"]]
+        assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+            job["metadata"]["annotations"]["helm.sh/hook-weight"]
+        )
+        assert ref["key"] in secret["data"]
+
+
+INVALID_VALUES = [
+    ("empty image", ("--set", "image.repository="), "at '/image/repository': minLength"),
+    ("replicas not a number", ("--set", "writer.replicas=two"), "at '/writer/replicas': got string, want integer"),
+    ("no metrics port", ("--set", "telemetry.metricsPort=0"), "at '/telemetry/metricsPort': minimum"),
+    ("setting not an env name", ("--set", "mapping.config.not-an-env=1"), "'not-an-env' does not match pattern"),
+    ("misspelt service", ("--set", "writr.replicas=2"), "additional properties 'writr' not allowed"),
+    ("no DSN at all", ("--set", "secrets.existingSecret="), "set secrets.postgresDsn, or secrets.existingSecret"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), [c[1:] for c in INVALID_VALUES], ids=[c[0] for c in INVALID_VALUES])
+def test_invalid_values_are_refused(args: tuple[str, ...], message: str) -> None:
+    assert message in render_fails(*args)
