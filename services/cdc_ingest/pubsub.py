@@ -165,20 +165,16 @@ class PubSubClient:
         self, topic: str, start: Start, *, batch: int, idle_timeout: float
     ) -> AsyncIterator[pb.FetchResponse]:
         """FetchResponses (events and keepalives) until the stream fails; never ends normally."""
-        requests: asyncio.Queue[pb.FetchRequest] = asyncio.Queue()
-        requests.put_nowait(
-            pb.FetchRequest(
-                topic_name=topic, replay_preset=start.preset, replay_id=start.replay_id, num_requested=batch
-            )
-        )
-
-        async def request_stream() -> AsyncIterator[pb.FetchRequest]:
-            while True:
-                yield await requests.get()
-
-        call = self._stub.Subscribe(request_stream(), metadata=await self._metadata())
-        responses = aiter(call)
+        # Requests go through the call's own write(), not a request generator: grpc consumes a
+        # generator in a task of its own, which a cancelled call leaves pending (and its
+        # generator unclosable) when the stream ends.
+        call = self._stub.Subscribe(None, metadata=await self._metadata())
         try:
+            await call.write(
+                pb.FetchRequest(
+                    topic_name=topic, replay_preset=start.preset, replay_id=start.replay_id, num_requested=batch
+                )
+            )
             while True:
                 try:
                     # Not asyncio.wait_for: on Python 3.11 it returns the result instead of raising
@@ -186,14 +182,14 @@ class PubSubClient:
                     # so a stop during a busy replay was lost and the worker never ended.
                     # asyncio.timeout reads in this task, so a cancellation always propagates.
                     async with asyncio.timeout(idle_timeout):
-                        response = await anext(responses)
+                        response = await call.read()
                 except TimeoutError as exc:
                     raise PubSubUnavailableError(f"no response on {topic} for {idle_timeout:.0f} s") from exc
-                except StopAsyncIteration as exc:
-                    raise PubSubUnavailableError(f"the server ended the stream on {topic}") from exc
+                if not isinstance(response, pb.FetchResponse):  # grpc.aio.EOF
+                    raise PubSubUnavailableError(f"the server ended the stream on {topic}")
                 yield response
                 if response.pending_num_requested == 0:
-                    requests.put_nowait(pb.FetchRequest(topic_name=topic, num_requested=batch))
+                    await call.write(pb.FetchRequest(topic_name=topic, num_requested=batch))
         except grpc.aio.AioRpcError as error:
             raise classify(error) from error
         finally:
