@@ -7,7 +7,8 @@ Every ``lease_renew_seconds`` the supervisor
    (a dead replica's tenants, once their lease expires) up to the share, and hands back leases
    above it (stopping the worker first), so that a replica that joins gets work;
 4. (re)starts a worker for each held tenant without a running one (a worker that crashed is
-   restarted on the next round, which also paces crash loops).
+   restarted on the next round, which also paces crash loops; one that stopped because the
+   governor has no API budget for the tenant waits until the governor said budget returns).
 
 Two replicas can never both checkpoint a tenant: every progress write is fenced by the lease
 (see :mod:`services.cdc_ingest.store`). On shutdown the leases are released so that another
@@ -21,10 +22,12 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.store import Store
+from services.common.governor_client import BudgetUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +36,20 @@ RunTenant = Callable[[str], Coroutine[Any, Any, None]]
 
 
 class Supervisor:
-    def __init__(self, settings: CdcIngestSettings, store: Store, run_tenant: RunTenant) -> None:
+    def __init__(
+        self,
+        settings: CdcIngestSettings,
+        store: Store,
+        run_tenant: RunTenant,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.settings = settings
         self.store = store
         self._run_tenant = run_tenant
+        self._clock = clock
         self.workers: dict[str, asyncio.Task[None]] = {}
+        # Tenants whose worker stopped for want of API budget, and when the governor expects some.
+        self.out_of_budget: dict[str, datetime] = {}
 
     async def run(self) -> None:
         try:
@@ -73,13 +85,23 @@ class Supervisor:
             await self._hand_back(tenant_id, held)
         for tenant_id in sorted(held):
             task = self.workers.get(tenant_id)
-            if task is not None and task.done():
-                if not task.cancelled() and task.exception() is not None:
-                    log.error(
-                        "tenant worker failed; restarting", exc_info=task.exception(), extra={"tenant_id": tenant_id}
+            if task is not None and task.done() and tenant_id not in self.out_of_budget:
+                error = None if task.cancelled() else task.exception()
+                budget = _out_of_budget(error)
+                if budget is not None:
+                    # Expected while a tenant is at its cap or its org ran out: no traceback, and
+                    # no restart (and refused call) every round until then. The finished task
+                    # stays in `workers`, so the lease is still renewed meanwhile.
+                    log.warning(
+                        "tenant out of API budget; resuming when the governor expects some",
+                        extra={"tenant_id": tenant_id, "not_before": budget.not_before.isoformat()},
                     )
-                task = None
-            if task is None:
+                    self.out_of_budget[tenant_id] = budget.not_before
+                elif error is not None:
+                    log.error("tenant worker failed; restarting", exc_info=error, extra={"tenant_id": tenant_id})
+            resume = self.out_of_budget.get(tenant_id)
+            if (task is None or task.done()) and (resume is None or self._clock() >= resume):
+                self.out_of_budget.pop(tenant_id, None)
                 self.workers[tenant_id] = asyncio.create_task(self._run_tenant(tenant_id), name=f"tenant-{tenant_id}")
 
     async def _hand_back(self, tenant_id: str, held: set[str]) -> None:
@@ -89,6 +111,7 @@ class Supervisor:
         held.discard(tenant_id)
 
     async def _stop(self, tenant_id: str) -> None:
+        self.out_of_budget.pop(tenant_id, None)
         task = self.workers.pop(tenant_id, None)
         if task is not None:
             task.cancel()
@@ -100,3 +123,15 @@ class Supervisor:
             await self._stop(tenant_id)
             with contextlib.suppress(Exception):
                 await self.store.release(tenant_id)
+
+
+def _out_of_budget(error: BaseException | None) -> BudgetUnavailable | None:
+    """The budget refusal that ended a worker, if that alone ended it (the latest one, if several)."""
+    if isinstance(error, BudgetUnavailable):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        found = [_out_of_budget(e) for e in error.exceptions]
+        refusals = [f for f in found if f is not None]
+        if refusals and len(refusals) == len(found):
+            return max(refusals, key=lambda r: r.not_before)
+    return None
