@@ -101,7 +101,12 @@ def build_app(
         async def run_tenant(tenant_id: str) -> None:
             config = await load_current(pool, tenant_id)
             client = SalesforceClient(
-                tenant_id, config.spec.salesforce, secrets=secrets, budget=budgets(tenant_id), http=http
+                tenant_id,
+                config.spec.salesforce,
+                secrets=secrets,
+                budget=budgets(tenant_id),
+                http=http,
+                metrics=metrics,
             )
 
             async def pubsub_for(org_id: str) -> PubSubClient:

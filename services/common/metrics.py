@@ -63,8 +63,10 @@ class Metrics:
             ["service", "topic", "partition"],
             registry=registry,
         )
-        # Origin commit on one side to the moment a stage finished with it (stage=written is
-        # the end-to-end figure from origin commit to the write on the other side).
+        # Origin commit on one side to the moment a stage finished with it. Stages:
+        # - written: the writer's write to Salesforce succeeded (the app → Salesforce figure);
+        # - app_update_published: the conflict-resolver published the update to app-updates
+        #   (Salesforce → app; the app applies it outside Duplex, so Duplex's part ends there).
         self.end_to_end_latency = Histogram(
             _name("duplex_end_to_end_latency_seconds"),
             "Seconds from a change's origin commit to the end of a stage, per tenant.",
@@ -72,14 +74,18 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
-        # Salesforce API calls made, by API family (rest, composite, bulk, pubsub) and priority.
+        # Salesforce API calls made through SalesforceClient, by API family (rest, composite,
+        # bulk) and priority (live, backfill). OAuth token/userinfo calls are not API calls and
+        # are not counted; Pub/Sub gRPC subscriptions do not go through SalesforceClient and are
+        # not counted either.
         self.api_calls = Counter(
             _name("duplex_api_calls_total"),
             "Salesforce API calls made, per tenant.",
             ["tenant", "api", "priority"],
             registry=registry,
         )
-        # The governor's view of the calls a tenant may still make today.
+        # The governor's view of the calls a tenant may still make in the rolling 24 hours (its
+        # daily cap and the org's reported headroom, whichever is lower), set after each decision.
         self.api_budget_remaining = Gauge(
             _name("duplex_api_budget_remaining"),
             "Salesforce API calls the tenant may still make in the current window.",

@@ -7,6 +7,7 @@ Every call:
 - reports the ``Sforce-Limit-Info`` usage Salesforce returns, so calls made by other integrations
   count against what the governor grants;
 - re-authenticates once on 401 INVALID_SESSION_ID and retries;
+- is counted in ``duplex_api_calls_total`` by API family (:func:`api_family`) and priority;
 - raises :class:`SalesforceApiError` with Salesforce's own errorCode on failure.
 """
 
@@ -16,14 +17,36 @@ import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 
+from services.common.metrics import Metrics
 from services.common.tenant_config import AuthMode, SalesforceSpec, SecretValue
 
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 OAUTH_PATH = "/services/oauth2/"
+# ``/services/data/v62.0/<resource>/...``: the resource names the API family.
+_DATA_RESOURCE = re.compile(r"^/services/data/v[^/]+/([^/?#]+)")
+
+ApiFamily = Literal["rest", "composite", "bulk"]
+CallPriority = Literal["live", "backfill"]
+
+
+def api_family(path: str) -> ApiFamily:
+    """The API family a call's ``path`` belongs to: Bulk API 2.0 (``jobs/``), Composite, or plain REST."""
+    match = _DATA_RESOURCE.match(path)
+    resource = match.group(1) if match else ""
+    if resource == "jobs":
+        return "bulk"
+    if resource == "composite":
+        return "composite"
+    return "rest"
+
+
+def call_priority(*, backfill: bool) -> CallPriority:
+    """The priority label of a call, as the governor is asked for it."""
+    return "backfill" if backfill else "live"
 
 
 class SecretResolver(Protocol):
@@ -106,6 +129,7 @@ class SalesforceClient:
         budget: CallBudget,
         http: httpx.AsyncClient,
         session: Session | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.spec = spec
@@ -113,6 +137,7 @@ class SalesforceClient:
         self._budget = budget
         self._http = http
         self._session = session
+        self._metrics = metrics
         self._auth_lock = asyncio.Lock()
 
     @property
@@ -137,11 +162,14 @@ class SalesforceClient:
         if counted:
             await self._budget.acquire(self.tenant_id, 1, backfill=backfill)
         session = await self._current_session()
+        if counted:
+            self._count(path, backfill=backfill)
         response = await self._send(session, method, path, json=json, params=params, content=content, headers=headers)
         if response.status_code == 401:
             session = await self._authenticate(stale=session)
             if counted:
                 await self._budget.acquire(self.tenant_id, 1, backfill=backfill)
+                self._count(path, backfill=backfill)
             response = await self._send(
                 session, method, path, json=json, params=params, content=content, headers=headers
             )
@@ -159,6 +187,12 @@ class SalesforceClient:
     async def refresh_session(self, stale: Session) -> Session:
         """A new session after ``stale`` was refused (another task may already have refreshed it)."""
         return await self._authenticate(stale=stale)
+
+    def _count(self, path: str, *, backfill: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.api_calls.labels(
+                tenant=self.tenant_id, api=api_family(path), priority=call_priority(backfill=backfill)
+            ).inc()
 
     async def _send(self, session: Session, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {

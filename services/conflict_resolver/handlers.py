@@ -13,6 +13,10 @@ derive from the input and the state it found, the second run publishes the same 
 which the writer and the app deduplicate by id. The other order (commit, then publish) could
 lose the outputs for good once the events are marked processed.
 
+Metrics are recorded once the batch committed: echoes dropped, conflicts decided, and for every
+app update the end-to-end latency from the change's origin commit to the moment the update was
+published (``stage="app_update_published"``; the app applies it outside Duplex).
+
 A change that breaks the contract or names a pair its mapping version lacks is handed back to
 be dead-lettered (and written to the sync log); the rest of its batch goes on.
 """
@@ -25,6 +29,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from duplex.mapping.v1 import change_mapped_pb2
@@ -52,6 +57,9 @@ log = logging.getLogger(__name__)
 
 # Publishes (event, key) pairs in order; returns once the broker acknowledged all (acks=all).
 Publish = Callable[[Sequence[tuple[Message, bytes]]], Awaitable[None]]
+
+# The end_to_end_latency stage at which Duplex's part of a Salesforce → app change ends.
+STAGE_APP_UPDATE_PUBLISHED = "app_update_published"
 
 
 class ConfigVersions:
@@ -85,6 +93,7 @@ class Resolver:
         publish_app: Publish,
         service_name: str,
         metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._pool = pool
         self._configs = configs
@@ -92,6 +101,7 @@ class Resolver:
         self._publish_app = publish_app
         self._service = service_name
         self._metrics = metrics
+        self._clock = clock
 
     async def on_mapped_batch(self, events: Sequence[change_mapped_pb2.ChangeMapped]) -> dict[int, InvalidEvent]:
         """Apply ``events`` in order; returns the refused ones by index (see the module doc)."""
@@ -118,15 +128,18 @@ class Resolver:
                     continue
                 items.append((change, pair, stored.config.spec.salesforce.call_options_client))
             async with conn.transaction():
-                resolved = await self._apply(BatchRepository(conn), items, logs)
-        for change, resolution in resolved:
-            self._count(change, resolution)
+                resolved, published_at = await self._apply(BatchRepository(conn), items, logs)
+        if self._metrics is not None:
+            count_resolved(self._metrics, resolved, published_at)
         return refused
 
     async def _apply(
         self, repo: BatchRepository, items: Sequence[tuple[MappedChange, ObjectPair, str]], logs: list[LogRow]
-    ) -> list[tuple[MappedChange, Resolution]]:
-        """Resolve ``items`` in order inside the caller's transaction, publish their outputs (acked)."""
+    ) -> tuple[list[tuple[MappedChange, Resolution]], datetime]:
+        """Resolve ``items`` in order inside the caller's transaction, publish their outputs (acked).
+
+        Returns the resolutions and the moment every output was acknowledged.
+        """
         claimed = await repo.claim([(change.tenant_id, change.event_id) for change, _, _ in items])
         fresh = []
         for item in items:
@@ -173,7 +186,7 @@ class Resolver:
         await repo.log(logs)
         # Both topics' records queued before waiting for any ack; all acked before the commit.
         await asyncio.gather(self._publish_crm(crm_writes), self._publish_app(app_updates))
-        return resolved
+        return resolved, self._clock()
 
     async def on_settled_batch(self, events: Sequence[write_settled_pb2.WriteSettled]) -> dict[int, InvalidEvent]:
         """Apply write outcomes in order, in one transaction; returns the refused ones by index."""
@@ -279,15 +292,6 @@ class Resolver:
         )
         return rows
 
-    def _count(self, change: MappedChange, resolution: Resolution) -> None:
-        if self._metrics is None:
-            return
-        if resolution.echo is not None:
-            self._metrics.echoes_dropped.labels(change.tenant_id, str(change.side), str(resolution.echo)).inc()
-        for d in resolution.decisions:
-            if d.conflict:
-                self._metrics.conflicts_decided.labels(change.tenant_id, d.policy, str(d.winner)).inc()
-
     async def _log(
         self,
         conn: Any,
@@ -326,3 +330,20 @@ class Resolver:
         """A sync log row, as :func:`sync_log.record` would write it."""
         details = json.dumps(detail or {}, sort_keys=True, default=str)
         return (tenant_id, self._service, event, link_id, record_id, code, message, details)
+
+
+def count_resolved(
+    metrics: Metrics, resolved: Sequence[tuple[MappedChange, Resolution]], published_at: datetime
+) -> None:
+    """The metrics of a committed batch whose outputs were all published (acked) at ``published_at``."""
+    for change, resolution in resolved:
+        if resolution.echo is not None:
+            metrics.echoes_dropped.labels(change.tenant_id, str(change.side), str(resolution.echo)).inc()
+        for d in resolution.decisions:
+            if d.conflict:
+                metrics.conflicts_decided.labels(change.tenant_id, d.policy, str(d.winner)).inc()
+        if resolution.app_update is not None:
+            latency = max(0.0, (published_at - change.at).total_seconds())
+            metrics.end_to_end_latency.labels(tenant=change.tenant_id, stage=STAGE_APP_UPDATE_PUBLISHED).observe(
+                latency
+            )

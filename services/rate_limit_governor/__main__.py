@@ -9,5 +9,6 @@ from services.rate_limit_governor.settings import GovernorSettings
 
 settings = GovernorSettings()
 configure_logging(settings.telemetry, service_name=settings.service_name, secrets=secrets_of(settings))
-setup_telemetry(settings.telemetry, service_name=settings.service_name).serve_metrics(settings.telemetry.metrics_port)
-asyncio.run(serve(settings))
+telemetry = setup_telemetry(settings.telemetry, service_name=settings.service_name)
+telemetry.serve_metrics(settings.telemetry.metrics_port)
+asyncio.run(serve(settings, metrics=telemetry.metrics))

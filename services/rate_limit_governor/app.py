@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import grpc
 
 from services.common.db import create_pool
+from services.common.metrics import Metrics
 from services.rate_limit_governor.ledger import Ledger
 from services.rate_limit_governor.server import Governor, start_server
 from services.rate_limit_governor.settings import GovernorSettings
@@ -19,10 +20,13 @@ log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def running_governor(settings: GovernorSettings) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
+async def running_governor(
+    settings: GovernorSettings, *, metrics: Metrics | None = None
+) -> AsyncIterator[tuple[grpc.aio.Server, int]]:
     """The governor serving on its port until the block exits."""
     async with create_pool(settings.postgres) as pool:
-        server, port = await start_server(Governor(Ledger(pool, settings)), settings.host, settings.port)
+        governor = Governor(Ledger(pool, settings), metrics=metrics)
+        server, port = await start_server(governor, settings.host, settings.port)
         log.info("governor serving", extra={"port": port})
         try:
             yield server, port
@@ -30,11 +34,11 @@ async def running_governor(settings: GovernorSettings) -> AsyncIterator[tuple[gr
             await server.stop(grace=5)
 
 
-async def serve(settings: GovernorSettings) -> None:
+async def serve(settings: GovernorSettings, *, metrics: Metrics | None = None) -> None:
     """Serve until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_governor(settings):
+    async with running_governor(settings, metrics=metrics):
         await stop.wait()

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge
 
 from services.common import sync_log
+from services.common.metrics import Metrics
 from services.common.tenant_config import TenantNotFoundError
 from services.rate_limit_governor import budget as b
 from services.rate_limit_governor.ledger import Ledger
@@ -64,9 +65,16 @@ def _budget_message(tenant_id: str, budget: b.TenantBudget, now: datetime) -> go
 class Governor(governor_service_pb2_grpc.RateLimitGovernorServiceServicer):
     """One instance per process; any number of processes may share the database."""
 
-    def __init__(self, ledger: Ledger, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._ledger = ledger
         self._clock = clock
+        self._metrics = metrics
 
     async def AcquireCalls(  # noqa: N802 - gRPC method name
         self, request: governor_service_pb2.AcquireCallsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -166,7 +174,11 @@ class Governor(governor_service_pb2_grpc.RateLimitGovernorServiceServicer):
         )
 
     def _observe(self, tenant_id: str, budget: b.TenantBudget, now: datetime) -> None:
-        REMAINING.labels(tenant_id).set(b.remaining(budget, now))
+        """After each decision (grant, denial, usage report): the tenant's budget as it now stands."""
+        left = b.remaining(budget, now)
+        REMAINING.labels(tenant_id).set(left)
+        if self._metrics is not None:
+            self._metrics.api_budget_remaining.labels(tenant=tenant_id).set(left)
         WARNING.labels(tenant_id).set(1 if b.is_warning(budget, now) else 0)
         exhaustion = b.predicted_exhaustion(budget, now)
         EXHAUSTION.labels(tenant_id).set(exhaustion.timestamp() if exhaustion else 0)

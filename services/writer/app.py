@@ -45,6 +45,7 @@ from faststream.params import NoCast
 from services.common.db import create_pool
 from services.common.governor_client import GovernorBudget
 from services.common.kafka import EXIT_HALTED, ServiceKafka, make_kafka
+from services.common.metrics import Metrics
 from services.common.salesforce import CallBudget, SalesforceClient, SecretResolver
 from services.common.telemetry import Telemetry
 from services.common.tenant_config import SalesforceSpec, load_current
@@ -81,6 +82,7 @@ class Writer:
     budget: CallBudget | None = None
     http: httpx.AsyncClient | None = None
     database: asyncpg.Pool | None = None
+    metrics: Metrics | None = None
     tracker: OffsetTracker = field(default_factory=OffsetTracker)
     deliveries: dict[str, Delivery] = field(default_factory=dict)
     remaining: dict[str, int] = field(default_factory=dict)
@@ -169,7 +171,9 @@ class Writer:
                 # Same connection settings: keep the client and its session.
                 executor = cached.resources.executor
             else:
-                client = SalesforceClient(tenant_id, spec, secrets=self.secrets, budget=self.budget, http=self.http)
+                client = SalesforceClient(
+                    tenant_id, spec, secrets=self.secrets, budget=self.budget, http=self.http, metrics=self.metrics
+                )
                 executor = BatchExecutor(client)
             resources = TenantResources(executor, ingestion)
             self._cache[tenant_id] = _CachedTenant(spec, resources, time.monotonic())
@@ -266,6 +270,7 @@ class WriterApp:
                 tracker=writer.tracker,
                 deliveries=writer.deliveries,
                 remaining=writer.remaining,
+                metrics=writer.metrics,
             )
             committer = asyncio.get_running_loop().create_task(writer.commit_loop(), name="writer-commits")
             await self.kafka.broker.start()
@@ -311,7 +316,7 @@ def build_app(
     """Wire the writer: Kafka subscriber and publishers, and (when it runs) Postgres, HTTP and the governor."""
     names = TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)
     kafka = make_kafka(settings.kafka, service_name=settings.service_name, topic_names=names, telemetry=telemetry)
-    writer = Writer(settings=settings, kafka=kafka, secrets=secrets)
+    writer = Writer(settings=settings, kafka=kafka, secrets=secrets, metrics=telemetry.metrics if telemetry else None)
 
     @kafka.subscriber(
         Topic.CRM_WRITES,

@@ -9,7 +9,9 @@ repeats the whole sequence harmlessly):
 3. the sync log gets a ``write.rejected`` row per rejected write (with Salesforce's statusCode)
    and one aggregated ``write.succeeded`` row per batch;
 4. only then does each delivery's item count go down in the offset tracker, which is what lets
-   the committer move the partition's committed offset past the command.
+   the committer move the partition's committed offset past the command;
+5. each command a succeeded write carried observes its end-to-end latency (origin commit to the
+   write, ``stage="written"``), when the command has an origin commit time.
 
 Every publish waits for ``acks=all``; the sync-log rows commit in one transaction.
 """
@@ -18,16 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from duplex.writer.v1 import write_settled_pb2
 from prometheus_client import Counter
 
 from services.common import sync_log
 from services.common.codec import link_key
 from services.common.dlq import dead_letter_headers
 from services.common.errors import InvalidEvent
+from services.common.metrics import Metrics
 from services.writer.commands import Delivery, dead_letter_command, settled_events
 from services.writer.offsets import OffsetTracker
 from services.writer.payload import Outcome, WriteResult
@@ -35,6 +39,8 @@ from services.writer.payload import Outcome, WriteResult
 log = logging.getLogger(__name__)
 
 SERVICE = "writer"
+# The end_to_end_latency stage the writer finishes: the write to Salesforce succeeded.
+STAGE_WRITTEN = "written"
 ERROR_CODE_HEADER = "duplex-error-code"
 
 RECORDS = Counter("duplex_writer_records", "Record writes settled", ["tenant", "outcome"])
@@ -74,6 +80,7 @@ class Settlement:
         deliveries: MutableMapping[str, Delivery],
         remaining: MutableMapping[str, int],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: Metrics | None = None,
     ) -> None:
         self._publish = publish
         self._outcomes_topic = outcomes_topic
@@ -84,6 +91,7 @@ class Settlement:
         self._deliveries = deliveries
         self._remaining = remaining
         self._clock = clock
+        self._metrics = metrics
 
     async def settle(self, tenant_id: str, settled: list[tuple[WriteResult, int]]) -> None:
         now = self._clock()
@@ -105,6 +113,8 @@ class Settlement:
             RECORDS.labels(tenant_id, "succeeded").inc(succeeded)
         if rejected:
             RECORDS.labels(tenant_id, "rejected").inc(len(rejected))
+        if self._metrics is not None:
+            observe_written(self._metrics, tenant_id, pairs, now)
 
     def _dead_letter(self, result: WriteResult, now: datetime) -> tuple[Any, str, bytes, dict[str, str]]:
         write = result.write
@@ -186,3 +196,18 @@ class Settlement:
         else:
             self._remaining.pop(delivery.token, None)
             self._deliveries.pop(delivery.token, None)
+
+
+def observe_written(
+    metrics: Metrics,
+    tenant_id: str,
+    pairs: Sequence[tuple[Delivery, write_settled_pb2.WriteSettled]],
+    written_at: datetime,
+) -> None:
+    """Origin commit → written, once per command folded into each succeeded write."""
+    latency = metrics.end_to_end_latency.labels(tenant=tenant_id, stage=STAGE_WRITTEN)
+    for delivery, event in pairs:
+        if event.status != write_settled_pb2.WRITE_STATUS_SUCCEEDED or delivery.origin_commit_time is None:
+            continue
+        origin = delivery.origin_commit_time.ToDatetime(tzinfo=UTC)
+        latency.observe(max(0.0, (written_at - origin).total_seconds()))

@@ -29,6 +29,7 @@ from services.cdc_ingest.app import CdcIngestApp, build_app, unlimited_budgets
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
 from services.common.settings import KafkaSettings, PostgresSettings
+from services.common.telemetry import Telemetry
 from services.common.tenant_config import canonical_json, config_sha256, parse_tenant_config
 from services.common.topics import Topic, TopicNames
 
@@ -213,11 +214,17 @@ def settings(
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: CdcIngestSettings, environ: dict[str, str], *, governed: bool = False
+    settings: CdcIngestSettings,
+    environ: dict[str, str],
+    *,
+    governed: bool = False,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[CdcIngestApp]:
     """cdc-ingest in-process; its calls are not budgeted unless ``governed`` (then the governor at
     ``settings.governor_target`` grants them, as in production)."""
-    service = build_app(settings, environ=environ, budget_for=None if governed else unlimited_budgets())
+    service = build_app(
+        settings, telemetry=telemetry, environ=environ, budget_for=None if governed else unlimited_budgets()
+    )
     async with service.app:
         yield service
 

@@ -13,10 +13,13 @@ from typing import Any
 import asyncpg
 import pytest
 from duplex.governor.v1 import governor_pb2
+from prometheus_client import CollectorRegistry
 
 from devstack.emulator import EmulatorProcess
 from services.common.governor_client import GovernorBudget
-from services.common.settings import PostgresSettings
+from services.common.metrics import Metrics
+from services.common.settings import PostgresSettings, TelemetrySettings
+from services.common.telemetry import setup_telemetry
 from services.common.topics import TopicNames
 from services.rate_limit_governor.app import running_governor
 from services.rate_limit_governor.settings import GovernorSettings
@@ -39,8 +42,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 @contextlib.asynccontextmanager
-async def governor(dsn: str) -> AsyncIterator[str]:
-    async with running_governor(GovernorSettings(port=0, postgres=PostgresSettings(dsn=dsn))) as (_, port):
+async def governor(dsn: str, metrics: Metrics | None = None) -> AsyncIterator[str]:
+    config = GovernorSettings(port=0, postgres=PostgresSettings(dsn=dsn))
+    async with running_governor(config, metrics=metrics) as (_, port):
         yield f"127.0.0.1:{port}"
 
 
@@ -56,6 +60,17 @@ async def budget_of(target: str, tenant_id: str) -> governor_pb2.Budget:
         return await budget.budget(tenant_id)
     finally:
         await channel.close(None)
+
+
+def api_calls(registry: CollectorRegistry, tenant: str) -> dict[tuple[str, str], float]:
+    """duplex_api_calls_total of ``tenant`` by (api, priority)."""
+    return {
+        (s.labels["api"], s.labels["priority"]): s.value
+        for metric in registry.collect()
+        if metric.name == "duplex_api_calls"
+        for s in metric.samples
+        if s.name == "duplex_api_calls_total" and s.labels["tenant"] == tenant
+    }
 
 
 async def settled_calls(org: Org, *, quiet: float = 3.0, within: float = 60.0) -> int:
@@ -82,7 +97,12 @@ async def test_every_call_is_granted_and_counted_by_the_governor(
     await prepare_database(fresh_database)
     await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
 
-    async with governor(fresh_database) as target, change_reader(kafka_bootstrap, topic_names) as reader:
+    governor_metrics = Metrics(CollectorRegistry())
+    telemetry = setup_telemetry(TelemetrySettings(), service_name="cdc-ingest", install_global=False)
+    async with (
+        governor(fresh_database, governor_metrics) as target,
+        change_reader(kafka_bootstrap, topic_names) as reader,
+    ):
         config = settings(
             emulator=emulator,
             kafka_bootstrap=kafka_bootstrap,
@@ -91,11 +111,13 @@ async def test_every_call_is_granted_and_counted_by_the_governor(
             governor_target=target,
             poll_page_size=10,
         )
-        async with running(config, secrets_for(tenant, org), governed=True):
+        async with running(config, secrets_for(tenant, org), governed=True, telemetry=telemetry):
             await wait_backfilled(fresh_database, tenant, 1)
             await reader.until(lambda changes: len({c.record_id for c in changes}) >= 30)
             calls = await settled_calls(org)
             budget = await budget_of(target, tenant)
+            counted = api_calls(telemetry.registry, tenant)
+            remaining = governor_metrics.registry.get_sample_value("duplex_api_budget_remaining", {"tenant": tenant})
 
     # At least count, describe and 4 pages of 10 (the last one empty).
     assert calls >= 6, calls
@@ -103,6 +125,11 @@ async def test_every_call_is_granted_and_counted_by_the_governor(
     assert budget.granted_24h == calls, (budget.granted_24h, calls)
     # Salesforce's Sforce-Limit-Info was passed on.
     assert budget.org_max > 0
+    # cdc-ingest counted the same calls (duplex_api_calls_total), the backfill's at backfill priority.
+    assert sum(counted.values()) == calls, counted
+    assert counted.get(("rest", "backfill"), 0) > 0, counted
+    # The governor exported what the tenant has left after its last decision.
+    assert remaining == budget.remaining, (remaining, budget.remaining)
 
 
 async def test_a_backfill_stops_at_the_tenants_daily_cap(

@@ -14,9 +14,11 @@ from duplex.change.v1 import record_changed_pb2
 from duplex.mapping.v1 import change_mapped_pb2
 from duplex.writer.v1 import write_records_pb2
 from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from services.common.db import create_pool
+from services.common.metrics import Metrics
 from services.common.settings import PostgresSettings
 from services.common.values import Value, to_field_value
 from services.conflict_resolver.handlers import ConfigVersions, Resolver
@@ -95,9 +97,16 @@ class Outbox:
 
 
 @asynccontextmanager
-async def resolver(dsn: str, crm: Outbox, app: Outbox) -> Any:
+async def resolver(dsn: str, crm: Outbox, app: Outbox, metrics: Metrics | None = None) -> Any:
     async with create_pool(PostgresSettings(dsn=SecretStr(dsn), pool_max_size=2)) as pool:
-        yield Resolver(pool, ConfigVersions(8), publish_crm=crm, publish_app=app, service_name="conflict-resolver")
+        yield Resolver(
+            pool,
+            ConfigVersions(8),
+            publish_crm=crm,
+            publish_app=app,
+            service_name="conflict-resolver",
+            metrics=metrics,
+        )
 
 
 async def state(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -148,13 +157,20 @@ async def test_a_batch_means_what_its_events_mean_one_by_one_in_order(fresh_data
 
     await reset(fresh_database)
     batched = Outbox(), Outbox()
-    async with resolver(fresh_database, *batched) as r:
+    metrics = Metrics(CollectorRegistry())
+    async with resolver(fresh_database, *batched, metrics=metrics) as r:
         assert await r.on_mapped_batch(events) == {}
 
     # Same commands and app updates, byte for byte and in the same order; same state and log.
     assert wire(batched[0]) == wire(one_by_one[0])
     assert wire(batched[1]) == wire(one_by_one[1])
     assert await state(fresh_database) == expected
+    # One origin → published latency per app update published, none for the Salesforce writes.
+    published = {"tenant": TENANT, "stage": "app_update_published"}
+    assert len(batched[1].sent) > 0
+    assert metrics.registry.get_sample_value("duplex_end_to_end_latency_seconds_count", published) == len(
+        batched[1].sent
+    )
     # Per link, the commands carry increasing versions in event order.
     commands = [c for _, c in batched[0].sent if isinstance(c, write_records_pb2.WriteRecords)]
     versions = [(c.records[0].link_id, c.records[0].version) for c in commands]
@@ -195,24 +211,31 @@ async def test_a_batch_redelivered_after_a_crash_changes_nothing_twice(fresh_dat
     await prepare_database(fresh_database)
     events = list(stream())
 
+    metrics = Metrics(CollectorRegistry())
+    published = {"tenant": TENANT, "stage": "app_update_published"}
     # Dies while publishing: the transaction rolls back, nothing is marked processed.
-    async with resolver(fresh_database, Outbox(crash_after=2), Outbox()) as r:
+    async with resolver(fresh_database, Outbox(crash_after=2), Outbox(), metrics) as r:
         with pytest.raises(ConnectionError):
             await r.on_mapped_batch(events)
     assert (await state(fresh_database))["links"] == []
+    # Nothing committed, nothing observed.
+    assert metrics.registry.get_sample_value("duplex_end_to_end_latency_seconds_count", published) is None
 
     first = Outbox(), Outbox()
-    async with resolver(fresh_database, *first) as r:
+    async with resolver(fresh_database, *first, metrics) as r:
         assert await r.on_mapped_batch(events) == {}
     after_first = await state(fresh_database)
+    observed = metrics.registry.get_sample_value("duplex_end_to_end_latency_seconds_count", published)
+    assert observed == len(first[1].sent) > 0
 
     # Committed, but the offsets were not: the whole batch comes again, and again in part.
     again = Outbox(), Outbox()
-    async with resolver(fresh_database, *again) as r:
+    async with resolver(fresh_database, *again, metrics) as r:
         assert await r.on_mapped_batch(events) == {}
         assert await r.on_mapped_batch(events[3:] + events[:2]) == {}
     assert again[0].sent == []
     assert again[1].sent == []
+    assert metrics.registry.get_sample_value("duplex_end_to_end_latency_seconds_count", published) == observed
     assert await state(fresh_database) == after_first
     # The same event twice in one batch is applied once.
     await reset(fresh_database)

@@ -12,9 +12,11 @@ import grpc
 import pytest
 from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from services.admin.config_store import ConfigStore
 from services.common.db import migrate
+from services.common.metrics import Metrics
 from services.common.settings import PostgresSettings
 from services.common.tenant_config import parse_tenant_config
 from services.rate_limit_governor.app import running_governor
@@ -69,10 +71,10 @@ GovernorFactory = Callable[..., AbstractAsyncContextManager[Stub]]
 def governor(database: str) -> GovernorFactory:
     """Start a governor replica on a free port; yields a client stub."""
 
-    def start(**overrides: Any) -> AbstractAsyncContextManager[Stub]:
+    def start(metrics: Metrics | None = None, **overrides: Any) -> AbstractAsyncContextManager[Stub]:
         async def run() -> AsyncIterator[Stub]:
             async with (
-                running_governor(settings(database, **overrides)) as (_, port),
+                running_governor(settings(database, **overrides), metrics=metrics) as (_, port),
                 grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
             ):
                 yield governor_service_pb2_grpc.RateLimitGovernorServiceStub(channel)
@@ -80,6 +82,10 @@ def governor(database: str) -> GovernorFactory:
         return asynccontextmanager(run)()
 
     return start
+
+
+def budget_remaining(metrics: Metrics, tenant_id: str) -> float | None:
+    return metrics.registry.get_sample_value("duplex_api_budget_remaining", {"tenant": tenant_id})
 
 
 async def acquire(stub: Stub, tenant_id: str, calls: int = 1, **kw: Any) -> governor_service_pb2.AcquireCallsResponse:
@@ -124,23 +130,33 @@ async def test_replicas_share_one_budget(governor: GovernorFactory) -> None:
 
 
 async def test_the_ledger_survives_a_restart(governor: GovernorFactory) -> None:
-    async with governor() as stub:
+    first, second = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    async with governor(first) as stub:
         for _ in range(3):
             assert (await acquire(stub, "shared", 10)).granted
-    async with governor() as stub:
+    async with governor(second) as stub:
         budget = (await stub.GetBudget(governor_service_pb2.GetBudgetRequest(tenant_id="shared"))).budget
+        granted = await acquire(stub, "shared", 5)
 
     assert (budget.granted_24h, budget.remaining, budget.daily_cap) == (30, 70, 100)
+    # Each replica exports the budget after its own last decision, from the shared ledger.
+    assert budget_remaining(first, "shared") == 70
+    assert (granted.remaining, budget_remaining(second, "shared")) == (65, 65)
 
 
 async def test_calls_made_by_other_integrations_reduce_what_is_granted(governor: GovernorFactory) -> None:
-    async with governor(org_share=0.9) as stub:
+    metrics = Metrics(CollectorRegistry())
+    async with governor(metrics, org_share=0.9) as stub:
         report = await stub.ReportUsage(
             governor_service_pb2.ReportUsageRequest(tenant_id="large", used=8_990, max=10_000)
         )
+        # The org's headroom (0.9 x 10,000 - 8,990), not the tenant's 100,000 cap.
+        after_report = budget_remaining(metrics, "large")
         first = await acquire(stub, "large", 10)
+        after_grant = budget_remaining(metrics, "large")
         second = await acquire(stub, "large", 1)
 
+    assert (after_report, after_grant, budget_remaining(metrics, "large")) == (10, 0, 0)
     assert report.budget.remaining == 10
     assert report.budget.warning
     assert first.granted

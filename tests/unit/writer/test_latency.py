@@ -1,0 +1,155 @@
+"""The writer observes origin commit → written (duplex_end_to_end_latency_seconds, stage=written)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import CollectorRegistry
+
+from services.common.metrics import Metrics
+from services.writer.batching import Operation, RecordWrite
+from services.writer.commands import Delivery
+from services.writer.offsets import OffsetTracker
+from services.writer.payload import ItemError, Outcome, WriteResult
+from services.writer.settle import Settlement
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+P = ("crm-writes", 0)
+LATENCY = "duplex_end_to_end_latency_seconds"
+WRITTEN = {"tenant": "acme", "stage": "written"}
+
+
+@dataclass
+class Conn:
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    async def execute(self, _sql: str, *args: Any) -> None:
+        self.rows.append(args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        yield
+
+
+@dataclass
+class Database:
+    conn: Conn = field(default_factory=Conn)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Conn]:
+        yield self.conn
+
+
+async def publish(
+    message: Any, topic: str, *, key: bytes | None, headers: dict[str, str] | None, no_confirm: bool
+) -> Any:
+    return asyncio.sleep(0)
+
+
+def delivery(token: str, origin_seconds_ago: float | None) -> Delivery:
+    origin = None
+    if origin_seconds_ago is not None:
+        origin = Timestamp()
+        origin.FromDatetime(NOW - timedelta(seconds=origin_seconds_ago))
+    return Delivery(
+        token=token,
+        command_id=f"cmd-{token}",
+        tenant_id="acme",
+        partition=P,
+        offset=int(token),
+        backfill=False,
+        origin_commit_time=origin,
+        key=None,
+        headers=(),
+        timestamp_ms=None,
+    )
+
+
+def write(*tokens: str) -> RecordWrite:
+    *folded, last = tokens
+    return RecordWrite(
+        command_id=last,
+        tenant_id="acme",
+        crm_object="Account",
+        operation=Operation.UPSERT,
+        link_id="l1",
+        fields={"Name": "Acme"},
+        version=1,
+        external_id_field="Duplex_Id__c",
+        external_id_value="x1",
+        command_ids=tuple(folded),
+    )
+
+
+REJECTED = (ItemError("REQUIRED_FIELD_MISSING", "Required fields are missing: [Name]"),)
+
+
+@pytest.mark.parametrize(
+    ("origins", "outcome", "count", "total"),
+    [
+        pytest.param([2.5], Outcome.SUCCEEDED, 1, 2.5, id="succeeded with an origin time"),
+        pytest.param([None], Outcome.SUCCEEDED, 0, 0.0, id="succeeded without an origin time"),
+        pytest.param([2.5], Outcome.REJECTED, 0, 0.0, id="rejected"),
+        # Two commands coalesced into one write: each command's change reached Salesforce.
+        pytest.param([4.0, 1.0], Outcome.SUCCEEDED, 2, 5.0, id="coalesced commands"),
+        pytest.param([4.0, None], Outcome.SUCCEEDED, 1, 4.0, id="coalesced, one without origin"),
+        # A clock behind the origin's does not make a negative latency.
+        pytest.param([-3.0], Outcome.SUCCEEDED, 1, 0.0, id="origin in the future"),
+    ],
+)
+async def test_a_settled_write_observes_origin_to_written(
+    origins: list[float | None], outcome: Outcome, count: int, total: float
+) -> None:
+    tokens = [str(n) for n in range(len(origins))]
+    deliveries = {t: delivery(t, ago) for t, ago in zip(tokens, origins, strict=True)}
+    tracker = OffsetTracker()
+    for d in deliveries.values():
+        tracker.seen(d.partition, d.offset, 1)
+    metrics = Metrics(CollectorRegistry())
+    settlement = Settlement(
+        publish=publish,
+        outcomes_topic="write-outcomes",
+        dead_letter_topic="crm-writes.dlq",
+        source_topic="crm-writes",
+        database=Database(),
+        tracker=tracker,
+        deliveries=deliveries,
+        remaining=dict.fromkeys(tokens, 1),
+        clock=lambda: NOW,
+        metrics=metrics,
+    )
+    errors = REJECTED if outcome is Outcome.REJECTED else ()
+
+    await settlement.settle("acme", [(WriteResult(write(*tokens), outcome, record_id="001A", errors=errors), 1)])
+
+    assert (metrics.registry.get_sample_value(f"{LATENCY}_count", WRITTEN) or 0) == count
+    assert (metrics.registry.get_sample_value(f"{LATENCY}_sum", WRITTEN) or 0) == pytest.approx(total)
+    assert tracker.unfinished() == 0
+
+
+async def test_without_metrics_a_write_still_settles() -> None:
+    deliveries = {"0": delivery("0", 1.0)}
+    tracker = OffsetTracker()
+    tracker.seen(P, 0, 1)
+    settlement = Settlement(
+        publish=publish,
+        outcomes_topic="write-outcomes",
+        dead_letter_topic="crm-writes.dlq",
+        source_topic="crm-writes",
+        database=Database(),
+        tracker=tracker,
+        deliveries=deliveries,
+        remaining={"0": 1},
+        clock=lambda: NOW,
+    )
+    await settlement.settle("acme", [(WriteResult(write("0"), Outcome.SUCCEEDED, record_id="001A"), 1)])
+    assert tracker.committable() == {P: 1}
