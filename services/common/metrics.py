@@ -30,6 +30,11 @@ MetricName = Literal[
     "duplex_cdc_lag_seconds",
     "duplex_cdc_reconnects_total",
     "duplex_cdc_gaps_repaired_total",
+    "duplex_governor_calls_granted_total",
+    "duplex_governor_requests_denied_total",
+    "duplex_governor_predicted_exhaustion_seconds",
+    "duplex_governor_budget_warning",
+    "duplex_writer_records_total",
 ]
 METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
 
@@ -154,6 +159,40 @@ class Metrics:
             _name("duplex_cdc_gaps_repaired_total"),
             "Gaps in the change stream repaired by re-reading, per tenant and kind.",
             ["tenant", "kind"],
+            registry=registry,
+        )
+
+        # rate-limit-governor: calls granted and requests denied, per tenant and priority.
+        self.governor_calls_granted = Counter(
+            _name("duplex_governor_calls_granted_total"),
+            "API calls granted by the governor.",
+            ["tenant", "priority"],
+            registry=registry,
+        )
+        self.governor_requests_denied = Counter(
+            _name("duplex_governor_requests_denied_total"),
+            "Requests for calls the governor denied, by reason.",
+            ["tenant", "priority", "reason"],
+            registry=registry,
+        )
+        # rate-limit-governor: when the budget runs out at the last hour's rate (0: not predicted).
+        self.governor_predicted_exhaustion = Gauge(
+            _name("duplex_governor_predicted_exhaustion_seconds"),
+            "Unix time at which the tenant's budget runs out at the last hour's rate (0: not predicted).",
+            ["tenant"],
+            registry=registry,
+        )
+        self.governor_budget_warning = Gauge(
+            _name("duplex_governor_budget_warning"),
+            "1 while a tenant has less than 10 % of its budget left.",
+            ["tenant"],
+            registry=registry,
+        )
+        # writer: records whose write settled, by outcome (succeeded, rejected).
+        self.writer_records = Counter(
+            _name("duplex_writer_records_total"),
+            "Record writes settled by the writer, per tenant and outcome.",
+            ["tenant", "outcome"],
             registry=registry,
         )
 

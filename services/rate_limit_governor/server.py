@@ -12,7 +12,6 @@ import grpc
 from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import Counter, Gauge
 
 from services.common import sync_log
 from services.common.metrics import Metrics
@@ -22,16 +21,6 @@ from services.rate_limit_governor.ledger import Ledger
 
 log = logging.getLogger(__name__)
 SERVICE = "rate-limit-governor"
-
-GRANTED = Counter("duplex_governor_calls_granted", "API calls granted", ["tenant", "priority"])
-DENIED = Counter("duplex_governor_requests_denied", "Requests for calls denied", ["tenant", "priority", "reason"])
-REMAINING = Gauge("duplex_governor_budget_remaining", "Calls a tenant may still make in the rolling 24 h", ["tenant"])
-EXHAUSTION = Gauge(
-    "duplex_governor_predicted_exhaustion_seconds",
-    "Unix time at which the budget runs out at the last hour's rate (0: not predicted)",
-    ["tenant"],
-)
-WARNING = Gauge("duplex_governor_budget_warning", "1 while a tenant has less than 10 % of its budget left", ["tenant"])
 
 _PRIORITY = {
     governor_pb2.CALL_PRIORITY_UNSPECIFIED: b.Priority.LIVE,
@@ -96,11 +85,12 @@ class Governor(governor_service_pb2_grpc.RateLimitGovernorServiceServicer):
 
         grant = await self._update(request.tenant_id, decide, context)
         self._observe(request.tenant_id, grant.budget, now)
-        label = priority.name.lower()
-        if grant.granted:
-            GRANTED.labels(request.tenant_id, label).inc(request.calls)
-        else:
-            DENIED.labels(request.tenant_id, label, grant.reason).inc()
+        if self._metrics is not None:
+            label = priority.name.lower()
+            if grant.granted:
+                self._metrics.governor_calls_granted.labels(request.tenant_id, label).inc(request.calls)
+            else:
+                self._metrics.governor_requests_denied.labels(request.tenant_id, label, grant.reason).inc()
         return governor_service_pb2.AcquireCallsResponse(
             granted=grant.granted,
             not_before=_timestamp(grant.not_before),
@@ -175,13 +165,12 @@ class Governor(governor_service_pb2_grpc.RateLimitGovernorServiceServicer):
 
     def _observe(self, tenant_id: str, budget: b.TenantBudget, now: datetime) -> None:
         """After each decision (grant, denial, usage report): the tenant's budget as it now stands."""
-        left = b.remaining(budget, now)
-        REMAINING.labels(tenant_id).set(left)
-        if self._metrics is not None:
-            self._metrics.api_budget_remaining.labels(tenant=tenant_id).set(left)
-        WARNING.labels(tenant_id).set(1 if b.is_warning(budget, now) else 0)
+        if self._metrics is None:
+            return
+        self._metrics.api_budget_remaining.labels(tenant=tenant_id).set(b.remaining(budget, now))
+        self._metrics.governor_budget_warning.labels(tenant_id).set(1 if b.is_warning(budget, now) else 0)
         exhaustion = b.predicted_exhaustion(budget, now)
-        EXHAUSTION.labels(tenant_id).set(exhaustion.timestamp() if exhaustion else 0)
+        self._metrics.governor_predicted_exhaustion.labels(tenant_id).set(exhaustion.timestamp() if exhaustion else 0)
 
 
 async def start_server(governor: Governor, host: str, port: int) -> tuple[grpc.aio.Server, int]:

@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from duplex.writer.v1 import write_settled_pb2
-from prometheus_client import Counter
 
 from services.common import sync_log
 from services.common.codec import link_key
@@ -43,7 +42,6 @@ SERVICE = "writer"
 STAGE_WRITTEN = "written"
 ERROR_CODE_HEADER = "duplex-error-code"
 
-RECORDS = Counter("duplex_writer_records", "Record writes settled", ["tenant", "outcome"])
 
 # Outcomes are sent without waiting one by one, then awaited together (the producer batches them).
 _PUBLISH_CHUNK = 1000
@@ -108,12 +106,10 @@ class Settlement:
         await self._log(tenant_id, settled)
         for delivery, _ in pairs:
             self._release(delivery)
-        succeeded = len(settled) - len(rejected)
-        if succeeded:
-            RECORDS.labels(tenant_id, "succeeded").inc(succeeded)
-        if rejected:
-            RECORDS.labels(tenant_id, "rejected").inc(len(rejected))
         if self._metrics is not None:
+            records = self._metrics.writer_records
+            records.labels(tenant_id, "succeeded").inc(len(settled) - len(rejected))
+            records.labels(tenant_id, "rejected").inc(len(rejected))
             observe_written(self._metrics, tenant_id, pairs, now)
 
     def _dead_letter(self, result: WriteResult, now: datetime) -> tuple[Any, str, bytes, dict[str, str]]:

@@ -106,3 +106,22 @@ async def test_each_tenant_has_its_own_gauge() -> None:
 async def test_without_metrics_decisions_still_go_through() -> None:
     governor = Governor(MemoryLedger({"acme": 1000}), lambda: T0)
     assert (await governor.AcquireCalls(acquire("acme", 1), NO_CONTEXT)).granted
+
+
+async def test_grants_denials_and_the_warning_are_exported_on_the_service_registry() -> None:
+    # They were once on prometheus_client's default registry, which /metrics does not serve.
+    metrics = Metrics(CollectorRegistry())
+    governor = Governor(MemoryLedger({"acme": 1000}), lambda: T0, metrics=metrics)
+
+    await governor.AcquireCalls(acquire("acme", 60), NO_CONTEXT)
+    await governor.AcquireCalls(acquire("acme", 150), NO_CONTEXT)
+    await governor.ReportUsage(usage("acme", 4900, 5000), NO_CONTEXT)
+
+    sample = metrics.registry.get_sample_value
+    assert sample("duplex_governor_calls_granted_total", {"tenant": "acme", "priority": "live"}) == 60
+    denied = [
+        s for m in metrics.registry.collect() for s in m.samples if s.name == "duplex_governor_requests_denied_total"
+    ]
+    assert [s.value for s in denied] == [1]
+    assert sample("duplex_governor_budget_warning", {"tenant": "acme"}) == 1
+    assert sample("duplex_governor_predicted_exhaustion_seconds", {"tenant": "acme"}) is not None

@@ -26,6 +26,8 @@ NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 P = ("crm-writes", 0)
 LATENCY = "duplex_end_to_end_latency_seconds"
 WRITTEN = {"tenant": "acme", "stage": "written"}
+RECORDS = "duplex_writer_records_total"
+OUTCOMES = ("succeeded", "rejected")
 
 
 @dataclass
@@ -134,6 +136,10 @@ async def test_a_settled_write_observes_origin_to_written(
     assert (metrics.registry.get_sample_value(f"{LATENCY}_count", WRITTEN) or 0) == count
     assert (metrics.registry.get_sample_value(f"{LATENCY}_sum", WRITTEN) or 0) == pytest.approx(total)
     assert tracker.unfinished() == 0
+    # One record write settled, counted by its outcome on the service's own registry.
+    settled = {o: metrics.registry.get_sample_value(RECORDS, {"tenant": "acme", "outcome": o}) for o in OUTCOMES}
+    assert settled[str(outcome)] == 1
+    assert sum(v or 0 for v in settled.values()) == 1
 
 
 async def test_without_metrics_a_write_still_settles() -> None:
