@@ -95,6 +95,27 @@ def write(*tokens: str) -> RecordWrite:
 REJECTED = (ItemError("REQUIRED_FIELD_MISSING", "Required fields are missing: [Name]"),)
 
 
+def settling(origins: dict[str, float | None], metrics: Metrics | None) -> tuple[Settlement, OffsetTracker]:
+    """A settlement of one command per token (its origin that many seconds ago), and its tracker."""
+    deliveries = {t: delivery(t, ago) for t, ago in origins.items()}
+    tracker = OffsetTracker()
+    for d in deliveries.values():
+        tracker.seen(d.partition, d.offset, 1)
+    settlement = Settlement(
+        publish=publish,
+        outcomes_topic="write-outcomes",
+        dead_letter_topic="crm-writes.dlq",
+        source_topic="crm-writes",
+        database=Database(),
+        tracker=tracker,
+        deliveries=deliveries,
+        remaining=dict.fromkeys(origins, 1),
+        clock=lambda: NOW,
+        metrics=metrics,
+    )
+    return settlement, tracker
+
+
 @pytest.mark.parametrize(
     ("origins", "outcome", "count", "total"),
     [
@@ -112,23 +133,8 @@ async def test_a_settled_write_observes_origin_to_written(
     origins: list[float | None], outcome: Outcome, count: int, total: float
 ) -> None:
     tokens = [str(n) for n in range(len(origins))]
-    deliveries = {t: delivery(t, ago) for t, ago in zip(tokens, origins, strict=True)}
-    tracker = OffsetTracker()
-    for d in deliveries.values():
-        tracker.seen(d.partition, d.offset, 1)
     metrics = Metrics(CollectorRegistry())
-    settlement = Settlement(
-        publish=publish,
-        outcomes_topic="write-outcomes",
-        dead_letter_topic="crm-writes.dlq",
-        source_topic="crm-writes",
-        database=Database(),
-        tracker=tracker,
-        deliveries=deliveries,
-        remaining=dict.fromkeys(tokens, 1),
-        clock=lambda: NOW,
-        metrics=metrics,
-    )
+    settlement, tracker = settling(dict(zip(tokens, origins, strict=True)), metrics)
     errors = REJECTED if outcome is Outcome.REJECTED else ()
 
     await settlement.settle("acme", [(WriteResult(write(*tokens), outcome, record_id="001A", errors=errors), 1)])
@@ -143,19 +149,6 @@ async def test_a_settled_write_observes_origin_to_written(
 
 
 async def test_without_metrics_a_write_still_settles() -> None:
-    deliveries = {"0": delivery("0", 1.0)}
-    tracker = OffsetTracker()
-    tracker.seen(P, 0, 1)
-    settlement = Settlement(
-        publish=publish,
-        outcomes_topic="write-outcomes",
-        dead_letter_topic="crm-writes.dlq",
-        source_topic="crm-writes",
-        database=Database(),
-        tracker=tracker,
-        deliveries=deliveries,
-        remaining={"0": 1},
-        clock=lambda: NOW,
-    )
+    settlement, tracker = settling({"0": 1.0}, None)
     await settlement.settle("acme", [(WriteResult(write("0"), Outcome.SUCCEEDED, record_id="001A"), 1)])
     assert tracker.committable() == {P: 1}
