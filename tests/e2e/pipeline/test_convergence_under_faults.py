@@ -220,7 +220,8 @@ async def converged(run: Run, what: str) -> list[str]:
 async def history(run: Run, problem: str) -> str:
     """The sync log and mapped changes of the record a problem names: what Duplex was told and decided."""
     tenant = problem.split()[0].rstrip(":")
-    ids = [part.split("=", 1)[1] for part in problem.split() if part.startswith(("app=", "crm=p-", "crm=0"))]
+    # Record ids only: field values are printed as app='...' too.
+    ids = [part.split("=", 1)[1] for part in problem.split() if part.startswith(("app=p-", "crm=0"))]
     conn = await asyncpg.connect(run.services.config.dsn)
     try:
         links = {
