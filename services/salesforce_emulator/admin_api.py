@@ -207,8 +207,11 @@ def build_admin_router(
 
     @router.patch("/orgs/{org_ref}/faults")
     async def set_faults(org: OrgRef, patch: FaultsPatch) -> dict[str, Any]:
-        for name in patch.model_fields_set:
+        for name in patch.model_fields_set - {"seed"}:
             setattr(org.faults, name, getattr(patch, name))
+        if "seed" in patch.model_fields_set:
+            # Re-sending the same seed replays the same faults from the start (see faults.py).
+            org.faults.reseed(org.faults.seed if patch.seed is None else patch.seed)
         return faults_view(org.faults)
 
     @router.post("/orgs/{org_ref}/tokens/expire")

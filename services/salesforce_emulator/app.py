@@ -3,16 +3,15 @@ log, the HTTP APIs and the gRPC server into one :class:`Emulator`.
 
 Every call under ``/services/data/vXX.X/`` passes the :class:`ApiGateway` first, which does what
 Salesforce's front door does before a handler runs: authenticate the Bearer token (401
-INVALID_SESSION_ID), apply the org's injected latency and outages (503 SERVER_UNAVAILABLE), count
-the call against the rolling 24-hour allocation (403 REQUEST_LIMIT_EXCEEDED when exhausted) and
-stamp ``Sforce-Limit-Info`` on the response. Handlers receive the resulting
+INVALID_SESSION_ID), pass the :class:`~services.salesforce_emulator.gateway.FrontDoor` (injected
+latency and outages, 503 SERVER_UNAVAILABLE; the rolling 24-hour allocation, 403
+REQUEST_LIMIT_EXCEEDED when exhausted) and stamp ``Sforce-Limit-Info`` on the response. SOAP data
+calls pass the same front door. Handlers receive the resulting
 :class:`~services.salesforce_emulator.context.CallContext` through the ``call_context`` dependency.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
 import re
 import sqlite3
@@ -36,6 +35,7 @@ from services.salesforce_emulator.bulk_query import build_bulk_query_router
 from services.salesforce_emulator.context import ApiName, CallContext, parse_call_options
 from services.salesforce_emulator.errors import SalesforceError, install_error_handlers, invalid_session
 from services.salesforce_emulator.event_log import EventLog
+from services.salesforce_emulator.gateway import LIMIT_HEADER, FrontDoor
 from services.salesforce_emulator.limits import (
     DAILY_BULK_API_BATCHES,
     DAILY_BULK_V2_QUERY_JOBS,
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 _API_PATH = re.compile(r"^/services/data/v(?P<version>\d+\.\d+)(?:/|$)")
-LIMIT_HEADER = "Sforce-Limit-Info"
 
 
 def call_context(request: Request) -> CallContext:
@@ -82,15 +81,13 @@ class ApiGateway:
         *,
         oauth: OAuthService,
         orgs: OrgRegistry,
-        usage: UsageMeter,
-        sleep: Callable[[float], Any] = asyncio.sleep,
+        front_door: FrontDoor,
     ) -> None:
         self._app = app
         self._oauth = oauth
         self._orgs = orgs
-        self._usage = usage
-        self._sleep = sleep
-        self._calls = itertools.count()
+        self._front_door = front_door
+        self._usage = front_door.usage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _API_PATH.match(scope["path"]) if scope["type"] == "http" else None
@@ -104,16 +101,9 @@ class ApiGateway:
         if session is None or org is None:
             await JSONResponse(invalid_session().rest_body(), status_code=401)(scope, receive, send)
             return
-        faults = org.faults
-        if faults.latency_ms:
-            await self._sleep(faults.latency_ms / 1000)
-        if faults.unavailable(f"{org.org_id}:{next(self._calls)}"):
-            error = SalesforceError(503, "SERVER_UNAVAILABLE", "Server is temporarily unavailable. Retry later.")
-            await self._reply(error, org, scope, receive, send)
-            return
         client = parse_call_options(headers.get("sforce-call-options"))
         try:
-            used, maximum = self._usage.admit(org, client)
+            used, maximum = await self._front_door.admit(org, client)
         except SalesforceError as error:
             await self._reply(error, org, scope, receive, send)
             return
@@ -221,6 +211,8 @@ class Emulator:
             "client_id": client.client_id if client else None,
             "client_secret": client.client_secret.get_secret_value() if client else None,
             "admin_token": self.settings.admin_token.get_secret_value(),
+            "data_file": self.settings.data_file,
+            "event_retention_hours": self.settings.event_retention_hours,
         }
 
     def close(self) -> None:
@@ -270,6 +262,7 @@ def build_app(settings: EmulatorSettings, *, clock: Clock = time.time) -> Emulat
         clock=clock,
     )
     usage = UsageMeter(orgs, clock)
+    front_door = FrontDoor(usage)
     event_log = EventLog(
         orgs.schema_for,
         path=None if settings.in_memory else settings.data_file,
@@ -288,7 +281,7 @@ def build_app(settings: EmulatorSettings, *, clock: Clock = time.time) -> Emulat
     app = FastAPI(title="Salesforce emulator", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     app.include_router(build_oauth_router(oauth))
-    app.include_router(build_soap_router(orgs, oauth, store))
+    app.include_router(build_soap_router(orgs, oauth, store, front_door))
     app.include_router(build_limits_router(usage, orgs, call_context))
     app.include_router(
         build_admin_router(
@@ -314,7 +307,7 @@ def build_app(settings: EmulatorSettings, *, clock: Clock = time.time) -> Emulat
     app.include_router(build_bulk_ingest_router(store, call_context))
     app.include_router(build_query_router(store, orgs.schema_for, call_context, service=queries, clock=clock))
     app.include_router(build_bulk_query_router(store, orgs.schema_for, call_context, clock=clock))
-    app.add_middleware(ApiGateway, oauth=oauth, orgs=orgs, usage=usage)
+    app.add_middleware(ApiGateway, oauth=oauth, orgs=orgs, front_door=front_door)
 
     return Emulator(
         settings=settings,

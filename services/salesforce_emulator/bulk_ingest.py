@@ -444,7 +444,11 @@ def build_bulk_ingest_router(
         router.add_api_route(path, delete_job, methods=["DELETE"])
     for path in (base + "/{job_id}/batches", base + "/{job_id}/batches/"):
         router.add_api_route(path, upload, methods=["PUT"])
-    for kind in ("successfulResults", "failedResults", "unprocessedrecords"):
-        for path in (f"{base}/{{job_id}}/{kind}", f"{base}/{{job_id}}/{kind}/"):
+    # Salesforce documents ``unprocessedrecords``; simple-salesforce asks for ``unprocessedRecords``.
+    # Answer both so that client works unchanged.
+    spellings = {"unprocessedRecords": "unprocessedrecords"}
+    for segment in ("successfulResults", "failedResults", "unprocessedrecords", *spellings):
+        kind = spellings.get(segment, segment)
+        for path in (f"{base}/{{job_id}}/{segment}", f"{base}/{{job_id}}/{segment}/"):
             router.add_api_route(path, results_route(kind), methods=["GET"])
     return router

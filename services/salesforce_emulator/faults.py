@@ -2,8 +2,9 @@
 
 Admin endpoints set an org's :class:`OrgFaults`; the transport (latency, 503s, token expiry),
 the record store (lock errors), the API counter (lowered limit) and CDC (gaps, overflow, purge,
-dropped streams) consult it. Decisions hash the seed with the subject, so one seed always gives
-the same faults for the same records, whatever the order of calls.
+dropped streams) consult it. Decisions hash the seed with the subject and a per-org attempt
+number, so one seed always gives the same faults in the same org, whatever other orgs do; setting
+the seed (even to its current value) restarts the attempt numbers, which replays the sequence.
 """
 
 from __future__ import annotations
@@ -29,14 +30,24 @@ class OrgFaults:
     lock_ratio: float = 0.0
     # Each (call, record) pair is decided independently, so a retry can succeed.
     lock_attempt_counter: dict[str, int] = field(default_factory=dict)
+    # This org's API calls so far (503 decisions), not shared with other orgs.
+    call_counter: int = 0
     # Overrides the org's daily API limit when set.
     api_limit: int | None = None
     # Pub/Sub streams open before this many seconds of uptime are cut (incremented per drop).
     drop_streams_generation: int = 0
 
-    def unavailable(self, call_id: str) -> bool:
-        """Whether this call gets a 503."""
-        return self.unavailable_ratio > 0 and _fraction(self.seed, "503", call_id) < self.unavailable_ratio
+    def reseed(self, seed: int) -> None:
+        """Set the seed and restart the attempt numbers, so the same seed replays the same faults."""
+        self.seed = seed
+        self.call_counter = 0
+        self.lock_attempt_counter.clear()
+
+    def next_call_unavailable(self) -> bool:
+        """Whether this org's next API call gets a 503. Every call counts, faulted or not."""
+        call = self.call_counter
+        self.call_counter = call + 1
+        return self.unavailable_ratio > 0 and _fraction(self.seed, "503", str(call)) < self.unavailable_ratio
 
     def lock_error(self, record_key: str) -> bool:
         """Whether this attempt to write ``record_key`` fails with UNABLE_TO_LOCK_ROW.

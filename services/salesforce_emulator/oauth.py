@@ -97,7 +97,8 @@ def check_verifier(challenge: str | None, verifier: str | None) -> None:
     if not _PKCE_SHAPE.match(verifier):
         raise OAuthError("invalid_request", "invalid code_verifier")
     if not hmac.compare_digest(s256(verifier), challenge):
-        raise OAuthError("invalid_grant", "invalid code verifier")
+        # Salesforce answers a mismatch as a bad request, unlike RFC 7636's invalid_grant.
+        raise OAuthError("invalid_request", "invalid code_verifier")
 
 
 def _hash(token: str) -> str:

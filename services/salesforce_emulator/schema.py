@@ -410,6 +410,7 @@ CASE = ObjectDef(
     "Cases",
     (
         *_system_fields(),
+        replace(_master_record(), reference_to=("Case",)),
         FieldDef(
             "CaseNumber",
             "string",

@@ -1,5 +1,8 @@
 """The partner SOAP API's ``login`` call, the way Salesforce's own examples and simple-salesforce log in,
-and its ``undelete`` call (Salesforce's REST API has no undelete).
+and its ``undelete`` and ``merge`` calls (Salesforce's REST API has neither).
+
+``undelete`` and ``merge`` pass the same front door as REST calls (latency and outage faults, the
+API allocation, ``Sforce-Limit-Info``); they also report usage in a ``LimitInfoHeader``.
 
 Clients read the response by position (the official Pub/Sub Python example takes ``result[3]``,
 ``result[4]``, ``result[6]`` and ``userInfo[8]``), so the elements are written in exactly
@@ -13,18 +16,27 @@ an ignored query string), or log in here yourself and pass ``session_id`` + ``in
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any
 from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Request, Response
 
 from services.salesforce_emulator.context import CallContext
 from services.salesforce_emulator.errors import SalesforceError
+from services.salesforce_emulator.gateway import LIMIT_HEADER, FrontDoor
 from services.salesforce_emulator.oauth import OAuthService
 from services.salesforce_emulator.orgs import Org, OrgRegistry, User, derived_id
 from services.salesforce_emulator.store import RecordStore
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER = "urn:partner.soap.sforce.com"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+
+# Partner calls that read or write data: they need a SessionHeader and count against the API allocation.
+DATA_CALLS = ("undelete", "merge")
+# Salesforce's documented cap on MergeRequests per merge() call.
+MAX_MERGE_REQUESTS = 200
 
 _INVALID_LOGIN = "Invalid username, password, security token; or user locked out."
 
@@ -93,6 +105,18 @@ def soap_fault(code: str, message: str, *, fault_type: str = "LoginFault") -> st
     )
 
 
+def body_call(body: bytes) -> str:
+    """The lower-cased name of the envelope's first Body element ("" when there is none)."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return ""
+    body_element = root.find(f"{{{SOAP_ENV}}}Body")
+    if body_element is None or len(body_element) == 0:
+        return ""
+    return _local(body_element[0].tag).lower()
+
+
 def parse_login(body: bytes) -> tuple[str, str] | None:
     """(username, password) of a partner ``login`` envelope, whatever prefixes the client chose."""
     try:
@@ -110,47 +134,130 @@ def parse_login(body: bytes) -> tuple[str, str] | None:
     return username.strip(), password
 
 
-def parse_undelete(body: bytes) -> tuple[str, str | None, list[str]] | None:
-    """(session id, Sforce client, record ids) of a partner ``undelete`` envelope."""
+@dataclass(frozen=True)
+class SoapCall:
+    """A partner API data call: its session, its ``CallOptions`` client and the call element."""
+
+    session_id: str
+    client: str | None
+    call: ET.Element
+
+
+def parse_call(body: bytes, name: str) -> SoapCall | None:
+    """The ``name`` call of a partner envelope with a ``SessionHeader``, or None when malformed."""
     try:
         root = ET.fromstring(body)
     except ET.ParseError:
         return None
-    call = root.find(f"{{{SOAP_ENV}}}Body/{{{PARTNER}}}undelete")
+    call = root.find(f"{{{SOAP_ENV}}}Body/{{{PARTNER}}}{name}")
     session = root.findtext(f"{{{SOAP_ENV}}}Header/{{{PARTNER}}}SessionHeader/{{{PARTNER}}}sessionId")
     if call is None or not session:
         return None
     client = root.findtext(f"{{{SOAP_ENV}}}Header/{{{PARTNER}}}CallOptions/{{{PARTNER}}}client")
-    ids = [(e.text or "").strip() for e in call.findall(f"{{{PARTNER}}}ids")]
-    return session.strip(), (client or "").strip() or None, ids
+    return SoapCall(session.strip(), (client or "").strip() or None, call)
 
 
-def undelete_response(results: list[tuple[str, SalesforceError | None]]) -> str:
+@dataclass(frozen=True)
+class MergeRequest:
+    """One ``request`` of a ``merge`` call. ``values`` maps field names to text, None to clear."""
+
+    object_type: str
+    master_id: str
+    values: dict[str, str | None]
+    loser_ids: list[str]
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def parse_merge_requests(call: ET.Element) -> list[MergeRequest]:
+    """The ``request`` elements of a ``merge`` call, in order.
+
+    The master's fields may come in any namespace: clients built from the WSDL use the sObject
+    namespace, hand-written envelopes often do not.
+    """
+    requests = []
+    for request in call.findall(f"{{{PARTNER}}}request"):
+        master = request.find(f"{{{PARTNER}}}masterRecord")
+        object_type = master_id = ""
+        values: dict[str, str | None] = {}
+        for element in master if master is not None else ():
+            name, text = _local(element.tag), (element.text or "").strip()
+            if name == "type":
+                object_type = text
+            elif name == "Id":
+                master_id = text
+            elif name == "fieldsToNull":
+                values[text] = None
+            elif element.get(f"{{{XSI}}}nil") == "true":
+                values[name] = None
+            else:
+                values[name] = element.text or ""
+        losers = [(e.text or "").strip() for e in request.findall(f"{{{PARTNER}}}recordToMergeIds")]
+        requests.append(MergeRequest(object_type, master_id, values, losers))
+    return requests
+
+
+def _envelope(body: str, limit_info: tuple[int, int] | None = None) -> str:
+    header = ""
+    if limit_info is not None:
+        # Salesforce reports API usage in the LimitInfoHeader of every data call's response.
+        used, maximum = limit_info
+        header = (
+            "<soapenv:Header><LimitInfoHeader><limitInfo>"
+            f"<current>{used}</current><limit>{maximum}</limit><type>API REQUESTS</type>"
+            "</limitInfo></LimitInfoHeader></soapenv:Header>"
+        )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<soapenv:Envelope xmlns:soapenv="{SOAP_ENV}" xmlns="{PARTNER}" xmlns:xsi="{XSI}">'
+        f"{header}<soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>"
+    )
+
+
+def _errors(error: SalesforceError) -> str:
+    return (
+        f"<errors><message>{escape(error.message)}</message>"
+        f"<statusCode>{escape(error.error_code)}</statusCode></errors>"
+    )
+
+
+def merge_response(results: list[dict[str, Any] | SalesforceError], limit_info: tuple[int, int] | None = None) -> str:
+    """``mergeResponse``: one MergeResult per request, elements in the WSDL's order."""
+    items = []
+    for result in results:
+        if isinstance(result, SalesforceError):
+            items.append(f'<result>{_errors(result)}<id xsi:nil="true"/><success>false</success></result>')
+            continue
+        merged = "".join(f"<mergedRecordIds>{escape(i)}</mergedRecordIds>" for i in result["mergedRecordIds"])
+        related = "".join(f"<updatedRelatedIds>{escape(i)}</updatedRelatedIds>" for i in result["updatedRelatedIds"])
+        items.append(f"<result><id>{escape(result['id'])}</id>{merged}<success>true</success>{related}</result>")
+    return _envelope(f"<mergeResponse>{''.join(items)}</mergeResponse>", limit_info)
+
+
+def undelete_response(
+    results: list[tuple[str, SalesforceError | None]], limit_info: tuple[int, int] | None = None
+) -> str:
     """``undeleteResponse``: one ``result`` per id, in request order."""
     items = []
     for record_id, error in results:
         if error is None:
             items.append(f"<result><id>{escape(record_id)}</id><success>true</success></result>")
         else:
-            items.append(
-                f"<result><errors><message>{escape(error.message)}</message>"
-                f"<statusCode>{escape(error.error_code)}</statusCode></errors>"
-                '<id xsi:nil="true"/><success>false</success></result>'
-            )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f'<soapenv:Envelope xmlns:soapenv="{SOAP_ENV}" xmlns="{PARTNER}"'
-        ' xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-        f"<soapenv:Body><undeleteResponse>{''.join(items)}</undeleteResponse></soapenv:Body></soapenv:Envelope>"
-    )
+            items.append(f'<result>{_errors(error)}<id xsi:nil="true"/><success>false</success></result>')
+    return _envelope(f"<undeleteResponse>{''.join(items)}</undeleteResponse>", limit_info)
 
 
-def build_soap_router(orgs: OrgRegistry, oauth: OAuthService, store: RecordStore) -> APIRouter:
-    """``POST /services/Soap/u/{version}[/…]`` answering ``login`` and ``undelete``."""
+def build_soap_router(orgs: OrgRegistry, oauth: OAuthService, store: RecordStore, front_door: FrontDoor) -> APIRouter:
+    """``POST /services/Soap/u/{version}[/…]`` answering ``login``, ``undelete`` and ``merge``."""
     router = APIRouter()
 
-    def xml(body: str, status: int) -> Response:
-        return Response(body, status_code=status, media_type="text/xml; charset=utf-8")
+    def xml(body: str, status: int, headers: dict[str, str] | None = None) -> Response:
+        return Response(body, status_code=status, media_type="text/xml; charset=utf-8", headers=headers)
+
+    def api_fault(code: str, message: str) -> Response:
+        return xml(soap_fault(code, message, fault_type="ApiFault"), 500)
 
     @router.post("/services/Soap/u/{version}")
     @router.post("/services/Soap/u/{version}/")
@@ -158,13 +265,15 @@ def build_soap_router(orgs: OrgRegistry, oauth: OAuthService, store: RecordStore
     async def soap(version: str, request: Request) -> Response:
         action = request.headers.get("soapaction", "").strip('"').lower()
         body = await request.body()
-        if action == "undelete":
-            return undelete(version, body)
+        if not action:
+            # The partner WSDL declares soapAction="" for every operation, so WSDL-generated
+            # clients name the call only in the body.
+            action = body_call(body)
+        if action in DATA_CALLS:
+            return await data_call(action, version, body)
         credentials = parse_login(body)
         if credentials is None or action not in ("", "login"):
-            return xml(
-                soap_fault("INVALID_OPERATION", "only login and undelete are emulated", fault_type="ApiFault"), 500
-            )
+            return api_fault("INVALID_OPERATION", "only login, undelete and merge are emulated")
         username, password = credentials
         found = orgs.find_user(username)
         if found is None or not found[1].active or not found[1].password_matches(password):
@@ -181,28 +290,58 @@ def build_soap_router(orgs: OrgRegistry, oauth: OAuthService, store: RecordStore
         )
         return xml(envelope, 200)
 
-    def undelete(version: str, body: bytes) -> Response:
-        parsed = parse_undelete(body)
+    async def data_call(action: str, version: str, body: bytes) -> Response:
+        parsed = parse_call(body, action)
         if parsed is None:
-            return xml(soap_fault("INVALID_OPERATION", "malformed undelete request", fault_type="ApiFault"), 500)
-        session_id, client, ids = parsed
-        session = oauth.authenticate(session_id)
-        if session is None:
+            return api_fault("INVALID_OPERATION", f"malformed {action} request")
+        session = oauth.authenticate(parsed.session_id)
+        org = orgs.find(session.org_id) if session else None
+        if session is None or org is None:
             return xml(
                 soap_fault(
                     "INVALID_SESSION_ID", "Invalid Session ID found in SessionHeader", fault_type="UnexpectedErrorFault"
                 ),
                 500,
             )
-        ctx = CallContext(session.org_id, session.user_id, version, api_name="soap", client=client)
+        try:
+            limit_info = await front_door.admit(org, parsed.client)
+        except SalesforceError as error:
+            # An outage answers 503 as it does for REST; every other SOAP fault travels as HTTP 500.
+            status = 503 if error.http_status == 503 else 500
+            headers = {LIMIT_HEADER: front_door.header(org)}
+            return xml(soap_fault(error.error_code, error.message, fault_type="ApiFault"), status, headers)
+        ctx = CallContext(session.org_id, session.user_id, version, api_name="soap", client=parsed.client)
+        if action == "undelete":
+            envelope = undelete(ctx, parsed.call, limit_info)
+        else:
+            requests = parse_merge_requests(parsed.call)
+            if not requests or len(requests) > MAX_MERGE_REQUESTS:
+                return api_fault("INVALID_OPERATION", f"merge takes 1 to {MAX_MERGE_REQUESTS} requests")
+            envelope = merge_response([merge(ctx, r) for r in requests], limit_info)
+        used, maximum = limit_info
+        return xml(envelope, 200, {LIMIT_HEADER: f"api-usage={used}/{maximum}"})
+
+    def undelete(ctx: CallContext, call: ET.Element, limit_info: tuple[int, int]) -> str:
         results: list[tuple[str, SalesforceError | None]] = []
         with store.transaction(ctx) as txn:
-            for record_id in ids:
+            for record_id in call.findall(f"{{{PARTNER}}}ids"):
                 try:
-                    results.append((txn.undelete(record_id), None))
+                    results.append((txn.undelete((record_id.text or "").strip()), None))
                 except SalesforceError as error:
                     # A failed operation writes nothing; the other ids still go through.
-                    results.append((record_id, error))
-        return xml(undelete_response(results), 200)
+                    results.append(((record_id.text or "").strip(), error))
+        return undelete_response(results, limit_info)
+
+    def merge(ctx: CallContext, request: MergeRequest) -> dict[str, Any] | SalesforceError:
+        # Each request is its own transaction, so one failing request leaves the others merged.
+        if not request.object_type or not request.master_id:
+            return SalesforceError(400, "MISSING_ARGUMENT", "masterRecord needs a type and an Id")
+        try:
+            return store.merge(ctx, request.object_type, request.master_id, request.loser_ids, request.values)
+        except SalesforceError as error:
+            if error.error_code == "NOT_FOUND":
+                # SOAP's StatusCode has no NOT_FOUND: an id naming no record is a bad cross-reference.
+                return SalesforceError(400, "INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+            return error
 
     return router

@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS counters (
 ) WITHOUT ROWID;
 """
 
+# The only objects Salesforce's merge() accepts.
+MERGEABLE_OBJECTS = frozenset({"Account", "Contact", "Lead", "Case"})
+
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _loads = json.loads
 
@@ -821,7 +824,7 @@ class Transaction:
         master_values: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         plan = self.plan(object_name)
-        if plan.field("MasterRecordId") is None:
+        if plan.obj.name not in MERGEABLE_OBJECTS or plan.field("MasterRecordId") is None:
             raise SalesforceError(400, "INVALID_TYPE", f"{plan.obj.name} records cannot be merged")
         losers = [ids.to18(i) if ids.is_valid(i) else i for i in loser_ids]
         if not 1 <= len(losers) <= 2:

@@ -53,12 +53,12 @@ class Login:
     org_id: str
 
 
-def soap_login(emulator: EmulatorProcess) -> Login:
+def soap_login(emulator: EmulatorProcess, username: str | None = None, password: str | None = None) -> Login:
     envelope = (
         '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
         'xmlns:urn="urn:partner.soap.sforce.com"><soapenv:Body><urn:login>'
-        f"<urn:username>{emulator.info['username']}</urn:username>"
-        f"<urn:password>{emulator.info['password']}</urn:password>"
+        f"<urn:username>{username or emulator.info['username']}</urn:username>"
+        f"<urn:password>{password or emulator.info['password']}</urn:password>"
         "</urn:login></soapenv:Body></soapenv:Envelope>"
     )
     with emulator.http() as client:
@@ -85,8 +85,8 @@ def topic_schema_id(subscriber: Subscriber) -> str:
     return str(subscriber.stub.GetTopic(pb.TopicRequest(topic_name=TOPIC), metadata=subscriber.metadata).schema_id)
 
 
-def earliest(n: int) -> pb.FetchRequest:
-    return pb.FetchRequest(topic_name=TOPIC, replay_preset=pb.EARLIEST, num_requested=n)
+def earliest(n: int, topic: str = TOPIC) -> pb.FetchRequest:
+    return pb.FetchRequest(topic_name=topic, replay_preset=pb.EARLIEST, num_requested=n)
 
 
 class Subscriber:
@@ -97,6 +97,7 @@ class Subscriber:
         self.channel = grpc.secure_channel(emulator.grpc_target, credentials)
         self.stub = pb_grpc.PubSubStub(self.channel)
         self.metadata = metadata(emulator, login)
+        self.topic = first.topic_name
         self.requests: queue.Queue[pb.FetchRequest | None] = queue.Queue()
         self.responses: queue.Queue[pb.FetchResponse | grpc.RpcError] = queue.Queue()
         self.requests.put(first)
@@ -113,7 +114,7 @@ class Subscriber:
             self.responses.put(exc)
 
     def request(self, n: int) -> None:
-        self.requests.put(pb.FetchRequest(topic_name=TOPIC, num_requested=n))
+        self.requests.put(pb.FetchRequest(topic_name=self.topic, num_requested=n))
 
     def next(self, timeout: float = 20) -> pb.FetchResponse:
         item = self.responses.get(timeout=timeout)
@@ -356,3 +357,164 @@ def test_dropped_streams_end_with_unavailable(private_emulator: EmulatorProcess,
     error: Any = raised.value
     assert dropped == 1
     assert error.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def collect(subscriber: Subscriber, wanted: int, match: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(event decoded identically by fastavro and avro, its schema) for the first ``wanted`` matches."""
+    schemas: dict[str, str] = {}
+    found: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    while len(found) < wanted:
+        response = subscriber.next()
+        for consumed in response.events:
+            schema_id = consumed.event.schema_id
+            if schema_id not in schemas:
+                request = pb.SchemaRequest(schema_id=schema_id)
+                schemas[schema_id] = subscriber.stub.GetSchema(request, metadata=subscriber.metadata).schema_json
+            fast, reference = decode_both(schemas[schema_id], consumed.event.payload)
+            assert fast == reference
+            if match(fast["ChangeEventHeader"]):
+                found.append((fast, json.loads(schemas[schema_id])))
+        if response.events and response.pending_num_requested == 0:
+            subscriber.request(100)
+    return found
+
+
+def test_custom_object_changes_arrive_on_their_own_channel(private_emulator: EmulatorProcess, login: Login) -> None:
+    sf: Any = simple_salesforce(private_emulator, client=CLIENT)
+    record = sf.Partner_Tier__c.create({"Name": f"Tier {uuid.uuid4().hex[:8]}", "Level__c": "Gold"})["id"]
+    sf.Partner_Tier__c.update(record, {"Level__c": "Silver"})
+
+    # Salesforce's channel for Partner_Tier__c: the "__c" suffix becomes "__ChangeEvent".
+    channel = "/data/Partner_Tier__ChangeEvent"
+    subscriber = Subscriber(private_emulator, login, earliest(100, channel))
+    try:
+        events = collect(subscriber, 2, lambda header: record in header["recordIds"])
+    finally:
+        subscriber.close()
+
+    (create, schema), (update, _) = events
+    assert schema["name"] == "Partner_Tier__ChangeEvent"
+    assert schema["fields"][0]["name"] == "ChangeEventHeader"
+    headers = [create["ChangeEventHeader"], update["ChangeEventHeader"]]
+    assert [(h["entityName"], h["changeType"], h["recordIds"]) for h in headers] == [
+        ("Partner_Tier__c", "CREATE", [record]),
+        ("Partner_Tier__c", "UPDATE", [record]),
+    ]
+    assert create["Level__c"] == "Gold"
+    assert update["Level__c"] == "Silver"
+    assert "Level__c" in expand(schema, headers[1]["changedFields"])
+
+
+def test_a_composite_transaction_shares_one_transaction_key(private_emulator: EmulatorProcess, login: Login) -> None:
+    sf: Any = simple_salesforce(private_emulator, client=CLIENT)
+    tag = uuid.uuid4().hex[:8]
+    records = [{"attributes": {"type": "Account"}, "Name": f"txn {tag} {i}"} for i in (1, 2)]
+    results = sf.restful("composite/sobjects", method="POST", json={"allOrNone": True, "records": records})
+    created = [r["id"] for r in results]
+
+    subscriber = Subscriber(private_emulator, login, earliest(100))
+    try:
+        events = collect(subscriber, 2, lambda header: bool(set(created) & set(header["recordIds"])))
+    finally:
+        subscriber.close()
+
+    headers = [event["ChangeEventHeader"] for event, _ in events]
+    assert [h["recordIds"] for h in headers] == [[created[0]], [created[1]]]
+    assert [h["changeType"] for h in headers] == ["CREATE", "CREATE"]
+    assert len({h["transactionKey"] for h in headers}) == 1
+    assert [h["sequenceNumber"] for h in headers] == [1, 2]
+    assert headers[0]["commitNumber"] == headers[1]["commitNumber"]
+
+
+def auth_error(emulator: EmulatorProcess, login: Login) -> Any:
+    subscriber = Subscriber(emulator, login, pb.FetchRequest(topic_name=TOPIC, num_requested=1))
+    try:
+        with pytest.raises(grpc.RpcError) as raised:
+            subscriber.next()
+    finally:
+        subscriber.close()
+    error: Any = raised.value
+    return error
+
+
+def test_a_session_presented_for_another_org_is_an_auth_error(private_emulator: EmulatorProcess, login: Login) -> None:
+    globex = private_emulator.admin("GET", "/orgs/globex").json()["org_id"]
+    assert globex != login.org_id
+
+    error = auth_error(private_emulator, Login(login.session_id, login.server_url, org_id=globex))
+
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert dict(error.trailing_metadata() or ())["error-code"] == "sfdc.platform.eventbus.grpc.service.auth.error"
+    assert "rpcId" in error.details()
+
+
+def test_a_session_expired_by_the_fault_is_an_auth_error(private_emulator: EmulatorProcess) -> None:
+    # Globex's session, so that expiring it leaves the module's acme login usable.
+    globex = soap_login(private_emulator, "admin@globex.example", "globex-dev-password")
+    alive = Subscriber(private_emulator, globex, earliest(1))
+    try:
+        topic = alive.stub.GetTopic(pb.TopicRequest(topic_name=TOPIC), metadata=alive.metadata)
+    finally:
+        alive.close()
+    assert topic.tenant_guid == globex.org_id
+    private_emulator.admin("POST", f"/orgs/{globex.org_id}/tokens/expire")
+
+    error = auth_error(private_emulator, globex)
+
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert dict(error.trailing_metadata() or ())["error-code"] == "sfdc.platform.eventbus.grpc.service.auth.error"
+    assert "rpcId" in error.details()
+
+
+def soap_merge(emulator: EmulatorProcess, login: Login, master: str, loser: str, client: str) -> ET.Element:
+    envelope = (
+        '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"'
+        ' xmlns:urn="urn:partner.soap.sforce.com" xmlns:urn1="urn:sobject.partner.soap.sforce.com">'
+        f"<soapenv:Header><urn:SessionHeader><urn:sessionId>{login.session_id}</urn:sessionId></urn:SessionHeader>"
+        f"<urn:CallOptions><urn:client>{client}</urn:client></urn:CallOptions></soapenv:Header>"
+        "<soapenv:Body><urn:merge><urn:request><urn:masterRecord><urn1:type>Account</urn1:type>"
+        f"<urn1:Id>{master}</urn1:Id><urn1:Phone>555-0123</urn1:Phone></urn:masterRecord>"
+        f"<urn:recordToMergeIds>{loser}</urn:recordToMergeIds></urn:request></urn:merge></soapenv:Body>"
+        "</soapenv:Envelope>"
+    )
+    with emulator.http() as http:
+        response = http.post(
+            f"/services/Soap/u/{API_VERSION}/",
+            content=envelope,
+            headers={"content-type": "text/xml", "SOAPAction": "merge"},
+        )
+    response.raise_for_status()
+    return ET.fromstring(response.text)
+
+
+def test_a_soap_merge_arrives_as_a_loser_delete_and_a_master_update(
+    private_emulator: EmulatorProcess, login: Login
+) -> None:
+    sf: Any = simple_salesforce(private_emulator)
+    tag = uuid.uuid4().hex[:8]
+    master = sf.Account.create({"Name": f"master {tag}"})["id"]
+    loser = sf.Account.create({"Name": f"loser {tag}"})["id"]
+
+    reply = soap_merge(private_emulator, login, master, loser, client="conformance-merge")
+
+    partner = "{urn:partner.soap.sforce.com}"
+    assert reply.findtext(f".//{partner}result/{partner}success") == "true"
+    [row] = sf.query_all(f"SELECT IsDeleted, MasterRecordId FROM Account WHERE Id = '{loser}'", include_deleted=True)[
+        "records"
+    ]
+    assert (row["IsDeleted"], row["MasterRecordId"]) == (True, master)
+    subscriber = Subscriber(private_emulator, login, earliest(100))
+    try:
+        events = collect(subscriber, 4, lambda header: bool({master, loser} & set(header["recordIds"])))
+    finally:
+        subscriber.close()
+
+    merge_events = [event for event, _ in events[2:]]  # after the two CREATEs
+    headers = [event["ChangeEventHeader"] for event in merge_events]
+    assert sorted((h["changeType"], h["recordIds"][0]) for h in headers) == sorted(
+        [("UPDATE", master), ("DELETE", loser)]
+    )
+    assert {h["changeOrigin"] for h in headers} == {f"com/salesforce/api/soap/{API_VERSION};client=conformance-merge"}
+    assert len({h["transactionKey"] for h in headers}) == 1
+    update = next(e for e in merge_events if e["ChangeEventHeader"]["changeType"] == "UPDATE")
+    assert update["Phone"] == "555-0123"

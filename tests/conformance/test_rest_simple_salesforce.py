@@ -4,20 +4,29 @@ ingest and query, API usage from Sforce-Limit-Info, and every error code Duplex 
 
 from __future__ import annotations
 
+import csv
+import io
+import string
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
+import requests
+from simple_salesforce.api import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceExpiredSession,
+    SalesforceGeneralError,
     SalesforceMalformedRequest,
     SalesforceMoreThanOneRecord,
+    SalesforceOperationError,
     SalesforceRefusedRequest,
     SalesforceResourceNotFound,
 )
 
-from devstack.emulator import EmulatorProcess
+from devstack.emulator import API_VERSION, EmulatorProcess
 from tests.fixtures.emulator import simple_salesforce
 
 pytestmark = pytest.mark.conformance
@@ -33,6 +42,12 @@ def sf(emulator: EmulatorProcess) -> SF:
     return simple_salesforce(emulator, client="conformance")
 
 
+@pytest.fixture
+def fresh_sf(emulator: EmulatorProcess) -> SF:
+    """A session of its own: the module's ``sf`` does not survive the session-expiry test."""
+    return simple_salesforce(emulator, client="conformance")
+
+
 def unique(prefix: str = "conf") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -41,12 +56,25 @@ def error_code(exc: Any) -> str:
     return str(exc.content[0]["errorCode"])
 
 
+def case_safe_suffix(id15: str) -> str:
+    """The 18-character id suffix, from the documented algorithm (not the emulator's code): per
+    5-character chunk, bit j is set when character j is an uppercase letter, and the bits index
+    ``A-Z0-5``."""
+    alphabet = string.ascii_uppercase + "012345"
+    chunks = (id15[i : i + 5] for i in (0, 5, 10))
+    return "".join(
+        alphabet[sum(1 << j for j, ch in enumerate(chunk) if ch in string.ascii_uppercase)] for chunk in chunks
+    )
+
+
 def test_crud_round_trip(sf: SF) -> None:
     created = sf.Account.create({"Name": "Conformance Ltd", "BillingCity": "Lyon", "AnnualRevenue": 2_000_000})
     assert created["success"] is True
     account_id = created["id"]
     assert len(account_id) == 18
     assert account_id.startswith("001")
+    assert case_safe_suffix("001A0000006Vm9r") == "IAC"  # the helper itself, on a hand-checked vector
+    assert account_id[15:] == case_safe_suffix(account_id[:15])
 
     record = sf.Account.get(account_id)
     assert record["attributes"]["type"] == "Account"
@@ -155,25 +183,44 @@ def test_get_updated_and_get_deleted(sf: SF) -> None:
     gone = sf.Account.create({"Name": unique("window")})["id"]
     sf.Account.delete(gone)
     end = datetime.now(UTC) + timedelta(minutes=1)
+    last_write = max(modstamp(sf, kept), modstamp(sf, gone))
 
     updated = sf.Account.updated(start, end)
     deleted = sf.Account.deleted(start, end)
 
     # Salesforce covers whole minutes only: latestDateCovered is floored to the minute, and a
     # change is listed once the covered window has passed it.
-    covered = datetime.strptime(updated["latestDateCovered"], "%Y-%m-%dT%H:%M:%S.%f%z")
+    covered = parse(updated["latestDateCovered"])
     assert (covered.second, covered.microsecond) == (0, 0)
     assert covered <= datetime.now(UTC)
+    deleted_covered = parse(deleted["latestDateCovered"])
+    assert deleted_covered >= covered  # the two calls may straddle a minute boundary
     assert (kept in updated["ids"]) is (modstamp(sf, kept) < covered)
-    # A deleted record's SystemModstamp (read with queryAll) is its deletion time.
-    assert (gone in [d["id"] for d in deleted["deletedRecords"]]) is (modstamp(sf, gone) < covered)
+    assert (gone in [d["id"] for d in deleted["deletedRecords"]]) is (modstamp(sf, gone) < deleted_covered)
     assert "earliestDateAvailable" in deleted
+    if min(covered, deleted_covered) <= last_write:
+        # The writes are in the current minute: wait (at most a minute) until it is covered.
+        next_minute = last_write.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        time.sleep(max(0.0, (next_minute - datetime.now(UTC)).total_seconds()) + 0.5)
+        updated = sf.Account.updated(start, end)
+        deleted = sf.Account.deleted(start, end)
+
+    assert parse(updated["latestDateCovered"]) > last_write
+    assert kept in updated["ids"]
+    assert gone not in updated["ids"]  # deleted records are getDeleted's business
+    # A deleted record's SystemModstamp (read with queryAll) is its deletion time.
+    assert {d["id"]: parse(d["deletedDate"]) for d in deleted["deletedRecords"]}.get(gone) == modstamp(sf, gone)
+    assert kept not in [d["id"] for d in deleted["deletedRecords"]]
+
+
+def parse(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
 
 
 def modstamp(sf: SF, record_id: str) -> datetime:
     soql = f"SELECT SystemModstamp FROM Account WHERE Id = '{record_id}'"
     [row] = sf.query_all(soql, include_deleted=True)["records"]
-    return datetime.strptime(row["SystemModstamp"], "%Y-%m-%dT%H:%M:%S.%f%z")
+    return parse(row["SystemModstamp"])
 
 
 def test_composite_with_references(sf: SF) -> None:
@@ -335,3 +382,156 @@ def test_expired_sessions_are_invalid_session_id(faults: EmulatorProcess) -> Non
     with pytest.raises(SalesforceExpiredSession) as raised:
         sf.query("SELECT Id FROM User LIMIT 1")
     assert error_code(raised.value) == "INVALID_SESSION_ID"
+
+
+def soap_logged_in(emulator: EmulatorProcess, username: str, password: str) -> SF:
+    """simple-salesforce's own SOAP login; the query-string trick points its URL at the emulator."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = emulator.ca_cert
+    return Salesforce(
+        username=username,
+        password=password,
+        security_token="",
+        domain=f"{urlparse(emulator.instance_url).netloc}/services/Soap/u/{API_VERSION}?",
+        version=API_VERSION,
+        session=session,
+    )
+
+
+def test_orgs_are_isolated(emulator: EmulatorProcess) -> None:
+    acme = soap_logged_in(emulator, "admin@acme.example", "acme-dev-password")
+    globex = soap_logged_in(emulator, "admin@globex.example", "globex-dev-password")
+    assert acme.sf_instance == globex.sf_instance  # one emulator, one instance URL, two orgs
+    name = unique("isolated")
+    in_acme = acme.Account.create({"Name": name})["id"]
+    in_globex = globex.Account.create({"Name": name})["id"]
+
+    for other, record_id in ((globex, in_acme), (acme, in_globex)):
+        with pytest.raises(SalesforceResourceNotFound) as raised:
+            other.Account.get(record_id)
+        assert error_code(raised.value) == "NOT_FOUND"
+        assert other.query(f"SELECT Id FROM Account WHERE Id = '{record_id}'")["totalSize"] == 0
+    assert [r["Id"] for r in acme.query_all(f"SELECT Id FROM Account WHERE Name = '{name}'")["records"]] == [in_acme]
+    assert [r["Id"] for r in globex.query(f"SELECT Id FROM Account WHERE Name = '{name}'")["records"]] == [in_globex]
+
+    acme.query("SELECT Id FROM User LIMIT 1")
+    acme_before = acme.api_usage["api-usage"]
+    globex.query("SELECT Id FROM User LIMIT 1")
+    globex_before = globex.api_usage["api-usage"]
+    for _ in range(5):
+        globex.query("SELECT Id FROM User LIMIT 1")
+    acme.query("SELECT Id FROM User LIMIT 1")
+    globex.query("SELECT Id FROM User LIMIT 1")
+
+    assert acme.api_usage["api-usage"].used == acme_before.used + 1  # only its own call
+    assert globex.api_usage["api-usage"].used == globex_before.used + 6
+    assert (acme_before.total, globex_before.total) == (15_000, 150_000)  # Developer; Enterprise with 50 licences
+
+
+def test_collections_update_upsert_and_delete(fresh_sf: SF) -> None:
+    sf = fresh_sf
+    tag = unique("coll")
+    created = sf.restful(
+        "composite/sobjects",
+        method="POST",
+        json={"records": [{"attributes": {"type": "Account"}, "Name": f"{tag} {i}"} for i in (1, 2)]},
+    )
+    first, second = (r["id"] for r in created)
+
+    updated = sf.restful(
+        "composite/sobjects",
+        method="PATCH",
+        json={"records": [{"attributes": {"type": "Account"}, "id": i, "Phone": "555-0199"} for i in (first, second)]},
+    )
+    assert [(r["id"], r["success"]) for r in updated] == [(first, True), (second, True)]
+    assert sf.Account.get(second)["Phone"] == "555-0199"
+
+    sf.Account.update(first, {"Duplex_Id__c": f"{tag}-1"})
+    upserted = sf.restful(
+        "composite/sobjects/Account/Duplex_Id__c",
+        method="PATCH",
+        json={
+            "allOrNone": False,
+            "records": [
+                {"attributes": {"type": "Account"}, "Duplex_Id__c": f"{tag}-1", "Name": f"{tag} renamed"},
+                {"attributes": {"type": "Account"}, "Duplex_Id__c": f"{tag}-3", "Name": f"{tag} 3"},
+            ],
+        },
+    )
+    assert [(r["success"], r["created"]) for r in upserted] == [(True, False), (True, True)]
+    assert upserted[0]["id"] == first
+    assert sf.Account.get(first)["Name"] == f"{tag} renamed"
+    third = upserted[1]["id"]
+
+    unknown = "001000000000000AAA"
+    deleted = sf.restful(
+        "composite/sobjects", method="DELETE", params={"ids": f"{first},{third},{unknown}", "allOrNone": "false"}
+    )
+    assert [(r["success"], r.get("id")) for r in deleted[:2]] == [(True, first), (True, third)]
+    assert deleted[2]["success"] is False
+    assert deleted[2]["errors"][0]["statusCode"] in ("ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND")
+    remaining = sf.query(f"SELECT Id FROM Account WHERE Name LIKE '{tag}%'")["records"]
+    assert [r["Id"] for r in remaining] == [second]
+
+
+def csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_bulk_2_insert_update_delete_and_their_results(fresh_sf: SF) -> None:
+    sf = fresh_sf
+    tag = unique("b2")
+    [inserted] = sf.bulk2.Account.insert(records=[{"Name": f"{tag} {i}"} for i in range(3)], wait=0.2)
+    assert (inserted["numberRecordsProcessed"], inserted["numberRecordsFailed"]) == (3, 0)
+    successes = csv_rows(sf.bulk2.Account.get_successful_records(inserted["job_id"]))
+    assert sorted(r["Name"] for r in successes) == [f"{tag} {i}" for i in range(3)]
+    assert {r["sf__Created"] for r in successes} == {"true"}
+    ids = [r["sf__Id"] for r in successes]
+    assert all(i[15:] == case_safe_suffix(i[:15]) for i in ids)
+
+    [updated] = sf.bulk2.Account.update(records=[{"Id": i, "Phone": "555-0142"} for i in ids], wait=0.2)
+    assert (updated["numberRecordsProcessed"], updated["numberRecordsFailed"]) == (3, 0)
+    assert {r["sf__Created"] for r in csv_rows(sf.bulk2.Account.get_successful_records(updated["job_id"]))} == {"false"}
+    assert {r["Phone"] for r in sf.query(f"SELECT Phone FROM Account WHERE Name LIKE '{tag}%'")["records"]} == {
+        "555-0142"
+    }
+
+    [deleted] = sf.bulk2.Account.delete(records=[{"Id": i} for i in ids[:2]], wait=0.2)
+    assert (deleted["numberRecordsProcessed"], deleted["numberRecordsFailed"]) == (2, 0)
+    assert sorted(r["sf__Id"] for r in csv_rows(sf.bulk2.Account.get_successful_records(deleted["job_id"]))) == sorted(
+        ids[:2]
+    )
+    assert csv_rows(sf.bulk2.Account.get_unprocessed_records(deleted["job_id"])) == []
+    assert [r["Id"] for r in sf.query(f"SELECT Id FROM Account WHERE Name LIKE '{tag}%'")["records"]] == [ids[2]]
+
+
+def test_bulk_2_rows_of_a_failed_job_are_unprocessed(fresh_sf: SF) -> None:
+    sf = fresh_sf
+    tag = unique("b2bad")
+    with pytest.raises(SalesforceOperationError):
+        sf.bulk2.Account.insert(records=[{"Name": f"{tag} {i}", "No_Such_Field__c": "x"} for i in range(2)], wait=0.2)
+
+    jobs = sf.restful("jobs/ingest")["records"]
+    failed = [j for j in jobs if j["object"] == "Account" and j["state"] == "Failed"]
+    unprocessed = csv_rows(sf.bulk2.Account.get_unprocessed_records(failed[-1]["id"]))
+    assert [r["Name"] for r in unprocessed] == [f"{tag} 0", f"{tag} 1"]
+
+
+def test_injected_outages_and_lock_errors_reach_simple_salesforce(faults: EmulatorProcess) -> None:
+    sf: SF = simple_salesforce(faults)
+    account = sf.Account.create({"Name": unique("faulty")})["id"]
+    org = faults.info["org_id"]
+
+    faults.admin("PATCH", f"/orgs/{org}/faults", {"lock_ratio": 1.0})
+    with pytest.raises(SalesforceMalformedRequest) as locked:
+        sf.Account.update(account, {"Phone": "1"})
+    assert (locked.value.status, error_code(locked.value)) == (400, "UNABLE_TO_LOCK_ROW")
+
+    faults.admin("PATCH", f"/orgs/{org}/faults", {"lock_ratio": 0, "unavailable_ratio": 1.0})
+    with pytest.raises(SalesforceGeneralError) as unavailable:
+        sf.Account.get(account)
+    assert (unavailable.value.status, error_code(unavailable.value)) == (503, "SERVER_UNAVAILABLE")
+
+    faults.admin("PATCH", f"/orgs/{org}/faults", {"unavailable_ratio": 0})
+    assert sf.Account.update(account, {"Phone": "1"}) == 204

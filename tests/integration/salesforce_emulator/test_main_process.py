@@ -171,3 +171,77 @@ def test_an_in_memory_emulator_forgets_sessions_but_keeps_ids(tmp_path: Path) ->
         assert running.stop() == 0
     assert ids_seen[0] == ids_seen[1]
     assert not (tmp_path / ":memory:").exists()
+
+
+def test_settings_come_from_sf_emulator_variables_alone(tmp_path: Path) -> None:
+    https_port, grpc_port = pick_free_ports(2)
+    data_file = tmp_path / "from-env.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SF_EMULATOR_")}
+    env |= {
+        "SF_EMULATOR_HTTPS_PORT": str(https_port),
+        "SF_EMULATOR_GRPC_PORT": str(grpc_port),
+        "SF_EMULATOR_DATA_FILE": str(data_file),
+        "SF_EMULATOR_TLS_DIR": str(tmp_path / "env-tls"),
+        "SF_EMULATOR_EVENT_RETENTION_HOURS": "12.5",
+        "SF_EMULATOR_ADMIN_TOKEN": "admin-token-from-env",
+    }
+    stderr_path = tmp_path / "stderr.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.salesforce_emulator"],  # no flags at all
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=stderr_path.open("w"),
+        text=True,
+        env=env,
+    )
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(process.stdout.readline() if process.stdout else ""))
+    reader.start()
+    reader.join(START_TIMEOUT)
+    try:
+        assert line, stderr_path.read_text()
+        assert line[0], stderr_path.read_text()
+        info = json.loads(line[0])
+        assert info["instance_url"] == f"https://127.0.0.1:{https_port}"
+        assert info["grpc"] == f"127.0.0.1:{grpc_port}"
+        assert info["data_file"] == str(data_file)
+        assert info["event_retention_hours"] == 12.5
+        assert info["admin_token"] == "admin-token-from-env"
+        assert Path(info["ca_cert"]).parent == tmp_path / "env-tls"
+        assert data_file.is_file()
+        admin = httpx.get(
+            f"{info['instance_url']}/__emulator__/orgs",
+            headers={"Authorization": "Bearer admin-token-from-env"},
+            verify=trust(info["ca_cert"]),
+        )
+        assert admin.status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_help_shows_each_variable_and_its_real_default() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SF_EMULATOR_")} | {"COLUMNS": "200"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "services.salesforce_emulator", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    ).stdout
+
+    # Rich draws a box and wraps lines; compare the text without either.
+    text = " ".join(shown.replace("│", " ").split())
+    for variable, default in [
+        ("SF_EMULATOR_HOST", "127.0.0.1"),
+        ("SF_EMULATOR_HTTPS_PORT", "8443"),
+        ("SF_EMULATOR_GRPC_PORT", "7443"),
+        ("SF_EMULATOR_DATA_FILE", "var/emulator/emulator.db"),
+        ("SF_EMULATOR_SEED_FILE", "deploy/emulator/seed.yaml"),
+        ("SF_EMULATOR_ACCESS_TOKEN_TTL_SECONDS", "7200"),
+        ("SF_EMULATOR_EVENT_RETENTION_HOURS", "72.0"),
+    ]:
+        assert f"Variable: {variable}. [default: ({default})]" in text
+    assert "SF_EMULATOR_AUTHORIZATION_CODE_TTL_SECONDS (default 900)" in text

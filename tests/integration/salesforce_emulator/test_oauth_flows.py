@@ -171,6 +171,45 @@ def test_pkce_mistakes_are_refused(http: httpx.Client, emulator: dict[str, Any])
     assert wrong_uri.json()["error"] == "redirect_uri_mismatch"
 
 
+def authorization_code(http: httpx.Client, client_id: str, challenge: str) -> str:
+    redirect = http.get(
+        "/services/oauth2/authorize",
+        params={"response_type": "code", "client_id": client_id, "redirect_uri": CALLBACK, "state": "s",
+                "code_challenge": challenge, "code_challenge_method": "S256"},
+    )  # fmt: skip
+    assert redirect.status_code == 302
+    return parse_qs(urlsplit(redirect.headers["location"]).query)["code"][0]
+
+
+@pytest.mark.parametrize(
+    ("verifier", "error", "description"),
+    [
+        # Well-formed, but not the one the challenge was made from.
+        (secrets.token_urlsafe(48), "invalid_request", "invalid code_verifier"),
+        # A challenge was sent to /authorize, so /token must prove it.
+        (None, "invalid_grant", "invalid code verifier"),
+        # RFC 7636: 43 to 128 characters of [A-Za-z0-9-._~]; these are neither.
+        ("too-short", "invalid_request", "invalid code_verifier"),
+        ("!" * 50, "invalid_request", "invalid code_verifier"),
+    ],
+)
+def test_pkce_verifier_failures_at_token(
+    http: httpx.Client, emulator: dict[str, Any], verifier: str | None, error: str, description: str
+) -> None:
+    real_verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(real_verifier.encode()).digest()).rstrip(b"=").decode()
+    code = authorization_code(http, emulator["client_id"], challenge)
+    form = {"grant_type": "authorization_code", "code": code, "client_id": emulator["client_id"],
+            "redirect_uri": CALLBACK}  # fmt: skip
+    if verifier is not None:
+        form["code_verifier"] = verifier
+
+    refused = http.post("/services/oauth2/token", data=form)
+
+    assert refused.status_code == 400
+    assert refused.json() == {"error": error, "error_description": description}
+
+
 def test_client_credentials_and_password_grants(http: httpx.Client, emulator: dict[str, Any]) -> None:
     cc = http.post(
         "/services/oauth2/token",

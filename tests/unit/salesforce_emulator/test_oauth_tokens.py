@@ -185,7 +185,7 @@ def test_authorize_never_redirects_to_an_unregistered_place(
     ("case", "exchange", "advance", "expected"),
     [
         ("missing verifier", {"code_verifier": None}, 0, "invalid_grant"),
-        ("wrong verifier", {"code_verifier": "w" * 43}, 0, "invalid_grant"),
+        ("wrong verifier", {"code_verifier": "w" * 43}, 0, "invalid_request"),
         ("malformed verifier", {"code_verifier": "short"}, 0, "invalid_request"),
         ("wrong redirect", {"redirect_uri": "http://127.0.0.1:8765/other"}, 0, "redirect_uri_mismatch"),
         ("other client", {"client_id": "classic-app", "client_secret": "classic-secret"}, 0, "invalid_grant"),
