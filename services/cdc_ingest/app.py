@@ -27,6 +27,7 @@ import grpc
 import httpx
 from faststream import FastStream
 
+from services.cdc_ingest.describe import field_summary
 from services.cdc_ingest.pubsub import ClientTokens, PubSubClient, open_channel
 from services.cdc_ingest.rest import SalesforceRest
 from services.cdc_ingest.settings import CdcIngestSettings
@@ -112,11 +113,14 @@ def build_app(
             async def pubsub_for(org_id: str) -> PubSubClient:
                 return PubSubClient(channel, ClientTokens(client), org_id)
 
+            async def described(entity: str, describe: Mapping[str, Any]) -> None:
+                await store.save_object_fields(tenant_id, entity, field_summary(describe["fields"]))
+
             worker = TenantWorker(
                 tenant_id=tenant_id,
                 config=config,
                 settings=settings,
-                rest=SalesforceRest(client),
+                rest=SalesforceRest(client, on_describe=described),
                 pubsub_factory=pubsub_for,
                 store=store,
                 sink=sink,

@@ -83,6 +83,12 @@ def by_ids_query(entity: str, fields: Iterable[str], record_ids: Iterable[str]) 
     return f"SELECT {', '.join(fields)} FROM {entity} WHERE Id IN ({ids})"
 
 
+def merge_losers_query(entity: str, record_ids: Iterable[str]) -> str:
+    """The deleted records among ``record_ids`` with their MasterRecordId (set when a merge lost them)."""
+    ids = ", ".join(_quote(i) for i in record_ids)
+    return f"SELECT Id, MasterRecordId FROM {entity} WHERE Id IN ({ids}) AND IsDeleted = true"
+
+
 class RecentlyEmitted:
     """(record, SystemModstamp) pairs already emitted inside the overlap window.
 

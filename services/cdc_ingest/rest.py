@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.cdc_ingest.describe import is_mergeable
 from services.cdc_ingest.typed import FieldInfo
 from services.common.salesforce import SalesforceApiError, SalesforceClient
 
@@ -33,10 +34,16 @@ class BulkPage:
     next_locator: str | None
 
 
+# Called with (object, describe JSON) after every describe.
+OnDescribe = Callable[[str, Mapping[str, Any]], Awaitable[None]]
+
+
 class SalesforceRest:
-    def __init__(self, client: SalesforceClient) -> None:
+    def __init__(self, client: SalesforceClient, *, on_describe: OnDescribe | None = None) -> None:
         self.client = client
+        self._on_describe = on_describe
         self._describes: dict[str, dict[str, FieldInfo]] = {}
+        self._mergeable: dict[str, bool] = {}
 
     async def org_id(self) -> str:
         """The org id (``tenantid`` for Pub/Sub), from the OpenID userinfo of the session."""
@@ -47,6 +54,7 @@ class SalesforceRest:
         """Describe's fields of ``entity`` by name, cached until ``refresh``."""
         if refresh or entity not in self._describes:
             response = await self.client.request("GET", f"{self.client.api_base}/sobjects/{entity}/describe")
+            describe: dict[str, Any] = response.json()
             self._describes[entity] = {
                 f["name"]: FieldInfo(
                     name=f["name"],
@@ -54,9 +62,17 @@ class SalesforceRest:
                     compound=f.get("compoundFieldName"),
                     calculated=bool(f.get("calculated")),
                 )
-                for f in response.json()["fields"]
+                for f in describe["fields"]
             }
+            self._mergeable[entity] = is_mergeable(describe)
+            if self._on_describe is not None:
+                await self._on_describe(entity, describe)
         return self._describes[entity]
+
+    async def mergeable(self, entity: str) -> bool:
+        """Whether describe says ``entity``'s records can be merged."""
+        await self.fields(entity)
+        return self._mergeable[entity]
 
     async def query(
         self, soql: str, *, all_rows: bool = False, backfill: bool = False

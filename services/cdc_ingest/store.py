@@ -9,6 +9,7 @@ that the tenant's new owner relies on; it learns of the loss from :class:`LeaseL
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -164,12 +165,39 @@ class Store:
             emitted,
         )
 
+    async def choose_backfill_method(self, tenant_id: str, entity: str, method: str) -> None:
+        """Set the method of a running backfill that has not read anything yet."""
+        await self._fenced(
+            tenant_id,
+            "UPDATE backfills SET method = $4::text, updated_at = now()"
+            " WHERE tenant_id = $1 AND object = $3 AND status = 'running' AND job_id IS NULL"
+            f" AND cursor_modstamp IS NULL AND emitted = 0 AND {_FENCE}",
+            entity,
+            method,
+        )
+
     async def finish_backfill(self, tenant_id: str, entity: str) -> None:
         await self._fenced(
             tenant_id,
             "UPDATE backfills SET status = 'done', updated_at = now()"
             f" WHERE tenant_id = $1 AND object = $3 AND {_FENCE}",
             entity,
+        )
+
+    # --- describe, for mapping ---------------------------------------------------------------------
+
+    async def save_object_fields(self, tenant_id: str, entity: str, fields: dict[str, dict[str, Any]]) -> None:
+        """Replace the tenant's describe of ``entity`` (``crm_object_fields``).
+
+        Not fenced: it is Salesforce's current metadata, right whichever replica read it.
+        """
+        await self.pool.execute(
+            "INSERT INTO crm_object_fields (tenant_id, object_name, fields, described_at)"
+            " VALUES ($1, $2, $3::jsonb, now()) ON CONFLICT (tenant_id, object_name)"
+            " DO UPDATE SET fields = EXCLUDED.fields, described_at = EXCLUDED.described_at",
+            tenant_id,
+            entity,
+            json.dumps(fields, sort_keys=True),
         )
 
     # --- sync log ------------------------------------------------------------------------------

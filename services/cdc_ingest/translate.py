@@ -26,10 +26,11 @@ from typing import Any
 from duplex.change.v1 import record_changed_pb2
 
 from services.cdc_ingest import bitmap
+from services.cdc_ingest.describe import MASTER_RECORD_ID
 from services.cdc_ingest.event_schema import HEADER_FIELD, ChangeEventSchema, flat_name
 from services.cdc_ingest.typed import COMPOUND_TYPES, FieldTypes, datetime_from_ms, typed
 from services.common.change import Change, ChangeKind, Side, to_proto
-from services.common.values import Value
+from services.common.values import Reference, Value, to_field_value
 
 # Fixed forever: changing it would change every event id and defeat deduplication.
 EVENT_ID_NAMESPACE = uuid.UUID("5b0e9a8e-8c3c-4f59-9d0e-3c2f3f6c1d11")
@@ -199,6 +200,28 @@ def translate_event(
     return Translated(entity, commit_time, tuple(messages))
 
 
+def _deleted_fields(values: Mapping[str, Value]) -> dict[str, Value]:
+    """What a deletion carries: the merge winner (MasterRecordId) of a merge loser, else nothing."""
+    master = values.get(MASTER_RECORD_ID)
+    return {MASTER_RECORD_ID: master} if master is not None else {}
+
+
+def set_master_records(
+    changes: Iterable[record_changed_pb2.RecordChanged], masters: Mapping[tuple[str, str], str]
+) -> int:
+    """Put MasterRecordId on the DELETE changes of merge losers; ``masters``: (object, loser) → winner.
+
+    Returns how many changes were given one.
+    """
+    count = 0
+    for change in changes:
+        master = masters.get((change.object_type, change.record_id))
+        if master and change.kind == record_changed_pb2.CHANGE_KIND_DELETE:
+            change.fields[MASTER_RECORD_ID].CopyFrom(to_field_value(Reference(master)))
+            count += 1
+    return count
+
+
 def read_change(
     *,
     tenant_id: str,
@@ -226,7 +249,7 @@ def read_change(
         object_type=entity,
         record_id=record_id,
         kind=kind,
-        fields={} if kind is ChangeKind.DELETE else dict(values),
+        fields=_deleted_fields(values) if kind is ChangeKind.DELETE else dict(values),
         at=min(modstamp, missing_since) if missing_since else modstamp,
     )
     message = to_proto(change)

@@ -28,7 +28,13 @@ between its start and the EARLIEST subscription.)
 
 *Polled objects* (CDC off for the object or the tenant): read every interval with the tuple
 cursor from the saved cursor less the overlap; the cursor is saved after each page is
-acknowledged. After a backfill the first poll starts from the backfill's start (less the overlap).
+acknowledged. After a backfill the first poll starts from the backfill's start (less the overlap);
+without one, from the first run's start, saved before anything is read.
+
+*Merges*: a merge deletes the losers with MasterRecordId set to the winner, but a CDC DELETE
+event carries no fields; the stream looks the deleted records of mergeable objects up in the
+recycle bin (queryAll) and carries MasterRecordId on the DELETE. Re-reads (gaps, catch-up,
+polls) already read deleted rows with queryAll, MasterRecordId among their fields.
 """
 
 from __future__ import annotations
@@ -47,11 +53,12 @@ from services.cdc_ingest.bitmap import BitmapError
 from services.cdc_ingest.cursor import (
     Cursor,
     RecentlyEmitted,
-    after_clause,
     by_ids_query,
+    merge_losers_query,
     read_after_query,
     selectable_fields,
 )
+from services.cdc_ingest.describe import MASTER_RECORD_ID
 from services.cdc_ingest.event_schema import ChangeEventSchema, flat_name
 from services.cdc_ingest.pubsub import (
     PubSubAuthError,
@@ -63,8 +70,15 @@ from services.cdc_ingest.pubsub import (
 from services.cdc_ingest.rest import BulkJobGoneError, SalesforceRest
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.sink import ChangeSink
-from services.cdc_ingest.store import LeaseLostError, Store
-from services.cdc_ingest.translate import GapOrder, OverflowOrder, Translated, read_change, translate_event
+from services.cdc_ingest.store import Backfill, LeaseLostError, Store
+from services.cdc_ingest.translate import (
+    GapOrder,
+    OverflowOrder,
+    Translated,
+    read_change,
+    set_master_records,
+    translate_event,
+)
 from services.cdc_ingest.typed import FieldTypes, datetime_from_ms, typed, typed_from_csv
 from services.common.change import ChangeKind
 from services.common.metrics import Metrics
@@ -76,10 +90,18 @@ log = logging.getLogger(__name__)
 _GAP_KIND = {"GAP_CREATE": ChangeKind.CREATE, "GAP_UNDELETE": ChangeKind.UNDELETE, "GAP_DELETE": ChangeKind.DELETE}
 _IDS_PER_QUERY = 200
 _NOT_VALUES = frozenset({"attributes", "Id", "IsDeleted"})
+# Lag is how far behind live changes we are; a backfill or repair reads old records on purpose
+# (their commit time is the record's last edit), which would report days of lag.
+_LIVE_SOURCES = frozenset({"stream", "poll"})
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _begun(state: Backfill) -> bool:
+    """Whether a backfill has read anything (a job created, a page published)."""
+    return state.job_id is not None or state.cursor is not None or state.emitted > 0
 
 
 @dataclass
@@ -133,6 +155,10 @@ class TenantWorker:
 
     async def run(self) -> None:
         """Serve the tenant until cancelled or the lease is lost (LeaseLostError)."""
+        for entity in [*self.streamed, *self.polled]:
+            # Mapping reads every synced object's describe from Postgres (written on each
+            # describe), and a restart is when field changes made in Setup are picked up.
+            await self.rest.fields(entity, refresh=True)
         checkpoint = await self.store.checkpoint(self.tenant_id, self.settings.channel)
         if checkpoint is not None:
             state = StreamState(Start.after(checkpoint.replay_id))
@@ -156,8 +182,9 @@ class TenantWorker:
         await self.sink.publish(changes)
         if self.metrics is not None:
             self.metrics.cdc_events_ingested.labels(tenant=self.tenant_id, source=source).inc(len(changes))
-            newest = max(c.origin_commit_time.ToDatetime(tzinfo=UTC) for c in changes)
-            self.metrics.cdc_lag.labels(tenant=self.tenant_id).set((_now() - newest).total_seconds())
+            if source in _LIVE_SOURCES:
+                newest = max(c.origin_commit_time.ToDatetime(tzinfo=UTC) for c in changes)
+                self.metrics.cdc_lag.labels(tenant=self.tenant_id).set((_now() - newest).total_seconds())
 
     # --- the stream ------------------------------------------------------------------------------
 
@@ -177,6 +204,8 @@ class TenantWorker:
                     failures = 0
                     await self._handle(pubsub, response, state)
             except ReplayIdInvalidError as error:
+                if self.metrics is not None:
+                    self.metrics.cdc_reconnects.labels(tenant=self.tenant_id, reason="replay_expired").inc()
                 await self._catch_up_expired(state, error)
                 continue
             except PubSubAuthError as error:
@@ -211,6 +240,7 @@ class TenantWorker:
                 skip = state.skip_before is not None and translated.commit_time < state.skip_before
                 if translated.order is not None and not skip:
                     # Everything before the gap goes out first, so per-record order holds.
+                    await self._add_masters(pending)
                     await self._publish(pending, "stream")
                     pending = []
                     await self._repair(translated.order)
@@ -218,6 +248,7 @@ class TenantWorker:
                     pending.extend(translated.changes)
                 last_commit = translated.commit_time
             last_replay = replay_id
+        await self._add_masters(pending)
         await self._publish(pending, "stream")
         if last_replay is None and response.latest_replay_id:
             # A keepalive: nothing on this channel up to latest_replay_id, so resuming after it
@@ -277,12 +308,55 @@ class TenantWorker:
             self._checked_schemas.add(schema.schema_id)
         return types
 
+    # --- merges ---------------------------------------------------------------------------------
+
+    async def _add_masters(self, changes: Sequence[record_changed_pb2.RecordChanged]) -> None:
+        """Set MasterRecordId on the DELETE changes of merge losers.
+
+        A CDC DELETE event carries no field values, so the only trace of a merge (the loser's
+        MasterRecordId, which mapping needs to re-point the app's record) is in the recycle bin:
+        one queryAll per object and batch of deleted ids.
+        """
+        deleted: dict[str, list[str]] = {}
+        for change in changes:
+            if change.kind == record_changed_pb2.CHANGE_KIND_DELETE and MASTER_RECORD_ID not in change.fields:
+                deleted.setdefault(change.object_type, []).append(change.record_id)
+        masters: dict[tuple[str, str], str] = {}
+        for entity, record_ids in deleted.items():
+            if not await self.rest.mergeable(entity):
+                continue
+            wanted = list(dict.fromkeys(record_ids))
+            for start in range(0, len(wanted), _IDS_PER_QUERY):
+                query = merge_losers_query(entity, wanted[start : start + _IDS_PER_QUERY])
+                async for row in self.rest.query(query, all_rows=True):
+                    if row.get(MASTER_RECORD_ID):
+                        masters[(entity, str(row["Id"]))] = str(row[MASTER_RECORD_ID])
+        set_master_records(changes, masters)
+
     # --- repairs --------------------------------------------------------------------------------
 
     async def _repair(self, order: GapOrder | OverflowOrder) -> None:
         if isinstance(order, GapOrder):
-            count = await self._refetch(order)
             kind, what = "gap", f"{order.change_type} for {len(order.record_ids)} record(s)"
+        else:
+            kind, what = "overflow", f"{order.reason} on {order.entity}"
+        detail: dict[str, Any] = {
+            "entity": order.entity,
+            "replay_id": order.replay_id.hex(),
+            "commit_time": order.commit_time.isoformat(),
+            **({"record_ids": list(order.record_ids)} if isinstance(order, GapOrder) else {}),
+        }
+        # Logged before the repair, so that one that fails (and is retried from the checkpoint)
+        # still leaves a trace of what was missed.
+        await self.store.log_event(
+            self.tenant_id,
+            f"cdc.{kind}.detected",
+            message=f"{what}: re-reading",
+            code=kind.upper(),
+            detail=detail,
+        )
+        if isinstance(order, GapOrder):
+            count = await self._refetch(order)
         else:
             count = await self.read_window(
                 order.entity,
@@ -290,19 +364,12 @@ class TenantWorker:
                 "overflow",
                 missing_since=order.commit_time,
             )
-            kind, what = "overflow", f"{order.reason} on {order.entity}"
         await self.store.log_event(
             self.tenant_id,
             f"cdc.{kind}.repaired",
             message=f"{what} repaired by re-reading: {count} change(s) published",
             code=kind.upper(),
-            detail={
-                "entity": order.entity,
-                "replay_id": order.replay_id.hex(),
-                "commit_time": order.commit_time.isoformat(),
-                "published": count,
-                **({"record_ids": list(order.record_ids)} if isinstance(order, GapOrder) else {}),
-            },
+            detail=detail | {"published": count},
         )
         if self.metrics is not None:
             self.metrics.cdc_gaps_repaired.labels(tenant=self.tenant_id, kind=kind).inc()
@@ -478,6 +545,9 @@ class TenantWorker:
         if saved is None:
             backfill = await self.store.backfill(self.tenant_id, entity)
             saved = Cursor(backfill.started_at) if backfill else Cursor(_now())
+            # Saved before the first read: a run that publishes nothing saves no page cursor,
+            # and the next run would start from its own now(), skipping what changed in between.
+            await self.store.save_poll_cursor(self.tenant_id, entity, saved)
         if recent is not None:
             recent.forget_before(saved)
 
@@ -509,10 +579,16 @@ class TenantWorker:
         self._running_backfills.add(entity)
         try:
             state = await self.store.backfill(self.tenant_id, entity)
-            if state is None:
+            if state is None or (state.status == "running" and not _begun(state)):
+                # A requested backfill (services.common.backfills) arrives without a count, and
+                # the count may have crossed the threshold since the last one: choose here, while
+                # nothing has been read and switching method costs nothing.
                 count = await self.rest.count(entity)
                 method = "bulk" if count > self.settings.bulk_threshold else "rest"
-                await self.store.start_backfill(self.tenant_id, entity, method)
+                if state is None:
+                    await self.store.start_backfill(self.tenant_id, entity, method)
+                elif state.method != method:
+                    await self.store.choose_backfill_method(self.tenant_id, entity, method)
                 await self.store.log_event(
                     self.tenant_id,
                     "cdc.backfill.started",
@@ -524,7 +600,7 @@ class TenantWorker:
             if state.status == "done":
                 return state.started_at
             if state.method == "bulk":
-                emitted = await self._bulk_backfill(entity, state.job_id, state.locator, state.cursor, state.emitted)
+                emitted = await self._bulk_backfill(entity, state.job_id, state.locator, state.emitted)
             else:
                 emitted = await self._rest_backfill(entity, state.cursor, state.emitted)
             await self.store.finish_backfill(self.tenant_id, entity)
@@ -547,19 +623,24 @@ class TenantWorker:
         published = await self.read_window(entity, cursor, "backfill", save=save, all_rows=False, backfill=True)
         return emitted + published
 
-    async def _bulk_backfill(
-        self, entity: str, job_id: str | None, locator: str | None, cursor: Cursor | None, emitted: int
-    ) -> int:
+    async def _bulk_backfill(self, entity: str, job_id: str | None, locator: str | None, emitted: int) -> int:
+        """Read ``entity`` with a Bulk 2.0 query job, resuming at the job's locator.
+
+        The query has no ORDER BY: Bulk API 2.0 does not support it, and using it turns off the
+        automatic PK chunking, so a large object's query runs long and may time out (Salesforce's
+        Bulk API 2.0 "SOQL considerations" and "Troubleshooting query timeouts"). Without an
+        order there is no "after the last record emitted", so a resume goes by the job's own
+        locator; a job that is gone (deleted 7 days after it completed) is replaced by a new
+        one over the whole object, re-publishing snapshots whose event ids stay the same for an
+        unchanged record.
+        """
         fields = await self._select(entity)
         types = await self.rest.fields(entity)
         while True:
             if job_id is None:
-                where = after_clause(cursor)
-                soql = f"SELECT {', '.join(fields)} FROM {entity}" + (f" WHERE {where}" if where else "")
-                soql += " ORDER BY SystemModstamp, Id"
-                job_id, locator = await self.rest.create_query_job(soql), None
+                job_id, locator = await self.rest.create_query_job(f"SELECT {', '.join(fields)} FROM {entity}"), None
                 await self.store.backfill_progress(
-                    self.tenant_id, entity, job_id=job_id, locator=None, cursor=cursor, emitted=emitted
+                    self.tenant_id, entity, job_id=job_id, locator=None, cursor=None, emitted=emitted
                 )
             try:
                 await self.rest.wait_for_job(job_id, self.settings.bulk_poll_seconds)
@@ -568,19 +649,16 @@ class TenantWorker:
                     changes = [self._csv_change(entity, row, types) for row in page.rows]
                     await self._publish(changes, "backfill")
                     emitted += len(changes)
-                    if page.rows:
-                        last = changes[-1]
-                        cursor = Cursor(last.origin_commit_time.ToDatetime(tzinfo=UTC), last.record_id)
                     locator = page.next_locator
                     await self.store.backfill_progress(
-                        self.tenant_id, entity, job_id=job_id, locator=locator, cursor=cursor, emitted=emitted
+                        self.tenant_id, entity, job_id=job_id, locator=locator, cursor=None, emitted=emitted
                     )
                     if locator is None:
                         return emitted
             except BulkJobGoneError:
-                # Jobs are deleted after 7 days: start a new one after the last record emitted.
                 log.warning(
-                    "bulk job gone, resuming with a new one", extra={"tenant_id": self.tenant_id, "job": job_id}
+                    "bulk job gone, reading the object again with a new one",
+                    extra={"tenant_id": self.tenant_id, "job": job_id},
                 )
                 job_id = None
 

@@ -86,6 +86,24 @@ class Org:
         response.raise_for_status()
         assert response.text.count("<success>true</success>") == len(record_ids), response.text
 
+    def merge(self, object_type: str, master: str, *losers: str, client: str = CLIENT) -> None:
+        """Merge ``losers`` into ``master`` with the partner SOAP API's ``merge`` (REST has none)."""
+        session = self.token()["access_token"]
+        envelope = (
+            '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"'
+            ' xmlns:urn="urn:partner.soap.sforce.com" xmlns:urn1="urn:sobject.partner.soap.sforce.com">'
+            f"<soapenv:Header><urn:SessionHeader><urn:sessionId>{session}</urn:sessionId></urn:SessionHeader>"
+            f"<urn:CallOptions><urn:client>{client}</urn:client></urn:CallOptions></soapenv:Header>"
+            "<soapenv:Body><urn:merge><urn:request><urn:masterRecord>"
+            f"<urn1:type>{object_type}</urn1:type><urn1:Id>{master}</urn1:Id></urn:masterRecord>"
+            + "".join(f"<urn:recordToMergeIds>{loser}</urn:recordToMergeIds>" for loser in losers)
+            + "</urn:request></urn:merge></soapenv:Body></soapenv:Envelope>"
+        )
+        with self.emulator.http() as http:
+            response = http.post(f"/services/Soap/u/{API_VERSION}/", content=envelope, headers={"SOAPAction": "merge"})
+        response.raise_for_status()
+        assert response.text.count("<success>true</success>") == 1, response.text
+
     def salesforce(self, client: str = CLIENT) -> Any:
         """simple-salesforce, unchanged, stamping ``Sforce-Call-Options: client=<client>``.
 

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from devstack.emulator import EmulatorProcess
 from services.admin.cli import app as cli
+from services.common.settings import TelemetrySettings
+from services.common.telemetry import setup_telemetry
 from services.common.topics import TopicNames
 from tests.integration.cdc_ingest.harness import (
     change_reader,
@@ -65,12 +67,13 @@ async def test_backfill_resumes_after_a_stop_without_starting_over(
         **overrides,
     )
 
+    telemetry = setup_telemetry(TelemetrySettings(), service_name="cdc-ingest", install_global=False)
     async with change_reader(kafka_bootstrap, topic_names) as reader:
         async with running(config, secrets_for(tenant, org)):
             await reader.until(lambda changes: len(changes) >= RECORDS // 3, within=60)
         stopped_at = len(reader.changes)
         assert stopped_at < RECORDS, "stopped too late to show a resume"
-        async with running(config, secrets_for(tenant, org)):
+        async with running(config, secrets_for(tenant, org), telemetry=telemetry):
             await wait_backfilled(fresh_database, tenant, 1, within=90)
             await reader.until(lambda changes: len({c.record_id for c in changes}) >= RECORDS, within=30)
 
@@ -89,44 +92,71 @@ async def test_backfill_resumes_after_a_stop_without_starting_over(
     started = [r for r in await sync_log(fresh_database, tenant) if r["event"] == "cdc.backfill.started"]
     assert len(started) == 1
     assert started[0]["detail"]["records"] == RECORDS
+    registry = telemetry.registry
+    ingested = registry.get_sample_value("duplex_cdc_events_ingested_total", {"tenant": tenant, "source": "backfill"})
+    assert ingested is not None
+    assert 0 < ingested <= RECORDS
+    # Snapshots are dated by the records' last edit: they say nothing of how far behind the
+    # stream is, so a backfill sets no lag.
+    assert registry.get_sample_value("duplex_cdc_lag_seconds", {"tenant": tenant}) is None
 
 
-async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica(
+async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_rest_or_bulk(
     emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
 ) -> None:
+    first, added, threshold = 50, 30, 60
     org = create_org(emulator)
     sf = org.salesforce()
-    await in_thread(sf.bulk2.Account.insert, records=[{"Name": f"Again {i:03d}"} for i in range(50)], wait=0.2)
+    await in_thread(sf.bulk2.Account.insert, records=[{"Name": f"Again {i:03d}"} for i in range(first)], wait=0.2)
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     await prepare_database(fresh_database)
     await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
+    # 50 records are read by REST on first connection; 80 by the time of the request, by Bulk.
     config = settings(
         emulator=emulator,
         kafka_bootstrap=kafka_bootstrap,
         topic_names=topic_names,
         dsn=fresh_database,
         poll_overlap_seconds=0,
+        bulk_threshold=threshold,
     )
     runner = CliRunner()
 
     def snapshots(changes: list[pb.RecordChanged]) -> list[pb.RecordChanged]:
         return [c for c in changes if c.kind == pb.CHANGE_KIND_SNAPSHOT]
 
+    async def method() -> str:
+        connection = await asyncpg.connect(fresh_database)
+        try:
+            value: str = await connection.fetchval("SELECT method FROM backfills WHERE tenant_id = $1", tenant)
+        finally:
+            await connection.close()
+        return value
+
     async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
         await wait_backfilled(fresh_database, tenant, 1)
-        await reader.until(lambda changes: len(snapshots(changes)) >= 50, within=30)
+        await reader.until(lambda changes: len(snapshots(changes)) >= first, within=30)
+        first_method = await method()
+        more = [{"Name": f"More {i:03d}"} for i in range(added)]
+        await in_thread(sf.bulk2.Account.insert, records=more, wait=0.2)
         requested = await in_thread(runner.invoke, cli, ["backfill", tenant, "account", "--dsn", fresh_database])
         unknown = await in_thread(runner.invoke, cli, ["backfill", tenant, "Lead", "--dsn", fresh_database])
-        await reader.until(lambda changes: len(snapshots(changes)) >= 100, within=60)
+        total = first + (first + added)
+        await reader.until(lambda changes: len(snapshots(changes)) >= total, within=60)
         for _ in range(100):  # the completion is logged just after the last snapshot is published
             completed = [r for r in await sync_log(fresh_database, tenant) if r["event"] == "cdc.backfill.completed"]
             if len(completed) == 2:
                 break
             await asyncio.sleep(0.1)
+        second_method = await method()
 
     assert (requested.exit_code, requested.output.strip()) == (0, f"backfill of account requested for tenant/{tenant}")
     assert unknown.exit_code == 1
     assert "does not sync Lead (it syncs Account)" in unknown.output
-    assert len(snapshots(reader.changes)) == 100
-    assert len({c.record_id for c in snapshots(reader.changes)}) == 50
+    assert len(snapshots(reader.changes)) == total
+    assert len({c.record_id for c in snapshots(reader.changes)}) == first + added
     assert len(completed) == 2
+    assert (first_method, second_method) == ("rest", "bulk")
+    assert [r["detail"]["method"] for r in completed] == ["rest", "bulk"]
+    started = [r["detail"] for r in await sync_log(fresh_database, tenant) if r["event"] == "cdc.backfill.started"]
+    assert [(d["records"], d["method"]) for d in started] == [(first, "rest"), (first + added, "bulk")]

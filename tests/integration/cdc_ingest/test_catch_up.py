@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
+import asyncpg
 import pytest
 from duplex.change.v1 import record_changed_pb2 as pb
+from prometheus_client import CollectorRegistry
 
 from devstack.emulator import EmulatorProcess
+from services.common.settings import TelemetrySettings
+from services.common.telemetry import setup_telemetry
 from services.common.topics import TopicNames
 from tests.integration.cdc_ingest.harness import (
     change_reader,
@@ -25,6 +31,10 @@ from tests.integration.cdc_ingest.harness import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def sample(registry: CollectorRegistry, name: str, tenant: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, {"tenant": tenant, **labels})
 
 
 async def test_purged_replay_is_repaired_by_polling_including_records_sharing_one_modstamp(
@@ -66,7 +76,8 @@ async def test_purged_replay_is_repaired_by_polling_including_records_sharing_on
         purged = org.admin("POST", "/events/purge", {"older_than_seconds": 0})
         assert purged["purged"] > 1000
 
-        async with running(config, secrets_for(tenant, org)):
+        telemetry = setup_telemetry(TelemetrySettings(), service_name="cdc-ingest", install_global=False)
+        async with running(config, secrets_for(tenant, org), telemetry=telemetry):
             await reader.until(
                 lambda _: (
                     bulk_ids <= {c.record_id for c in reader.changes}
@@ -86,6 +97,12 @@ async def test_purged_replay_is_repaired_by_polling_including_records_sharing_on
     events = [row["event"] for row in await sync_log(fresh_database, tenant)]
     assert "cdc.replay.expired" in events
     assert "cdc.replay.repaired" in events
+    registry = telemetry.registry
+    assert sample(registry, "duplex_cdc_reconnects_total", tenant, reason="replay_expired") == 1
+    assert sample(registry, "duplex_cdc_gaps_repaired_total", tenant, kind="replay_expired") == 1
+    caught_up = sample(registry, "duplex_cdc_events_ingested_total", tenant, source="catch_up")
+    assert caught_up is not None
+    assert caught_up >= len(bulk_ids) + 2
 
 
 async def test_gap_and_overflow_events_are_repaired_by_re_reading(
@@ -97,38 +114,173 @@ async def test_gap_and_overflow_events_are_repaired_by_re_reading(
     await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
     config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
     sf = org.salesforce()
+    telemetry = setup_telemetry(TelemetrySettings(), service_name="cdc-ingest", install_global=False)
 
-    async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
+    async with (
+        change_reader(kafka_bootstrap, topic_names) as reader,
+        running(config, secrets_for(tenant, org), telemetry=telemetry),
+    ):
         await wait_backfilled(fresh_database, tenant, 1)
         one = (await in_thread(sf.Account.create, {"Name": "One"}))["id"]
         two = (await in_thread(sf.Account.create, {"Name": "Two"}))["id"]
         gone = (await in_thread(sf.Account.create, {"Name": "Gone"}))["id"]
         await in_thread(sf.Account.delete, gone)
-        await reader.until(lambda _: bool(reader.of(one)) and bool(reader.of(two)) and len(reader.of(gone)) == 2)
+        born = (await in_thread(sf.Account.create, {"Name": "Born"}))["id"]
+        back = (await in_thread(sf.Account.create, {"Name": "Back"}))["id"]
+        await in_thread(sf.Account.delete, back)
+        await in_thread(org.undelete, back)
+        await reader.until(
+            lambda _: (
+                bool(reader.of(one))
+                and bool(reader.of(two))
+                and len(reader.of(gone)) == 2
+                and bool(reader.of(born))
+                and len(reader.of(back)) == 3
+            )
+        )
 
         org.admin("POST", "/events/gap", {"entity": "Account", "record_ids": [one, two], "change_type": "GAP_UPDATE"})
         org.admin("POST", "/events/gap", {"entity": "Account", "record_ids": [gone], "change_type": "GAP_DELETE"})
+        org.admin("POST", "/events/gap", {"entity": "Account", "record_ids": [born], "change_type": "GAP_CREATE"})
+        org.admin("POST", "/events/gap", {"entity": "Account", "record_ids": [back], "change_type": "GAP_UNDELETE"})
         await reader.until(
-            lambda _: len(reader.of(one)) == 2 and len(reader.of(two)) == 2 and len(reader.of(gone)) == 3
+            lambda _: (
+                len(reader.of(one)) == 2
+                and len(reader.of(two)) == 2
+                and len(reader.of(gone)) == 3
+                and len(reader.of(born)) == 2
+                and len(reader.of(back)) == 4
+            )
         )
 
         await in_thread(sf.Account.update, two, {"Name": "Two, again"})
         await reader.until(lambda _: len(reader.of(two)) == 3)
         org.admin("POST", "/events/overflow", {"entity": "Account"})
         await reader.until(lambda _: any(c.source_position.channel == "overflow:Account" for c in reader.of(two)))
+        # The repair is logged and counted just after its last change is published.
+        deadline = time.monotonic() + 10
+        while sample(telemetry.registry, "duplex_cdc_gaps_repaired_total", tenant, kind="overflow") is None:
+            assert time.monotonic() < deadline, "the overflow repair was never counted"
+            await asyncio.sleep(0.1)
 
     gap_one, gap_two = reader.of(one)[1], reader.of(two)[1]
     assert (gap_one.kind, gap_one.fields["Name"].string_value) == (pb.CHANGE_KIND_SNAPSHOT, "One")
     assert (gap_two.kind, gap_two.fields["Name"].string_value) == (pb.CHANGE_KIND_SNAPSHOT, "Two")
     assert gap_one.source_position.channel == "gap:Account"
     assert reader.of(gone)[2].kind == pb.CHANGE_KIND_DELETE
+    gap_born, gap_back = reader.of(born)[1], reader.of(back)[3]
+    assert (gap_born.kind, gap_born.fields["Name"].string_value) == (pb.CHANGE_KIND_CREATE, "Born")
+    assert (gap_back.kind, gap_back.fields["Name"].string_value) == (pb.CHANGE_KIND_UNDELETE, "Back")
+    assert {gap_born.source_position.channel, gap_back.source_position.channel} == {"gap:Account"}
     overflow = [c for c in reader.of(two) if c.source_position.channel == "overflow:Account"]
     assert overflow[-1].fields["Name"].string_value == "Two, again"
     log = await sync_log(fresh_database, tenant)
     gaps = [row for row in log if row["event"] == "cdc.gap.repaired"]
-    assert len(gaps) == 2
+    assert len(gaps) == 4
     assert set(gaps[0]["detail"]["record_ids"]) == {one, two}
-    assert any(row["event"] == "cdc.overflow.repaired" for row in log)
+    assert [row["code"] for row in gaps] == ["GAP"] * 4
+    # Each repair was announced before it ran.
+    repairs = [(row["event"], row["detail"]["replay_id"]) for row in log if row["event"].startswith("cdc.gap.")]
+    assert repairs == [
+        (event, gap["detail"]["replay_id"]) for gap in gaps for event in ("cdc.gap.detected", "cdc.gap.repaired")
+    ]
+    overflows = [row["event"] for row in log if row["event"].startswith("cdc.overflow.")]
+    assert overflows == ["cdc.overflow.detected", "cdc.overflow.repaired"]
+
+    registry = telemetry.registry
+    # one, two, gone (twice), born, back (three times) and two again: nine events from the stream.
+    assert sample(registry, "duplex_cdc_events_ingested_total", tenant, source="stream") == 9
+    assert sample(registry, "duplex_cdc_events_ingested_total", tenant, source="gap") == 5
+    assert (sample(registry, "duplex_cdc_events_ingested_total", tenant, source="overflow") or 0) >= 1
+    assert sample(registry, "duplex_cdc_gaps_repaired_total", tenant, kind="gap") == 4
+    assert sample(registry, "duplex_cdc_gaps_repaired_total", tenant, kind="overflow") == 1
+    lag = sample(registry, "duplex_cdc_lag_seconds", tenant)
+    assert lag is not None
+    assert 0 <= lag < 60
+
+
+async def test_a_gap_whose_repair_fails_is_logged_as_detected_and_repaired_once_it_can_be(
+    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    org = create_org(emulator)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await prepare_database(fresh_database)
+    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
+    config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
+    sf = org.salesforce()
+
+    async def events() -> list[str]:
+        return [row["event"] for row in await sync_log(fresh_database, tenant) if row["event"].startswith("cdc.gap.")]
+
+    async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
+        await wait_backfilled(fresh_database, tenant, 1)
+        one = (await in_thread(sf.Account.create, {"Name": "One"}))["id"]
+        await reader.until(lambda _: bool(reader.of(one)))
+        # Salesforce's REST API down (Pub/Sub still delivering): the re-read cannot be made.
+        org.admin("PATCH", "/faults", {"unavailable_ratio": 1.0})
+        try:
+            org.admin("POST", "/events/gap", {"entity": "Account", "record_ids": [one], "change_type": "GAP_UPDATE"})
+            deadline = time.monotonic() + 30
+            while "cdc.gap.detected" not in await events():
+                assert time.monotonic() < deadline, "the gap was never logged"
+                await asyncio.sleep(0.1)
+            failed = await events()
+        finally:
+            org.admin("PATCH", "/faults", {"unavailable_ratio": 0.0})
+        await reader.until(lambda _: len(reader.of(one)) == 2, within=60)
+        deadline = time.monotonic() + 10
+        while "cdc.gap.repaired" not in await events():
+            assert time.monotonic() < deadline, "the repair was never logged"
+            await asyncio.sleep(0.1)
+
+    assert "cdc.gap.repaired" not in failed
+    logged = await events()
+    assert logged[-2:] == ["cdc.gap.detected", "cdc.gap.repaired"]
+    assert set(logged) == {"cdc.gap.detected", "cdc.gap.repaired"}
+    assert reader.of(one)[1].source_position.channel == "gap:Account"
+
+
+async def test_a_polled_object_keeps_its_first_cursor_so_changes_between_runs_are_found(
+    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    org = create_org(emulator, objects={"Case": {"cdc_enabled": False}})
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await prepare_database(fresh_database)
+    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Case"], poll_seconds=5))
+    # No backfill and, on the first run, nothing to read: only the starting point is there to save.
+    config = settings(
+        emulator=emulator,
+        kafka_bootstrap=kafka_bootstrap,
+        topic_names=topic_names,
+        dsn=fresh_database,
+        polled_objects=("Case",),
+        backfill_on_first_connect=False,
+    )
+    sf = org.salesforce()
+
+    async def cursor_saved() -> bool:
+        connection = await asyncpg.connect(fresh_database)
+        try:
+            found = await connection.fetchval("SELECT count(*) FROM poll_cursors WHERE tenant_id = $1", tenant)
+        finally:
+            await connection.close()
+        return bool(found)
+
+    async with change_reader(kafka_bootstrap, topic_names) as reader:
+        async with running(config, secrets_for(tenant, org)):
+            deadline = time.monotonic() + 30
+            while not await cursor_saved():
+                assert time.monotonic() < deadline, "no poll cursor saved by the first run"
+                await asyncio.sleep(0.1)
+        case = (await in_thread(sf.Case.create, {"Subject": "Filed while nobody polled"}))["id"]
+        # Longer than the overlap (2 s): a next run starting from its own now() would miss it.
+        await asyncio.sleep(3)
+        async with running(config, secrets_for(tenant, org)):
+            await reader.until(lambda _: bool(reader.of(case)), within=30)
+
+    (found,) = reader.of(case)
+    assert found.kind == pb.CHANGE_KIND_SNAPSHOT
+    assert found.source_position.channel == "poll:Case"
 
 
 async def test_objects_without_cdc_are_polled(

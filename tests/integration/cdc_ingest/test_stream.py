@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -49,7 +52,9 @@ async def test_changes_arrive_with_kinds_values_fields_and_origin(
                 {"Name": "Acme", "Phone": "555-0100", "BillingStreet": "1 Main St", "BillingCity": "Springfield"},
             )
         )["id"]
-        await in_thread(sf.Account.update, account, {"BillingCity": "Shelbyville", "Phone": None})
+        await in_thread(
+            sf.Account.update, account, {"BillingCity": "Shelbyville", "BillingStreet": None, "Phone": None}
+        )
         contact = (await in_thread(sf.Contact.create, {"FirstName": "Jane", "LastName": "Doe", "AccountId": account}))[
             "id"
         ]
@@ -74,6 +79,11 @@ async def test_changes_arrive_with_kinds_values_fields_and_origin(
     assert "Name" not in update.fields
     assert {"BillingAddress.City", "BillingCity", "Phone", "LastModifiedDate"} <= update.changed
     assert "Phone" in update.nulled
+    # One part of a compound nulled: named both ways, its value null, the other parts untouched.
+    assert update.fields["BillingStreet"] is None
+    assert {"BillingAddress.Street", "BillingStreet"} <= update.nulled
+    assert "BillingAddress" not in update.nulled
+    assert not {"BillingCity", "BillingAddress.City"} & update.nulled
     assert "Name" not in update.changed
     assert update.origin_client == CLIENT
     assert update.transaction_key
@@ -85,6 +95,7 @@ async def test_changes_arrive_with_kinds_values_fields_and_origin(
     assert undelete.kind is ChangeKind.UNDELETE
     assert undelete.fields["Name"] == "Acme"
     assert undelete.fields["BillingCity"] == "Shelbyville"
+    assert undelete.fields["BillingStreet"] is None
     assert undelete.origin_client == CLIENT
 
     (contact_create,) = (from_proto(m) for m in reader.of(contact))
@@ -139,3 +150,90 @@ async def test_restart_resumes_after_the_checkpoint_with_nothing_lost(
     assert int.from_bytes(bytes(checkpoint["replay_id"]), "big") >= int.from_bytes(
         reader.of(first)[-1].source_position.replay_id, "big"
     )
+
+
+async def test_a_merge_losers_delete_carries_the_master_and_the_masters_update_arrives(
+    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    org = create_org(emulator)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await prepare_database(fresh_database)
+    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
+    config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
+    sf = org.salesforce()
+
+    async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
+        await wait_backfilled(fresh_database, tenant, 1)
+        master = (await in_thread(sf.Account.create, {"Name": "Acme"}))["id"]
+        loser = (await in_thread(sf.Account.create, {"Name": "Acme Inc."}))["id"]
+        plain = (await in_thread(sf.Account.create, {"Name": "Deleted the ordinary way"}))["id"]
+        await reader.until(lambda _: bool(reader.of(master)) and bool(reader.of(loser)) and bool(reader.of(plain)))
+        await in_thread(org.merge, "Account", master, loser)
+        await in_thread(sf.Account.delete, plain)
+        await reader.until(
+            lambda _: (
+                any(c.kind == pb.CHANGE_KIND_DELETE for c in reader.of(loser))
+                and any(c.kind == pb.CHANGE_KIND_UPDATE for c in reader.of(master))
+                and any(c.kind == pb.CHANGE_KIND_DELETE for c in reader.of(plain))
+            )
+        )
+
+    (deleted,) = (from_proto(c) for c in reader.of(loser) if c.kind == pb.CHANGE_KIND_DELETE)
+    assert deleted.fields == {"MasterRecordId": Reference(master)}
+    assert deleted.origin_client == CLIENT
+    (updated,) = (from_proto(c) for c in reader.of(master) if c.kind == pb.CHANGE_KIND_UPDATE)
+    assert updated.origin_client == CLIENT
+    (ordinary,) = (from_proto(c) for c in reader.of(plain) if c.kind == pb.CHANGE_KIND_DELETE)
+    assert not ordinary.fields
+
+
+async def test_every_synced_object_is_described_into_postgres_for_mapping_at_start(
+    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    # The formula field of the emulator's seed, in this test's own org.
+    formula = {"name": "Is_Key_Account__c", "type": "boolean", "formula": "AnnualRevenue >= 1000000"}
+    org = create_org(emulator, objects={"Account": {"fields": [formula]}, "Case": {"cdc_enabled": False}})
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    await prepare_database(fresh_database)
+    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account", "Case"]))
+    # No backfill, and Case polled: only the start-up describe can have written the rows.
+    config = settings(
+        emulator=emulator,
+        kafka_bootstrap=kafka_bootstrap,
+        topic_names=topic_names,
+        dsn=fresh_database,
+        backfill_on_first_connect=False,
+        polled_objects=("Case",),
+    )
+
+    async with running(config, secrets_for(tenant, org)):
+        deadline = time.monotonic() + 30
+        while True:
+            connection = await asyncpg.connect(fresh_database)
+            try:
+                rows = await connection.fetch(
+                    "SELECT object_name, fields, described_at FROM crm_object_fields WHERE tenant_id = $1", tenant
+                )
+            finally:
+                await connection.close()
+            if len(rows) == 2 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+
+    described = {row["object_name"]: json.loads(row["fields"]) for row in rows}
+    assert set(described) == {"Account", "Case"}
+    account = described["Account"]
+    assert account["Name"] == {
+        "type": "string",
+        "length": 255,
+        "createable": True,
+        "updateable": True,
+        "calculated": False,
+        "nillable": False,
+    }
+    assert account["Is_Key_Account__c"]["calculated"] is True
+    assert account["Is_Key_Account__c"]["createable"] is False
+    assert account["Is_Key_Account__c"]["updateable"] is False
+    assert account["Id"]["updateable"] is False
+    assert described["Case"]["Subject"]["type"] == "string"
+    assert all(abs((datetime.now(UTC) - row["described_at"]).total_seconds()) < 60 for row in rows)

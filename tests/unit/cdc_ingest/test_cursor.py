@@ -11,6 +11,7 @@ from services.cdc_ingest.cursor import (
     RecentlyEmitted,
     after_clause,
     by_ids_query,
+    merge_losers_query,
     read_after_query,
     selectable_fields,
     soql_datetime,
@@ -84,3 +85,9 @@ def test_recently_emitted_drops_repeats_inside_the_overlap_only() -> None:
     assert recent.is_new("002", T)
     recent.forget_before(Cursor(T + timedelta(minutes=6)))
     assert recent.is_new("001", T)
+
+
+def test_merge_losers_query_reads_deleted_records_by_id_with_their_master() -> None:
+    assert merge_losers_query("Account", ["001A", "a'b"]) == (
+        "SELECT Id, MasterRecordId FROM Account WHERE Id IN ('001A', 'a\\'b') AND IsDeleted = true"
+    )

@@ -15,6 +15,7 @@ from services.cdc_ingest.translate import (
     Translated,
     origin_client,
     read_change,
+    set_master_records,
     snapshot_event_id,
     stream_event_id,
     translate_event,
@@ -292,3 +293,61 @@ def test_a_re_read_after_missing_events_is_dated_no_later_than_them(missing_sinc
     assert message.origin_commit_time.ToDatetime(tzinfo=UTC) == stamp.replace(hour=dated)
     # The same state read again is the same event, whatever the date given to it.
     assert message.event_id == snapshot_event_id("acme", "Account", "001000000000001AAA", stamp, ChangeKind.SNAPSHOT)
+
+
+@pytest.mark.parametrize(
+    ("kind", "values", "fields"),
+    [
+        # A merge loser re-read from the recycle bin: its winner travels with the deletion.
+        (
+            ChangeKind.DELETE,
+            {"Name": "Loser", "MasterRecordId": Reference("001W")},
+            {"MasterRecordId": Reference("001W")},
+        ),
+        # An ordinary deletion carries nothing, not even a null MasterRecordId.
+        (ChangeKind.DELETE, {"Name": "Gone", "MasterRecordId": None}, {}),
+        (ChangeKind.DELETE, {"Name": "Gone"}, {}),
+        (ChangeKind.SNAPSHOT, {"Name": "Kept", "MasterRecordId": None}, {"Name": "Kept", "MasterRecordId": None}),
+    ],
+)
+def test_a_re_read_deletion_carries_only_the_merge_winner(
+    kind: ChangeKind, values: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    message = read_change(
+        tenant_id="acme",
+        entity="Account",
+        record_id="001L",
+        values=values,
+        modstamp=datetime(2024, 5, 1, 12, tzinfo=UTC),
+        kind=kind,
+        cursor="c",
+        channel="catch_up:Account",
+    )
+    assert from_proto(message).fields == fields
+
+
+def _streamed(change_type: str, record_id: str) -> pb.RecordChanged:
+    (message,) = translate({"ChangeEventHeader": header(changeType=change_type, recordIds=[record_id])}).changes
+    return message
+
+
+@pytest.mark.parametrize(
+    ("change_type", "record_id", "masters", "expected"),
+    [
+        ("DELETE", "001L", {("Account", "001L"): "001W"}, {"MasterRecordId": Reference("001W")}),
+        ("DELETE", "001X", {("Account", "001L"): "001W"}, {}),  # an ordinary deletion
+        ("DELETE", "001L", {("Contact", "001L"): "003W"}, {}),  # keyed by object too
+        ("UNDELETE", "001L", {("Account", "001L"): "001W"}, None),  # only deletions are given one
+    ],
+)
+def test_set_master_records_marks_only_merge_losers_deletions(
+    change_type: str, record_id: str, masters: dict[tuple[str, str], str], expected: dict[str, Any] | None
+) -> None:
+    message = _streamed(change_type, record_id)
+    before = from_proto(message).fields
+    count = set_master_records([message], masters)
+    after = from_proto(message).fields
+    if expected is None:
+        assert (count, after) == (0, before)
+    else:
+        assert (count, after) == (len(expected), expected)

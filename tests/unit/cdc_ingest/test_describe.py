@@ -1,0 +1,82 @@
+"""What cdc-ingest keeps of describe for mapping (crm_object_fields), and which objects merge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.cdc_ingest.describe import SUMMARY_KEYS, field_summary, is_mergeable
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("field", "summary"),
+    [
+        (
+            {
+                "name": "Name",
+                "type": "string",
+                "length": 255,
+                "createable": True,
+                "updateable": True,
+                "calculated": False,
+                "nillable": False,
+                "label": "Account Name",
+                "byteLength": 765,
+            },
+            {
+                "type": "string",
+                "length": 255,
+                "createable": True,
+                "updateable": True,
+                "calculated": False,
+                "nillable": False,
+            },
+        ),
+        (
+            # A formula: calculated, never written by anyone.
+            {
+                "name": "Is_Key_Account__c",
+                "type": "boolean",
+                "length": 0,
+                "createable": False,
+                "updateable": False,
+                "calculated": True,
+                "nillable": True,
+            },
+            {
+                "type": "boolean",
+                "length": 0,
+                "createable": False,
+                "updateable": False,
+                "calculated": True,
+                "nillable": True,
+            },
+        ),
+        (
+            # Keys describe leaves out (or sends as null) stay out: mapping's reader is permissive then.
+            {"name": "Id", "type": "id", "length": None, "updateable": False},
+            {"type": "id", "updateable": False},
+        ),
+    ],
+)
+def test_field_summary_keeps_the_keys_mapping_reads(field: dict[str, Any], summary: dict[str, Any]) -> None:
+    result = field_summary([field])
+    assert result == {field["name"]: summary}
+    assert [key for key in SUMMARY_KEYS if key in summary] == list(result[field["name"]])
+
+
+@pytest.mark.parametrize(
+    ("describe", "mergeable"),
+    [
+        ({"mergeable": True, "fields": []}, True),
+        ({"mergeable": False, "fields": [{"name": "Name"}]}, False),
+        ({"fields": [{"name": "Id"}, {"name": "MasterRecordId"}]}, True),
+        ({"mergeable": False, "fields": [{"name": "MasterRecordId"}]}, True),
+        ({}, False),
+    ],
+)
+def test_mergeable_by_flag_or_by_the_field_a_merge_writes(describe: dict[str, Any], mergeable: bool) -> None:
+    assert is_mergeable(describe) is mergeable
