@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 # Publishes (event, key) pairs in order; returns once the broker acknowledged all (acks=all).
 Publish = Callable[[Sequence[tuple[Message, bytes]]], Awaitable[None]]
 
+# A mapped change, its pair, the tenant's client id and the fields mapping dropped (name -> reason).
+_Item = tuple[MappedChange, ObjectPair, str, dict[str, str]]
+
 # The end_to_end_latency stage at which Duplex's part of a Salesforce → app change ends.
 STAGE_APP_UPDATE_PUBLISHED = "app_update_published"
 
@@ -107,7 +110,7 @@ class Resolver:
         """Apply ``events`` in order; returns the refused ones by index (see the module doc)."""
         refused: dict[int, InvalidEvent] = {}
         logs: list[LogRow] = []
-        items: list[tuple[MappedChange, ObjectPair, str]] = []
+        items: list[_Item] = []
         async with self._pool.acquire() as conn:
             for index, event in enumerate(events):
                 try:
@@ -126,7 +129,9 @@ class Resolver:
                     )
                     refused[index] = InvalidEvent(reason)
                     continue
-                items.append((change, pair, stored.config.spec.salesforce.call_options_client))
+                # Fields mapping dropped never reach resolve(); the sync log still says why they did not travel.
+                dropped = {d.field: d.reason for d in event.dropped_fields}
+                items.append((change, pair, stored.config.spec.salesforce.call_options_client, dropped))
             async with conn.transaction():
                 resolved, published_at = await self._apply(BatchRepository(conn), items, logs)
         if self._metrics is not None:
@@ -134,13 +139,13 @@ class Resolver:
         return refused
 
     async def _apply(
-        self, repo: BatchRepository, items: Sequence[tuple[MappedChange, ObjectPair, str]], logs: list[LogRow]
+        self, repo: BatchRepository, items: Sequence[_Item], logs: list[LogRow]
     ) -> tuple[list[tuple[MappedChange, Resolution]], datetime]:
         """Resolve ``items`` in order inside the caller's transaction, publish their outputs (acked).
 
         Returns the resolutions and the moment every output was acknowledged.
         """
-        claimed = await repo.claim([(change.tenant_id, change.event_id) for change, _, _ in items])
+        claimed = await repo.claim([(item[0].tenant_id, item[0].event_id) for item in items])
         fresh = []
         for item in items:
             change = item[0]
@@ -150,7 +155,7 @@ class Resolver:
             else:
                 log.debug("duplicate event", extra={"tenant": change.tenant_id, "event": change.event_id})
         initial: dict[LinkKey, LinkState] = {}
-        for change, _, _ in fresh:
+        for change, *_ in fresh:
             initial.setdefault(
                 (change.tenant_id, change.link_id),
                 LinkState(change.link_id, change.object_pair, change.external_id or f"dx-{change.link_id}"),
@@ -162,7 +167,7 @@ class Resolver:
         crm_writes: list[tuple[Message, bytes]] = []
         app_updates: list[tuple[Message, bytes]] = []
         resolved: list[tuple[MappedChange, Resolution]] = []
-        for change, pair, client_id in fresh:
+        for change, pair, client_id, dropped in fresh:
             key = (change.tenant_id, change.link_id)
             resolution = resolve(pair, client_id, links[key], fields[key], change)
             if resolution.crm_write is not None:
@@ -179,7 +184,7 @@ class Resolver:
             fields[key].update(resolution.fields)
             for name, field_record in resolution.fields.items():
                 changed_fields[(change.tenant_id, change.link_id, name)] = field_record
-            logs.extend(self._records(change, resolution))
+            logs.extend(self._records(change, resolution, dropped))
             resolved.append((change, resolution))
         await repo.save(links, changed_fields)
         await repo.record_sent(sent)
@@ -254,7 +259,7 @@ class Resolver:
             },
         )
 
-    def _records(self, change: MappedChange, resolution: Resolution) -> list[LogRow]:
+    def _records(self, change: MappedChange, resolution: Resolution, dropped: Mapping[str, str]) -> list[LogRow]:
         """One sync log row per change, one more per conflict: 'why did this field flip?'."""
         event = "echo.dropped" if resolution.echo is not None else "change.resolved"
         writes: dict[str, Any] = {}
@@ -276,6 +281,7 @@ class Resolver:
             },
             "notes": list(resolution.notes),
             "writes": writes,
+            "dropped": dict(dropped),
         }
         rows = [self._row(change.tenant_id, event, change.link_id, detail=detail)]
         rows.extend(

@@ -112,18 +112,24 @@ def merge_winner(change: Change) -> str | None:
 def conversion_target(
     config: TenantConfig, lead_pair: ObjectPair, conversion: Conversion
 ) -> tuple[ObjectPair, str] | None:
-    """Where a converted Lead's link goes: the first converted record whose object has a pair,
-    preferring a pair on the same app object as the Lead's (the app record keeps its identity)."""
-    candidates: list[tuple[int, int, ObjectPair, str]] = []
-    for rank, (crm_object, record_id) in enumerate(conversion.targets):
+    """Where a converted Lead's link goes: the first converted record (Contact first) whose pair
+    is on the same app object as the Lead's, or None when none is.
+
+    The link keeps its app record id, which names a record of the Lead pair's app object: moving
+    it to a pair on another app object would have that pair's app updates address a record of the
+    wrong object (or another record that happens to have the same id).
+    """
+    for crm_object, record_id in conversion.targets:
         for pair in config.spec.objects:
-            if pair.salesforce.object.lower() == crm_object.lower():
-                same_app = 0 if pair.app.object == lead_pair.app.object else 1
-                candidates.append((same_app, rank, pair, record_id))
-    if not candidates:
-        return None
-    _, _, pair, record_id = min(candidates, key=lambda c: (c[0], c[1]))
-    return pair, record_id
+            if pair.salesforce.object.lower() == crm_object.lower() and pair.app.object == lead_pair.app.object:
+                return pair, record_id
+    return None
+
+
+def app_pairs(config: TenantConfig, pair: ObjectPair) -> list[ObjectPair]:
+    """The pairs sharing ``pair``'s app object (``pair`` first): a Lead pair and the Contact pair
+    its converted records move to, typically."""
+    return [pair, *(p for p in config.spec.objects if p.app.object == pair.app.object and p.name != pair.name)]
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from services.common.values import Reference, to_field_value
 from services.mapping.config_cache import ConfigCache
 from services.mapping.links import (
     Link,
+    app_pairs,
     conversion_of,
     conversion_target,
     external_id_in,
@@ -78,6 +79,13 @@ class _Rejection:
     code: str
     message: str
     event_id: str
+
+
+def _candidate_pairs(item: _Item) -> list[ObjectPair]:
+    """The pairs an app change may belong to; a Salesforce object belongs to one pair only."""
+    if item.change.side is not Side.APP:
+        return [item.pair]
+    return app_pairs(item.stored.config, item.pair)
 
 
 class _Refused(Exception):  # noqa: N818 (carries a rejection out of a transaction, rolling it back)
@@ -185,17 +193,21 @@ class Mapper:
                 async with conn.transaction():
                     repo = BatchLinkRepository(conn)
                     await repo.prefetch(
-                        [(i.change.tenant_id, i.pair.name, i.change.side, i.change.record_id) for i in items]
+                        [
+                            (i.change.tenant_id, p.name, i.change.side, i.change.record_id)
+                            for i in items
+                            for p in _candidate_pairs(i)
+                        ]
                     )
                     events: list[tuple[bytes, change_mapped_pb2.ChangeMapped]] = []
                     for position, item in enumerate(items):
                         change = item.change
                         try:
-                            events += await self._map(repo, conn, item.stored, item.pair, change)
+                            events += await self._map(repo, conn, item)
                         except RejectedChangeError as error:
-                            detail = f"{error.field}: {error}" if error.field else str(error)
+                            # The error's text already names the field.
                             rejection = _Rejection(
-                                change.tenant_id, change.record_id, error.code, detail, change.event_id
+                                change.tenant_id, change.record_id, error.code, str(error), change.event_id
                             )
                             raise _Refused(position, rejection) from error
                     await repo.flush()
@@ -211,8 +223,10 @@ class Mapper:
         raise RetryableError(f"links kept being created concurrently ({_CONCURRENT_ATTEMPTS} attempts)")
 
     async def _map(
-        self, repo: LinkRepository, conn: Any, stored: StoredConfig, pair: ObjectPair, change: Change
+        self, repo: LinkRepository, conn: Any, item: _Item
     ) -> list[tuple[bytes, change_mapped_pb2.ChangeMapped]]:
+        stored, change = item.stored, item.change
+        pair = await self._route(repo, item)
         conversion = conversion_of(change)
         if conversion is not None:
             target = conversion_target(stored.config, pair, conversion)
@@ -223,7 +237,15 @@ class Mapper:
             await self._merge(repo, conn, pair, change, winner)
             return []
         if change.kind is not ChangeKind.DELETE and not matches_filter(pair.filter, change.side, change.fields):
-            log.debug("filtered out", extra={"tenant": change.tenant_id, "record": change.record_id})
+            # "Why did this record not sync?" must be answerable from the sync log.
+            linked = await repo.find(change.tenant_id, pair.name, change.side, change.record_id)
+            await self._log(
+                conn,
+                change,
+                "change.filtered",
+                linked.link_id if linked is not None else None,
+                f"{change.side} record does not match the {pair.name} record filter: not synced",
+            )
             return []
         link = await self._link(repo, pair, change)
         if link is None or link.merged_into is not None:
@@ -233,7 +255,8 @@ class Mapper:
         resolved = await repo.other_side_ids(
             change.tenant_id, change.side, [(n.target_pair, n.record_id) for n in needs]
         )
-        mapped = translate(pair, change, resolve=lambda p, _side, rid: resolved.get((p, rid)))
+        crm_fields = await self._cache.crm_fields(conn, change.tenant_id, pair.salesforce.object)
+        mapped = translate(pair, change, resolve=lambda p, _side, rid: resolved.get((p, rid)), crm_fields=crm_fields)
         source_names = [f.app_field if change.side is Side.APP else f.crm_field for f in mapped.fields]
         await repo.unhold(change.tenant_id, link.link_id, source_names)
         for need in needs:
@@ -257,11 +280,44 @@ class Mapper:
         events: list[tuple[bytes, change_mapped_pb2.ChangeMapped]] = []
         if mapped.fields or change.kind in {ChangeKind.DELETE, ChangeKind.UNDELETE}:
             events.append((link_key(change.tenant_id, link.link_id), self._event(stored, link, change, mapped)))
+        elif mapped.dropped:
+            # Nothing travels, so the resolver never sees the change: its dropped fields are
+            # recorded here (otherwise the resolver records them with the change).
+            await sync_log.record(
+                conn,
+                tenant_id=change.tenant_id,
+                service=self._service,
+                event="change.dropped",
+                link_id=link.link_id,
+                record_id=change.record_id,
+                message="; ".join(f"{d.field}: {d.reason}" for d in mapped.dropped),
+                detail={
+                    "source_event_id": change.event_id,
+                    "object": change.object_type,
+                    "dropped": {d.field: d.reason for d in mapped.dropped},
+                },
+            )
         for held in await repo.take_released(link):
             released = await self._released(repo, stored, held, link)
             if released is not None:
                 events.append(released)
         return events
+
+    async def _route(self, repo: LinkRepository, item: _Item) -> ObjectPair:
+        """The pair of an app record whose app object several pairs share: the one it is linked in
+        (a converted Lead's link moved to the Contact pair), else the one it was created for."""
+        candidates = _candidate_pairs(item)
+        if len(candidates) == 1:
+            return item.pair
+        change = item.change
+        for candidate in candidates:
+            if await repo.find(change.tenant_id, candidate.name, Side.APP, change.record_id) is not None:
+                return candidate
+        if change.external_id:
+            created_for = await repo.get(change.tenant_id, change.external_id)
+            if created_for is not None:
+                return next((p for p in candidates if p.name == created_for.object_pair), item.pair)
+        return item.pair
 
     async def _link(self, repo: LinkRepository, pair: ObjectPair, change: Change) -> Link | None:
         tenant = change.tenant_id
@@ -291,8 +347,15 @@ class Mapper:
         self, repo: LinkRepository, conn: Any, pair: ObjectPair, change: Change, target: tuple[ObjectPair, str] | None
     ) -> None:
         lead = await repo.find(change.tenant_id, pair.name, Side.CRM, change.record_id)
-        if lead is None or target is None:
-            await self._log(conn, change, "lead.converted", None, "no link or no pair for the converted records")
+        if lead is None:
+            await self._log(
+                conn, change, "lead.converted", None, "the lead has no link (never synced, or already re-pointed)"
+            )
+            return
+        if target is None:
+            # The converted records link on their own when their changes arrive.
+            message = f"no pair of the converted records is on app object {pair.app.object}: the lead's link stays"
+            await self._log(conn, change, "lead.converted", lead.link_id, message)
             return
         target_pair, record_id = target
         existing = await repo.find(change.tenant_id, target_pair.name, Side.CRM, record_id)
@@ -318,6 +381,12 @@ class Mapper:
         if winner_link is None:
             await repo.repoint(loser, pair.name, winner)
             message = f"merged into {winner}: link moved to the winner"
+        elif winner_link.app_record_id is None and loser.app_record_id is not None:
+            # The winner's UPDATE (another key, so another partition) arrived first and founded a
+            # link with no app record: the loser's link, which has one, absorbs it.
+            await repo.retire(winner_link, loser.link_id)
+            await repo.repoint(loser, pair.name, winner)
+            message = f"merged into {winner}, linked only since the merge as {winner_link.link_id}: link moved"
         else:
             await repo.retire(loser, winner_link.link_id)
             message = f"merged into {winner}, already linked as {winner_link.link_id}: link retired, app record kept"

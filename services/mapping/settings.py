@@ -14,8 +14,9 @@ class MappingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAPPING_", frozen=True, extra="ignore")
 
     service_name: str = "mapping"
-    # How often a tenant's current mapping version is re-checked (one indexed max() query);
-    # a newly applied version is used at most this long after it was applied.
+    # How often a tenant's current mapping version, and each object's Salesforce describe, is
+    # re-checked (one indexed query each); a newly applied version or a new describe is used at
+    # most this long after it was written.
     config_check_seconds: float = Field(default=5.0, ge=0)
     kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
     postgres: PostgresSettings = Field(default_factory=lambda: PostgresSettings())

@@ -80,6 +80,13 @@ def effective_direction(mapping: FieldMapping, pair: ObjectPair, crm: CrmFieldIn
     return pair.direction_of(mapping)
 
 
+def _not_allowed_reason(direction: Direction, mapping: FieldMapping, pair: ObjectPair, crm: CrmFieldInfo | None) -> str:
+    # A user who mapped the field both ways needs to learn that Salesforce, not the mapping, stopped it.
+    if crm is not None and crm.read_only and pair.direction_of(mapping).to_crm:
+        return "read-only in Salesforce (formula field)" if crm.calculated else "read-only in Salesforce"
+    return f"direction is {direction}"
+
+
 def matches_filter(record_filter: RecordFilter | None, side: Side, fields: Mapping[str, Value]) -> bool:
     """Whether a record passes the pair's filter for its side (conditions on absent fields pass)."""
     if record_filter is None:
@@ -123,10 +130,11 @@ def translate(
         if found is None:
             continue
         _, raw = found
-        direction = effective_direction(mapping, pair, crm_info.get(mapping.salesforce.lower()))
+        crm = crm_info.get(mapping.salesforce.lower())
+        direction = effective_direction(mapping, pair, crm)
         allowed = direction.to_crm if change.side is Side.APP else direction.to_app
         if not allowed:
-            dropped.append(Dropped(source_name, f"direction is {direction}"))
+            dropped.append(Dropped(source_name, _not_allowed_reason(direction, mapping, pair, crm)))
             continue
         try:
             app_value, crm_value = _both_sides(pair, mapping, change.side, raw, crm_info, resolve)

@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from services.common.change import Change, ChangeKind, Side
-from services.common.tenant_config import parse_tenant_config
+from services.common.tenant_config import TenantConfig, parse_tenant_config
 from services.common.values import Value
 from services.mapping.links import (
+    app_pairs,
     conversion_of,
     conversion_target,
     external_id_for,
@@ -76,3 +77,65 @@ def test_reference_values_are_collected_for_lookup() -> None:
     contacts = CONFIG.spec.objects[1]
     needs = reference_needs(contacts, change(Side.CRM, "Contact", "003", {"AccountId": "001P", "LastName": "X"}))
     assert [(n.field, n.target_pair, n.record_id) for n in needs] == [("AccountId", "partners", "001P")]
+
+
+def _pairs_config(*pairs: tuple[str, str, str]) -> TenantConfig:
+    """A config with (pair name, app object, Salesforce object) pairs."""
+    document = yaml.safe_load((ROOT / "deploy/examples/tenant-acme.yaml").read_text())
+    document["spec"]["objects"] = [
+        {
+            "name": name,
+            "app": {"object": app},
+            "salesforce": {"object": crm, "externalIdField": "Duplex_Id__c"},
+            "fields": [{"app": "name", "salesforce": "Name"}],
+        }
+        for name, app, crm in pairs
+    ]
+    return parse_tenant_config(document)
+
+
+SHARED = _pairs_config(("leads", "people", "Lead"), ("contacts", "people", "Contact"), ("orgs", "orgs", "Account"))
+SEPARATE = _pairs_config(("leads", "leads", "Lead"), ("contacts", "contacts", "Contact"), ("orgs", "orgs", "Account"))
+ACCOUNT_ONLY = _pairs_config(("leads", "people", "Lead"), ("orgs", "people", "Account"))
+
+
+@pytest.mark.parametrize(
+    ("config", "fields", "expected"),
+    [
+        # The Contact pair is on the Lead pair's app object: the app record keeps its identity.
+        (SHARED, {"ConvertedContactId": "003C", "ConvertedAccountId": "001A"}, ("contacts", "003C")),
+        # The Account pair is on another app object: never a target, even when it is the only one.
+        (SHARED, {"ConvertedAccountId": "001A"}, None),
+        # Pairs on other app objects only: the lead's link stays where it is.
+        (SEPARATE, {"ConvertedContactId": "003C", "ConvertedAccountId": "001A"}, None),
+        # The Contact has no pair; the Account's pair shares the app object.
+        (ACCOUNT_ONLY, {"ConvertedContactId": "003C", "ConvertedAccountId": "001A"}, ("orgs", "001A")),
+        (ACCOUNT_ONLY, {"ConvertedOpportunityId": "006O"}, None),
+    ],
+)
+def test_a_converted_lead_only_moves_to_a_pair_on_its_own_app_object(
+    config: TenantConfig, fields: dict[str, Value], expected: tuple[str, str] | None
+) -> None:
+    conversion = conversion_of(change(Side.CRM, "Lead", "00Q1", fields))
+    assert conversion is not None
+    lead_pair = config.object_pair("leads")
+    assert lead_pair is not None
+    target = conversion_target(config, lead_pair, conversion)
+    assert (None if target is None else (target[0].name, target[1])) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "pair", "expected"),
+    [
+        (SHARED, "leads", ["leads", "contacts"]),
+        (SHARED, "contacts", ["contacts", "leads"]),
+        (SHARED, "orgs", ["orgs"]),
+        (SEPARATE, "leads", ["leads"]),
+    ],
+)
+def test_pairs_sharing_an_app_object_are_candidates_for_its_changes(
+    config: TenantConfig, pair: str, expected: list[str]
+) -> None:
+    found = config.object_pair(pair)
+    assert found is not None
+    assert [p.name for p in app_pairs(config, found)] == expected

@@ -58,6 +58,8 @@ PAIR = ObjectPair.model_validate(
             {"app": "since", "salesforce": "Since__c", "transform": {"type": "date"}},
             {"app": "score", "salesforce": "Score__c", "transform": {"type": "double"}},
             {"app": "upper_name", "salesforce": "Upper_Name__c", "transform": {"type": "string"}},
+            {"app": "owner_code", "salesforce": "Owner_Code__c"},
+            {"app": "code", "salesforce": "Code__c", "transform": {"type": "string"}},
             {
                 "app": "parent_id",
                 "salesforce": "ParentId",
@@ -70,6 +72,9 @@ PAIR = ObjectPair.model_validate(
 DESCRIBE = {
     "Name": CrmFieldInfo("Name", length=255),
     "Upper_Name__c": CrmFieldInfo("Upper_Name__c", calculated=True, updateable=False, createable=False),
+    "Owner_Code__c": CrmFieldInfo("Owner_Code__c", updateable=False, createable=False),
+    # Only describe knows this one's length: the mapping sets none.
+    "Code__c": CrmFieldInfo("Code__c", length=5),
 }
 LINKS = {
     ("partners", Side.APP, "app-parent"): "001000000000001AAA",
@@ -157,7 +162,8 @@ def test_values_travel_in_both_sides_terms(
         (Side.CRM, {"Tier__c": "Gold"}, Dropped("Tier__c", "direction is app_to_crm")),
         (Side.APP, {"revenue": "10"}, Dropped("revenue", "direction is crm_to_app")),
         # Formula fields flow CRM -> app only, whatever the mapping says.
-        (Side.APP, {"upper_name": "X"}, Dropped("upper_name", "direction is crm_to_app")),
+        (Side.APP, {"upper_name": "X"}, Dropped("upper_name", "read-only in Salesforce (formula field)")),
+        (Side.APP, {"owner_code": "X"}, Dropped("owner_code", "read-only in Salesforce")),
     ],
 )
 def test_fields_not_allowed_in_this_direction_are_dropped(
@@ -173,6 +179,7 @@ def test_fields_not_allowed_in_this_direction_are_dropped(
     ("side", "source", "code", "field"),
     [
         (Side.APP, {"name": "x" * 21}, "STRING_TOO_LONG", "Name"),
+        (Side.APP, {"code": "x" * 6}, "STRING_TOO_LONG", "Code__c"),
         (Side.APP, {"tier": "platinum"}, "INVALID_PICKLIST_VALUE", "tier"),
         (Side.CRM, {"Status__c": "Dormant"}, "INVALID_PICKLIST_VALUE", "Status__c"),
         (Side.APP, {"since": "29/02/2024"}, "INVALID_VALUE", "since"),

@@ -1,0 +1,61 @@
+"""Reading cdc-ingest's describe rows (crm_object_fields.fields) into what translate checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.mapping.config_cache import parse_describe
+from services.mapping.translate import CrmFieldInfo
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            {"Name": {"type": "string", "length": 255, "createable": True, "updateable": True, "calculated": False}},
+            {"Name": CrmFieldInfo("Name", length=255)},
+        ),
+        (
+            {
+                "Upper__c": {
+                    "type": "string",
+                    "length": 80,
+                    "createable": False,
+                    "updateable": False,
+                    "calculated": True,
+                }
+            },
+            {"Upper__c": CrmFieldInfo("Upper__c", updateable=False, createable=False, calculated=True, length=80)},
+        ),
+        # Flags and lengths a describe leaves out never make a field read-only or reject a value.
+        ({"Phone": {"type": "phone"}}, {"Phone": CrmFieldInfo("Phone")}),
+        ({"Phone": {"type": "phone", "length": None}}, {"Phone": CrmFieldInfo("Phone")}),
+        # The jsonb column comes as text from a connection without a jsonb codec.
+        (
+            '{"Id": {"type": "id", "length": 18, "createable": false, "updateable": false}}',
+            {"Id": CrmFieldInfo("Id", updateable=False, createable=False, length=18)},
+        ),
+        ({"Odd": "not an object"}, {}),
+        ({}, {}),
+    ],
+)
+def test_describe_rows_become_field_infos(fields: Any, expected: dict[str, CrmFieldInfo]) -> None:
+    assert parse_describe(fields) == expected
+
+
+@pytest.mark.parametrize(
+    ("info", "read_only"),
+    [
+        (CrmFieldInfo("A"), False),
+        (CrmFieldInfo("A", calculated=True), True),
+        (CrmFieldInfo("A", updateable=False, createable=False), True),
+        # Set on create only: still writable when Duplex creates the record.
+        (CrmFieldInfo("A", updateable=False), False),
+    ],
+)
+def test_read_only_fields(info: CrmFieldInfo, read_only: bool) -> None:
+    assert info.read_only is read_only
