@@ -2,10 +2,13 @@
 
 A private emulator, a Kafka broker and a PostgreSQL server are started; cdc-ingest runs in this
 process against them. Once its first-connection backfill is done, Accounts are created through
-sObject Collections (200 per call, one transaction each). For every change the lag is the Kafka
-record's timestamp (set by the producer when it sent the record, i.e. just before the ack) minus
-the change's origin commit time; throughput is changes over the time from the first commit to
-the last record's timestamp. Writer, emulator, broker and cdc-ingest share this machine's cores.
+sObject Collections (200 per call, one transaction each). crm-changes is switched to broker
+timestamps (``message.timestamp.type=LogAppendTime``), so a record's timestamp is when the broker
+appended it, just before it acknowledged it (acks=all, one broker): for every change the lag is
+that timestamp minus the change's origin commit time (the producer's send time would leave out
+the batching linger and the broker round trip). Throughput is changes over the time from the first
+commit to the last append. Every change written must arrive, or the run fails. Writer, emulator,
+broker and cdc-ingest share this machine's cores.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from duplex.change.v1 import record_changed_pb2
 
 from bench.report import Figure, Result
@@ -29,11 +34,15 @@ from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.tenant_config import canonical_json, config_sha256, parse_tenant_config
-from services.common.topics import Topic
+from services.common.topic_admin import topic_configs
+from services.common.topics import Topic, TopicNames
 
 CHANGES = 10_000
 BATCH = 200
 TENANT = "bench"
+CONSUME_WITHIN_SECONDS = 600
+# Kafka's record attribute for a timestamp set by the broker on append (0 is the producer's).
+LOG_APPEND_TIME = 1
 
 
 def _tenant(emulator: EmulatorProcess) -> dict[str, Any]:
@@ -107,22 +116,46 @@ async def _write(emulator: EmulatorProcess, count: int) -> None:
             response.raise_for_status()
 
 
+async def _stamp_on_append(bootstrap: str, names: TopicNames) -> str:
+    """Make the broker stamp crm-changes' records as it appends them; the topic's name."""
+    topic = names(Topic.CRM_CHANGES)
+    # AlterConfigs replaces the topic's whole config: the table's settings go along.
+    configs = topic_configs(names.table.topics[Topic.CRM_CHANGES]) | {"message.timestamp.type": "LogAppendTime"}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    finally:
+        await admin.close()
+    for response in responses:
+        for error_code, message, *_ in response.resources:
+            if error_code:
+                raise RuntimeError(f"switching {topic} to LogAppendTime failed: {error_code} {message}")
+    return topic
+
+
 async def _consume(bootstrap: str, topic: str, expected: int) -> list[tuple[int, int]]:
-    """(origin commit ms, Kafka record timestamp ms) of every change."""
+    """(origin commit ms, broker append ms) of every change; fails unless all ``expected`` arrive."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     seen: dict[str, tuple[int, int]] = {}
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + CONSUME_WITHIN_SECONDS
     try:
         while len(seen) < expected and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
+                    if record.timestamp_type != LOG_APPEND_TIME:
+                        # A producer timestamp would silently measure to the send, not the ack.
+                        raise RuntimeError(f"{topic} record at offset {record.offset} has no broker timestamp")
                     change = record_changed_pb2.RecordChanged()
                     change.ParseFromString(record.value)
                     if change.kind == record_changed_pb2.CHANGE_KIND_CREATE:
+                        # A retried send can append an event twice; its first append is when it was acked.
                         seen.setdefault(change.event_id, (change.origin_commit_time.ToMilliseconds(), record.timestamp))
     finally:
         await consumer.stop()
+    if len(seen) < expected:
+        raise RuntimeError(f"only {len(seen)} of {expected} changes reached {topic} within {CONSUME_WITHIN_SECONDS} s")
     return list(seen.values())
 
 
@@ -132,6 +165,7 @@ async def _run() -> Result:
         try:
             names = servers.names
             await _configure(servers.dsn, emulator)
+            topic = await _stamp_on_append(servers.bootstrap_servers, names)
             settings = CdcIngestSettings(
                 kafka=KafkaSettings(bootstrap_servers=servers.bootstrap_servers, topic_prefix=names.prefix),
                 postgres=PostgresSettings(dsn=servers.dsn),
@@ -146,7 +180,6 @@ async def _run() -> Result:
             service = build_app(settings, environ=environ, budget_for=unlimited_budgets())
             async with service.app:
                 await _wait_backfilled(servers.dsn)
-                topic = names(Topic.CRM_CHANGES)
                 consumer = asyncio.create_task(_consume(servers.bootstrap_servers, topic, CHANGES))
                 await _write(emulator, CHANGES)
                 pairs = await consumer

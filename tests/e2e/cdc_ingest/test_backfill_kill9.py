@@ -30,6 +30,16 @@ pytestmark = pytest.mark.e2e
 PAGE = 1_000
 
 
+async def backfill_state(dsn: str, tenant: str) -> tuple[str, str] | None:
+    """(status, method) of the tenant's one backfill."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        row = await connection.fetchrow("SELECT status, method FROM backfills WHERE tenant_id = $1", tenant)
+    finally:
+        await connection.close()
+    return (row["status"], row["method"]) if row else None
+
+
 async def kill_during_backfill(
     records: int, emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, dsn: str, tmp_path: Path
 ) -> None:
@@ -57,6 +67,9 @@ async def kill_during_backfill(
                 assert process.wait(timeout=10) == -signal.SIGKILL
                 killed_at = len(reader.changes)
                 assert killed_at < records, "killed too late to show a resume"
+                # Every record may be published before the reader has caught up; only an unfinished
+                # backfill in the database shows that the kill interrupted it.
+                assert await backfill_state(dsn, tenant) == ("running", "bulk"), "killed after the backfill finished"
                 process = start_service(
                     emulator, kafka_bootstrap, topic_names, dsn, secrets, log, governor=governor, **tuning
                 )
@@ -71,12 +84,7 @@ async def kill_during_backfill(
     # Resumed, not restarted: at most what was in flight at the kill (a page, plus the batch being
     # published) came twice.
     assert len(snapshots) <= records + 2 * PAGE
-    connection = await asyncpg.connect(dsn)
-    try:
-        row = await connection.fetchrow("SELECT status, method FROM backfills WHERE tenant_id = $1", tenant)
-    finally:
-        await connection.close()
-    assert (row["status"], row["method"]) == ("done", "bulk")
+    assert await backfill_state(dsn, tenant) == ("done", "bulk")
 
 
 @pytest.mark.timeout(600)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,14 +29,29 @@ from tests.integration.cdc_ingest.harness import (
 pytestmark = pytest.mark.e2e
 
 
-def create_accounts(org: Org, total: int, ids: list[str], done: threading.Event) -> None:
-    """sObject Collections, 200 records per call (one transaction each), as fast as the org takes them."""
+# Calls the writer may be ahead of what crm-changes has shown: the stream keeps flowing (changes
+# in flight at any moment) but cannot be written out long before cdc-ingest reads it, so a kill
+# triggered by what was read always lands while changes are still being written.
+AHEAD = 2
+BATCH = 200
+
+
+def create_accounts(
+    org: Org, total: int, ids: list[str], seen: Callable[[], int], done: threading.Event, stop: threading.Event
+) -> None:
+    """sObject Collections, ``BATCH`` records per call (one transaction each), at most ``AHEAD``
+    calls ahead of what has been read from crm-changes."""
     sf = org.salesforce()
     try:
-        for start in range(0, total, 200):
+        for start in range(0, total, BATCH):
+            deadline = time.monotonic() + 300
+            while len(ids) - seen() >= AHEAD * BATCH:
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
             records = [
                 {"attributes": {"type": "Account"}, "Name": f"Stream {i:05d}"}
-                for i in range(start, min(total, start + 200))
+                for i in range(start, min(total, start + BATCH))
             ]
             results = sf.restful("composite/sobjects", method="POST", json={"allOrNone": True, "records": records})
             ids.extend(r["id"] for r in results)
@@ -58,16 +74,36 @@ async def kill_during_stream(
             await wait_backfilled(dsn, tenant, 1, within=60)
             async with change_reader(kafka_bootstrap, topic_names) as reader:
                 ids: list[str] = []
-                done = threading.Event()
-                writer = threading.Thread(target=create_accounts, args=(org, total, ids, done), daemon=True)
+                done, stop = threading.Event(), threading.Event()
+                writer = threading.Thread(
+                    target=create_accounts,
+                    args=(org, total, ids, lambda: len(reader.changes), done, stop),
+                    daemon=True,
+                )
                 writer.start()
-                await reader.until(lambda changes: len(changes) >= total // 3, within=120)
-                process.send_signal(signal.SIGKILL)
-                assert process.wait(timeout=10) == -signal.SIGKILL
-                process = start_service(emulator, kafka_bootstrap, topic_names, dsn, secrets, log, governor=governor)
-                await asyncio.to_thread(done.wait, 300)
+                try:
+                    await reader.until(lambda changes: len(changes) >= total // 3, within=120)
+                    # Mid-stream, or the test proves nothing: changes were still being written
+                    # and cdc-ingest had not published them all.
+                    writing_at_kill = writer.is_alive() and not done.is_set()
+                    seen_at_kill, written_at_kill = len(reader.changes), len(ids)
+                    process.send_signal(signal.SIGKILL)
+                    assert writing_at_kill, "the writer had finished before the kill"
+                    assert seen_at_kill < total, f"killed after all {total} changes were published"
+                    assert process.wait(timeout=10) == -signal.SIGKILL
+                    process = start_service(
+                        emulator, kafka_bootstrap, topic_names, dsn, secrets, log, governor=governor
+                    )
+                    # Reading on is what lets the writer go on (it keeps at most AHEAD calls ahead).
+                    await reader.until(
+                        lambda changes: done.is_set() and set(ids) <= {c.record_id for c in changes}, within=300
+                    )
+                finally:
+                    stop.set()
+                    writer.join(timeout=30)
                 assert len(ids) == total
-                await reader.until(lambda changes: set(ids) <= {c.record_id for c in changes}, within=180)
+                # Written on after the kill, so some of the stream went through the restarted process.
+                assert written_at_kill < total
         finally:
             process.kill()
             process.wait(timeout=10)

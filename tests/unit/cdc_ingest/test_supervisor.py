@@ -93,3 +93,113 @@ async def test_a_worker_out_of_budget_waits_for_it_and_any_other_failure_restart
         for task in supervisor.workers.values():
             task.cancel()
         await asyncio.gather(*supervisor.workers.values(), return_exceptions=True)
+
+
+class LeaseTable:
+    """Leases and replica heartbeats as ``tenant_leases`` / ``cdc_replicas`` keep them, on a clock
+    the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.leases: dict[str, tuple[str, float]] = {}
+        self.replicas: dict[str, float] = {}
+
+    def view(self, holder: str) -> ReplicaLeases:
+        return ReplicaLeases(self, holder)
+
+    def holders(self) -> dict[str, str]:
+        return {t: holder for t, (holder, expires) in sorted(self.leases.items()) if expires > self.now}
+
+
+class ReplicaLeases:
+    """One replica's side of the table (what :class:`Store` does in SQL)."""
+
+    def __init__(self, table: LeaseTable, holder: str) -> None:
+        self.table = table
+        self.holder = holder
+
+    async def heartbeat(self, ttl_seconds: float) -> int:
+        self.table.replicas[self.holder] = self.table.now + ttl_seconds
+        return sum(expires > self.table.now for expires in self.table.replicas.values())
+
+    async def held(self) -> list[str]:
+        return [t for t, holder in self.table.holders().items() if holder == self.holder]
+
+    async def renew(self, tenant_ids: list[str], ttl_seconds: float) -> list[str]:
+        renewed = [t for t in tenant_ids if self.table.holders().get(t) == self.holder]
+        for tenant_id in renewed:
+            self.table.leases[tenant_id] = (self.holder, self.table.now + ttl_seconds)
+        return renewed
+
+    async def try_acquire(self, tenant_id: str, ttl_seconds: float) -> bool:
+        if self.table.holders().get(tenant_id, self.holder) != self.holder:
+            return False
+        self.table.leases[tenant_id] = (self.holder, self.table.now + ttl_seconds)
+        return True
+
+    async def release(self, tenant_id: str) -> None:
+        if self.table.leases.get(tenant_id, ("", 0.0))[0] == self.holder:
+            del self.table.leases[tenant_id]
+
+
+async def test_replicas_share_out_tenants_and_take_over_a_silent_one_after_the_ttl() -> None:
+    tenants = ("t1", "t2", "t3", "t4")
+    table = LeaseTable()
+    settings = CdcIngestSettings(
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+        postgres=PostgresSettings(dsn="postgresql://127.0.0.1:9/duplex"),
+        tenants=tenants,
+        lease_ttl_seconds=3.0,
+        lease_renew_seconds=0.5,
+    )
+
+    async def serve(_tenant_id: str) -> None:
+        await asyncio.Event().wait()
+
+    a, b = (Supervisor(settings, cast(Store, table.view(name)), serve) for name in ("a", "b"))
+
+    def serving(supervisor: Supervisor) -> set[str]:
+        return {t for t, task in supervisor.workers.items() if not task.done()}
+
+    async def round_of(*supervisors: Supervisor) -> None:
+        for supervisor in supervisors:
+            await supervisor.rebalance()
+        await asyncio.sleep(0)  # cancelled workers finish
+        # A replica that keeps its rounds serves only what it holds. (A silent one may serve on
+        # for a moment; the fenced writes stop it from moving anything, see Store.)
+        for supervisor in supervisors:
+            holder = cast(ReplicaLeases, supervisor.store).holder
+            assert serving(supervisor) <= {t for t, h in table.holders().items() if h == holder}
+
+    try:
+        await round_of(a)
+        assert table.holders() == dict.fromkeys(tenants, "a")
+
+        await round_of(b)  # B joins: every lease is live, B waits for A to hand some back
+        assert serving(b) == set()
+        await round_of(a, b)
+        assert table.holders() == {"t1": "a", "t2": "a", "t3": "b", "t4": "b"}
+        for _ in range(3):
+            table.now += 0.5
+            await round_of(a, b)
+        assert (serving(a), serving(b)) == ({"t1", "t2"}, {"t3", "t4"})
+
+        # A goes silent (paused, partitioned): its leases stand until they expire.
+        table.now += 2.9
+        await round_of(b)
+        assert serving(b) == {"t3", "t4"}
+        table.now += 0.2
+        await round_of(b)
+        assert table.holders() == dict.fromkeys(tenants, "b")
+        assert serving(b) == set(tenants)
+
+        # A comes back: its leases are gone, so it stops serving before it takes a share again.
+        await round_of(a)
+        assert serving(a) == set()
+        assert table.holders() == dict.fromkeys(tenants, "b")
+        await round_of(b, a)
+        assert table.holders() == {"t1": "b", "t2": "b", "t3": "a", "t4": "a"}
+        assert (serving(a), serving(b)) == ({"t3", "t4"}, {"t1", "t2"})
+    finally:
+        await a.stop_all()
+        await b.stop_all()

@@ -1,0 +1,277 @@
+"""cdc-ingest's Pub/Sub client and stream against a scripted channel (no I/O): flow control,
+schema caching, a broken call, and a keepalive moving the checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+import grpc
+import pytest
+from duplex.change.v1 import record_changed_pb2
+from eventbus.v1 import pubsub_api_pb2 as pb
+
+from services.cdc_ingest.pubsub import PubSubClient, PubSubUnavailableError, Start
+from services.cdc_ingest.rest import SalesforceRest
+from services.cdc_ingest.settings import CdcIngestSettings
+from services.cdc_ingest.store import Store
+from services.cdc_ingest.worker import StreamState, TenantWorker
+from services.common.salesforce import Session
+from services.common.settings import KafkaSettings, PostgresSettings
+from services.common.tenant_config import parse_tenant_config
+from tests.unit.cdc_ingest.schemas import ACCOUNT_SCHEMA, encode, header
+
+pytestmark = pytest.mark.unit
+
+TOPIC = "/data/ChangeEvents"
+BATCH = 5
+SCHEMA_JSON = json.dumps(ACCOUNT_SCHEMA)
+# What one read of a scripted call yields: a response, or an error the call fails with.
+Step = pb.FetchResponse | BaseException
+
+
+class ScriptedCall:
+    """One Subscribe call: its script is read in order, then it stays silent."""
+
+    def __init__(self, script: Sequence[Step], journal: list[str]) -> None:
+        self.requests: list[pb.FetchRequest] = []
+        self._script = list(script)
+        self._journal = journal
+
+    async def write(self, request: pb.FetchRequest) -> None:
+        self.requests.append(request)
+        self._journal.append(f"request {request.num_requested}")
+
+    async def read(self) -> pb.FetchResponse:
+        if not self._script:
+            await asyncio.Event().wait()
+        step = self._script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        self._journal.append(f"response pending={step.pending_num_requested}")
+        return step
+
+    def cancel(self) -> bool:
+        return True
+
+
+class ScriptedChannel:
+    """Stands in for ``grpc.aio.Channel`` under the generated stub: one script per Subscribe call."""
+
+    def __init__(self, *scripts: Sequence[Step]) -> None:
+        self.journal: list[str] = []
+        self.calls: list[ScriptedCall] = []
+        self.schema_requests: list[str] = []
+        self._scripts = list(scripts)
+
+    def stream_stream(self, method: str, **_: Any) -> Callable[..., ScriptedCall]:
+        def subscribe(request_iterator: None = None, *, metadata: Any = None) -> ScriptedCall:
+            assert method.endswith("/Subscribe"), method
+            assert dict(metadata)["accesstoken"] == "token"
+            call = ScriptedCall(self._scripts.pop(0) if self._scripts else [], self.journal)
+            self.calls.append(call)
+            return call
+
+        return subscribe
+
+    def unary_unary(self, method: str, **_: Any) -> Callable[..., Awaitable[pb.SchemaInfo]]:
+        async def get_schema(request: pb.SchemaRequest, *, metadata: Any = None) -> pb.SchemaInfo:
+            assert method.endswith("/GetSchema"), method
+            self.schema_requests.append(request.schema_id)
+            return pb.SchemaInfo(schema_json=SCHEMA_JSON, schema_id=request.schema_id)
+
+        return get_schema
+
+    def client(self) -> PubSubClient:
+        return PubSubClient(cast(grpc.aio.Channel, self), StaticTokens(), "00D000000000001AAA")
+
+
+class StaticTokens:
+    async def current(self) -> Session:
+        return Session("token", "https://org.example")
+
+    async def refresh(self, stale: Session) -> Session:
+        return stale
+
+
+def response(*events: pb.ConsumerEvent, pending: int, latest: int = 0) -> pb.FetchResponse:
+    return pb.FetchResponse(
+        events=events, latest_replay_id=latest.to_bytes(8, "big") if latest else b"", pending_num_requested=pending
+    )
+
+
+def event(replay: int, schema_id: str = "schema-1", entity: str = "Opportunity") -> pb.ConsumerEvent:
+    """A change event of an object the tenant does not sync: decoded, checkpointed past, not published."""
+    payload = encode({"ChangeEventHeader": header(entityName=entity, changeType="CREATE")})
+    return pb.ConsumerEvent(
+        event=pb.ProducerEvent(id=f"e{replay}", schema_id=schema_id, payload=payload),
+        replay_id=replay.to_bytes(8, "big"),
+    )
+
+
+def unavailable() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "dropped", None)
+
+
+async def test_the_next_fetch_request_goes_out_only_when_nothing_is_pending_and_the_batch_was_handled() -> None:
+    channel = ScriptedChannel([response(event(1), pending=3), response(event(2), pending=0), response(pending=BATCH)])
+    # The async generator subscribe() returns, typed as an iterator; closed so the call is cancelled.
+    stream = cast(
+        AsyncGenerator[pb.FetchResponse],
+        channel.client().subscribe(TOPIC, Start.earliest(), batch=BATCH, idle_timeout=5),
+    )
+    try:
+        await anext(stream)
+        assert channel.journal == [f"request {BATCH}", "response pending=3"]
+        await anext(stream)
+        # Nothing pending, but the caller is still handling this batch: no request yet.
+        assert channel.journal[-1] == "response pending=0"
+        await asyncio.sleep(0.05)
+        assert channel.journal[-1] == "response pending=0"
+        await anext(stream)
+    finally:
+        await stream.aclose()
+    assert channel.journal == [
+        f"request {BATCH}",
+        "response pending=3",
+        "response pending=0",
+        f"request {BATCH}",
+        f"response pending={BATCH}",
+    ]
+    first, then = channel.calls[0].requests
+    assert (first.topic_name, first.replay_preset, first.num_requested) == (TOPIC, pb.EARLIEST, BATCH)
+    assert then.num_requested == BATCH
+
+
+async def test_a_broken_subscription_raises_unavailable() -> None:
+    channel = ScriptedChannel([unavailable()])
+    stream = channel.client().subscribe(TOPIC, Start.after(b"\x00" * 8), batch=BATCH, idle_timeout=5)
+    with pytest.raises(PubSubUnavailableError):
+        await anext(stream)
+
+
+async def test_get_schema_is_asked_once_per_schema_id() -> None:
+    channel = ScriptedChannel()
+    client = channel.client()
+    first = await client.schema("schema-1")
+    assert await client.schema("schema-1") is first
+    await client.schema("schema-2")
+    await client.schema("schema-1")
+    assert channel.schema_requests == ["schema-1", "schema-2"]
+
+
+class Checkpoints:
+    """The part of Store the stream writes to."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[bytes, datetime | None]] = []
+        self.changed = asyncio.Event()
+
+    async def save_checkpoint(
+        self, tenant_id: str, channel: str, replay_id: bytes, commit_time: datetime | None
+    ) -> None:
+        self.saved.append((replay_id, commit_time))
+        self.changed.set()
+
+    async def log_event(self, tenant_id: str, event: str, **_: Any) -> None:
+        raise AssertionError(f"unexpected sync log event {event}")
+
+
+class OrgOnly:
+    async def org_id(self) -> str:
+        return "00D000000000001AAA"
+
+
+class NoSink:
+    async def publish(self, changes: Sequence[record_changed_pb2.RecordChanged]) -> None:
+        raise AssertionError(f"nothing should be published: {list(changes)}")
+
+    async def dead_letter(self, payload: bytes, *, tenant_id: str, reason: str, origin: dict[str, str]) -> None:
+        raise AssertionError(f"dead-lettered: {reason}")
+
+
+async def stream_until(channel: ScriptedChannel, done: Callable[[Checkpoints], bool]) -> Checkpoints:
+    """Run one tenant's stream (Account only) over ``channel`` until ``done``; its checkpoints."""
+    document = {
+        "apiVersion": "duplex.dev/v1",
+        "kind": "Tenant",
+        "metadata": {"name": "acme"},
+        "spec": {
+            "salesforce": {
+                "instanceUrl": "https://org.example",
+                "apiVersion": "62.0",
+                "auth": {
+                    "mode": "password",
+                    "clientId": "duplex",
+                    "clientSecret": {"secretRef": {"env": "SECRET"}},
+                    "username": "admin@org.example",
+                    "password": {"secretRef": {"env": "PASSWORD"}},
+                },
+                "dailyApiCap": 100_000,
+            },
+            "objects": [
+                {
+                    "name": "partners",
+                    "app": {"object": "partners"},
+                    "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+                    "fields": [{"app": "name", "salesforce": "Name"}],
+                }
+            ],
+        },
+    }
+    store = Checkpoints()
+
+    async def pubsub_for(_org_id: str) -> PubSubClient:
+        return channel.client()
+
+    async def no_pause(_seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    worker = TenantWorker(
+        tenant_id="acme",
+        config=parse_tenant_config(document),
+        settings=CdcIngestSettings(
+            kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+            postgres=PostgresSettings(dsn="postgresql://127.0.0.1:9/duplex"),
+            fetch_batch=BATCH,
+        ),
+        rest=cast(SalesforceRest, OrgOnly()),
+        pubsub_factory=pubsub_for,
+        store=cast(Store, store),
+        sink=NoSink(),
+        sleep=no_pause,
+    )
+    task = asyncio.create_task(worker.stream(StreamState(Start.after((1).to_bytes(8, "big")))))
+    try:
+        async with asyncio.timeout(5):
+            while not done(store):
+                store.changed.clear()
+                await store.changed.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return store
+
+
+async def test_a_keepalive_moves_the_checkpoint_to_its_latest_replay_id() -> None:
+    channel = ScriptedChannel([response(pending=BATCH, latest=7)])
+    store = await stream_until(channel, lambda s: bool(s.saved))
+    assert store.saved == [((7).to_bytes(8, "big"), None)]
+
+
+async def test_the_stream_asks_for_at_most_its_batch_and_reads_each_schema_once_across_reconnects() -> None:
+    channel = ScriptedChannel(
+        [response(event(2), event(3), pending=3), response(event(4), pending=0), unavailable()],
+        [response(event(5), event(6, "schema-2"), pending=BATCH - 2)],
+    )
+    store = await stream_until(channel, lambda s: len(s.saved) == 3)
+    assert [int.from_bytes(replay, "big") for replay, _ in store.saved] == [3, 4, 6]
+    # Resumed after the last checkpoint, not from the start.
+    resumed = channel.calls[1].requests[0]
+    assert (resumed.replay_preset, int.from_bytes(resumed.replay_id, "big")) == (pb.CUSTOM, 4)
+    assert [r.num_requested for call in channel.calls for r in call.requests] == [BATCH, BATCH, BATCH]
+    assert channel.schema_requests == ["schema-1", "schema-2"]
