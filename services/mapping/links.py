@@ -9,6 +9,7 @@ before the writer has reported the new Salesforce id.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from services.common.values import is_blank
 # Any fixed namespace works; changing it would change every link id and event id derived from it.
 NAMESPACE = uuid.UUID("5f0c7f0e-2a4b-4d55-9a8e-3c1f6b2d9e01")
 EXTERNAL_ID_PREFIX = "dx-"
+_LINK_ID = re.compile(r"[0-9a-f]{32}")
 
 # Lead conversion (Salesforce sets these on the Lead's UPDATE) and merges (set on the loser's DELETE).
 CONVERTED_FIELDS = ("ConvertedContactId", "ConvertedAccountId", "ConvertedOpportunityId")
@@ -77,6 +79,12 @@ def _field(change: Change, name: str) -> str | None:
         if key.lower() == lowered and not is_blank(value):
             return str(value).strip()
     return None
+
+
+def link_id_of(external_id: str, side: Side) -> str | None:
+    """The id of the link a Duplex external id names (app side: the link id itself), if well formed."""
+    link_id = external_id.removeprefix(EXTERNAL_ID_PREFIX) if side is Side.CRM else external_id
+    return link_id if _LINK_ID.fullmatch(link_id) else None
 
 
 def external_id_in(change: Change, pair: ObjectPair) -> str | None:

@@ -35,6 +35,7 @@ from services.mapping.links import (
     conversion_of,
     conversion_target,
     external_id_in,
+    link_id_of,
     mapped_event_id,
     merge_winner,
     pair_for,
@@ -341,6 +342,9 @@ class Mapper:
                     "external id already bound to another record; linking separately",
                     extra={"tenant": tenant, "record": change.record_id, "link": candidate.link_id},
                 )
+            elif candidate is None and (link_id := link_id_of(external_id, change.side)) is not None:
+                # Created for a link whose row a crash rolled back; its founding change comes again.
+                return await repo.adopt(tenant, pair.name, change.side, change.record_id, link_id)
         return await repo.create(tenant, pair.name, change.side, change.record_id)
 
     async def _convert(

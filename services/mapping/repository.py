@@ -99,7 +99,44 @@ class LinkRepository:
             found = await self.find(tenant_id, pair, side, record_id)
             if found is not None:
                 return found
+            if attempt == 0:
+                taken = await self.get(tenant_id, link_id)
+                if taken is not None and taken.object_pair == pair and taken.record_id(side) is None:
+                    # Adopted (see adopt) by the record Duplex created for this link: this
+                    # record founded it, so it joins it.
+                    bound = await self.bind(taken, side, record_id)
+                    if bound is not None:
+                        return bound
         raise RuntimeError(f"no free link id for {tenant_id}/{pair}/{side}/{record_id}")
+
+    async def adopt(self, tenant_id: str, pair: str, side: Side, record_id: str, link_id: str) -> Link:
+        """The link ``link_id`` for a record Duplex created for it, made now if it does not exist.
+
+        It can be missing: mapping publishes a new link's ChangeMapped before its transaction
+        commits, so a crash in between rolls the row back after the resolver has already had the
+        record created on the other side. That record's echo may come back before the founding
+        change is redelivered; made under the same id, the link is where the founder then finds it
+        (``create``) instead of founding a duplicate.
+        """
+        await self._conn.execute(
+            f"INSERT INTO links (tenant_id, object_pair, link_id, {_SIDE_COLUMN[side]}, external_id)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            tenant_id,
+            pair,
+            link_id,
+            record_id,
+            external_id_for(link_id),
+        )
+        found = await self.find(tenant_id, pair, side, record_id)
+        if found is not None:
+            return found
+        # The founder re-created it meanwhile.
+        taken = await self.get(tenant_id, link_id)
+        if taken is not None and taken.object_pair == pair:
+            bound = await self.bind(taken, side, record_id)
+            if bound is not None:
+                return bound
+        return await self.create(tenant_id, pair, side, record_id)
 
     async def bind(self, link: Link, side: Side, record_id: str) -> Link | None:
         """Fill in ``link``'s id on ``side``; None if it already holds another id there."""
@@ -318,6 +355,15 @@ class BatchLinkRepository(LinkRepository):
         # The plain repository reads back what each insert made from the table itself, not from
         # this one's answers (which know the record had no link).
         link = await LinkRepository(self._conn).create(tenant_id, pair, side, record_id)
+        self._forget_id(tenant_id, link.link_id)
+        self._remember(link)
+        return link
+
+    async def adopt(self, tenant_id: str, pair: str, side: Side, record_id: str, link_id: str) -> Link:
+        await self.flush()
+        # Read from the table, like create(): this repository's answers predate the insert.
+        link = await LinkRepository(self._conn).adopt(tenant_id, pair, side, record_id, link_id)
+        self._forget_id(tenant_id, link_id)
         self._remember(link)
         return link
 
@@ -412,6 +458,12 @@ class BatchLinkRepository(LinkRepository):
                 self._by_record[key] = None
             else:
                 self._by_record.pop(key, None)
+
+    def _forget_id(self, tenant_id: str, link_id: str) -> None:
+        """Drop a row this repository may know in an older state (before a bind by the table)."""
+        known = self._by_id.get((tenant_id, link_id))
+        if known is not None:
+            self._forget(known, unlinked=False)
 
     def _replace(self, old: Link, new: Link) -> None:
         # The new row's ids are remembered again just after; those it lost belong to no link.

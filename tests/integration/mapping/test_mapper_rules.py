@@ -25,7 +25,7 @@ from services.common.values import Reference, Value, to_value
 from services.mapping.config_cache import ConfigCache
 from services.mapping.links import link_id_for
 from services.mapping.mapper import Mapper
-from tests.e2e.sync.harness import CONFIG, TENANT, prepare_database, record_changed
+from tests.e2e.sync.harness import CLIENT, CONFIG, TENANT, prepare_database, record_changed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -286,3 +286,54 @@ async def test_a_new_mapping_version_and_describe_are_used_once_re_checked(fresh
         (2, ["name", "website"], ["phone"]),
     ]
     assert outbox.sent[2].dropped_fields[0].reason == "read-only in Salesforce (formula field)"
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["echoes-first", "one-batch"])
+async def test_an_echo_whose_link_a_crash_rolled_back_keeps_its_id_and_the_founder_joins_it(
+    fresh_database: str, together: bool
+) -> None:
+    # Mapping publishes a new link's ChangeMapped before its transaction commits: killed in
+    # between, the link row is gone, but the resolver has had the record created on the other
+    # side already. That record's echo can come back before the founding change is redelivered.
+    await prepare_database(fresh_database)
+    crm_founded = link_id_for(TENANT, "partners", Side.CRM, "001F")
+    app_founded = link_id_for(TENANT, "partners", Side.APP, "pF")
+    echoes = [
+        # The app record Duplex created for the Salesforce-founded link carries its link id.
+        record_changed(
+            Side.APP,
+            "partners",
+            "pE",
+            {"name": "Sf"},
+            event_id="a-echo",
+            kind=ChangeKind.CREATE,
+            client=CLIENT,
+            external_id=crm_founded,
+        ),
+        # The Salesforce record Duplex created for the app-founded link carries dx-<link id>.
+        record_changed(
+            Side.CRM,
+            "Account",
+            "001E",
+            {"Name": "App", "Duplex_Id__c": f"dx-{app_founded}"},
+            event_id="c-echo",
+            kind=ChangeKind.CREATE,
+            client=CLIENT,
+        ),
+    ]
+    founders = [
+        record_changed(Side.CRM, "Account", "001F", {"Name": "Sf"}, event_id="c-found", kind=ChangeKind.CREATE),
+        record_changed(Side.APP, "partners", "pF", {"name": "App"}, event_id="a-found", kind=ChangeKind.CREATE),
+    ]
+    async with mapper(fresh_database) as (m, outbox):
+        if together:
+            assert await m.handle_batch([*echoes, *founders]) == {}
+        else:
+            assert await m.handle_batch(echoes) == {}
+            assert await m.handle_batch(founders) == {}
+
+    links = await fetch(fresh_database, "SELECT link_id, app_record_id, crm_record_id FROM links ORDER BY 1")
+    assert links == sorted([(crm_founded, "pE", "001F"), (app_founded, "pF", "001E")])
+    assert sorted((e.source_event_id, e.link_id) for e in outbox.sent) == sorted(
+        [("a-echo", crm_founded), ("c-echo", app_founded), ("c-found", crm_founded), ("a-found", app_founded)]
+    )

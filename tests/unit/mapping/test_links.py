@@ -18,6 +18,7 @@ from services.mapping.links import (
     external_id_for,
     external_id_in,
     link_id_for,
+    link_id_of,
     mapped_event_id,
     merge_winner,
     pair_for,
@@ -139,3 +140,22 @@ def test_pairs_sharing_an_app_object_are_candidates_for_its_changes(
     found = config.object_pair(pair)
     assert found is not None
     assert [p.name for p in app_pairs(config, found)] == expected
+
+
+LINK = "0" * 31 + "a"
+
+
+@pytest.mark.parametrize(
+    ("external_id", "side", "expected"),
+    [
+        (LINK, Side.APP, LINK),  # the app side carries the link id itself
+        (f"dx-{LINK}", Side.CRM, LINK),
+        (f"dx-{LINK}", Side.APP, None),  # not an app-side form
+        ("dx-not-a-link", Side.CRM, None),
+        (LINK.upper(), Side.APP, None),
+        (LINK + "0", Side.APP, None),
+        ("", Side.APP, None),
+    ],
+)
+def test_the_link_a_duplex_external_id_names(external_id: str, side: Side, expected: str | None) -> None:
+    assert link_id_of(external_id, side) == expected
