@@ -11,8 +11,10 @@ For every link and field the resolver keeps a :class:`FieldState`:
 A genuine edit from side S proposes a new truth. It is a *conflict* only when S edited without
 having received the current truth, which is exactly when a write of that truth to S is still
 pending. Otherwise S edited on top of the truth and simply wins. Conflicts are settled by the
-field's policy. An echo (Duplex's own write coming back, by origin client or by value) only
-confirms the pending write and never causes a write, so Duplex cannot argue with itself.
+field's policy. An echo (Duplex's own write coming back: tagged with Duplex's origin client, or
+untagged but carrying the value of any write still pending to that side) never causes a write
+and changes no truth, so Duplex cannot argue with itself; only a tagged echo confirms (pops) the
+pending write.
 
 Further rules, for every policy:
 - a blank (null, empty string, empty multi-value) never overwrites data unless the mapping
@@ -188,6 +190,14 @@ def observe(
         return Decision(Outcome.DUPLICATE, state, {}, "already seen")
 
     proposal = Edit(value, side, at)
+    if any(same_value(e.value, value) for e in state.pending(side)):
+        # An untagged value equal to a write of ours still in flight to that side: our write coming
+        # back without its tag (or someone typing what we are writing there anyway, which our write
+        # will overwrite with the same value). An echo: dropped, counted, never written back, and it
+        # changes no truth; even an echo of an older pending write (we sent "a" then "b", and "a"
+        # comes back late) is not an edit that could outvote "b". It confirms nothing either: the
+        # tagged echo, in that side's commit order, does. Seen, so a redelivery is a duplicate.
+        return Decision(Outcome.ECHO, state.with_seen(side, proposal), {}, "echo: equals a pending write")
     state = state.with_seen(side, proposal)
     truth = state.truth
     if truth is not None and same_value(truth.value, value):

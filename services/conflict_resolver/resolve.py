@@ -41,7 +41,7 @@ class Operation(enum.StrEnum):
 
 class EchoReason(enum.StrEnum):
     ORIGIN_CLIENT = "origin_client"  # tagged with Duplex's client id
-    VALUES = "values"  # untagged, but carries the values already synced
+    VALUES = "values"  # untagged, but carries the values already synced or still being written
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class _Builder:
             else:
                 self.app[mapping.app] = edit.value
         self.records[mapping.app] = FieldRecord(state, crm_form)
-        self.decisions.append(_decision(mapping, rule, decision, before.state, side))
+        self.decisions.append(_decision(mapping, rule, decision, before.state, side, from_duplex=from_duplex))
 
     def push_truth(self, target: Side) -> None:
         """Send every field's truth to ``target`` (a record recreated there by an undelete)."""
@@ -224,11 +224,12 @@ class _Builder:
 
 
 def _decision(
-    mapping: FieldMapping, rule: FieldRule, decision: Decision, before: FieldState, side: Side
+    mapping: FieldMapping, rule: FieldRule, decision: Decision, before: FieldState, side: Side, *, from_duplex: bool
 ) -> FieldDecision:
     echo = None
     if decision.outcome is Outcome.ECHO:
-        echo = EchoReason.ORIGIN_CLIENT
+        # Untagged, it carried the value of a write of ours still pending to that side.
+        echo = EchoReason.ORIGIN_CLIENT if from_duplex else EchoReason.VALUES
     elif decision.outcome is Outcome.UNCHANGED and not decision.conflict:
         truth = before.truth
         synced = truth is not None and same_value(truth.value, (decision.state.seen(side) or truth).value)
@@ -361,6 +362,11 @@ def resolve(
         elif b.link.deleted(change.side):
             # An update from a side where the record is deleted (reordered delivery): it is not there.
             b.notes.append(f"{change.kind} on {change.side} ignored: the record is deleted there")
+            # Our own write landing just before the record was deleted is still an echo, and counted.
+            if from_duplex:
+                echo = EchoReason.ORIGIN_CLIENT
+            elif _carries_pending(b, change):
+                echo = EchoReason.VALUES
             return _finish(b, change, echo)
         for f in change.fields:
             mapping = pair.field_by_app(f.app_field)
@@ -379,6 +385,18 @@ def resolve(
         elif b.decisions and all(d.echo is EchoReason.VALUES for d in b.decisions):
             echo = EchoReason.VALUES
     return _finish(b, change, echo)
+
+
+def _carries_pending(b: _Builder, change: MappedChange) -> bool:
+    """Whether every mapped field of ``change`` carries a value Duplex is still writing to its side."""
+    values = [
+        (mapping.app, f.app_value)
+        for f in change.fields
+        if f.changed and (mapping := b.pair.field_by_app(f.app_field)) is not None
+    ]
+    return bool(values) and all(
+        any(same_value(e.value, value) for e in b.record(name).state.pending(change.side)) for name, value in values
+    )
 
 
 def _finish(b: _Builder, change: MappedChange, echo: EchoReason | None) -> Resolution:

@@ -21,6 +21,7 @@ from services.conflict_resolver.resolve import (
     Resolution,
     resolve,
     settle_rejected,
+    summarise,
 )
 
 pytestmark = pytest.mark.unit
@@ -330,3 +331,225 @@ def test_references_travel_in_each_sides_terms() -> None:
     (r,) = run(c, start=link(crm_record_id="001A", app_record_id="a1"))
     assert r.crm_write is not None
     assert r.crm_write.fields["Name"] == Reference("001Z")
+
+
+def test_an_untagged_change_carrying_an_older_pending_value_is_an_echo_by_value_and_writes_nothing() -> None:
+    # The app sent "A" then "B" to Salesforce; "A" comes back untagged (a re-emitted event) after
+    # "B" went out. It is our own write: dropped, counted, and it must not win as a newer edit.
+    start = link(crm_record_id="001A", app_record_id="a1")
+    first, second, late = run(
+        change(Side.APP, {"name": "A"}, at=1, n=1),
+        change(Side.APP, {"name": "B"}, at=2, n=2),
+        change(Side.CRM, {"name": "A"}, at=3, n=3),
+        start=start,
+    )
+    assert first.crm_write is not None
+    assert second.crm_write is not None
+    assert (late.crm_write, late.app_update) == (None, None)
+    assert late.echo is EchoReason.VALUES
+    assert [(d.outcome, d.echo, d.conflict) for d in late.decisions] == [(Outcome.ECHO, EchoReason.VALUES, False)]
+    assert late.fields["name"].state.truth == second.fields["name"].state.truth
+    assert summarise(late).echoes == 1
+    assert summarise(late).conflicts == ()
+
+
+def soft_pair(direction: str = "both", **soft: str) -> ObjectPair:
+    return pair("soft_delete", direction, softDeleteField=soft or {"app": "archived", "salesforce": "Archived__c"})
+
+
+LINKED = {"crm_record_id": "001A", "app_record_id": "a1"}
+
+
+# (pair, side, kinds in order) -> for the last change: (Salesforce write, its fields, app update, its
+# fields, deleted on app, deleted on Salesforce).
+DELETE_TABLE = [
+    # propagate, both ways
+    ("propagate", "both", Side.APP, ["delete"], Operation.DELETE, {}, None, None, True, True),
+    ("propagate", "both", Side.CRM, ["delete"], None, None, ChangeKind.DELETE, {}, True, True),
+    (
+        "propagate",
+        "both",
+        Side.APP,
+        ["delete", "undelete"],
+        Operation.UPSERT,
+        {"Name": "Acme"},
+        None,
+        None,
+        False,
+        False,
+    ),
+    (
+        "propagate",
+        "both",
+        Side.CRM,
+        ["delete", "undelete"],
+        None,
+        None,
+        ChangeKind.UNDELETE,
+        {"name": "Acme"},
+        False,
+        False,
+    ),
+    # propagate on one-way pairs: deletes and undeletes flow downstream only
+    ("propagate", "app_to_crm", Side.APP, ["delete"], Operation.DELETE, {}, None, None, True, True),
+    ("propagate", "app_to_crm", Side.CRM, ["delete"], None, None, None, None, False, True),
+    ("propagate", "app_to_crm", Side.CRM, ["delete", "undelete"], None, None, None, None, False, False),
+    ("propagate", "crm_to_app", Side.CRM, ["delete"], None, None, ChangeKind.DELETE, {}, True, True),
+    ("propagate", "crm_to_app", Side.APP, ["delete"], None, None, None, None, True, False),
+    ("propagate", "crm_to_app", Side.APP, ["delete", "undelete"], None, None, None, None, False, False),
+    (
+        "propagate",
+        "crm_to_app",
+        Side.CRM,
+        ["delete", "undelete"],
+        None,
+        None,
+        ChangeKind.UNDELETE,
+        {"name": "Acme"},
+        False,
+        False,
+    ),
+    # ignore: the side's own record state is tracked, nothing travels
+    ("ignore", "both", Side.APP, ["delete"], None, None, None, None, True, False),
+    ("ignore", "both", Side.CRM, ["delete"], None, None, None, None, False, True),
+    ("ignore", "both", Side.APP, ["delete", "undelete"], None, None, None, None, False, False),
+    ("ignore", "both", Side.CRM, ["delete", "undelete"], None, None, None, None, False, False),
+    # soft delete: the flag is set (and cleared) on the other side, starting from either side
+    ("soft_delete", "both", Side.APP, ["delete"], Operation.UPDATE, {"Archived__c": True}, None, None, True, False),
+    ("soft_delete", "both", Side.CRM, ["delete"], None, None, ChangeKind.UPDATE, {"archived": True}, False, True),
+    (
+        "soft_delete",
+        "both",
+        Side.APP,
+        ["delete", "undelete"],
+        Operation.UPDATE,
+        {"Archived__c": False},
+        None,
+        None,
+        False,
+        False,
+    ),
+    (
+        "soft_delete",
+        "both",
+        Side.CRM,
+        ["delete", "undelete"],
+        None,
+        None,
+        ChangeKind.UPDATE,
+        {"archived": False},
+        False,
+        False,
+    ),
+    # soft delete on one-way pairs: only deletes flowing downstream are flagged
+    ("soft_delete", "app_to_crm", Side.CRM, ["delete"], None, None, None, None, False, True),
+    ("soft_delete", "crm_to_app", Side.APP, ["delete"], None, None, None, None, True, False),
+    ("soft_delete", "crm_to_app", Side.CRM, ["delete"], None, None, ChangeKind.UPDATE, {"archived": True}, False, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "direction", "side", "kinds", "crm_op", "crm_fields", "app_kind", "app_fields", "app_del", "crm_del"),
+    DELETE_TABLE,
+    ids=lambda v: str(v) if not isinstance(v, dict | list) else "-".join(map(str, v)) or "{}",
+)
+def test_deletes_and_undeletes_follow_the_delete_policy_and_direction(
+    policy: str,
+    direction: str,
+    side: Side,
+    kinds: list[str],
+    crm_op: Operation | None,
+    crm_fields: dict[str, Value] | None,
+    app_kind: ChangeKind | None,
+    app_fields: dict[str, Value] | None,
+    app_del: bool,
+    crm_del: bool,
+) -> None:
+    p = soft_pair(direction) if policy == "soft_delete" else pair(policy, direction)
+    # The record exists on both sides, synced: a name both sides hold.
+    state = link(**LINKED)
+    fields: dict[str, FieldRecord] = {}
+    created = resolve(p, CLIENT, state, fields, change(side, {"name": "Acme"}, kind=ChangeKind.CREATE))
+    state, fields = created.link, {**fields, **created.fields}
+    for target in Side:
+        if target is not side and (created.crm_write if target is Side.CRM else created.app_update):
+            echo = resolve(p, CLIENT, state, fields, change(target, {"name": "Acme"}, at=1, client=CLIENT, n=2))
+            state, fields = echo.link, {**fields, **echo.fields}
+    r = created
+    for i, kind in enumerate(kinds):
+        r = resolve(p, CLIENT, state, fields, change(side, kind=ChangeKind(kind), at=10 + i, n=10 + i))
+        state, fields = r.link, {**fields, **r.fields}
+
+    assert (r.crm_write.operation if r.crm_write else None) == crm_op
+    assert (dict(r.crm_write.fields) if r.crm_write else None) == (crm_fields if crm_op is not Operation.DELETE else {})
+    assert (r.app_update.kind if r.app_update else None) == app_kind
+    assert (dict(r.app_update.fields) if r.app_update else None) == app_fields
+    assert (r.link.app_deleted, r.link.crm_deleted) == (app_del, crm_del)
+    assert r.echo is None
+    assert r.notes
+
+
+def test_the_soft_delete_flags_echo_is_recognised_and_never_written_back() -> None:
+    p = soft_pair()
+    r = resolve(p, CLIENT, link(**LINKED), {}, change(Side.APP, kind=ChangeKind.DELETE))
+    assert r.crm_write is not None
+    assert dict(r.crm_write.fields) == {"Archived__c": True}
+    # Salesforce's echo of the flag: tagged, or untagged carrying the pending value.
+    for client in (CLIENT, ""):
+        echo = resolve(p, CLIENT, r.link, r.fields, change(Side.CRM, {"archived": True}, at=1, client=client, n=2))
+        assert (echo.crm_write, echo.app_update) == (None, None)
+        assert echo.echo is (EchoReason.ORIGIN_CLIENT if client else EchoReason.VALUES)
+
+
+def test_a_soft_delete_flag_that_is_not_a_mapped_field_is_still_written() -> None:
+    p = soft_pair(salesforce="IsArchived__c")
+    r = resolve(p, CLIENT, link(**LINKED), {}, change(Side.APP, kind=ChangeKind.DELETE))
+    assert r.crm_write is not None
+    assert dict(r.crm_write.fields) == {"IsArchived__c": True}
+    back = resolve(p, CLIENT, r.link, r.fields, change(Side.APP, kind=ChangeKind.UNDELETE, at=1, n=2))
+    assert back.crm_write is not None
+    assert dict(back.crm_write.fields) == {"IsArchived__c": False}
+    # The flag lives in Salesforce only: a Salesforce delete writes nothing to the app.
+    crm = resolve(p, CLIENT, link(**LINKED), {}, change(Side.CRM, kind=ChangeKind.DELETE))
+    assert crm.app_update is None
+
+
+@pytest.mark.parametrize("side", list(Side))
+def test_duplex_own_deletes_and_undeletes_are_echoes_that_only_track_the_record(side: Side) -> None:
+    deleted = resolve(PAIR, CLIENT, link(**LINKED), {}, change(side, kind=ChangeKind.DELETE, client=CLIENT))
+    assert (deleted.crm_write, deleted.app_update, deleted.echo) == (None, None, EchoReason.ORIGIN_CLIENT)
+    assert deleted.link.deleted(side)
+    back = resolve(PAIR, CLIENT, deleted.link, {}, change(side, kind=ChangeKind.UNDELETE, at=1, client=CLIENT, n=2))
+    assert (back.crm_write, back.app_update) == (None, None)
+    assert not back.link.deleted(side)
+
+
+def test_a_delete_before_the_other_side_has_the_record_deletes_nothing() -> None:
+    r = resolve(PAIR, CLIENT, link(app_record_id="a1"), {}, change(Side.APP, kind=ChangeKind.DELETE))
+    assert (r.crm_write, r.app_update) == (None, None)
+    assert r.link.app_deleted
+    assert not r.link.crm_deleted
+    assert any("nothing to delete" in n for n in r.notes)
+
+
+def test_an_update_from_a_side_where_the_record_is_deleted_is_ignored() -> None:
+    start = link(**LINKED, app_deleted=True)
+    r = resolve(PAIR, CLIENT, start, {}, change(Side.APP, {"name": "Late"}))
+    assert (r.crm_write, r.app_update, r.fields) == (None, None, {})
+
+
+def test_an_echo_from_a_side_whose_record_is_deleted_is_still_counted_and_writes_nothing() -> None:
+    # Our write of "Acme" landed on Salesforce just before an app delete was propagated there.
+    first, deleted = run(
+        change(Side.APP, {"name": "Acme"}, n=1),
+        change(Side.APP, kind=ChangeKind.DELETE, at=1, n=2),
+        start=link(**LINKED),
+    )
+    assert deleted.link.crm_deleted
+    fields = first.fields
+    for client, reason in ((CLIENT, EchoReason.ORIGIN_CLIENT), ("", EchoReason.VALUES)):
+        echo = resolve(PAIR, CLIENT, deleted.link, fields, change(Side.CRM, {"name": "Acme"}, at=2, client=client, n=3))
+        assert (echo.crm_write, echo.app_update, echo.echo) == (None, None, reason)
+    # A genuine late edit from there is ignored, and not an echo.
+    late = resolve(PAIR, CLIENT, deleted.link, fields, change(Side.CRM, {"name": "Other"}, at=2, n=4))
+    assert (late.crm_write, late.app_update, late.echo) == (None, None, None)
