@@ -76,11 +76,12 @@ CONFIG: dict[str, Any] = {
 }
 
 
-async def prepare_database(dsn: str) -> None:
+async def prepare_database(dsn: str, config: dict[str, Any] | None = None) -> None:
+    """Migrate ``dsn`` and store the tenant's configuration (default :data:`CONFIG`)."""
     await migrate(dsn)
     conn = await asyncpg.connect(dsn)
     try:
-        await ConfigStore(conn).apply([parse_tenant_config(CONFIG)], "test")
+        await ConfigStore(conn).apply([parse_tenant_config(config or CONFIG)], "test")
     finally:
         await conn.close()
 
@@ -157,6 +158,17 @@ class TopicReader:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(self.records)} records, expected {count}")
             await self.poll()
+        return self.records
+
+    async def catch_up(self, within: float = 30.0) -> list[ConsumerRecord[Any, Any]]:
+        """Everything up to the topic's end offsets as of now."""
+        ends = await self._consumer.end_offsets(self._partitions)
+        deadline = time.monotonic() + within
+        for tp, end in ends.items():
+            while await self._consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{tp} not read up to {end} within {within} s")
+                await self.poll()
         return self.records
 
     async def settle(self, quiet: float = 1.5) -> list[ConsumerRecord[Any, Any]]:
