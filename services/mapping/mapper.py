@@ -281,9 +281,10 @@ class Mapper:
         events: list[tuple[bytes, change_mapped_pb2.ChangeMapped]] = []
         if mapped.fields or change.kind in {ChangeKind.DELETE, ChangeKind.UNDELETE}:
             events.append((link_key(change.tenant_id, link.link_id), self._event(stored, link, change, mapped)))
-        elif mapped.dropped:
-            # Nothing travels, so the resolver never sees the change: its dropped fields are
-            # recorded here (otherwise the resolver records them with the change).
+        elif any(not d.as_configured for d in mapped.dropped):
+            # Nothing travels, so the resolver never sees the change: what Salesforce's describe
+            # or an unresolved reference stopped is recorded here (otherwise the resolver records
+            # it with the change). Fields the mapping's direction excludes are no news.
             await sync_log.record(
                 conn,
                 tenant_id=change.tenant_id,

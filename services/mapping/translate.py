@@ -53,6 +53,8 @@ class MappedField:
 class Dropped:
     field: str
     reason: str
+    # Dropped only because the mapping's own direction says so: expected, not worth a log row.
+    as_configured: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,10 @@ def translate(
         direction = effective_direction(mapping, pair, crm)
         allowed = direction.to_crm if change.side is Side.APP else direction.to_app
         if not allowed:
-            dropped.append(Dropped(source_name, _not_allowed_reason(direction, mapping, pair, crm)))
+            reason = _not_allowed_reason(direction, mapping, pair, crm)
+            configured = pair.direction_of(mapping)
+            as_configured = not (configured.to_crm if change.side is Side.APP else configured.to_app)
+            dropped.append(Dropped(source_name, reason, as_configured=as_configured))
             continue
         try:
             app_value, crm_value = _both_sides(pair, mapping, change.side, raw, crm_info, resolve)
