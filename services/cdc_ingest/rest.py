@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from services.cdc_ingest.describe import is_mergeable
 from services.cdc_ingest.typed import FieldInfo
 from services.common.salesforce import SalesforceApiError, SalesforceClient
@@ -82,6 +84,19 @@ class SalesforceRest:
         response = await self.client.request(
             "GET", f"{self.client.api_base}/{resource}", params={"q": soql}, backfill=backfill
         )
+        async for record in self._records(response, backfill=backfill):
+            yield record
+
+    async def tooling_query(self, soql: str) -> AsyncIterator[dict[str, Any]]:
+        """Every record of a Tooling API SOQL query (``/tooling/query/``), following nextRecordsUrl.
+
+        A Tooling call is an API request like any other: it is budgeted and counted the same way.
+        """
+        response = await self.client.request("GET", f"{self.client.api_base}/tooling/query/", params={"q": soql})
+        async for record in self._records(response, backfill=False):
+            yield record
+
+    async def _records(self, response: httpx.Response, *, backfill: bool) -> AsyncIterator[dict[str, Any]]:
         while True:
             body = response.json()
             for record in body["records"]:

@@ -26,6 +26,19 @@ overlap absorbs clock skew between Salesforce and us and transactions that commi
 (Retention is 72 h; a catch-up would have to take longer than that for events to be purged
 between its start and the EARLIEST subscription.)
 
+*Objects the org does not select for CDC*: Salesforce sends nothing for them and reports no
+error, so at start a tenant that streams reads the standard channel's selection once (Tooling API,
+PlatformEventChannelMember; see :mod:`services.cdc_ingest.selection`) through the governed client.
+Every object configured for streaming whose change event is not selected is served as a polled
+object from then on (same cursors, same backfill), and ``cdc.not_enabled`` is logged for it, once
+per start. When the selection cannot be read (the integration user lacks View Setup and
+Configuration), the configuration stands and one warning is logged. The selection is read at start
+only: an object selected while the tenant runs stays polled until the next start, and the stream
+checkpoints past its events meanwhile, so changes after its last poll before that start are not
+read again; requesting a backfill of the object (services.common.backfills) covers them. One
+deselected while the tenant runs is silent until the next start, whose first poll reads it from its
+backfill's start: re-read, not lost (an object never backfilled is polled from that start on).
+
 *Polled objects* (CDC off for the object or the tenant): read every interval with the tuple
 cursor from the saved cursor less the overlap; the cursor is saved after each page is
 acknowledged. After a backfill the first poll starts from the backfill's start (less the overlap);
@@ -68,6 +81,13 @@ from services.cdc_ingest.pubsub import (
     Start,
 )
 from services.cdc_ingest.rest import BulkJobGoneError, SalesforceRest
+from services.cdc_ingest.selection import (
+    SELECTED_ENTITIES_QUERY,
+    change_event_name,
+    checks_selection,
+    selection_refused,
+    serving,
+)
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.sink import ChangeSink
 from services.cdc_ingest.store import Backfill, LeaseLostError, Store
@@ -83,6 +103,7 @@ from services.cdc_ingest.typed import FieldTypes, datetime_from_ms, typed, typed
 from services.common.change import ChangeKind
 from services.common.metrics import Metrics
 from services.common.retry import RetryPolicy
+from services.common.salesforce import SalesforceApiError
 from services.common.tenant_config import TenantConfig
 
 log = logging.getLogger(__name__)
@@ -155,6 +176,7 @@ class TenantWorker:
 
     async def run(self) -> None:
         """Serve the tenant until cancelled or the lease is lost (LeaseLostError)."""
+        await self.poll_what_cdc_does_not_send()
         for entity in [*self.streamed, *self.polled]:
             # Mapping reads every synced object's describe from Postgres (written on each
             # describe), and a restart is when field changes made in Setup are picked up.
@@ -173,6 +195,33 @@ class TenantWorker:
             for entity in self.polled:
                 group.create_task(self.poll_forever(entity), name=f"poll-{self.tenant_id}-{entity}")
             group.create_task(self.backfills_on_demand(), name=f"backfills-{self.tenant_id}")
+
+    async def poll_what_cdc_does_not_send(self) -> None:
+        """Move streamed objects whose change events the org does not select to polling (see the module docstring)."""
+        if not self.streamed or not checks_selection(self.settings.channel):
+            return
+        try:
+            selected = [str(row["SelectedEntity"]) async for row in self.rest.tooling_query(SELECTED_ENTITIES_QUERY)]
+        except SalesforceApiError as error:
+            if not selection_refused(error.http_status, error.error_code):
+                raise
+            log.warning(
+                "cannot read the org's CDC selection; every object configured for streaming is streamed",
+                extra={"tenant_id": self.tenant_id, "err": str(error)},
+            )
+            return
+        decided = serving(self.streamed, self.polled, selected)
+        self.streamed, self.polled = list(decided.streamed), list(decided.polled)
+        for entity in decided.not_enabled:
+            event = change_event_name(entity)
+            await self.store.log_event(
+                self.tenant_id,
+                "cdc.not_enabled",
+                message=f"{entity} is not selected for Change Data Capture in the org ({event} is not on the"
+                f" ChangeEvents channel); polling it every {self.config.spec.sync.poll_interval_seconds} s instead",
+                code="CDC_NOT_ENABLED",
+                detail={"entity": entity, "change_event": event, "channel": self.settings.channel},
+            )
 
     # --- publishing -----------------------------------------------------------------------------
 

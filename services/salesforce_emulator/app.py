@@ -52,6 +52,7 @@ from services.salesforce_emulator.settings import EmulatorSettings
 from services.salesforce_emulator.soap import build_soap_router
 from services.salesforce_emulator.store import RecordStore
 from services.salesforce_emulator.tls import TlsFiles, ensure_certificates
+from services.salesforce_emulator.tooling import build_tooling_router
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,7 @@ def build_app(settings: EmulatorSettings, *, clock: Clock = time.time) -> Emulat
     app.include_router(build_bulk_ingest_router(store, call_context))
     app.include_router(build_query_router(store, orgs.schema_for, call_context, service=queries, clock=clock))
     app.include_router(build_bulk_query_router(store, orgs.schema_for, call_context, clock=clock))
+    app.include_router(build_tooling_router(orgs, call_context, clock=clock))
     app.add_middleware(ApiGateway, oauth=oauth, orgs=orgs, front_door=front_door)
 
     return Emulator(

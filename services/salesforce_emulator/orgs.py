@@ -116,6 +116,9 @@ class UserSpec(BaseModel):
     security_token: SecretStr = SecretStr("")
     # Field-level security: ``Object.Field`` names this user can read but never write.
     readonly_fields: tuple[str, ...] = ()
+    # The "View Setup and Configuration" permission: without it setup objects, such as the Tooling
+    # API's PlatformEventChannelMember, do not exist for the user.
+    view_setup: bool = True
 
 
 class ClientSpec(BaseModel):
@@ -172,6 +175,7 @@ class User(BaseModel):
     password_with_token_hash: str | None = None
     readonly_fields: frozenset[str] = frozenset()
     active: bool = True
+    view_setup: bool = True
 
     @property
     def full_name(self) -> str:
@@ -506,6 +510,7 @@ class OrgRegistry:
             password_hash=hash_password(password),
             password_with_token_hash=hash_password(password + token) if token else None,
             readonly_fields=frozenset(spec.readonly_fields),
+            view_setup=spec.view_setup,
         )
         org.state.users.append(user)
         return user

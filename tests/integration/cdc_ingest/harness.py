@@ -123,7 +123,10 @@ class Org:
         return response.json() if response.content else None
 
 
-def create_org(emulator: EmulatorProcess, *, objects: dict[str, Any] | None = None) -> Org:
+def create_org(
+    emulator: EmulatorProcess, *, objects: dict[str, Any] | None = None, user_options: dict[str, Any] | None = None
+) -> Org:
+    """A private org; ``user_options`` adds to its one user's spec (e.g. ``{"view_setup": False}``)."""
     alias = f"cdc-{uuid.uuid4().hex[:10]}"
     username = f"admin@{alias}.example"
     password = f"pw-{uuid.uuid4().hex}"
@@ -134,7 +137,7 @@ def create_org(emulator: EmulatorProcess, *, objects: dict[str, Any] | None = No
         "name": alias,
         "edition": "enterprise",
         "licenses": 50,
-        "users": [{"username": username, "password": password, "last_name": "Admin"}],
+        "users": [{"username": username, "password": password, "last_name": "Admin", **(user_options or {})}],
         "clients": [{"name": "duplex", "client_id": client_id, "client_secret": client_secret, "pkce_required": False}],
         "objects": objects or {},
     }
@@ -166,7 +169,8 @@ def tenant_document(
             "sync": {"cdc": cdc, "pollIntervalSeconds": poll_seconds},
             "objects": [
                 {
-                    "name": name.lower().replace("_", "-").strip("-"),
+                    # Pair names allow no '__': Partner__c pairs as partner_c.
+                    "name": name.lower().replace("__", "_"),
                     "app": {"object": name.lower()},
                     "salesforce": {"object": name, "externalIdField": "Duplex_Id__c"},
                     "fields": [{"app": "name", "salesforce": "Name"}],
