@@ -87,15 +87,7 @@ class LinkRepository:
         for attempt in range(_MAX_ID_ATTEMPTS):
             seed = record_id if attempt == 0 else f"{record_id}#{attempt}"
             link_id = link_id_for(tenant_id, pair, side, seed)
-            await self._conn.execute(
-                f"INSERT INTO links (tenant_id, object_pair, link_id, {_SIDE_COLUMN[side]}, external_id)"
-                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                tenant_id,
-                pair,
-                link_id,
-                record_id,
-                external_id_for(link_id),
-            )
+            await self._insert(tenant_id, pair, link_id, side, record_id)
             found = await self.find(tenant_id, pair, side, record_id)
             if found is not None:
                 return found
@@ -118,15 +110,7 @@ class LinkRepository:
         change is redelivered; made under the same id, the link is where the founder then finds it
         (``create``) instead of founding a duplicate.
         """
-        await self._conn.execute(
-            f"INSERT INTO links (tenant_id, object_pair, link_id, {_SIDE_COLUMN[side]}, external_id)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            tenant_id,
-            pair,
-            link_id,
-            record_id,
-            external_id_for(link_id),
-        )
+        await self._insert(tenant_id, pair, link_id, side, record_id)
         found = await self.find(tenant_id, pair, side, record_id)
         if found is not None:
             return found
@@ -137,6 +121,18 @@ class LinkRepository:
             if bound is not None:
                 return bound
         return await self.create(tenant_id, pair, side, record_id)
+
+    async def _insert(self, tenant_id: str, pair: str, link_id: str, side: Side, record_id: str) -> None:
+        """A new link row holding ``record_id`` on ``side``; nothing if the id or the record is taken."""
+        await self._conn.execute(
+            f"INSERT INTO links (tenant_id, object_pair, link_id, {_SIDE_COLUMN[side]}, external_id)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            tenant_id,
+            pair,
+            link_id,
+            record_id,
+            external_id_for(link_id),
+        )
 
     async def bind(self, link: Link, side: Side, record_id: str) -> Link | None:
         """Fill in ``link``'s id on ``side``; None if it already holds another id there."""

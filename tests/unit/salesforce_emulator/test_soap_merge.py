@@ -6,39 +6,20 @@ import io
 import json
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import fastavro
 import pytest
 from fastapi.testclient import TestClient
 
-from services.salesforce_emulator.app import Emulator, build_app
-from services.salesforce_emulator.settings import EmulatorSettings
+from services.salesforce_emulator.app import Emulator
 
 pytestmark = pytest.mark.unit
 
-SEED = Path(__file__).resolve().parents[3] / "deploy" / "emulator" / "seed.yaml"
 NS = {"s": "http://schemas.xmlsoap.org/soap/envelope/", "p": "urn:partner.soap.sforce.com"}
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 DATA = "/services/data/v62.0"
 SOAP = "/services/Soap/u/62.0/"
-
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    settings = EmulatorSettings(
-        data_file=":memory:", seed_file=SEED, tls=False, admin_token="test-admin-token", https_port=8443
-    )
-    emu = build_app(settings)
-    yield emu
-    emu.close()
-
-
-@pytest.fixture
-def client(emulator: Emulator) -> TestClient:
-    return TestClient(emulator.app, base_url=emulator.instance_url)
 
 
 @pytest.fixture

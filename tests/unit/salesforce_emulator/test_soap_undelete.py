@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from services.salesforce_emulator.app import Emulator, build_app
-from services.salesforce_emulator.settings import EmulatorSettings
-
 pytestmark = pytest.mark.unit
 
-SEED = Path(__file__).resolve().parents[3] / "deploy" / "emulator" / "seed.yaml"
 NS = {"s": "http://schemas.xmlsoap.org/soap/envelope/", "p": "urn:partner.soap.sforce.com"}
 REST = "/services/data/v62.0/sobjects/Account"
-
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    emu = build_app(EmulatorSettings(data_file=":memory:", seed_file=SEED, tls=False, https_port=8443))
-    yield emu
-    emu.close()
-
-
-@pytest.fixture
-def client(emulator: Emulator) -> TestClient:
-    return TestClient(emulator.app, base_url=emulator.instance_url)
 
 
 def token(client: TestClient) -> str:

@@ -3,37 +3,16 @@ PlatformEventChannelMember rows, counted like any REST call, and Salesforce's er
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from services.salesforce_emulator.app import Emulator, build_app
-from services.salesforce_emulator.settings import EmulatorSettings
-
 pytestmark = pytest.mark.unit
 
-SEED = Path(__file__).resolve().parents[3] / "deploy" / "emulator" / "seed.yaml"
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 TOOLING = "/services/data/v62.0/tooling/query/"
 SELECTION = "SELECT Id, DeveloperName, EventChannel, SelectedEntity FROM PlatformEventChannelMember"
-
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    settings = EmulatorSettings(
-        data_file=":memory:", seed_file=SEED, tls=False, admin_token="test-admin-token", https_port=8443
-    )
-    emu = build_app(settings)
-    yield emu
-    emu.close()
-
-
-@pytest.fixture
-def client(emulator: Emulator) -> TestClient:
-    return TestClient(emulator.app, base_url=emulator.instance_url)
 
 
 def login(client: TestClient, username: str = "admin@acme.example", password: str = "acme-dev-password") -> str:
