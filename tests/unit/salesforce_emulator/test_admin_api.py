@@ -8,32 +8,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.salesforce_emulator.app import Emulator
+from tests.unit.salesforce_emulator.sessions import bearer, login
 
 pytestmark = pytest.mark.unit
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 LIMITS = "/services/data/v62.0/limits/"
-
-
-def login(client: TestClient, username: str = "admin@acme.example", password: str = "acme-dev-password") -> str:
-    response = client.post(
-        "/services/oauth2/token",
-        data={
-            "grant_type": "password",
-            "client_id": "duplex-acme-client",
-            "client_secret": "duplex-acme-secret",
-            "username": username,
-            "password": password,
-        },
-    )
-    assert response.status_code == 200, response.text
-    token = response.json()["access_token"]
-    assert isinstance(token, str)
-    return token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "test-admin-token"}])

@@ -8,28 +8,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.unit.salesforce_emulator.sessions import login
+
 pytestmark = pytest.mark.unit
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 TOOLING = "/services/data/v62.0/tooling/query/"
 SELECTION = "SELECT Id, DeveloperName, EventChannel, SelectedEntity FROM PlatformEventChannelMember"
-
-
-def login(client: TestClient, username: str = "admin@acme.example", password: str = "acme-dev-password") -> str:
-    response = client.post(
-        "/services/oauth2/token",
-        data={
-            "grant_type": "password",
-            "client_id": "duplex-acme-client",
-            "client_secret": "duplex-acme-secret",
-            "username": username,
-            "password": password,
-        },
-    )
-    assert response.status_code == 200, response.text
-    token = response.json()["access_token"]
-    assert isinstance(token, str)
-    return token
 
 
 @pytest.fixture
