@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from duplex.writer.v1 import write_records_pb2
 
 from services.common.change import Side, from_proto
 from services.common.topics import Topic, TopicNames
+from services.common.values import to_value
 from services.conflict_resolver.contract import output_id
 from services.mapping.links import mapped_event_id
 from tests.e2e.sync.harness import TopicReader, prepare_database
@@ -286,23 +287,29 @@ def decode_mapped(records: list[Any]) -> list[ChangeMapped]:
     return out
 
 
-def trail(world: World, stray: dict[Side, dict[str, dict[str, Any]]], mapped_records: list[Any]) -> str:
-    """The mapped changes and commands of the links that made stray records."""
-    links = {str(v.get("Duplex_Id__c", ""))[3:] for v in stray[Side.CRM].values()}
-    links |= {ext for ext, rid in world.app.by_external.items() if rid in stray[Side.APP]}
+def trail(world: World, links: set[str], mapped_records: list[Any], app_ids: Collection[str] = ()) -> str:
+    """The mapped changes (with their values) and the commands of ``links``, in the order they happened."""
     lines = []
     for command_id, command in world.commands:
         link = command.records[0].link_id if isinstance(command, WriteRecords) else command.external_id
-        if link in links or (isinstance(command, RecordChanged) and command.record_id in stray[Side.APP]):
+        if link in links or (isinstance(command, RecordChanged) and command.record_id in app_ids):
             lines.append(f"{command_id}: {command}".replace("\n", " "))
     records = {r: ids for r, ids in world.ids.items() if world.link_of(r) in links}
     mapped = [
         f"mapped {m.event_id}: side {m.origin_side} record app {m.app_record_id!r} crm {m.crm_record_id!r}, "
-        f"source {m.source_event_id}, origin client {m.origin_client!r}"
+        f"source {m.source_event_id}, origin client {m.origin_client!r}, at {m.origin_commit_time.seconds}, "
+        f"values { {f.app_field: to_value(f.app_value) for f in m.fields} }"
         for m in decode_mapped(mapped_records)
         if m.link_id in links
     ]
     return f"records of those links: {records}\n" + "\n".join(mapped + lines)
+
+
+def stray_trail(world: World, stray: dict[Side, dict[str, dict[str, Any]]], mapped_records: list[Any]) -> str:
+    """The trail of the links that made stray records."""
+    links = {str(v.get("Duplex_Id__c", ""))[3:] for v in stray[Side.CRM].values()}
+    links |= {ext for ext, rid in world.app.by_external.items() if rid in stray[Side.APP]}
+    return trail(world, links, mapped_records, set(stray[Side.APP]))
 
 
 def check(
@@ -318,10 +325,10 @@ def check(
         for side, state in ((Side.APP, world.app), (Side.CRM, world.crm))
     }
     assert not stray[Side.APP], (
-        f"app records created twice or unknown: {stray[Side.APP]}\n{trail(world, stray, mapped_records)}"
+        f"app records created twice or unknown: {stray[Side.APP]}\n{stray_trail(world, stray, mapped_records)}"
     )
     assert not stray[Side.CRM], (
-        f"Salesforce records created twice or unknown: {stray[Side.CRM]}\n{trail(world, stray, mapped_records)}"
+        f"Salesforce records created twice or unknown: {stray[Side.CRM]}\n{stray_trail(world, stray, mapped_records)}"
     )
     assert set(world.app.creates.values()) <= {1}, world.app.creates
     assert set(world.crm.creates.values()) <= {1}, world.crm.creates
@@ -334,6 +341,7 @@ def check(
 
     # Both sides hold what the policies prescribe.
     wrong = []
+    wrong_links = set()
     for record, fields in sorted(model.records.items()):
         app = world.app.records[world.ids[record][Side.APP]]
         crm = world.crm.records[world.ids[record][Side.CRM]]
@@ -342,7 +350,8 @@ def check(
             got = {Side.APP: app.get(spec.app), Side.CRM: crm.get(spec.crm)}
             if got != want:
                 wrong.append(f"record {record} {spec.app} ({spec.policy}): holds {got}, prescribed {want}")
-    assert not wrong, "\n".join(wrong)
+                wrong_links.add(world.link_of(record))
+    assert not wrong, "\n".join(wrong) + "\n" + trail(world, wrong_links, mapped_records)
 
     # No field written more often than it changed (Model explains the bound).
     over = []
