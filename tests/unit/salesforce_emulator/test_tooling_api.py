@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.unit.salesforce_emulator.sessions import login
+from tests.unit.salesforce_emulator.sessions import bearer, login
 
 pytestmark = pytest.mark.unit
 
@@ -19,7 +19,7 @@ SELECTION = "SELECT Id, DeveloperName, EventChannel, SelectedEntity FROM Platfor
 
 @pytest.fixture
 def auth(client: TestClient) -> dict[str, str]:
-    return {"Authorization": f"Bearer {login(client)}"}
+    return bearer(login(client))
 
 
 def query(client: TestClient, auth: dict[str, str], soql: str, path: str = TOOLING) -> Any:
