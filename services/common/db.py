@@ -1,10 +1,10 @@
 """PostgreSQL access: a connection pool per process and the schema migration runner.
 
-Migrations are the files ``deploy/sql/NNNN_name.sql``. Each is applied once, in version order, in
-its own transaction, and recorded in ``schema_migrations`` with its SHA-256, so an edited file
-that already ran is caught instead of silently diverging between environments. Replicas may all
-call :func:`migrate` at start-up: a session advisory lock serialises them, and every one after
-the first finds nothing left to do.
+Migrations are the files ``deploy/sql/NNNN_name.sql`` (shipped inside the installed package). Each
+is applied once, in version order, in its own transaction, and recorded in ``schema_migrations``
+with its SHA-256, so an edited file that already ran is caught instead of silently diverging
+between environments. Replicas may all call :func:`migrate` at start-up: a session advisory lock
+serialises them, and every one after the first finds nothing left to do.
 """
 
 from __future__ import annotations
@@ -12,16 +12,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import asyncpg
 
+from services.common.package_data import data_path
+from services.common.service import Check
 from services.common.settings import PostgresSettings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "sql"
+MIGRATIONS_DIR = data_path("sql", "deploy/sql")
 # Any fixed 64-bit number works; this one is the first 8 bytes of sha256("duplex.schema_migrations").
 MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"duplex.schema_migrations").digest()[:8], "big", signed=True)
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
@@ -31,6 +34,37 @@ log = logging.getLogger(__name__)
 
 class MigrationError(RuntimeError):
     """The migration files and the database's record of them disagree, or a file is malformed."""
+
+
+class Connection(Protocol):
+    """What Duplex uses of a database connection (an asyncpg connection, or a test's fake)."""
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+    async def executemany(self, query: str, args: Any) -> None: ...
+    async def fetch(self, query: str, *args: Any) -> Sequence[Any]: ...
+    async def fetchrow(self, query: str, *args: Any) -> Any: ...
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+    def transaction(self) -> Any: ...
+
+
+class Pool(Protocol):
+    """What Duplex uses of a connection pool: a connection for the length of a block."""
+
+    def acquire(self) -> AbstractAsyncContextManager[Any]: ...
+
+
+def database_ready(pool: Pool) -> Check:
+    """A readiness check: the database takes a trivial query."""
+
+    async def answers() -> bool:
+        try:
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception:  # a probe reports; it must not crash the process
+            return False
+        return True
+
+    return answers
 
 
 @asynccontextmanager

@@ -169,7 +169,7 @@ class CircuitBreaker:
 class Halt:
     """The service's emergency stop: fired once, by whichever consumer gives up first.
 
-    :func:`services.common.kafka.run_service` subscribes to it to stop the app and exit non-zero.
+    :func:`services.common.service.serve` subscribes to it to stop the service and exit non-zero.
     """
 
     def __init__(self) -> None:

@@ -39,8 +39,9 @@ Failure scenarios
   headers (acks=all), then step 5 commits it. If the process dies in between, ``r`` is
   dead-lettered twice; DLQ readers deduplicate on ``duplex-original-{topic,partition,offset}``.
 * **Too much invalid input, or retries exhausted**: the consumer's partitions are paused, ``r``
-  is not committed, :class:`~services.common.dlq.Halt` fires, :func:`run_service` stops the app
-  and returns :data:`EXIT_HALTED`. After a restart the breaker starts afresh, so a still-broken
+  is not committed, :class:`~services.common.dlq.Halt` fires, and the service's entry
+  (:func:`services.common.service.serve`) stops it and exits with
+  :data:`~services.common.service.EXIT_HALTED`. After a restart the breaker starts afresh, so a still-broken
   input is dead-lettered up to ``max_consecutive_invalid`` more times before it halts again;
   the orchestrator's crash-loop backoff slows that down.
 
@@ -74,12 +75,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from aiokafka import ConsumerRecord  # at run time: the batch handler's annotation is resolved by faststream
-from faststream import AckPolicy, FastStream
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import BatchSubscriber, DefaultSubscriber
@@ -98,6 +100,7 @@ from services.common.codec import (
 from services.common.dlq import ConsumerGuard, DeadLetterPublisher, DlqLimit, Halt, Sleep
 from services.common.errors import InvalidEvent
 from services.common.retry import RetryPolicy
+from services.common.service import Check, Health, Running
 from services.common.settings import KafkaSettings
 from services.common.topics import Topic, TopicNames
 
@@ -114,9 +117,6 @@ AFTER_EFFECTS: Final = AckPolicy.NACK_ON_ERROR
 
 ALLOWED_ACK_POLICIES: Final = frozenset({AckPolicy.NACK_ON_ERROR, AckPolicy.MANUAL})
 
-EXIT_HALTED: Final = 70
-"""Exit status of a service whose consumer halted (EX_SOFTWARE): restart only after a look."""
-
 # Redelivery waits at most 30 s, well inside max.poll.interval.ms (5 min), and halts after 25
 # attempts on one record (at most ~10 minutes, ~5 on average with jitter) so that a lasting
 # outage becomes a visible crash loop instead of a silent stall.
@@ -131,6 +131,8 @@ DEFAULT_MAX_RECORDS = 500
 DEFAULT_BATCH_TIMEOUT_MS = 20
 # While halted, a batch that still arrives is refused after this pause (as the guard does).
 _HALTED_PAUSE_SECONDS = 0.5
+# A readiness probe's look at the cluster answers within this.
+_PING_SECONDS = 2.0
 
 M = TypeVar("M", bound=Message)
 
@@ -388,11 +390,23 @@ async def _consume_batch(
             await guard.rejected(record, rejection, consumer)
 
 
-async def run_service(app: FastStream, halt: Halt) -> int:
-    """Run ``app`` until SIGINT/SIGTERM or a halt; returns the process exit status."""
-    halt.on_trip(lambda _error: app.exit())
-    await app.run()
-    if halt.error is not None:
-        logging.getLogger(__name__).critical("service halted: %s", halt.error)
-        return EXIT_HALTED
-    return 0
+@asynccontextmanager
+async def consuming(kafka: ServiceKafka, *, ready: Sequence[Check] = ()) -> AsyncIterator[Running]:
+    """``kafka``'s consumers and producer started until the block exits.
+
+    Declare every subscriber before entering: they start with the broker. Ready while the
+    cluster answers, no consumer has halted and every check in ``ready`` (the service's other
+    dependencies) holds; live while no consumer has halted.
+    """
+
+    async def not_halted() -> bool:
+        return kafka.halt.error is None
+
+    async def reachable() -> bool:
+        return kafka.halt.error is None and await kafka.broker.ping(timeout=_PING_SECONDS)
+
+    await kafka.broker.start()
+    try:
+        yield Running(health=Health(live=(not_halted,), ready=(reachable, *ready)), halt=kafka.halt)
+    finally:
+        await kafka.broker.stop()

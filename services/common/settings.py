@@ -1,11 +1,15 @@
 """Typed, frozen settings shared by every service.
 
-Each service subclasses :class:`ServiceSettings`, adds its own fields under its own env prefix and
-loads it once in ``__main__``; everything downstream receives the typed object. No module reads
-``os.environ`` directly.
+Every service's settings class subclasses :class:`ServiceSettings` (or one of the two below that
+add PostgreSQL and Kafka), adds its own fields under its own env prefix and is loaded once by
+:func:`services.common.service.main`; everything downstream receives the typed object. Nothing
+outside this module reads ``os.environ``.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,11 +49,33 @@ class TelemetrySettings(BaseSettings):
 
 
 class ServiceSettings(BaseSettings):
-    """Settings every service has. Missing required values fail at start-up, naming the variable."""
+    """Settings every service has. Missing required values fail at start-up, naming the variable.
+
+    Subclasses set only their ``env_prefix``; pydantic merges the rest of this configuration in.
+    """
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_nested_delimiter="__")
 
     service_name: str
-    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
-    postgres: PostgresSettings = Field(default_factory=lambda: PostgresSettings())
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+
+class PostgresServiceSettings(ServiceSettings):
+    """A service that keeps state in PostgreSQL."""
+
+    postgres: PostgresSettings = Field(default_factory=lambda: PostgresSettings())
+
+
+class KafkaServiceSettings(PostgresServiceSettings):
+    """A service that consumes or produces Kafka events (and keeps state in PostgreSQL)."""
+
+    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment, read once at start-up for what is not a fixed setting.
+
+    Tenants' Salesforce secrets are named by each tenant's configuration (``secretRef.env``), so
+    they cannot be fields; Kubernetes Secrets arrive as variables too.
+    """
+    return dict(os.environ)

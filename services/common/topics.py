@@ -1,8 +1,8 @@
 """Logical Kafka topics.
 
 Code names topics only through :class:`Topic`; physical names come from the topic table
-(``deploy/kafka/topics.yaml``) and the deployment's prefix. ``tests/unit/common/test_topics.py``
-keeps this enum and the table in step.
+(``deploy/kafka/topics.yaml``, shipped inside the installed package) and the deployment's prefix.
+``tests/unit/common/test_topics.py`` keeps this enum and the table in step.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-TOPIC_TABLE = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "topics.yaml"
+from services.common.package_data import data_path
+
+TOPIC_TABLE = data_path("topics.yaml", "deploy/kafka/topics.yaml")
 
 
 class Topic(enum.StrEnum):

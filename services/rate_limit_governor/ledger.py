@@ -5,21 +5,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from services.common.tenant_config import TenantNotFoundError, load_current
+from services.common.config_provider import TenantConfigs
+from services.common.tenant_config import TenantNotFoundError
 from services.rate_limit_governor import state
 from services.rate_limit_governor.budget import Limits, TenantBudget
 from services.rate_limit_governor.settings import GovernorSettings
 
 T = TypeVar("T")
-
-
-@dataclass
-class _Cached:
-    daily_cap: int
-    read_at: float
 
 
 class Ledger:
@@ -32,18 +26,13 @@ class Ledger:
     def __init__(self, pool: Any, settings: GovernorSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = pool
         self._settings = settings
-        self._clock = clock
-        self._caps: dict[str, _Cached] = {}
+        self._configs = TenantConfigs(settings.config_ttl_seconds, clock=clock)
 
     async def limits(self, conn: Any, tenant_id: str) -> Limits:
-        cached = self._caps.get(tenant_id)
-        if cached is None or self._clock() - cached.read_at > self._settings.config_ttl_seconds:
-            config = await load_current(conn, tenant_id)  # raises TenantNotFoundError
-            cached = _Cached(config.spec.salesforce.daily_api_cap, self._clock())
-            self._caps[tenant_id] = cached
+        stored = await self._configs.require_current(conn, tenant_id)
         s = self._settings
         return Limits(
-            daily_cap=cached.daily_cap,
+            daily_cap=stored.config.spec.salesforce.daily_api_cap,
             org_share=s.org_share,
             burst=s.burst,
             live_reserve=s.live_reserve,

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import PostgresSettings, TelemetrySettings
+from services.common.settings import PostgresServiceSettings
 
 
-class GovernorSettings(BaseSettings):
+class GovernorSettings(PostgresServiceSettings):
     """GOVERNOR_* variables, plus the shared POSTGRES_* and TELEMETRY_* ones."""
 
-    model_config = SettingsConfigDict(env_prefix="GOVERNOR_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GOVERNOR_")
 
     service_name: str = "rate-limit-governor"
     host: str = "127.0.0.1"
@@ -25,5 +25,3 @@ class GovernorSettings(BaseSettings):
     max_long_running: int = Field(default=5, gt=0)
     # How long a tenant's daily cap is cached before re-reading its configuration.
     config_ttl_seconds: float = 30.0
-    postgres: PostgresSettings = Field(default_factory=lambda: PostgresSettings())
-    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)

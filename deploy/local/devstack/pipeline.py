@@ -54,8 +54,8 @@ _OWN_PREFIXES = (
     "GOVERNOR_",
     "PARTNERS_APP_",
 )
-# FastStream prints this once its subscribers run and the after-startup hooks returned.
-_FASTSTREAM_READY = r"FastStream app started successfully"
+# services.common.service.READY_MESSAGE: logged once a service's resources are open and it consumes.
+_SERVICE_READY = r"service running"
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class ServiceSpec:
     module: str
     args: tuple[str, ...] = ()
     # A log line (regex) printed once the process serves; None: the gRPC health service says so.
-    ready_log: str | None = _FASTSTREAM_READY
+    ready_log: str | None = _SERVICE_READY
     # Whether it serves Prometheus metrics (the example app does not).
     metrics: bool = True
 
@@ -77,7 +77,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("rate-limit-governor", "services.rate_limit_governor", ready_log=None, metrics=False),
     ServiceSpec("mapping", "services.mapping"),
     ServiceSpec("conflict-resolver", "services.conflict_resolver"),
-    # The writer runs no FastStream app; its consumer logs its partition assignment.
+    # The writer is useful only once it owns partitions of crm-writes; its consumer logs that.
     ServiceSpec("writer", "services.writer", ready_log=r"assigned to partitions"),
     ServiceSpec(
         "partners-app", "examples.partners_app", args=("run",), ready_log=r"partners app running", metrics=False

@@ -17,7 +17,7 @@ from services.common.db import migrate
 from services.common.governor_client import BudgetUnavailable, GovernorBudget, GovernorUnavailable, UnknownTenant
 from services.common.settings import PostgresSettings
 from services.common.tenant_config import parse_tenant_config
-from services.rate_limit_governor.app import running_governor
+from services.rate_limit_governor.app import run
 from services.rate_limit_governor.settings import GovernorSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -59,8 +59,8 @@ async def database(fresh_database: str) -> str:
 @asynccontextmanager
 async def governed(dsn: str, **options: Any) -> AsyncIterator[GovernorBudget]:
     settings = GovernorSettings(port=0, postgres=PostgresSettings(dsn=dsn), burst=3)
-    async with running_governor(settings) as (_, port):
-        budget, channel = GovernorBudget.connect(f"127.0.0.1:{port}", **options)
+    async with run(settings) as governor:
+        budget, channel = GovernorBudget.connect(f"127.0.0.1:{governor.port}", **options)
         try:
             yield budget
         finally:

@@ -16,7 +16,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from duplex.change.v1 import record_changed_pb2
-from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.params import NoCast
@@ -32,8 +31,9 @@ from services.common.dlq import (
     DlqLimit,
 )
 from services.common.errors import RetryableError
-from services.common.kafka import AFTER_EFFECTS, EXIT_HALTED, ServiceKafka, make_broker, make_kafka, run_service
+from services.common.kafka import AFTER_EFFECTS, ServiceKafka, consuming, make_broker, make_kafka
 from services.common.retry import RetryPolicy
+from services.common.service import EXIT_HALTED, serve
 from services.common.settings import KafkaSettings, TelemetrySettings
 from services.common.telemetry import setup_telemetry
 from services.common.topics import Topic, TopicNames
@@ -292,8 +292,7 @@ async def test_the_breaker_halts_a_consumer_fed_mostly_garbage_without_draining_
             await upstream.publish(b"\xff not protobuf", source, key=KEY, partition=0)
         await upstream.publish(change(99), source, key=KEY, partition=0)
 
-        app = FastStream(kafka.broker)
-        status = await asyncio.wait_for(run_service(app, kafka.halt), timeout=30)
+        status = await asyncio.wait_for(serve(consuming(kafka)), timeout=30)
 
     assert status == EXIT_HALTED
     assert kafka.halt.error is not None

@@ -12,15 +12,15 @@ import grpc
 import pytest
 from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
 
 from services.admin.config_store import ConfigStore
 from services.common.db import migrate
-from services.common.metrics import Metrics
 from services.common.settings import PostgresSettings
+from services.common.telemetry import Telemetry
 from services.common.tenant_config import parse_tenant_config
-from services.rate_limit_governor.app import running_governor
+from services.rate_limit_governor.app import run
 from services.rate_limit_governor.settings import GovernorSettings
+from tests.fixtures.telemetry import local_telemetry
 
 pytestmark = pytest.mark.integration
 
@@ -71,21 +71,21 @@ GovernorFactory = Callable[..., AbstractAsyncContextManager[Stub]]
 def governor(database: str) -> GovernorFactory:
     """Start a governor replica on a free port; yields a client stub."""
 
-    def start(metrics: Metrics | None = None, **overrides: Any) -> AbstractAsyncContextManager[Stub]:
-        async def run() -> AsyncIterator[Stub]:
+    def start(telemetry: Telemetry | None = None, **overrides: Any) -> AbstractAsyncContextManager[Stub]:
+        async def serve() -> AsyncIterator[Stub]:
             async with (
-                running_governor(settings(database, **overrides), metrics=metrics) as (_, port),
-                grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+                run(settings(database, **overrides), telemetry) as governor,
+                grpc.aio.insecure_channel(f"127.0.0.1:{governor.port}") as channel,
             ):
                 yield governor_service_pb2_grpc.RateLimitGovernorServiceStub(channel)
 
-        return asynccontextmanager(run)()
+        return asynccontextmanager(serve)()
 
     return start
 
 
-def budget_remaining(metrics: Metrics, tenant_id: str) -> float | None:
-    return metrics.registry.get_sample_value("duplex_api_budget_remaining", {"tenant": tenant_id})
+def budget_remaining(telemetry: Telemetry, tenant_id: str) -> float | None:
+    return telemetry.registry.get_sample_value("duplex_api_budget_remaining", {"tenant": tenant_id})
 
 
 async def acquire(stub: Stub, tenant_id: str, calls: int = 1, **kw: Any) -> governor_service_pb2.AcquireCallsResponse:
@@ -130,7 +130,7 @@ async def test_replicas_share_one_budget(governor: GovernorFactory) -> None:
 
 
 async def test_the_ledger_survives_a_restart(governor: GovernorFactory) -> None:
-    first, second = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    first, second = local_telemetry(), local_telemetry()
     async with governor(first) as stub:
         for _ in range(3):
             assert (await acquire(stub, "shared", 10)).granted
@@ -145,7 +145,7 @@ async def test_the_ledger_survives_a_restart(governor: GovernorFactory) -> None:
 
 
 async def test_calls_made_by_other_integrations_reduce_what_is_granted(governor: GovernorFactory) -> None:
-    metrics = Metrics(CollectorRegistry())
+    metrics = local_telemetry()
     async with governor(metrics, org_share=0.9) as stub:
         report = await stub.ReportUsage(
             governor_service_pb2.ReportUsageRequest(tenant_id="large", used=8_990, max=10_000)
@@ -202,8 +202,8 @@ async def test_bad_requests_get_clear_statuses(governor: GovernorFactory) -> Non
 
 async def test_health_service_reports_serving(database: str) -> None:
     async with (
-        running_governor(settings(database)) as (_, port),
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        run(settings(database)) as governor,
+        grpc.aio.insecure_channel(f"127.0.0.1:{governor.port}") as channel,
     ):
         health = health_pb2_grpc.HealthStub(channel)
         overall = await health.Check(health_pb2.HealthCheckRequest(service=""))

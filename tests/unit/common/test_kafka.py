@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 import pytest
 from duplex.change.v1 import record_changed_pb2
 from faststream import AckPolicy
@@ -16,7 +13,7 @@ from faststream.params import NoCast
 from services.common.codec import MESSAGE_TYPE_HEADER, record_key
 from services.common.dlq import Halt
 from services.common.errors import ConsumerHalted
-from services.common.kafka import AFTER_EFFECTS, EXIT_HALTED, make_broker, make_kafka, run_service
+from services.common.kafka import AFTER_EFFECTS, make_broker, make_kafka
 from services.common.settings import KafkaSettings
 from services.common.topics import Topic, TopicNames, load_topic_table
 
@@ -82,37 +79,6 @@ async def test_published_events_arrive_decoded_with_their_key_and_type_header() 
         handle.mock.assert_called_once()
 
     assert received == [(event, b"acme/partners/p-1", "duplex.change.v1.RecordChanged")]
-
-
-async def test_a_halt_stops_the_service_with_a_non_zero_status() -> None:
-    class App:
-        def __init__(self) -> None:
-            self.stop = asyncio.Event()
-
-        async def run(self) -> None:
-            await self.stop.wait()
-
-        def exit(self) -> None:
-            self.stop.set()
-
-    halt = Halt()
-    app: Any = App()
-    running = asyncio.create_task(run_service(app, halt))
-    await asyncio.sleep(0)
-    halt.trip(ConsumerHalted("too much garbage", topic="t"))
-    assert await asyncio.wait_for(running, 5) == EXIT_HALTED
-    assert (await halt.wait()).reason == "too much garbage"
-
-
-async def test_a_clean_stop_exits_zero() -> None:
-    class App:
-        async def run(self) -> None:
-            return None
-
-        def exit(self) -> None:  # pragma: no cover - nothing halts
-            raise AssertionError
-
-    assert await run_service(App(), Halt()) == 0  # type: ignore[arg-type]
 
 
 def test_halt_keeps_the_first_error_and_tells_late_subscribers() -> None:
