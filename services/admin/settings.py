@@ -6,7 +6,9 @@ import getpass
 import socket
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
 
 
 def _default_actor() -> str:
@@ -18,10 +20,14 @@ def _default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-class AdminSettings(BaseSettings):
+class AdminSettings(ServiceSettings):
     """Loaded once by the CLI; ``--dsn`` overrides ``POSTGRES_DSN``."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    # The fields below are read under their aliases; the prefix keeps the inherited service_name and
+    # telemetry from picking up unrelated SERVICE_NAME or TELEMETRY variables.
+    model_config = SettingsConfigDict(env_prefix="DUPLEX_ADMIN_")
+
+    service_name: str = "admin"
 
     postgres_dsn: SecretStr | None = Field(
         default=None,

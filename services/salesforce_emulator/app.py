@@ -1,5 +1,6 @@
 """The composition root: ``build_app(settings)`` wires orgs, sessions, the record store, the event
-log, the HTTP APIs and the gRPC server into one :class:`Emulator`.
+log, the HTTP APIs and the gRPC server into one :class:`Emulator`; :func:`run` serves it over
+HTTPS (uvicorn) and gRPC in one asyncio loop.
 
 Every call under ``/services/data/vXX.X/`` passes the :class:`ApiGateway` first, which does what
 Salesforce's front door does before a handler runs: authenticate the Bearer token (401
@@ -12,22 +13,30 @@ calls pass the same front door. Handlers receive the resulting
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import re
+import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.service import Health, Running
+from services.common.telemetry import Telemetry
 from services.salesforce_emulator import ids
 from services.salesforce_emulator.admin_api import build_admin_router
 from services.salesforce_emulator.bulk_ingest import build_bulk_ingest_router
@@ -57,6 +66,9 @@ from services.salesforce_emulator.tooling import build_tooling_router
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+# Open gRPC calls (Pub/Sub subscriptions) get this long to finish when the emulator stops.
+GRPC_STOP_GRACE_SECONDS = 2.0
 
 _API_PATH = re.compile(r"^/services/data/v(?P<version>\d+\.\d+)(?:/|$)")
 
@@ -302,7 +314,6 @@ def build_app(settings: EmulatorSettings, *, clock: Clock = time.time) -> Emulat
             store,
             call_context,
             query_handler=lambda ctx, url, headers: run_query_url(queries, ctx, url, headers),
-            clock=clock,
         )
     )
     app.include_router(build_bulk_ingest_router(store, call_context))
@@ -324,3 +335,100 @@ def build_app(settings: EmulatorSettings, *, clock: Clock = time.time) -> Emulat
         instance_url=instance_url,
         _db=db,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunningEmulator(Running):
+    emulator: Emulator
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus its own signal handling: the service's entry stops HTTP and gRPC together."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    # Binding here (rather than in uvicorn) lets port 0 pick a free port we can report.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP (not 0): asyncio only sets TCP_NODELAY on accepted sockets whose listener says TCP,
+    # and without it every response waits ~40 ms for delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+async def _stop_http(http: _Server, serving: asyncio.Task[None]) -> None:
+    http.should_exit = True
+    await serving
+
+
+@asynccontextmanager
+async def run(settings: EmulatorSettings, telemetry: Telemetry | None = None) -> AsyncIterator[RunningEmulator]:
+    """The emulator serving HTTP(S) and gRPC until the block exits.
+
+    Once both listen, prints ONE JSON line on stdout (URLs, CA path, the default org's credentials,
+    the admin token): the start-up contract its clients read. Logs go to stderr, so stdout stays
+    machine-readable.
+    """
+    # The emulator stands in for Salesforce: Duplex's metrics and traces have nothing to say about it.
+    del telemetry
+    async with AsyncExitStack() as stack:
+        http_socket = stack.enter_context(_listen(settings.host, settings.https_port))
+        settings = settings.model_copy(
+            update={
+                "https_port": int(http_socket.getsockname()[1]),
+                "grpc_port": settings.grpc_port or _free_port(settings.host),
+            }
+        )
+        emulator = build_app(settings)
+        stack.callback(emulator.close)
+        grpc_server = emulator.build_grpc_server()
+        await grpc_server.start()
+        stack.push_async_callback(grpc_server.stop, GRPC_STOP_GRACE_SECONDS)
+        config = uvicorn.Config(
+            emulator.app,
+            ssl_certfile=str(emulator.tls.server_cert) if emulator.tls else None,
+            ssl_keyfile=str(emulator.tls.server_key) if emulator.tls else None,
+            lifespan="off",
+            # Access logs would print query strings, and /revoke and /userinfo accept tokens there.
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+        http = _Server(config)
+        serving = asyncio.create_task(http.serve(sockets=[http_socket]))
+        # Stopping awaits the task, so an error that kept uvicorn from starting surfaces there.
+        stack.push_async_callback(_stop_http, http, serving)
+        started = asyncio.create_task(http.ready.wait())
+        await asyncio.wait((started, serving), return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if not http.started:
+            msg = "the emulator's HTTP server stopped before it started"
+            raise RuntimeError(msg)
+        print(json.dumps(emulator.startup_info()), flush=True)  # noqa: T201 (the start-up contract)
+        log.info("emulator serving on %s and grpc %s", emulator.instance_url, emulator.grpc_address)
+
+        async def http_serving() -> bool:
+            return http.started and not serving.done()
+
+        yield RunningEmulator(health=Health(ready=(http_serving,)), emulator=emulator)

@@ -8,10 +8,8 @@ plain functions returning a :class:`Reply`; the FastAPI layer only reads bodies 
 from __future__ import annotations
 
 import email.utils
-import importlib
 import json
 import re
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -332,12 +330,10 @@ class DataApi:
     def __init__(
         self,
         store: RecordStore,
-        query_handler: QueryHandler | None = None,
-        clock: Callable[[], float] | None = None,
+        query_handler: QueryHandler,
     ) -> None:
         self.store = store
         self._query_handler = query_handler
-        self._clock = clock
         self._meta_seen: dict[tuple[str, int], int] = {}
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -897,24 +893,7 @@ class DataApi:
     # --- query (delegated) ----------------------------------------------------------------------
 
     def query(self, ctx: CallContext, url: str, headers: Mapping[str, str]) -> Reply:
-        if self._query_handler is None:
-            self._query_handler = self._default_query_handler()
         return Reply(200, self._query_handler(ctx, url, headers))
-
-    def _default_query_handler(self) -> QueryHandler:
-        # The SOQL module is optional at import time: without it, query subrequests fail clearly.
-        try:
-            module = importlib.import_module("services.salesforce_emulator.query_api")
-        except ImportError:
-            raise SalesforceError(
-                400, "NOT_SUPPORTED", "Query subrequests are not available in this emulator build"
-            ) from None
-        service = module.QueryService.with_clock(self.store, self.store.objects, self._clock or time.time)
-
-        def handler(ctx: CallContext, url: str, headers: Mapping[str, str]) -> Any:
-            return module.run_query_url(service, ctx, url, headers)
-
-        return handler
 
     # --- Composite ------------------------------------------------------------------------------
 
@@ -1090,15 +1069,15 @@ def build_data_router(
     store: RecordStore,
     call_context: Callable[..., Any],
     *,
-    query_handler: QueryHandler | None = None,
-    clock: Callable[[], float] | None = None,
+    query_handler: QueryHandler,
 ) -> APIRouter:
     """Routes for ``/services/data/`` and the ``sobjects``/``composite`` resources of every version.
 
     Paths are absolute (include the router without a prefix). ``call_context`` is a FastAPI
-    dependency returning the authenticated :class:`CallContext`.
+    dependency returning the authenticated :class:`CallContext`; ``query_handler`` serves the
+    query/queryAll subrequests of Composite calls.
     """
-    api = DataApi(store, query_handler, clock)
+    api = DataApi(store, query_handler)
     router = APIRouter()
     # A default, not an Annotated alias: postponed annotations cannot see this function's locals.
     ctx_dependency = Depends(call_context)

@@ -6,15 +6,19 @@ import secrets
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
 
 IN_MEMORY = ":memory:"
 
 
-class EmulatorSettings(BaseSettings):
+class EmulatorSettings(ServiceSettings):
     """Everything ``python -m services.salesforce_emulator`` can be told, from ``SF_EMULATOR_*`` or flags."""
 
-    model_config = SettingsConfigDict(env_prefix="SF_EMULATOR_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SF_EMULATOR_")
+
+    service_name: str = "salesforce-emulator"
 
     # Loopback by default: the emulator has no real authentication story for other machines.
     host: str = "127.0.0.1"

@@ -328,14 +328,6 @@ class RecordStore:
             ).fetchall()
         return [(r[0], int(r[1])) for r in rows]
 
-    def latest_modstamp(self, org_id: str, object_name: str) -> int | None:
-        plan = self.plan(org_id, object_name)
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT MAX(modstamp_ms) FROM records WHERE org_id = ? AND object = ?", (org_id, plan.obj.name)
-            ).fetchone()
-        return int(row[0]) if row and row[0] is not None else None
-
     def recent_ids(self, org_id: str, object_name: str, limit: int = 10) -> list[str]:
         plan = self.plan(org_id, object_name)
         with self._lock:

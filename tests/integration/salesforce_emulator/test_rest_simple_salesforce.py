@@ -26,6 +26,7 @@ from services.salesforce_emulator.changes import CommittedTransaction
 from services.salesforce_emulator.context import CallContext, parse_call_options
 from services.salesforce_emulator.errors import install_error_handlers
 from services.salesforce_emulator.faults import OrgFaults
+from services.salesforce_emulator.query_api import QueryService, run_query_url
 from services.salesforce_emulator.rest import build_data_router
 from services.salesforce_emulator.schema import STANDARD_OBJECTS, FieldDef, ObjectDef, custom_object
 from services.salesforce_emulator.store import RecordStore
@@ -62,7 +63,12 @@ def server() -> Iterator[tuple[str, list[CommittedTransaction]]]:
 
     app = FastAPI()
     install_error_handlers(app)
-    app.include_router(build_data_router(store, ctx_dep))
+    queries = QueryService(store, store.objects)
+    app.include_router(
+        build_data_router(
+            store, ctx_dep, query_handler=lambda ctx, url, headers: run_query_url(queries, ctx, url, headers)
+        )
+    )
     app.include_router(build_bulk_ingest_router(store, ctx_dep))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))

@@ -14,6 +14,7 @@ from services.salesforce_emulator.changes import CommittedTransaction
 from services.salesforce_emulator.context import CallContext
 from services.salesforce_emulator.errors import install_error_handlers
 from services.salesforce_emulator.faults import OrgFaults
+from services.salesforce_emulator.query_api import QueryService, run_query_url
 from services.salesforce_emulator.rest import build_data_router
 from services.salesforce_emulator.schema import STANDARD_OBJECTS, FieldDef, ObjectDef, custom_object
 from services.salesforce_emulator.store import RecordStore
@@ -67,10 +68,15 @@ def env() -> Iterator[Env]:
         readonly_fields_for=lambda _o, _u: readonly,
         clock=lambda: clock[0],
     )
+    queries = QueryService.with_clock(store, store.objects, lambda: clock[0])
     ctx = CallContext(ORG, USER, "62.0", client="duplex")
     app = FastAPI()
     install_error_handlers(app)
-    app.include_router(build_data_router(store, lambda: ctx))
+    app.include_router(
+        build_data_router(
+            store, lambda: ctx, query_handler=lambda c, url, headers: run_query_url(queries, c, url, headers)
+        )
+    )
     with TestClient(app) as client:
         yield Env(client, store, published, faults, clock, readonly)
     store.close()
@@ -503,6 +509,19 @@ def test_composite_reference_to_failed_subrequest_is_processing_halted(env: Env)
     out = env.client.post(f"{B}/composite", json=body).json()["compositeResponse"]
     assert out[1]["httpStatusCode"] == 400
     assert out[1]["body"][0]["errorCode"] == "PROCESSING_HALTED"
+
+
+def test_composite_query_subrequests_see_earlier_subrequests(env: Env) -> None:
+    body = {
+        "compositeRequest": [
+            {"method": "POST", "url": f"{B}/sobjects/Account", "referenceId": "a", "body": {"Name": "Q"}},
+            {"method": "GET", "url": f"{B}/query/?q=SELECT+Name+FROM+Account+WHERE+Id='@{{a.id}}'", "referenceId": "q"},
+        ]
+    }
+    out = env.client.post(f"{B}/composite", json=body).json()["compositeResponse"]
+    assert [o["httpStatusCode"] for o in out] == [201, 200]
+    assert out[1]["body"]["totalSize"] == 1
+    assert [r["Name"] for r in out[1]["body"]["records"]] == ["Q"]
 
 
 def test_composite_limit(env: Env) -> None:
