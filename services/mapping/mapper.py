@@ -1,8 +1,9 @@
-"""The mapping handler: RecordChanged events from either side in, ChangeMapped events (keyed tenant/link) out.
+"""The mapping handler: changes from either side in, mapped changes (ChangeMapped events) out.
 
-Thin over :mod:`links` and :mod:`translate`. Changes come in batches (see
+Thin over :mod:`links` and :mod:`translate`; Lead conversions and merges, which re-point links
+instead of mapping fields, are in :mod:`relink`. Changes come in batches (see
 :mod:`services.common.kafka`) and are mapped one after the other, in the batch's order, inside
-one database transaction per batch (:class:`~services.mapping.repository.BatchLinkRepository`
+one database transaction per batch (the batch's :class:`~services.mapping.storage.BatchLinks`
 keeps that to a few statements). All the batch's events are published, and acknowledged by the
 broker, inside it, before it commits, so a crash in between repeats both. Repeating is harmless:
 link ids and event ids are derived from the input.
@@ -16,19 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from duplex.change.v1 import record_changed_pb2
-from duplex.mapping.v1 import change_mapped_pb2
-from google.protobuf.message import Message
-
-from services.common import sync_log
-from services.common.change import Change, ChangeKind, InvalidChangeError, Side, from_proto
-from services.common.codec import link_key
+from services.common.change import Change, ChangeKind, Side
+from services.common.db import Connection, Pool
 from services.common.errors import InvalidEvent, RetryableError
+from services.common.sync_log import Entry
 from services.common.tenant_config import ObjectPair, StoredConfig
-from services.common.values import Reference, to_field_value
-from services.mapping.config_cache import ConfigCache
+from services.common.values import Reference
+from services.mapping.events import MappedEvent, Unreadable
 from services.mapping.links import (
     Link,
     app_pairs,
@@ -42,25 +38,25 @@ from services.mapping.links import (
     reference_needs,
     released_event_id,
 )
-from services.mapping.repository import BatchLinkRepository, ConcurrentLinkError, HeldReference, LinkRepository
-from services.mapping.translate import Mapped, RejectedChangeError, matches_filter, translate
+from services.mapping.relink import convert, merge
+from services.mapping.storage import (
+    BatchLinks,
+    ConcurrentLinkError,
+    Configs,
+    Describes,
+    HeldReference,
+    OpenLinks,
+    SyncLog,
+)
+from services.mapping.translate import MappedField, RejectedChangeError, matches_filter, translate
 
 log = logging.getLogger(__name__)
 
-# Publishes (event, key) pairs in order; returns once the broker acknowledged all (acks=all).
-Publish = Callable[[Sequence[tuple[Message, bytes]]], Awaitable[None]]
+# Publishes events in order; returns once the broker acknowledged all (acks=all).
+Publish = Callable[[Sequence[MappedEvent]], Awaitable[None]]
 
 # A batch that keeps meeting links created concurrently goes back to the consumer's redelivery.
 _CONCURRENT_ATTEMPTS = 3
-
-_SIDE_TO_PB = {Side.APP: record_changed_pb2.SIDE_APP, Side.CRM: record_changed_pb2.SIDE_CRM}
-_KIND_TO_PB = {
-    ChangeKind.CREATE: record_changed_pb2.CHANGE_KIND_CREATE,
-    ChangeKind.UPDATE: record_changed_pb2.CHANGE_KIND_UPDATE,
-    ChangeKind.DELETE: record_changed_pb2.CHANGE_KIND_DELETE,
-    ChangeKind.UNDELETE: record_changed_pb2.CHANGE_KIND_UNDELETE,
-    ChangeKind.SNAPSHOT: record_changed_pb2.CHANGE_KIND_SNAPSHOT,
-}
 
 
 @dataclass(frozen=True)
@@ -97,24 +93,37 @@ class _Refused(Exception):  # noqa: N818 (carries a rejection out of a transacti
 
 
 class Mapper:
-    def __init__(self, pool: Any, cache: ConfigCache, publish: Publish, *, service_name: str) -> None:
+    """Maps batches of changes over the storage it is given (see :mod:`services.mapping.storage`)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        links: OpenLinks,
+        configs: Configs,
+        describes: Describes,
+        sync_log: SyncLog,
+        publish: Publish,
+    ) -> None:
         self._pool = pool
-        self._cache = cache
+        self._links = links
+        self._configs = configs
+        self._describes = describes
+        self._sync_log = sync_log
         self._publish = publish
-        self._service = service_name
 
-    async def handle_batch(self, events: Sequence[record_changed_pb2.RecordChanged]) -> dict[int, InvalidEvent]:
-        """Map ``events`` in order; returns the rejected ones by index (already in the sync log).
+    async def handle_batch(self, changes: Sequence[Change | Unreadable]) -> dict[int, InvalidEvent]:
+        """Map ``changes`` in order; returns the rejected ones by index (already in the sync log).
 
-        When it returns, every other event's links are committed and its ChangeMapped events acked.
+        When it returns, every other change's links are committed and its events acked.
         """
         refused: dict[int, InvalidEvent] = {}
         rejections: list[_Rejection] = []
         async with self._pool.acquire() as conn:
             items: list[_Item] = []
-            for index, event in enumerate(events):
+            for index, change in enumerate(changes):
                 try:
-                    item = await self._prepare(conn, index, event)
+                    item = await self._prepare(conn, index, change)
                 except _Refused as error:
                     refused[index] = InvalidEvent(f"{error.rejection.code}: {error.rejection.message}")
                     rejections.append(error.rejection)
@@ -137,31 +146,30 @@ class Mapper:
                 rejections.append(rejection)
                 end = start + position
             for r in rejections:
-                await sync_log.record(
+                await self._sync_log.record(
                     conn,
-                    tenant_id=r.tenant_id or "unknown",
-                    service=self._service,
-                    event="change.rejected",
-                    record_id=r.record_id or None,
-                    code=r.code,
-                    message=r.message,
-                    detail={"source_event_id": r.event_id},
+                    Entry(
+                        tenant_id=r.tenant_id or "unknown",
+                        event="change.rejected",
+                        record_id=r.record_id or None,
+                        code=r.code,
+                        message=r.message,
+                        detail={"source_event_id": r.event_id},
+                    ),
                 )
         return refused
 
-    async def _prepare(self, conn: Any, index: int, event: record_changed_pb2.RecordChanged) -> _Item | None:
+    async def _prepare(self, conn: Connection, index: int, change: Change | Unreadable) -> _Item | None:
         """The change with its config and pair, None to ignore it; raises _Refused."""
-        try:
-            change = from_proto(event)
-        except InvalidChangeError as error:
+        if isinstance(change, Unreadable):
             raise _Refused(
-                index, _Rejection(event.tenant_id, event.record_id, "INVALID_CHANGE", str(error), event.event_id)
-            ) from error
+                index, _Rejection(change.tenant_id, change.record_id, "INVALID_CHANGE", change.reason, change.event_id)
+            )
         if not change.record_id:
             raise _Refused(
                 index, _Rejection(change.tenant_id, "", "INVALID_CHANGE", "missing record_id", change.event_id)
             )
-        stored = await self._cache.current(conn, change.tenant_id)
+        stored = await self._configs.current(conn, change.tenant_id)
         if stored is None:
             raise _Refused(
                 index,
@@ -181,7 +189,7 @@ class Mapper:
             return None
         return _Item(index, change, stored, pair)
 
-    async def _attempt(self, conn: Any, items: Sequence[_Item]) -> tuple[int, _Rejection] | None:
+    async def _attempt(self, conn: Connection, items: Sequence[_Item]) -> tuple[int, _Rejection] | None:
         """Map ``items`` in one transaction and publish their events (acked) before it commits.
 
         Returns None once committed, or the first refused change's position after rolling back:
@@ -192,7 +200,7 @@ class Mapper:
         for _ in range(_CONCURRENT_ATTEMPTS):
             try:
                 async with conn.transaction():
-                    repo = BatchLinkRepository(conn)
+                    repo = self._links(conn)
                     await repo.prefetch(
                         [
                             (i.change.tenant_id, p.name, i.change.side, i.change.record_id)
@@ -200,7 +208,7 @@ class Mapper:
                             for p in _candidate_pairs(i)
                         ]
                     )
-                    events: list[tuple[bytes, change_mapped_pb2.ChangeMapped]] = []
+                    events: list[MappedEvent] = []
                     for position, item in enumerate(items):
                         change = item.change
                         try:
@@ -213,7 +221,7 @@ class Mapper:
                             raise _Refused(position, rejection) from error
                     await repo.flush()
                     # All acked before the transaction commits.
-                    await self._publish([(event, key) for key, event in events])
+                    await self._publish(events)
                 return None
             except _Refused as refused:
                 return refused.position, refused.rejection
@@ -223,30 +231,26 @@ class Mapper:
                 log.info("batch retried", extra={"reason": str(error)})
         raise RetryableError(f"links kept being created concurrently ({_CONCURRENT_ATTEMPTS} attempts)")
 
-    async def _map(
-        self, repo: LinkRepository, conn: Any, item: _Item
-    ) -> list[tuple[bytes, change_mapped_pb2.ChangeMapped]]:
+    async def _map(self, repo: BatchLinks, conn: Connection, item: _Item) -> list[MappedEvent]:
         stored, change = item.stored, item.change
         pair = await self._route(repo, item)
         conversion = conversion_of(change)
         if conversion is not None:
             target = conversion_target(stored.config, pair, conversion)
-            await self._convert(repo, conn, pair, change, target)
+            converted = await convert(repo, pair, change, target)
+            await self._note(conn, change, converted.event, converted.link_id, converted.message)
             return []
         winner = merge_winner(change)
         if winner is not None:
-            await self._merge(repo, conn, pair, change, winner)
+            merged = await merge(repo, pair, change, winner)
+            if merged is not None:
+                await self._note(conn, change, merged.event, merged.link_id, merged.message)
             return []
         if change.kind is not ChangeKind.DELETE and not matches_filter(pair.filter, change.side, change.fields):
             # "Why did this record not sync?" must be answerable from the sync log.
             linked = await repo.find(change.tenant_id, pair.name, change.side, change.record_id)
-            await self._log(
-                conn,
-                change,
-                "change.filtered",
-                linked.link_id if linked is not None else None,
-                f"{change.side} record does not match the {pair.name} record filter: not synced",
-            )
+            message = f"{change.side} record does not match the {pair.name} record filter: not synced"
+            await self._note(conn, change, "change.filtered", linked.link_id if linked is not None else None, message)
             return []
         link = await self._link(repo, pair, change)
         if link is None or link.merged_into is not None:
@@ -256,7 +260,7 @@ class Mapper:
         resolved = await repo.other_side_ids(
             change.tenant_id, change.side, [(n.target_pair, n.record_id) for n in needs]
         )
-        crm_fields = await self._cache.crm_fields(conn, change.tenant_id, pair.salesforce.object)
+        crm_fields = await self._describes.crm_fields(conn, change.tenant_id, pair.salesforce.object)
         mapped = translate(pair, change, resolve=lambda p, _side, rid: resolved.get((p, rid)), crm_fields=crm_fields)
         source_names = [f.app_field if change.side is Side.APP else f.crm_field for f in mapped.fields]
         await repo.unhold(change.tenant_id, link.link_id, source_names)
@@ -278,26 +282,40 @@ class Mapper:
                     change.tenant_id,
                 )
 
-        events: list[tuple[bytes, change_mapped_pb2.ChangeMapped]] = []
+        events: list[MappedEvent] = []
         if mapped.fields or change.kind in {ChangeKind.DELETE, ChangeKind.UNDELETE}:
-            events.append((link_key(change.tenant_id, link.link_id), self._event(stored, link, change, mapped)))
+            events.append(
+                MappedEvent(
+                    event_id=mapped_event_id(change),
+                    link=link,
+                    mapping_version=stored.version,
+                    side=change.side,
+                    kind=change.kind,
+                    at=change.at,
+                    origin_client=change.origin_client,
+                    source_event_id=change.event_id,
+                    fields=mapped.fields,
+                    dropped=mapped.dropped,
+                )
+            )
         elif any(not d.as_configured for d in mapped.dropped):
             # Nothing travels, so the resolver never sees the change: what Salesforce's describe
             # or an unresolved reference stopped is recorded here (otherwise the resolver records
             # it with the change). Fields the mapping's direction excludes are no news.
-            await sync_log.record(
+            await self._sync_log.record(
                 conn,
-                tenant_id=change.tenant_id,
-                service=self._service,
-                event="change.dropped",
-                link_id=link.link_id,
-                record_id=change.record_id,
-                message="; ".join(f"{d.field}: {d.reason}" for d in mapped.dropped),
-                detail={
-                    "source_event_id": change.event_id,
-                    "object": change.object_type,
-                    "dropped": {d.field: d.reason for d in mapped.dropped},
-                },
+                Entry(
+                    tenant_id=change.tenant_id,
+                    event="change.dropped",
+                    link_id=link.link_id,
+                    record_id=change.record_id,
+                    message="; ".join(f"{d.field}: {d.reason}" for d in mapped.dropped),
+                    detail={
+                        "source_event_id": change.event_id,
+                        "object": change.object_type,
+                        "dropped": {d.field: d.reason for d in mapped.dropped},
+                    },
+                ),
             )
         for held in await repo.take_released(link):
             released = await self._released(repo, stored, held, link)
@@ -305,7 +323,7 @@ class Mapper:
                 events.append(released)
         return events
 
-    async def _route(self, repo: LinkRepository, item: _Item) -> ObjectPair:
+    async def _route(self, repo: BatchLinks, item: _Item) -> ObjectPair:
         """The pair of an app record whose app object several pairs share: the one it is linked in
         (a converted Lead's link moved to the Contact pair), else the one it was created for."""
         candidates = _candidate_pairs(item)
@@ -321,7 +339,7 @@ class Mapper:
                 return next((p for p in candidates if p.name == created_for.object_pair), item.pair)
         return item.pair
 
-    async def _link(self, repo: LinkRepository, pair: ObjectPair, change: Change) -> Link | None:
+    async def _link(self, repo: BatchLinks, pair: ObjectPair, change: Change) -> Link | None:
         tenant = change.tenant_id
         link = await repo.find(tenant, pair.name, change.side, change.record_id)
         if link is not None:
@@ -348,88 +366,9 @@ class Mapper:
                 return await repo.adopt(tenant, pair.name, change.side, change.record_id, link_id)
         return await repo.create(tenant, pair.name, change.side, change.record_id)
 
-    async def _convert(
-        self, repo: LinkRepository, conn: Any, pair: ObjectPair, change: Change, target: tuple[ObjectPair, str] | None
-    ) -> None:
-        lead = await repo.find(change.tenant_id, pair.name, Side.CRM, change.record_id)
-        if lead is None:
-            await self._log(
-                conn, change, "lead.converted", None, "the lead has no link (never synced, or already re-pointed)"
-            )
-            return
-        if target is None:
-            # The converted records link on their own when their changes arrive.
-            message = f"no pair of the converted records is on app object {pair.app.object}: the lead's link stays"
-            await self._log(conn, change, "lead.converted", lead.link_id, message)
-            return
-        target_pair, record_id = target
-        existing = await repo.find(change.tenant_id, target_pair.name, Side.CRM, record_id)
-        if existing is not None and existing.link_id != lead.link_id:
-            if existing.app_record_id is not None:
-                # Both already synced to different app records: keep the contact's link, stop the lead's.
-                await repo.retire(lead, existing.link_id)
-                await self._log(conn, change, "lead.converted", lead.link_id, f"converted into linked {record_id}")
-                return
-            # The converted record's own create arrived first and founded a link of its own: the
-            # lead's link (which has the app record) absorbs it.
-            await repo.retire(existing, lead.link_id)
-        await repo.repoint(lead, target_pair.name, record_id)
-        await self._log(
-            conn, change, "link.repointed", lead.link_id, f"lead converted into {target_pair.name} {record_id}"
-        )
-
-    async def _merge(self, repo: LinkRepository, conn: Any, pair: ObjectPair, change: Change, winner: str) -> None:
-        loser = await repo.find(change.tenant_id, pair.name, Side.CRM, change.record_id)
-        if loser is None:
-            return
-        winner_link = await repo.find(change.tenant_id, pair.name, Side.CRM, winner)
-        if winner_link is None:
-            await repo.repoint(loser, pair.name, winner)
-            message = f"merged into {winner}: link moved to the winner"
-        elif winner_link.app_record_id is None and loser.app_record_id is not None:
-            # The winner's UPDATE (another key, so another partition) arrived first and founded a
-            # link with no app record: the loser's link, which has one, absorbs it.
-            await repo.retire(winner_link, loser.link_id)
-            await repo.repoint(loser, pair.name, winner)
-            message = f"merged into {winner}, linked only since the merge as {winner_link.link_id}: link moved"
-        else:
-            await repo.retire(loser, winner_link.link_id)
-            message = f"merged into {winner}, already linked as {winner_link.link_id}: link retired, app record kept"
-        await self._log(conn, change, "link.merged", loser.link_id, message)
-
-    def _event(
-        self, stored: StoredConfig, link: Link, change: Change, mapped: Mapped
-    ) -> change_mapped_pb2.ChangeMapped:
-        event = change_mapped_pb2.ChangeMapped(
-            event_id=mapped_event_id(change),
-            tenant_id=change.tenant_id,
-            link_id=link.link_id,
-            object_pair=link.object_pair,
-            mapping_version=stored.version,
-            origin_side=_SIDE_TO_PB[change.side],
-            kind=_KIND_TO_PB[change.kind],
-            app_record_id=link.app_record_id or "",
-            crm_record_id=link.crm_record_id or "",
-            external_id=link.external_id,
-            origin_client=change.origin_client,
-            source_event_id=change.event_id,
-        )
-        for f in mapped.fields:
-            event.fields.add(
-                app_field=f.app_field,
-                crm_field=f.crm_field,
-                app_value=to_field_value(f.app_value),
-                crm_value=to_field_value(f.crm_value),
-                changed=f.changed,
-            )
-        for d in mapped.dropped:
-            event.dropped_fields.add(field=d.field, reason=d.reason)
-        event.origin_commit_time.FromDatetime(change.at)
-        return event
-
     async def _released(
-        self, repo: LinkRepository, stored: StoredConfig, held: HeldReference, target: Link
-    ) -> tuple[bytes, change_mapped_pb2.ChangeMapped] | None:
+        self, repo: BatchLinks, stored: StoredConfig, held: HeldReference, target: Link
+    ) -> MappedEvent | None:
         holder = await repo.get(target.tenant_id, held.link_id)
         pair = stored.config.object_pair(held.object_pair)
         if holder is None or pair is None or holder.merged_into is not None:
@@ -439,38 +378,34 @@ class Mapper:
         )
         if mapping is None or target.app_record_id is None or target.crm_record_id is None:
             return None
-        event = change_mapped_pb2.ChangeMapped(
-            event_id=released_event_id(held.source_event_id, holder.link_id, held.field),
-            tenant_id=holder.tenant_id,
-            link_id=holder.link_id,
-            object_pair=holder.object_pair,
-            mapping_version=stored.version,
-            origin_side=_SIDE_TO_PB[held.origin_side],
-            kind=record_changed_pb2.CHANGE_KIND_UPDATE,
-            app_record_id=holder.app_record_id or "",
-            crm_record_id=holder.crm_record_id or "",
-            external_id=holder.external_id,
-            origin_client=held.origin_client,
-            source_event_id=held.source_event_id,
-        )
-        event.fields.add(
-            app_field=mapping.app,
-            crm_field=mapping.salesforce,
-            app_value=to_field_value(Reference(target.app_record_id)),
-            crm_value=to_field_value(Reference(target.crm_record_id)),
+        field = MappedField(
+            mapping.app,
+            mapping.salesforce,
+            Reference(target.app_record_id),
+            Reference(target.crm_record_id),
             changed=True,
         )
-        event.origin_commit_time.FromDatetime(held.origin_commit_at)
-        return link_key(holder.tenant_id, holder.link_id), event
+        return MappedEvent(
+            event_id=released_event_id(held.source_event_id, holder.link_id, held.field),
+            link=holder,
+            mapping_version=stored.version,
+            side=held.origin_side,
+            kind=ChangeKind.UPDATE,
+            at=held.origin_commit_at,
+            origin_client=held.origin_client,
+            source_event_id=held.source_event_id,
+            fields=(field,),
+        )
 
-    async def _log(self, conn: Any, change: Change, event: str, link_id: str | None, message: str) -> None:
-        await sync_log.record(
+    async def _note(self, conn: Connection, change: Change, event: str, link_id: str | None, message: str) -> None:
+        await self._sync_log.record(
             conn,
-            tenant_id=change.tenant_id,
-            service=self._service,
-            event=event,
-            link_id=link_id,
-            record_id=change.record_id,
-            message=message,
-            detail={"source_event_id": change.event_id, "object": change.object_type},
+            Entry(
+                tenant_id=change.tenant_id,
+                event=event,
+                link_id=link_id,
+                record_id=change.record_id,
+                message=message,
+                detail={"source_event_id": change.event_id, "object": change.object_type},
+            ),
         )

@@ -1,4 +1,5 @@
-"""The links table and held references (``deploy/sql/0005_mapping.sql``), over one asyncpg connection.
+"""The links table and held references (``deploy/sql/0005_mapping.sql``), and the sync log, over
+one asyncpg connection: the PostgreSQL side of :mod:`services.mapping.storage`.
 
 Every method runs inside the caller's transaction. Link creation is race-free without locks:
 inserts use ON CONFLICT DO NOTHING on the unique indexes and then read what won, and binds only
@@ -14,12 +15,12 @@ other statement that could observe them and at the end of the batch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from services.common.change import Side
+from services.common.db import Connection
 from services.mapping.links import Link, external_id_for, link_id_for
+from services.mapping.storage import ConcurrentLinkError, HeldReference, RecordRef
 
 _COLUMNS = "tenant_id, object_pair, link_id, app_record_id, crm_record_id, external_id, merged_into"
 _SIDE_COLUMN = {Side.APP: "app_record_id", Side.CRM: "crm_record_id"}
@@ -40,22 +41,8 @@ def _link(row: Any) -> Link:
     )
 
 
-@dataclass(frozen=True)
-class HeldReference:
-    link_id: str
-    field: str
-    object_pair: str
-    origin_side: Side
-    target_pair: str
-    target_record_id: str
-    source_event_id: str
-    origin_commit_at: datetime
-    origin_client: str
-    mapping_version: int
-
-
 class LinkRepository:
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def find(self, tenant_id: str, pair: str, side: Side, record_id: str) -> Link | None:
@@ -251,15 +238,6 @@ class LinkRepository:
         ]
 
 
-class ConcurrentLinkError(Exception):
-    """Another transaction created one of the batch's new links first; the batch must run again
-    (it then finds that link)."""
-
-
-# (tenant, pair, side, record id on that side)
-RecordRef = tuple[str, str, Side, str]
-
-
 class BatchLinkRepository(LinkRepository):
     """A :class:`LinkRepository` for one batch's transaction (see the module doc).
 
@@ -270,7 +248,7 @@ class BatchLinkRepository(LinkRepository):
     table itself.
     """
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Connection) -> None:
         super().__init__(conn)
         self._by_record: dict[RecordRef, Link | None] = {}
         self._by_id: dict[tuple[str, str], Link | None] = {}

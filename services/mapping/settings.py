@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import KafkaSettings, PostgresSettings, TelemetrySettings
+from services.common.settings import KafkaServiceSettings
 
 
-class MappingSettings(BaseSettings):
+class MappingSettings(KafkaServiceSettings):
     """MAPPING_* variables, plus the shared KAFKA_*, POSTGRES_* and TELEMETRY_* ones."""
 
-    model_config = SettingsConfigDict(env_prefix="MAPPING_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MAPPING_")
 
     service_name: str = "mapping"
     # How often a tenant's current mapping version, and each object's Salesforce describe, is
     # re-checked (one indexed query each); a newly applied version or a new describe is used at
     # most this long after it was written.
     config_check_seconds: float = Field(default=5.0, ge=0)
-    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
-    postgres: PostgresSettings = Field(default_factory=lambda: PostgresSettings())
-    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,16 +14,18 @@ import asyncpg
 import pytest
 from duplex.change.v1 import record_changed_pb2
 from duplex.mapping.v1 import change_mapped_pb2
-from google.protobuf.message import Message
 from pydantic import SecretStr
 
 from services.admin.config_store import ConfigStore
 from services.common.change import ChangeKind, Side
+from services.common.contract import to_value
 from services.common.db import create_pool
 from services.common.settings import PostgresSettings
 from services.common.tenant_config import parse_tenant_config
-from services.common.values import Reference, Value, to_value
-from services.mapping.config_cache import ConfigCache
+from services.common.values import Reference, Value
+from services.mapping.app import postgres_mapper
+from services.mapping.contract import changes_of, keyed
+from services.mapping.events import MappedEvent
 from services.mapping.links import link_id_for
 from services.mapping.mapper import Mapper
 from tests.e2e.sync.harness import CLIENT, CONFIG, TENANT, prepare_database, record_changed
@@ -39,8 +42,8 @@ class Outbox:
     def __init__(self) -> None:
         self.sent: list[ChangeMapped] = []
 
-    async def __call__(self, events: Sequence[tuple[Message, bytes]]) -> None:
-        self.sent.extend(event for event, _ in events if isinstance(event, ChangeMapped))
+    async def __call__(self, events: Sequence[MappedEvent]) -> None:
+        self.sent.extend(message for message, _ in keyed(events))
 
 
 def config_with(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -74,10 +77,12 @@ async def fetch(dsn: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 @asynccontextmanager
-async def mapper(dsn: str, cache: ConfigCache | None = None) -> AsyncIterator[tuple[Mapper, Outbox]]:
+async def mapper(
+    dsn: str, check_seconds: float = 0, clock: Callable[[], float] = time.monotonic
+) -> AsyncIterator[tuple[Mapper, Outbox]]:
     outbox = Outbox()
     async with create_pool(PostgresSettings(dsn=SecretStr(dsn), pool_max_size=2)) as pool:
-        yield Mapper(pool, cache or ConfigCache(0), outbox, service_name="mapping"), outbox
+        yield postgres_mapper(pool, outbox, service_name="mapping", check_seconds=check_seconds, clock=clock), outbox
 
 
 def lead_pair(app_object: str) -> dict[str, Any]:
@@ -112,7 +117,7 @@ async def test_a_lead_conversion_repoints_absorbs_or_retires_links_whichever_ord
         early = record_changed(
             Side.CRM, "Contact", "003B", {"LastName": "Early"}, event_id="k-early", kind=ChangeKind.CREATE
         )
-        assert await m.handle_batch([early]) == {}
+        assert await m.handle_batch(changes_of([early])) == {}
         early_link = link_id_for(TENANT, "contacts", Side.CRM, "003B")
         assert [e.link_id for e in outbox.sent] == [early_link]
         outbox.sent.clear()
@@ -122,7 +127,7 @@ async def test_a_lead_conversion_repoints_absorbs_or_retires_links_whichever_ord
             converted("00Q2", "003B", "v2"),
             converted("00Q3", "003D", "v3"),
         ]
-        assert await m.handle_batch(conversions) == {}
+        assert await m.handle_batch(changes_of(conversions)) == {}
         assert outbox.sent == []  # a conversion re-points links; it changes no field
 
         after = [
@@ -134,7 +139,7 @@ async def test_a_lead_conversion_repoints_absorbs_or_retires_links_whichever_ord
             # The retired lead's app record is no longer synced.
             record_changed(Side.APP, "contacts", "p3", {"last_name": "Gone"}, event_id="a-p3", at=3),
         ]
-        assert await m.handle_batch(after) == {}
+        assert await m.handle_batch(changes_of(after)) == {}
 
     assert [(e.source_event_id, e.object_pair, e.link_id, e.app_record_id, e.crm_record_id) for e in outbox.sent] == [
         ("k-a", "contacts", "LA", "p1", "003A"),
@@ -169,7 +174,7 @@ async def test_a_lead_is_never_converted_into_a_pair_on_another_app_object(fresh
     lead = record_changed(Side.CRM, "Lead", "00Q1", {"ConvertedContactId": "003A"}, event_id="v1", at=1)
     contact = record_changed(Side.CRM, "Contact", "003A", {"LastName": "Doe"}, event_id="k1", at=2)
     async with mapper(fresh_database) as (m, outbox):
-        assert await m.handle_batch([lead, contact]) == {}
+        assert await m.handle_batch(changes_of([lead, contact])) == {}
 
     # The lead's app id "7" names a lead; in the Contact pair it would name contact 7 (LK's).
     links = await fetch(fresh_database, "SELECT link_id, object_pair, app_record_id, crm_record_id FROM links")
@@ -226,7 +231,7 @@ async def test_record_filters_and_reference_rules_apply_through_the_mapper(fresh
         record_changed(Side.APP, "deals", "d2", {"title": "Small", "partner_id": "a9"}, event_id="d-linked"),
     ]
     async with mapper(fresh_database) as (m, outbox):
-        refused = await m.handle_batch(batch)
+        refused = await m.handle_batch(changes_of(batch))
 
     assert list(refused) == [3]
     assert refused[3].reason.startswith("UNRESOLVED_REFERENCE: partner_id")
@@ -253,7 +258,6 @@ async def test_record_filters_and_reference_rules_apply_through_the_mapper(fresh
 async def test_a_new_mapping_version_and_describe_are_used_once_re_checked(fresh_database: str) -> None:
     await prepare_database(fresh_database)
     now = [0.0]
-    cache = ConfigCache(30, clock=lambda: now[0])
 
     def change(n: int) -> RecordChanged:
         fields: dict[str, Value] = {"name": "Acme", "phone": "555-0100", "website": "acme.example"}
@@ -262,8 +266,8 @@ async def test_a_new_mapping_version_and_describe_are_used_once_re_checked(fresh
     def with_website(document: dict[str, Any]) -> None:
         document["spec"]["objects"][0]["fields"].append({"app": "website", "salesforce": "Website"})
 
-    async with mapper(fresh_database, cache) as (m, outbox):
-        assert await m.handle_batch([change(0)]) == {}
+    async with mapper(fresh_database, check_seconds=30, clock=lambda: now[0]) as (m, outbox):
+        assert await m.handle_batch(changes_of([change(0)])) == {}
         await apply(fresh_database, config_with(with_website))
         # Salesforce describes Phone as a formula only now (object names compare case-insensitively).
         await execute(
@@ -273,9 +277,9 @@ async def test_a_new_mapping_version_and_describe_are_used_once_re_checked(fresh
             json.dumps({"Phone": {"type": "phone", "length": 40, "calculated": True, "updateable": False}}),
         )
         now[0] = 29.0
-        assert await m.handle_batch([change(1)]) == {}
+        assert await m.handle_batch(changes_of([change(1)])) == {}
         now[0] = 30.0
-        assert await m.handle_batch([change(2)]) == {}
+        assert await m.handle_batch(changes_of([change(2)])) == {}
 
     def seen(event: ChangeMapped) -> tuple[int, list[str], list[str]]:
         return event.mapping_version, [f.app_field for f in event.fields], [d.field for d in event.dropped_fields]
@@ -327,10 +331,10 @@ async def test_an_echo_whose_link_a_crash_rolled_back_keeps_its_id_and_the_found
     ]
     async with mapper(fresh_database) as (m, outbox):
         if together:
-            assert await m.handle_batch([*echoes, *founders]) == {}
+            assert await m.handle_batch(changes_of([*echoes, *founders])) == {}
         else:
-            assert await m.handle_batch(echoes) == {}
-            assert await m.handle_batch(founders) == {}
+            assert await m.handle_batch(changes_of(echoes)) == {}
+            assert await m.handle_batch(changes_of(founders)) == {}
 
     links = await fetch(fresh_database, "SELECT link_id, app_record_id, crm_record_id FROM links ORDER BY 1")
     assert links == sorted([(crm_founded, "pE", "001F"), (app_founded, "pF", "001E")])

@@ -9,17 +9,18 @@ import asyncpg
 import pytest
 from duplex.change.v1 import record_changed_pb2
 from duplex.mapping.v1 import change_mapped_pb2
-from google.protobuf.message import Message
 from pydantic import SecretStr
 
 from services.common.change import ChangeKind, Side
 from services.common.codec import record_key
+from services.common.contract import to_value
 from services.common.db import create_pool
 from services.common.dlq import ERROR_REASON, ORIGINAL_OFFSET
 from services.common.settings import PostgresSettings
 from services.common.topics import Topic, TopicNames
-from services.common.values import to_value
-from services.mapping.config_cache import ConfigCache
+from services.mapping.app import postgres_mapper
+from services.mapping.contract import changes_of, keyed
+from services.mapping.events import MappedEvent
 from services.mapping.links import link_id_for
 from services.mapping.mapper import Mapper
 from services.mapping.repository import BatchLinkRepository
@@ -89,8 +90,8 @@ class Outbox:
         self.sent: list[tuple[bytes, Any]] = []
         self._crash_after = crash_after
 
-    async def __call__(self, events: Sequence[tuple[Message, bytes]]) -> None:
-        for event, key in events:
+    async def __call__(self, events: Sequence[MappedEvent]) -> None:
+        for event, key in keyed(events):
             if self._crash_after is not None and len(self.sent) >= self._crash_after:
                 raise CrashError
             self.sent.append((key, event))
@@ -111,20 +112,20 @@ async def test_a_batch_redelivered_after_a_crash_maps_to_the_same_events(fresh_d
     async with create_pool(settings) as pool:
 
         def mapper(outbox: Outbox) -> Mapper:
-            return Mapper(pool, ConfigCache(0), outbox, service_name="mapping")
+            return postgres_mapper(pool, outbox, service_name="mapping", check_seconds=0)
 
         # The process dies while publishing: nothing of the batch may stay.
         with pytest.raises(CrashError):
-            await mapper(Outbox(crash_after=3)).handle_batch(batch)
+            await mapper(Outbox(crash_after=3)).handle_batch(changes_of(batch))
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM links") == 0
             assert await conn.fetchval("SELECT count(*) FROM held_references") == 0
 
         first = Outbox()
-        assert await mapper(first).handle_batch(batch) == {}
+        assert await mapper(first).handle_batch(changes_of(batch)) == {}
         # Committed, then redelivered (the offset commit was lost): the same events again.
         again = Outbox()
-        assert await mapper(again).handle_batch(batch) == {}
+        assert await mapper(again).handle_batch(changes_of(batch)) == {}
         async with pool.acquire() as conn:
             links = await conn.fetchval("SELECT count(*) FROM links")
             held = await conn.fetch("SELECT link_id, field FROM held_references")

@@ -16,12 +16,12 @@ from pydantic import SecretStr
 from services.cdc_ingest.translate import set_master_records
 from services.common.change import ChangeKind, Side
 from services.common.codec import record_key
+from services.common.contract import to_value
 from services.common.dlq import ERROR_REASON
-from services.common.kafka import run_service
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.topics import Topic, TopicNames
-from services.common.values import Reference, to_value
-from services.mapping.app import build_app
+from services.common.values import Reference
+from services.mapping.app import run
 from services.mapping.links import external_id_for, link_id_for
 from services.mapping.settings import MappingSettings
 from tests.e2e.sync.harness import TENANT, TopicReader, decode, prepare_database, producer, publish, record_changed
@@ -38,13 +38,10 @@ async def running_mapping(bootstrap: str, names: TopicNames, dsn: str) -> AsyncI
         postgres=PostgresSettings(dsn=SecretStr(dsn), pool_max_size=3),
         config_check_seconds=0,
     )
-    service = build_app(settings)
-    task = asyncio.create_task(run_service(service.app, service.kafka.halt))
-    try:
+    async with run(settings) as running:
+        assert await running.health.is_ready()
         yield
-    finally:
-        service.app.exit()
-        await asyncio.wait_for(task, 20)
+        assert running.halt.error is None
 
 
 async def test_changes_from_both_sides_meet_on_one_link_and_bad_input_is_dead_lettered(

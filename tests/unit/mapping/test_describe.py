@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.mapping.config_cache import parse_describe
+from services.mapping.describes import parse_describe
 from services.mapping.translate import CrmFieldInfo
 
 pytestmark = pytest.mark.unit

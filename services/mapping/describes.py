@@ -1,5 +1,5 @@
-"""Each tenant's current mapping version and Salesforce describe, cached; re-checked with one cheap
-query every few seconds."""
+"""What Salesforce's describe says about each tenant's objects, as cdc-ingest stores it
+(``crm_object_fields``): cached, and re-checked with one cheap query every few seconds."""
 
 from __future__ import annotations
 
@@ -8,21 +8,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from services.common.tenant_config import StoredConfig, fetch_config
+from services.common.db import Connection
 from services.mapping.translate import CrmFieldInfo
-
-
-class Connection(Protocol):
-    async def fetchval(self, query: str, *args: Any) -> Any: ...
-    async def fetchrow(self, query: str, *args: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class _Entry:
-    stored: StoredConfig
-    checked_at: float
 
 
 @dataclass(frozen=True)
@@ -62,35 +51,13 @@ _DESCRIBE_QUERY = (
 )
 
 
-class ConfigCache:
-    """Parsing a configuration costs milliseconds; checking its version costs one index lookup.
-
-    A tenant's describe of a Salesforce object is cached the same way, re-checked as often.
-    """
+class CrmDescribes:
+    """Each tenant's describe of each Salesforce object, at most ``check_seconds`` behind the database."""
 
     def __init__(self, check_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._check_seconds = check_seconds
         self._clock = clock
-        self._entries: dict[str, _Entry] = {}
         self._describes: dict[tuple[str, str], _Describe] = {}
-
-    async def current(self, conn: Connection, tenant_id: str) -> StoredConfig | None:
-        """The tenant's current stored configuration, or None when it has none."""
-        now = self._clock()
-        entry = self._entries.get(tenant_id)
-        if entry is not None and now - entry.checked_at < self._check_seconds:
-            return entry.stored
-        version = await conn.fetchval("SELECT max(version) FROM config_versions WHERE tenant_id = $1", tenant_id)
-        if version is None:
-            self._entries.pop(tenant_id, None)
-            return None
-        stored = entry.stored if entry is not None and entry.stored.version == version else None
-        if stored is None:
-            stored = await fetch_config(conn, tenant_id, version)
-            if stored is None:  # deleted in between: as if it never existed
-                return None
-        self._entries[tenant_id] = _Entry(stored, now)
-        return stored
 
     async def crm_fields(self, conn: Connection, tenant_id: str, crm_object: str) -> Mapping[str, CrmFieldInfo] | None:
         """What Salesforce's describe says about ``crm_object``'s fields, or None when cdc-ingest
