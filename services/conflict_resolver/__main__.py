@@ -1,17 +1,7 @@
 """python -m services.conflict_resolver"""
 
-import asyncio
-import sys
-
-from services.common.kafka import run_service
-from services.common.logging import configure_logging, secrets_of
-from services.common.telemetry import setup_telemetry
-from services.conflict_resolver.app import build_app
+from services.common.service import main
+from services.conflict_resolver.app import run
 from services.conflict_resolver.settings import ResolverSettings
 
-settings = ResolverSettings()
-configure_logging(settings.telemetry, service_name=settings.service_name, secrets=secrets_of(settings))
-telemetry = setup_telemetry(settings.telemetry, service_name=settings.service_name)
-telemetry.serve_metrics(settings.telemetry.metrics_port)
-service = build_app(settings, telemetry=telemetry)
-sys.exit(asyncio.run(run_service(service.app, service.kafka.halt)))
+main(ResolverSettings, run)

@@ -1,4 +1,5 @@
-"""The resolver's events in and out: ChangeMapped in domain terms, WriteRecords and RecordChanged out."""
+"""The resolver's events in and out: ChangeMapped and WriteSettled in domain terms, WriteRecords and
+RecordChanged out. Nothing else in the resolver sees a generated protobuf module."""
 
 from __future__ import annotations
 
@@ -7,29 +8,39 @@ from datetime import UTC, datetime
 
 from duplex.change.v1 import record_changed_pb2
 from duplex.mapping.v1 import change_mapped_pb2
-from duplex.writer.v1 import write_records_pb2
+from duplex.writer.v1 import write_records_pb2, write_settled_pb2
 
-from services.common.change import Change, ChangeKind, Side, to_proto
+from services.common.change import Change, ChangeKind, Side
+from services.common.contract import KIND_FROM_PB, SIDE_FROM_PB, set_fields, to_proto, to_value
 from services.common.errors import InvalidEvent
 from services.common.tenant_config import ObjectPair
-from services.common.values import to_field_value, to_value
-from services.conflict_resolver.resolve import AppUpdate, CrmWrite, FieldChange, LinkState, MappedChange, Operation
+from services.conflict_resolver.resolve import (
+    AppUpdate,
+    CrmWrite,
+    FieldChange,
+    LinkState,
+    MappedChange,
+    Operation,
+    WriteError,
+    WriteOutcome,
+    WriteStatus,
+)
+
+ChangeMapped = change_mapped_pb2.ChangeMapped
+WriteSettled = write_settled_pb2.WriteSettled
 
 # Output ids derive from the input's, so a redelivered input republishes identical outputs.
 NAMESPACE = uuid.UUID("0d6bb7a4-7a0e-4c1f-8f43-2f4f3e2d1a77")
 
-_SIDES = {record_changed_pb2.SIDE_APP: Side.APP, record_changed_pb2.SIDE_CRM: Side.CRM}
-_KINDS = {
-    record_changed_pb2.CHANGE_KIND_CREATE: ChangeKind.CREATE,
-    record_changed_pb2.CHANGE_KIND_UPDATE: ChangeKind.UPDATE,
-    record_changed_pb2.CHANGE_KIND_DELETE: ChangeKind.DELETE,
-    record_changed_pb2.CHANGE_KIND_UNDELETE: ChangeKind.UNDELETE,
-    record_changed_pb2.CHANGE_KIND_SNAPSHOT: ChangeKind.SNAPSHOT,
-}
 _OPERATIONS = {
     Operation.UPSERT: write_records_pb2.OPERATION_UPSERT,
     Operation.UPDATE: write_records_pb2.OPERATION_UPDATE,
     Operation.DELETE: write_records_pb2.OPERATION_DELETE,
+}
+_OPERATIONS_FROM_PB = {v: k for k, v in _OPERATIONS.items()}
+_STATUSES = {
+    write_settled_pb2.WRITE_STATUS_SUCCEEDED: WriteStatus.SUCCEEDED,
+    write_settled_pb2.WRITE_STATUS_REJECTED: WriteStatus.REJECTED,
 }
 
 
@@ -37,9 +48,10 @@ def mapped_from_proto(event: change_mapped_pb2.ChangeMapped) -> MappedChange:
     """The domain form of a ChangeMapped; InvalidEvent when it breaks the contract."""
     if not event.link_id or not event.object_pair:
         raise InvalidEvent("ChangeMapped without link_id or object_pair")
-    side = _SIDES.get(event.origin_side)
-    kind = _KINDS.get(event.kind)
-    if side is None or kind is None:
+    side = SIDE_FROM_PB.get(event.origin_side)
+    kind = KIND_FROM_PB.get(event.kind)
+    # mapping never forwards a gap (cdc-ingest repairs gaps with snapshots): one here breaks the contract.
+    if side is None or kind is None or kind is ChangeKind.GAP:
         raise InvalidEvent(f"ChangeMapped with origin_side {event.origin_side}, kind {event.kind}")
     if not event.HasField("origin_commit_time"):
         raise InvalidEvent("ChangeMapped without origin_commit_time")
@@ -65,6 +77,24 @@ def mapped_from_proto(event: change_mapped_pb2.ChangeMapped) -> MappedChange:
         external_id=event.external_id,
         origin_client=event.origin_client,
         source_event_id=event.source_event_id,
+        dropped={d.field: d.reason for d in event.dropped_fields},
+    )
+
+
+def outcome_from_proto(event: write_settled_pb2.WriteSettled) -> WriteOutcome:
+    """The domain form of a WriteSettled; InvalidEvent when it breaks the contract."""
+    if not event.link_id:
+        raise InvalidEvent("WriteSettled without link_id")
+    return WriteOutcome(
+        command_id=event.command_id,
+        tenant_id=event.tenant_id,
+        link_id=event.link_id,
+        version=event.version,
+        status=_STATUSES.get(event.status),
+        operation=_OPERATIONS_FROM_PB.get(event.operation),
+        record_id=event.record_id,
+        created=event.created,
+        errors=tuple(WriteError(e.status_code, e.message, tuple(e.fields)) for e in event.errors),
     )
 
 
@@ -92,8 +122,7 @@ def write_records(
         external_id_value=write.external_id_value,
         version=write.version,
     )
-    for name, value in write.fields.items():
-        record.fields[name].CopyFrom(to_field_value(value))
+    set_fields(record.fields, write.fields)
     command.origin_commit_time.FromDatetime(change.at)
     return command
 

@@ -19,6 +19,9 @@ published (``stage="app_update_published"``; the app applies it outside Duplex).
 
 A change that breaks the contract or names a pair its mapping version lacks is handed back to
 be dead-lettered (and written to the sync log); the rest of its batch goes on.
+
+The state lives in the :class:`~services.conflict_resolver.store.Store` the resolver is given:
+PostgreSQL when it runs (built in :mod:`app`), memory in unit tests.
 """
 
 from __future__ import annotations
@@ -26,71 +29,54 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from duplex.mapping.v1 import change_mapped_pb2
-from duplex.writer.v1 import write_records_pb2, write_settled_pb2
 from google.protobuf.message import Message
 
-from services.common import sync_log
 from services.common.codec import link_key, record_key
 from services.common.errors import InvalidEvent
 from services.common.metrics import Metrics
-from services.common.tenant_config import ObjectPair, StoredConfig, fetch_config
-from services.common.values import Value
-from services.conflict_resolver.contract import app_update, mapped_from_proto, write_records
-from services.conflict_resolver.repository import BatchRepository, FieldKey, LinkKey, LogRow, ResolverRepository
+from services.common.tenant_config import ObjectPair
+from services.conflict_resolver.contract import (
+    ChangeMapped,
+    WriteSettled,
+    app_update,
+    mapped_from_proto,
+    outcome_from_proto,
+    write_records,
+)
 from services.conflict_resolver.resolve import (
     FieldRecord,
     LinkState,
     MappedChange,
+    Operation,
     Resolution,
+    WriteOutcome,
+    WriteStatus,
     resolve,
     settle_rejected,
 )
+from services.conflict_resolver.store import FieldKey, LinkKey, LogRow, SentWrite, Store, TenantLinks, Transaction
 
 log = logging.getLogger(__name__)
 
 # Publishes (event, key) pairs in order; returns once the broker acknowledged all (acks=all).
 Publish = Callable[[Sequence[tuple[Message, bytes]]], Awaitable[None]]
 
-# A mapped change, its pair, the tenant's client id and the fields mapping dropped (name -> reason).
-_Item = tuple[MappedChange, ObjectPair, str, dict[str, str]]
+# A mapped change, its pair and the tenant's client id.
+_Item = tuple[MappedChange, ObjectPair, str]
 
 # The end_to_end_latency stage at which Duplex's part of a Salesforce → app change ends.
 STAGE_APP_UPDATE_PUBLISHED = "app_update_published"
 
 
-class ConfigVersions:
-    """Parsed mapping versions; a version never changes once applied, so nothing expires but the oldest."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._cache: OrderedDict[tuple[str, int], StoredConfig] = OrderedDict()
-
-    async def get(self, conn: Any, tenant_id: str, version: int) -> StoredConfig | None:
-        key = (tenant_id, version)
-        found = self._cache.get(key)
-        if found is None:
-            found = await fetch_config(conn, tenant_id, version)
-            if found is None:
-                return None
-            self._cache[key] = found
-            if len(self._cache) > self._size:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return found
-
-
 class Resolver:
     def __init__(
         self,
-        pool: Any,
-        configs: ConfigVersions,
+        store: Store,
         *,
         publish_crm: Publish,
         publish_app: Publish,
@@ -98,27 +84,26 @@ class Resolver:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._pool = pool
-        self._configs = configs
+        self._store = store
         self._publish_crm = publish_crm
         self._publish_app = publish_app
         self._service = service_name
         self._metrics = metrics
         self._clock = clock
 
-    async def on_mapped_batch(self, events: Sequence[change_mapped_pb2.ChangeMapped]) -> dict[int, InvalidEvent]:
+    async def on_mapped_batch(self, events: Sequence[ChangeMapped]) -> dict[int, InvalidEvent]:
         """Apply ``events`` in order; returns the refused ones by index (see the module doc)."""
         refused: dict[int, InvalidEvent] = {}
         logs: list[LogRow] = []
         items: list[_Item] = []
-        async with self._pool.acquire() as conn:
+        async with self._store.session() as session:
             for index, event in enumerate(events):
                 try:
                     change = mapped_from_proto(event)
                 except InvalidEvent as error:
                     refused[index] = error
                     continue
-                stored = await self._configs.get(conn, change.tenant_id, change.mapping_version)
+                stored = await session.mapping(change.tenant_id, change.mapping_version)
                 pair = stored.config.object_pair(change.object_pair) if stored is not None else None
                 if stored is None or pair is None:
                     reason = f"no object pair {change.object_pair!r} in mapping version {change.mapping_version}"
@@ -129,17 +114,15 @@ class Resolver:
                     )
                     refused[index] = InvalidEvent(reason)
                     continue
-                # Fields mapping dropped never reach resolve(); the sync log still says why they did not travel.
-                dropped = {d.field: d.reason for d in event.dropped_fields}
-                items.append((change, pair, stored.config.spec.salesforce.call_options_client, dropped))
-            async with conn.transaction():
-                resolved, published_at = await self._apply(BatchRepository(conn), items, logs)
+                items.append((change, pair, stored.config.spec.salesforce.call_options_client))
+            async with session.transaction() as transaction:
+                resolved, published_at = await self._apply(transaction, items, logs)
         if self._metrics is not None:
             count_resolved(self._metrics, resolved, published_at)
         return refused
 
     async def _apply(
-        self, repo: BatchRepository, items: Sequence[_Item], logs: list[LogRow]
+        self, repo: Transaction, items: Sequence[_Item], logs: list[LogRow]
     ) -> tuple[list[tuple[MappedChange, Resolution]], datetime]:
         """Resolve ``items`` in order inside the caller's transaction, publish their outputs (acked).
 
@@ -163,11 +146,11 @@ class Resolver:
         links = await repo.lock_or_create_links(initial)
         fields = await repo.fields(list(initial))
         changed_fields: dict[FieldKey, FieldRecord] = {}
-        sent: list[tuple[str, str, int, str, Mapping[str, Value]]] = []
+        sent: list[SentWrite] = []
         crm_writes: list[tuple[Message, bytes]] = []
         app_updates: list[tuple[Message, bytes]] = []
         resolved: list[tuple[MappedChange, Resolution]] = []
-        for change, pair, client_id, dropped in fresh:
+        for change, pair, client_id in fresh:
             key = (change.tenant_id, change.link_id)
             resolution = resolve(pair, client_id, links[key], fields[key], change)
             if resolution.crm_write is not None:
@@ -184,7 +167,7 @@ class Resolver:
             fields[key].update(resolution.fields)
             for name, field_record in resolution.fields.items():
                 changed_fields[(change.tenant_id, change.link_id, name)] = field_record
-            logs.extend(self._records(change, resolution, dropped))
+            logs.extend(self._records(change, resolution))
             resolved.append((change, resolution))
         await repo.save(links, changed_fields)
         await repo.record_sent(sent)
@@ -193,48 +176,57 @@ class Resolver:
         await asyncio.gather(self._publish_crm(crm_writes), self._publish_app(app_updates))
         return resolved, self._clock()
 
-    async def on_settled_batch(self, events: Sequence[write_settled_pb2.WriteSettled]) -> dict[int, InvalidEvent]:
+    async def on_settled_batch(self, events: Sequence[WriteSettled]) -> dict[int, InvalidEvent]:
         """Apply write outcomes in order, in one transaction; returns the refused ones by index."""
-        refused = {i: InvalidEvent("WriteSettled without link_id") for i, e in enumerate(events) if not e.link_id}
-        valid = [e for i, e in enumerate(events) if i not in refused]
-        if valid:
-            async with self._pool.acquire() as conn, conn.transaction():
+        refused: dict[int, InvalidEvent] = {}
+        outcomes: list[WriteOutcome] = []
+        for index, event in enumerate(events):
+            try:
+                outcomes.append(outcome_from_proto(event))
+            except InvalidEvent as error:
+                refused[index] = error
+        if outcomes:
+            async with self._store.session() as session, session.transaction() as transaction:
                 # All of the batch's links locked up front, in the order every batch uses.
-                await BatchRepository(conn).lock_links([(e.tenant_id, e.link_id) for e in valid])
-                for event in valid:
-                    await self._settle(conn, event)
+                await transaction.lock_links([(o.tenant_id, o.link_id) for o in outcomes])
+                for outcome in outcomes:
+                    await self._settle(transaction, outcome)
         return refused
 
-    async def _settle(self, conn: Any, event: write_settled_pb2.WriteSettled) -> None:
-        repo = ResolverRepository(conn, event.tenant_id)
-        if not await repo.claim(f"outcome:{event.command_id}:{event.link_id}:{event.version}"):
+    async def _settle(self, transaction: Transaction, outcome: WriteOutcome) -> None:
+        repo = transaction.tenant(outcome.tenant_id)
+        if not await repo.claim(f"outcome:{outcome.command_id}:{outcome.link_id}:{outcome.version}"):
             return
-        link = await repo.lock_link(event.link_id)
+        link = await repo.lock_link(outcome.link_id)
         if link is None:
-            await self._log(conn, event.tenant_id, "outcome.ignored", event.link_id, message="unknown link")
+            await transaction.log(
+                [self._row(outcome.tenant_id, "outcome.ignored", outcome.link_id, message="unknown link")]
+            )
             return
-        if event.status == write_settled_pb2.WRITE_STATUS_REJECTED:
-            await self._rejected(conn, repo, link, event)
-        elif event.status == write_settled_pb2.WRITE_STATUS_SUCCEEDED:
-            await self._succeeded(conn, repo, link, event)
+        if outcome.status is WriteStatus.REJECTED:
+            await self._rejected(transaction, repo, link, outcome)
+        elif outcome.status is WriteStatus.SUCCEEDED:
+            await self._succeeded(transaction, repo, link, outcome)
 
     async def _succeeded(
-        self, conn: Any, repo: ResolverRepository, link: LinkState, event: write_settled_pb2.WriteSettled
+        self, transaction: Transaction, repo: TenantLinks, link: LinkState, outcome: WriteOutcome
     ) -> None:
         # Success confirms nothing about field values (policy.roll_back explains why); it only
         # tells us the id of a record Duplex created.
-        if event.operation == write_records_pb2.OPERATION_DELETE or not event.record_id:
+        if outcome.operation is Operation.DELETE or not outcome.record_id:
             return
-        if event.record_id != link.crm_record_id and (event.created or link.crm_record_id is None):
-            await repo.save(replace(link, crm_record_id=event.record_id), {})
-            await repo.store_crm_id(link, event.record_id)
-            await self._log(conn, event.tenant_id, "record.created", link.link_id, record_id=event.record_id)
+        if outcome.record_id != link.crm_record_id and (outcome.created or link.crm_record_id is None):
+            await repo.save(replace(link, crm_record_id=outcome.record_id), {})
+            await repo.store_crm_id(link, outcome.record_id)
+            await transaction.log(
+                [self._row(outcome.tenant_id, "record.created", link.link_id, record_id=outcome.record_id)]
+            )
 
     async def _rejected(
-        self, conn: Any, repo: ResolverRepository, link: LinkState, event: write_settled_pb2.WriteSettled
+        self, transaction: Transaction, repo: TenantLinks, link: LinkState, outcome: WriteOutcome
     ) -> None:
-        sent = await repo.sent(link.link_id, event.version)
-        first = event.errors[0] if event.errors else None
+        sent = await repo.sent(link.link_id, outcome.version)
+        first = outcome.errors[0] if outcome.errors else None
         settled = {}
         if sent is not None:
             operation, pending = sent
@@ -242,24 +234,22 @@ class Resolver:
             if operation == "delete":
                 link = replace(link, crm_deleted=False)
         await repo.save(link, settled)
-        await self._log(
-            conn,
-            event.tenant_id,
+        row = self._row(
+            outcome.tenant_id,
             "write.rejected",
             link.link_id,
-            record_id=event.record_id or link.crm_record_id,
-            code=first.status_code if first else "REJECTED",
+            record_id=outcome.record_id or link.crm_record_id,
+            code=first.code if first else "REJECTED",
             message=first.message if first else "rejected without an error",
             detail={
-                "version": event.version,
+                "version": outcome.version,
                 "rolled_back": sorted(settled),
-                "errors": [
-                    {"code": e.status_code, "message": e.message, "fields": list(e.fields)} for e in event.errors
-                ],
+                "errors": [{"code": e.code, "message": e.message, "fields": list(e.fields)} for e in outcome.errors],
             },
         )
+        await transaction.log([row])
 
-    def _records(self, change: MappedChange, resolution: Resolution, dropped: Mapping[str, str]) -> list[LogRow]:
+    def _records(self, change: MappedChange, resolution: Resolution) -> list[LogRow]:
         """One sync log row per change, one more per conflict: 'why did this field flip?'."""
         event = "echo.dropped" if resolution.echo is not None else "change.resolved"
         writes: dict[str, Any] = {}
@@ -281,7 +271,7 @@ class Resolver:
             },
             "notes": list(resolution.notes),
             "writes": writes,
-            "dropped": dict(dropped),
+            "dropped": dict(change.dropped),
         }
         rows = [self._row(change.tenant_id, event, change.link_id, detail=detail)]
         rows.extend(
@@ -298,30 +288,6 @@ class Resolver:
         )
         return rows
 
-    async def _log(
-        self,
-        conn: Any,
-        tenant_id: str,
-        event: str,
-        link_id: str | None,
-        *,
-        record_id: str | None = None,
-        code: str | None = None,
-        message: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        await sync_log.record(
-            conn,
-            tenant_id=tenant_id,
-            service=self._service,
-            event=event,
-            link_id=link_id,
-            record_id=record_id,
-            code=code,
-            message=message,
-            detail=detail,
-        )
-
     def _row(
         self,
         tenant_id: str,
@@ -333,7 +299,7 @@ class Resolver:
         message: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> LogRow:
-        """A sync log row, as :func:`sync_log.record` would write it."""
+        """A sync log row; ``detail`` is stored as JSON."""
         details = json.dumps(detail or {}, sort_keys=True, default=str)
         return (tenant_id, self._service, event, link_id, record_id, code, message, details)
 

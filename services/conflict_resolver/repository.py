@@ -1,24 +1,29 @@
-"""The resolver's tables (``deploy/sql/0006_conflict_resolver.sql``) over one asyncpg connection.
+"""The resolver's state (:mod:`store`) in its tables (``deploy/sql/0006_conflict_resolver.sql``).
 
-Every method runs inside the handler's transaction. Claiming an event id comes first: a second
+Every method runs inside the batch's transaction. Claiming an event id comes first: a second
 delivery of an event already applied finds its row and changes nothing; a concurrent one waits
 on the row's lock until the first commits (then skips) or rolls back (then applies).
 
-:class:`BatchRepository` does the same for a whole batch of events, tenants mixed, with one
-statement per step instead of one per event. Link rows are always locked in (tenant, link)
-order, so that two batches (mapped changes and outcomes, or two replicas during a rebalance)
-never wait on each other in a cycle.
+:class:`BatchRepository` handles a whole batch of events, tenants mixed, with one statement per
+step instead of one per event. Link rows are always locked in (tenant, link) order, so that two
+batches (mapped changes and outcomes, or two replicas during a rebalance) never wait on each
+other in a cycle. :class:`ResolverRepository` reads and writes one tenant's links one at a time.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
+from services.common.config_provider import TenantConfigs
+from services.common.db import Connection, Pool
+from services.common.tenant_config import StoredConfig
 from services.common.values import Value
 from services.conflict_resolver.resolve import FieldRecord, LinkState
 from services.conflict_resolver.state_codec import decode_state, decode_value, encode_state, encode_value
+from services.conflict_resolver.store import EventKey, FieldKey, LinkKey, LogRow, SentWrite
 
 _LINK_COLUMNS = "link_id, object_pair, external_id, app_record_id, crm_record_id, version, app_deleted, crm_deleted"
 
@@ -42,7 +47,9 @@ def _link(row: Any) -> LinkState:
 
 
 class ResolverRepository:
-    def __init__(self, conn: Any, tenant_id: str) -> None:
+    """One tenant's links in the caller's transaction (a :class:`~store.TenantLinks`)."""
+
+    def __init__(self, conn: Connection, tenant_id: str) -> None:
         self._conn = conn
         self._tenant = tenant_id
 
@@ -63,19 +70,6 @@ class ResolverRepository:
             link_id,
         )
         return None if row is None else _link(row)
-
-    async def lock_or_create_link(self, link: LinkState) -> LinkState:
-        await self._conn.execute(
-            "INSERT INTO link_states (tenant_id, link_id, object_pair, external_id) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT DO NOTHING",
-            self._tenant,
-            link.link_id,
-            link.object_pair,
-            link.external_id,
-        )
-        locked = await self.lock_link(link.link_id)
-        assert locked is not None  # inserted above or already there; rows are never deleted here
-        return locked
 
     async def fields(self, link_id: str) -> dict[str, FieldRecord]:
         rows = await self._conn.fetch(
@@ -150,21 +144,16 @@ class ResolverRepository:
         )
 
 
-# (tenant, link id)
-LinkKey = tuple[str, str]
-# (tenant, link id, app field name)
-FieldKey = tuple[str, str, str]
-# sync_log columns: tenant_id, service, event, link_id, record_id, code, message, detail (JSON text)
-LogRow = tuple[str, str, str, str | None, str | None, str | None, str | None, str]
-
-
 class BatchRepository:
-    """The resolver's tables for one batch's transaction (see the module doc)."""
+    """The resolver's tables for one batch's transaction (a :class:`~store.Transaction`)."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def claim(self, event_ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    def tenant(self, tenant_id: str) -> ResolverRepository:
+        return ResolverRepository(self._conn, tenant_id)
+
+    async def claim(self, event_ids: Sequence[EventKey]) -> set[EventKey]:
         """Record (tenant, event id) pairs as applied; returns those that were not yet."""
         wanted = sorted(set(event_ids))
         if not wanted:
@@ -257,7 +246,7 @@ class BatchRepository:
                 [json.dumps(encode_state(fields[n].state, fields[n].crm_form)) for n in names],
             )
 
-    async def record_sent(self, sent: Sequence[tuple[str, str, int, str, Mapping[str, Value]]]) -> None:
+    async def record_sent(self, sent: Sequence[SentWrite]) -> None:
         """(tenant, link, version, operation, pending values) of each write command sent."""
         if not sent:
             return
@@ -281,3 +270,32 @@ class BatchRepository:
                 " $5::text[], $6::text[], $7::text[], $8::text[]) AS w(t, s, e, l, r, c, m, d)",
                 *([row[i] for row in rows] for i in range(8)),
             )
+
+
+class PostgresSession:
+    """One connection of the pool, for one batch (a :class:`~store.Session`)."""
+
+    def __init__(self, conn: Connection, configs: TenantConfigs) -> None:
+        self._conn = conn
+        self._configs = configs
+
+    async def mapping(self, tenant_id: str, version: int) -> StoredConfig | None:
+        return await self._configs.at_version(self._conn, tenant_id, version)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[BatchRepository]:
+        async with self._conn.transaction():
+            yield BatchRepository(self._conn)
+
+
+class PostgresStore:
+    """The resolver's state in PostgreSQL (a :class:`~store.Store`)."""
+
+    def __init__(self, pool: Pool, configs: TenantConfigs) -> None:
+        self._pool = pool
+        self._configs = configs
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[PostgresSession]:
+        async with self._pool.acquire() as conn:
+            yield PostgresSession(conn, self._configs)

@@ -71,6 +71,8 @@ class MappedChange:
     external_id: str = ""
     origin_client: str = ""
     source_event_id: str = ""
+    # Fields mapping dropped (name -> why): they never reach resolve(), only the sync log.
+    dropped: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -425,6 +427,34 @@ def _finish(b: _Builder, change: MappedChange, echo: EchoReason | None) -> Resol
             kind = ChangeKind.UNDELETE
         app_update = AppUpdate(kind, link.app_record_id or "", link.link_id, b.app)
     return Resolution(link, b.records, tuple(b.decisions), crm_write, app_update, tuple(b.notes), echo)
+
+
+class WriteStatus(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    REJECTED = "rejected"  # for good: a retry will not change Salesforce's mind
+
+
+@dataclass(frozen=True)
+class WriteError:
+    code: str
+    message: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """A WriteSettled in domain terms: how one write sent for a link ended."""
+
+    command_id: str
+    tenant_id: str
+    link_id: str
+    version: int
+    # None for a status without a meaning here: the outcome is only recorded as seen.
+    status: WriteStatus | None
+    operation: Operation | None
+    record_id: str = ""
+    created: bool = False
+    errors: tuple[WriteError, ...] = ()
 
 
 def settle_rejected(fields: Mapping[str, FieldRecord], pending: Mapping[str, Value]) -> dict[str, FieldRecord]:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import KafkaSettings, PostgresSettings, TelemetrySettings
+from services.common.settings import KafkaServiceSettings
 
 
-class ResolverSettings(BaseSettings):
+class ResolverSettings(KafkaServiceSettings):
     """RESOLVER_* variables, plus the shared KAFKA_*, POSTGRES_* and TELEMETRY_* ones."""
 
-    model_config = SettingsConfigDict(env_prefix="RESOLVER_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RESOLVER_")
 
     service_name: str = "conflict-resolver"
     # Mapping versions kept parsed in memory (they never change once applied).
     config_cache_size: int = Field(default=256, gt=0)
-    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
-    postgres: PostgresSettings = Field(default_factory=lambda: PostgresSettings())
-    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)

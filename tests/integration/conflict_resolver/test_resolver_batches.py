@@ -17,11 +17,14 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from services.common.config_provider import TenantConfigs
+from services.common.contract import to_field_value
 from services.common.db import create_pool
 from services.common.metrics import Metrics
 from services.common.settings import PostgresSettings
-from services.common.values import Value, to_field_value
-from services.conflict_resolver.handlers import ConfigVersions, Resolver
+from services.common.values import Value
+from services.conflict_resolver.handlers import Resolver
+from services.conflict_resolver.repository import PostgresStore
 from tests.e2e.sync.harness import CLIENT, T0, TENANT, prepare_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -100,8 +103,7 @@ class Outbox:
 async def resolver(dsn: str, crm: Outbox, app: Outbox, metrics: Metrics | None = None) -> Any:
     async with create_pool(PostgresSettings(dsn=SecretStr(dsn), pool_max_size=2)) as pool:
         yield Resolver(
-            pool,
-            ConfigVersions(8),
+            PostgresStore(pool, TenantConfigs(max_staleness=0.0, versions=8)),
             publish_crm=crm,
             publish_app=app,
             service_name="conflict-resolver",
