@@ -28,7 +28,7 @@ from services.common.salesforce import UnlimitedBudget, env_secrets
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.tenant_config import parse_tenant_config
 from services.common.topics import Topic
-from services.writer.app import build_app
+from services.writer.app import run as run_writer
 from services.writer.settings import WriterSettings
 
 RECORDS = 20_000
@@ -95,7 +95,6 @@ async def _one_run(
         service_name=f"writer-{tenant}",
     )
     secrets = env_secrets({"BENCH_SF_SECRET": emulator.info["client_secret"]})
-    app = build_app(settings, secrets=secrets, budget=UnlimitedBudget())
     outcomes = AIOKafkaConsumer(
         servers.names(Topic.WRITE_OUTCOMES), bootstrap_servers=servers.bootstrap_servers, auto_offset_reset="latest"
     )
@@ -116,7 +115,7 @@ async def _one_run(
             await publish()
         before = await asyncio.to_thread(_api_used, emulator)
         started = time.perf_counter()
-        async with app.running():
+        async with run_writer(settings, secrets=secrets, budget=UnlimitedBudget()):
             if not backlog:
                 await publish()
             latencies: list[float] = []

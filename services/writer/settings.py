@@ -5,11 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.settings import KafkaServiceSettings
 
 
-class WriterSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="WRITER_", frozen=True, extra="ignore", env_nested_delimiter="__")
+class WriterSettings(KafkaServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="WRITER_")
 
     service_name: str = "writer"
     governor_target: str = "127.0.0.1:50051"
@@ -31,7 +31,7 @@ class WriterSettings(ServiceSettings):
     # Record-level retryable failures (locks, rollbacks) before the record is rejected to the DLQ.
     max_record_attempts: int = Field(default=10, gt=0)
     commit_interval_ms: int = Field(default=500, gt=0)
-    # How long a tenant's configuration is used before it is read again.
+    # How stale a tenant's configuration may be before its version is checked again.
     config_ttl_seconds: float = Field(default=60.0, ge=0)
     # CA bundle for the Salesforce endpoints (the emulator's own CA in development); None: system CAs.
     salesforce_ca_file: str | None = None

@@ -8,8 +8,8 @@ repeats the whole sequence harmlessly):
 2. one WriteSettled per folded command goes to write-outcomes (keyed tenant/link);
 3. the sync log gets a ``write.rejected`` row per rejected write (with Salesforce's statusCode)
    and one aggregated ``write.succeeded`` row per batch;
-4. only then does each delivery's item count go down in the offset tracker, which is what lets
-   the committer move the partition's committed offset past the command;
+4. only then is each delivery's write reported settled to :class:`~services.writer.inflight.InFlight`,
+   which is what lets the committer move the partition's committed offset past the command;
 5. each command a succeeded write carried observes its end-to-end latency (origin commit to the
    write, ``stage="written"``), when the command has an origin commit time.
 
@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from duplex.writer.v1 import write_settled_pb2
-
 from services.common import sync_log
 from services.common.codec import link_key
+from services.common.db import Pool
 from services.common.dlq import dead_letter_headers
 from services.common.errors import InvalidEvent
 from services.common.metrics import Metrics
-from services.writer.commands import Delivery, dead_letter_command, settled_events
-from services.writer.offsets import OffsetTracker
+from services.writer.commands import Delivery
+from services.writer.contract import dead_letter_command, write_settled
+from services.writer.inflight import InFlight
 from services.writer.payload import Outcome, WriteResult
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,6 @@ class Publish(Protocol):
     ) -> Awaitable[Any]: ...
 
 
-class Database(Protocol):
-    def acquire(self) -> Any: ...
-
-
 class WriteRejected(InvalidEvent):
     """Salesforce refused a record for a reason a retry cannot fix (the dead-letter reason)."""
 
@@ -72,50 +68,53 @@ class Settlement:
         publish: Publish,
         outcomes_topic: str,
         dead_letter_topic: str,
-        source_topic: str,
-        database: Database,
-        tracker: OffsetTracker,
-        deliveries: MutableMapping[str, Delivery],
-        remaining: MutableMapping[str, int],
+        database: Pool,
+        inflight: InFlight,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Metrics | None = None,
     ) -> None:
         self._publish = publish
         self._outcomes_topic = outcomes_topic
         self._dead_letter_topic = dead_letter_topic
-        self._source_topic = source_topic
         self._database = database
-        self._tracker = tracker
-        self._deliveries = deliveries
-        self._remaining = remaining
+        self._inflight = inflight
         self._clock = clock
         self._metrics = metrics
 
     async def settle(self, tenant_id: str, settled: list[tuple[WriteResult, int]]) -> None:
         now = self._clock()
-        pairs = [
-            pair
+        # One outcome per delivery folded into each write (coalesced commands included).
+        outcomes = [
+            (delivery, result, max(attempts, 1))
             for result, attempts in settled
-            for pair in settled_events(result, self._deliveries, attempts=max(attempts, 1), settled_at=now)
+            for delivery in self._inflight.deliveries_of(result.write)
         ]
         rejected = [result for result, _ in settled if result.outcome is Outcome.REJECTED]
         await self._send([self._dead_letter(result, now) for result in rejected])
         await self._send(
-            [(event, self._outcomes_topic, link_key(tenant_id, event.link_id), None) for _, event in pairs]
+            [
+                (
+                    write_settled(result, delivery, attempts=attempts, settled_at=now),
+                    self._outcomes_topic,
+                    link_key(tenant_id, result.write.link_id),
+                    None,
+                )
+                for delivery, result, attempts in outcomes
+            ]
         )
         await self._log(tenant_id, settled)
-        for delivery, _ in pairs:
-            self._release(delivery)
+        for delivery, _, _ in outcomes:
+            self._inflight.settled(delivery)
         if self._metrics is not None:
             records = self._metrics.writer_records
             records.labels(tenant_id, "succeeded").inc(len(settled) - len(rejected))
             records.labels(tenant_id, "rejected").inc(len(rejected))
-            observe_written(self._metrics, tenant_id, pairs, now)
+            observe_written(self._metrics, tenant_id, [(d, r) for d, r, _ in outcomes], now)
 
     def _dead_letter(self, result: WriteResult, now: datetime) -> tuple[Any, str, bytes, dict[str, str]]:
         write = result.write
         # The latest command folded into the write stands for it: its values are the ones sent.
-        delivery = self._deliveries[write.all_command_ids[-1]]
+        delivery = self._inflight.latest_delivery(write)
         error = result.errors[0] if result.errors else None
         code = error.status_code if error else "UNKNOWN_EXCEPTION"
         headers = dead_letter_headers(
@@ -162,9 +161,7 @@ class Settlement:
                         "external_id_value": write.external_id_value,
                         "fields": list(error.fields) if error else [],
                         "errors": [e.status_code for e in result.errors],
-                        "command_ids": [
-                            self._deliveries[t].command_id for t in write.all_command_ids if t in self._deliveries
-                        ],
+                        "command_ids": [d.command_id for d in self._inflight.deliveries_of(write)],
                         "attempts": attempts,
                     },
                 )
@@ -184,26 +181,13 @@ class Settlement:
                     },
                 )
 
-    def _release(self, delivery: Delivery) -> None:
-        self._tracker.done(delivery.partition, delivery.offset)
-        left = self._remaining.get(delivery.token, 0) - 1
-        if left > 0:
-            self._remaining[delivery.token] = left
-        else:
-            self._remaining.pop(delivery.token, None)
-            self._deliveries.pop(delivery.token, None)
-
 
 def observe_written(
-    metrics: Metrics,
-    tenant_id: str,
-    pairs: Sequence[tuple[Delivery, write_settled_pb2.WriteSettled]],
-    written_at: datetime,
+    metrics: Metrics, tenant_id: str, outcomes: Sequence[tuple[Delivery, WriteResult]], written_at: datetime
 ) -> None:
     """Origin commit → written, once per command folded into each succeeded write."""
     latency = metrics.end_to_end_latency.labels(tenant=tenant_id, stage=STAGE_WRITTEN)
-    for delivery, event in pairs:
-        if event.status != write_settled_pb2.WRITE_STATUS_SUCCEEDED or delivery.origin_commit_time is None:
+    for delivery, result in outcomes:
+        if result.outcome is not Outcome.SUCCEEDED or delivery.origin_commit_time is None:
             continue
-        origin = delivery.origin_commit_time.ToDatetime(tzinfo=UTC)
-        latency.observe(max(0.0, (written_at - origin).total_seconds()))
+        latency.observe(max(0.0, (written_at - delivery.origin_commit_time).total_seconds()))

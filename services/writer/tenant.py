@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -295,3 +296,47 @@ class TenantWriter:
                     exc_info=exc,
                 )
                 await self._sleep(delay)
+
+
+class TenantWriters:
+    """Every tenant's :class:`TenantWriter`, each on its own task from the tenant's first write."""
+
+    def __init__(
+        self,
+        *,
+        resources: Callable[[str], Awaitable[TenantResources]],
+        settler: Settler,
+        is_backfill: Callable[[RecordWrite], bool],
+        options: TenantOptions,
+    ) -> None:
+        self._resources = resources
+        self._settler = settler
+        self._is_backfill = is_backfill
+        self._options = options
+        self._writers: dict[str, TenantWriter] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def of(self, tenant_id: str) -> TenantWriter:
+        """The tenant's writer, started now if this is its first write."""
+        writer = self._writers.get(tenant_id)
+        if writer is None:
+            writer = TenantWriter(
+                tenant_id,
+                resources=functools.partial(self._resources, tenant_id),
+                settler=self._settler,
+                is_backfill=self._is_backfill,
+                options=self._options,
+            )
+            self._writers[tenant_id] = writer
+            self._tasks[tenant_id] = asyncio.get_running_loop().create_task(writer.run(), name=f"writer-{tenant_id}")
+        return writer
+
+    async def stop(self, *, within: float) -> None:
+        """Cancel every tenant's loop and wait up to ``within`` seconds (writes still held are left to the replay)."""
+        for task in self._tasks.values():
+            task.cancel()
+        if self._tasks:
+            # Bounded: a task that does not finish after cancellation must not hold the process.
+            _, stuck = await asyncio.wait(self._tasks.values(), timeout=within)
+            if stuck:
+                log.error("writer tasks did not stop", extra={"tasks": sorted(t.get_name() for t in stuck)})

@@ -20,13 +20,14 @@ from faststream.kafka import KafkaBroker
 from devstack.emulator import API_VERSION, EmulatorProcess
 from services.admin.config_store import ConfigStore
 from services.common.codec import link_key
+from services.common.contract import to_field_value
 from services.common.db import migrate
 from services.common.kafka import make_broker
 from services.common.salesforce import SecretResolver, env_secrets
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.tenant_config import parse_tenant_config
 from services.common.topics import Topic, TopicNames
-from services.common.values import Value, to_field_value
+from services.common.values import Value
 from services.writer.settings import WriterSettings
 
 WriteRecords = write_records_pb2.WriteRecords

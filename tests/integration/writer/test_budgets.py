@@ -14,9 +14,9 @@ import pytest
 from devstack.emulator import EmulatorProcess
 from services.common.settings import PostgresSettings
 from services.common.topics import Topic, TopicNames
-from services.rate_limit_governor.app import running_governor
+from services.rate_limit_governor.app import run as run_governor
 from services.rate_limit_governor.settings import GovernorSettings
-from services.writer.app import build_app
+from services.writer.app import run as run_writer
 from tests.integration.writer.harness import (
     SUCCEEDED,
     TopicReader,
@@ -39,18 +39,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 async def governed_writer(
     bootstrap: str, names: TopicNames, dsn: str, emulator: EmulatorProcess, tenants: dict[str, str]
 ) -> AsyncIterator[None]:
-    async with running_governor(GovernorSettings(port=0, postgres=PostgresSettings(dsn=dsn))) as (_, port):
+    async with run_governor(GovernorSettings(port=0, postgres=PostgresSettings(dsn=dsn))) as governor:
         settings = writer_settings(
             bootstrap,
             names,
             dsn,
             emulator,
             service_name=f"writer-{uuid.uuid4().hex[:8]}",
-            governor_target=f"127.0.0.1:{port}",
+            governor_target=f"127.0.0.1:{governor.port}",
             governor_max_wait_seconds=2,
             batch_window_ms=200,
         )
-        async with build_app(settings, secrets=resolver(emulator, tenants)).running():
+        async with run_writer(settings, secrets=resolver(emulator, tenants)):
             yield
 
 

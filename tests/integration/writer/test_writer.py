@@ -21,7 +21,7 @@ from services.common.salesforce import UnlimitedBudget
 from services.common.settings import TelemetrySettings
 from services.common.telemetry import setup_telemetry
 from services.common.topics import Topic, TopicNames
-from services.writer.app import Writer, build_app
+from services.writer.app import run
 from services.writer.settle import ERROR_CODE_HEADER
 from tests.integration.writer.harness import (
     REJECTED,
@@ -56,7 +56,8 @@ class Stack:
     group: str = ""
 
     @asynccontextmanager
-    async def writer(self, ingestion: str = "rest", **overrides: Any) -> AsyncIterator[tuple[Writer, UnlimitedBudget]]:
+    async def writer(self, ingestion: str = "rest", **overrides: Any) -> AsyncIterator[tuple[Metrics, UnlimitedBudget]]:
+        """A writer running against the stack: its metrics, and its (unlimited, counting) budget."""
         await prepare_database_once(self, ingestion)
         budget = UnlimitedBudget()
         # A consumer group per test: no test waits for another test's members to leave.
@@ -64,15 +65,14 @@ class Stack:
         settings = writer_settings(self.bootstrap, self.names, self.dsn, self.emulator, **overrides)
         self.group = settings.service_name
         telemetry = setup_telemetry(TelemetrySettings(), service_name=settings.service_name, install_global=False)
-        app = build_app(settings, secrets=resolver(self.emulator, {TENANT: "acme"}), budget=budget, telemetry=telemetry)
-        async with app.running() as writer:
-            yield writer, budget
+        async with run(settings, telemetry, secrets=resolver(self.emulator, {TENANT: "acme"}), budget=budget) as writer:
+            # Ready as soon as it runs: the database and the Kafka cluster answer.
+            assert await writer.health.is_ready()
+            yield telemetry.metrics, budget
 
 
-def sample(writer: Writer, name: str, **labels: str) -> float:
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
     """A sample of the writer's metrics (0 when it was never recorded)."""
-    metrics: Metrics | None = writer.metrics
-    assert metrics is not None
     return metrics.registry.get_sample_value(name, {"tenant": TENANT, **labels}) or 0.0
 
 
@@ -154,7 +154,7 @@ async def test_bulk_forced_takes_far_fewer_calls(stack: Stack) -> None:
 async def test_ten_updates_to_one_record_in_one_window_cost_one_call(stack: Stack) -> None:
     link = f"{prefix()}one"
     async with (
-        stack.writer("rest", batch_window_ms=1500) as (writer, budget),
+        stack.writer("rest", batch_window_ms=1500) as (metrics, budget),
         TopicReader(stack.bootstrap, stack.names, Topic.WRITE_OUTCOMES) as reader,
     ):
         async with upstream(stack.bootstrap) as broker:
@@ -168,9 +168,9 @@ async def test_ten_updates_to_one_record_in_one_window_cost_one_call(stack: Stac
     assert {s.status for s in settled} == {SUCCEEDED}
     assert len({s.record_id for s in settled}) == 1
     assert budget.calls[TENANT] == 1
-    assert sample(writer, "duplex_api_calls_total", api="composite", priority="live") == 1
+    assert sample(metrics, "duplex_api_calls_total", api="composite", priority="live") == 1
     # Every command folded into the one write reached Salesforce: ten latencies, origin → written.
-    assert sample(writer, "duplex_end_to_end_latency_seconds_count", stage="written") == 10
+    assert sample(metrics, "duplex_end_to_end_latency_seconds_count", stage="written") == 10
     rows = soql(stack.emulator, f"SELECT Name FROM Account WHERE Duplex_Id__c = '{link}'")["records"]
     assert [r["Name"] for r in rows] == ["v9"]
 
@@ -178,7 +178,7 @@ async def test_ten_updates_to_one_record_in_one_window_cost_one_call(stack: Stac
 async def test_permanent_failures_are_rejected_per_record_while_the_rest_succeeds(stack: Stack) -> None:
     run = prefix()
     async with (
-        stack.writer("rest", batch_window_ms=800) as (writer, _),
+        stack.writer("rest", batch_window_ms=800) as (metrics, _),
         TopicReader(stack.bootstrap, stack.names, Topic.WRITE_OUTCOMES) as reader,
         TopicReader(stack.bootstrap, stack.names, Topic.CRM_WRITES_DLQ) as dead,
         upstream(stack.bootstrap) as broker,
@@ -238,7 +238,7 @@ async def test_permanent_failures_are_rejected_per_record_while_the_rest_succeed
     # Latency is observed for the writes that succeeded (a twice, b, good1, good2), never for rejections.
     succeeded = sum(1 for s in outcomes(reader) if s.status == SUCCEEDED)
     assert succeeded == 5
-    assert sample(writer, "duplex_end_to_end_latency_seconds_count", stage="written") == succeeded
+    assert sample(metrics, "duplex_end_to_end_latency_seconds_count", stage="written") == succeeded
 
 
 async def test_locks_and_outages_are_retried_to_success(stack: Stack, faults: EmulatorProcess) -> None:

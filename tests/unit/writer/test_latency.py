@@ -10,13 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry
 
 from services.common.metrics import Metrics
 from services.writer.batching import Operation, RecordWrite
 from services.writer.commands import Delivery
-from services.writer.offsets import OffsetTracker
+from services.writer.inflight import InFlight
 from services.writer.payload import ItemError, Outcome, WriteResult
 from services.writer.settle import Settlement
 
@@ -58,10 +57,7 @@ async def publish(
 
 
 def delivery(token: str, origin_seconds_ago: float | None) -> Delivery:
-    origin = None
-    if origin_seconds_ago is not None:
-        origin = Timestamp()
-        origin.FromDatetime(NOW - timedelta(seconds=origin_seconds_ago))
+    origin = None if origin_seconds_ago is None else NOW - timedelta(seconds=origin_seconds_ago)
     return Delivery(
         token=token,
         command_id=f"cmd-{token}",
@@ -95,25 +91,21 @@ def write(*tokens: str) -> RecordWrite:
 REJECTED = (ItemError("REQUIRED_FIELD_MISSING", "Required fields are missing: [Name]"),)
 
 
-def settling(origins: dict[str, float | None], metrics: Metrics | None) -> tuple[Settlement, OffsetTracker]:
-    """A settlement of one command per token (its origin that many seconds ago), and its tracker."""
-    deliveries = {t: delivery(t, ago) for t, ago in origins.items()}
-    tracker = OffsetTracker()
-    for d in deliveries.values():
-        tracker.seen(d.partition, d.offset, 1)
+def settling(origins: dict[str, float | None], metrics: Metrics | None) -> tuple[Settlement, InFlight]:
+    """A settlement of one command per token (its origin that many seconds ago), and what is in flight."""
+    inflight = InFlight()
+    for token, ago in origins.items():
+        inflight.received(delivery(token, ago), 1)
     settlement = Settlement(
         publish=publish,
         outcomes_topic="write-outcomes",
         dead_letter_topic="crm-writes.dlq",
-        source_topic="crm-writes",
         database=Database(),
-        tracker=tracker,
-        deliveries=deliveries,
-        remaining=dict.fromkeys(origins, 1),
+        inflight=inflight,
         clock=lambda: NOW,
         metrics=metrics,
     )
-    return settlement, tracker
+    return settlement, inflight
 
 
 @pytest.mark.parametrize(
@@ -134,14 +126,14 @@ async def test_a_settled_write_observes_origin_to_written(
 ) -> None:
     tokens = [str(n) for n in range(len(origins))]
     metrics = Metrics(CollectorRegistry())
-    settlement, tracker = settling(dict(zip(tokens, origins, strict=True)), metrics)
+    settlement, inflight = settling(dict(zip(tokens, origins, strict=True)), metrics)
     errors = REJECTED if outcome is Outcome.REJECTED else ()
 
     await settlement.settle("acme", [(WriteResult(write(*tokens), outcome, record_id="001A", errors=errors), 1)])
 
     assert (metrics.registry.get_sample_value(f"{LATENCY}_count", WRITTEN) or 0) == count
     assert (metrics.registry.get_sample_value(f"{LATENCY}_sum", WRITTEN) or 0) == pytest.approx(total)
-    assert tracker.unfinished() == 0
+    assert inflight.unfinished() == 0
     # One record write settled, counted by its outcome on the service's own registry.
     settled = {o: metrics.registry.get_sample_value(RECORDS, {"tenant": "acme", "outcome": o}) for o in OUTCOMES}
     assert settled[str(outcome)] == 1
@@ -149,6 +141,6 @@ async def test_a_settled_write_observes_origin_to_written(
 
 
 async def test_without_metrics_a_write_still_settles() -> None:
-    settlement, tracker = settling({"0": 1.0}, None)
+    settlement, inflight = settling({"0": 1.0}, None)
     await settlement.settle("acme", [(WriteResult(write("0"), Outcome.SUCCEEDED, record_id="001A"), 1)])
-    assert tracker.committable() == {P: 1}
+    assert inflight.committable([P]) == {P: 1}

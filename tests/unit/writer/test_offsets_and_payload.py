@@ -8,10 +8,11 @@ from decimal import Decimal
 import pytest
 from duplex.writer.v1 import write_records_pb2
 
+from services.common.contract import to_field_value
 from services.common.errors import InvalidEvent
-from services.common.values import to_field_value
 from services.writer.batching import Batch, Operation, RecordWrite, Transport
 from services.writer.commands import MISSING_ARGUMENT, record_writes
+from services.writer.contract import command_of
 from services.writer.offsets import OffsetTracker
 from services.writer.payload import (
     Outcome,
@@ -131,15 +132,15 @@ def test_creates_with_an_external_id_become_upserts_and_incomplete_writes_are_re
     )
     command.records.add(link_id="l1", external_id_value="x1").fields["Name"].CopyFrom(to_field_value("A"))
     command.records.add(link_id="l2")
-    writes, refused = record_writes(command, "t1")
+    writes, refused = record_writes(command_of(command), "t1")
     assert [(w.link_id, w.operation) for w in writes] == [("l1", Operation.UPSERT), ("l2", Operation.CREATE)]
     assert refused == []
 
     command.operation = write_records_pb2.OPERATION_DELETE
-    writes, refused = record_writes(command, "t2")
+    writes, refused = record_writes(command_of(command), "t2")
     assert writes == []
     assert {r.code for r in refused} == {MISSING_ARGUMENT}
 
     command.operation = write_records_pb2.OPERATION_UNSPECIFIED
     with pytest.raises(InvalidEvent):
-        record_writes(command, "t3")
+        command_of(command)

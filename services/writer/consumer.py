@@ -1,0 +1,191 @@
+"""The crm-writes consumer: commands in, writes handed to their tenants, settled offsets committed.
+
+Offsets with batching
+=====================
+The crm-writes subscriber uses ``AckPolicy.MANUAL`` and never calls ``msg.ack()`` (which would
+commit *every* consumed position, including commands still waiting in a batch). Instead:
+
+1. the handler decodes a command, registers it in :class:`~services.writer.inflight.InFlight`
+   with the number of record writes it carries, hands the writes to its tenant's
+   :class:`~services.writer.tenant.TenantWriter` and returns (waiting only when that tenant
+   holds too many unsettled writes);
+2. when a write settles, :class:`~services.writer.settle.Settlement` produces its outcomes (and
+   DLQ record, and sync-log rows) durably, then tells ``InFlight``;
+3. a committer task commits, per partition, the lowest offset that still has unsettled writes
+   (or one past the last seen), with explicit offsets, every ``commit_interval_ms`` and on
+   partition revocation and shutdown.
+
+A crash therefore replays exactly the commands without every outcome produced (and the settled
+ones after them); the replay is harmless because creates are upserts on the external id,
+updates and deletes are by id, and outcomes are applied by version downstream.
+
+Shutdown
+========
+Stop fetching, let held writes settle, commit once more, and only then close the consumer (a
+commit issued while aiokafka closes its consumer never returns), then stop the tenants' loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from faststream import AckPolicy
+from faststream.kafka.annotations import KafkaMessage
+from faststream.params import NoCast
+
+from services.common.kafka import ServiceKafka
+from services.common.topics import Topic
+from services.writer.commands import Command, Delivery, record_writes
+from services.writer.contract import WriteRecords, command_of
+from services.writer.inflight import InFlight
+from services.writer.offsets import Partition
+from services.writer.tenant import TenantWriters
+
+log = logging.getLogger(__name__)
+
+COMMIT_TIMEOUT_SECONDS = 10.0
+# How often a shutdown looks whether every held write has settled.
+_DRAIN_POLL_SECONDS = 0.05
+# Tenant loops get this long beyond the grace to stop once cancelled.
+_STOP_MARGIN_SECONDS = 5.0
+
+
+class CommandConsumer:
+    """The crm-writes subscriber and its committer (see the module doc).
+
+    Declares its subscriber on ``kafka`` when built, so build it before the broker starts, and
+    enter :meth:`running` once it has.
+    """
+
+    def __init__(
+        self,
+        kafka: ServiceKafka,
+        *,
+        inflight: InFlight,
+        tenants: TenantWriters,
+        commit_interval: float,
+        shutdown_grace: float,
+    ) -> None:
+        self._inflight = inflight
+        self._tenants = tenants
+        self._commit_interval = commit_interval
+        self._shutdown_grace = shutdown_grace
+        self._tokens = itertools.count()
+        self._commit_lock = asyncio.Lock()
+        # Cleared by the shutdown's last commit: no commit may start while the consumer closes.
+        self._may_commit = True
+        self._subscriber = kafka.subscriber(
+            Topic.CRM_WRITES,
+            message_type=WriteRecords,
+            ack_policy=AckPolicy.MANUAL,
+            listener=_Rebalance(self),
+        )
+
+        @self._subscriber
+        async def on_write_records(message: NoCast[WriteRecords], msg: KafkaMessage) -> None:
+            record = msg.raw_message
+            assert not isinstance(record, tuple)  # not a batch subscriber
+            await self.handle(command_of(message), record)
+
+    async def handle(self, command: Command, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Register ``command`` and hand its writes to its tenant (module doc, step 1)."""
+        token = str(next(self._tokens))
+        writes, refused = record_writes(command, token)
+        delivery = Delivery(
+            token=token,
+            command_id=command.command_id,
+            tenant_id=command.tenant_id,
+            partition=(record.topic, record.partition),
+            offset=record.offset,
+            backfill=command.backfill,
+            origin_commit_time=command.origin_commit_time,
+            key=record.key,
+            headers=tuple(record.headers or ()),
+            timestamp_ms=record.timestamp,
+        )
+        items = len(writes) + len(refused)
+        self._inflight.received(delivery, items)
+        if items == 0:
+            return
+        tenant = self._tenants.of(command.tenant_id)
+        tenant.submit(writes, refused)
+        await tenant.room()
+
+    async def commit(self, only: list[Partition] | None = None) -> None:
+        """Commit every assigned partition's position that moved (of ``only``, when given)."""
+        consumer = self._subscriber.consumer
+        if consumer is None or not self._may_commit:
+            return
+        async with self._commit_lock:
+            assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            positions = self._inflight.committable(assigned if only is None else assigned.intersection(only))
+            if not positions:
+                return
+            try:
+                # Bounded: aiokafka retries a commit for as long as the coordinator is unknown, and
+                # forever once the consumer is closing. A commit given up is replayed, never lost.
+                async with asyncio.timeout(COMMIT_TIMEOUT_SECONDS):
+                    await consumer.commit({TopicPartition(t, p): o for (t, p), o in positions.items()})
+            except Exception as exc:
+                # A rebalance moved the partition or the broker is away: the next owner (or this
+                # one, on the next tick) goes on from the last commit that landed.
+                log.warning("offset commit failed", extra={"reason": str(exc) or type(exc).__name__})
+                return
+            self._inflight.committed(positions)
+
+    async def revoked(self, partitions: list[Partition]) -> None:
+        """Partitions taken away by a rebalance: commit what settled, forget the rest."""
+        await self.commit(only=partitions)
+        self._inflight.forget(partitions)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Committing every ``commit_interval`` until the block exits, then the shutdown (module doc)."""
+        committer = asyncio.get_running_loop().create_task(self._commit_loop(), name="writer-commits")
+        try:
+            yield
+        finally:
+            await self._shut_down(committer)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._commit_interval)
+            await self.commit()
+
+    async def _shut_down(self, committer: asyncio.Task[None]) -> None:
+        consumer = self._subscriber.consumer
+        if consumer is not None:
+            consumer.pause(*consumer.assignment())
+        await self._drain()
+        committer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await committer
+        await self.commit()
+        self._may_commit = False
+        await self._subscriber.stop()
+        await self._tenants.stop(within=self._shutdown_grace + _STOP_MARGIN_SECONDS)
+
+    async def _drain(self) -> None:
+        """Give held writes up to the shutdown grace to settle."""
+        deadline = time.monotonic() + self._shutdown_grace
+        # Settling is spread over every tenant's tasks; polling the one counter is simplest.
+        while self._inflight.unfinished() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: CommandConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._consumer.revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
