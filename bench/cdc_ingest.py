@@ -29,7 +29,8 @@ from duplex.change.v1 import record_changed_pb2
 from bench.report import Figure, Result
 from bench.stack import bench_stack, percentile
 from devstack.emulator import API_VERSION, EmulatorProcess, start_emulator
-from services.cdc_ingest.app import build_app, unlimited_budgets
+from services.cdc_ingest.app import run as run_cdc_ingest
+from services.cdc_ingest.app import unlimited_budgets
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
 from services.common.settings import KafkaSettings, PostgresSettings
@@ -177,8 +178,7 @@ async def _run() -> Result:
                 "BENCH_SF_SECRET": emulator.info["client_secret"],
                 "BENCH_SF_PASSWORD": emulator.info["password"],
             }
-            service = build_app(settings, environ=environ, budget_for=unlimited_budgets())
-            async with service.app:
+            async with run_cdc_ingest(settings, environ=environ, budget_for=unlimited_budgets()):
                 await _wait_backfilled(servers.dsn)
                 consumer = asyncio.create_task(_consume(servers.bootstrap_servers, topic, CHANGES))
                 await _write(emulator, CHANGES)

@@ -1,31 +1,31 @@
-"""Composition root: settings in, cdc-ingest (a FastStream app with no subscribers) out.
+"""Composition root: settings in, a running cdc-ingest out.
 
-cdc-ingest consumes Salesforce, not Kafka: the FastStream app owns the producer's lifecycle, and
-the supervisor (tenant leases → one worker per tenant) runs from start-up to shutdown.
+cdc-ingest consumes Salesforce, not Kafka: it has no subscribers, and the broker runs only for its
+producer. Every resource is opened in order on one exit stack (the pool, the HTTP client, the
+Pub/Sub channel, the governor's channel, the producer), then the supervisor (tenant leases → one
+worker per tenant) runs until the block exits; everything closes in reverse order, the supervisor
+first (it hands its leases back while the pool is still open).
 
 The rate-limit-governor: every REST call of a tenant goes through ``budget_for(tenant_id)``, a
 :class:`CallBudget`. By default (as in production) that is the governor's gRPC client
 (:class:`~services.common.governor_client.GovernorBudget`) at ``settings.governor_target``: each
 call is granted first (backfill reads at backfill priority, everything else live) and Salesforce's
-reported usage is passed on. The channel is opened at start-up and closed at shutdown. Tests and
-benchmarks may pass their own ``budget_for`` (e.g. :func:`unlimited_budgets`) instead.
+reported usage is passed on. Tests and benchmarks may pass their own ``budget_for`` (e.g.
+:func:`unlimited_budgets`) instead, and then no channel to the governor is opened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
-import grpc
 import httpx
-from faststream import FastStream
 
 from services.cdc_ingest.describe import field_summary
 from services.cdc_ingest.pubsub import ClientTokens, PubSubClient, open_channel
@@ -35,9 +35,12 @@ from services.cdc_ingest.sink import KafkaSink
 from services.cdc_ingest.store import Store
 from services.cdc_ingest.supervisor import Supervisor
 from services.cdc_ingest.worker import TenantWorker
+from services.common.db import create_pool, database_ready
 from services.common.governor_client import GovernorBudget
-from services.common.kafka import ServiceKafka, make_kafka
+from services.common.kafka import consuming, make_kafka
 from services.common.salesforce import CallBudget, SalesforceClient, UnlimitedBudget, env_secrets
+from services.common.service import Running
+from services.common.settings import environment
 from services.common.telemetry import Telemetry
 from services.common.tenant_config import load_current
 from services.common.topics import TopicNames, load_topic_table
@@ -45,12 +48,11 @@ from services.common.topics import TopicNames, load_topic_table
 BudgetFor = Callable[[str], CallBudget]
 
 
-@dataclass
-class CdcIngestApp:
-    app: FastStream
-    kafka: ServiceKafka
-    # Filled at start-up; tests look at it.
-    state: dict[str, Any] = field(default_factory=dict)
+@dataclass(frozen=True, kw_only=True)
+class RunningCdcIngest(Running):
+    supervisor: Supervisor
+    # The latest worker started for each tenant, kept after it stops (tests look at it).
+    workers: Mapping[str, TenantWorker]
 
 
 def unlimited_budgets() -> BudgetFor:
@@ -63,41 +65,48 @@ def _same_for_all(budget: CallBudget) -> BudgetFor:
     return lambda _tenant_id: budget
 
 
-def build_app(
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@asynccontextmanager
+async def run(
     settings: CdcIngestSettings,
-    *,
     telemetry: Telemetry | None = None,
+    *,
     environ: Mapping[str, str] | None = None,
     budget_for: BudgetFor | None = None,
-) -> CdcIngestApp:
+) -> AsyncIterator[RunningCdcIngest]:
+    """cdc-ingest serving its tenants until the block exits; tenants' secrets come from ``environ``
+    (the process environment when None)."""
     topic_names = TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)
     kafka = make_kafka(settings.kafka, service_name=settings.service_name, topic_names=topic_names, telemetry=telemetry)
     sink = KafkaSink(kafka)
-    secrets = env_secrets(dict(os.environ if environ is None else environ))
+    secrets = env_secrets(environment() if environ is None else dict(environ))
     metrics = telemetry.metrics if telemetry else None
-    service = CdcIngestApp(FastStream(kafka.broker), kafka)
-    state = service.state
-
-    async def start() -> None:
-        postgres = settings.postgres
-        pool = await asyncpg.create_pool(
-            dsn=postgres.dsn.get_secret_value(), min_size=postgres.pool_min_size, max_size=postgres.pool_max_size
-        )
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(create_pool(settings.postgres))
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else True
         )
-        http = httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(60.0, connect=10.0))
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(60.0, connect=10.0))
+        )
         channel = open_channel(settings.pubsub_target, settings.ca_file)
-        store = Store(pool, settings.replica_id)
-        state.update(pool=pool, http=http, channel=channel, store=store)
+        stack.push_async_callback(channel.close, None)
         budgets = budget_for
         if budgets is None:
             # One client serves every tenant: each request names its tenant.
             governed, governor = GovernorBudget.connect(
                 settings.governor_target, max_wait=timedelta(seconds=settings.governor_max_wait_seconds)
             )
-            state.update(governor=governor)
+            stack.push_async_callback(governor.close, None)
             budgets = _same_for_all(governed)
+        producing = await stack.enter_async_context(consuming(kafka, ready=(database_ready(pool),)))
+        store = Store(pool, settings.replica_id)
+        workers: dict[str, TenantWorker] = {}
 
         async def run_tenant(tenant_id: str) -> None:
             config = await load_current(pool, tenant_id)
@@ -126,32 +135,14 @@ def build_app(
                 sink=sink,
                 metrics=metrics,
             )
-            state.setdefault("workers", {})[tenant_id] = worker
+            workers[tenant_id] = worker
             await worker.run()
 
         supervisor = Supervisor(settings, store, run_tenant)
-        state["supervisor"] = supervisor
-        state["supervisor_task"] = asyncio.create_task(supervisor.run(), name="cdc-supervisor")
-
-    async def stop() -> None:
-        task: asyncio.Task[None] | None = state.pop("supervisor_task", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        channel: grpc.aio.Channel | None = state.pop("channel", None)
-        if channel is not None:
-            await channel.close(grace=None)
-        governor: grpc.aio.Channel | None = state.pop("governor", None)
-        if governor is not None:
-            await governor.close(grace=None)
-        http: httpx.AsyncClient | None = state.pop("http", None)
-        if http is not None:
-            await http.aclose()
-        pool = state.pop("pool", None)
-        if pool is not None:
-            await pool.close()
-
-    service.app.after_startup(start)
-    service.app.on_shutdown(stop)
-    return service
+        stack.push_async_callback(_cancel, asyncio.create_task(supervisor.run(), name="cdc-supervisor"))
+        yield RunningCdcIngest(
+            health=producing.health,
+            halt=producing.halt,
+            supervisor=supervisor,
+            workers=workers,
+        )

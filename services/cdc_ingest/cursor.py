@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from services.cdc_ingest.typed import COMPOUND_TYPES, FieldInfo
 
 SYSTEM_FIELDS = ("Id", "SystemModstamp", "IsDeleted")
+# Ids named in one query by id (by_ids_query, merge_losers_query); more are read in chunks of this.
+IDS_PER_QUERY = 200
 
 
 @dataclass(frozen=True, order=True)

@@ -82,3 +82,16 @@ def serving(streamed: Sequence[str], polled: Sequence[str], selected: Iterable[s
     chosen = {name.lower() for name in selected}
     missing = tuple(entity for entity in streamed if change_event_name(entity).lower() not in chosen)
     return Serving(tuple(e for e in streamed if e not in missing), (*polled, *missing), missing)
+
+
+@dataclass
+class Objects:
+    """A tenant's objects as its worker serves them, shared by the worker's parts: the selection
+    check at start may move streamed objects to polling, and every part then sees them moved."""
+
+    streamed: list[str]
+    polled: list[str]
+
+    @property
+    def every(self) -> list[str]:
+        return [*self.streamed, *self.polled]

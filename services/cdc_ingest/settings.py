@@ -9,7 +9,7 @@ from datetime import timedelta
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.settings import KafkaServiceSettings
 
 
 def _default_replica_id() -> str:
@@ -17,8 +17,8 @@ def _default_replica_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
-class CdcIngestSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="CDC_INGEST_", frozen=True, extra="ignore", env_nested_delimiter="__")
+class CdcIngestSettings(KafkaServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CDC_INGEST_")
 
     service_name: str = "cdc-ingest"
     replica_id: str = Field(default_factory=_default_replica_id)

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from duplex.change.v1 import record_changed_pb2
-
+from services.cdc_ingest.contract import RecordChanged
 from services.common.codec import record_key
 from services.common.dlq import ERROR_CLASS, ERROR_REASON, FAILED_AT, SERVICE
 from services.common.kafka import ServiceKafka
@@ -20,7 +19,7 @@ from services.common.topics import Topic
 
 
 class ChangeSink(Protocol):
-    async def publish(self, changes: Sequence[record_changed_pb2.RecordChanged]) -> None:
+    async def publish(self, changes: Sequence[RecordChanged]) -> None:
         """Return once every change is durably on crm-changes."""
 
     async def dead_letter(self, payload: bytes, *, tenant_id: str, reason: str, origin: dict[str, str]) -> None:
@@ -33,7 +32,7 @@ class KafkaSink:
         self._changes = kafka.publisher(Topic.CRM_CHANGES)
         self._dlq_topic = kafka.topic(kafka.topic_names.dlq_of(Topic.CRM_CHANGES))
 
-    async def publish(self, changes: Sequence[record_changed_pb2.RecordChanged]) -> None:
+    async def publish(self, changes: Sequence[RecordChanged]) -> None:
         futures: list[asyncio.Future[Any]] = []
         for change in changes:
             key = record_key(change.tenant_id, change.object_type, change.record_id)

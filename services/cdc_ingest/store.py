@@ -278,10 +278,3 @@ class Store:
         await self.pool.execute(
             "DELETE FROM tenant_leases WHERE tenant_id = $1 AND holder = $2", tenant_id, self.holder
         )
-
-    async def leased_elsewhere(self) -> int:
-        """Tenants held (unexpired) by other replicas."""
-        count: int = await self.pool.fetchval(
-            "SELECT count(*) FROM tenant_leases WHERE holder <> $1 AND expires_at > now()", self.holder
-        )
-        return count

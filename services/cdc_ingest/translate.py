@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from duplex.change.v1 import record_changed_pb2
-
 from services.cdc_ingest import bitmap
+from services.cdc_ingest.contract import RecordChanged, is_deletion, read_message, set_field, streamed_message
 from services.cdc_ingest.describe import MASTER_RECORD_ID
 from services.cdc_ingest.event_schema import HEADER_FIELD, ChangeEventSchema, flat_name
 from services.cdc_ingest.typed import COMPOUND_TYPES, FieldTypes, datetime_from_ms, typed
-from services.common.change import Change, ChangeKind, Side, to_proto
-from services.common.values import Reference, Value, to_field_value
+from services.common.change import Change, ChangeKind, Side
+from services.common.values import Reference, Value
 
 # Fixed forever: changing it would change every event id and defeat deduplication.
 EVENT_ID_NAMESPACE = uuid.UUID("5b0e9a8e-8c3c-4f59-9d0e-3c2f3f6c1d11")
@@ -72,7 +71,7 @@ class Translated:
 
     entity: str
     commit_time: datetime
-    changes: tuple[record_changed_pb2.RecordChanged, ...] = ()
+    changes: tuple[RecordChanged, ...] = ()
     order: GapOrder | OverflowOrder | None = None
 
 
@@ -193,10 +192,7 @@ def translate_event(
             transaction_key=str(header.get("transactionKey") or ""),
             sequence=int(header.get("sequenceNumber") or 0),
         )
-        message = to_proto(change)
-        message.source_position.replay_id = replay_id
-        message.source_position.channel = channel
-        messages.append(message)
+        messages.append(streamed_message(change, replay_id=replay_id, channel=channel))
     return Translated(entity, commit_time, tuple(messages))
 
 
@@ -206,9 +202,7 @@ def _deleted_fields(values: Mapping[str, Value]) -> dict[str, Value]:
     return {MASTER_RECORD_ID: master} if master is not None else {}
 
 
-def set_master_records(
-    changes: Iterable[record_changed_pb2.RecordChanged], masters: Mapping[tuple[str, str], str]
-) -> int:
+def set_master_records(changes: Iterable[RecordChanged], masters: Mapping[tuple[str, str], str]) -> int:
     """Put MasterRecordId on the DELETE changes of merge losers; ``masters``: (object, loser) → winner.
 
     Returns how many changes were given one.
@@ -216,8 +210,8 @@ def set_master_records(
     count = 0
     for change in changes:
         master = masters.get((change.object_type, change.record_id))
-        if master and change.kind == record_changed_pb2.CHANGE_KIND_DELETE:
-            change.fields[MASTER_RECORD_ID].CopyFrom(to_field_value(Reference(master)))
+        if master and is_deletion(change):
+            set_field(change, MASTER_RECORD_ID, Reference(master))
             count += 1
     return count
 
@@ -233,7 +227,7 @@ def read_change(
     cursor: str,
     channel: str,
     missing_since: datetime | None = None,
-) -> record_changed_pb2.RecordChanged:
+) -> RecordChanged:
     """A record read by REST/SOQL/Bulk (poll, gap repair, backfill) as a RecordChanged.
 
     The origin commit time is the record's SystemModstamp: the time of the state that was read.
@@ -252,7 +246,4 @@ def read_change(
         fields=_deleted_fields(values) if kind is ChangeKind.DELETE else dict(values),
         at=min(modstamp, missing_since) if missing_since else modstamp,
     )
-    message = to_proto(change)
-    message.source_position.cursor = cursor
-    message.source_position.channel = channel
-    return message
+    return read_message(change, cursor=cursor, channel=channel)

@@ -1,5 +1,9 @@
 """Shared set-up for cdc-ingest tests: a private org in the emulator, a tenant configured for it,
-cdc-ingest running in-process, and a reader of crm-changes."""
+cdc-ingest running in-process or as its own process, and a reader of crm-changes.
+
+Integration tests take the ``cdc`` fixture (a :class:`Harness`, see ``conftest.py``); the
+end-to-end tests, which run cdc-ingest as a process, use the functions it is built from.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,7 @@ from simple_salesforce.api import Salesforce
 from devstack.emulator import API_VERSION, ROOT, EmulatorProcess
 from devstack.health import wait_serving
 from devstack.ports import pick_free_ports
-from services.cdc_ingest.app import CdcIngestApp, build_app, unlimited_budgets
+from services.cdc_ingest.app import RunningCdcIngest, run, unlimited_budgets
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
 from services.common.settings import KafkaSettings, PostgresSettings
@@ -209,48 +214,6 @@ async def configure_tenant(dsn: str, document: dict[str, Any]) -> None:
         await connection.close()
 
 
-def settings(
-    *,
-    emulator: EmulatorProcess,
-    kafka_bootstrap: str,
-    topic_names: TopicNames,
-    dsn: str,
-    **overrides: Any,
-) -> CdcIngestSettings:
-    values: dict[str, Any] = {
-        "pubsub_target": emulator.grpc_target,
-        "ca_file": emulator.ca_cert,
-        "lease_renew_seconds": 0.5,
-        "lease_ttl_seconds": 5.0,
-        "poll_overlap_seconds": 2.0,
-        "reconnect_base_delay_seconds": 0.1,
-        "reconnect_max_delay_seconds": 1.0,
-        "bulk_poll_seconds": 0.2,
-    } | overrides
-    return CdcIngestSettings(
-        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_names.prefix),
-        postgres=PostgresSettings(dsn=dsn, pool_min_size=1, pool_max_size=4),
-        **values,
-    )
-
-
-@contextlib.asynccontextmanager
-async def running(
-    settings: CdcIngestSettings,
-    environ: dict[str, str],
-    *,
-    governed: bool = False,
-    telemetry: Telemetry | None = None,
-) -> AsyncIterator[CdcIngestApp]:
-    """cdc-ingest in-process; its calls are not budgeted unless ``governed`` (then the governor at
-    ``settings.governor_target`` grants them, as in production)."""
-    service = build_app(
-        settings, telemetry=telemetry, environ=environ, budget_for=None if governed else unlimited_budgets()
-    )
-    async with service.app:
-        yield service
-
-
 @dataclass
 class ChangeReader:
     """Everything published on crm-changes since the reader started."""
@@ -292,6 +255,84 @@ async def change_reader(kafka_bootstrap: str, topic_names: TopicNames) -> AsyncI
         yield ChangeReader(consumer)
     finally:
         await consumer.stop()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant configured for a private org of its own."""
+
+    id: str
+    org: Org
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        return secrets_for(self.id, self.org)
+
+
+@dataclass(frozen=True)
+class Harness:
+    """One test's emulator, Kafka topics and fresh, migrated database, and cdc-ingest over them."""
+
+    emulator: EmulatorProcess
+    kafka_bootstrap: str
+    topic_names: TopicNames
+    dsn: str
+
+    async def tenant(
+        self,
+        objects: Sequence[str],
+        *,
+        org_objects: dict[str, Any] | None = None,
+        user_options: dict[str, Any] | None = None,
+        poll_seconds: int = 5,
+        cap: int = 100_000,
+    ) -> Tenant:
+        """A new org (``org_objects`` and ``user_options`` as in :func:`create_org`) and a tenant
+        syncing ``objects`` of it."""
+        org = create_org(self.emulator, objects=org_objects, user_options=user_options)
+        tenant = Tenant(f"t-{uuid.uuid4().hex[:8]}", org)
+        await configure_tenant(self.dsn, tenant_document(tenant.id, org, objects, poll_seconds=poll_seconds, cap=cap))
+        return tenant
+
+    def settings(self, **overrides: Any) -> CdcIngestSettings:
+        """cdc-ingest's settings for this stack, quick to renew leases and reconnect."""
+        values: dict[str, Any] = {
+            "pubsub_target": self.emulator.grpc_target,
+            "ca_file": self.emulator.ca_cert,
+            "lease_renew_seconds": 0.5,
+            "lease_ttl_seconds": 5.0,
+            "poll_overlap_seconds": 2.0,
+            "reconnect_base_delay_seconds": 0.1,
+            "reconnect_max_delay_seconds": 1.0,
+            "bulk_poll_seconds": 0.2,
+        } | overrides
+        return CdcIngestSettings(
+            kafka=KafkaSettings(bootstrap_servers=self.kafka_bootstrap, topic_prefix=self.topic_names.prefix),
+            postgres=PostgresSettings(dsn=self.dsn, pool_min_size=1, pool_max_size=4),
+            **values,
+        )
+
+    def running(
+        self,
+        tenant: Tenant,
+        settings: CdcIngestSettings | None = None,
+        *,
+        governed: bool = False,
+        telemetry: Telemetry | None = None,
+    ) -> AbstractAsyncContextManager[RunningCdcIngest]:
+        """cdc-ingest in-process (``settings`` by default: :meth:`settings`); its calls are not
+        budgeted unless ``governed`` (then the governor at ``settings.governor_target`` grants them,
+        as in production)."""
+        return run(
+            settings or self.settings(),
+            telemetry,
+            environ=tenant.secrets,
+            budget_for=None if governed else unlimited_budgets(),
+        )
+
+    def reader(self) -> AbstractAsyncContextManager[ChangeReader]:
+        """A reader of everything published on crm-changes from now on."""
+        return change_reader(self.kafka_bootstrap, self.topic_names)
 
 
 async def sync_log(dsn: str, tenant_id: str) -> list[dict[str, Any]]:

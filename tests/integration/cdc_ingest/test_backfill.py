@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 import pytest
 from duplex.change.v1 import record_changed_pb2 as pb
 from typer.testing import CliRunner
 
-from devstack.emulator import EmulatorProcess
 from services.admin.cli import app as cli
-from services.common.settings import TelemetrySettings
-from services.common.telemetry import setup_telemetry
-from services.common.topics import TopicNames
-from tests.integration.cdc_ingest.harness import (
-    change_reader,
-    configure_tenant,
-    create_org,
-    in_thread,
-    prepare_database,
-    running,
-    secrets_for,
-    settings,
-    sync_log,
-    tenant_document,
-    wait_backfilled,
-)
+from tests.fixtures.telemetry import local_telemetry
+from tests.integration.cdc_ingest.harness import Harness, in_thread, sync_log, wait_backfilled
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -43,38 +27,23 @@ PAGE = 500
     ],
 )
 async def test_backfill_resumes_after_a_stop_without_starting_over(
-    method: str,
-    overrides: dict[str, int],
-    emulator: EmulatorProcess,
-    kafka_bootstrap: str,
-    topic_names: TopicNames,
-    fresh_database: str,
+    method: str, overrides: dict[str, int], cdc: Harness
 ) -> None:
-    org = create_org(emulator)
-    sf = org.salesforce()
+    tenant = await cdc.tenant(["Account"])
+    sf = tenant.org.salesforce()
     await in_thread(sf.bulk2.Account.insert, records=[{"Name": f"Existing {i:05d}"} for i in range(RECORDS)], wait=0.2)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
     # No overlap: the stream that takes over skips every event the snapshots already cover, so
     # everything seen here comes from the backfill.
-    config = settings(
-        emulator=emulator,
-        kafka_bootstrap=kafka_bootstrap,
-        topic_names=topic_names,
-        dsn=fresh_database,
-        poll_overlap_seconds=0,
-        **overrides,
-    )
+    config = cdc.settings(poll_overlap_seconds=0, **overrides)
 
-    telemetry = setup_telemetry(TelemetrySettings(), service_name="cdc-ingest", install_global=False)
-    async with change_reader(kafka_bootstrap, topic_names) as reader:
-        async with running(config, secrets_for(tenant, org)):
+    telemetry = local_telemetry("cdc-ingest")
+    async with cdc.reader() as reader:
+        async with cdc.running(tenant, config):
             await reader.until(lambda changes: len(changes) >= RECORDS // 3, within=60)
         stopped_at = len(reader.changes)
         assert stopped_at < RECORDS, "stopped too late to show a resume"
-        async with running(config, secrets_for(tenant, org), telemetry=telemetry):
-            await wait_backfilled(fresh_database, tenant, 1, within=90)
+        async with cdc.running(tenant, config, telemetry=telemetry):
+            await wait_backfilled(cdc.dsn, tenant.id, 1, within=90)
             await reader.until(lambda changes: len({c.record_id for c in changes}) >= RECORDS, within=30)
 
     assert {c.kind for c in reader.changes} == {pb.CHANGE_KIND_SNAPSHOT}
@@ -83,74 +52,67 @@ async def test_backfill_resumes_after_a_stop_without_starting_over(
     assert len({c.record_id for c in reader.changes}) == RECORDS
     # Resumed: at most the page in flight at the stop was published twice.
     assert len(reader.changes) <= RECORDS + PAGE
-    connection = await asyncpg.connect(fresh_database)
+    connection = await asyncpg.connect(cdc.dsn)
     try:
-        row = await connection.fetchrow("SELECT * FROM backfills WHERE tenant_id = $1", tenant)
+        row = await connection.fetchrow("SELECT * FROM backfills WHERE tenant_id = $1", tenant.id)
     finally:
         await connection.close()
     assert (row["status"], row["method"]) == ("done", method)
-    started = [r for r in await sync_log(fresh_database, tenant) if r["event"] == "cdc.backfill.started"]
+    started = [r for r in await sync_log(cdc.dsn, tenant.id) if r["event"] == "cdc.backfill.started"]
     assert len(started) == 1
     assert started[0]["detail"]["records"] == RECORDS
     registry = telemetry.registry
-    ingested = registry.get_sample_value("duplex_cdc_events_ingested_total", {"tenant": tenant, "source": "backfill"})
+    ingested = registry.get_sample_value(
+        "duplex_cdc_events_ingested_total", {"tenant": tenant.id, "source": "backfill"}
+    )
     assert ingested is not None
     assert 0 < ingested <= RECORDS
     # Snapshots are dated by the records' last edit: they say nothing of how far behind the
     # stream is, so a backfill sets no lag.
-    assert registry.get_sample_value("duplex_cdc_lag_seconds", {"tenant": tenant}) is None
+    assert registry.get_sample_value("duplex_cdc_lag_seconds", {"tenant": tenant.id}) is None
 
 
-async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_rest_or_bulk(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
+async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_rest_or_bulk(cdc: Harness) -> None:
     first, added, threshold = 50, 30, 60
-    org = create_org(emulator)
-    sf = org.salesforce()
+    tenant = await cdc.tenant(["Account"])
+    sf = tenant.org.salesforce()
     await in_thread(sf.bulk2.Account.insert, records=[{"Name": f"Again {i:03d}"} for i in range(first)], wait=0.2)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
     # 50 records are read by REST on first connection; 80 by the time of the request, by Bulk.
-    config = settings(
-        emulator=emulator,
-        kafka_bootstrap=kafka_bootstrap,
-        topic_names=topic_names,
-        dsn=fresh_database,
-        poll_overlap_seconds=0,
-        bulk_threshold=threshold,
-    )
+    config = cdc.settings(poll_overlap_seconds=0, bulk_threshold=threshold)
     runner = CliRunner()
 
     def snapshots(changes: list[pb.RecordChanged]) -> list[pb.RecordChanged]:
         return [c for c in changes if c.kind == pb.CHANGE_KIND_SNAPSHOT]
 
     async def method() -> str:
-        connection = await asyncpg.connect(fresh_database)
+        connection = await asyncpg.connect(cdc.dsn)
         try:
-            value: str = await connection.fetchval("SELECT method FROM backfills WHERE tenant_id = $1", tenant)
+            value: str = await connection.fetchval("SELECT method FROM backfills WHERE tenant_id = $1", tenant.id)
         finally:
             await connection.close()
         return value
 
-    async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
-        await wait_backfilled(fresh_database, tenant, 1)
+    async with cdc.reader() as reader, cdc.running(tenant, config):
+        await wait_backfilled(cdc.dsn, tenant.id, 1)
         await reader.until(lambda changes: len(snapshots(changes)) >= first, within=30)
         first_method = await method()
         more = [{"Name": f"More {i:03d}"} for i in range(added)]
         await in_thread(sf.bulk2.Account.insert, records=more, wait=0.2)
-        requested = await in_thread(runner.invoke, cli, ["backfill", tenant, "account", "--dsn", fresh_database])
-        unknown = await in_thread(runner.invoke, cli, ["backfill", tenant, "Lead", "--dsn", fresh_database])
+        requested = await in_thread(runner.invoke, cli, ["backfill", tenant.id, "account", "--dsn", cdc.dsn])
+        unknown = await in_thread(runner.invoke, cli, ["backfill", tenant.id, "Lead", "--dsn", cdc.dsn])
         total = first + (first + added)
         await reader.until(lambda changes: len(snapshots(changes)) >= total, within=60)
         for _ in range(100):  # the completion is logged just after the last snapshot is published
-            completed = [r for r in await sync_log(fresh_database, tenant) if r["event"] == "cdc.backfill.completed"]
+            completed = [r for r in await sync_log(cdc.dsn, tenant.id) if r["event"] == "cdc.backfill.completed"]
             if len(completed) == 2:
                 break
             await asyncio.sleep(0.1)
         second_method = await method()
 
-    assert (requested.exit_code, requested.output.strip()) == (0, f"backfill of account requested for tenant/{tenant}")
+    assert (requested.exit_code, requested.output.strip()) == (
+        0,
+        f"backfill of account requested for tenant/{tenant.id}",
+    )
     assert unknown.exit_code == 1
     assert "does not sync Lead (it syncs Account)" in unknown.output
     assert len(snapshots(reader.changes)) == total
@@ -158,5 +120,5 @@ async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_
     assert len(completed) == 2
     assert (first_method, second_method) == ("rest", "bulk")
     assert [r["detail"]["method"] for r in completed] == ["rest", "bulk"]
-    started = [r["detail"] for r in await sync_log(fresh_database, tenant) if r["event"] == "cdc.backfill.started"]
+    started = [r["detail"] for r in await sync_log(cdc.dsn, tenant.id) if r["event"] == "cdc.backfill.started"]
     assert [(d["records"], d["method"]) for d in started] == [(first, "rest"), (first + added, "bulk")]

@@ -4,64 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import asyncpg
 import pytest
 from duplex.change.v1 import record_changed_pb2 as pb
 from prometheus_client import CollectorRegistry
 
-from devstack.emulator import EmulatorProcess
-from services.common.settings import TelemetrySettings
-from services.common.telemetry import setup_telemetry
-from services.common.topics import TopicNames
-from tests.integration.cdc_ingest.harness import (
-    change_reader,
-    configure_tenant,
-    create_org,
-    in_thread,
-    prepare_database,
-    running,
-    secrets_for,
-    settings,
-    sync_log,
-    tenant_document,
-    wait_backfilled,
-    wait_checkpoint,
-)
+from tests.fixtures.telemetry import local_telemetry
+from tests.integration.cdc_ingest.harness import Harness, Tenant, in_thread, sync_log, wait_backfilled, wait_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def sample(registry: CollectorRegistry, name: str, tenant: str, **labels: str) -> float | None:
-    return registry.get_sample_value(name, {"tenant": tenant, **labels})
+def sample(registry: CollectorRegistry, name: str, tenant: Tenant, **labels: str) -> float | None:
+    return registry.get_sample_value(name, {"tenant": tenant.id, **labels})
 
 
-async def test_purged_replay_is_repaired_by_polling_including_records_sharing_one_modstamp(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
-    org = create_org(emulator)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
+async def test_purged_replay_is_repaired_by_polling_including_records_sharing_one_modstamp(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Account"])
+    org = tenant.org
     # Pages of 200 make the 1,000 same-timestamp records span five pages: only a tuple cursor
     # gets through them without skipping or looping.
-    config = settings(
-        emulator=emulator,
-        kafka_bootstrap=kafka_bootstrap,
-        topic_names=topic_names,
-        dsn=fresh_database,
-        poll_page_size=200,
-    )
+    config = cdc.settings(poll_page_size=200)
     sf = org.salesforce()
 
-    async with change_reader(kafka_bootstrap, topic_names) as reader:
-        async with running(config, secrets_for(tenant, org)):
-            await wait_backfilled(fresh_database, tenant, 1)
+    async with cdc.reader() as reader:
+        async with cdc.running(tenant, config):
+            await wait_backfilled(cdc.dsn, tenant.id, 1)
             kept = (await in_thread(sf.Account.create, {"Name": "Kept"}))["id"]
             doomed = (await in_thread(sf.Account.create, {"Name": "Doomed"}))["id"]
             await reader.until(lambda _: bool(reader.of(kept)) and bool(reader.of(doomed)))
-            await wait_checkpoint(fresh_database, tenant, reader.of(doomed)[0].source_position.replay_id)
+            await wait_checkpoint(cdc.dsn, tenant.id, reader.of(doomed)[0].source_position.replay_id)
 
         rows = [{"Name": f"Bulk {i:04d}"} for i in range(1000)]
         await in_thread(sf.bulk2.Account.insert, records=rows, wait=0.2)
@@ -76,8 +49,8 @@ async def test_purged_replay_is_repaired_by_polling_including_records_sharing_on
         purged = org.admin("POST", "/events/purge", {"older_than_seconds": 0})
         assert purged["purged"] > 1000
 
-        telemetry = setup_telemetry(TelemetrySettings(), service_name="cdc-ingest", install_global=False)
-        async with running(config, secrets_for(tenant, org), telemetry=telemetry):
+        telemetry = local_telemetry("cdc-ingest")
+        async with cdc.running(tenant, config, telemetry=telemetry):
             await reader.until(
                 lambda _: (
                     bulk_ids <= {c.record_id for c in reader.changes}
@@ -94,7 +67,7 @@ async def test_purged_replay_is_repaired_by_polling_including_records_sharing_on
     repaired = [c for c in reader.changes if c.record_id in bulk_ids]
     assert {c.kind for c in repaired} == {pb.CHANGE_KIND_SNAPSHOT}
     assert {c.source_position.channel for c in repaired} == {"catch_up:Account"}
-    events = [row["event"] for row in await sync_log(fresh_database, tenant)]
+    events = [row["event"] for row in await sync_log(cdc.dsn, tenant.id)]
     assert "cdc.replay.expired" in events
     assert "cdc.replay.repaired" in events
     registry = telemetry.registry
@@ -105,22 +78,14 @@ async def test_purged_replay_is_repaired_by_polling_including_records_sharing_on
     assert caught_up >= len(bulk_ids) + 2
 
 
-async def test_gap_and_overflow_events_are_repaired_by_re_reading(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
-    org = create_org(emulator)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
-    config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
+async def test_gap_and_overflow_events_are_repaired_by_re_reading(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Account"])
+    org = tenant.org
     sf = org.salesforce()
-    telemetry = setup_telemetry(TelemetrySettings(), service_name="cdc-ingest", install_global=False)
+    telemetry = local_telemetry("cdc-ingest")
 
-    async with (
-        change_reader(kafka_bootstrap, topic_names) as reader,
-        running(config, secrets_for(tenant, org), telemetry=telemetry),
-    ):
-        await wait_backfilled(fresh_database, tenant, 1)
+    async with cdc.reader() as reader, cdc.running(tenant, telemetry=telemetry):
+        await wait_backfilled(cdc.dsn, tenant.id, 1)
         one = (await in_thread(sf.Account.create, {"Name": "One"}))["id"]
         two = (await in_thread(sf.Account.create, {"Name": "Two"}))["id"]
         gone = (await in_thread(sf.Account.create, {"Name": "Gone"}))["id"]
@@ -174,7 +139,7 @@ async def test_gap_and_overflow_events_are_repaired_by_re_reading(
     assert {gap_born.source_position.channel, gap_back.source_position.channel} == {"gap:Account"}
     overflow = [c for c in reader.of(two) if c.source_position.channel == "overflow:Account"]
     assert overflow[-1].fields["Name"].string_value == "Two, again"
-    log = await sync_log(fresh_database, tenant)
+    log = await sync_log(cdc.dsn, tenant.id)
     gaps = [row for row in log if row["event"] == "cdc.gap.repaired"]
     assert len(gaps) == 4
     assert set(gaps[0]["detail"]["record_ids"]) == {one, two}
@@ -199,21 +164,16 @@ async def test_gap_and_overflow_events_are_repaired_by_re_reading(
     assert 0 <= lag < 60
 
 
-async def test_a_gap_whose_repair_fails_is_logged_as_detected_and_repaired_once_it_can_be(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
-    org = create_org(emulator)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
-    config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
+async def test_a_gap_whose_repair_fails_is_logged_as_detected_and_repaired_once_it_can_be(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Account"])
+    org = tenant.org
     sf = org.salesforce()
 
     async def events() -> list[str]:
-        return [row["event"] for row in await sync_log(fresh_database, tenant) if row["event"].startswith("cdc.gap.")]
+        return [row["event"] for row in await sync_log(cdc.dsn, tenant.id) if row["event"].startswith("cdc.gap.")]
 
-    async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
-        await wait_backfilled(fresh_database, tenant, 1)
+    async with cdc.reader() as reader, cdc.running(tenant):
+        await wait_backfilled(cdc.dsn, tenant.id, 1)
         one = (await in_thread(sf.Account.create, {"Name": "One"}))["id"]
         await reader.until(lambda _: bool(reader.of(one)))
         # Salesforce's REST API down (Pub/Sub still delivering): the re-read cannot be made.
@@ -240,34 +200,22 @@ async def test_a_gap_whose_repair_fails_is_logged_as_detected_and_repaired_once_
     assert reader.of(one)[1].source_position.channel == "gap:Account"
 
 
-async def test_a_polled_object_keeps_its_first_cursor_so_changes_between_runs_are_found(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
-    org = create_org(emulator, objects={"Case": {"cdc_enabled": False}})
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Case"], poll_seconds=5))
+async def test_a_polled_object_keeps_its_first_cursor_so_changes_between_runs_are_found(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Case"], org_objects={"Case": {"cdc_enabled": False}}, poll_seconds=5)
     # No backfill and, on the first run, nothing to read: only the starting point is there to save.
-    config = settings(
-        emulator=emulator,
-        kafka_bootstrap=kafka_bootstrap,
-        topic_names=topic_names,
-        dsn=fresh_database,
-        polled_objects=("Case",),
-        backfill_on_first_connect=False,
-    )
-    sf = org.salesforce()
+    config = cdc.settings(polled_objects=("Case",), backfill_on_first_connect=False)
+    sf = tenant.org.salesforce()
 
     async def cursor_saved() -> bool:
-        connection = await asyncpg.connect(fresh_database)
+        connection = await asyncpg.connect(cdc.dsn)
         try:
-            found = await connection.fetchval("SELECT count(*) FROM poll_cursors WHERE tenant_id = $1", tenant)
+            found = await connection.fetchval("SELECT count(*) FROM poll_cursors WHERE tenant_id = $1", tenant.id)
         finally:
             await connection.close()
         return bool(found)
 
-    async with change_reader(kafka_bootstrap, topic_names) as reader:
-        async with running(config, secrets_for(tenant, org)):
+    async with cdc.reader() as reader:
+        async with cdc.running(tenant, config):
             deadline = time.monotonic() + 30
             while not await cursor_saved():
                 assert time.monotonic() < deadline, "no poll cursor saved by the first run"
@@ -275,7 +223,7 @@ async def test_a_polled_object_keeps_its_first_cursor_so_changes_between_runs_ar
         case = (await in_thread(sf.Case.create, {"Subject": "Filed while nobody polled"}))["id"]
         # Longer than the overlap (2 s): a next run starting from its own now() would miss it.
         await asyncio.sleep(3)
-        async with running(config, secrets_for(tenant, org)):
+        async with cdc.running(tenant, config):
             await reader.until(lambda _: bool(reader.of(case)), within=30)
 
     (found,) = reader.of(case)
@@ -283,24 +231,12 @@ async def test_a_polled_object_keeps_its_first_cursor_so_changes_between_runs_ar
     assert found.source_position.channel == "poll:Case"
 
 
-async def test_objects_without_cdc_are_polled(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
-    org = create_org(emulator, objects={"Case": {"cdc_enabled": False}})
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account", "Case"], poll_seconds=5))
-    config = settings(
-        emulator=emulator,
-        kafka_bootstrap=kafka_bootstrap,
-        topic_names=topic_names,
-        dsn=fresh_database,
-        polled_objects=("Case",),
-    )
-    sf = org.salesforce()
+async def test_objects_without_cdc_are_polled(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Account", "Case"], org_objects={"Case": {"cdc_enabled": False}}, poll_seconds=5)
+    sf = tenant.org.salesforce()
 
-    async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
-        await wait_backfilled(fresh_database, tenant, 2)
+    async with cdc.reader() as reader, cdc.running(tenant, cdc.settings(polled_objects=("Case",))):
+        await wait_backfilled(cdc.dsn, tenant.id, 2)
         case = (await in_thread(sf.Case.create, {"Subject": "Printer on fire"}))["id"]
         await reader.until(lambda _: bool(reader.of(case)), within=30)
         await in_thread(sf.Case.delete, case)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,37 +14,22 @@ import pytest
 from duplex.governor.v1 import governor_pb2
 from prometheus_client import CollectorRegistry
 
-from devstack.emulator import EmulatorProcess
 from services.common.governor_client import GovernorBudget
-from services.common.metrics import Metrics
-from services.common.settings import PostgresSettings, TelemetrySettings
-from services.common.telemetry import setup_telemetry
-from services.common.topics import TopicNames
-from services.rate_limit_governor.app import running_governor
+from services.common.settings import PostgresSettings
+from services.common.telemetry import Telemetry
+from services.rate_limit_governor.app import run as run_governor
 from services.rate_limit_governor.settings import GovernorSettings
-from tests.integration.cdc_ingest.harness import (
-    CALL_OPTIONS_CLIENT,
-    Org,
-    change_reader,
-    configure_tenant,
-    create_org,
-    in_thread,
-    prepare_database,
-    running,
-    secrets_for,
-    settings,
-    tenant_document,
-    wait_backfilled,
-)
+from tests.fixtures.telemetry import local_telemetry
+from tests.integration.cdc_ingest.harness import CALL_OPTIONS_CLIENT, Harness, Org, Tenant, in_thread, wait_backfilled
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 @contextlib.asynccontextmanager
-async def governor(dsn: str, metrics: Metrics | None = None) -> AsyncIterator[str]:
+async def governor(dsn: str, telemetry: Telemetry | None = None) -> AsyncIterator[str]:
     config = GovernorSettings(port=0, postgres=PostgresSettings(dsn=dsn))
-    async with running_governor(config, metrics=metrics) as (_, port):
-        yield f"127.0.0.1:{port}"
+    async with run_governor(config, telemetry) as running:
+        yield f"127.0.0.1:{running.port}"
 
 
 def calls_by_ingest(org: Org) -> int:
@@ -54,22 +38,22 @@ def calls_by_ingest(org: Org) -> int:
     return int(usage["by_client"].get(CALL_OPTIONS_CLIENT, 0))
 
 
-async def budget_of(target: str, tenant_id: str) -> governor_pb2.Budget:
+async def budget_of(target: str, tenant: Tenant) -> governor_pb2.Budget:
     budget, channel = GovernorBudget.connect(target)
     try:
-        return await budget.budget(tenant_id)
+        return await budget.budget(tenant.id)
     finally:
         await channel.close(None)
 
 
-def api_calls(registry: CollectorRegistry, tenant: str) -> dict[tuple[str, str], float]:
+def api_calls(registry: CollectorRegistry, tenant: Tenant) -> dict[tuple[str, str], float]:
     """duplex_api_calls_total of ``tenant`` by (api, priority)."""
     return {
         (s.labels["api"], s.labels["priority"]): s.value
         for metric in registry.collect()
         if metric.name == "duplex_api_calls"
         for s in metric.samples
-        if s.name == "duplex_api_calls_total" and s.labels["tenant"] == tenant
+        if s.name == "duplex_api_calls_total" and s.labels["tenant"] == tenant.id
     }
 
 
@@ -87,37 +71,25 @@ async def settled_calls(org: Org, *, quiet: float = 3.0, within: float = 60.0) -
     return last
 
 
-async def test_every_call_is_granted_and_counted_by_the_governor(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
-    org = create_org(emulator)
+async def test_every_call_is_granted_and_counted_by_the_governor(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Account"])
+    org = tenant.org
     sf = org.salesforce()
     await in_thread(sf.bulk2.Account.insert, records=[{"Name": f"Existing {i:03d}"} for i in range(30)], wait=0.2)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
 
-    governor_metrics = Metrics(CollectorRegistry())
-    telemetry = setup_telemetry(TelemetrySettings(), service_name="cdc-ingest", install_global=False)
-    async with (
-        governor(fresh_database, governor_metrics) as target,
-        change_reader(kafka_bootstrap, topic_names) as reader,
-    ):
-        config = settings(
-            emulator=emulator,
-            kafka_bootstrap=kafka_bootstrap,
-            topic_names=topic_names,
-            dsn=fresh_database,
-            governor_target=target,
-            poll_page_size=10,
-        )
-        async with running(config, secrets_for(tenant, org), governed=True, telemetry=telemetry):
-            await wait_backfilled(fresh_database, tenant, 1)
+    governor_telemetry = local_telemetry("rate-limit-governor")
+    telemetry = local_telemetry("cdc-ingest")
+    async with governor(cdc.dsn, governor_telemetry) as target, cdc.reader() as reader:
+        config = cdc.settings(governor_target=target, poll_page_size=10)
+        async with cdc.running(tenant, config, governed=True, telemetry=telemetry):
+            await wait_backfilled(cdc.dsn, tenant.id, 1)
             await reader.until(lambda changes: len({c.record_id for c in changes}) >= 30)
             calls = await settled_calls(org)
             budget = await budget_of(target, tenant)
             counted = api_calls(telemetry.registry, tenant)
-            remaining = governor_metrics.registry.get_sample_value("duplex_api_budget_remaining", {"tenant": tenant})
+            remaining = governor_telemetry.registry.get_sample_value(
+                "duplex_api_budget_remaining", {"tenant": tenant.id}
+            )
 
     # At least count, describe and 4 pages of 10 (the last one empty).
     assert calls >= 6, calls
@@ -132,29 +104,18 @@ async def test_every_call_is_granted_and_counted_by_the_governor(
     assert remaining == budget.remaining, (remaining, budget.remaining)
 
 
-async def test_a_backfill_stops_at_the_tenants_daily_cap(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
+async def test_a_backfill_stops_at_the_tenants_daily_cap(cdc: Harness) -> None:
     records, page, cap = 200, 10, 10
-    org = create_org(emulator)
+    tenant = await cdc.tenant(["Account"], cap=cap)
+    org = tenant.org
     sf = org.salesforce()
     await in_thread(sf.bulk2.Account.insert, records=[{"Name": f"Existing {i:03d}"} for i in range(records)], wait=0.2)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"], cap=cap))
 
-    async with governor(fresh_database) as target, change_reader(kafka_bootstrap, topic_names) as reader:
-        config = settings(
-            emulator=emulator,
-            kafka_bootstrap=kafka_bootstrap,
-            topic_names=topic_names,
-            dsn=fresh_database,
-            governor_target=target,
-            governor_max_wait_seconds=1,
-            bulk_threshold=1_000_000,
-            poll_page_size=page,
+    async with governor(cdc.dsn) as target, cdc.reader() as reader:
+        config = cdc.settings(
+            governor_target=target, governor_max_wait_seconds=1, bulk_threshold=1_000_000, poll_page_size=page
         )
-        async with running(config, secrets_for(tenant, org), governed=True):
+        async with cdc.running(tenant, config, governed=True):
             await reader.until(lambda changes: len(changes) >= page)
             # The worker fails on the refusal and the supervisor restarts it every lease round
             # (0.5 s here): it keeps asking, and is refused before any call is made.
@@ -167,9 +128,9 @@ async def test_a_backfill_stops_at_the_tenants_daily_cap(
     assert budget.remaining == cap - calls
     published = {c.record_id for c in reader.changes}
     assert 0 < len(published) < records
-    connection = await asyncpg.connect(fresh_database)
+    connection = await asyncpg.connect(cdc.dsn)
     try:
-        status = await connection.fetchval("SELECT status FROM backfills WHERE tenant_id = $1", tenant)
+        status = await connection.fetchval("SELECT status FROM backfills WHERE tenant_id = $1", tenant.id)
     finally:
         await connection.close()
     assert status == "running"

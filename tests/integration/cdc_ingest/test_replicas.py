@@ -8,7 +8,6 @@ import asyncio
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,23 +17,16 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from devstack.emulator import EmulatorProcess
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.store import LeaseLostError, Store
-from services.common.topics import TopicNames
 from tests.integration.cdc_ingest.harness import (
     ChangeReader,
+    Harness,
     Org,
-    change_reader,
     checkpoint_of,
-    configure_tenant,
-    create_org,
     governor_process,
     in_thread,
-    prepare_database,
-    secrets_for,
     start_service,
-    tenant_document,
     wait_backfilled,
     wait_checkpoint,
 )
@@ -111,17 +103,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 async def test_replicas_share_tenants_and_take_over_a_killed_one_without_losing_changes(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str, tmp_path: Path
+    cdc: Harness, tmp_path: Path
 ) -> None:
-    dsn = fresh_database
+    dsn = cdc.dsn
     started = time.monotonic()
-    orgs = [create_org(emulator) for _ in range(TENANTS)]
-    tenants = sorted(f"t{i}-{uuid.uuid4().hex[:8]}" for i in range(TENANTS))
-    await prepare_database(dsn)
-    secrets: dict[str, str] = {}
-    for tenant, org in zip(tenants, orgs, strict=True):
-        await configure_tenant(dsn, tenant_document(tenant, org, ["Account"]))
-        secrets |= secrets_for(tenant, org)
+    configured = [await cdc.tenant(["Account"]) for _ in range(TENANTS)]
+    tenants = [tenant.id for tenant in configured]
+    orgs = [tenant.org for tenant in configured]
+    secrets = {name: value for tenant in configured for name, value in tenant.secrets.items()}
     logs = {replica: tmp_path / f"{replica}.log" for replica in (A, B)}
 
     def log_tails() -> str:
@@ -129,13 +118,13 @@ async def test_replicas_share_tenants_and_take_over_a_killed_one_without_losing_
 
     written: list[str] = []
     with governor_process(dsn, tmp_path / "governor.log") as governor:
-        async with change_reader(kafka_bootstrap, topic_names) as reader:
+        async with cdc.reader() as reader:
 
             def start(replica: str) -> subprocess.Popen[bytes]:
                 return start_service(
-                    emulator,
-                    kafka_bootstrap,
-                    topic_names,
+                    cdc.emulator,
+                    cdc.kafka_bootstrap,
+                    cdc.topic_names,
                     dsn,
                     secrets,
                     logs[replica],

@@ -8,41 +8,24 @@ under the right reason. (The same paths against a scripted channel: tests/unit/c
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from duplex.change.v1 import record_changed_pb2
 from prometheus_client import CollectorRegistry
 
-from devstack.emulator import EmulatorProcess
-from services.common.settings import TelemetrySettings
-from services.common.telemetry import setup_telemetry
-from services.common.topics import TopicNames
-from tests.integration.cdc_ingest.harness import (
-    Org,
-    change_reader,
-    configure_tenant,
-    create_org,
-    in_thread,
-    prepare_database,
-    running,
-    secrets_for,
-    settings,
-    tenant_document,
-    wait_backfilled,
-)
+from tests.fixtures.telemetry import local_telemetry
+from tests.integration.cdc_ingest.harness import Harness, Org, Tenant, in_thread, wait_backfilled
 
 # --- against the emulator ------------------------------------------------------------------------
 
 
-def reconnects(registry: CollectorRegistry, tenant: str) -> dict[str, float]:
+def reconnects(registry: CollectorRegistry, tenant: Tenant) -> dict[str, float]:
     """duplex_cdc_reconnects_total of ``tenant`` by reason."""
     return {
         sample.labels["reason"]: sample.value
         for metric in registry.collect()
         if metric.name == "duplex_cdc_reconnects"
         for sample in metric.samples
-        if sample.name == "duplex_cdc_reconnects_total" and sample.labels["tenant"] == tenant
+        if sample.name == "duplex_cdc_reconnects_total" and sample.labels["tenant"] == tenant.id
     }
 
 
@@ -58,22 +41,14 @@ async def create_account(org: Org, name: str) -> str:
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-async def test_a_dropped_stream_and_an_expired_token_are_reconnected_and_counted(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
-    org = create_org(emulator)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
-    config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
-    telemetry = setup_telemetry(TelemetrySettings(), service_name="cdc-ingest", install_global=False)
+async def test_a_dropped_stream_and_an_expired_token_are_reconnected_and_counted(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Account"])
+    org = tenant.org
+    telemetry = local_telemetry("cdc-ingest")
     registry = telemetry.registry
 
-    async with (
-        change_reader(kafka_bootstrap, topic_names) as reader,
-        running(config, secrets_for(tenant, org), telemetry=telemetry),
-    ):
-        await wait_backfilled(fresh_database, tenant, 1)
+    async with cdc.reader() as reader, cdc.running(tenant, telemetry=telemetry):
+        await wait_backfilled(cdc.dsn, tenant.id, 1)
         # Once a change came through, the subscription is open (and the one the faults hit).
         before = await create_account(org, "Before the faults")
         await reader.until(lambda _: bool(reader.of(before)))

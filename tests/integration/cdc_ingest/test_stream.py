@@ -5,47 +5,29 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 from duplex.change.v1 import record_changed_pb2 as pb
 
-from devstack.emulator import EmulatorProcess
-from services.common.change import ChangeKind, from_proto
-from services.common.topics import TopicNames
+from services.common.change import ChangeKind
+from services.common.contract import from_proto
 from services.common.values import Reference
-from tests.integration.cdc_ingest.harness import (
-    CLIENT,
-    change_reader,
-    configure_tenant,
-    create_org,
-    in_thread,
-    prepare_database,
-    running,
-    secrets_for,
-    settings,
-    tenant_document,
-    wait_backfilled,
-    wait_checkpoint,
-)
+from tests.integration.cdc_ingest.harness import CLIENT, Harness, in_thread, wait_backfilled, wait_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-async def test_changes_arrive_with_kinds_values_fields_and_origin(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
-    org = create_org(emulator)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account", "Contact"]))
-    config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
+async def test_changes_arrive_with_kinds_values_fields_and_origin(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Account", "Contact"])
+    org = tenant.org
     sf = org.salesforce()
 
-    async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
-        await wait_backfilled(fresh_database, tenant, 2)
+    async with cdc.reader() as reader, cdc.running(tenant) as service:
+        assert await service.health.is_ready()
+        assert await service.health.is_live()
+        await wait_backfilled(cdc.dsn, tenant.id, 2)
         account = (
             await in_thread(
                 sf.Account.create,
@@ -62,6 +44,8 @@ async def test_changes_arrive_with_kinds_values_fields_and_origin(
         await in_thread(org.undelete, account)
 
         await reader.until(lambda _: len(reader.of(account)) >= 4 and len(reader.of(contact)) >= 1)
+    # Stopped: the pool and the producer are closed.
+    assert not await service.health.is_ready()
 
     create, update, delete, undelete = (from_proto(m) for m in reader.of(account))
     assert create.kind is ChangeKind.CREATE
@@ -105,39 +89,33 @@ async def test_changes_arrive_with_kinds_values_fields_and_origin(
     assert contact_create.fields["AccountId"] == Reference(account)
     for message in reader.of(account) + reader.of(contact):
         assert message.origin_side == pb.SIDE_CRM
-        assert message.tenant_id == tenant
+        assert message.tenant_id == tenant.id
         assert len(message.source_position.replay_id) == 8
         assert message.source_position.channel == "/data/ChangeEvents"
     assert len({m.event_id for m in reader.changes}) == len(reader.changes)
 
 
-async def test_restart_resumes_after_the_checkpoint_with_nothing_lost(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
-    org = create_org(emulator)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
-    config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
-    sf = org.salesforce()
+async def test_restart_resumes_after_the_checkpoint_with_nothing_lost(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Account"])
+    sf = tenant.org.salesforce()
 
-    async with change_reader(kafka_bootstrap, topic_names) as reader:
-        async with running(config, secrets_for(tenant, org)):
-            await wait_backfilled(fresh_database, tenant, 1)
+    async with cdc.reader() as reader:
+        async with cdc.running(tenant):
+            await wait_backfilled(cdc.dsn, tenant.id, 1)
             first = (await in_thread(sf.Account.create, {"Name": "Before the stop"}))["id"]
             await reader.until(lambda _: bool(reader.of(first)))
-            await wait_checkpoint(fresh_database, tenant, reader.of(first)[0].source_position.replay_id)
+            await wait_checkpoint(cdc.dsn, tenant.id, reader.of(first)[0].source_position.replay_id)
         # Stopped: these changes happen while nobody listens.
         while_down = [(await in_thread(sf.Account.create, {"Name": f"While down {i}"}))["id"] for i in range(5)]
         await in_thread(sf.Account.update, first, {"Name": "Renamed while down"})
-        async with running(config, secrets_for(tenant, org)):
+        async with cdc.running(tenant):
             await reader.until(lambda _: all(reader.of(r) for r in while_down) and len(reader.of(first)) >= 2)
             # Checkpoints follow Kafka's acks, so the last one may land just after its event is read.
-            await wait_checkpoint(fresh_database, tenant, reader.of(first)[-1].source_position.replay_id)
+            await wait_checkpoint(cdc.dsn, tenant.id, reader.of(first)[-1].source_position.replay_id)
 
-    connection = await asyncpg.connect(fresh_database)
+    connection = await asyncpg.connect(cdc.dsn)
     try:
-        checkpoint = await connection.fetchrow("SELECT * FROM replay_checkpoints WHERE tenant_id = $1", tenant)
+        checkpoint = await connection.fetchrow("SELECT * FROM replay_checkpoints WHERE tenant_id = $1", tenant.id)
     finally:
         await connection.close()
     assert checkpoint is not None
@@ -152,18 +130,13 @@ async def test_restart_resumes_after_the_checkpoint_with_nothing_lost(
     )
 
 
-async def test_a_merge_losers_delete_carries_the_master_and_the_masters_update_arrives(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
-    org = create_org(emulator)
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account"]))
-    config = settings(emulator=emulator, kafka_bootstrap=kafka_bootstrap, topic_names=topic_names, dsn=fresh_database)
+async def test_a_merge_losers_delete_carries_the_master_and_the_masters_update_arrives(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Account"])
+    org = tenant.org
     sf = org.salesforce()
 
-    async with change_reader(kafka_bootstrap, topic_names) as reader, running(config, secrets_for(tenant, org)):
-        await wait_backfilled(fresh_database, tenant, 1)
+    async with cdc.reader() as reader, cdc.running(tenant):
+        await wait_backfilled(cdc.dsn, tenant.id, 1)
         master = (await in_thread(sf.Account.create, {"Name": "Acme"}))["id"]
         loser = (await in_thread(sf.Account.create, {"Name": "Acme Inc."}))["id"]
         plain = (await in_thread(sf.Account.create, {"Name": "Deleted the ordinary way"}))["id"]
@@ -187,32 +160,22 @@ async def test_a_merge_losers_delete_carries_the_master_and_the_masters_update_a
     assert not ordinary.fields
 
 
-async def test_every_synced_object_is_described_into_postgres_for_mapping_at_start(
-    emulator: EmulatorProcess, kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
-) -> None:
+async def test_every_synced_object_is_described_into_postgres_for_mapping_at_start(cdc: Harness) -> None:
     # The formula field of the emulator's seed, in this test's own org.
     formula = {"name": "Is_Key_Account__c", "type": "boolean", "formula": "AnnualRevenue >= 1000000"}
-    org = create_org(emulator, objects={"Account": {"fields": [formula]}, "Case": {"cdc_enabled": False}})
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    await prepare_database(fresh_database)
-    await configure_tenant(fresh_database, tenant_document(tenant, org, ["Account", "Case"]))
-    # No backfill, and Case polled: only the start-up describe can have written the rows.
-    config = settings(
-        emulator=emulator,
-        kafka_bootstrap=kafka_bootstrap,
-        topic_names=topic_names,
-        dsn=fresh_database,
-        backfill_on_first_connect=False,
-        polled_objects=("Case",),
+    tenant = await cdc.tenant(
+        ["Account", "Case"], org_objects={"Account": {"fields": [formula]}, "Case": {"cdc_enabled": False}}
     )
+    # No backfill, and Case polled: only the start-up describe can have written the rows.
+    config = cdc.settings(backfill_on_first_connect=False, polled_objects=("Case",))
 
-    async with running(config, secrets_for(tenant, org)):
+    async with cdc.running(tenant, config):
         deadline = time.monotonic() + 30
         while True:
-            connection = await asyncpg.connect(fresh_database)
+            connection = await asyncpg.connect(cdc.dsn)
             try:
                 rows = await connection.fetch(
-                    "SELECT object_name, fields, described_at FROM crm_object_fields WHERE tenant_id = $1", tenant
+                    "SELECT object_name, fields, described_at FROM crm_object_fields WHERE tenant_id = $1", tenant.id
                 )
             finally:
                 await connection.close()

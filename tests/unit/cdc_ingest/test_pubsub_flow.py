@@ -19,7 +19,8 @@ from services.cdc_ingest.pubsub import PubSubClient, PubSubUnavailableError, Sta
 from services.cdc_ingest.rest import SalesforceRest
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.store import Store
-from services.cdc_ingest.worker import StreamState, TenantWorker
+from services.cdc_ingest.stream import StreamState
+from services.cdc_ingest.worker import TenantWorker
 from services.common.salesforce import Session
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.tenant_config import parse_tenant_config
@@ -245,7 +246,7 @@ async def stream_until(channel: ScriptedChannel, done: Callable[[Checkpoints], b
         sink=NoSink(),
         sleep=no_pause,
     )
-    task = asyncio.create_task(worker.stream(StreamState(Start.after((1).to_bytes(8, "big")))))
+    task = asyncio.create_task(worker.stream.run(StreamState(Start.after((1).to_bytes(8, "big")))))
     try:
         async with asyncio.timeout(5):
             while not done(store):

@@ -21,7 +21,8 @@ from services.cdc_ingest.translate import (
     translate_event,
 )
 from services.cdc_ingest.typed import FieldInfo
-from services.common.change import ChangeKind, from_proto
+from services.common.change import ChangeKind
+from services.common.contract import from_proto
 from services.common.values import Reference
 from tests.unit.cdc_ingest.schemas import account_schema, encode, header
 

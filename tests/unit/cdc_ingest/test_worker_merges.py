@@ -16,7 +16,8 @@ from services.cdc_ingest.sink import ChangeSink
 from services.cdc_ingest.store import Store
 from services.cdc_ingest.translate import read_change
 from services.cdc_ingest.worker import TenantWorker
-from services.common.change import ChangeKind, from_proto
+from services.common.change import ChangeKind
+from services.common.contract import from_proto
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.tenant_config import parse_tenant_config
 from services.common.values import Reference
@@ -143,7 +144,7 @@ async def test_merge_losers_deletions_carry_their_master(
 ) -> None:
     rest = FakeRest({"Account"}, recycle_bin)
     messages = [change(*c) for c in changes]
-    await worker(rest)._add_masters(messages)
+    await worker(rest).stream.add_masters(messages)
     assert len(rest.queries) == queries
     assert all("IsDeleted = true" in q for q in rest.queries)
     carried = {m.record_id: from_proto(m).fields.get("MasterRecordId") for m in messages}

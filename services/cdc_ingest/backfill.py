@@ -1,0 +1,155 @@
+"""Backfills: a snapshot of every record of an object, by REST (paged, tuple cursor) or by a Bulk 2.0
+query job above ``bulk_threshold`` records, resumable after a stop from its saved progress.
+
+They run on the first connection (before the stream starts) and whenever one is requested while
+the tenant is served (services.common.backfills).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from services.cdc_ingest.cursor import Cursor
+from services.cdc_ingest.publisher import Publisher
+from services.cdc_ingest.reading import RecordReader
+from services.cdc_ingest.rest import BulkJobGoneError, SalesforceRest
+from services.cdc_ingest.selection import Objects
+from services.cdc_ingest.settings import CdcIngestSettings
+from services.cdc_ingest.store import Backfill, Store
+
+log = logging.getLogger(__name__)
+
+
+def _begun(state: Backfill) -> bool:
+    """Whether a backfill has read anything (a job created, a page published)."""
+    return state.job_id is not None or state.cursor is not None or state.emitted > 0
+
+
+class Backfiller:
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        settings: CdcIngestSettings,
+        rest: SalesforceRest,
+        store: Store,
+        reader: RecordReader,
+        publisher: Publisher,
+        objects: Objects,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.tenant_id = tenant_id
+        self._settings = settings
+        self._rest = rest
+        self._store = store
+        self._reader = reader
+        self._publisher = publisher
+        self._objects = objects
+        self._sleep = sleep
+        self._running: set[str] = set()
+
+    async def backfill_all(self) -> datetime:
+        """Backfill every configured object not yet done; the earliest start among them."""
+        starts = [await self.backfill(entity) for entity in self._objects.every]
+        return min(starts, default=datetime.now(UTC))
+
+    async def on_demand(self) -> None:
+        """Run backfills requested while the tenant is served (status 'running', not ours yet)."""
+        while True:
+            await self._sleep(self._settings.lease_renew_seconds)
+            for entity in self._objects.every:
+                if entity in self._running:
+                    continue
+                state = await self._store.backfill(self.tenant_id, entity)
+                if state is not None and state.status == "running":
+                    await self.backfill(entity)
+
+    async def backfill(self, entity: str) -> datetime:
+        """Snapshot every record of ``entity`` (resuming an interrupted run); its start time."""
+        self._running.add(entity)
+        try:
+            state = await self._store.backfill(self.tenant_id, entity)
+            if state is None or (state.status == "running" and not _begun(state)):
+                # A requested backfill (services.common.backfills) arrives without a count, and
+                # the count may have crossed the threshold since the last one: choose here, while
+                # nothing has been read and switching method costs nothing.
+                count = await self._rest.count(entity)
+                method = "bulk" if count > self._settings.bulk_threshold else "rest"
+                if state is None:
+                    await self._store.start_backfill(self.tenant_id, entity, method)
+                elif state.method != method:
+                    await self._store.choose_backfill_method(self.tenant_id, entity, method)
+                await self._store.log_event(
+                    self.tenant_id,
+                    "cdc.backfill.started",
+                    message=f"backfill of {entity} ({count} records) by {method}",
+                    detail={"entity": entity, "records": count, "method": method},
+                )
+                state = await self._store.backfill(self.tenant_id, entity)
+            assert state is not None
+            if state.status == "done":
+                return state.started_at
+            if state.method == "bulk":
+                emitted = await self._bulk(entity, state.job_id, state.locator, state.emitted)
+            else:
+                emitted = await self._rest_pages(entity, state.cursor, state.emitted)
+            await self._store.finish_backfill(self.tenant_id, entity)
+            await self._store.log_event(
+                self.tenant_id,
+                "cdc.backfill.completed",
+                message=f"backfill of {entity} done: {emitted} snapshot(s) published",
+                detail={"entity": entity, "published": emitted, "method": state.method},
+            )
+            return state.started_at
+        finally:
+            self._running.discard(entity)
+
+    async def _rest_pages(self, entity: str, cursor: Cursor | None, emitted: int) -> int:
+        async def save(at: Cursor, published: int) -> None:
+            await self._store.backfill_progress(
+                self.tenant_id, entity, job_id=None, locator=None, cursor=at, emitted=emitted + published
+            )
+
+        published = await self._reader.read_window(entity, cursor, "backfill", save=save, all_rows=False, backfill=True)
+        return emitted + published
+
+    async def _bulk(self, entity: str, job_id: str | None, locator: str | None, emitted: int) -> int:
+        """Read ``entity`` with a Bulk 2.0 query job, resuming at the job's locator.
+
+        The query has no ORDER BY: Bulk API 2.0 does not support it, and using it turns off the
+        automatic PK chunking, so a large object's query runs long and may time out (Salesforce's
+        Bulk API 2.0 "SOQL considerations" and "Troubleshooting query timeouts"). Without an
+        order there is no "after the last record emitted", so a resume goes by the job's own
+        locator; a job that is gone (deleted 7 days after it completed) is replaced by a new
+        one over the whole object, re-publishing snapshots whose event ids stay the same for an
+        unchanged record.
+        """
+        fields = await self._reader.select(entity)
+        types = await self._rest.fields(entity)
+        while True:
+            if job_id is None:
+                job_id, locator = await self._rest.create_query_job(f"SELECT {', '.join(fields)} FROM {entity}"), None
+                await self._store.backfill_progress(
+                    self.tenant_id, entity, job_id=job_id, locator=None, cursor=None, emitted=emitted
+                )
+            try:
+                await self._rest.wait_for_job(job_id, self._settings.bulk_poll_seconds)
+                while True:
+                    page = await self._rest.job_page(job_id, locator, self._settings.bulk_page_size)
+                    changes = [self._reader.csv_change(entity, row, types) for row in page.rows]
+                    await self._publisher.publish(changes, "backfill")
+                    emitted += len(changes)
+                    locator = page.next_locator
+                    await self._store.backfill_progress(
+                        self.tenant_id, entity, job_id=job_id, locator=locator, cursor=None, emitted=emitted
+                    )
+                    if locator is None:
+                        return emitted
+            except BulkJobGoneError:
+                log.warning(
+                    "bulk job gone, reading the object again with a new one",
+                    extra={"tenant_id": self.tenant_id, "job": job_id},
+                )
+                job_id = None
