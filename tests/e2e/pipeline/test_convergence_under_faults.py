@@ -45,11 +45,11 @@ from devstack.pipeline import SERVICES, Pipeline, PipelineConfig
 from devstack.postgres import PostgresServer, dsn_with_database
 from services.admin.config_store import ConfigStore
 from services.common.codec import decode_event
+from services.common.contract import to_value
 from services.common.db import migrate
 from services.common.dlq import ERROR_REASON
 from services.common.tenant_config import parse_tenant_config
 from services.common.topics import Topic, TopicNames
-from services.common.values import to_value
 from tests.e2e.pipeline.world import (
     FIELDS,
     REP_CLIENT,

@@ -16,7 +16,8 @@ from faststream.kafka import KafkaBroker
 from google.protobuf.message import Message
 
 from services.admin.config_store import ConfigStore
-from services.common.change import Change, ChangeKind, Side, to_proto
+from services.common.change import Change, ChangeKind, Side
+from services.common.contract import to_proto
 from services.common.db import migrate
 from services.common.kafka import make_broker
 from services.common.settings import KafkaSettings

@@ -44,9 +44,9 @@ from duplex.change.v1 import record_changed_pb2
 from duplex.mapping.v1 import change_mapped_pb2
 from duplex.writer.v1 import write_records_pb2
 
-from services.common.change import Side, from_proto
+from services.common.change import Side
+from services.common.contract import from_proto, to_value
 from services.common.topics import Topic, TopicNames
-from services.common.values import to_value
 from services.conflict_resolver.contract import output_id
 from services.mapping.links import mapped_event_id
 from tests.e2e.sync.harness import TopicReader, prepare_database

@@ -32,9 +32,10 @@ from google.protobuf.message import Message
 
 from services.common.change import ChangeKind, Side
 from services.common.codec import encode_event, event_headers, link_key, record_key
+from services.common.contract import to_value
 from services.common.tenant_config import ConflictPolicy
 from services.common.topics import Topic, TopicNames
-from services.common.values import Value, is_blank, to_value
+from services.common.values import Value, is_blank
 from services.mapping.links import external_id_for, link_id_for
 from tests.e2e.sync.harness import CLIENT, TENANT, record_changed
 
