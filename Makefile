@@ -10,6 +10,9 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := .cache/buf/node_modules/.bin/buf
+# Node.js Salesforce clients the conformance tests drive (tests/conformance/node), installed from its lock file.
+NODE_CONFORMANCE := .cache/node-conformance
+JSFORCE := $(NODE_CONFORMANCE)/node_modules/.package-lock.json
 STACK := $(PY) -m devstack
 PROTOS := $(shell find proto -name '*.proto')
 GRPC_PROTOS := $(shell grep -l '^service ' $(PROTOS))
@@ -28,6 +31,13 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .cache/buf @bufbuild/buf@$(BUF_VERSION)
 
+# npm ci installs exactly the committed lock; the copy keeps node_modules out of the source tree.
+$(JSFORCE): tests/conformance/node/package.json tests/conformance/node/package-lock.json
+	mkdir -p $(NODE_CONFORMANCE)
+	cp tests/conformance/node/package.json tests/conformance/node/package-lock.json $(NODE_CONFORMANCE)/
+	npm ci --silent --no-audit --no-fund --ignore-scripts --prefix $(NODE_CONFORMANCE)
+	@touch $@
+
 gen/python/.stamp: $(PROTOS) $(VENV)/.synced
 	rm -rf gen/python && mkdir -p gen/python
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto \
@@ -40,6 +50,8 @@ setup: $(VENV)/.synced gen/python/.stamp ## Install Python deps (uv, locked), ge
 	$(STACK) install
 
 proto: gen/python/.stamp ## Generate Python (+ typed stubs) from proto/
+
+node-conformance: $(JSFORCE) ## Install the Node.js Salesforce client (jsforce, locked) the conformance tests drive
 
 proto-lint: $(BUF) ## Lint the proto tree (buf, STANDARD rules)
 	cd proto && ../$(BUF) lint
@@ -55,7 +67,7 @@ fmt: $(VENV)/.synced ## Format the Python code
 typecheck: $(VENV)/.synced gen/python/.stamp ## mypy --strict
 	$(VENV)/bin/mypy services tests bench deploy/local examples
 
-test: setup lint typecheck ## Install everything tests need, then lint, typecheck and run every test (not the slow marker)
+test: setup node-conformance lint typecheck ## Install everything tests need, then lint, typecheck and run every test (not the slow marker)
 	$(PY) -m pytest
 
 test-unit: $(VENV)/.synced gen/python/.stamp ## Only the fast unit tests
@@ -91,4 +103,4 @@ helm-check: $(VENV)/.synced gen/python/.stamp ## Build helm (Go, once), lint and
 clean: stack-down ## Remove generated code and local state (keeps downloaded jars)
 	rm -rf gen var .mypy_cache .ruff_cache .pytest_cache
 
-.PHONY: help setup proto proto-lint lint fmt typecheck test test-unit stack-up stack-down stack-status emulator demo bench clean helm-check
+.PHONY: help setup proto node-conformance proto-lint lint fmt typecheck test test-unit stack-up stack-down stack-status emulator demo bench clean helm-check

@@ -3,12 +3,16 @@ log, the HTTP APIs and the gRPC server into one :class:`Emulator`; :func:`run` s
 HTTPS (uvicorn) and gRPC in one asyncio loop.
 
 Every call under ``/services/data/vXX.X/`` passes the :class:`ApiGateway` first, which does what
-Salesforce's front door does before a handler runs: authenticate the Bearer token (401
-INVALID_SESSION_ID), pass the :class:`~services.salesforce_emulator.gateway.FrontDoor` (injected
+Salesforce's front door does before a handler runs: judge the version (410 GONE when retired, 404
+NOT_FOUND when unknown or for a resource that version does not have yet; see :mod:`.versions`), authenticate
+the Bearer token (401 INVALID_SESSION_ID), pass the :class:`~services.salesforce_emulator.gateway.FrontDoor` (injected
 latency and outages, 503 SERVER_UNAVAILABLE; the rolling 24-hour allocation, 403
 REQUEST_LIMIT_EXCEEDED when exhausted) and stamp ``Sforce-Limit-Info`` on the response. SOAP data
 calls pass the same front door. Handlers receive the resulting
 :class:`~services.salesforce_emulator.context.CallContext` through the ``call_context`` dependency.
+
+Every HTTP response, whichever router or error handler made it, leaves with Salesforce's header-name
+spelling (:mod:`.wire`) and, when it is an error, Salesforce's error body (:mod:`.errors`).
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ from services.salesforce_emulator.soap import build_soap_router
 from services.salesforce_emulator.store import RecordStore
 from services.salesforce_emulator.tls import TlsFiles, ensure_certificates
 from services.salesforce_emulator.tooling import build_tooling_router
+from services.salesforce_emulator.versions import build_versions_router, check_resource, check_version
+from services.salesforce_emulator.wire import SalesforceApp
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +76,8 @@ Clock = Callable[[], float]
 # Open gRPC calls (Pub/Sub subscriptions) get this long to finish when the emulator stops.
 GRPC_STOP_GRACE_SECONDS = 2.0
 
-_API_PATH = re.compile(r"^/services/data/v(?P<version>\d+\.\d+)(?:/|$)")
+# Any ``/services/data/v…`` path: the version part is judged (served, retired or unknown) by check_version.
+_API_PATH = re.compile(r"^/services/data/v(?P<version>[^/]*)(?P<rest>/.*)?$")
 
 
 def call_context(request: Request) -> CallContext:
@@ -107,6 +114,12 @@ class ApiGateway:
         if match is None:
             await self._app(scope, receive, send)
             return
+        try:
+            # A retired version is gone for everyone, signed in or not: 410 before authentication.
+            version = check_version(match["version"])
+        except SalesforceError as error:
+            await JSONResponse(error.rest_body(), status_code=error.http_status)(scope, receive, send)
+            return
         headers = Headers(scope=scope)
         scheme, _, token = headers.get("authorization", "").partition(" ")
         session = self._oauth.authenticate(token.strip()) if scheme.lower() in ("bearer", "oauth") else None
@@ -117,13 +130,15 @@ class ApiGateway:
         client = parse_call_options(headers.get("sforce-call-options"))
         try:
             used, maximum = await self._front_door.admit(org, client)
+            segments = [s for s in (match["rest"] or "").split("/") if s]
+            check_resource(version, scope["method"], segments)
         except SalesforceError as error:
             await self._reply(error, org, scope, receive, send)
             return
         scope.setdefault("state", {})["call_context"] = CallContext(
             org_id=org.org_id,
             user_id=session.user_id,
-            api_version=match["version"],
+            api_version=version,
             api_name=_api_name(scope["path"]),
             client=client,
         )
@@ -291,10 +306,11 @@ def build_app(settings: EmulatorSettings, *, clock: Clock = time.time) -> Emulat
         clock=clock,
     )
 
-    app = FastAPI(title="Salesforce emulator", docs_url=None, redoc_url=None, openapi_url=None)
+    app = SalesforceApp(title="Salesforce emulator", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
+    app.include_router(build_versions_router(call_context, oauth.identity_url))
     app.include_router(build_oauth_router(oauth))
-    app.include_router(build_soap_router(orgs, oauth, store, front_door))
+    app.include_router(build_soap_router(orgs, oauth, store, front_door, clock=clock))
     app.include_router(build_limits_router(usage, orgs, call_context))
     app.include_router(
         build_admin_router(
@@ -412,6 +428,9 @@ async def run(settings: EmulatorSettings, telemetry: Telemetry | None = None) ->
             lifespan="off",
             # Access logs would print query strings, and /revoke and /userinfo accept tokens there.
             access_log=False,
+            # Salesforce sends no "server: uvicorn", and its Date is spelt "Date": the app stamps it (wire.py).
+            server_header=False,
+            date_header=False,
             log_level="warning",
             timeout_graceful_shutdown=5,
         )

@@ -22,9 +22,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from services.salesforce_emulator import ids
 from services.salesforce_emulator.context import CallContext
 from services.salesforce_emulator.errors import SalesforceError, not_found
-from services.salesforce_emulator.rest import Reply, check_version, json_body, render
+from services.salesforce_emulator.rest import Reply, json_body, render
 from services.salesforce_emulator.store import RecordStore, Transaction
 from services.salesforce_emulator.validation import format_datetime
+from services.salesforce_emulator.versions import check_resource, check_version
 
 Operation = Literal["insert", "update", "upsert", "delete", "hardDelete"]
 OPERATIONS: tuple[str, ...] = ("insert", "update", "upsert", "delete", "hardDelete")
@@ -403,6 +404,7 @@ def build_bulk_ingest_router(
 
     def versioned(request: Request, ctx: CallContext) -> CallContext:
         version = check_version(str(request.path_params.get("version", "")))
+        check_resource(version, "GET", ["jobs", "ingest"])
         return replace(ctx, api_version=version)
 
     async def create(request: Request, ctx: CallContext = ctx_dependency) -> Response:

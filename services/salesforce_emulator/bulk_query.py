@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from services.salesforce_emulator.context import CallContext
 from services.salesforce_emulator.errors import SalesforceError, not_found
 from services.salesforce_emulator.ids import IdFactory
-from services.salesforce_emulator.query_api import SUPPORTED_VERSIONS, QueryService
+from services.salesforce_emulator.query_api import QueryService
 from services.salesforce_emulator.soql_engine import (
     Execution,
     RecordSource,
@@ -37,6 +37,7 @@ from services.salesforce_emulator.soql_engine import (
     flat_values,
     parse_rest_datetime,
 )
+from services.salesforce_emulator.versions import check_resource, check_version
 
 JOB_PREFIX = "750"
 DELIMITERS: Mapping[str, str] = {
@@ -335,8 +336,8 @@ def build_bulk_query_router(
     Ctx = Annotated[CallContext, Depends(call_context)]  # noqa: N806
 
     def versioned(ctx: CallContext, version: str) -> CallContext:
-        if version not in SUPPORTED_VERSIONS:
-            raise not_found()
+        check_version(version)
+        check_resource(version, "GET", ["jobs", "query"])
         return CallContext(ctx.org_id, ctx.user_id, version, "bulkapi", ctx.client)
 
     @router.post(base)

@@ -1,7 +1,8 @@
 """What Salesforce's front door does to every counted API call, whichever API it uses.
 
-REST and Bulk calls pass it in :class:`~services.salesforce_emulator.app.ApiGateway`; SOAP data
-calls (``undelete``, ``merge``) pass it in the SOAP router once the session header is read. Both
+REST and Bulk calls pass it in :class:`~services.salesforce_emulator.app.ApiGateway`; SOAP calls
+made in a session (``undelete``, ``merge``, ``getUserInfo``, ``getServerTimestamp``) pass it in the
+SOAP router once the session header is read. Both
 must see the same injected latency and outages and draw on the same rolling allocation, or a
 client could dodge faults and limits by switching API.
 """

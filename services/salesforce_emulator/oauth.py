@@ -8,7 +8,9 @@ codes live in memory for their short life.
 
 PKCE follows RFC 7636 with S256 only: ``plain`` is refused at ``/authorize``; at ``/token`` a
 missing or mismatched verifier is ``invalid_grant`` and a verifier of the wrong shape is
-``invalid_request``.
+``invalid_request``. Verifiers may be longer than RFC 7636's 128 characters, as Salesforce allows:
+its documentation asks for 128 random bytes, base64url-encoded (171 characters), and jsforce (which
+Salesforce's own CLI uses against real orgs) sends exactly that by default.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from services.salesforce_emulator.orgs import OAuthClient, Org, OrgRegistry, Use
 Clock = Callable[[], float]
 TokenKind = Literal["access", "refresh"]
 
-_PKCE_SHAPE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+# RFC 7636's alphabet and minimum; Salesforce publishes no maximum, so a generous bound only keeps
+# absurd input out (see the module docstring for why 128 is too few).
+_PKCE_SHAPE = re.compile(r"^[A-Za-z0-9\-._~]{43,1024}$")
 _CHALLENGE_SHAPE = re.compile(r"^[A-Za-z0-9\-_]{43}$")
 _REFRESH_SCOPES = frozenset({"refresh_token", "offline_access"})
 

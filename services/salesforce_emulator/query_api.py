@@ -33,8 +33,8 @@ from services.salesforce_emulator.soql_engine import (
     execute,
 )
 from services.salesforce_emulator.soql_parser import parse
+from services.salesforce_emulator.versions import check_version
 
-SUPPORTED_VERSIONS: tuple[str, ...] = tuple(f"{v}.0" for v in range(57, 63))
 DEFAULT_BATCH_SIZE = 2000
 MIN_BATCH_SIZE = 200
 MAX_BATCH_SIZE = 2000
@@ -226,8 +226,8 @@ def run_query_url(
     segments = [s for s in parts.path.split("/") if s]
     if len(segments) < 4 or segments[:2] != ["services", "data"] or not segments[2].startswith("v"):
         raise not_found()
-    version, resource, rest = segments[2][1:], segments[3], segments[4:]
-    if version not in SUPPORTED_VERSIONS or resource not in ("query", "queryAll") or len(rest) > 1:
+    version, resource, rest = check_version(segments[2][1:]), segments[3], segments[4:]
+    if resource not in ("query", "queryAll") or len(rest) > 1:
         raise not_found()
     lowered = {k.lower(): v for k, v in (headers or {}).items()}
     batch_size = batch_size_from_header(lowered.get("sforce-query-options"))
@@ -265,9 +265,7 @@ def build_query_router(
     Soql = Annotated[str | None, Query()]  # noqa: N806
 
     def versioned(ctx: CallContext, version: str) -> CallContext:
-        if version not in SUPPORTED_VERSIONS:
-            raise not_found()
-        return replace(ctx, api_version=version)
+        return replace(ctx, api_version=check_version(version))
 
     # JSONResponse skips FastAPI's recursive jsonable_encoder: pages are already plain JSON values.
     def first_page(

@@ -38,8 +38,8 @@ from services.salesforce_emulator.validation import (
     parse_datetime,
     plan_for,
 )
+from services.salesforce_emulator.versions import check_resource, check_version
 
-SUPPORTED_VERSIONS: tuple[str, ...] = ("57.0", "58.0", "59.0", "60.0", "61.0", "62.0")
 MAX_COLLECTION = 200
 MAX_COMPOSITE = 25
 _DAY_MS = 86_400_000
@@ -69,12 +69,6 @@ class Reply:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
-
-
-def check_version(version: str) -> str:
-    if version not in SUPPORTED_VERSIONS:
-        raise not_found()
-    return version
 
 
 def json_body(raw: bytes) -> Any:
@@ -404,6 +398,7 @@ class DataApi:
             raise not_found()
         version = check_version(m.group(1))
         segments = [unquote(s) for s in m.group(2).split("/") if s]
+        check_resource(version, method.upper(), segments)
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         route = _Route(method.upper(), segments, params, version, url)
         return self._route(ctx, route, body, headers, txn)
@@ -1051,27 +1046,13 @@ def render(reply: Reply) -> Response:
     )
 
 
-def versions_body() -> list[dict[str, str]]:
-    return [{"label": _LABELS.get(v, f"v{v}"), "url": f"/services/data/v{v}", "version": v} for v in SUPPORTED_VERSIONS]
-
-
-_LABELS = {
-    "57.0": "Spring '23",
-    "58.0": "Summer '23",
-    "59.0": "Winter '24",
-    "60.0": "Spring '24",
-    "61.0": "Summer '24",
-    "62.0": "Winter '25",
-}
-
-
 def build_data_router(
     store: RecordStore,
     call_context: Callable[..., Any],
     *,
     query_handler: QueryHandler,
 ) -> APIRouter:
-    """Routes for ``/services/data/`` and the ``sobjects``/``composite`` resources of every version.
+    """Routes for the ``sobjects``/``composite`` resources of every version.
 
     Paths are absolute (include the router without a prefix). ``call_context`` is a FastAPI
     dependency returning the authenticated :class:`CallContext`; ``query_handler`` serves the
@@ -1081,9 +1062,6 @@ def build_data_router(
     router = APIRouter()
     # A default, not an Annotated alias: postponed annotations cannot see this function's locals.
     ctx_dependency = Depends(call_context)
-
-    async def versions() -> Response:
-        return render(Reply(200, versions_body()))
 
     async def handle(request: Request, ctx: CallContext = ctx_dependency) -> Response:
         version = request.path_params.get("version", "")
@@ -1098,8 +1076,6 @@ def build_data_router(
         return render(reply)
 
     methods = ["GET", "POST", "PATCH", "DELETE"]
-    router.add_api_route("/services/data", versions, methods=["GET"], include_in_schema=False)
-    router.add_api_route("/services/data/", versions, methods=["GET"])
     for resource in ("sobjects", "composite"):
         router.add_api_route(f"/services/data/v{{version}}/{resource}", handle, methods=methods)
         router.add_api_route(f"/services/data/v{{version}}/{resource}/{{rest:path}}", handle, methods=methods)
@@ -1107,7 +1083,6 @@ def build_data_router(
 
 
 __all__ = [
-    "SUPPORTED_VERSIONS",
     "DataApi",
     "Reply",
     "build_data_router",

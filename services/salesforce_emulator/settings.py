@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.salesforce_emulator.versions import LATEST_VERSION, OLDEST_VERSION, SUPPORTED_VERSIONS
 
 IN_MEMORY = ":memory:"
 
@@ -37,14 +38,14 @@ class EmulatorSettings(ServiceSettings):
     # Guards /__emulator__/*. A random one is made per start when none is configured, and is handed
     # out only on the start-up JSON line.
     admin_token: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_urlsafe(32)))
-    default_api_version: str = "62.0"
+    # The version named in the start-up line: the latest Salesforce release the emulator serves.
+    default_api_version: str = LATEST_VERSION
 
     @field_validator("default_api_version")
     @classmethod
-    def _version_shape(cls, value: str) -> str:
-        major, dot, minor = value.partition(".")
-        if not (major.isdigit() and dot and minor.isdigit()):
-            msg = f"API versions look like 62.0, not {value!r}"
+    def _served_version(cls, value: str) -> str:
+        if value not in SUPPORTED_VERSIONS:
+            msg = f"must be an API version the emulator serves ({OLDEST_VERSION} to {LATEST_VERSION}), not {value!r}"
             raise ValueError(msg)
         return value
 

@@ -1,8 +1,16 @@
 """The partner SOAP API's ``login`` call, the way Salesforce's own examples and simple-salesforce log in,
-and its ``undelete`` and ``merge`` calls (Salesforce's REST API has neither).
+``logout`` (which clients send to end a SOAP session), ``getUserInfo`` and ``getServerTimestamp``
+(which clients call right after logging in), and ``undelete`` and ``merge`` (Salesforce's REST API
+has neither).
 
-``undelete`` and ``merge`` pass the same front door as REST calls (latency and outage faults, the
-API allocation, ``Sforce-Limit-Info``); they also report usage in a ``LimitInfoHeader``.
+The session calls and the data calls pass the same front door as REST calls (latency and outage
+faults, the API allocation, ``Sforce-Limit-Info``) and report usage in a ``LimitInfoHeader``;
+``login`` and ``logout`` start and end a session and are not API requests.
+
+Versions follow Salesforce: a version it does not serve (retired 21.0-30.0 and older, or unknown)
+is a 500 ``UNSUPPORTED_API_VERSION`` fault, and ``login`` does not exist from API version 65.0 on
+(Salesforce removed it there and retires it everywhere in Summer '27; see "SOAP API login()
+Retirement" in the SOAP API developer guide).
 
 Clients read the response by position (the official Pub/Sub Python example takes ``result[3]``,
 ``result[4]``, ``result[6]`` and ``userInfo[8]``), so the elements are written in exactly
@@ -15,40 +23,50 @@ an ignored query string), or log in here yourself and pass ``session_id`` + ``in
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Request, Response
 
+from services.common.tenant_config.api_versions import version_number
 from services.salesforce_emulator.context import CallContext
 from services.salesforce_emulator.errors import SalesforceError
 from services.salesforce_emulator.gateway import LIMIT_HEADER, FrontDoor
 from services.salesforce_emulator.oauth import OAuthService
 from services.salesforce_emulator.orgs import Org, OrgRegistry, User, derived_id
 from services.salesforce_emulator.store import RecordStore
+from services.salesforce_emulator.versions import SUPPORTED_VERSIONS
 
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 PARTNER = "urn:partner.soap.sforce.com"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
-# Partner calls that read or write data: they need a SessionHeader and count against the API allocation.
-DATA_CALLS = ("undelete", "merge")
+# Partner calls made in a session (SessionHeader required), by lower-cased name: their element names.
+# All but logout count against the API allocation.
+SESSION_CALLS = {
+    "undelete": "undelete",
+    "merge": "merge",
+    "getuserinfo": "getUserInfo",
+    "getservertimestamp": "getServerTimestamp",
+    "logout": "logout",
+}
+# The first API version without login() (Winter '26).
+LOGIN_REMOVED_IN = 65
 # Salesforce's documented cap on MergeRequests per merge() call.
 MAX_MERGE_REQUESTS = 200
 
 _INVALID_LOGIN = "Invalid username, password, security token; or user locked out."
 
 
-def login_response(
-    *, org: Org, user: User, session_id: str, instance_url: str, version: str, session_seconds: int
-) -> str:
-    """The loginResponse envelope, elements in Salesforce's order."""
-    server = f"{instance_url}/services/Soap/u/{version}/{org.org_id[:15]}"
-    metadata = f"{instance_url}/services/Soap/m/{version}/{org.org_id[:15]}"
+def user_info(org: Org, user: User, session_seconds: int) -> str:
+    """The fields of a GetUserInfoResult (login's ``userInfo``, ``getUserInfo``'s result), in the WSDL's order."""
     nil = ' xsi:nil="true"/>'
-    user_info = [
+    fields = [
         ("accessibilityMode", "false"),
         ("chatterExternal", "false"),
         ("currencySymbol", "$"),
@@ -74,7 +92,16 @@ def login_response(
         ("userType", "Standard"),
         ("userUiSkin", "Theme3"),
     ]
-    info = "".join(f"<{k}{nil}" if v is None else f"<{k}>{escape(v)}</{k}>" for k, v in user_info)
+    return "".join(f"<{k}{nil}" if v is None else f"<{k}>{escape(v)}</{k}>" for k, v in fields)
+
+
+def login_response(
+    *, org: Org, user: User, session_id: str, instance_url: str, version: str, session_seconds: int
+) -> str:
+    """The loginResponse envelope, elements in Salesforce's order."""
+    server = f"{instance_url}/services/Soap/u/{version}/{org.org_id[:15]}"
+    metadata = f"{instance_url}/services/Soap/m/{version}/{org.org_id[:15]}"
+    info = user_info(org, user, session_seconds)
     result = (
         f"<metadataServerUrl>{escape(metadata)}</metadataServerUrl>"
         "<passwordExpired>false</passwordExpired>"
@@ -101,6 +128,18 @@ def soap_fault(code: str, message: str, *, fault_type: str = "LoginFault") -> st
         f"<faultstring>{code}: {escape(message)}</faultstring>"
         f'<detail><sf:{fault_type} xsi:type="sf:{fault_type}"><sf:exceptionCode>{code}</sf:exceptionCode>'
         f"<sf:exceptionMessage>{escape(message)}</sf:exceptionMessage></sf:{fault_type}></detail>"
+        "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+    )
+
+
+def no_such_operation(name: str) -> str:
+    """What Salesforce's SOAP stack answers for a call the version's WSDL does not have (a client fault)."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<soapenv:Envelope xmlns:soapenv="{SOAP_ENV}">'
+        "<soapenv:Body><soapenv:Fault><faultcode>soapenv:Client</faultcode>"
+        f"<faultstring>No operation available for request {{{PARTNER}}}{escape(name)}, "
+        "please check the WSDL for the service.</faultstring>"
         "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
     )
 
@@ -144,15 +183,16 @@ class SoapCall:
 
 
 def parse_call(body: bytes, name: str) -> SoapCall | None:
-    """The ``name`` call of a partner envelope with a ``SessionHeader``, or None when malformed."""
+    """The ``name`` call of a partner envelope, or None when malformed; ``session_id`` is "" without a
+    ``SessionHeader`` (an invalid session, as Salesforce reports it)."""
     try:
         root = ET.fromstring(body)
     except ET.ParseError:
         return None
     call = root.find(f"{{{SOAP_ENV}}}Body/{{{PARTNER}}}{name}")
-    session = root.findtext(f"{{{SOAP_ENV}}}Header/{{{PARTNER}}}SessionHeader/{{{PARTNER}}}sessionId")
-    if call is None or not session:
+    if call is None:
         return None
+    session = root.findtext(f"{{{SOAP_ENV}}}Header/{{{PARTNER}}}SessionHeader/{{{PARTNER}}}sessionId") or ""
     client = root.findtext(f"{{{SOAP_ENV}}}Header/{{{PARTNER}}}CallOptions/{{{PARTNER}}}client")
     return SoapCall(session.strip(), (client or "").strip() or None, call)
 
@@ -236,6 +276,24 @@ def merge_response(results: list[dict[str, Any] | SalesforceError], limit_info: 
     return _envelope(f"<mergeResponse>{''.join(items)}</mergeResponse>", limit_info)
 
 
+def get_user_info_response(info: str, limit_info: tuple[int, int] | None = None) -> str:
+    return _envelope(f"<getUserInfoResponse><result>{info}</result></getUserInfoResponse>", limit_info)
+
+
+def server_timestamp_response(now: float, limit_info: tuple[int, int] | None = None) -> str:
+    """``getServerTimestampResponse``: the server's time, UTC with milliseconds."""
+    moment = datetime.fromtimestamp(now, UTC)
+    stamp = f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+    return _envelope(
+        f"<getServerTimestampResponse><result><timestamp>{stamp}</timestamp></result></getServerTimestampResponse>",
+        limit_info,
+    )
+
+
+def logout_response() -> str:
+    return _envelope("<logoutResponse/>")
+
+
 def undelete_response(
     results: list[tuple[str, SalesforceError | None]], limit_info: tuple[int, int] | None = None
 ) -> str:
@@ -249,8 +307,15 @@ def undelete_response(
     return _envelope(f"<undeleteResponse>{''.join(items)}</undeleteResponse>", limit_info)
 
 
-def build_soap_router(orgs: OrgRegistry, oauth: OAuthService, store: RecordStore, front_door: FrontDoor) -> APIRouter:
-    """``POST /services/Soap/u/{version}[/…]`` answering ``login``, ``undelete`` and ``merge``."""
+def build_soap_router(
+    orgs: OrgRegistry,
+    oauth: OAuthService,
+    store: RecordStore,
+    front_door: FrontDoor,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> APIRouter:
+    """``POST /services/Soap/u/{version}[/…]``: login, logout, getUserInfo, getServerTimestamp, undelete, merge."""
     router = APIRouter()
 
     def xml(body: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -263,17 +328,28 @@ def build_soap_router(orgs: OrgRegistry, oauth: OAuthService, store: RecordStore
     @router.post("/services/Soap/u/{version}/")
     @router.post("/services/Soap/u/{version}/{org_hint}")
     async def soap(version: str, request: Request) -> Response:
+        if version not in SUPPORTED_VERSIONS:
+            return xml(
+                soap_fault(
+                    "UNSUPPORTED_API_VERSION",
+                    f"Invalid Api version specified on URL: {version}",
+                    fault_type="UnexpectedErrorFault",
+                ),
+                500,
+            )
         action = request.headers.get("soapaction", "").strip('"').lower()
         body = await request.body()
         if not action:
             # The partner WSDL declares soapAction="" for every operation, so WSDL-generated
             # clients name the call only in the body.
             action = body_call(body)
-        if action in DATA_CALLS:
-            return await data_call(action, version, body)
+        if action in SESSION_CALLS:
+            return await session_call(action, version, body)
         credentials = parse_login(body)
         if credentials is None or action not in ("", "login"):
-            return api_fault("INVALID_OPERATION", "only login, undelete and merge are emulated")
+            return api_fault("INVALID_OPERATION", f"only login and {', '.join(SESSION_CALLS.values())} are emulated")
+        if (version_number(version) or 0) >= LOGIN_REMOVED_IN:
+            return xml(no_such_operation("login"), 500)
         username, password = credentials
         found = orgs.find_user(username)
         if found is None or not found[1].active or not found[1].password_matches(password):
@@ -290,19 +366,25 @@ def build_soap_router(orgs: OrgRegistry, oauth: OAuthService, store: RecordStore
         )
         return xml(envelope, 200)
 
-    async def data_call(action: str, version: str, body: bytes) -> Response:
-        parsed = parse_call(body, action)
+    async def session_call(action: str, version: str, body: bytes) -> Response:
+        element = SESSION_CALLS[action]
+        parsed = parse_call(body, element)
         if parsed is None:
-            return api_fault("INVALID_OPERATION", f"malformed {action} request")
-        session = oauth.authenticate(parsed.session_id)
+            return api_fault("INVALID_OPERATION", f"malformed {element} request")
+        session = oauth.authenticate(parsed.session_id) if parsed.session_id else None
         org = orgs.find(session.org_id) if session else None
-        if session is None or org is None:
+        user = org.user(session.user_id) if org and session else None
+        if session is None or org is None or user is None:
             return xml(
                 soap_fault(
                     "INVALID_SESSION_ID", "Invalid Session ID found in SessionHeader", fault_type="UnexpectedErrorFault"
                 ),
                 500,
             )
+        if action == "logout":
+            # Ends the session: its token stops working for every API, as Salesforce's logout() does.
+            oauth.revoke(parsed.session_id)
+            return xml(logout_response(), 200)
         try:
             limit_info = await front_door.admit(org, parsed.client)
         except SalesforceError as error:
@@ -311,7 +393,11 @@ def build_soap_router(orgs: OrgRegistry, oauth: OAuthService, store: RecordStore
             headers = {LIMIT_HEADER: front_door.header(org)}
             return xml(soap_fault(error.error_code, error.message, fault_type="ApiFault"), status, headers)
         ctx = CallContext(session.org_id, session.user_id, version, api_name="soap", client=parsed.client)
-        if action == "undelete":
+        if action == "getuserinfo":
+            envelope = get_user_info_response(user_info(org, user, int(oauth.access_token_ttl)), limit_info)
+        elif action == "getservertimestamp":
+            envelope = server_timestamp_response(clock(), limit_info)
+        elif action == "undelete":
             envelope = undelete(ctx, parsed.call, limit_info)
         else:
             requests = parse_merge_requests(parsed.call)

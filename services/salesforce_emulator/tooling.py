@@ -47,10 +47,10 @@ from services.salesforce_emulator.changes import JsonValue
 from services.salesforce_emulator.context import CallContext
 from services.salesforce_emulator.errors import SalesforceError, not_found
 from services.salesforce_emulator.orgs import OrgRegistry, derived_id
-from services.salesforce_emulator.query_api import SUPPORTED_VERSIONS
 from services.salesforce_emulator.schema import FieldDef, ObjectDef
 from services.salesforce_emulator.soql_engine import InMemoryRecords, RestRenderer, compile_query, execute
 from services.salesforce_emulator.soql_parser import parse
+from services.salesforce_emulator.versions import check_version
 
 CHANNEL_MEMBER = "PlatformEventChannelMember"
 STANDARD_CHANNEL = "ChangeEvents"
@@ -133,8 +133,7 @@ def build_tooling_router(
     @router.get("/services/data/v{version}/tooling/query")
     @router.get("/services/data/v{version}/tooling/query/")
     def query(version: str, ctx: Ctx, q: Soql = None) -> JSONResponse:
-        if version not in SUPPORTED_VERSIONS:
-            raise not_found()
+        check_version(version)
         if not q:
             raise SalesforceError(400, "MALFORMED_QUERY", "A query string has to be specified")
         org = orgs.get(ctx.org_id)

@@ -8,6 +8,9 @@ exact path at once:
 2. cross-field (:func:`semantic_issues`, :mod:`.validation`): uniqueness, references between pairs,
    mode-dependent keys.
 
+What is valid but worth an operator's attention (an ``apiVersion`` newer than Duplex's list of
+Salesforce releases, :mod:`.api_versions`) comes from :func:`config_warnings` and never stops a document.
+
 Always go through :func:`parse_tenant_config` (or :func:`parse_config_sources` for files, both in
 :mod:`.loading`) rather than ``TenantConfig.model_validate``, which runs only the first pass.
 
@@ -15,6 +18,7 @@ Admin stores each applied document as a numbered version (``config_versions``) i
 form; services read the current one with :func:`load_current` (:mod:`.storage`).
 """
 
+from services.common.tenant_config.api_versions import ApiRelease, ApiVersions, known_api_versions
 from services.common.tenant_config.loading import (
     ConfigFileError,
     ConfigInvalidError,
@@ -49,9 +53,11 @@ from services.common.tenant_config.storage import (
     load_current,
     to_document,
 )
-from services.common.tenant_config.validation import ConfigIssue, semantic_issues
+from services.common.tenant_config.validation import ConfigIssue, config_warnings, semantic_issues
 
 __all__ = [
+    "ApiRelease",
+    "ApiVersions",
     "AuthMode",
     "BackfillIngestion",
     "ConfigFileError",
@@ -75,7 +81,9 @@ __all__ = [
     "TenantNotFoundError",
     "canonical_json",
     "config_sha256",
+    "config_warnings",
     "fetch_config",
+    "known_api_versions",
     "load_current",
     "parse_config_file",
     "parse_config_sources",

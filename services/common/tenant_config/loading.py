@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from services.common.tenant_config.model import TenantConfig
-from services.common.tenant_config.validation import ConfigIssue, IssuePath, semantic_issues
+from services.common.tenant_config.validation import ConfigIssue, IssuePath, config_warnings, semantic_issues
 
 # ---------------------------------------------------------------------------------------------
 # Turning pydantic errors into issues an operator can act on
@@ -190,6 +190,8 @@ class LoadedDocument:
     source: str
     index: int  # 1-based among the source's non-empty documents
     config: TenantConfig
+    # ``name: [document N: ]path: message`` lines for what is valid but worth a look (config_warnings).
+    warnings: tuple[str, ...] = ()
 
 
 class ConfigFileError(ValueError):
@@ -219,13 +221,20 @@ def parse_config_sources(sources: Iterable[tuple[str, str]]) -> list[LoadedDocum
                 problems.append(f"{prefix}must be a mapping with apiVersion, kind, metadata and spec")
                 continue
             try:
-                loaded.append(LoadedDocument(source, index, parse_tenant_config(document)))
+                config = parse_tenant_config(document)
             except ConfigInvalidError as exc:
-                problems += [f"{prefix}{i.where}: {i.message}" if i.path else prefix + i.message for i in exc.issues]
+                problems += [_located(prefix, i) for i in exc.issues]
+                continue
+            warnings = tuple(_located(prefix, w) for w in config_warnings(config))
+            loaded.append(LoadedDocument(source, index, config, warnings))
     problems += _duplicate_tenants(loaded)
     if problems:
         raise ConfigFileError(problems)
     return loaded
+
+
+def _located(prefix: str, issue: ConfigIssue) -> str:
+    return f"{prefix}{issue.where}: {issue.message}" if issue.path else prefix + issue.message
 
 
 def parse_config_file(source: str, text: str) -> list[TenantConfig]:

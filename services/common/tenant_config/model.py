@@ -18,10 +18,10 @@ from pydantic import model_validator as _model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from services.common.tenant_config.api_versions import known_api_versions, version_number
+
 API_VERSION = "duplex.dev/v1"
 KIND_TENANT = "Tenant"
-MIN_SALESFORCE_API = 57
-MAX_SALESFORCE_API = 62
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,11 +187,18 @@ def _api_version(value: object) -> object:
 
 
 def _check_api_version(value: str) -> str:
-    match = re.fullmatch(r"(\d+)\.0", value)
-    if not match or not MIN_SALESFORCE_API <= int(match.group(1)) <= MAX_SALESFORCE_API:
+    # Every version Salesforce serves is accepted, including ones newer than Duplex's list (a pinned
+    # org may already run the next release): that is a warning (validation.config_warnings), not an error.
+    known = known_api_versions()
+    if version_number(value) is None:
         raise PydanticCustomError(
-            "invalid_api_version",
-            f"must be a Salesforce API version from {MIN_SALESFORCE_API}.0 to {MAX_SALESFORCE_API}.0",
+            "invalid_api_version", f"must be a Salesforce API version such as {known.latest.version}"
+        )
+    if known.is_retired(value):
+        raise PydanticCustomError(
+            "retired_api_version",
+            f"Salesforce retired API version {value} and answers it with 410 GONE; "
+            f"use {known.oldest.version} or later (the latest Duplex knows is {known.latest.version})",
         )
     return value
 
@@ -267,7 +274,8 @@ class SalesforceSpec(_Model):
     instance_url: SalesforceUrl
     # None: the production login host, https://login.salesforce.com.
     login_url: SalesforceUrl | None = None
-    api_version: SalesforceApiVersion = f"{MAX_SALESFORCE_API}.0"
+    # Left out: the latest release Duplex knows (api_versions' data file), read when the document is parsed.
+    api_version: SalesforceApiVersion = Field(default_factory=lambda: known_api_versions().latest.version)
     auth: SalesforceAuth
     # Calls per rolling 24 h that Duplex may spend on this tenant (the governor enforces it).
     daily_api_cap: int = Field(gt=0)

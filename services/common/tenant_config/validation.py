@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from services.common.tenant_config.api_versions import known_api_versions
 from services.common.tenant_config.model import (
     AuthMode,
     DeletePolicy,
@@ -74,6 +75,24 @@ def semantic_issues(config: TenantConfig) -> list[ConfigIssue]:
     for i, pair in enumerate(pairs):
         issues += _pair_issues(pair, names, ("spec", "objects", i))
     return issues
+
+
+def config_warnings(config: TenantConfig) -> list[ConfigIssue]:
+    """What is valid but worth an operator's attention: nothing here stops a document being applied."""
+    warnings = []
+    version = config.spec.salesforce.api_version
+    known = known_api_versions()
+    if known.is_newer_than_known(version):
+        # Salesforce ships three releases a year and an org may be pinned to one Duplex has not
+        # listed yet; refusing it would leave that team unable to configure its tenant at all.
+        warnings.append(
+            ConfigIssue(
+                ("spec", "salesforce", "apiVersion"),
+                f"{version} is newer than the latest Salesforce API version Duplex knows "
+                f"({known.latest.version}, {known.latest.label}); it is used as given",
+            )
+        )
+    return warnings
 
 
 def _auth_issues(auth: SalesforceAuth, at: IssuePath) -> list[ConfigIssue]:

@@ -44,7 +44,13 @@ def org_client(emulator: EmulatorProcess, org: str) -> tuple[str, str]:
 
 
 def tenant_document(
-    name: str, emulator: EmulatorProcess, *, org: str = "acme", cap: int = 100_000, ingestion: str = "rest"
+    name: str,
+    emulator: EmulatorProcess,
+    *,
+    org: str = "acme",
+    cap: int = 100_000,
+    ingestion: str = "rest",
+    api_version: str = API_VERSION,
 ) -> dict[str, Any]:
     client_id, _ = org_client(emulator, org)
     return {
@@ -54,7 +60,7 @@ def tenant_document(
         "spec": {
             "salesforce": {
                 "instanceUrl": emulator.instance_url,
-                "apiVersion": API_VERSION,
+                "apiVersion": api_version,
                 "auth": {
                     "mode": "client_credentials",
                     "clientId": client_id,

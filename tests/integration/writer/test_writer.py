@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from duplex.writer.v1 import write_records_pb2
 
-from devstack.emulator import EmulatorProcess
+from devstack.emulator import API_VERSION, EmulatorProcess
 from services.common.dlq import ORIGINAL_TOPIC
 from services.common.metrics import Metrics
 from services.common.salesforce import UnlimitedBudget
@@ -56,9 +56,11 @@ class Stack:
     group: str = ""
 
     @asynccontextmanager
-    async def writer(self, ingestion: str = "rest", **overrides: Any) -> AsyncIterator[tuple[Metrics, UnlimitedBudget]]:
+    async def writer(
+        self, ingestion: str = "rest", api_version: str = API_VERSION, **overrides: Any
+    ) -> AsyncIterator[tuple[Metrics, UnlimitedBudget]]:
         """A writer running against the stack: its metrics, and its (unlimited, counting) budget."""
-        await prepare_database_once(self, ingestion)
+        await prepare_database_once(self, ingestion, api_version)
         budget = UnlimitedBudget()
         # A consumer group per test: no test waits for another test's members to leave.
         overrides.setdefault("service_name", f"writer-{uuid.uuid4().hex[:8]}")
@@ -76,8 +78,9 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, {"tenant": TENANT, **labels}) or 0.0
 
 
-async def prepare_database_once(stack: Stack, ingestion: str) -> None:
-    await prepare_database(stack.dsn, [tenant_document(TENANT, stack.emulator, ingestion=ingestion)])
+async def prepare_database_once(stack: Stack, ingestion: str, api_version: str = API_VERSION) -> None:
+    document = tenant_document(TENANT, stack.emulator, ingestion=ingestion, api_version=api_version)
+    await prepare_database(stack.dsn, [document])
 
 
 @pytest.fixture
@@ -173,6 +176,26 @@ async def test_ten_updates_to_one_record_in_one_window_cost_one_call(stack: Stac
     assert sample(metrics, "duplex_end_to_end_latency_seconds_count", stage="written") == 10
     rows = soql(stack.emulator, f"SELECT Name FROM Account WHERE Duplex_Id__c = '{link}'")["records"]
     assert [r["Name"] for r in rows] == ["v9"]
+
+
+async def test_a_tenant_pinned_to_api_version_68_writes_through_it(stack: Stack) -> None:
+    """apiVersion "68.0" (Winter '27) is a valid tenant, and its writes reach Salesforce at that version
+    (before the emulator served every current version, 68.0 was a 404 and the write was rejected)."""
+    link = f"{prefix()}v68"
+    async with (
+        stack.writer("rest", api_version="68.0") as (metrics, budget),
+        TopicReader(stack.bootstrap, stack.names, Topic.WRITE_OUTCOMES) as reader,
+    ):
+        async with upstream(stack.bootstrap) as broker:
+            await send(broker, stack.names, [command(TENANT, [(link, {"Name": "Winter '27"})])])
+        await reader.until(lambda: len(reader.records) >= 1, within=30, what="1 outcome")
+
+    (settled,) = outcomes(reader)
+    assert (settled.status, settled.created) == (SUCCEEDED, True)
+    assert budget.calls[TENANT] == 1
+    assert sample(metrics, "duplex_api_calls_total", api="composite", priority="live") == 1
+    rows = soql(stack.emulator, f"SELECT Id, Name FROM Account WHERE Duplex_Id__c = '{link}'")["records"]
+    assert [(r["Id"], r["Name"]) for r in rows] == [(settled.record_id, "Winter '27")]
 
 
 async def test_permanent_failures_are_rejected_per_record_while_the_rest_succeeds(stack: Stack) -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.common.tenant_config import (
+    ApiRelease,
     AuthMode,
     BackfillIngestion,
     ConfigFileError,
@@ -28,11 +29,14 @@ from services.common.tenant_config import (
     TenantConfig,
     canonical_json,
     config_sha256,
+    config_warnings,
+    known_api_versions,
     parse_config_file,
     parse_config_sources,
     parse_tenant_config,
     to_document,
 )
+from services.common.tenant_config.api_versions import parse_api_versions
 
 pytestmark = pytest.mark.unit
 
@@ -120,7 +124,7 @@ def issues_of(doc: object) -> list[tuple[str, str]]:
 def test_base_document_is_valid_and_fills_defaults() -> None:
     config = parse_tenant_config(base_doc())
     assert config.tenant_id == "acme"
-    assert config.spec.salesforce.api_version == "62.0"
+    assert config.spec.salesforce.api_version == known_api_versions().latest.version
     assert config.spec.salesforce.call_options_client == "duplex"
     assert config.spec.sync.cdc is True
     assert config.spec.sync.poll_interval_seconds == 30
@@ -137,6 +141,9 @@ VALID_EDITS = [
     pytest.param({"spec.salesforce.apiVersion": 57.0}, id="api-version-as-yaml-float"),
     pytest.param({"spec.salesforce.apiVersion": 60}, id="api-version-as-int"),
     pytest.param({"spec.salesforce.apiVersion": "62.0"}, id="api-version-string"),
+    pytest.param({"spec.salesforce.apiVersion": "31.0"}, id="api-version-oldest-served"),
+    pytest.param({"spec.salesforce.apiVersion": "68.0"}, id="api-version-winter-27"),
+    pytest.param({"spec.salesforce.apiVersion": 95.0}, id="api-version-newer-than-known-is-a-warning"),
     pytest.param({"spec.salesforce.instanceUrl": "http://localhost"}, id="http-localhost-for-emulator"),
     pytest.param({"spec.salesforce.instanceUrl": "http://127.0.0.1/"}, id="http-loopback-trailing-slash"),
     pytest.param({"spec.salesforce.loginUrl": "https://test.salesforce.com"}, id="login-url"),
@@ -325,9 +332,15 @@ INVALID = [
         [("spec.salesforce.loginUrl", "must not contain credentials")],
     ),
     Bad("url-ftp", {"spec.salesforce.instanceUrl": "ftp://x"}, [("spec.salesforce.instanceUrl", "https://")]),
-    Bad("api-56", {"spec.salesforce.apiVersion": "56.0"}, [("spec.salesforce.apiVersion", "from 57.0 to 62.0")]),
-    Bad("api-63", {"spec.salesforce.apiVersion": 63.0}, [("spec.salesforce.apiVersion", "(got 63.0)")]),
-    Bad("api-minor", {"spec.salesforce.apiVersion": "62.5"}, [("spec.salesforce.apiVersion", "from 57.0")]),
+    Bad(
+        "api-retired",
+        {"spec.salesforce.apiVersion": "30.0"},
+        [("spec.salesforce.apiVersion", "Salesforce retired API version 30.0 and answers it with 410 GONE; use 31.0")],
+    ),
+    Bad("api-retired-float", {"spec.salesforce.apiVersion": 21.0}, [("spec.salesforce.apiVersion", "(got 21.0)")]),
+    Bad("api-long-gone", {"spec.salesforce.apiVersion": "7.0"}, [("spec.salesforce.apiVersion", "retired API")]),
+    Bad("api-minor", {"spec.salesforce.apiVersion": "62.5"}, [("spec.salesforce.apiVersion", "such as 6")]),
+    Bad("api-prefixed", {"spec.salesforce.apiVersion": "v62.0"}, [("spec.salesforce.apiVersion", "(got 'v62.0')")]),
     Bad("cap-zero", {"spec.salesforce.dailyApiCap": 0}, [("spec.salesforce.dailyApiCap", "greater than 0")]),
     Bad("cap-missing", {"spec.salesforce.dailyApiCap": DELETE}, [("spec.salesforce.dailyApiCap", "required")]),
     Bad(
@@ -776,6 +789,60 @@ def test_several_tenants_in_one_file() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Salesforce API versions: every served one is valid, retired ones are errors, unknown newer ones warnings
+
+
+def test_the_versions_file_lists_every_served_release_up_to_winter_27() -> None:
+    known = known_api_versions()
+    assert known.oldest.version == "31.0"
+    assert known.release("68.0") == ApiRelease("68.0", "Winter '27")
+    assert known.release("62.0") == ApiRelease("62.0", "Winter '25")
+    assert known.release("31.0") == ApiRelease("31.0", "Summer '14")
+    assert known.versions[-1] == known.latest.version
+    assert (known.release("30.0"), known.release("62.5"), known.is_retired("30.0"), known.is_retired("31.0")) == (
+        None,
+        None,
+        True,
+        False,
+    )
+
+
+def test_a_version_newer_than_the_file_is_valid_with_a_warning() -> None:
+    newer = f"{known_api_versions().latest.number + 1}.0"
+    config = parse_tenant_config(edited({"spec.salesforce.apiVersion": newer}))
+    assert config.spec.salesforce.api_version == newer
+    (warning,) = config_warnings(config)
+    assert warning.where == "spec.salesforce.apiVersion"
+    assert warning.message.startswith(f"{newer} is newer than the latest Salesforce API version Duplex knows")
+    # Files report it with the document's place, as they do problems; known versions say nothing.
+    text = _dump_yaml(edited({"metadata.name": "beta"}), edited({"spec.salesforce.apiVersion": newer}))
+    docs = parse_config_sources([("t.yaml", text)])
+    assert [d.warnings for d in docs] == [(), (f"t.yaml: document 2: spec.salesforce.apiVersion: {warning.message}",)]
+    assert config_warnings(parse_tenant_config(edited({"spec.salesforce.apiVersion": "68.0"}))) == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param({"oldestServed": "31.0", "releases": [{"version": "32.0", "label": "x"}]}, id="starts-late"),
+        pytest.param(
+            {
+                "oldestServed": "31.0",
+                "releases": [{"version": "31.0", "label": "a"}, {"version": "33.0", "label": "b"}],
+            },
+            id="gap",
+        ),
+        pytest.param({"oldestServed": "31.0", "releases": [{"version": 31.0, "label": "a"}]}, id="unquoted"),
+        pytest.param({"oldestServed": "31.0", "releases": []}, id="empty"),
+        pytest.param({"releases": [{"version": "31.0", "label": "a"}]}, id="no-oldest"),
+    ],
+)
+def test_a_broken_versions_file_is_refused(data: object) -> None:
+    with pytest.raises(ValueError, match=r"^salesforce_api_versions\.yaml: "):
+        parse_api_versions(data)
+
+
+# ---------------------------------------------------------------------------------------------
 # Canonical form
 
 
@@ -789,7 +856,7 @@ def test_round_trip_through_the_stored_document() -> None:
 def test_explicit_defaults_hash_like_omitted_ones() -> None:
     explicit = edited(
         {
-            "spec.salesforce.apiVersion": 62.0,
+            "spec.salesforce.apiVersion": float(known_api_versions().latest.version),
             "spec.salesforce.callOptionsClient": "duplex",
             "spec.sync": {"cdc": True, "pollIntervalSeconds": 30, "backfill": {"ingestion": "automatic"}},
             "spec.objects[0].direction": "both",

@@ -205,6 +205,28 @@ def test_token_exchange_failures(
     assert raised.value.status == 400
 
 
+@pytest.mark.parametrize(
+    "verifier",
+    [
+        # What jsforce sends by default (and so Salesforce's CLI): base64url of 128 random bytes.
+        pytest.param(base64.urlsafe_b64encode(secrets.token_bytes(128)).rstrip(b"=").decode(), id="171-chars"),
+        pytest.param("a" * 43, id="rfc-minimum"),
+        pytest.param("~._-" * 32, id="rfc-maximum-alphabet"),
+    ],
+)
+def test_verifiers_salesforce_accepts_beyond_rfc_7636_lengths(world: World, verifier: str) -> None:
+    code = world.authorize(code_challenge=s256(verifier))["code"]
+    assert world.exchange(code, code_verifier=verifier)["access_token"]
+
+
+def test_a_verifier_of_the_right_length_but_wrong_alphabet_is_malformed(world: World) -> None:
+    verifier = "a" * 170 + "!"
+    code = world.authorize(code_challenge=s256(verifier))["code"]
+    with pytest.raises(OAuthError) as raised:
+        world.exchange(code, code_verifier=verifier)
+    assert (raised.value.error, raised.value.description) == ("invalid_request", "invalid code_verifier")
+
+
 def test_a_reused_code_fails_and_revokes_what_it_bought(world: World) -> None:
     code = world.authorize()["code"]
     body = world.exchange(code)

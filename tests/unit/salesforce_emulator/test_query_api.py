@@ -234,7 +234,8 @@ def test_count(client: TestClient) -> None:
         ("/services/data/v59.0/query", 400, "MALFORMED_QUERY"),
         (QUERY + "01g5g0000000001AAA-2000", 400, "INVALID_QUERY_LOCATOR"),
         (QUERY + "garbage", 400, "INVALID_QUERY_LOCATOR"),
-        ("/services/data/v40.0/query/?q=SELECT+Id+FROM+Account", 404, "NOT_FOUND"),
+        ("/services/data/v30.0/query/?q=SELECT+Id+FROM+Account", 410, "GONE"),
+        ("/services/data/v99.0/query/?q=SELECT+Id+FROM+Account", 404, "NOT_FOUND"),
     ],
 )
 def test_errors(client: TestClient, url: str, status: int, code: str) -> None:

@@ -153,8 +153,10 @@ def test_missing_query_unknown_resources_and_versions(client: TestClient, auth: 
         response = client.get(path, headers=auth)
         assert response.status_code == 404, path
         assert response.json()[0]["errorCode"] == "NOT_FOUND"
-    old = query(client, auth, SELECTION, path="/services/data/v40.0/tooling/query/")
-    assert old.status_code == 404
+    retired = query(client, auth, SELECTION, path="/services/data/v30.0/tooling/query/")
+    assert (retired.status_code, retired.json()[0]["errorCode"]) == (410, "GONE")
+    unreleased = query(client, auth, SELECTION, path="/services/data/v99.0/tooling/query/")
+    assert (unreleased.status_code, unreleased.json()[0]["errorCode"]) == (404, "NOT_FOUND")
     without_slash = query(client, auth, SELECTION, path="/services/data/v62.0/tooling/query")
     assert without_slash.status_code == 200
 
