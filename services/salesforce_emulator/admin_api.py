@@ -22,6 +22,7 @@ from services.salesforce_emulator.faults import OrgFaults
 from services.salesforce_emulator.limits import DAILY_API_REQUESTS, UsageMeter
 from services.salesforce_emulator.oauth import OAuthService
 from services.salesforce_emulator.orgs import (
+    CertificateSpec,
     ClientSpec,
     ObjectSpec,
     Org,
@@ -117,7 +118,10 @@ def _org_view(org: Org, usage: UsageMeter) -> dict[str, Any]:
         "edition": org.state.edition,
         "licenses": org.state.licenses,
         "users": [{"user_id": u.user_id, "username": u.username} for u in org.state.users],
-        "clients": [{"name": c.name, "client_id": c.client_id} for c in org.state.clients],
+        "clients": [
+            {"name": c.name, "client_id": c.client_id, "jwt_bearer": c.certificate is not None}
+            for c in org.state.clients
+        ],
         "objects": sorted(org.objects),
         "faults": faults_view(org.faults),
         "api_usage": {"used": usage.used(org.org_id), "max": usage.allocation(org)},
@@ -185,6 +189,17 @@ def build_admin_router(
         except OrgError as exc:
             raise bad_request(exc) from exc
         return {"client_id": client.client_id, "name": client.name}
+
+    @router.put("/orgs/{org_ref}/clients/{client_id}/certificate")
+    async def set_certificate(org: OrgRef, client_id: str, spec: CertificateSpec) -> dict[str, Any]:
+        """Upload the app's certificate for the JWT bearer flow (``null`` removes it and the flow)."""
+        if org.client(client_id) is None:
+            raise SalesforceError(404, "NOT_FOUND", f"No client {client_id!r} in {org.alias}")
+        try:
+            client = orgs.set_certificate(org.org_id, client_id, spec.certificate)
+        except OrgError as exc:
+            raise bad_request(exc) from exc
+        return {"client_id": client.client_id, "name": client.name, "jwt_bearer": client.certificate is not None}
 
     @router.put("/orgs/{org_ref}/objects/{object_name}")
     async def define_object(org: OrgRef, object_name: str, spec: ObjectSpec) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """OAuth 2.0 as Salesforce serves it: web-server flow with PKCE, refresh, client credentials,
-username-password, revoke, userinfo, and the sessions behind every API call.
+username-password, JWT bearer, revoke, userinfo, and the sessions behind every API call.
 
 There is no browser, so ``/authorize`` approves at once, as the org's default user or the user
 named by ``login_hint``. Access and refresh tokens are random, handed out once, and kept only as
@@ -11,6 +11,12 @@ missing or mismatched verifier is ``invalid_grant`` and a verifier of the wrong 
 ``invalid_request``. Verifiers may be longer than RFC 7636's 128 characters, as Salesforce allows:
 its documentation asks for 128 random bytes, base64url-encoded (171 characters), and jsforce (which
 Salesforce's own CLI uses against real orgs) sends exactly that by default.
+
+The JWT bearer flow (RFC 7523, as Salesforce's "OAuth 2.0 JWT Bearer Flow for Server-to-Server
+Integration" describes it) takes an RS256 assertion signed with the key of the certificate uploaded
+to the connected app: ``iss`` the app's client id, ``sub`` the username, ``aud`` the login URL,
+``exp`` at most three minutes ahead. Every active user of the app's org counts as pre-authorized.
+It answers with an access token and never a refresh token.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlencode
 
+import jwt
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 
@@ -41,6 +48,15 @@ TokenKind = Literal["access", "refresh"]
 _PKCE_SHAPE = re.compile(r"^[A-Za-z0-9\-._~]{43,1024}$")
 _CHALLENGE_SHAPE = re.compile(r"^[A-Za-z0-9\-_]{43}$")
 _REFRESH_SCOPES = frozenset({"refresh_token", "offline_access"})
+
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Salesforce's rule: an assertion's exp lies no more than three minutes ahead.
+JWT_MAX_LIFETIME_SECONDS = 180
+# Salesforce documents the audience as its login URL: login.salesforce.com for production orgs,
+# test.salesforce.com for sandboxes. One emulator stands in for both, and tools that know only
+# Salesforce (the sf CLI among them) name one of these even when they post to another host, so
+# both are accepted here, as well as the emulator's own login URL.
+_SALESFORCE_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
 
 
 class OAuthError(Exception):
@@ -62,6 +78,11 @@ def _invalid_client() -> OAuthError:
 
 def _unknown_client() -> OAuthError:
     return OAuthError("invalid_client_id", "client identifier invalid")
+
+
+def _invalid_assertion() -> OAuthError:
+    # Salesforce's answer to an assertion whose signature does not verify (as its users report it).
+    return OAuthError("invalid_grant", "invalid assertion")
 
 
 def _redirect_mismatch() -> OAuthError:
@@ -353,6 +374,9 @@ class OAuthService:
 
     def token(self, form: Mapping[str, str], basic: tuple[str, str] | None = None) -> dict[str, str]:
         grant = form.get("grant_type")
+        if grant == JWT_BEARER_GRANT:
+            # The assertion's issuer names the client; no client credentials are sent.
+            return self._jwt_bearer(form.get("assertion", ""))
         client_id = form.get("client_id") or (basic[0] if basic else "")
         secret = form.get("client_secret") or (basic[1] if basic else None)
         found = self._orgs.find_client(client_id)
@@ -434,6 +458,57 @@ class OAuthService:
             raise OAuthError("invalid_grant", "no client credentials user enabled")
         return self._grant(org, user, client, _granted_scope(client, None), parent=None, with_refresh=False)
 
+    def _jwt_bearer(self, assertion: str) -> dict[str, str]:
+        try:
+            # Unverified only to find whose certificate verifies it.
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            raise _invalid_assertion() from None
+        found = self._orgs.find_client(str(unverified.get("iss") or ""))
+        if found is None:
+            raise _unknown_client()
+        org, client = found
+        key = client.jwt_key()
+        if key is None:
+            # Assumption: Salesforce documents no text for an app without a certificate; nothing
+            # can verify the signature, so it is answered as a signature that does not verify.
+            raise _invalid_assertion()
+        try:
+            # RS256 only: "none" and HMAC-with-the-public-key assertions are refused here. The time
+            # claims are checked below against the emulator's clock, not the wall clock.
+            claims = jwt.decode(
+                assertion,
+                key,
+                algorithms=["RS256"],
+                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False},
+            )
+        except jwt.InvalidTokenError:
+            raise _invalid_assertion() from None
+        if not _audience_matches(claims.get("aud"), (self.login_url, *_SALESFORCE_AUDIENCES)):
+            raise OAuthError("invalid_grant", "audience is invalid")
+        exp = claims.get("exp")
+        now = self._clock()
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            # Assumption: a missing or non-numeric exp gets the text of a bad assertion.
+            raise _invalid_assertion()
+        if exp <= now:
+            # Salesforce's text for a lapsed assertion, odd as it reads (reported by its users).
+            raise OAuthError("invalid_grant", "expired authorization code")
+        if exp > now + JWT_MAX_LIFETIME_SECONDS:
+            # Assumption: the documented three-minute limit is enforced with the bad-assertion text.
+            raise _invalid_assertion()
+        user = org.user_by_name(str(claims.get("sub") or ""))
+        if user is None:
+            # Salesforce's text for a user the app is not pre-authorized for; pre-authorization is
+            # modelled as membership of the app's org, so an unknown user is one.
+            raise OAuthError("invalid_grant", "user hasn't approved this consumer")
+        if not user.active:
+            raise OAuthError("inactive_user", "user is inactive")
+        scope_text = " ".join(client.scopes)
+        access = self._issue(org, user, "access", client.client_id, scope_text, parent=None)
+        # No signature: the published examples of Salesforce's JWT bearer responses show none.
+        return _ordered(self._response(org, user, client, client.scopes, access, signed=False))
+
     def _grant(
         self,
         org: Org,
@@ -456,20 +531,22 @@ class OAuthService:
         return _ordered(body)
 
     def _response(
-        self, org: Org, user: User, client: OAuthClient, scope: tuple[str, ...], access: str
+        self, org: Org, user: User, client: OAuthClient, scope: tuple[str, ...], access: str, *, signed: bool = True
     ) -> dict[str, str]:
         issued_at = str(int(self._clock() * 1000))
         identity = self.identity_url(org.org_id, user.user_id)
-        mac = hmac.new(client.client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256).digest()
-        return {
+        body = {
             "access_token": access,
-            "signature": base64.b64encode(mac).decode("ascii"),
             "scope": " ".join(scope),
             "instance_url": self.instance_url,
             "id": identity,
             "token_type": "Bearer",
             "issued_at": issued_at,
         }
+        if signed:
+            mac = hmac.new(client.client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256).digest()
+            body["signature"] = base64.b64encode(mac).decode("ascii")
+        return body
 
     def identity_url(self, org_id: str, user_id: str) -> str:
         return f"{self.login_url}/id/{org_id}/{user_id}"
@@ -533,6 +610,12 @@ def _granted_scope(client: OAuthClient, requested: str | None) -> tuple[str, ...
     if not set(wanted) <= allowed:
         raise OAuthError("invalid_scope", "the requested scope is not allowed")
     return wanted
+
+
+def _audience_matches(aud: object, accepted: tuple[str, ...]) -> bool:
+    # RFC 7519 lets aud be one string or a list of them; one accepted value is enough.
+    values = aud if isinstance(aud, list) else [aud]
+    return any(isinstance(v, str) and v.rstrip("/") in accepted for v in values)
 
 
 def _ordered(body: dict[str, str]) -> dict[str, str]:

@@ -17,6 +17,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from services.salesforce_emulator import ids
@@ -32,6 +36,35 @@ DEFAULT_SCOPES = ("api", "refresh_token", "offline_access", "openid", "web", "fu
 
 class OrgError(Exception):
     """A spec or admin request the org model refuses (unknown org, duplicate username, bad field)."""
+
+
+def jwt_signing_key(pem: str) -> RSAPublicKey:
+    """The RSA key that verifies a connected app's JWT bearer assertions, from its PEM certificate.
+
+    Salesforce takes an X.509 certificate ("Use digital signatures"); only its public key matters
+    for verification, so a bare PEM public key is accepted as well. Raises ValueError for anything
+    else, including a non-RSA key: Salesforce signs and verifies these assertions with RS256 only.
+    """
+    data = pem.strip().encode()
+    key: object
+    try:
+        if data.startswith(b"-----BEGIN CERTIFICATE-----"):
+            key = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            key = load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        msg = "not a PEM certificate or public key"
+        raise ValueError(msg) from exc
+    if not isinstance(key, RSAPublicKey):
+        msg = "the JWT bearer flow verifies RS256 signatures: the certificate's key must be RSA"
+        raise ValueError(msg)
+    return key
+
+
+def _usable_certificate(value: str | None) -> str | None:
+    if value is not None:
+        jwt_signing_key(value)
+    return value
 
 
 class FieldSpec(BaseModel):
@@ -137,6 +170,21 @@ class ClientSpec(BaseModel):
     scopes: tuple[str, ...] = DEFAULT_SCOPES
     # Runs client-credentials calls as this user; no user means the flow is disabled for the app.
     execution_user: str | None = None
+    # The PEM certificate (or RSA public key) that verifies the app's JWT bearer assertions; none
+    # means the flow is disabled for the app.
+    certificate: str | None = None
+
+    _certificate = field_validator("certificate")(_usable_certificate)
+
+
+class CertificateSpec(BaseModel):
+    """A connected app's JWT bearer certificate, set or (with ``null``) removed at runtime."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    certificate: str | None
+
+    _certificate = field_validator("certificate")(_usable_certificate)
 
 
 class OrgSpec(BaseModel):
@@ -201,9 +249,15 @@ class OAuthClient(BaseModel):
     refresh_token_rotation: bool
     scopes: tuple[str, ...]
     execution_user_id: str | None
+    # Defaults to None so org documents persisted before the JWT bearer flow still load.
+    certificate: str | None = None
 
     def secret_matches(self, candidate: str) -> bool:
         return hmac.compare_digest(self.client_secret.encode(), candidate.encode())
+
+    def jwt_key(self) -> RSAPublicKey | None:
+        """The key that verifies the app's JWT bearer assertions; None when it has no certificate."""
+        return jwt_signing_key(self.certificate) if self.certificate is not None else None
 
 
 class OrgState(BaseModel):
@@ -480,6 +534,23 @@ class OrgRegistry:
             self._repository.save(org.state)
             return client
 
+    def set_certificate(self, org_ref: str, client_id: str, certificate: str | None) -> OAuthClient:
+        """Upload (or, with None, remove) the certificate of a connected app's JWT bearer flow."""
+        with self._lock:
+            org = self.get(org_ref)
+            client = org.client(client_id)
+            if client is None:
+                msg = f"no client {client_id!r} in {org.alias}"
+                raise OrgError(msg)
+            try:
+                _usable_certificate(certificate)
+            except ValueError as exc:
+                raise OrgError(str(exc)) from exc
+            updated = client.model_copy(update={"certificate": certificate})
+            org.state.clients = [updated if c is client else c for c in org.state.clients]
+            self._repository.save(org.state)
+            return updated
+
     def define_object(self, org_ref: str, name: str, spec: ObjectSpec) -> ObjectDef:
         """Create a custom object, or add fields / switch CDC on a standard or custom one."""
         with self._lock:
@@ -536,6 +607,7 @@ class OrgRegistry:
             refresh_token_rotation=spec.refresh_token_rotation,
             scopes=spec.scopes,
             execution_user_id=execution_user_id,
+            certificate=spec.certificate,
         )
         org.state.clients.append(client)
         return client
