@@ -1,4 +1,4 @@
-"""``duplex``: the admin command line.
+"""``duplex``: the admin command line, and ``duplex serve``, the admin HTTP API.
 
 Exit codes: 0 success; 1 the request is invalid (bad configuration or usage, unknown tenant or
 version); 2 the database cannot be reached or used. Errors are one line each on stderr, never a traceback.
@@ -16,12 +16,15 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import yaml
+from pydantic import ValidationError
 
 # Not re-exported by typer, which vendors click; pinned in uv.lock.
 from typer._click import Context
 from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
+from services.admin.api.models import TokenRequest
+from services.admin.auth import Role, parse_duration
 from services.admin.config_store import (
     DATABASE_ERRORS,
     ConfigStore,
@@ -30,6 +33,8 @@ from services.admin.config_store import (
     explain_database_error,
 )
 from services.admin.settings import AdminSettings, load_settings
+from services.admin.token_store import TokenStore
+from services.admin.vault_cli import keys_app
 from services.common.backfills import request_backfill
 from services.common.db import MigrationError
 from services.common.db import migrate as run_migrations
@@ -80,9 +85,14 @@ app = typer.Typer(
 config_app = typer.Typer(help="Validate, apply and show tenant configuration.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Inspect tenants.", no_args_is_help=True)
 topics_app = typer.Typer(help="Provision Kafka topics from the topic table.", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="Admin API tokens: the first admin token, or any token without going through the API.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(topics_app, name="topics")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(keys_app, name="keys")
 
 
 class OutputFormat(StrEnum):
@@ -134,9 +144,14 @@ def _read_sources(files: list[str]) -> list[tuple[str, str]]:
 
 def _load(files: list[str]) -> list[LoadedDocument]:
     try:
-        return parse_config_sources(_read_sources(files))
+        docs = parse_config_sources(_read_sources(files))
     except ConfigFileError as exc:
         _fail(exc.problems, EXIT_INVALID)
+    # Warnings never stop a command (an apiVersion newer than Duplex knows is one): they are said once, up front.
+    for doc in docs:
+        for line in doc.warnings:
+            typer.echo(f"warning: {line}", err=True)
+    return docs
 
 
 def _settings(dsn: str | None) -> tuple[AdminSettings, str]:
@@ -310,3 +325,81 @@ def backfill(
     if problem:
         _fail(problem, EXIT_INVALID)
     typer.echo(f"backfill of {salesforce_object} requested for tenant/{tenant}")
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(help="Listen address (default: $DUPLEX_ADMIN_HOST or 127.0.0.1).", show_default=False),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Port (default: $DUPLEX_ADMIN_PORT or 8080; 0: a free port).",
+            show_default=False,
+        ),
+    ] = None,
+    dsn: Dsn = None,
+) -> None:
+    """Serve the admin HTTP API (/api/v1, /openapi.json, /healthz, /readyz) until SIGINT or SIGTERM."""
+    # Imported here: the other commands need neither FastAPI nor uvicorn, and start faster without them.
+    from services.admin.app import run as run_api
+    from services.common.service import main as serve_service
+
+    settings = load_settings(dsn, host=host, port=port)
+    if settings.postgres_dsn is None:
+        _fail("no database configured: set POSTGRES_DSN or pass --dsn", EXIT_DATABASE)
+    serve_service(lambda: settings, run_api)
+
+
+# The flags that set each field of a token request, for error messages.
+_TOKEN_FLAGS = {"name": "--name", "role": "--role", "tenants": "--tenant", "expiresIn": "--expires-in"}
+
+
+@tokens_app.command("create")
+def create_token(
+    name: Annotated[str, typer.Option("--name", help="What the token is for (shown in the audit log).")],
+    role: Annotated[Role, typer.Option("--role", help="viewer reads; operator also controls runs; admin does all.")],
+    tenants: Annotated[
+        list[str] | None,
+        typer.Option("--tenant", help="A tenant it may see (repeatable); omitted: every tenant.", show_default=False),
+    ] = None,
+    expires_in: Annotated[
+        str | None, typer.Option("--expires-in", help="Lifetime: 12h, 30d, 8w; omitted: no expiry.", show_default=False)
+    ] = None,
+    dsn: Dsn = None,
+) -> None:
+    """Create an API token and print it (only the token, on stdout) this once; it is stored only as a hash."""
+    try:
+        request = TokenRequest.model_validate(
+            {"name": name, "role": role.value, "tenants": tenants or None, "expiresIn": expires_in}
+        )
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            flag = _TOKEN_FLAGS[str(error["loc"][0])]
+            # A repeated flag's error names the value, so the user sees which --tenant is wrong.
+            where = f"{flag} {error['input']!r}" if len(error["loc"]) > 1 else flag
+            lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        _fail(lines, EXIT_INVALID)
+    settings, url = _settings(dsn)
+
+    async def run() -> tuple[str, str]:
+        async with connect(url, settings.connect_timeout_seconds) as conn:
+            record, token = await TokenStore(conn).create(
+                name=request.name,
+                role=role,
+                tenants=request.tenants,
+                lifetime=None if request.expires_in is None else parse_duration(request.expires_in),
+                actor=settings.actor,
+            )
+        scope = "every tenant" if record.tenants is None else "tenants " + ", ".join(record.tenants)
+        expiry = "never expires" if record.expires_at is None else f"expires {record.expires_at.isoformat()}"
+        return token, f"token/{record.name} created (id {record.id}, {role.value}, {scope}, {expiry}); shown once"
+
+    token, summary = _run(run())
+    typer.echo(summary, err=True)
+    typer.echo(token)

@@ -1,14 +1,21 @@
-"""Settings of the admin control plane (CLI now, HTTP API later)."""
+"""Settings of the admin control plane: the ``duplex`` CLI and the HTTP API it serves (``duplex serve``)."""
 
 from __future__ import annotations
 
 import getpass
 import socket
+from typing import Any, Self
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.admin.oidc import OidcConfig
+from services.common.settings import PostgresSettings, ServiceSettings
+from services.common.vault import VaultSettings, vault_settings
+
+# Addresses a server listens on but a browser cannot go to.
+_ANY_ADDRESS = frozenset({"", "0.0.0.0", "::"})
 
 
 def _default_actor() -> str:
@@ -21,10 +28,11 @@ def _default_actor() -> str:
 
 
 class AdminSettings(ServiceSettings):
-    """Loaded once by the CLI; ``--dsn`` overrides ``POSTGRES_DSN``."""
+    """Loaded once by the CLI; ``--dsn`` overrides ``POSTGRES_DSN``. The API's are DUPLEX_ADMIN_* variables."""
 
-    # The fields below are read under their aliases; the prefix keeps the inherited service_name and
-    # telemetry from picking up unrelated SERVICE_NAME or TELEMETRY variables.
+    # The first fields below are read under their aliases; the prefix names the API's own
+    # (DUPLEX_ADMIN_PORT, ...) and keeps the inherited service_name and telemetry from picking up
+    # unrelated SERVICE_NAME or TELEMETRY variables.
     model_config = SettingsConfigDict(env_prefix="DUPLEX_ADMIN_")
 
     service_name: str = "admin"
@@ -46,8 +54,84 @@ class AdminSettings(ServiceSettings):
         validation_alias=AliasChoices("connect_timeout_seconds", "DUPLEX_ADMIN_CONNECT_TIMEOUT_SECONDS"),
     )
 
+    # The HTTP API (``duplex serve``).
+    host: str = "127.0.0.1"
+    # 0: any free port (logged at start).
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Larger request bodies are refused with 413 before they are read.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    pool_max_size: int = Field(default=10, gt=0)
+    # OIDC bearer JWTs, accepted besides API tokens when issuer, audience and JWKS URL are all set.
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    # The claim holding the Duplex role(s) (admin, operator, viewer; the highest counts).
+    oidc_roles_claim: str = "roles"
+    # The claim holding the tenants the user may see: a list of names, or "*" for all.
+    oidc_tenants_claim: str = "tenants"
+    # A token signed with a key id not in the cached JWKS re-reads it at most this often (rotation).
+    oidc_jwks_refetch_seconds: float = Field(default=30.0, ge=0)
 
-def load_settings(dsn: str | None = None) -> AdminSettings:
+    # The connect flow. The API's address as users' browsers reach it (behind a proxy or an ingress:
+    # its public https URL); Salesforce sends them back to <public_url>/api/v1/oauth/callback, the
+    # callback URL to register in the connected app. Unset: http://<host>:<port> as served.
+    public_url: str | None = None
+    # CA bundle for Salesforce's endpoints (the emulator's own CA in development); None: system CAs.
+    salesforce_ca_file: str | None = None
+    salesforce_timeout_seconds: float = Field(default=30.0, gt=0)
+    # VAULT_KEYS: where tenants' tokens are kept. Without it the connect flow answers 503.
+    vault: VaultSettings | None = Field(default_factory=vault_settings)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            msg = "must be an http(s) URL such as https://duplex.example.com (a path prefix is allowed)"
+            raise ValueError(msg)
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Self:
+        given = [self.oidc_issuer, self.oidc_audience, self.oidc_jwks_url]
+        if any(given) and not all(given):
+            msg = (
+                "OIDC needs all of DUPLEX_ADMIN_OIDC_ISSUER, DUPLEX_ADMIN_OIDC_AUDIENCE and DUPLEX_ADMIN_OIDC_JWKS_URL"
+            )
+            raise ValueError(msg)
+        return self
+
+    def postgres(self) -> PostgresSettings:
+        if self.postgres_dsn is None:
+            msg = "no database configured: set POSTGRES_DSN or pass --dsn"
+            raise ValueError(msg)
+        return PostgresSettings(dsn=self.postgres_dsn, pool_min_size=1, pool_max_size=self.pool_max_size)
+
+    def public_base_url(self, port: int) -> str:
+        """Where browsers reach the API served on ``port``: ``public_url``, or the address served."""
+        if self.public_url is not None:
+            return self.public_url
+        host = "127.0.0.1" if self.host in _ANY_ADDRESS else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def oidc(self) -> OidcConfig | None:
+        if not (self.oidc_issuer and self.oidc_audience and self.oidc_jwks_url):
+            return None
+        return OidcConfig(
+            issuer=self.oidc_issuer,
+            audience=self.oidc_audience,
+            jwks_url=self.oidc_jwks_url,
+            roles_claim=self.oidc_roles_claim,
+            tenants_claim=self.oidc_tenants_claim,
+            refetch_seconds=self.oidc_jwks_refetch_seconds,
+        )
+
+
+def load_settings(dsn: str | None = None, **overrides: Any) -> AdminSettings:
+    """The settings from the environment; command-line flags (``None`` when not given) win."""
+    given = {name: value for name, value in overrides.items() if value is not None}
     if dsn:
-        return AdminSettings(postgres_dsn=SecretStr(dsn))
-    return AdminSettings()
+        given["postgres_dsn"] = SecretStr(dsn)
+    return AdminSettings(**given)

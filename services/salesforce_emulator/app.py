@@ -17,8 +17,6 @@ spelling (:mod:`.wire`) and, when it is an error, Salesforce's error body (:mod:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -26,19 +24,19 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.http_server import Listener
 from services.common.service import Health, Running
 from services.common.telemetry import Telemetry
 from services.salesforce_emulator import ids
@@ -358,44 +356,10 @@ class RunningEmulator(Running):
     emulator: Emulator
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, minus its own signal handling: the service's entry stops HTTP and gRPC together."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    # Binding here (rather than in uvicorn) lets port 0 pick a free port we can report.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP (not 0): asyncio only sets TCP_NODELAY on accepted sockets whose listener says TCP,
-    # and without it every response waits ~40 ms for delayed ACKs.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
-
-
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
-
-
-async def _stop_http(http: _Server, serving: asyncio.Task[None]) -> None:
-    http.should_exit = True
-    await serving
 
 
 @asynccontextmanager
@@ -409,45 +373,25 @@ async def run(settings: EmulatorSettings, telemetry: Telemetry | None = None) ->
     # The emulator stands in for Salesforce: Duplex's metrics and traces have nothing to say about it.
     del telemetry
     async with AsyncExitStack() as stack:
-        http_socket = stack.enter_context(_listen(settings.host, settings.https_port))
+        listener = Listener(settings.host, settings.https_port)
+        stack.callback(listener.close)
         settings = settings.model_copy(
-            update={
-                "https_port": int(http_socket.getsockname()[1]),
-                "grpc_port": settings.grpc_port or _free_port(settings.host),
-            }
+            update={"https_port": listener.port, "grpc_port": settings.grpc_port or _free_port(settings.host)}
         )
         emulator = build_app(settings)
         stack.callback(emulator.close)
         grpc_server = emulator.build_grpc_server()
         await grpc_server.start()
         stack.push_async_callback(grpc_server.stop, GRPC_STOP_GRACE_SECONDS)
-        config = uvicorn.Config(
-            emulator.app,
-            ssl_certfile=str(emulator.tls.server_cert) if emulator.tls else None,
-            ssl_keyfile=str(emulator.tls.server_key) if emulator.tls else None,
-            lifespan="off",
-            # Access logs would print query strings, and /revoke and /userinfo accept tokens there.
-            access_log=False,
-            # Salesforce sends no "server: uvicorn", and its Date is spelt "Date": the app stamps it (wire.py).
-            server_header=False,
-            date_header=False,
-            log_level="warning",
-            timeout_graceful_shutdown=5,
+        await stack.enter_async_context(
+            listener.serve(
+                emulator.app,
+                ssl_certfile=str(emulator.tls.server_cert) if emulator.tls else None,
+                ssl_keyfile=str(emulator.tls.server_key) if emulator.tls else None,
+                # Salesforce's Date is spelt "Date": the app stamps it (wire.py).
+                date_header=False,
+            )
         )
-        http = _Server(config)
-        serving = asyncio.create_task(http.serve(sockets=[http_socket]))
-        # Stopping awaits the task, so an error that kept uvicorn from starting surfaces there.
-        stack.push_async_callback(_stop_http, http, serving)
-        started = asyncio.create_task(http.ready.wait())
-        await asyncio.wait((started, serving), return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        if not http.started:
-            msg = "the emulator's HTTP server stopped before it started"
-            raise RuntimeError(msg)
         print(json.dumps(emulator.startup_info()), flush=True)  # noqa: T201 (the start-up contract)
         log.info("emulator serving on %s and grpc %s", emulator.instance_url, emulator.grpc_address)
-
-        async def http_serving() -> bool:
-            return http.started and not serving.done()
-
-        yield RunningEmulator(health=Health(ready=(http_serving,)), emulator=emulator)
+        yield RunningEmulator(health=Health(ready=(listener.serving,)), emulator=emulator)

@@ -194,6 +194,18 @@ class LoadedDocument:
     warnings: tuple[str, ...] = ()
 
 
+class YamlDocumentsError(ValueError):
+    """The text is not YAML the tenant loader accepts; the message says where and why."""
+
+
+def load_yaml_documents(text: str) -> list[Any]:
+    """The non-empty documents of ``text``, read with the strict loader the CLI and the API share."""
+    try:
+        return [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+    except yaml.YAMLError as exc:
+        raise YamlDocumentsError(_yaml_message(exc)) from None
+
+
 class ConfigFileError(ValueError):
     """One or more sources are invalid; ``problems`` holds one formatted line per problem."""
 
@@ -209,9 +221,9 @@ def parse_config_sources(sources: Iterable[tuple[str, str]]) -> list[LoadedDocum
     loaded: list[LoadedDocument] = []
     for source, text in sources:
         try:
-            documents = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
-        except yaml.YAMLError as exc:
-            problems.append(f"{source}: {_yaml_message(exc)}")
+            documents = load_yaml_documents(text)
+        except YamlDocumentsError as exc:
+            problems.append(f"{source}: {exc}")
             continue
         if not documents:
             problems.append(f"{source}: no documents")

@@ -32,6 +32,16 @@ def test_validate_reads_stdin() -> None:
     assert result.stdout.startswith("tenant/acme valid")
 
 
+def test_validate_warns_of_an_api_version_newer_than_duplex_knows(tmp_path: Path) -> None:
+    path = tmp_path / "tenant.yaml"
+    path.write_text(SAMPLE.read_text().replace('apiVersion: "62.0"', 'apiVersion: "99.0"', 1))
+    result = runner.invoke(app, ["config", "validate", "-f", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("tenant/acme valid")
+    warning = f"warning: {path}: spec.salesforce.apiVersion: 99.0 is newer than the latest Salesforce API version"
+    assert result.stderr.startswith(warning)
+
+
 def test_validate_broken_file_exits_1_naming_file_and_path(tmp_path: Path) -> None:
     path = tmp_path / "tenant.yaml"
     path.write_text(BROKEN)

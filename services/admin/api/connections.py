@@ -1,0 +1,173 @@
+"""The Salesforce connection of a tenant: connect (through a browser), status, revoke; and the OAuth
+callback Salesforce sends the browser back to.
+
+The callback is the one route besides the health checks that takes no bearer token: a browser
+coming back from Salesforce cannot carry one. The ``state`` it brings authenticates it instead
+(see :mod:`services.admin.connect`), and the authorization table test lists it as such.
+"""
+
+# No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime, and
+# the dependencies they name are local to the router factory, out of reach of string annotations.
+
+import html
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import HTMLResponse
+
+from services.admin.api.access import Access, tenant_not_found
+from services.admin.api.models import ConnectionAuthorization, SalesforceConnectionView
+from services.admin.api.problems import ApiError, request_id_of
+from services.admin.auth import Action, Principal
+from services.admin.config_store import ConfigStore
+from services.admin.connect import CALLBACK_PATH, ConnectError, ConnectFlow
+from services.common.connections import SalesforceConnection, read_connection
+from services.common.db import Connection
+from services.common.tenant_config import ConfigInvalidError, SalesforceSpec
+
+_PROBLEM_TYPES: dict[str, tuple[str, str | None]] = {
+    ConnectError.INVALID_STATE: ("urn:duplex:problem:invalid-state", "Invalid or expired authorization"),
+    ConnectError.AUTHORIZATION_FAILED: ("urn:duplex:problem:authorization-failed", "Salesforce authorization failed"),
+    ConnectError.CANNOT_CONNECT: ("urn:duplex:problem:cannot-connect", "The tenant cannot be connected"),
+}
+# The callback's URL holds a code: keep it out of caches and of the Referer of anything linked.
+_CALLBACK_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+# The page has no script, style or image: it may load nothing.
+_PAGE_HEADERS = {**_CALLBACK_HEADERS, "Content-Security-Policy": "default-src 'none'"}
+
+
+def _problem(exc: ConnectError, headers: dict[str, str] | None = None) -> ApiError:
+    kind, title = _PROBLEM_TYPES.get(exc.kind, ("about:blank", None))
+    return ApiError(exc.status, detail=str(exc), title=title, type=kind, headers=headers)
+
+
+def _view(connection: SalesforceConnection) -> SalesforceConnectionView:
+    return SalesforceConnectionView(
+        name=connection.tenant_id,
+        status=connection.status.value,
+        org_id=connection.org_id,
+        user_id=connection.user_id,
+        username=connection.username,
+        instance_url=connection.instance_url,
+        scopes=list(connection.scopes),
+        connected_at=connection.connected_at,
+        connected_by=connection.connected_by,
+        last_refresh_at=connection.last_refresh_at,
+        last_error=connection.last_error,
+    )
+
+
+async def _salesforce_spec(db: Connection, tenant_id: str) -> SalesforceSpec:
+    try:
+        stored = await ConfigStore(db).get(tenant_id)
+    except ConfigInvalidError as exc:
+        detail = f"tenant '{tenant_id}': the stored current version no longer validates: {exc}"
+        raise ApiError(500, detail=detail) from None
+    if stored is None:
+        raise tenant_not_found(tenant_id)
+    return stored.config.spec.salesforce
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _page(status: int, heading: str, text: str) -> HTMLResponse:
+    body = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(heading)} · Duplex</title></head>\n"
+        f"<body><h1>{html.escape(heading)}</h1>\n<p>{html.escape(text)}</p></body></html>\n"
+    )
+    return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
+
+
+def connections_router(access: Access, flow: ConnectFlow | None) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["connections"])
+    read = access.require(Action.READ)
+    configure = access.require(Action.CONFIGURE)
+    db_dependency = Depends(access.connection)
+
+    def connect_flow() -> ConnectFlow:
+        if flow is None:
+            raise ApiError(503, detail="connecting tenants needs the vault: set VAULT_KEYS for the admin API")
+        return flow
+
+    @router.get(
+        "/tenants/{tenant}/connection",
+        response_model=SalesforceConnectionView,
+        summary="The tenant's Salesforce connection: status, org, user, scopes, last refresh and error",
+    )
+    async def show_connection(
+        principal: Annotated[Principal, Depends(read)], tenant: str, db: Annotated[Connection, db_dependency]
+    ) -> SalesforceConnectionView:
+        await _salesforce_spec(db, tenant)
+        return _view(await read_connection(db, tenant))
+
+    @router.post(
+        "/tenants/{tenant}/connection:authorize",
+        response_model=ConnectionAuthorization,
+        summary="Start connecting (or reconnecting) the tenant's org: an authorize URL for a browser",
+    )
+    async def authorize(
+        principal: Annotated[Principal, Depends(configure)], tenant: str, db: Annotated[Connection, db_dependency]
+    ) -> ConnectionAuthorization:
+        spec = await _salesforce_spec(db, tenant)
+        try:
+            started = await connect_flow().authorize(tenant, spec, principal.actor)
+        except ConnectError as exc:
+            raise _problem(exc) from None
+        return ConnectionAuthorization(
+            authorize_url=started.url, expires_at=started.expires_at, redirect_uri=started.redirect_uri
+        )
+
+    @router.post(
+        "/tenants/{tenant}/connection:revoke",
+        response_model=SalesforceConnectionView,
+        summary="Revoke the tenant's grant at Salesforce and forget its tokens (nothing to revoke: 200 too)",
+    )
+    async def revoke(
+        principal: Annotated[Principal, Depends(configure)],
+        tenant: str,
+        request: Request,
+        db: Annotated[Connection, db_dependency],
+    ) -> SalesforceConnectionView:
+        spec = await _salesforce_spec(db, tenant)
+        try:
+            revoked = await connect_flow().revoke(tenant, spec, principal.actor, request_id_of(request))
+        except ConnectError as exc:
+            raise _problem(exc) from None
+        return _view(revoked)
+
+    @router.get(
+        CALLBACK_PATH.removeprefix("/api/v1"),
+        response_model=SalesforceConnectionView,
+        summary="Where Salesforce sends the browser back (authenticated by `state` alone, no bearer token)",
+        description="An HTML page when the client accepts text/html (a browser), JSON otherwise.",
+    )
+    async def oauth_callback(
+        request: Request,
+        response: Response,
+        state: Annotated[str | None, Query(description="The state of the authorize URL.")] = None,
+        code: Annotated[str | None, Query(description="The authorization code.")] = None,
+        error: Annotated[str | None, Query(description="Salesforce's error, e.g. access_denied.")] = None,
+        error_description: Annotated[str | None, Query()] = None,
+    ) -> SalesforceConnectionView | HTMLResponse:
+        given = {"state": state, "code": code, "error": error, "error_description": error_description}
+        params = {name: value for name, value in given.items() if value is not None}
+        try:
+            connected = await connect_flow().complete(params, request_id_of(request))
+        except ConnectError as exc:
+            if _wants_html(request):
+                return _page(exc.status, "Salesforce was not connected", str(exc))
+            raise _problem(exc, _CALLBACK_HEADERS) from None
+        if _wants_html(request):
+            return _page(
+                200,
+                "Salesforce connected",
+                f"Tenant {connected.tenant_id} is connected to org {connected.org_id} as {connected.username}."
+                " You can close this window.",
+            )
+        response.headers.update(_CALLBACK_HEADERS)
+        return _view(connected)
+
+    return router

@@ -1,0 +1,248 @@
+"""``/api/v1/tenants``: tenants and their versioned configuration, over :class:`ConfigStore`."""
+
+# No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime, and
+# the dependencies they name are local to the router factory, out of reach of string annotations.
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from services.admin.api.access import Access, tenant_not_found
+from services.admin.api.body import TENANT_DOCUMENT_SCHEMA, tenant_document
+from services.admin.api.models import (
+    Applied,
+    DocumentChange,
+    Issue,
+    TenantList,
+    TenantSummary,
+    TenantVersion,
+    Validated,
+    Version,
+    VersionDiff,
+    VersionList,
+)
+from services.admin.api.problems import INVALID_DOCUMENT, ApiError, FieldError, request_id_of
+from services.admin.auth import Action, Principal
+from services.admin.config_store import ApplyResult, ConfigStore
+from services.admin.connect import ConnectFlow
+from services.admin.documents import diff_documents, unified_diff
+from services.common.db import Connection
+from services.common.tenant_config import (
+    ConfigInvalidError,
+    StoredConfig,
+    TenantConfig,
+    config_warnings,
+    to_document,
+)
+
+VersionNumber = Annotated[int, Path(ge=1, description="A stored version (1, 2, ...).")]
+
+
+def _warnings(config: TenantConfig) -> list[Issue]:
+    return [Issue(field=w.where, message=w.message) for w in config_warnings(config)]
+
+
+def _applied(result: ApplyResult, config: TenantConfig, response: Response) -> Applied:
+    if result.created:
+        response.status_code = 201
+    return Applied(
+        name=result.tenant_id,
+        version=result.version,
+        changed=result.changed,
+        created=result.created,
+        warnings=_warnings(config),
+    )
+
+
+def _version(stored: StoredConfig) -> TenantVersion:
+    return TenantVersion(
+        name=stored.tenant_id,
+        version=stored.version,
+        sha256=stored.sha256,
+        applied_at=stored.applied_at,
+        applied_by=stored.applied_by,
+        document=to_document(stored.config),
+    )
+
+
+def _no_version(tenant_id: str, version: int) -> ApiError:
+    return ApiError(404, detail=f"tenant '{tenant_id}' has no version {version}")
+
+
+async def _stored(store: ConfigStore, tenant_id: str, version: int | None = None) -> StoredConfig:
+    try:
+        stored = await store.get(tenant_id, version)
+    except ConfigInvalidError as exc:
+        # Only possible if the schema tightened after this version was stored.
+        which = "current version" if version is None else f"version {version}"
+        raise ApiError(500, detail=f"tenant '{tenant_id}': the stored {which} no longer validates: {exc}") from None
+    if stored is None:
+        raise tenant_not_found(tenant_id) if version is None else _no_version(tenant_id, version)
+    return stored
+
+
+def tenants_router(access: Access, connect: ConnectFlow | None = None) -> APIRouter:
+    router = APIRouter(prefix="/api/v1/tenants", tags=["tenants"])
+    read = access.require(Action.READ)
+    configure = access.require(Action.CONFIGURE)
+    db_dependency = Depends(access.connection)
+
+    @router.get("", response_model=TenantList, summary="The tenants the caller may see")
+    async def list_tenants(
+        principal: Annotated[Principal, Depends(read)], db: Annotated[Connection, db_dependency]
+    ) -> TenantList:
+        tenants = await ConfigStore(db).list_tenants(principal.tenants)
+        return TenantList(
+            items=[
+                TenantSummary(
+                    name=t.tenant_id,
+                    version=t.version,
+                    applied_at=t.applied_at,
+                    applied_by=t.applied_by,
+                    created_at=t.created_at,
+                )
+                for t in tenants
+            ]
+        )
+
+    @router.post(
+        ":validate",
+        response_model=Validated,
+        summary="Validate a Tenant document without storing it (as `duplex config validate`)",
+        openapi_extra=TENANT_DOCUMENT_SCHEMA,
+    )
+    async def validate(
+        principal: Annotated[Principal, Depends(read)], config: Annotated[TenantConfig, Depends(tenant_document)]
+    ) -> Validated:
+        pairs = config.spec.objects
+        return Validated(
+            name=config.tenant_id,
+            object_pairs=len(pairs),
+            fields=sum(len(p.fields) for p in pairs),
+            warnings=_warnings(config),
+        )
+
+    @router.get("/{tenant}", response_model=TenantVersion, summary="The current configuration")
+    async def show(
+        principal: Annotated[Principal, Depends(read)], tenant: str, db: Annotated[Connection, db_dependency]
+    ) -> TenantVersion:
+        return _version(await _stored(ConfigStore(db), tenant))
+
+    @router.put(
+        "/{tenant}",
+        response_model=Applied,
+        summary="Apply a document: a new version if it changed (201 when the tenant is new)",
+        responses={201: {"model": Applied, "description": "The tenant was created, or re-created after a delete"}},
+        openapi_extra=TENANT_DOCUMENT_SCHEMA,
+    )
+    async def apply(
+        principal: Annotated[Principal, Depends(configure)],
+        tenant: str,
+        config: Annotated[TenantConfig, Depends(tenant_document)],
+        request: Request,
+        response: Response,
+        db: Annotated[Connection, db_dependency],
+    ) -> Applied:
+        if config.tenant_id != tenant:
+            raise ApiError(
+                422,
+                title="Invalid tenant document",
+                detail="the document names another tenant than the path",
+                type=INVALID_DOCUMENT,
+                errors=[FieldError("metadata.name", f"must be '{tenant}' as in the path (got '{config.tenant_id}')")],
+            )
+        (result,) = await ConfigStore(db).apply([config], principal.actor, request_id_of(request))
+        return _applied(result, config, response)
+
+    @router.delete(
+        "/{tenant}",
+        status_code=204,
+        summary="Offboard a tenant: every service stops syncing it; its Salesforce grant is revoked and forgotten",
+    )
+    async def delete(
+        principal: Annotated[Principal, Depends(configure)],
+        tenant: str,
+        request: Request,
+        db: Annotated[Connection, db_dependency],
+    ) -> Response:
+        store = ConfigStore(db)
+        try:
+            stored = await store.get(tenant)
+        except ConfigInvalidError:
+            # Deleting must not depend on the document; only revoking at Salesforce needs it.
+            stored = None
+        if await store.delete(tenant, principal.actor, request_id_of(request)) is None:
+            raise tenant_not_found(tenant)
+        if connect is not None:
+            spec = stored.config.spec.salesforce if stored is not None else None
+            await connect.forget(tenant, spec, principal.actor, request_id_of(request))
+        return Response(status_code=204)
+
+    @router.get("/{tenant}/versions", response_model=VersionList, summary="Every stored version, oldest first")
+    async def versions(
+        principal: Annotated[Principal, Depends(read)], tenant: str, db: Annotated[Connection, db_dependency]
+    ) -> VersionList:
+        found = await ConfigStore(db).versions(tenant)
+        if not found:
+            raise tenant_not_found(tenant)
+        return VersionList(
+            items=[
+                Version(version=v.version, sha256=v.sha256, applied_at=v.applied_at, applied_by=v.applied_by)
+                for v in found
+            ]
+        )
+
+    @router.get("/{tenant}/versions/{version}", response_model=TenantVersion, summary="One stored version")
+    async def show_version(
+        principal: Annotated[Principal, Depends(read)],
+        tenant: str,
+        version: VersionNumber,
+        db: Annotated[Connection, db_dependency],
+    ) -> TenantVersion:
+        return _version(await _stored(ConfigStore(db), tenant, version))
+
+    @router.post(
+        "/{tenant}/versions/{version}:restore",
+        response_model=Applied,
+        summary="Make a stored version current again (stored as a new version)",
+    )
+    async def restore(
+        principal: Annotated[Principal, Depends(configure)],
+        tenant: str,
+        version: VersionNumber,
+        request: Request,
+        response: Response,
+        db: Annotated[Connection, db_dependency],
+    ) -> Applied:
+        store = ConfigStore(db)
+        result = await store.restore(tenant, version, principal.actor, request_id_of(request))
+        if result is None:
+            await _stored(store, tenant)  # 404 for a missing tenant, else for the version
+            raise _no_version(tenant, version)
+        restored = await _stored(store, tenant, result.version)
+        return _applied(result, restored.config, response)
+
+    @router.get("/{tenant}/diff", response_model=VersionDiff, summary="What changed between two versions")
+    async def diff(
+        principal: Annotated[Principal, Depends(read)],
+        tenant: str,
+        db: Annotated[Connection, db_dependency],
+        from_version: Annotated[int, Query(alias="from", ge=1, description="The older version.")],
+        to_version: Annotated[int | None, Query(alias="to", ge=1, description="Default: the current one.")] = None,
+    ) -> VersionDiff:
+        store = ConfigStore(db)
+        before = await _stored(store, tenant, from_version)
+        after = await _stored(store, tenant, to_version)
+        before_doc, after_doc = to_document(before.config), to_document(after.config)
+        return VersionDiff(
+            name=tenant,
+            from_version=before.version,
+            to_version=after.version,
+            changes=[
+                DocumentChange(path=c.path, change=c.kind, before=c.before, after=c.after)
+                for c in diff_documents(before_doc, after_doc)
+            ],
+            unified=unified_diff(before_doc, after_doc, f"{tenant} v{before.version}", f"{tenant} v{after.version}"),
+        )
+
+    return router

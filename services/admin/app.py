@@ -1,0 +1,83 @@
+"""Composition root of the admin API (``duplex serve``): settings in, a serving API out.
+
+Opens, on one exit stack: the listening socket, the PostgreSQL pool, the HTTP client for
+Salesforce (the connect flow), then uvicorn serving the FastAPI app; closes them in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI
+
+from services.admin.api.application import build_api
+from services.admin.connect import CALLBACK_PATH, ConnectFlow
+from services.admin.oidc import OidcVerifier
+from services.admin.settings import AdminSettings
+from services.common.connections import SecretLookup
+from services.common.db import create_pool, database_ready
+from services.common.http_server import Listener
+from services.common.salesforce import env_secrets
+from services.common.service import Health, Running
+from services.common.settings import environment
+from services.common.telemetry import Telemetry
+from services.common.vault import Keyring, Vault
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunningAdmin(Running):
+    port: int
+    # The same app uvicorn serves, for in-process tests (httpx.ASGITransport).
+    app: FastAPI
+
+
+@asynccontextmanager
+async def run(
+    settings: AdminSettings, telemetry: Telemetry | None = None, *, secrets: SecretLookup | None = None
+) -> AsyncIterator[RunningAdmin]:
+    """The admin API serving on ``settings.host``/``settings.port`` until the block exits.
+
+    ``secrets`` resolve the tenants' connected-app secrets (default: from the environment, where
+    Kubernetes Secrets arrive).
+    """
+    # The API records no metrics of its own yet; the process's /metrics comes from main().
+    del telemetry
+    async with AsyncExitStack() as stack:
+        listener = Listener(settings.host, settings.port)
+        stack.callback(listener.close)
+        pool = await stack.enter_async_context(create_pool(settings.postgres()))
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=settings.salesforce_ca_file) if settings.salesforce_ca_file else True
+        )
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(verify=verify, timeout=settings.salesforce_timeout_seconds)
+        )
+        # Without the vault there is nowhere to keep tokens: connecting answers 503, the rest works.
+        connect = None
+        if settings.vault is not None:
+            connect = ConnectFlow(
+                pool,
+                Vault(pool, Keyring.from_settings(settings.vault)),
+                http=http,
+                secrets=env_secrets(environment()) if secrets is None else secrets,
+                redirect_uri=settings.public_base_url(listener.port) + CALLBACK_PATH,
+            )
+        oidc = settings.oidc()
+        health = Health(ready=(database_ready(pool), listener.serving))
+        app = build_api(
+            pool=pool,
+            health=health,
+            max_body_bytes=settings.max_body_bytes,
+            oidc=OidcVerifier(oidc) if oidc else None,
+            connect=connect,
+        )
+        await stack.enter_async_context(listener.serve(app))
+        log.info("admin API serving", extra={"host": settings.host, "port": listener.port})
+        yield RunningAdmin(health=health, port=listener.port, app=app)
