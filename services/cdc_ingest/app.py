@@ -35,6 +35,7 @@ from services.cdc_ingest.sink import KafkaSink
 from services.cdc_ingest.store import Store
 from services.cdc_ingest.supervisor import Supervisor
 from services.cdc_ingest.worker import TenantWorker
+from services.common.connections import VaultSessions
 from services.common.db import create_pool, database_ready
 from services.common.governor_client import GovernorBudget
 from services.common.kafka import consuming, make_kafka
@@ -44,6 +45,7 @@ from services.common.settings import environment
 from services.common.telemetry import Telemetry
 from services.common.tenant_config import load_current
 from services.common.topics import TopicNames, load_topic_table
+from services.common.vault import Keyring, Vault
 
 BudgetFor = Callable[[str], CallBudget]
 
@@ -94,6 +96,10 @@ async def run(
         http = await stack.enter_async_context(
             httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(60.0, connect=10.0))
         )
+        sessions = None
+        if settings.vault is not None:
+            vault = Vault(pool, Keyring.from_settings(settings.vault))
+            sessions = VaultSessions(vault, service=settings.service_name, http=http, secrets=secrets, metrics=metrics)
         channel = open_channel(settings.pubsub_target, settings.ca_file)
         stack.push_async_callback(channel.close, None)
         budgets = budget_for
@@ -117,6 +123,7 @@ async def run(
                 budget=budgets(tenant_id),
                 http=http,
                 metrics=metrics,
+                sessions=sessions,
             )
 
             async def pubsub_for(org_id: str) -> PubSubClient:

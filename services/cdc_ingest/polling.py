@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from services.cdc_ingest.cursor import Cursor, RecentlyEmitted
 from services.cdc_ingest.reading import RecordReader
 from services.cdc_ingest.store import LeaseLostError, Store
+from services.common.connections import ConnectionUnavailableError
 from services.common.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class Poller:
                 await self.poll_once(entity, recent)
                 failures = 0
                 await self._sleep(self._interval_seconds)
-            except (LeaseLostError, asyncio.CancelledError):
+            except (LeaseLostError, ConnectionUnavailableError, asyncio.CancelledError):
+                # Both end the worker (see Stream.run).
                 raise
             except Exception:
                 failures += 1

@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import KafkaServiceSettings
+from services.common.vault import VaultSettings, vault_settings
 
 
 def _default_replica_id() -> str:
@@ -60,6 +61,10 @@ class CdcIngestSettings(KafkaServiceSettings):
     lease_renew_seconds: float = Field(default=10.0, gt=0)
     # Only these tenants (empty: every tenant with a configuration).
     tenants: tuple[str, ...] = ()
+
+    # VAULT_KEYS: the tokens of tenants connected through the admin API (auth mode oauth_pkce).
+    # Unset: such tenants fail alone, with a clear error; every other tenant works as before.
+    vault: VaultSettings | None = Field(default_factory=vault_settings)
 
     @property
     def poll_overlap(self) -> timedelta:

@@ -34,6 +34,7 @@ from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.store import LeaseLostError, Store
 from services.cdc_ingest.translate import Translated, set_master_records, translate_event
 from services.cdc_ingest.typed import FieldTypes, datetime_from_ms
+from services.common.connections import ConnectionUnavailableError
 from services.common.metrics import Metrics
 from services.common.retry import RetryPolicy
 
@@ -110,7 +111,9 @@ class Stream:
             except PubSubError as error:
                 reason = "unavailable"
                 log.warning("pubsub stream failed", extra={"tenant_id": self.tenant_id, "err": str(error)})
-            except (LeaseLostError, asyncio.CancelledError):
+            except (LeaseLostError, ConnectionUnavailableError, asyncio.CancelledError):
+                # A lost lease ends the worker; so does an unusable connection, which only an admin
+                # can mend (the supervisor restarts the worker until then).
                 raise
             except Exception:
                 # A failed REST call inside a repair, Kafka unavailable, ...: start again from the

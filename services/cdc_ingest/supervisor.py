@@ -8,7 +8,9 @@ Every ``lease_renew_seconds`` the supervisor
    above it (stopping the worker first), so that a replica that joins gets work;
 4. (re)starts a worker for each held tenant without a running one (a worker that crashed is
    restarted on the next round, which also paces crash loops; one that stopped because the
-   governor has no API budget for the tenant waits until the governor said budget returns).
+   governor has no API budget for the tenant waits until the governor said budget returns; one
+   that stopped because the tenant's Salesforce connection is unusable, e.g. it needs to be
+   connected again, is restarted every round, which costs no call to Salesforce until it is).
 
 Two replicas can never both checkpoint a tenant: every progress write is fenced by the lease
 (see :mod:`services.cdc_ingest.store`). On shutdown the leases are released so that another
@@ -23,16 +25,18 @@ import logging
 import math
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.store import Store
+from services.common.connections import ConnectionUnavailableError
 from services.common.governor_client import BudgetUnavailable
 
 log = logging.getLogger(__name__)
 
 # Builds and runs one tenant's worker until it is cancelled (or fails).
 RunTenant = Callable[[str], Coroutine[Any, Any, None]]
+E = TypeVar("E", bound=BaseException)
 
 
 class Supervisor:
@@ -50,6 +54,8 @@ class Supervisor:
         self.workers: dict[str, asyncio.Task[None]] = {}
         # Tenants whose worker stopped for want of API budget, and when the governor expects some.
         self.out_of_budget: dict[str, datetime] = {}
+        # Tenants whose worker stopped because their connection is unusable, and why (said once).
+        self.unconnected: dict[str, str] = {}
 
     async def run(self) -> None:
         try:
@@ -85,10 +91,22 @@ class Supervisor:
             await self._hand_back(tenant_id, held)
         for tenant_id in sorted(held):
             task = self.workers.get(tenant_id)
+            if task is not None and not task.done():
+                self.unconnected.pop(tenant_id, None)
             if task is not None and task.done() and tenant_id not in self.out_of_budget:
                 error = None if task.cancelled() else task.exception()
                 budget = _out_of_budget(error)
-                if budget is not None:
+                unusable = _only(ConnectionUnavailableError, error)
+                if unusable:
+                    # Expected until someone connects the tenant: a warning when the reason changes,
+                    # no traceback, and a restart every round (it asks the database, not Salesforce).
+                    if self.unconnected.get(tenant_id) != unusable[0].reason:
+                        log.warning(
+                            "tenant's Salesforce connection is unusable; retrying every round",
+                            extra={"tenant_id": tenant_id, "reason": unusable[0].reason, "err": str(unusable[0])},
+                        )
+                    self.unconnected[tenant_id] = unusable[0].reason
+                elif budget is not None:
                     # Expected while a tenant is at its cap or its org ran out: no traceback, and
                     # no restart (and refused call) every round until then. The finished task
                     # stays in `workers`, so the lease is still renewed meanwhile.
@@ -112,6 +130,7 @@ class Supervisor:
 
     async def _stop(self, tenant_id: str) -> None:
         self.out_of_budget.pop(tenant_id, None)
+        self.unconnected.pop(tenant_id, None)
         task = self.workers.pop(tenant_id, None)
         if task is not None:
             task.cancel()
@@ -125,13 +144,18 @@ class Supervisor:
                 await self.store.release(tenant_id)
 
 
+def _only(kind: type[E], error: BaseException | None) -> list[E]:
+    """The errors of ``kind`` that ended a worker, if nothing else did (a TaskGroup's are grouped)."""
+    if isinstance(error, kind):
+        return [error]
+    if isinstance(error, BaseExceptionGroup):
+        found = [_only(kind, e) for e in error.exceptions]
+        if all(found):
+            return [e for errors in found for e in errors]
+    return []
+
+
 def _out_of_budget(error: BaseException | None) -> BudgetUnavailable | None:
     """The budget refusal that ended a worker, if that alone ended it (the latest one, if several)."""
-    if isinstance(error, BudgetUnavailable):
-        return error
-    if isinstance(error, BaseExceptionGroup):
-        found = [_out_of_budget(e) for e in error.exceptions]
-        refusals = [f for f in found if f is not None]
-        if refusals and len(refusals) == len(found):
-            return max(refusals, key=lambda r: r.not_before)
-    return None
+    refusals = _only(BudgetUnavailable, error)
+    return max(refusals, key=lambda r: r.not_before) if refusals else None

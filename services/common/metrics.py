@@ -35,6 +35,7 @@ MetricName = Literal[
     "duplex_governor_predicted_exhaustion_seconds",
     "duplex_governor_budget_warning",
     "duplex_writer_records_total",
+    "duplex_connection_needs_reconnect",
 ]
 METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
 
@@ -193,6 +194,14 @@ class Metrics:
             _name("duplex_writer_records_total"),
             "Record writes settled by the writer, per tenant and outcome.",
             ["tenant", "outcome"],
+            registry=registry,
+        )
+        # Set by any service that calls the tenant's org: 1 once it found that Salesforce refused the
+        # tenant's refresh token (someone must connect it again), 0 once it got a session again.
+        self.connection_needs_reconnect = Gauge(
+            _name("duplex_connection_needs_reconnect"),
+            "1 while the tenant's Salesforce connection must be re-authorized through the admin API.",
+            ["tenant"],
             registry=registry,
         )
 

@@ -6,7 +6,12 @@ Every call:
   writes from everyone else's (echo suppression);
 - reports the ``Sforce-Limit-Info`` usage Salesforce returns, so calls made by other integrations
   count against what the governor grants;
-- re-authenticates once on 401 INVALID_SESSION_ID and retries;
+- re-authenticates once on 401 INVALID_SESSION_ID and retries: ``password`` and
+  ``client_credentials`` tenants log in again; ``oauth_pkce`` tenants take their session from the
+  vault (:class:`~services.common.connections.VaultSessions`), where one replica refreshes it for all;
+- raises :class:`~services.common.connections.ConnectionUnavailableError` for an ``oauth_pkce``
+  tenant that has no usable grant (never connected, revoked, refused by Salesforce), before any budget
+  is asked for;
 - is counted in ``duplex_api_calls_total`` by API family (:func:`api_family`) and priority;
 - raises :class:`SalesforceApiError` with Salesforce's own errorCode on failure.
 """
@@ -21,8 +26,15 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from services.common.connections import (
+    VAULT_NOT_CONFIGURED,
+    ConnectionUnavailableError,
+    TenantSession,
+    VaultSessions,
+)
 from services.common.metrics import Metrics
 from services.common.tenant_config import AuthMode, SalesforceSpec, SecretValue
+from services.common.vault import SessionToken
 
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 OAUTH_PATH = "/services/oauth2/"
@@ -114,7 +126,6 @@ def parse_limit_info(header: str | None) -> tuple[int, int] | None:
 class Session:
     access_token: str
     instance_url: str
-    refresh_token: str | None = None
 
 
 class SalesforceClient:
@@ -130,6 +141,7 @@ class SalesforceClient:
         http: httpx.AsyncClient,
         session: Session | None = None,
         metrics: Metrics | None = None,
+        sessions: VaultSessions | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.spec = spec
@@ -138,6 +150,8 @@ class SalesforceClient:
         self._http = http
         self._session = session
         self._metrics = metrics
+        self._sessions = sessions
+        self._vault_session: TenantSession | None = None
         self._auth_lock = asyncio.Lock()
 
     @property
@@ -159,10 +173,10 @@ class SalesforceClient:
         # OAuth endpoints (userinfo) are not API requests: Salesforce neither counts them nor
         # reports usage on them, so they are not asked of the budget either.
         counted = not path.startswith(OAUTH_PATH)
-        if counted:
-            await self._budget.acquire(self.tenant_id, 1, backfill=backfill)
+        # The session first: a tenant that cannot have one spends no budget on a call never made.
         session = await self._current_session()
         if counted:
+            await self._budget.acquire(self.tenant_id, 1, backfill=backfill)
             self._count(path, backfill=backfill)
         response = await self._send(session, method, path, json=json, params=params, content=content, headers=headers)
         if response.status_code == 401:
@@ -211,18 +225,34 @@ class SalesforceClient:
         async with self._auth_lock:
             if self._session is not None and self._session is not stale:
                 return self._session  # another task already refreshed it
-            self._session = await self._token(stale)
+            try:
+                self._session = await self._token(stale)
+            except ConnectionUnavailableError:
+                # The next call starts from the vault again, where a reconnect puts a new session.
+                self._session = None
+                raise
             return self._session
+
+    async def _from_vault(self, stale: Session | None) -> Session:
+        if self._sessions is None:
+            msg = "auth mode oauth_pkce keeps the tenant's tokens in the vault, and this service has no VAULT_KEYS"
+            raise ConnectionUnavailableError(self.tenant_id, VAULT_NOT_CONFIGURED, msg)
+        if self._vault_session is None:
+            self._vault_session = self._sessions.for_tenant(self.tenant_id, self.spec)
+        if stale is None:
+            token = await self._vault_session.current()
+        else:
+            token = await self._vault_session.refreshed(SessionToken(stale.access_token, stale.instance_url))
+        return Session(token.access_token, token.instance_url)
 
     async def _token(self, stale: Session | None) -> Session:
         auth = self.spec.auth
+        if auth.mode is AuthMode.OAUTH_PKCE:
+            return await self._from_vault(stale)
         form: dict[str, str] = {"client_id": auth.client_id}
         if auth.client_secret is not None:
             form["client_secret"] = self._secrets(auth.client_secret)
-        refresh = stale.refresh_token if stale else (self._session.refresh_token if self._session else None)
-        if refresh:
-            form |= {"grant_type": "refresh_token", "refresh_token": refresh}
-        elif auth.mode is AuthMode.CLIENT_CREDENTIALS:
+        if auth.mode is AuthMode.CLIENT_CREDENTIALS:
             form["grant_type"] = "client_credentials"
         elif auth.mode is AuthMode.PASSWORD:
             # Guaranteed by the configuration's own checks for password mode.
@@ -232,9 +262,6 @@ class SalesforceClient:
             if auth.security_token is not None:
                 password += self._secrets(auth.security_token)
             form |= {"grant_type": "password", "username": auth.username, "password": password}
-        else:
-            msg = f"tenant {self.tenant_id}: no session and no refresh token; connect it through the admin API first"
-            raise SalesforceApiError(401, "INVALID_SESSION_ID", msg)
         login = str(self.spec.login_url or self.spec.instance_url).rstrip("/")
         response = await self._http.post(f"{login}/services/oauth2/token", data=form)
         if response.status_code != 200:
@@ -245,7 +272,7 @@ class SalesforceClient:
                 str(body.get("error_description", "")) if isinstance(body, dict) else response.text[:200],
             )
         token = response.json()
-        return Session(token["access_token"], token["instance_url"].rstrip("/"), token.get("refresh_token") or refresh)
+        return Session(token["access_token"], token["instance_url"].rstrip("/"))
 
 
 def _json(response: httpx.Response) -> Any:

@@ -17,6 +17,7 @@ from datetime import timedelta
 import httpx
 
 from services.common.config_provider import TenantConfigs
+from services.common.connections import VaultSessions
 from services.common.db import create_pool, database_ready
 from services.common.governor_client import GovernorBudget
 from services.common.kafka import consuming, make_kafka
@@ -25,6 +26,7 @@ from services.common.service import Running
 from services.common.settings import environment
 from services.common.telemetry import Telemetry
 from services.common.topics import Topic, TopicNames, load_topic_table
+from services.common.vault import Keyring, Vault
 from services.writer.consumer import CommandConsumer
 from services.writer.inflight import InFlight
 from services.writer.orgs import Orgs
@@ -74,13 +76,19 @@ async def run(
                 settings.governor_target, max_wait=timedelta(seconds=settings.governor_max_wait_seconds)
             )
             stack.push_async_callback(channel.close, None)
+        resolve = env_secrets(environment()) if secrets is None else secrets
+        sessions = None
+        if settings.vault is not None:
+            vault = Vault(pool, Keyring.from_settings(settings.vault))
+            sessions = VaultSessions(vault, service=settings.service_name, http=http, secrets=resolve, metrics=metrics)
         orgs = Orgs(
             TenantConfigs(max_staleness=settings.config_ttl_seconds),
             pool,
-            secrets=env_secrets(environment()) if secrets is None else secrets,
+            secrets=resolve,
             budget=budget,
             http=http,
             metrics=metrics,
+            sessions=sessions,
         )
         inflight = InFlight()
         settlement = Settlement(

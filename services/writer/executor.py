@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from services.common.connections import ConnectionUnavailableError
 from services.common.governor_client import BudgetUnavailable, GovernorUnavailable, UnknownTenant
 from services.common.salesforce import SalesforceApiError, SalesforceClient
 from services.writer.batching import COLLECTION_LIMIT, Batch, RecordWrite, Transport
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 
 _TERMINAL = frozenset({"JobComplete", "Failed", "Aborted"})
+# How soon a tenant waiting to be connected (again) is tried again: noticing a connect costs a
+# database read, no call to Salesforce.
+CONNECTION_RECHECK = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,10 @@ def call_failure(exc: Exception) -> CallFailure:
     """How to treat an exception raised by one Salesforce call."""
     if isinstance(exc, BudgetUnavailable):
         return CallFailure(ItemError("BUDGET_UNAVAILABLE", str(exc)), permanent=False, retry_at=exc.not_before)
+    if isinstance(exc, ConnectionUnavailableError):
+        # The tenant's grant, not its records: hold the writes (the tenant pauses) until it is fixed.
+        retry_at = datetime.now(UTC) + CONNECTION_RECHECK if exc.awaits_connect else None
+        return CallFailure(ItemError("CONNECTION_UNAVAILABLE", str(exc)), permanent=False, retry_at=retry_at)
     if isinstance(exc, GovernorUnavailable | UnknownTenant):
         return CallFailure(ItemError("GOVERNOR_UNAVAILABLE", str(exc)), permanent=False)
     if isinstance(exc, httpx.TimeoutException):

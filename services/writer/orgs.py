@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from services.common.config_provider import TenantConfigs
+from services.common.connections import VaultSessions
 from services.common.metrics import Metrics
 from services.common.salesforce import CallBudget, SalesforceClient, SecretResolver
 from services.common.tenant_config import QueryConnection, SalesforceSpec, StoredConfig
@@ -35,6 +36,7 @@ class Orgs:
         budget: CallBudget,
         http: httpx.AsyncClient,
         metrics: Metrics | None = None,
+        sessions: VaultSessions | None = None,
     ) -> None:
         self._configs = configs
         self._database = database
@@ -42,6 +44,7 @@ class Orgs:
         self._budget = budget
         self._http = http
         self._metrics = metrics
+        self._sessions = sessions
         self._orgs: dict[str, _Org] = {}
         # One reader per tenant: two batches starting at once must not log in to the org twice.
         self._locks: dict[str, asyncio.Lock] = {}
@@ -65,6 +68,12 @@ class Orgs:
 
     def _executor(self, tenant_id: str, spec: SalesforceSpec) -> BatchExecutor:
         client = SalesforceClient(
-            tenant_id, spec, secrets=self._secrets, budget=self._budget, http=self._http, metrics=self._metrics
+            tenant_id,
+            spec,
+            secrets=self._secrets,
+            budget=self._budget,
+            http=self._http,
+            metrics=self._metrics,
+            sessions=self._sessions,
         )
         return BatchExecutor(client)

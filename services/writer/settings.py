@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import KafkaServiceSettings
+from services.common.vault import VaultSettings, vault_settings
 
 
 class WriterSettings(KafkaServiceSettings):
@@ -38,3 +39,7 @@ class WriterSettings(KafkaServiceSettings):
     salesforce_timeout_seconds: float = Field(default=120.0, gt=0)
     # On shutdown, how long to wait for held writes to settle before leaving them to the replay.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    # VAULT_KEYS: the tokens of tenants connected through the admin API (auth mode oauth_pkce).
+    # Unset: such tenants fail alone, with a clear error; every other tenant works as before.
+    vault: VaultSettings | None = Field(default_factory=vault_settings)

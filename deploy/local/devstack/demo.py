@@ -92,6 +92,7 @@ def pipeline_for(state_dir: Path, info: dict[str, Any]) -> Pipeline:
             ca_file=info["ca_cert"],
             tenants=(TENANT,),
             secrets={SECRET_ENV[0]: info["client_secret"], SECRET_ENV[1]: INTEGRATION_PASSWORD},
+            vault_keys=state.vault_keys,
             app_tenant=TENANT,
         )
     )

@@ -53,6 +53,7 @@ _OWN_PREFIXES = (
     "WRITER_",
     "GOVERNOR_",
     "PARTNERS_APP_",
+    "VAULT_",
 )
 # services.common.service.READY_MESSAGE: logged once a service's resources are open and it consumes.
 _SERVICE_READY = r"service running"
@@ -102,6 +103,8 @@ class PipelineConfig:
     tenants: tuple[str, ...] = ()
     # Environment variables named by the tenants' secretRefs (client secret, password).
     secrets: Mapping[str, str] = field(default_factory=dict)
+    # VAULT_KEYS for the services that read tenants' tokens from the vault (None: they run without).
+    vault_keys: str | None = None
     # The example app: its tenant and database (default: its own schema in Duplex's database).
     app_tenant: str = "acme"
     app_dsn: str | None = None
@@ -361,4 +364,8 @@ class Pipeline:
             }
         else:
             own = {}
+        if spec.name in ("cdc-ingest", "writer") and c.vault_keys:
+            # The two services that call Salesforce; tenants connected through the admin API keep
+            # their tokens in the vault.
+            own["VAULT_KEYS"] = c.vault_keys
         return {**shared, **own, **c.overrides.get(spec.name, {})}

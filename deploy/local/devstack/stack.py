@@ -23,6 +23,7 @@ from devstack.state import (
     StackState,
     load_state,
     locked,
+    new_vault_keys,
     record_for,
     save_env,
     save_state,
@@ -104,6 +105,8 @@ def _plan(state_dir: Path, topic_prefix: str) -> _Plan:
     state.kafka_controller_port = ports["kafka_controller"]
     state.postgres_port = ports["postgres"]
     state.topic_prefix = topic_prefix
+    if state.vault_keys is None:
+        state.vault_keys = new_vault_keys()
     return _Plan(state, kafka_server(state_dir, state), postgres_server(state, account))
 
 

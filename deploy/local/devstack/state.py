@@ -1,15 +1,17 @@
 """``<state dir>/stack.json``: what the local stack runs, on which ports, and how to reach it.
 
 Anything started for the local stack (the broker and database here; later the emulator and the
-services) registers its pid so that ``down`` can stop it. The file holds the database password,
-so it is written 0600, like ``stack.env``.
+services) registers its pid so that ``down`` can stop it. The file holds the database password and
+the vault's key, so it is written 0600, like ``stack.env``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import os
+import secrets
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +50,9 @@ class StackState(BaseModel):
     bootstrap_servers: str | None = None
     dsn: str | None = None
     topic_prefix: str = ""
+    # VAULT_KEYS of the local stack: made once and kept, since the data keys in the database are
+    # wrapped by it.
+    vault_keys: str | None = None
     # Registration order; ``down`` stops them in reverse (services before their broker/database).
     processes: dict[str, ProcessRecord] = {}
 
@@ -72,13 +77,19 @@ def save_state(state_dir: Path, state: StackState) -> None:
     _write_private(state_dir / STATE_FILE, state.model_dump_json(indent=2) + "\n")
 
 
+def new_vault_keys() -> str:
+    """A ``VAULT_KEYS`` of one fresh key-encryption key, as ``openssl rand -base64 32`` would make."""
+    return "local:" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 def render_env(state: StackState) -> str:
     """``stack.env``: what a service needs to reach the stack (``set -a; . var/stack.env``)."""
-    return (
+    text = (
         f"KAFKA_BOOTSTRAP_SERVERS={state.bootstrap_servers}\n"
         f"KAFKA_TOPIC_PREFIX={state.topic_prefix}\n"
         f"POSTGRES_DSN={state.dsn}\n"
     )
+    return text + (f"VAULT_KEYS={state.vault_keys}\n" if state.vault_keys else "")
 
 
 def save_env(state_dir: Path, state: StackState) -> None:

@@ -12,6 +12,7 @@ import pytest
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.store import Store
 from services.cdc_ingest.supervisor import Supervisor
+from services.common.connections import ConnectionUnavailableError
 from services.common.governor_client import BudgetUnavailable
 from services.common.settings import KafkaSettings, PostgresSettings
 
@@ -203,3 +204,49 @@ async def test_replicas_share_out_tenants_and_take_over_a_silent_one_after_the_t
     finally:
         await a.stop_all()
         await b.stop_all()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ConnectionUnavailableError("acme", "needs_reconnect", "Salesforce refused its refresh token"),
+        ExceptionGroup("worker", [ConnectionUnavailableError("acme", "needs_reconnect", "refused")]),
+    ],
+)
+async def test_a_tenant_without_a_usable_connection_is_retried_every_round_and_reported_once(
+    failure: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs: list[str] = []
+
+    async def run_tenant(tenant_id: str) -> None:
+        runs.append(tenant_id)
+        if len(runs) <= 3:
+            raise failure
+        await asyncio.Event().wait()  # connected meanwhile: it runs
+
+    settings = CdcIngestSettings(
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+        postgres=PostgresSettings(dsn="postgresql://127.0.0.1:9/duplex"),
+        tenants=("acme",),
+    )
+    supervisor = Supervisor(settings, cast(Store, Leases()), run_tenant, clock=lambda: T0)
+    try:
+        await supervisor.rebalance()
+        await asyncio.sleep(0)
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                await supervisor.rebalance()
+                await asyncio.sleep(0)
+        assert len(runs) == 4
+        assert [(r.levelno, r.exc_info) for r in caplog.records] == [(logging.WARNING, None)]
+        assert caplog.records[0].reason == "needs_reconnect"  # type: ignore[attr-defined]
+        assert supervisor.unconnected == {"acme": "needs_reconnect"}
+        assert supervisor.out_of_budget == {}
+
+        await supervisor.rebalance()
+        assert supervisor.unconnected == {}
+        assert len(runs) == 4
+    finally:
+        for task in supervisor.workers.values():
+            task.cancel()
+        await asyncio.gather(*supervisor.workers.values(), return_exceptions=True)

@@ -6,15 +6,18 @@ import base64
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from devstack.kafka import KafkaPorts, new_cluster_id, render_log4j2, render_properties, server_properties
+from devstack.pipeline import Pipeline, PipelineConfig
 from devstack.postgres import OsAccount, can_traverse, dsn_with_database, render_conf
-from devstack.state import ProcessRecord, StackState, render_env
+from devstack.state import ProcessRecord, StackState, new_vault_keys, render_env
 from services.common.topic_admin import new_topics
 from services.common.topics import Topic, load_topic_table
+from services.common.vault import Keyring
 
 pytestmark = pytest.mark.unit
 
@@ -157,3 +160,24 @@ def test_stack_env_names_what_the_settings_read() -> None:
         "KAFKA_TOPIC_PREFIX=dev.",
         "POSTGRES_DSN=postgresql://u:p@127.0.0.1:2/duplex",
     ]
+
+
+def test_the_local_vault_key_is_one_fresh_kek_and_reaches_stack_env() -> None:
+    first, second = new_vault_keys(), new_vault_keys()
+    state = StackState(bootstrap_servers="127.0.0.1:1", dsn="postgresql://u:p@127.0.0.1:2/duplex", vault_keys=first)
+
+    assert first != second
+    assert Keyring.parse(first).ids == ("local",)
+    assert render_env(state).splitlines()[-1] == f"VAULT_KEYS={first}"
+
+
+def test_the_services_that_call_salesforce_get_the_vault_key(tmp_path: Path) -> None:
+    keys = new_vault_keys()
+    config = PipelineConfig(
+        tmp_path, "127.0.0.1:1", "postgresql://u:p@127.0.0.1:2/duplex", "127.0.0.1:3", "ca.pem", vault_keys=keys
+    )
+
+    services = Pipeline(config).services
+
+    assert {name for name, s in services.items() if s.settings.get("VAULT_KEYS") == keys} == {"cdc-ingest", "writer"}
+    assert "VAULT_KEYS" not in Pipeline(replace(config, vault_keys=None)).services["writer"].settings
