@@ -4,7 +4,10 @@ Renders the chart with ``helm template`` (default values, and ci/all-options-val
 every option on) and checks the result against the code: each Deployment runs its service's entry
 point; every environment variable the chart sets is one the service's pydantic-settings class reads,
 and the rendered environment loads into that class with the intended values; secrets stay out of
-ConfigMaps; clients reach the governor through its Service; the hook Jobs run existing CLI commands.
+ConfigMaps; clients reach the governor through its Service; the vault's keys reach exactly the
+services that use the vault; the admin API is served through its Service (and optional Ingress), knows
+its public URL (given, or https://<ingress host>) and so the Salesforce callback URL the notes tell to
+register, and its notes and hook Jobs run existing CLI commands.
 
 Marked slow (not part of ``make test``): it needs the helm binary, which ``make helm-check`` builds
 into .cache/helm; without it every test here is skipped.
@@ -21,21 +24,27 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
+import httpx
 import pytest
 import yaml
-from pydantic import AliasChoices
+from pydantic import AliasChoices, SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 from typer.testing import CliRunner
 
 from devstack.helm import helm_path
+from services.admin.api.application import build_api
 from services.admin.cli import app as admin_cli
+from services.admin.connect import CALLBACK_PATH
 from services.admin.settings import AdminSettings
 from services.cdc_ingest.settings import CdcIngestSettings
+from services.common.db import Pool
 from services.common.salesforce import env_secrets
+from services.common.service import Health
 from services.common.settings import KafkaSettings
 from services.common.tenant_config import SecretRef, SecretValue
+from services.common.vault import Keyring, VaultSettings
 from services.conflict_resolver.settings import ResolverSettings
 from services.mapping.settings import MappingSettings
 from services.rate_limit_governor.settings import GovernorSettings
@@ -61,17 +70,38 @@ class Service:
     settings: type[BaseSettings]
     # Calls Salesforce, so it is given the tenants' secrets.
     salesforce: bool
+    # Uses the vault, so it is given VAULT_KEYS.
+    vault: bool
+    # After `python -m <module>`.
+    args: tuple[str, ...] = ()
 
 
 SERVICES = (
-    Service("cdc-ingest", "cdcIngest", "services.cdc_ingest", CdcIngestSettings, salesforce=True),
-    Service("mapping", "mapping", "services.mapping", MappingSettings, salesforce=False),
-    Service("conflict-resolver", "conflictResolver", "services.conflict_resolver", ResolverSettings, salesforce=False),
-    Service("writer", "writer", "services.writer", WriterSettings, salesforce=True),
-    Service("rate-limit-governor", "rateLimitGovernor", "services.rate_limit_governor", GovernorSettings, False),
+    Service("cdc-ingest", "cdcIngest", "services.cdc_ingest", CdcIngestSettings, salesforce=True, vault=True),
+    Service("mapping", "mapping", "services.mapping", MappingSettings, salesforce=False, vault=False),
+    Service(
+        "conflict-resolver",
+        "conflictResolver",
+        "services.conflict_resolver",
+        ResolverSettings,
+        salesforce=False,
+        vault=False,
+    ),
+    Service("writer", "writer", "services.writer", WriterSettings, salesforce=True, vault=True),
+    Service(
+        "rate-limit-governor",
+        "rateLimitGovernor",
+        "services.rate_limit_governor",
+        GovernorSettings,
+        salesforce=False,
+        vault=False,
+    ),
+    # The connect flow exchanges codes with the tenant's connected app, whose secret it resolves itself.
+    Service("admin", "admin", "services.admin", AdminSettings, salesforce=True, vault=True, args=("serve",)),
 )
 BY_NAME = {service.name: service for service in SERVICES}
 GOVERNOR = BY_NAME["rate-limit-governor"]
+ADMIN = BY_NAME["admin"]
 # Settings holding the governor's host:port.
 GOVERNOR_TARGET_ENV = {"cdc-ingest": "CDC_INGEST_GOVERNOR_TARGET", "writer": "WRITER_GOVERNOR_TARGET"}
 RENDERS = ("default", "all-options")
@@ -131,10 +161,23 @@ def component(doc: Doc) -> str:
     return label
 
 
-def deployment(docs: list[Doc], name: str) -> Doc:
-    found = [doc for doc in of_kind(docs, "Deployment") if component(doc) == name]
-    assert len(found) == 1, f"{len(found)} Deployments for {name}"
+def one_of_kind(docs: list[Doc], kind: str, name: str) -> Doc:
+    found = [doc for doc in of_kind(docs, kind) if component(doc) == name]
+    assert len(found) == 1, f"{len(found)} {kind}s for {name}"
     return found[0]
+
+
+def deployment(docs: list[Doc], name: str) -> Doc:
+    return one_of_kind(docs, "Deployment", name)
+
+
+def pod_labels(workload: Doc) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def container_ports(workload: Doc) -> dict[str, int]:
+    return {port["name"]: port["containerPort"] for port in container(workload)["ports"]}
 
 
 def container(workload: Doc) -> Doc:
@@ -182,7 +225,8 @@ def environment(docs: list[Doc], workload: Doc) -> dict[str, str]:
 
 def chart_set_names(docs: list[Doc], workload: Doc) -> set[str]:
     """Env names the chart itself sets: its ConfigMap's keys and its env entries (not the tenants'
-    Salesforce secrets, whose names come from tenant documents, nor user-supplied extraEnvFrom)."""
+    Salesforce secrets, whose names come from tenant documents, nor user-supplied extraEnvFrom).
+    POSTGRES_DSN and VAULT_KEYS count even when they come from a Secret the chart does not render."""
     spec = container(workload)
     maps = config_maps(docs)
     names = {entry["name"] for entry in spec.get("env", [])}
@@ -193,7 +237,7 @@ def chart_set_names(docs: list[Doc], workload: Doc) -> set[str]:
         entry["name"]
         for entry in spec.get("env", [])
         if entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name") not in (None, *secrets(docs))
-        and entry["name"] != "POSTGRES_DSN"
+        and entry["name"] not in ("POSTGRES_DSN", "VAULT_KEYS")
     }
     return names - tenant_secrets
 
@@ -214,10 +258,12 @@ def env_names(settings: type[BaseSettings]) -> set[str]:
             names.add(alias.upper())
         else:
             names.add(f"{prefix}{field_name}".upper())
-        nested = field.annotation
-        if isinstance(nested, type) and issubclass(nested, BaseSettings):
+        # A nested settings class, optional or not (vault: VaultSettings | None).
+        for nested in (field.annotation, *get_args(field.annotation)):
+            if not (isinstance(nested, type) and issubclass(nested, BaseSettings)):
+                continue
             if field.default_factory is not None:
-                # Built by its own class from its own prefix (KAFKA_, POSTGRES_, TELEMETRY_).
+                # Built by its own class from its own prefix (KAFKA_, POSTGRES_, TELEMETRY_, VAULT_).
                 names |= env_names(nested)
             if delimiter:
                 names |= {f"{prefix}{field_name}{delimiter}{sub}".upper() for sub in nested.model_fields}
@@ -230,7 +276,14 @@ def test_env_names_knows_the_shared_and_own_prefixes() -> None:
     assert {"WRITER_GOVERNOR_TARGET", "KAFKA_BOOTSTRAP_SERVERS", "POSTGRES_DSN", "TELEMETRY_METRICS_PORT"} <= names
     assert "GOVERNOR_PORT" not in names
     assert "KAFKA_BOOTSTRAP_SERVERS" not in env_names(GovernorSettings)
-    assert {"POSTGRES_DSN", "DUPLEX_ACTOR"} <= env_names(AdminSettings)
+    assert {"POSTGRES_DSN", "DUPLEX_ACTOR", "DUPLEX_ADMIN_PUBLIC_URL", "VAULT_KEYS"} <= env_names(AdminSettings)
+    assert "VAULT_KEYS" not in env_names(MappingSettings)
+
+
+def readable(service: Service) -> set[str]:
+    """What ``service`` reads: its settings class, and the vault's own (VaultSettings, loaded where the
+    keyring is built) if it uses the vault."""
+    return env_names(service.settings) | (env_names(VaultSettings) if service.vault else set())
 
 
 def load_settings(monkeypatch: pytest.MonkeyPatch, settings: type[BaseSettings], env: dict[str, str]) -> Any:
@@ -264,8 +317,11 @@ def test_one_deployment_per_service_running_its_entry_point(rendered: dict[str, 
     assert sorted(component(d) for d in of_kind(docs, "Deployment")) == sorted(BY_NAME)
     for service in SERVICES:
         command = container(deployment(docs, service.name))["command"]
-        assert command == ["python", "-m", service.module]
+        assert command == ["python", "-m", service.module, *service.args]
         assert importlib.util.find_spec(f"{service.module}.__main__") is not None, f"{service.module} has no __main__"
+    # The one entry point with arguments: a command of the admin CLI (`duplex serve`).
+    result = CliRunner().invoke(admin_cli, [*ADMIN.args, "--help"])
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize("render_name", RENDERS)
@@ -274,7 +330,7 @@ def test_every_env_name_the_chart_sets_is_read_by_the_service(
     rendered: dict[str, list[Doc]], render_name: str, service: Service
 ) -> None:
     docs = rendered[render_name]
-    unread = chart_set_names(docs, deployment(docs, service.name)) - env_names(service.settings)
+    unread = chart_set_names(docs, deployment(docs, service.name)) - readable(service)
     assert unread == set(), f"{service.name} ({service.settings.__name__}) reads none of {sorted(unread)}"
 
 
@@ -306,6 +362,23 @@ LOADED = [
     ("rate-limit-governor", "live_reserve", 0.25),
     ("rate-limit-governor", "telemetry.log_json", False),
     ("rate-limit-governor", "telemetry.metrics_port", 9102),
+    ("admin", "host", "0.0.0.0"),
+    ("admin", "port", 8081),
+    ("admin", "postgres_dsn", "postgresql://duplex:fake-db-password-3f9a@postgres:5432/duplex"),
+    ("admin", "pool_max_size", 20),
+    ("admin", "max_body_bytes", 262144),
+    ("admin", "actor", "helm"),
+    ("admin", "oidc_issuer", "https://id.example.com/"),
+    ("admin", "oidc_audience", "duplex-admin"),
+    ("admin", "oidc_jwks_url", "https://id.example.com/.well-known/jwks.json"),
+    ("admin", "oidc_roles_claim", "duplex_roles"),
+    ("admin", "oidc_tenants_claim", "duplex_tenants"),
+    ("admin", "telemetry.metrics_port", 9102),
+    ("admin", "telemetry.otlp_endpoint", "http://otel-collector:4317"),
+    # Given with a trailing slash, which the chart (and the settings) drop.
+    ("admin", "public_url", "https://admin.duplex.example.com/duplex"),
+    ("admin", "salesforce_ca_file", "/etc/duplex/ca/ca.pem"),
+    ("admin", "salesforce_timeout_seconds", 12.5),
 ]
 
 
@@ -316,7 +389,7 @@ def test_the_rendered_environment_loads_into_the_settings(
     docs = rendered["all-options"]
     loaded = load_settings(monkeypatch, BY_NAME[name].settings, environment(docs, deployment(docs, name)))
     value = attribute(loaded, path)
-    if path == "postgres.dsn":
+    if isinstance(value, SecretStr):
         value = value.get_secret_value()
     assert value == expected
 
@@ -337,6 +410,8 @@ def test_the_default_environment_loads_with_ports_matching_the_pod(
     assert annotations["prometheus.io/path"] == "/metrics"
     if service is GOVERNOR:
         assert (loaded.host, loaded.port) == ("0.0.0.0", ports["grpc"])
+    if service is ADMIN:
+        assert (loaded.host, loaded.port) == ("0.0.0.0", ports["http"])
 
 
 def _secret_values(docs: list[Doc]) -> set[str]:
@@ -359,8 +434,9 @@ def _literal_strings(node: Any) -> Iterator[str]:
 def test_no_secret_value_outside_secrets(rendered: dict[str, list[Doc]]) -> None:
     docs = rendered["all-options"]
     values = all_options_values()["secrets"]
-    planted = {values["postgresDsn"], *values["salesforce"].values()}
+    planted = {values["postgresDsn"], *values["salesforce"].values(), values["vault"]["keys"]}
     assert planted <= _secret_values(docs)
+    planted |= set(_vault_key_texts())
     leaks = [
         f"{doc['kind']}/{doc['metadata']['name']}"
         for doc in docs
@@ -370,6 +446,12 @@ def test_no_secret_value_outside_secrets(rendered: dict[str, list[Doc]]) -> None
         if secret in text or "fake-db-password" in text
     ]
     assert leaks == []
+
+
+def _vault_key_texts() -> list[str]:
+    """The base64 of each key in the all-options VAULT_KEYS."""
+    keys: str = all_options_values()["secrets"]["vault"]["keys"]
+    return [entry.partition(":")[2] for entry in keys.split(",")]
 
 
 def render_notes(tmp_path: Path, *args: str) -> str:
@@ -399,9 +481,38 @@ def test_notes_name_secrets_without_their_values(tmp_path: Path) -> None:
     assert "ACME_SF_CLIENT_SECRET" in notes
     assert "GLOBEX_SALESFORCE_CLIENT_SECRET" in notes
     assert "duplex-all-rate-limit-governor.sync.svc.cluster.local:50052" in notes
+    assert "Secret duplex-all-vault (key VAULT_KEYS)" in notes
     values = all_options_values()["secrets"]
-    for secret in (values["postgresDsn"], *values["salesforce"].values()):
+    for secret in (values["postgresDsn"], *values["salesforce"].values(), *_vault_key_texts()):
         assert secret not in notes
+
+
+def test_notes_say_when_no_vault_keys_are_configured(tmp_path: Path) -> None:
+    notes = render_notes(tmp_path)
+    assert "none configured" in notes
+    assert "openssl rand -base64 32" in notes
+
+
+def test_notes_tell_how_to_create_the_first_admin_token(rendered: dict[str, list[Doc]], tmp_path: Path) -> None:
+    notes = render_notes(tmp_path, "-f", str(ALL_OPTIONS))
+    (line,) = [line for line in notes.splitlines() if "tokens create" in line]
+    kubectl, command = line.strip().split(" -- ")
+    admin = deployment(rendered["all-options"], ADMIN.name)["metadata"]["name"]
+    assert kubectl.split() == ["kubectl", "-n", NAMESPACE, "exec", f"deploy/{admin}"]
+    argv = command.split()
+    assert argv[:3] == ["python", "-m", "services.admin"]
+    assert argv[3:] == ["tokens", "create", "--name", "bootstrap", "--role", "admin"]
+    # The command and its options exist (--help is answered before option values are checked).
+    result = CliRunner().invoke(admin_cli, [*argv[3:], "--help"])
+    assert result.exit_code == 0, result.output
+    assert "https://duplex.example.com" in notes
+    assert "http://duplex-all-admin.sync.svc.cluster.local:8081" in notes
+
+
+def test_notes_tell_how_to_reach_the_admin_api_without_an_ingress(tmp_path: Path) -> None:
+    notes = render_notes(tmp_path)
+    assert "kubectl -n sync port-forward svc/duplex-admin 8080" in notes
+    assert "http://duplex-admin.sync.svc.cluster.local:8080" in notes
 
 
 def test_notes_say_topics_must_exist_when_the_chart_does_not_create_them(tmp_path: Path) -> None:
@@ -416,14 +527,12 @@ def test_clients_reach_the_governor_through_its_service(
     rendered: dict[str, list[Doc]], render_name: str, client: str
 ) -> None:
     docs = rendered[render_name]
-    (service,) = of_kind(docs, "Service")
+    service = one_of_kind(docs, "Service", GOVERNOR.name)
     governor = deployment(docs, GOVERNOR.name)
-    pod_labels = governor["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["selector"].items() <= pod_labels(governor).items()
     (grpc,) = [port for port in service["spec"]["ports"] if port["name"] == "grpc"]
-    container_ports = {port["name"]: port["containerPort"] for port in container(governor)["ports"]}
     assert grpc["targetPort"] == "grpc"
-    assert grpc["port"] == container_ports["grpc"]
+    assert grpc["port"] == container_ports(governor)["grpc"]
 
     target = environment(docs, deployment(docs, client))[GOVERNOR_TARGET_ENV[client]]
     host, port = target.rsplit(":", 1)
@@ -437,7 +546,7 @@ def test_disabling_a_service_removes_it(service: Service) -> None:
     if service is GOVERNOR:
         args += ["--set", "governorTarget=governor.elsewhere:50051"]
     docs = render(*args)
-    remaining = {component(doc) for doc in docs if doc["kind"] in ("Deployment", "ConfigMap", "Service")}
+    remaining = {component(doc) for doc in docs if doc["kind"] in ("Deployment", "ConfigMap", "Service", "Ingress")}
     assert service.name not in remaining
     assert sorted(component(d) for d in of_kind(docs, "Deployment")) == sorted(set(BY_NAME) - {service.name})
     if service is GOVERNOR:
@@ -481,8 +590,14 @@ def test_deployments_run_as_the_chart_service_account(rendered: dict[str, list[D
 @pytest.mark.parametrize("render_name", RENDERS)
 @pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
 def test_probes_use_what_the_service_serves(rendered: dict[str, list[Doc]], render_name: str, service: Service) -> None:
-    spec = container(deployment(rendered[render_name], service.name))
-    ports = {port["name"]: port["containerPort"] for port in spec["ports"]}
+    workload = deployment(rendered[render_name], service.name)
+    spec = container(workload)
+    ports = container_ports(workload)
+    if service is ADMIN:
+        # services/admin/api: /healthz is liveness, /readyz (database and HTTP) readiness.
+        assert spec["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert spec["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        return
     for probe in (spec["livenessProbe"], spec["readinessProbe"]):
         if service is GOVERNOR:
             # grpc.health.v1 on the gRPC port (services/rate_limit_governor/server.py).
@@ -496,7 +611,7 @@ def test_probes_use_what_the_service_serves(rendered: dict[str, list[Doc]], rend
     ("render_name", "expected"),
     [
         ("default", set()),
-        ("all-options", {"cdc-ingest", "mapping", "conflict-resolver", "writer", "rate-limit-governor"}),
+        ("all-options", {"cdc-ingest", "mapping", "conflict-resolver", "writer", "rate-limit-governor", "admin"}),
     ],
 )
 def test_disruption_budgets_only_for_replicated_services(
@@ -583,9 +698,257 @@ INVALID_VALUES = [
     ("setting not an env name", ("--set", "mapping.config.not-an-env=1"), "'not-an-env' does not match pattern"),
     ("misspelt service", ("--set", "writr.replicas=2"), "additional properties 'writr' not allowed"),
     ("no DSN at all", ("--set", "secrets.existingSecret="), "set secrets.postgresDsn, or secrets.existingSecret"),
+    ("admin port not a port", ("--set", "admin.port=0"), "at '/admin/port': minimum"),
+    (
+        "no Salesforce timeout",
+        ("--set", "admin.salesforce.timeoutSeconds=0"),
+        "at '/admin/salesforce/timeoutSeconds': exclusiveMinimum",
+    ),
+    (
+        "ingress without a host",
+        ("--set", "admin.ingress.enabled=true"),
+        "admin.ingress.enabled needs admin.ingress.host",
+    ),
+    (
+        "half an OIDC configuration",
+        ("--set", "admin.oidc.issuer=https://id.example.com/"),
+        "admin.oidc needs all of issuer, audience and jwksUrl",
+    ),
+    (
+        "two sources of vault keys",
+        ("--set", "secrets.vault.existingSecret=duplex-vault", "--set", f"secrets.vault.keys=k1:{'A' * 43}="),
+        "set secrets.vault.existingSecret or secrets.vault.keys, not both",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("args", "message"), [c[1:] for c in INVALID_VALUES], ids=[c[0] for c in INVALID_VALUES])
 def test_invalid_values_are_refused(args: tuple[str, ...], message: str) -> None:
     assert message in render_fails(*args)
+
+
+def test_malformed_vault_keys_are_refused_without_being_echoed() -> None:
+    # 17 bytes, not 32: the parser in services/common/vault.py refuses it too.
+    key = "c2l4dGVlbi1ieXRlcy1rZXk="
+    message = render_fails("--set", f"secrets.vault.keys=k1:{key}")
+    assert "secrets.vault.keys: expected <id>:<base64 of 32 bytes>" in message
+    assert key not in message
+    with pytest.raises(ValueError, match="is 17 bytes; a KEK is 32 bytes"):
+        Keyring.parse(f"k1:{key}")
+
+
+# ---------------------------------------------------------------- the vault's keys
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_vault_keys_reach_only_the_services_using_the_vault(
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch, service: Service
+) -> None:
+    docs = rendered["all-options"]
+    env = environment(docs, deployment(docs, service.name))
+    if service.vault:
+        keyring = Keyring.from_settings(load_settings(monkeypatch, VaultSettings, env))
+        # The first key in the value is the current one.
+        assert (keyring.current, keyring.ids) == ("k2", ("k2", "k1"))
+    else:
+        assert "VAULT_KEYS" not in env
+
+
+def test_vault_keys_from_an_existing_secret() -> None:
+    docs = render("--set", "secrets.vault.existingSecret=duplex-kek", "--set", "secrets.vault.key=keys")
+    assert not [name for name in secrets(docs) if name.endswith("-vault")]
+    for service in SERVICES:
+        refs = [
+            entry["valueFrom"]["secretKeyRef"]
+            for entry in container(deployment(docs, service.name))["env"]
+            if entry["name"] == "VAULT_KEYS"
+        ]
+        assert refs == ([{"name": "duplex-kek", "key": "keys"}] if service.vault else []), service.name
+
+
+def test_no_vault_keys_unless_given(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["default"]
+    assert not [name for name in secrets(docs) if name.endswith("-vault")]
+    for service in SERVICES:
+        assert "VAULT_KEYS" not in environment(docs, deployment(docs, service.name)), service.name
+
+
+# ---------------------------------------------------------------- the admin API's reach
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+def test_the_admin_api_is_served_through_its_service(rendered: dict[str, list[Doc]], render_name: str) -> None:
+    docs = rendered[render_name]
+    service = one_of_kind(docs, "Service", ADMIN.name)
+    admin = deployment(docs, ADMIN.name)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"].items() <= pod_labels(admin).items()
+    (http,) = service["spec"]["ports"]
+    assert (http["name"], http["targetPort"]) == ("http", "http")
+    assert http["port"] == container_ports(admin)["http"]
+
+
+async def _unready() -> bool:
+    return False
+
+
+async def test_the_admin_probes_ask_the_apis_health_routes(rendered: dict[str, list[Doc]]) -> None:
+    spec = container(deployment(rendered["default"], ADMIN.name))
+    # Live but not ready: the probes must tell the two apart. The health routes never touch the pool.
+    app = build_api(pool=cast(Pool, None), health=Health(ready=(_unready,)), max_body_bytes=1024)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as client:
+        assert (await client.get(spec["livenessProbe"]["httpGet"]["path"])).status_code == 200
+        assert (await client.get(spec["readinessProbe"]["httpGet"]["path"])).status_code == 503
+
+
+def test_the_admin_ingress_is_off_by_default(rendered: dict[str, list[Doc]]) -> None:
+    assert of_kind(rendered["default"], "Ingress") == []
+
+
+def test_the_admin_ingress_routes_its_host_to_the_admin_service(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["all-options"]
+    (ingress,) = of_kind(docs, "Ingress")
+    spec = ingress["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert spec["tls"] == [{"hosts": ["duplex.example.com"], "secretName": "duplex-admin-tls"}]
+    assert ingress["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    (rule,) = spec["rules"]
+    assert rule["host"] == "duplex.example.com"
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    service = one_of_kind(docs, "Service", ADMIN.name)
+    assert path["backend"]["service"] == {"name": service["metadata"]["name"], "port": {"name": "http"}}
+
+
+# ---------------------------------------------------------------- the admin API's public URL and the connect flow
+
+PUBLIC_URLS = [
+    ("given", ("-f", str(ALL_OPTIONS)), "https://admin.duplex.example.com/duplex"),
+    ("from the ingress host", ("-f", str(ALL_OPTIONS), "--set", "admin.publicUrl="), "https://duplex.example.com"),
+    (
+        # TLS terminated in front of the Ingress: still https.
+        "from an ingress host without TLS here",
+        ("--set", "admin.ingress.enabled=true", "--set", "admin.ingress.host=duplex.internal.example"),
+        "https://duplex.internal.example",
+    ),
+    ("not from a disabled ingress", ("--set", "admin.ingress.host=duplex.example.com"), None),
+    ("none", (), None),
+]
+
+
+def _admin_settings(monkeypatch: pytest.MonkeyPatch, docs: list[Doc]) -> AdminSettings:
+    loaded: AdminSettings = load_settings(monkeypatch, AdminSettings, environment(docs, deployment(docs, ADMIN.name)))
+    return loaded
+
+
+@pytest.mark.parametrize(("args", "expected"), [c[1:] for c in PUBLIC_URLS], ids=[c[0] for c in PUBLIC_URLS])
+def test_the_admin_api_knows_its_public_url_and_the_notes_its_callback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: tuple[str, ...], expected: str | None
+) -> None:
+    docs = render(*args)
+    loaded = _admin_settings(monkeypatch, docs)
+    assert loaded.public_url == expected
+    if expected is None:
+        assert "DUPLEX_ADMIN_PUBLIC_URL" not in environment(docs, deployment(docs, ADMIN.name))
+    # What services/admin/app.py sends Salesforce as redirect_uri; the notes must give the same URL to register.
+    port = container_ports(deployment(docs, ADMIN.name))["http"]
+    callback = loaded.public_base_url(port) + CALLBACK_PATH
+    assert callback == f"{expected or f'http://127.0.0.1:{port}'}/api/v1/oauth/callback"
+    notes = render_notes(tmp_path, *args)
+    assert callback in [line.strip() for line in notes.splitlines()]
+    if expected is None:
+        assert "Set admin.publicUrl" in notes
+
+
+def test_the_chart_refuses_the_public_urls_the_settings_refuse() -> None:
+    for url in (
+        "duplex.example.com",
+        "ftp://duplex.example.com",
+        "https://duplex.example.com/?tenant=acme",
+        "https://duplex.example.com/#top",
+        "https://",
+    ):
+        assert "at '/admin/publicUrl'" in render_fails("--set-string", f"admin.publicUrl={url}"), url
+        with pytest.raises(ValidationError, match="public_url"):
+            AdminSettings(public_url=url)
+
+
+def test_the_chart_takes_the_public_urls_the_settings_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url, loaded in (
+        ("https://duplex.example.com:8443/admin/", "https://duplex.example.com:8443/admin"),
+        ("http://[::1]:8080", "http://[::1]:8080"),
+    ):
+        docs = render("--set-string", f"admin.publicUrl={url}")
+        assert _admin_settings(monkeypatch, docs).public_url == loaded
+        assert AdminSettings(public_url=url).public_url == loaded
+
+
+def test_the_admin_salesforce_defaults_are_the_settings_defaults(
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = _admin_settings(monkeypatch, rendered["default"])
+    chart = yaml.safe_load((CHART / "values.yaml").read_text())["admin"]["salesforce"]
+    assert loaded.salesforce_ca_file is None
+    assert loaded.salesforce_timeout_seconds == chart["timeoutSeconds"]
+    assert chart["timeoutSeconds"] == AdminSettings.model_fields["salesforce_timeout_seconds"].default
+
+
+def test_the_admin_salesforce_ca_file_is_mounted(
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered["all-options"]
+    ca_file = _admin_settings(monkeypatch, docs).salesforce_ca_file
+    assert ca_file is not None
+    admin = deployment(docs, ADMIN.name)
+    mounts = {mount["mountPath"]: mount["name"] for mount in container(admin)["volumeMounts"]}
+    (mounted,) = [path for path in mounts if ca_file.startswith(f"{path.rstrip('/')}/")]
+    assert mounts[mounted] in {volume["name"] for volume in admin["spec"]["template"]["spec"]["volumes"]}
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+def test_the_admin_api_loads_its_vault(
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch, render_name: str
+) -> None:
+    # AdminSettings.vault: without it the connect flow answers 503, and the notes say so.
+    loaded = _admin_settings(monkeypatch, rendered[render_name])
+    if render_name == "default":
+        assert loaded.vault is None
+    else:
+        assert loaded.vault is not None
+        keyring = Keyring.from_settings(loaded.vault)
+        assert (keyring.current, keyring.ids) == ("k2", ("k2", "k1"))
+
+
+@pytest.mark.parametrize("render_name", RENDERS)
+def test_notes_say_the_connect_flow_needs_the_vault(tmp_path: Path, render_name: str) -> None:
+    notes = render_notes(tmp_path, *RENDER_ARGS[render_name])
+    assert ("connecting answers 503" in notes) == (render_name == "default")
+
+
+def test_no_network_policies_unless_enabled(rendered: dict[str, list[Doc]]) -> None:
+    assert of_kind(rendered["default"], "NetworkPolicy") == []
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_network_policies_admit_each_port_from_its_clients(rendered: dict[str, list[Doc]], service: Service) -> None:
+    docs = rendered["all-options"]
+    allowed = all_options_values()["networkPolicy"]
+    policy = one_of_kind(docs, "NetworkPolicy", service.name)
+    workload = deployment(docs, service.name)
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(workload).items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    sources = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert set(sources) == set(container_ports(workload))
+    assert sources["metrics"] == allowed["metricsFrom"]
+    if service is GOVERNOR:
+        release_pods = {"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/part-of": "duplex"}
+        assert sources["grpc"] == [{"podSelector": {"matchLabels": release_pods}}]
+    if service is ADMIN:
+        assert sources["http"] == allowed["adminFrom"]
+
+
+def test_the_admin_port_is_open_to_anyone_when_no_sources_are_given() -> None:
+    docs = render("-f", str(ALL_OPTIONS), "--set-json", "networkPolicy.adminFrom=[]")
+    policy = one_of_kind(docs, "NetworkPolicy", ADMIN.name)
+    (http,) = [rule for rule in policy["spec"]["ingress"] if rule["ports"][0]["port"] == "http"]
+    assert "from" not in http

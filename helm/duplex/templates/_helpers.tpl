@@ -2,40 +2,60 @@
 The services the chart runs. Each is started by its thin entry point (`python -m <module>`, see
 services/<package>/__main__.py) and configured only through the environment variables its
 pydantic-settings class reads (services/<package>/settings.py, services/common/settings.py).
-  kafka:      reads KAFKA_* (KafkaSettings); the governor does not.
+  args:       what follows `python -m <module>` (the admin CLI's `serve`).
+  kafka:      reads KAFKA_* (KafkaSettings); the governor and the admin API do not.
   salesforce: calls Salesforce, so it needs the tenants' secrets (env vars named by their secretRefs).
+  vault:      reads or writes tenants' secrets in the vault, so it needs VAULT_KEYS (VaultSettings).
   governorTargetEnv: the setting holding the governor's host:port.
 */}}
 {{- define "duplex.catalogue" -}}
 cdcIngest:
   name: cdc-ingest
   module: services.cdc_ingest
+  args: []
   kafka: true
   salesforce: true
+  vault: true
   governorTargetEnv: CDC_INGEST_GOVERNOR_TARGET
 mapping:
   name: mapping
   module: services.mapping
+  args: []
   kafka: true
   salesforce: false
+  vault: false
   governorTargetEnv: ""
 conflictResolver:
   name: conflict-resolver
   module: services.conflict_resolver
+  args: []
   kafka: true
   salesforce: false
+  vault: false
   governorTargetEnv: ""
 writer:
   name: writer
   module: services.writer
+  args: []
   kafka: true
   salesforce: true
+  vault: true
   governorTargetEnv: WRITER_GOVERNOR_TARGET
 rateLimitGovernor:
   name: rate-limit-governor
   module: services.rate_limit_governor
+  args: []
   kafka: false
   salesforce: false
+  vault: false
+  governorTargetEnv: ""
+admin:
+  name: admin
+  module: services.admin
+  args: [serve]
+  kafka: false
+  salesforce: true
+  vault: true
   governorTargetEnv: ""
 {{- end -}}
 
@@ -103,6 +123,41 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.secrets.existingSecret | default (include "duplex.fullname" .) -}}
 {{- end -}}
 
+{{/*
+Secret holding VAULT_KEYS: the existing one, the one the chart creates from secrets.vault.keys, or
+empty when neither is given (the services then get no VAULT_KEYS).
+*/}}
+{{- define "duplex.vaultSecretName" -}}
+{{- $vault := .Values.secrets.vault -}}
+{{- if and $vault.existingSecret $vault.keys -}}
+{{- fail "set secrets.vault.existingSecret or secrets.vault.keys, not both" -}}
+{{- end -}}
+{{- if $vault.existingSecret -}}
+{{- $vault.existingSecret -}}
+{{- else if $vault.keys -}}
+{{- printf "%s-vault" (include "duplex.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The admin API's Service (ClusterIP). */}}
+{{- define "duplex.adminServiceName" -}}
+{{- printf "%s-admin" (include "duplex.fullname" .) -}}
+{{- end -}}
+
+{{/*
+Where browsers reach the admin API (DUPLEX_ADMIN_PUBLIC_URL): admin.publicUrl without a trailing /,
+else https://<admin.ingress.host> when the Ingress is enabled, else empty (the API then uses
+http://127.0.0.1:<port>). The Salesforce callback is <this>/api/v1/oauth/callback.
+*/}}
+{{- define "duplex.adminPublicUrl" -}}
+{{- $admin := .Values.admin -}}
+{{- if $admin.publicUrl -}}
+{{- trimSuffix "/" $admin.publicUrl -}}
+{{- else if and $admin.ingress.enabled $admin.ingress.host -}}
+{{- printf "https://%s" $admin.ingress.host -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The governor's in-cluster address (host:port) every client of it is given. */}}
 {{- define "duplex.governorServiceName" -}}
 {{- printf "%s-rate-limit-governor" (include "duplex.fullname" .) -}}
@@ -136,8 +191,13 @@ Names are exactly the env names the settings classes read; values.<service>.conf
 {{- $_ := set $data "KAFKA_TOPIC_PREFIX" $root.Values.kafka.topicPrefix -}}
 {{- $_ := set $data "KAFKA_CLIENT_ID" $root.Values.kafka.clientId -}}
 {{- end -}}
+{{- if eq .key "admin" -}}
+{{/* AdminSettings sizes its pool itself (at least one connection): DUPLEX_ADMIN_POOL_MAX_SIZE only. */}}
+{{- $_ := set $data "DUPLEX_ADMIN_POOL_MAX_SIZE" (toString $root.Values.postgres.poolMaxSize) -}}
+{{- else -}}
 {{- $_ := set $data "POSTGRES_POOL_MIN_SIZE" (toString $root.Values.postgres.poolMinSize) -}}
 {{- $_ := set $data "POSTGRES_POOL_MAX_SIZE" (toString $root.Values.postgres.poolMaxSize) -}}
+{{- end -}}
 {{- $_ := set $data "TELEMETRY_LOG_LEVEL" $root.Values.telemetry.logLevel -}}
 {{- $_ := set $data "TELEMETRY_LOG_JSON" (toString $root.Values.telemetry.logJson) -}}
 {{- $_ := set $data "TELEMETRY_METRICS_PORT" (toString (int $root.Values.telemetry.metricsPort)) -}}
@@ -159,6 +219,34 @@ Names are exactly the env names the settings classes read; values.<service>.conf
 {{- if eq .key "rateLimitGovernor" -}}
 {{- $_ := set $data "GOVERNOR_HOST" "0.0.0.0" -}}
 {{- $_ := set $data "GOVERNOR_PORT" (toString (int .values.port)) -}}
+{{- end -}}
+{{- if eq .key "admin" -}}
+{{- $_ := set $data "DUPLEX_ADMIN_HOST" "0.0.0.0" -}}
+{{- $_ := set $data "DUPLEX_ADMIN_PORT" (toString (int .values.port)) -}}
+{{- with include "duplex.adminPublicUrl" $root -}}
+{{- $_ := set $data "DUPLEX_ADMIN_PUBLIC_URL" . -}}
+{{- end -}}
+{{- with .values.salesforce.caFile -}}
+{{- $_ := set $data "DUPLEX_ADMIN_SALESFORCE_CA_FILE" . -}}
+{{- end -}}
+{{- with .values.salesforce.timeoutSeconds -}}
+{{- $_ := set $data "DUPLEX_ADMIN_SALESFORCE_TIMEOUT_SECONDS" (toString .) -}}
+{{- end -}}
+{{- $oidc := .values.oidc -}}
+{{- if or $oidc.issuer $oidc.audience $oidc.jwksUrl -}}
+{{- if not (and $oidc.issuer $oidc.audience $oidc.jwksUrl) -}}
+{{- fail "admin.oidc needs all of issuer, audience and jwksUrl (or none)" -}}
+{{- end -}}
+{{- $_ := set $data "DUPLEX_ADMIN_OIDC_ISSUER" $oidc.issuer -}}
+{{- $_ := set $data "DUPLEX_ADMIN_OIDC_AUDIENCE" $oidc.audience -}}
+{{- $_ := set $data "DUPLEX_ADMIN_OIDC_JWKS_URL" $oidc.jwksUrl -}}
+{{- with $oidc.rolesClaim -}}
+{{- $_ := set $data "DUPLEX_ADMIN_OIDC_ROLES_CLAIM" . -}}
+{{- end -}}
+{{- with $oidc.tenantsClaim -}}
+{{- $_ := set $data "DUPLEX_ADMIN_OIDC_TENANTS_CLAIM" . -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- range $name, $value := .values.config -}}
 {{- $_ := set $data $name (toString $value) -}}
