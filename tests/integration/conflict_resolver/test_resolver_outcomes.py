@@ -16,6 +16,7 @@ from services.common.change import Side
 from services.conflict_resolver.repository import ResolverRepository
 from tests.e2e.sync.harness import CLIENT, TENANT, prepare_database
 from tests.integration.conflict_resolver.test_resolver_batches import Outbox, mapped, resolver, state
+from tests.unit.conflict_resolver.test_resolver_handlers import settled
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -25,26 +26,6 @@ WriteRecords = write_records_pb2.WriteRecords
 
 def commands(outbox: Outbox) -> list[WriteRecords]:
     return [c for _, c in outbox.sent if isinstance(c, WriteRecords)]
-
-
-def outcome(
-    command: WriteRecords, *, rejected: bool = False, record_id: str = "", created: bool = False
-) -> WriteSettled:
-    record = command.records[0]
-    settled = WriteSettled(
-        command_id=command.command_id,
-        tenant_id=TENANT,
-        link_id=record.link_id,
-        crm_object=command.crm_object,
-        operation=command.operation,
-        status=write_settled_pb2.WRITE_STATUS_REJECTED if rejected else write_settled_pb2.WRITE_STATUS_SUCCEEDED,
-        record_id=record_id or record.record_id,
-        created=created,
-        version=record.version,
-    )
-    if rejected:
-        settled.errors.add(status_code="FIELD_CUSTOM_VALIDATION_EXCEPTION", message="Name is locked", fields=["Name"])
-    return settled
 
 
 async def pending(dsn: str, link_id: str) -> dict[str, list[Any]]:
@@ -88,8 +69,8 @@ async def test_write_outcomes_store_created_ids_roll_back_rejections_and_ignore_
         assert upsert0.operation == write_records_pb2.OPERATION_UPSERT
 
         # The writer created both records.
-        assert await r.on_settled_batch([outcome(upsert0, record_id="001L0", created=True)]) == {}
-        assert await r.on_settled_batch([outcome(upsert1, record_id="001L1", created=True)]) == {}
+        assert await r.on_settled_batch([settled(upsert0, record_id="001L0", created=True)]) == {}
+        assert await r.on_settled_batch([settled(upsert1, record_id="001L1", created=True)]) == {}
         assert await fetch(fresh_database, "SELECT link_id, crm_record_id FROM link_states ORDER BY 1") == [
             ("L0", "001L0"),
             ("L1", "001L1"),
@@ -106,7 +87,7 @@ async def test_write_outcomes_store_created_ids_roll_back_rejections_and_ignore_
         first_edit, second_edit = commands(crm)[2:]
         assert first_edit.operation == second_edit.operation == write_records_pb2.OPERATION_UPDATE
         assert (await pending(fresh_database, "L0"))["name"] == ["n0", "v1", "v2"]
-        assert await r.on_settled_batch([outcome(first_edit, rejected=True)]) == {}
+        assert await r.on_settled_batch([settled(first_edit, rejected=True)]) == {}
         # Only that write's value stops waiting; the later one and the other fields still wait.
         assert await pending(fresh_database, "L0") == {"name": ["n0", "v2"], "phone": ["1", "2"]}
         before_redelivery = await state(fresh_database)
@@ -117,16 +98,16 @@ async def test_write_outcomes_store_created_ids_roll_back_rejections_and_ignore_
         delete = commands(crm)[-1]
         assert delete.operation == write_records_pb2.OPERATION_DELETE
         assert await fetch(fresh_database, "SELECT crm_deleted FROM link_states WHERE link_id = 'L0'") == [(True,)]
-        assert await r.on_settled_batch([outcome(delete, rejected=True)]) == {}
+        assert await r.on_settled_batch([settled(delete, rejected=True)]) == {}
         assert await fetch(fresh_database, "SELECT crm_deleted FROM link_states WHERE link_id = 'L0'") == [(False,)]
         after_delete = await state(fresh_database)
 
         # Every outcome again (the offsets were not committed): nothing changes.
         again = [
-            outcome(upsert0, record_id="001L0", created=True),
-            outcome(upsert1, record_id="001L1", created=True),
-            outcome(first_edit, rejected=True),
-            outcome(delete, rejected=True),
+            settled(upsert0, record_id="001L0", created=True),
+            settled(upsert1, record_id="001L1", created=True),
+            settled(first_edit, rejected=True),
+            settled(delete, rejected=True),
         ]
         assert await r.on_settled_batch(again) == {}
         assert await state(fresh_database) == after_delete

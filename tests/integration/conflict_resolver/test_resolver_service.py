@@ -20,7 +20,7 @@ from services.conflict_resolver.app import run
 from services.conflict_resolver.settings import ResolverSettings
 from tests.e2e.sync.harness import TENANT, TopicReader, decode, prepare_database, producer, publish
 from tests.integration.conflict_resolver.test_resolver_batches import mapped
-from tests.integration.conflict_resolver.test_resolver_outcomes import outcome
+from tests.unit.conflict_resolver.test_resolver_handlers import settled
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -69,7 +69,7 @@ async def test_mapped_changes_become_write_commands_whose_outcomes_come_back(
         (reason,) = [dict(r.headers)[ERROR_REASON] for r in await dead.until(1)]
         assert b"link_id" in reason
 
-        created = outcome(command, record_id="001L1", created=True)
+        created = settled(command, record_id="001L1", created=True)
         await publish(upstream, topic_names, Topic.WRITE_OUTCOMES, created, link_key(TENANT, "L1"))
         assert await crm_record_id(fresh_database, "L1") == "001L1"
         assert running.halt.error is None
