@@ -18,7 +18,12 @@ app update the end-to-end latency from the change's origin commit to the moment 
 published (``stage="app_update_published"``; the app applies it outside Duplex).
 
 A change that breaks the contract or names a pair its mapping version lacks is handed back to
-be dead-lettered (and written to the sync log); the rest of its batch goes on.
+be dead-lettered (and written to the sync log); the rest of its batch goes on. So is an event,
+change or outcome, that would fail its whole batch in PostgreSQL and with it every tenant's
+events: an identifier holding U+0000 or a surrogate (``UNSTORABLE_TEXT``), a value that cannot be
+compared (``INCOMPARABLE_VALUE``, a signaling NaN). Such text in a field value is no reason to
+refuse: it is stored escaped and written on exactly (the rules are in :mod:`state_codec`), and
+sync log rows are made storable the same way.
 
 The state lives in the :class:`~services.conflict_resolver.store.Store` the resolver is given:
 PostgreSQL when it runs (built in :mod:`app`), memory in unit tests.
@@ -32,6 +37,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from google.protobuf.message import Message
@@ -59,6 +65,7 @@ from services.conflict_resolver.resolve import (
     resolve,
     settle_rejected,
 )
+from services.conflict_resolver.state_codec import storable_json, storable_text, unstorable
 from services.conflict_resolver.store import FieldKey, LinkKey, LogRow, SentWrite, Store, TenantLinks, Transaction
 
 log = logging.getLogger(__name__)
@@ -102,6 +109,13 @@ class Resolver:
                     change = mapped_from_proto(event)
                 except InvalidEvent as error:
                     refused[index] = error
+                    continue
+                unfit = _unfit_change(change)
+                if unfit is not None:
+                    code, reason = unfit
+                    row = self._row(change.tenant_id, "change.rejected", change.link_id, code=code, message=reason)
+                    logs.append(row)
+                    refused[index] = InvalidEvent(reason)
                     continue
                 stored = await session.mapping(change.tenant_id, change.mapping_version)
                 pair = stored.config.object_pair(change.object_pair) if stored is not None else None
@@ -180,13 +194,30 @@ class Resolver:
         """Apply write outcomes in order, in one transaction; returns the refused ones by index."""
         refused: dict[int, InvalidEvent] = {}
         outcomes: list[WriteOutcome] = []
+        logs: list[LogRow] = []
         for index, event in enumerate(events):
             try:
-                outcomes.append(outcome_from_proto(event))
+                outcome = outcome_from_proto(event)
             except InvalidEvent as error:
                 refused[index] = error
-        if outcomes:
+                continue
+            reason = _unstorable(
+                "WriteSettled",
+                tenant_id=outcome.tenant_id,
+                link_id=outcome.link_id,
+                command_id=outcome.command_id,
+                record_id=outcome.record_id,
+            )
+            if reason is None:
+                outcomes.append(outcome)
+            else:
+                logs.append(
+                    self._row(outcome.tenant_id, "outcome.rejected", outcome.link_id, code=UNSTORABLE, message=reason)
+                )
+                refused[index] = InvalidEvent(reason)
+        if outcomes or logs:
             async with self._store.session() as session, session.transaction() as transaction:
+                await transaction.log(logs)
                 # All of the batch's links locked up front, in the order every batch uses.
                 await transaction.lock_links([(o.tenant_id, o.link_id) for o in outcomes])
                 for outcome in outcomes:
@@ -299,9 +330,54 @@ class Resolver:
         message: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> LogRow:
-        """A sync log row; ``detail`` is stored as JSON."""
-        details = json.dumps(detail or {}, sort_keys=True, default=str)
-        return (tenant_id, self._service, event, link_id, record_id, code, message, details)
+        """A sync log row; ``detail`` is stored as JSON. Texts from events are made storable."""
+        details = json.dumps(storable_json(detail or {}), sort_keys=True, default=str)
+        texts = (link_id, record_id, code, message)
+        link, record, code, message = (None if t is None else storable_text(t) for t in texts)
+        return (storable_text(tenant_id), self._service, event, link, record, code, message, details)
+
+
+# The sync log code of an event refused because PostgreSQL cannot store one of its identifiers.
+UNSTORABLE = "UNSTORABLE_TEXT"
+# ... or because one of its values cannot even be compared.
+INCOMPARABLE = "INCOMPARABLE_VALUE"
+
+
+def _unstorable(message: str, **ids: str) -> str | None:
+    """Why an event (a ``message``) whose identifiers (``ids``) PostgreSQL cannot store is refused.
+
+    Identifiers key the resolver's rows, so they are stored as they are, never escaped (see
+    :mod:`state_codec`); such an event is refused alone instead of failing its batch.
+    """
+    names = [name for name, text in ids.items() if unstorable(text)]
+    if not names:
+        return None
+    return f"{message} with U+0000 or a surrogate in {', '.join(names)}, which PostgreSQL cannot store"
+
+
+def _unfit_change(change: MappedChange) -> tuple[str, str] | None:
+    """(code, reason) for a mapped change the resolver cannot apply without failing its batch."""
+    reason = _unstorable(
+        "ChangeMapped",
+        tenant_id=change.tenant_id,
+        event_id=change.event_id,
+        link_id=change.link_id,
+        object_pair=change.object_pair,
+        app_record_id=change.app_record_id,
+        crm_record_id=change.crm_record_id,
+        external_id=change.external_id,
+    )
+    if reason is not None:
+        return UNSTORABLE, reason
+    # Comparing a signaling NaN raises, which would fail the batch again on every redelivery.
+    signaling = sorted(
+        f.app_field
+        for f in change.fields
+        if any(isinstance(v, Decimal) and v.is_snan() for v in (f.app_value, f.crm_value))
+    )
+    if signaling:
+        return INCOMPARABLE, f"ChangeMapped with a signaling NaN in {', '.join(signaling)}, which cannot be compared"
+    return None
 
 
 def count_resolved(

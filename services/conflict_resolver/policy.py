@@ -6,7 +6,11 @@ For every link and field the resolver keeps a :class:`FieldState`:
   it and the origin commit time of that edit;
 - ``pending``: per side, the value Duplex has asked that side to write and not yet seen back;
 - ``seen``: per side, the last genuine (non-echo) edit observed from it, to spot stale and
-  duplicate deliveries.
+  duplicate deliveries;
+- ``lost``: the last edit of the side that lost the field's latest conflict, until that side edits
+  again;
+- ``echoed``: per side, the last tagged echo of ours it reported, to tell a replayed echo from a
+  later write of the same value landing.
 
 A genuine edit from side S proposes a new truth. It is a *conflict* only when S edited without
 having received the current truth, which is exactly when a write of that truth to S is still
@@ -14,7 +18,15 @@ pending. Otherwise S edited on top of the truth and simply wins. Conflicts are s
 field's policy. An echo (Duplex's own write coming back: tagged with Duplex's origin client, or
 untagged but carrying the value of any write still pending to that side) never causes a write
 and changes no truth, so Duplex cannot argue with itself; only a tagged echo confirms (pops) the
-pending write.
+pending write, and only one later than the side's last tagged echo: a side reports its commits in
+order, so an earlier or identical one is a replay (re-read, re-published under a new event id).
+
+A conflict's loser is not forgotten. The winning side never received the losing edit, so its own
+later edits are concurrent with it too, and each is decided against it by the policy again. Only
+the unless-blank policies can reverse: an app that wins under app-unless-blank and then blanks the
+field (nulls allowed) loses to Salesforce's data after all, whichever order the three edits arrive
+in. The reversed conflict's winner is written to the side that just edited, and back to its own
+side if a write of ours landed there (or is on its way) since it was made.
 
 Further rules, for every policy:
 - a blank (null, empty string, empty multi-value) never overwrites data unless the mapping
@@ -68,6 +80,12 @@ class FieldState:
     # read back later may still show it, and must not be taken for someone's edit.
     written_app: Edit | None = None
     written_crm: Edit | None = None
+    # The last edit of the side that lost the latest conflict, until that side edits again or our
+    # write of it lands on the other side. Never by the truth's author.
+    lost: Edit | None = None
+    # Per side, the last tagged echo it reported (value, that side's commit time).
+    echoed_app: Edit | None = None
+    echoed_crm: Edit | None = None
 
     def pending(self, side: Side) -> tuple[Edit, ...]:
         return self.pending_app if side is Side.APP else self.pending_crm
@@ -84,6 +102,21 @@ class FieldState:
     def written(self, side: Side) -> Edit | None:
         return self.written_app if side is Side.APP else self.written_crm
 
+    def echoed(self, side: Side) -> Edit | None:
+        return self.echoed_app if side is Side.APP else self.echoed_crm
+
+    def with_echoed(self, side: Side, edit: Edit) -> FieldState:
+        return replace(self, echoed_app=edit) if side is Side.APP else replace(self, echoed_crm=edit)
+
+    def replayed(self, side: Side, value: Value, at: datetime) -> bool:
+        """Whether a tagged echo of ``value`` committed at ``at`` on ``side`` was reported before.
+
+        A side reports its commits in order, so a tagged echo no later than the last one (and not a
+        different value committed at the same instant) is that echo, or an older one, again.
+        """
+        last = self.echoed(side)
+        return last is not None and (at < last.at or (at == last.at and same_value(last.value, value)))
+
     def ours(self, side: Side, value: Value) -> bool:
         """Whether ``value`` is a write of ours to ``side``: in flight, or the last one confirmed."""
         written = self.written(side)
@@ -99,6 +132,10 @@ class FieldState:
         for i, edit in enumerate(pending):
             if same_value(edit.value, value):
                 state = self.with_pending(side, pending[i + 1 :])
+                if edit == state.lost:
+                    # The lost edit reached ``side`` (it was the truth when we sent it): the side's
+                    # later edits are made on top of it, no longer concurrent with it.
+                    state = replace(state, lost=None)
                 return replace(state, written_app=edit) if side is Side.APP else replace(state, written_crm=edit)
         return None
 
@@ -164,6 +201,10 @@ def observe(
     modification, and carries no origin client.
     """
     if from_duplex:
+        if state.replayed(side, value, at):
+            # Not our write landing again: a later write of the same value may still be in flight.
+            return Decision(Outcome.ECHO, state, {}, "replayed echo of an earlier write")
+        state = state.with_echoed(side, Edit(value, side, at))
         # Only a tagged echo proves our write landed on that side, in that side's commit order.
         landed = state.landed(side, value)
         if landed is not None:
@@ -199,6 +240,9 @@ def observe(
         # tagged echo, in that side's commit order, does. Seen, so a redelivery is a duplicate.
         return Decision(Outcome.ECHO, state.with_seen(side, proposal), {}, "echo: equals a pending write")
     state = state.with_seen(side, proposal)
+    if state.lost is not None and state.lost.author is side:
+        # The side edited again: its lost edit is no longer what it holds.
+        state = replace(state, lost=None)
     truth = state.truth
     if truth is not None and same_value(truth.value, value):
         # The side agrees with the truth (perhaps typed before our write landed). Nothing to write,
@@ -213,7 +257,8 @@ def observe(
     if truth is not None and conflict:
         winner, reason = conflict_winner(rule.policy, proposal, truth)
         if winner is not side:
-            return Decision(Outcome.REJECTED, *_restore(rule, state, side, truth), reason, conflict=True)
+            lost = replace(state, lost=proposal)
+            return Decision(Outcome.REJECTED, *_restore(rule, lost, side, truth), reason, conflict=True)
     else:
         reason = "first value seen" if truth is None else f"{side} changed"
 
@@ -221,7 +266,15 @@ def observe(
         # The blank stays on its side; the other side keeps its data and the truth stands.
         return Decision(Outcome.UNCHANGED, state, {}, f"{reason}; blank does not overwrite data", conflict=conflict)
 
-    state = replace(state, truth=proposal)
+    if state.lost is not None:
+        # The other side's lost edit (this side's was cleared above) is concurrent with this edit
+        # as well: this side never received it.
+        winner, why = conflict_winner(rule.policy, proposal, state.lost)
+        if winner is not side:
+            return _reverse(rule, state, proposal, state.lost, why)
+
+    # A truth this edit beat in a conflict is the other side's lost edit now.
+    state = replace(state, truth=proposal, lost=truth if conflict else state.lost)
     writes: dict[Side, Edit] = {}
     other = side.other
     # A blank only travels when the mapping allows nulls: the other side may hold data we never saw.
@@ -253,6 +306,20 @@ def _restore(rule: FieldRule, state: FieldState, side: Side, truth: Edit) -> tup
     if is_blank(truth.value) and not rule.allow_nulls:
         return state, {}
     return state.with_pending(side, (*state.pending(side), truth)), {side: truth}
+
+
+def _reverse(rule: FieldRule, state: FieldState, proposal: Edit, lost: Edit, reason: str) -> Decision:
+    """``proposal`` lost to the other side's ``lost`` edit: that edit becomes the truth after all."""
+    side, other = proposal.author, lost.author
+    echoed = state.echoed(other)
+    # The other side still holds its edit unless a write of ours landed there since (its tagged echo
+    # came later in that side's commit order) or is on its way.
+    overwritten = bool(state.pending(other)) or (echoed is not None and echoed.at > lost.at)
+    state, writes = _restore(rule, replace(state, truth=lost, lost=proposal), side, lost)
+    if overwritten:
+        state, back = _restore(rule, state, other, lost)
+        writes |= back
+    return Decision(Outcome.REJECTED, state, writes, f"{reason}, against its earlier edit", conflict=True)
 
 
 def roll_back(state: FieldState, side: Side, value: Value) -> FieldState:

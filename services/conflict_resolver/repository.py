@@ -22,7 +22,7 @@ from services.common.db import Connection, Pool
 from services.common.tenant_config import StoredConfig
 from services.common.values import Value
 from services.conflict_resolver.resolve import FieldRecord, LinkState
-from services.conflict_resolver.state_codec import decode_state, decode_value, encode_state, encode_value
+from services.conflict_resolver.state_codec import decode_record, decode_value, encode_record, encode_value
 from services.conflict_resolver.store import EventKey, FieldKey, LinkKey, LogRow, SentWrite
 
 _LINK_COLUMNS = "link_id, object_pair, external_id, app_record_id, crm_record_id, version, app_deleted, crm_deleted"
@@ -75,11 +75,7 @@ class ResolverRepository:
         rows = await self._conn.fetch(
             "SELECT field, state FROM field_states WHERE tenant_id = $1 AND link_id = $2", self._tenant, link_id
         )
-        records = {}
-        for row in rows:
-            state, crm_form = decode_state(_json(row["state"]))
-            records[row["field"]] = FieldRecord(state, crm_form)
-        return records
+        return {row["field"]: decode_record(_json(row["state"])) for row in rows}
 
     async def save(self, link: LinkState, fields: Mapping[str, FieldRecord]) -> None:
         await self._conn.execute(
@@ -99,7 +95,7 @@ class ResolverRepository:
                 "INSERT INTO field_states (tenant_id, link_id, field, state) VALUES ($1, $2, $3, $4::jsonb)"
                 " ON CONFLICT (tenant_id, link_id, field) DO UPDATE SET state = EXCLUDED.state, updated_at = now()",
                 [
-                    (self._tenant, link.link_id, name, json.dumps(encode_state(record.state, record.crm_form)))
+                    (self._tenant, link.link_id, name, json.dumps(encode_record(record)))
                     for name, record in fields.items()
                 ],
             )
@@ -210,8 +206,7 @@ class BatchRepository:
             [k[1] for k in wanted],
         )
         for row in rows:
-            state, crm_form = decode_state(_json(row["state"]))
-            records[(row["tenant_id"], row["link_id"])][row["field"]] = FieldRecord(state, crm_form)
+            records[(row["tenant_id"], row["link_id"])][row["field"]] = decode_record(_json(row["state"]))
         return records
 
     async def save(self, links: Mapping[LinkKey, LinkState], fields: Mapping[FieldKey, FieldRecord]) -> None:
@@ -243,7 +238,7 @@ class BatchRepository:
                 [n[0] for n in names],
                 [n[1] for n in names],
                 [n[2] for n in names],
-                [json.dumps(encode_state(fields[n].state, fields[n].crm_form)) for n in names],
+                [json.dumps(encode_record(fields[n])) for n in names],
             )
 
     async def record_sent(self, sent: Sequence[SentWrite]) -> None:

@@ -98,10 +98,12 @@ class LinkState:
 
 @dataclass(frozen=True)
 class FieldRecord:
-    """One field's policy state, and its truth in Salesforce terms."""
+    """One field's policy state, and its truth and lost edit in Salesforce terms."""
 
     state: FieldState = field(default_factory=FieldState)
     crm_form: Value = None
+    # The lost edit may become the truth after all (see policy), and be written to Salesforce.
+    lost_crm_form: Value = None
 
 
 @dataclass(frozen=True)
@@ -187,10 +189,14 @@ class _Builder:
         before = self.record(mapping.app)
         decision = observe(rule, before.state, side, change.app_value, at, from_duplex=from_duplex, read_back=read_back)
         state = decision.state
-        crm_form = before.crm_form
-        truth = state.truth
-        if truth is not None and truth.author is side and truth.at == at and truth is not before.state.truth:
-            crm_form = change.crm_value
+        # The truth and the lost edit only ever change to this change's edit or to each other.
+        crm_form, lost_crm_form = before.crm_form, before.lost_crm_form
+        if state.truth is not before.state.truth:
+            crm_form = before.lost_crm_form if state.truth is before.state.lost else change.crm_value
+        if state.lost is None:
+            lost_crm_form = None
+        elif state.lost is not before.state.lost:
+            lost_crm_form = before.crm_form if state.lost is before.state.truth else change.crm_value
         for target, edit in decision.writes.items():
             if self.link.deleted(target):
                 # Never write into a record deleted on that side: stop waiting for an echo instead.
@@ -199,11 +205,11 @@ class _Builder:
                 continue
             if target is Side.CRM:
                 proposal = edit.author is side and edit.at == at
-                self.crm[mapping.salesforce] = change.crm_value if proposal else before.crm_form
+                self.crm[mapping.salesforce] = change.crm_value if proposal else crm_form
                 self.crm_pending[mapping.app] = edit.value
             else:
                 self.app[mapping.app] = edit.value
-        self.records[mapping.app] = FieldRecord(state, crm_form)
+        self.records[mapping.app] = FieldRecord(state, crm_form, lost_crm_form)
         self.decisions.append(_decision(mapping, rule, decision, before.state, side, from_duplex=from_duplex))
 
     def push_truth(self, target: Side) -> None:
@@ -217,7 +223,7 @@ class _Builder:
             if is_blank(truth.value) and not rule.allow_nulls:
                 continue
             state = record.state.with_pending(target, (*record.state.pending(target), truth))
-            self.records[mapping.app] = FieldRecord(state, record.crm_form)
+            self.records[mapping.app] = replace(record, state=state)
             if target is Side.CRM:
                 self.crm[mapping.salesforce] = record.crm_form
                 self.crm_pending[mapping.app] = truth.value
@@ -463,7 +469,7 @@ def settle_rejected(fields: Mapping[str, FieldRecord], pending: Mapping[str, Val
     for app_field, value in pending.items():
         record = fields.get(app_field)
         if record is not None:
-            settled[app_field] = FieldRecord(roll_back(record.state, Side.CRM, value), record.crm_form)
+            settled[app_field] = replace(record, state=roll_back(record.state, Side.CRM, value))
     return settled
 
 

@@ -1,11 +1,28 @@
-"""Field state as JSON (the ``field_states.state`` jsonb column), with every value type kept exact.
+"""Field records as JSON (the ``field_states.state`` jsonb column), with every value type kept exact,
+and the texts the resolver stores made storable.
 
 JSON has no decimals, dates or references, and a float would silently round big ints, so every
 value is tagged: ``{"d": "12.50"}`` is a Decimal, ``{"r": "001..."}`` a reference, and so on.
+
+Hostile text. PostgreSQL refuses U+0000 in ``text`` and ``jsonb`` alike, and cannot store a
+surrogate code point as UTF-8 (a lone one is refused; a pair would come back as the one character
+it encodes). One such value used to fail the whole batch, which was retried until the resolver
+halted for every tenant. The rules:
+
+- a field value (string, reference, multi-value) holding either is stored escaped under its own tag
+  (``"se"``, ``"re"``, ``"me"``): ``\\`` becomes ``\\\\``, U+0000 ``\\0`` and a surrogate
+  ``\\udxxx``. The escape round-trips exactly, so the value is resolved and written on like any
+  other; whether a side accepts it is that side's decision, reported through its write outcome;
+- an identifier the resolver keys its rows by (tenant, event, link, record ids, object pair,
+  external id, command id) holding either is refused: :func:`unstorable` names it, and the handler
+  dead-letters that event alone with the reason, in the sync log too;
+- texts that only explain (sync log messages and details) are stored with the same escape,
+  :func:`storable_text` and :func:`storable_json`, readable rather than exact.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -13,8 +30,56 @@ from typing import Any
 from services.common.change import Side
 from services.common.values import Reference, Value
 from services.conflict_resolver.policy import Edit, FieldState
+from services.conflict_resolver.resolve import FieldRecord
 
 Json = Any
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_ESCAPED_CHARS = re.compile("[\\\\\x00\ud800-\udfff]")
+_ESCAPE_SEQUENCE = re.compile(r"\\(\\|0|u[0-9a-f]{4})")
+
+
+def unstorable(text: str) -> bool:
+    """Whether PostgreSQL refuses ``text`` (or would not give it back as it was)."""
+    return _UNSTORABLE.search(text) is not None
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\\":
+        return "\\\\"
+    return "\\0" if char == "\x00" else f"\\u{ord(char):04x}"
+
+
+def _unescape_sequence(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if code == "\\":
+        return "\\"
+    return "\x00" if code == "0" else chr(int(code[1:], 16))
+
+
+def escape(text: str) -> str:
+    return _ESCAPED_CHARS.sub(_escape_char, text)
+
+
+def unescape(text: str) -> str:
+    return _ESCAPE_SEQUENCE.sub(_unescape_sequence, text)
+
+
+def storable_text(text: str) -> str:
+    """``text`` itself when PostgreSQL can store it, else escaped (for texts that only explain)."""
+    return escape(text) if unstorable(text) else text
+
+
+def storable_json(data: Json) -> Json:
+    """``data`` with every string in it (keys included) made storable by :func:`storable_text`."""
+    if isinstance(data, str):
+        return storable_text(data)
+    if isinstance(data, dict):
+        return {storable_json(k): storable_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [storable_json(v) for v in data]
+    return data
 
 
 def encode_value(value: Value) -> Json:
@@ -23,9 +88,9 @@ def encode_value(value: Value) -> Json:
     if isinstance(value, bool):
         return {"b": value}
     if isinstance(value, Reference):
-        return {"r": str(value)}
+        return {"re": escape(value)} if unstorable(value) else {"r": str(value)}
     if isinstance(value, str):
-        return {"s": value}
+        return {"se": escape(value)} if unstorable(value) else {"s": value}
     if isinstance(value, int):
         return {"i": str(value)}
     if isinstance(value, Decimal):
@@ -36,25 +101,32 @@ def encode_value(value: Value) -> Json:
         return {"dt": value.isoformat()}
     if isinstance(value, date):
         return {"da": value.isoformat()}
+    if any(unstorable(v) for v in value):
+        return {"me": [escape(v) for v in value]}
     return {"m": list(value)}
+
+
+_DECODERS: dict[str, Any] = {
+    "b": bool,
+    "r": Reference,
+    "re": lambda raw: Reference(unescape(raw)),
+    "s": str,
+    "se": unescape,
+    "i": int,
+    "d": Decimal,
+    "f": float,
+    "dt": datetime.fromisoformat,
+    "da": date.fromisoformat,
+    "m": tuple,
+    "me": lambda raw: tuple(unescape(v) for v in raw),
+}
 
 
 def decode_value(data: Json) -> Value:
     if data is None:
         return None
     (tag, raw), *_ = data.items()
-    decoders: dict[str, Any] = {
-        "b": bool,
-        "r": Reference,
-        "s": str,
-        "i": int,
-        "d": Decimal,
-        "f": float,
-        "dt": datetime.fromisoformat,
-        "da": date.fromisoformat,
-        "m": tuple,
-    }
-    value: Value = decoders[tag](raw)
+    value: Value = _DECODERS[tag](raw)
     return value
 
 
@@ -74,8 +146,10 @@ def _edits(data: Json) -> tuple[Edit, ...]:
     return tuple(e for e in (_from_edit(d) for d in data) if e is not None)
 
 
-def encode_state(state: FieldState, crm_form: Value) -> Json:
-    """The state of one field and the Salesforce form of its truth (values are kept in app terms)."""
+def encode_record(record: FieldRecord) -> Json:
+    """One field's state and the Salesforce forms of its truth and lost edit (values are kept in
+    app terms)."""
+    state = record.state
     return {
         "truth": _edit(state.truth),
         "pending_app": [_edit(e) for e in state.pending_app],
@@ -84,19 +158,26 @@ def encode_state(state: FieldState, crm_form: Value) -> Json:
         "seen_crm": _edit(state.seen_crm),
         "written_app": _edit(state.written_app),
         "written_crm": _edit(state.written_crm),
-        "crm_form": encode_value(crm_form),
+        "lost": _edit(state.lost),
+        "echoed_app": _edit(state.echoed_app),
+        "echoed_crm": _edit(state.echoed_crm),
+        "crm_form": encode_value(record.crm_form),
+        "lost_crm_form": encode_value(record.lost_crm_form),
     }
 
 
-def decode_state(data: Json) -> tuple[FieldState, Value]:
+def decode_record(data: Json) -> FieldRecord:
     state = FieldState(
         truth=_from_edit(data["truth"]),
         pending_app=_edits(data["pending_app"]),
         pending_crm=_edits(data["pending_crm"]),
         seen_app=_from_edit(data["seen_app"]),
         seen_crm=_from_edit(data["seen_crm"]),
-        # Absent from states stored before it was kept.
+        # Absent from states stored before they were kept.
         written_app=_from_edit(data.get("written_app")),
         written_crm=_from_edit(data.get("written_crm")),
+        lost=_from_edit(data.get("lost")),
+        echoed_app=_from_edit(data.get("echoed_app")),
+        echoed_crm=_from_edit(data.get("echoed_crm")),
     )
-    return state, decode_value(data["crm_form"])
+    return FieldRecord(state, decode_value(data["crm_form"]), decode_value(data.get("lost_crm_form")))

@@ -481,12 +481,12 @@ def test_an_echo_confirms_the_oldest_matching_write_and_drops_superseded_ones() 
     assert coalesced.state.pending_crm == ()
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a conflict loser is forgotten (needs per-side state, see report)")
 def test_a_favoured_side_blanking_after_winning_reopens_the_conflict() -> None:
     # app_unless_blank, nulls allowed. The app set "b" (t1) then blanked it (t2); Salesforce set "a"
     # (t3) without ever receiving either. The app's final value is blank and concurrent with "a":
-    # Salesforce's data should win, whatever the delivery order. Delivered app, app, crm it does;
-    # delivered app, crm, app, "a" first loses to "b" and is forgotten, so the blank wins.
+    # Salesforce's data wins, whatever the delivery order. Delivered app, app, crm, "a" meets the
+    # blank; delivered app, crm, app, "a" first loses to "b", is kept as Salesforce's lost edit,
+    # and the blank, concurrent with it too, loses to it.
     rule = FieldRule(Policy.APP_UNLESS_BLANK, allow_nulls=True)
     finals = []
     for order in ([(APP, "b", 1), (APP, None, 2), (CRM, "a", 3)], [(APP, "b", 1), (CRM, "a", 3), (APP, None, 2)]):
@@ -498,8 +498,7 @@ def test_a_favoured_side_blanking_after_winning_reopens_the_conflict() -> None:
     assert finals == ["a", "a"]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a replayed tagged echo is taken for a later write landing")
-def test_a_replayed_tagged_echo_confirms_a_later_write_of_the_same_value() -> None:
+def test_a_replayed_tagged_echo_never_confirms_a_later_write_of_the_same_value() -> None:
     # Salesforce set "a" (t1), then "b" (t2), then "a" (t3); our writes of "a" and "b" to the app
     # landed the first time, "a" echoed (t4); then "a" went out again. The echo of t4, replayed
     # (under a new event id), must not confirm the new "a", still in flight behind "b".
@@ -514,3 +513,97 @@ def test_a_replayed_tagged_echo_confirms_a_later_write_of_the_same_value() -> No
 
     assert (replayed.outcome, replayed.writes) == (Outcome.ECHO, {})
     assert replayed.state.pending_app == state.pending_app
+
+
+UNLESS_BLANK_NULLS = FieldRule(Policy.APP_UNLESS_BLANK, allow_nulls=True)
+
+
+def salesforce_lost_to_the_app() -> FieldState:
+    """app-unless-blank, nulls allowed: the app's "b" (t1) is on its way to Salesforce when
+    Salesforce's own "a" (t3) arrives, and loses to it."""
+    won = observe(UNLESS_BLANK_NULLS, FieldState(), APP, "b", t(1), from_duplex=False).state
+    lost = observe(UNLESS_BLANK_NULLS, won, CRM, "a", t(3), from_duplex=False)
+    assert (lost.outcome, lost.state.truth, lost.state.lost) == (Outcome.REJECTED, edit("b", APP, 1), edit("a", CRM, 3))
+    return lost.state
+
+
+def test_a_reversed_conflict_writes_the_lost_edit_wherever_it_is_missing() -> None:
+    state = salesforce_lost_to_the_app()
+
+    # Our "b" is still on its way to Salesforce and will overwrite "a" there: "a" goes after it.
+    in_flight = observe(UNLESS_BLANK_NULLS, state, APP, None, t(4), from_duplex=False)
+    # Our "b" landed after "a" (its tagged echo came later in Salesforce's order): the same.
+    landed = observe(UNLESS_BLANK_NULLS, state, CRM, "b", t(5), from_duplex=True).state
+    after_landing = observe(UNLESS_BLANK_NULLS, landed, APP, None, t(6), from_duplex=False)
+    # Salesforce refused our "b" for good, so it still holds "a": only the app is written.
+    refused = roll_back(state, CRM, "b")
+    kept = observe(UNLESS_BLANK_NULLS, refused, APP, None, t(4), from_duplex=False)
+
+    a = edit("a", CRM, 3)
+    for d in (in_flight, after_landing, kept):
+        assert (d.outcome, d.conflict, d.state.truth) == (Outcome.REJECTED, True, a)
+    assert in_flight.writes == after_landing.writes == {APP: a, CRM: a}
+    assert kept.writes == {APP: a}
+    # Now the app's blank is the lost edit, and a redelivery of it changes nothing.
+    assert in_flight.state.lost == edit(None, APP, 4)
+    again = observe(UNLESS_BLANK_NULLS, in_flight.state, APP, None, t(4), from_duplex=False)
+    assert (again.outcome, again.writes, again.state) == (Outcome.DUPLICATE, {}, in_flight.state)
+
+
+def test_a_lost_edit_is_replaced_by_its_sides_next_edit() -> None:
+    state = salesforce_lost_to_the_app()
+
+    again = observe(UNLESS_BLANK_NULLS, state, CRM, "c", t(5), from_duplex=False)
+    blank = observe(UNLESS_BLANK_NULLS, again.state, APP, None, t(6), from_duplex=False)
+
+    assert (again.outcome, again.state.lost) == (Outcome.REJECTED, edit("c", CRM, 5))
+    assert blank.state.truth == edit("c", CRM, 5)
+
+
+def test_a_lost_edit_that_reached_the_winning_side_is_not_concurrent_with_its_later_edits() -> None:
+    # crm-unless-blank, nulls allowed: the app's "a" (t1) is on its way to Salesforce, where "b" (t2)
+    # beats it. Our "a" then lands on Salesforce before a rep blanks the field on top of it (t4).
+    rule = FieldRule(Policy.CRM_UNLESS_BLANK, allow_nulls=True)
+    sent = observe(rule, FieldState(), APP, "a", t(1), from_duplex=False).state
+    beaten = observe(rule, sent, CRM, "b", t(2), from_duplex=False).state
+    received = observe(rule, beaten, CRM, "a", t(3), from_duplex=True).state
+
+    on_top = observe(rule, received, CRM, None, t(4), from_duplex=False)
+    # Made before our "a" landed, the same blank is concurrent with it, and loses to the app's data.
+    concurrent = observe(rule, beaten, CRM, None, t(4), from_duplex=False)
+
+    assert beaten.lost == edit("a", APP, 1)
+    assert received.lost is None
+    assert (on_top.outcome, on_top.state.truth) == (Outcome.ACCEPTED, edit(None, CRM, 4))
+    assert (concurrent.outcome, concurrent.state.truth) == (Outcome.REJECTED, edit("a", APP, 1))
+
+
+@pytest.mark.parametrize("policy", [Policy.APP_WINS, Policy.CRM_WINS, Policy.NEWEST_WINS])
+def test_only_the_unless_blank_policies_ever_reverse_a_conflict(policy: Policy) -> None:
+    # Whichever side lost, the winner's later edits (blank or not) win again.
+    rule = FieldRule(policy, allow_nulls=True)
+    for first, second in ((APP, CRM), (CRM, APP)):
+        state = observe(rule, FieldState(), first, "x", t(1), from_duplex=False).state
+        state = observe(rule, state, second, "y", t(2), from_duplex=False).state
+        assert state.lost is not None
+        winner = state.lost.author.other
+        for value, at in (("z", 3), (None, 4)):
+            d = observe(rule, state, winner, value, t(at), from_duplex=False)
+            assert (d.outcome, d.state.truth) == (Outcome.ACCEPTED, edit(value, winner, at))
+            state = d.state
+
+
+def test_a_tagged_echo_no_later_than_the_last_one_confirms_nothing() -> None:
+    writes = (edit("a", CRM, 1), edit("b", CRM, 2), edit("a", CRM, 3))
+    state = FieldState(truth=edit("a", CRM, 3)).with_pending(APP, writes)
+
+    first = observe(BOTH_NEWEST, state, APP, "a", t(5), from_duplex=True)
+    older = observe(BOTH_NEWEST, first.state, APP, "b", t(4), from_duplex=True)
+    same = observe(BOTH_NEWEST, first.state, APP, "a", t(5), from_duplex=True)
+    # Another value committed at the same instant is not that echo again.
+    other = observe(BOTH_NEWEST, first.state, APP, "b", t(5), from_duplex=True)
+
+    assert (first.state.pending_app, first.state.echoed_app) == (writes[1:], edit("a", APP, 5))
+    for replay in (older, same):
+        assert (replay.outcome, replay.writes, replay.state) == (Outcome.ECHO, {}, first.state)
+    assert other.state.pending_app == writes[2:]

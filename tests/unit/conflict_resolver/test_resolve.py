@@ -318,6 +318,41 @@ def test_a_restored_truth_is_written_in_salesforce_terms() -> None:
     assert dict(lost.crm_write.fields) == {"Status__c": "Active"}
 
 
+@pytest.mark.parametrize(
+    ("policy", "first", "second", "blank", "crm_write", "app_write"),
+    [
+        # Salesforce's "b" loses to the app's "a", then the app blanks: "b" is restored as spelt there.
+        ("app_unless_blank", Side.APP, Side.CRM, Side.APP, "B", "b"),
+        # The app's "a" loses to Salesforce's "b", then Salesforce blanks: "a" goes back as "A".
+        ("crm_unless_blank", Side.APP, Side.CRM, Side.CRM, "A", "a"),
+    ],
+)
+def test_a_reversed_conflict_writes_the_lost_edit_in_salesforce_terms(
+    policy: str, first: Side, second: Side, blank: Side, crm_write: str, app_write: str
+) -> None:
+    status = {"app": "status", "salesforce": "Status__c", "conflictPolicy": policy, "allowNulls": True}
+    p = pair(fields=[status])
+    state, fields = link(crm_record_id="001A", app_record_id="a1"), dict[str, FieldRecord]()
+    results = []
+    for c in (
+        change(first, {"status": "a"}, crm={"status": "A"}, at=1, n=1),
+        change(second, {"status": "b"}, crm={"status": "B"}, at=2, n=2),
+        change(blank, {"status": None}, at=3, n=3),
+    ):
+        r = resolve(p, CLIENT, state, fields, c)
+        state, fields = r.link, {**fields, **r.fields}
+        results.append(r)
+
+    reversed_ = results[-1]
+    (decision,) = reversed_.decisions
+    assert (decision.outcome, decision.conflict, decision.winner) == (Outcome.REJECTED, True, blank.other)
+    assert reversed_.crm_write is not None
+    assert dict(reversed_.crm_write.fields) == {"Status__c": crm_write}
+    assert reversed_.app_update is not None
+    assert dict(reversed_.app_update.fields) == {"status": app_write}
+    assert (fields["status"].crm_form, fields["status"].lost_crm_form) == (crm_write, None)
+
+
 def test_a_rejected_write_rolls_back_exactly_its_pending_values() -> None:
     (r,) = run(change(Side.APP, {"name": "Acme"}), start=link(crm_record_id="001A", app_record_id="a1"))
     assert r.crm_write is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.change import Change, Side
 from services.common.codec import link_key, record_key
-from services.common.contract import RecordChanged, from_proto, to_field_value
+from services.common.contract import RecordChanged, from_proto, to_field_value, to_value
 from services.common.metrics import Metrics
 from services.common.tenant_config import StoredConfig, parse_tenant_config
 from services.common.values import Value
@@ -343,3 +344,45 @@ async def test_events_breaking_the_contract_are_handed_back_by_index() -> None:
     assert [row["code"] for row in world.log("change.rejected")] == ["UNKNOWN_PAIR"]
     assert len(world.commands()) == 1  # the good one applied
     assert list(outcomes) == [0]
+
+
+async def test_an_event_postgresql_cannot_store_is_refused_alone_with_its_reason_in_the_sync_log() -> None:
+    world = World(LINKED)
+    nul_link = mapped("bad-1", {"name": "x"}, at=1, link="L\x00")
+    nul_event = mapped("bad-2\x00", {"name": "x"}, at=1)
+    snan = mapped("bad-3", {"name": Decimal("sNaN")}, at=1)
+    nul_value = mapped("u1", {"name": "Acme\x00Ltd"}, at=10)
+    outcome = WriteSettled(tenant_id=TENANT, command_id="c", link_id="L1", record_id="001\x00")
+
+    refused = await world.resolver.on_mapped_batch([nul_link, nul_event, nul_value, snan])
+    refused_outcomes = await world.resolver.on_settled_batch([outcome])
+
+    assert sorted(refused) == [0, 1, 3]
+    assert refused[0].reason.startswith("ChangeMapped with U+0000 or a surrogate in link_id, app_record_id")
+    assert "surrogate in event_id, which PostgreSQL cannot store" in refused[1].reason
+    assert "signaling NaN in name" in refused[3].reason
+    assert "surrogate in record_id" in refused_outcomes[0].reason
+    rejected = world.log("change.rejected")
+    assert [(row["link"], row["code"]) for row in rejected] == [
+        ("L\\0", "UNSTORABLE_TEXT"),
+        ("L1", "UNSTORABLE_TEXT"),
+        ("L1", "INCOMPARABLE_VALUE"),
+    ]
+    assert [row["code"] for row in world.log("outcome.rejected")] == ["UNSTORABLE_TEXT"]
+    # A value is no identifier: it is resolved and written on exactly.
+    (command,) = world.commands()
+    assert to_value(command.records[0].fields["Name"]) == "Acme\x00Ltd"
+    assert world.truth("name") == "Acme\x00Ltd"
+
+
+async def test_the_sync_log_stores_texts_from_events_escaped() -> None:
+    world = World(LINKED)
+    event = mapped("u1", {"name": "x"}, at=1)
+    event.source_event_id = "src\x00"
+    event.dropped_fields.add(field="Bad\x00Field", reason="too long")
+
+    assert await world.resolver.on_mapped_batch([event]) == {}
+
+    (row,) = world.log("change.resolved")
+    assert row["detail"]["source_event_id"] == "src\\0"
+    assert row["detail"]["dropped"] == {"Bad\\0Field": "too long"}

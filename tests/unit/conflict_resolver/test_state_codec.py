@@ -1,4 +1,4 @@
-"""Field state survives the jsonb column exactly, whatever the value types."""
+"""Field state survives the jsonb column exactly, whatever the value types, hostile text included."""
 
 from __future__ import annotations
 
@@ -12,42 +12,107 @@ from hypothesis import strategies as st
 from services.common.change import Side
 from services.common.values import Reference, Value
 from services.conflict_resolver.policy import Edit, FieldState
-from services.conflict_resolver.state_codec import decode_state, decode_value, encode_state, encode_value
+from services.conflict_resolver.resolve import FieldRecord
+from services.conflict_resolver.state_codec import (
+    decode_record,
+    decode_value,
+    encode_record,
+    encode_value,
+    escape,
+    storable_json,
+    storable_text,
+    unescape,
+    unstorable,
+)
 
 pytestmark = pytest.mark.unit
+
+# Any code point, U+0000 and surrogates (lone or paired) included, and the escape's own backslash.
+hostile = st.text(st.characters() | st.sampled_from(["\x00", "\\", "\ud800", "\udc00"]))
 
 values: st.SearchStrategy[Value] = st.one_of(
     st.none(),
     st.booleans(),
-    st.text(),
-    st.text(min_size=1).map(Reference),
+    hostile,
+    hostile.filter(bool).map(Reference),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.decimals(allow_nan=False, allow_infinity=False),
     st.floats(allow_nan=False),
     st.dates(),
     st.datetimes(timezones=st.just(UTC)),
-    st.lists(st.text()).map(tuple),
+    st.lists(hostile).map(tuple),
 )
 edits = st.builds(Edit, values, st.sampled_from(list(Side)), st.datetimes(timezones=st.just(UTC)))
+optional_edits = st.none() | edits
+pending = st.lists(edits, max_size=3).map(tuple)
+states = st.builds(
+    FieldState,
+    truth=optional_edits,
+    pending_app=pending,
+    pending_crm=pending,
+    seen_app=optional_edits,
+    seen_crm=optional_edits,
+    written_app=optional_edits,
+    written_crm=optional_edits,
+    lost=optional_edits,
+    echoed_app=optional_edits,
+    echoed_crm=optional_edits,
+)
+
+
+def stored(data: object) -> object:
+    """``data`` through JSON text as PostgreSQL's jsonb takes it: no U+0000, valid UTF-8."""
+    text = json.dumps(data, ensure_ascii=False)
+    assert "\\u0000" not in text
+    text.encode("utf-8")  # raises on a surrogate
+    return json.loads(text)
 
 
 @given(values)
 def test_every_value_round_trips_with_its_type(value: Value) -> None:
-    back = decode_value(json.loads(json.dumps(encode_value(value))))
+    back = decode_value(stored(encode_value(value)))
     assert type(back) is type(value)
     assert back == value or (back != back and value != value)
 
 
-@given(
-    st.builds(
-        FieldState,
-        st.none() | edits,
-        st.lists(edits, max_size=3).map(tuple),
-        st.lists(edits, max_size=3).map(tuple),
-        st.none() | edits,
-        st.none() | edits,
-    ),
-    values,
-)
-def test_field_state_round_trips(state: FieldState, crm_form: Value) -> None:
-    assert decode_state(json.loads(json.dumps(encode_state(state, crm_form)))) == (state, crm_form)
+@given(states, values, values)
+def test_field_records_round_trip(state: FieldState, crm_form: Value, lost_crm_form: Value) -> None:
+    record = FieldRecord(state, crm_form, lost_crm_form)
+    assert decode_record(stored(encode_record(record))) == record
+
+
+def test_a_record_stored_before_the_lost_edit_and_echoes_were_kept_reads_without_them() -> None:
+    old = encode_record(FieldRecord(FieldState(), "x"))
+    for key in ("written_app", "written_crm", "lost", "echoed_app", "echoed_crm", "lost_crm_form"):
+        del old[key]
+
+    assert decode_record(old) == FieldRecord(FieldState(), "x")
+
+
+@given(hostile)
+def test_the_escape_round_trips_and_leaves_nothing_postgresql_refuses(text: str) -> None:
+    assert unescape(escape(text)) == text
+    assert not unstorable(escape(text))
+    assert not unstorable(storable_text(text))
+
+
+def test_hostile_values_are_kept_under_their_own_tags_and_ordinary_ones_as_before() -> None:
+    assert encode_value("a\\b") == {"s": "a\\b"}
+    assert encode_value("a\x00b\\") == {"se": "a\\0b\\\\"}
+    assert encode_value(Reference("001\ud800")) == {"re": "001\\ud800"}
+    assert encode_value(("ok", "\x00")) == {"me": ["ok", "\\0"]}
+    # A surrogate pair is two code points in Python; stored as such it would come back as one.
+    pair = "\ud83d\ude00"
+    assert pair != "\U0001f600"
+    assert decode_value(stored(encode_value(pair))) == pair
+
+
+def test_explanations_are_made_storable_keys_included() -> None:
+    detail = {"source_event_id": "e\x00", "dropped": {"Bad\x00Field": "too long: a\ud800"}, "n": 3, "l": ("x",)}
+
+    assert storable_json(detail) == {
+        "source_event_id": "e\\0",
+        "dropped": {"Bad\\0Field": "too long: a\\ud800"},
+        "n": 3,
+        "l": ["x"],
+    }
