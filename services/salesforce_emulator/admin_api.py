@@ -29,8 +29,10 @@ from services.salesforce_emulator.orgs import (
     OrgError,
     OrgRegistry,
     OrgSpec,
+    UnknownFieldError,
     UserSpec,
 )
+from services.salesforce_emulator.schema import ObjectDef
 
 PREFIX = "/__emulator__"
 
@@ -107,6 +109,16 @@ def faults_view(faults: OrgFaults) -> dict[str, Any]:
         "unavailable_ratio": faults.unavailable_ratio,
         "lock_ratio": faults.lock_ratio,
         "api_limit": faults.api_limit,
+    }
+
+
+def _object_view(obj: ObjectDef) -> dict[str, Any]:
+    return {
+        "name": obj.name,
+        "key_prefix": obj.key_prefix,
+        "custom": obj.custom,
+        "cdc_enabled": obj.cdc_enabled,
+        "fields": [f.name for f in obj.fields],
     }
 
 
@@ -208,13 +220,18 @@ def build_admin_router(
             obj = orgs.define_object(org.org_id, object_name, spec)
         except OrgError as exc:
             raise bad_request(exc) from exc
-        return {
-            "name": obj.name,
-            "key_prefix": obj.key_prefix,
-            "custom": obj.custom,
-            "cdc_enabled": obj.cdc_enabled,
-            "fields": [f.name for f in obj.fields],
-        }
+        return _object_view(obj)
+
+    @router.delete("/orgs/{org_ref}/objects/{object_name}/fields/{field_name}")
+    async def delete_field(org: OrgRef, object_name: str, field_name: str) -> dict[str, Any]:
+        """Delete a custom field (standard fields cannot be deleted, as in Setup)."""
+        try:
+            obj = orgs.delete_field(org.org_id, object_name, field_name)
+        except UnknownFieldError as exc:
+            raise SalesforceError(404, "NOT_FOUND", str(exc)) from exc
+        except OrgError as exc:
+            raise bad_request(exc) from exc
+        return _object_view(obj)
 
     @router.get("/orgs/{org_ref}/faults")
     async def get_faults(org: OrgRef) -> dict[str, Any]:

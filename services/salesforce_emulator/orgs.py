@@ -38,6 +38,10 @@ class OrgError(Exception):
     """A spec or admin request the org model refuses (unknown org, duplicate username, bad field)."""
 
 
+class UnknownFieldError(OrgError):
+    """The object has no such custom field."""
+
+
 def jwt_signing_key(pem: str) -> RSAPublicKey:
     """The RSA key that verifies a connected app's JWT bearer assertions, from its PEM certificate.
 
@@ -563,6 +567,33 @@ class OrgRegistry:
             listener(org.org_id)
         return result
 
+    def delete_field(self, org_ref: str, object_name: str, field_name: str) -> ObjectDef:
+        """Delete a custom field, as Setup does: it leaves describe, queries, writes and change events.
+
+        Only custom fields defined through a spec can go; a field a formula still uses is refused
+        (Salesforce refuses to delete a field referenced elsewhere). Records keep the values, so
+        defining the field again brings them back, as undeleting a field in Setup does.
+        """
+        with self._lock:
+            org = self.get(org_ref)
+            current = org.state.objects.get(object_name)
+            lowered = field_name.lower()
+            if current is None or not any(f.name.lower() == lowered for f in current.fields):
+                msg = f"{object_name} has no custom field {field_name!r}"
+                raise UnknownFieldError(msg)
+            kept = ObjectSpec(
+                label=current.label,
+                cdc_enabled=current.cdc_enabled,
+                fields=tuple(f for f in current.fields if f.name.lower() != lowered),
+            )
+            self._replace_objects(org, object_name, {**org.state.objects, object_name: kept}, org.state.key_prefixes)
+            org.rebuild_objects()
+            self._repository.save(org.state)
+            result = org.objects[object_name]
+        for listener in self._listeners:
+            listener(org.org_id)
+        return result
+
     def _add_user(self, org: Org, spec: UserSpec) -> User:
         if self.find_user(spec.username) is not None or org.user_by_name(spec.username) is not None:
             msg = f"username {spec.username!r} is taken"
@@ -621,6 +652,11 @@ class OrgRegistry:
                 raise OrgError(msg)
             prefixes[name] = _custom_prefix(len(prefixes))
         objects = {**org.state.objects, name: _merge_object(org.state.objects.get(name), spec)}
+        self._replace_objects(org, name, objects, prefixes)
+
+    @staticmethod
+    def _replace_objects(org: Org, name: str, objects: dict[str, ObjectSpec], prefixes: dict[str, str]) -> None:
+        """Give ``org`` these object specs, once the whole org builds with them (``name`` the changed one)."""
         candidate = org.state.model_copy(update={"objects": objects, "key_prefixes": prefixes})
         try:
             # Build the whole org first, so a bad spec never reaches the live or persisted state.
