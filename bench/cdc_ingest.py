@@ -35,6 +35,7 @@ from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.tenant_config import canonical_json, config_sha256, parse_tenant_config
+from services.common.tenant_config.policy import PolicySettings
 from services.common.topic_admin import topic_configs
 from services.common.topics import Topic, TopicNames
 
@@ -58,9 +59,9 @@ def _tenant(emulator: EmulatorProcess) -> dict[str, Any]:
                 "auth": {
                     "mode": "password",
                     "clientId": emulator.info["client_id"],
-                    "clientSecret": {"secretRef": {"env": "BENCH_SF_SECRET"}},
+                    "clientSecret": {"secretRef": {"env": "DUPLEX_SECRET_BENCH_SF"}},
                     "username": emulator.info["username"],
-                    "password": {"secretRef": {"env": "BENCH_SF_PASSWORD"}},
+                    "password": {"secretRef": {"env": "DUPLEX_SECRET_BENCH_SF_PASSWORD"}},
                 },
                 "dailyApiCap": 100_000,
             },
@@ -173,10 +174,12 @@ async def _run() -> Result:
                 pubsub_target=emulator.grpc_target,
                 ca_file=emulator.ca_cert,
                 lease_renew_seconds=1.0,
+                # The emulator listens on 127.0.0.1, which only a development deployment may call.
+                policy=PolicySettings(development=True),
             )
             environ = {
-                "BENCH_SF_SECRET": emulator.info["client_secret"],
-                "BENCH_SF_PASSWORD": emulator.info["password"],
+                "DUPLEX_SECRET_BENCH_SF": emulator.info["client_secret"],
+                "DUPLEX_SECRET_BENCH_SF_PASSWORD": emulator.info["password"],
             }
             async with run_cdc_ingest(settings, environ=environ, budget_for=unlimited_budgets()):
                 await _wait_backfilled(servers.dsn)

@@ -27,6 +27,7 @@ from services.common.db import migrate
 from services.common.salesforce import UnlimitedBudget, env_secrets
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.tenant_config import parse_tenant_config
+from services.common.tenant_config.policy import PolicySettings
 from services.common.topics import Topic
 from services.writer.app import run as run_writer
 from services.writer.settings import WriterSettings
@@ -46,7 +47,7 @@ def _tenant(name: str, emulator: EmulatorProcess, ingestion: str) -> dict[str, A
                 "auth": {
                     "mode": "client_credentials",
                     "clientId": emulator.info["client_id"],
-                    "clientSecret": {"secretRef": {"env": "BENCH_SF_SECRET"}},
+                    "clientSecret": {"secretRef": {"env": "DUPLEX_SECRET_BENCH_SF"}},
                 },
                 "dailyApiCap": 1_000_000,
             },
@@ -93,8 +94,10 @@ async def _one_run(
         postgres=PostgresSettings(dsn=servers.dsn),
         salesforce_ca_file=emulator.ca_cert,
         service_name=f"writer-{tenant}",
+        # The emulator listens on 127.0.0.1, which only a development deployment may call.
+        policy=PolicySettings(development=True),
     )
-    secrets = env_secrets({"BENCH_SF_SECRET": emulator.info["client_secret"]})
+    secrets = env_secrets({"DUPLEX_SECRET_BENCH_SF": emulator.info["client_secret"]})
     outcomes = AIOKafkaConsumer(
         servers.names(Topic.WRITE_OUTCOMES), bootstrap_servers=servers.bootstrap_servers, auto_offset_reset="latest"
     )

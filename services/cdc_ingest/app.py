@@ -35,7 +35,7 @@ from services.cdc_ingest.sink import KafkaSink
 from services.cdc_ingest.store import Store
 from services.cdc_ingest.supervisor import Supervisor
 from services.cdc_ingest.worker import TenantWorker
-from services.common.connections import VaultSessions
+from services.common.connections import Sessions
 from services.common.db import create_pool, database_ready
 from services.common.governor_client import GovernorBudget
 from services.common.kafka import consuming, make_kafka
@@ -86,7 +86,8 @@ async def run(
     topic_names = TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)
     kafka = make_kafka(settings.kafka, service_name=settings.service_name, topic_names=topic_names, telemetry=telemetry)
     sink = KafkaSink(kafka)
-    secrets = env_secrets(environment() if environ is None else dict(environ))
+    policy = settings.policy.policy()
+    secrets = env_secrets(environment() if environ is None else dict(environ), policy=policy)
     metrics = telemetry.metrics if telemetry else None
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(create_pool(settings.postgres))
@@ -96,10 +97,16 @@ async def run(
         http = await stack.enter_async_context(
             httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(60.0, connect=10.0))
         )
-        sessions = None
-        if settings.vault is not None:
-            vault = Vault(pool, Keyring.from_settings(settings.vault))
-            sessions = VaultSessions(vault, service=settings.service_name, http=http, secrets=secrets, metrics=metrics)
+        vault = None if settings.vault is None else Vault(pool, Keyring.from_settings(settings.vault))
+        sessions = Sessions(
+            pool,
+            vault=vault,
+            service=settings.service_name,
+            http=http,
+            secrets=secrets,
+            policy=policy,
+            metrics=metrics,
+        )
         channel = open_channel(settings.pubsub_target, settings.ca_file)
         stack.push_async_callback(channel.close, None)
         budgets = budget_for

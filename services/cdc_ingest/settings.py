@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import KafkaServiceSettings
+from services.common.tenant_config.policy import PolicySettings
 from services.common.vault import VaultSettings, vault_settings
 
 
@@ -62,9 +63,13 @@ class CdcIngestSettings(KafkaServiceSettings):
     # Only these tenants (empty: every tenant with a configuration).
     tenants: tuple[str, ...] = ()
 
-    # VAULT_KEYS: the tokens of tenants connected through the admin API (auth mode oauth_pkce).
-    # Unset: such tenants fail alone, with a clear error; every other tenant works as before.
+    # VAULT_KEYS: the tokens of tenants connected through the admin API (auth mode oauth_pkce), and
+    # every tenant's access token, shared between replicas. Unset: such tenants fail alone, with a
+    # clear error; every other tenant works, each process signing in for itself.
     vault: VaultSettings | None = Field(default_factory=vault_settings)
+    # Which secret variables tenants' documents may name and which hosts may be sent their
+    # credentials and tokens (DUPLEX_SECRET_ENV_PREFIX, DUPLEX_SALESFORCE_HOSTS, DUPLEX_DEVELOPMENT).
+    policy: PolicySettings = Field(default_factory=PolicySettings)
 
     @property
     def poll_overlap(self) -> timedelta:

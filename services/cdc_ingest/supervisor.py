@@ -9,8 +9,9 @@ Every ``lease_renew_seconds`` the supervisor
 4. (re)starts a worker for each held tenant without a running one (a worker that crashed is
    restarted on the next round, which also paces crash loops; one that stopped because the
    governor has no API budget for the tenant waits until the governor said budget returns; one
-   that stopped because the tenant's Salesforce connection is unusable, e.g. it needs to be
-   connected again, is restarted every round, which costs no call to Salesforce until it is).
+   that stopped because the tenant's Salesforce connection is unusable is restarted every round:
+   one waiting for an admin, to connect it or to apply its configuration again, costs no call to
+   Salesforce until then; one whose sign-in was refused tries again once a round).
 
 Two replicas can never both checkpoint a tenant: every progress write is fenced by the lease
 (see :mod:`services.cdc_ingest.store`). On shutdown the leases are released so that another
@@ -98,8 +99,8 @@ class Supervisor:
                 budget = _out_of_budget(error)
                 unusable = _only(ConnectionUnavailableError, error)
                 if unusable:
-                    # Expected until someone connects the tenant: a warning when the reason changes,
-                    # no traceback, and a restart every round (it asks the database, not Salesforce).
+                    # Expected until an admin acts or a sign-in succeeds again: a warning when the
+                    # reason changes, no traceback, and a restart every round.
                     if self.unconnected.get(tenant_id) != unusable[0].reason:
                         log.warning(
                             "tenant's Salesforce connection is unusable; retrying every round",

@@ -36,6 +36,7 @@ MetricName = Literal[
     "duplex_governor_budget_warning",
     "duplex_writer_records_total",
     "duplex_connection_needs_reconnect",
+    "duplex_connection_error",
 ]
 METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
 
@@ -201,6 +202,15 @@ class Metrics:
         self.connection_needs_reconnect = Gauge(
             _name("duplex_connection_needs_reconnect"),
             "1 while the tenant's Salesforce connection must be re-authorized through the admin API.",
+            ["tenant"],
+            registry=registry,
+        )
+        # Set by any service that calls the tenant's org: 1 once Salesforce refused to sign the tenant
+        # in or to refresh its session (a rotated key, a locked user...) or the deployment's policy
+        # forbade it, 0 once it got a session again. Each attempt is repeated after the usual back-off.
+        self.connection_error = Gauge(
+            _name("duplex_connection_error"),
+            "1 while the tenant's Salesforce sign-in or refresh fails; its connection status says why.",
             ["tenant"],
             registry=registry,
         )

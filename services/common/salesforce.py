@@ -6,12 +6,13 @@ Every call:
   writes from everyone else's (echo suppression);
 - reports the ``Sforce-Limit-Info`` usage Salesforce returns, so calls made by other integrations
   count against what the governor grants;
-- re-authenticates once on 401 INVALID_SESSION_ID and retries: ``password`` and
-  ``client_credentials`` tenants log in again; ``oauth_pkce`` tenants take their session from the
-  vault (:class:`~services.common.connections.VaultSessions`), where one replica refreshes it for all;
-- raises :class:`~services.common.connections.ConnectionUnavailableError` for an ``oauth_pkce``
-  tenant that has no usable grant (never connected, revoked, refused by Salesforce), before any budget
-  is asked for;
+- re-authenticates once on 401 INVALID_SESSION_ID and retries: the session comes from the
+  service's :class:`~services.common.connections.Sessions` (``oauth_pkce`` tenants' from the vault,
+  where one replica refreshes it for all; the server-side modes sign in again, through the vault too
+  when there is one); a client without them (tools, tests) signs in by itself;
+- raises :class:`~services.common.connections.ConnectionUnavailableError` for a tenant that cannot
+  have a session (never connected, revoked, a sign-in refused by Salesforce or by the deployment's
+  policy), before any budget is asked for;
 - is counted in ``duplex_api_calls_total`` by API family (:func:`api_family`) and priority;
 - raises :class:`SalesforceApiError` with Salesforce's own errorCode on failure.
 """
@@ -27,13 +28,17 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from services.common.connections import (
-    VAULT_NOT_CONFIGURED,
+    ConnectionStatus,
     ConnectionUnavailableError,
+    Sessions,
+    SignInError,
     TenantSession,
-    VaultSessions,
+    sign_in,
+    vault_not_configured,
 )
 from services.common.metrics import Metrics
-from services.common.tenant_config import AuthMode, SalesforceSpec, SecretValue
+from services.common.tenant_config import SalesforceSpec, SecretValue
+from services.common.tenant_config.policy import SalesforcePolicy
 from services.common.vault import SessionToken
 
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
@@ -65,12 +70,27 @@ class SecretResolver(Protocol):
     def __call__(self, secret: SecretValue) -> str: ...
 
 
-def env_secrets(environ: Mapping[str, str]) -> SecretResolver:
-    """Resolve ``{secretRef: {env: NAME}}`` from an environment; Kubernetes Secrets arrive as env vars too."""
+def secret_env_name(secret: SecretValue, policy: SalesforcePolicy) -> str:
+    """The variable a secret is read from: ``{env: NAME}`` names it; a Kubernetes Secret's key
+    ``{name: N, key: K}`` arrives as ``<prefix>N_K``, upper-cased with ``-`` and ``.`` as ``_`` (the
+    Helm chart maps it so), which keeps it under the policy's prefix too."""
+    ref = secret.secret_ref
+    if ref.env is not None:
+        return ref.env
+    return f"{policy.secret_env_prefix}{ref.name}_{ref.key}".upper().replace("-", "_").replace(".", "_")
+
+
+def env_secrets(environ: Mapping[str, str], *, policy: SalesforcePolicy | None = None) -> SecretResolver:
+    """Resolve tenants' secrets from an environment (Kubernetes Secrets arrive as env vars too).
+
+    A variable outside the policy's prefix is never read (PolicyViolationError): a tenant document
+    must not make a service hand out, say, its own ``POSTGRES_DSN``. A missing one is a LookupError.
+    """
+    rules = policy or SalesforcePolicy()
 
     def resolve(secret: SecretValue) -> str:
-        ref = secret.secret_ref
-        name = ref.env or f"{ref.name}_{ref.key}".upper().replace("-", "_").replace(".", "_")
+        name = secret_env_name(secret, rules)
+        rules.check_env(name)
         if name not in environ:
             msg = f"secret not available: environment variable {name} is not set"
             raise LookupError(msg)
@@ -129,7 +149,11 @@ class Session:
 
 
 class SalesforceClient:
-    """One tenant's connection. Safe to share between tasks; re-authentication is serialised."""
+    """One tenant's connection. Safe to share between tasks; re-authentication is serialised.
+
+    ``sessions`` (a service's) give the tenant its sessions; without them the client signs a
+    server-side tenant in by itself, within ``policy``, and an ``oauth_pkce`` tenant cannot be served.
+    """
 
     def __init__(
         self,
@@ -141,7 +165,8 @@ class SalesforceClient:
         http: httpx.AsyncClient,
         session: Session | None = None,
         metrics: Metrics | None = None,
-        sessions: VaultSessions | None = None,
+        sessions: Sessions | None = None,
+        policy: SalesforcePolicy | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.spec = spec
@@ -151,7 +176,8 @@ class SalesforceClient:
         self._session = session
         self._metrics = metrics
         self._sessions = sessions
-        self._vault_session: TenantSession | None = None
+        self._policy = policy or SalesforcePolicy()
+        self._tenant_session: TenantSession | None = None
         self._auth_lock = asyncio.Lock()
 
     @property
@@ -228,51 +254,33 @@ class SalesforceClient:
             try:
                 self._session = await self._token(stale)
             except ConnectionUnavailableError:
-                # The next call starts from the vault again, where a reconnect puts a new session.
+                # The next call starts over (from the vault, where a reconnect puts a new session).
                 self._session = None
                 raise
             return self._session
 
-    async def _from_vault(self, stale: Session | None) -> Session:
-        if self._sessions is None:
-            msg = "auth mode oauth_pkce keeps the tenant's tokens in the vault, and this service has no VAULT_KEYS"
-            raise ConnectionUnavailableError(self.tenant_id, VAULT_NOT_CONFIGURED, msg)
-        if self._vault_session is None:
-            self._vault_session = self._sessions.for_tenant(self.tenant_id, self.spec)
+    async def _from_sessions(self, sessions: Sessions, stale: Session | None) -> Session:
+        if self._tenant_session is None:
+            self._tenant_session = sessions.for_tenant(self.tenant_id, self.spec)
         if stale is None:
-            token = await self._vault_session.current()
+            token = await self._tenant_session.current()
         else:
-            token = await self._vault_session.refreshed(SessionToken(stale.access_token, stale.instance_url))
+            token = await self._tenant_session.refreshed(SessionToken(stale.access_token, stale.instance_url))
         return Session(token.access_token, token.instance_url)
 
     async def _token(self, stale: Session | None) -> Session:
-        auth = self.spec.auth
-        if auth.mode is AuthMode.OAUTH_PKCE:
-            return await self._from_vault(stale)
-        form: dict[str, str] = {"client_id": auth.client_id}
-        if auth.client_secret is not None:
-            form["client_secret"] = self._secrets(auth.client_secret)
-        if auth.mode is AuthMode.CLIENT_CREDENTIALS:
-            form["grant_type"] = "client_credentials"
-        elif auth.mode is AuthMode.PASSWORD:
-            # Guaranteed by the configuration's own checks for password mode.
-            assert auth.username is not None
-            assert auth.password is not None
-            password = self._secrets(auth.password)
-            if auth.security_token is not None:
-                password += self._secrets(auth.security_token)
-            form |= {"grant_type": "password", "username": auth.username, "password": password}
-        login = str(self.spec.login_url or self.spec.instance_url).rstrip("/")
-        response = await self._http.post(f"{login}/services/oauth2/token", data=form)
-        if response.status_code != 200:
-            body = _json(response)
-            raise SalesforceApiError(
-                response.status_code,
-                str(body.get("error", "invalid_grant")) if isinstance(body, dict) else "invalid_grant",
-                str(body.get("error_description", "")) if isinstance(body, dict) else response.text[:200],
-            )
-        token = response.json()
-        return Session(token["access_token"], token["instance_url"].rstrip("/"))
+        if self._sessions is not None:
+            return await self._from_sessions(self._sessions, stale)
+        if not self.spec.auth.mode.server_side:
+            raise vault_not_configured(self.tenant_id)
+        try:
+            token = await sign_in(self.spec, self._secrets, self._http, self._policy)
+        except SignInError as exc:
+            message = f"its Salesforce sign-in ({self.spec.auth.mode}) failed with {exc}"
+            raise ConnectionUnavailableError(
+                self.tenant_id, str(ConnectionStatus.ERROR), message, code=exc.code
+            ) from None
+        return Session(token.access_token, token.instance_url)
 
 
 def _json(response: httpx.Response) -> Any:

@@ -7,8 +7,9 @@
   user id and username from the identity URL the token response names.
 - **Refresh** and **revoke**.
 - **JWT bearer** (server to server, no browser, no refresh token): an RS256 assertion signed with the
-  connected app's certificate key, ``iss`` client id, ``sub`` username, ``aud`` login URL, valid for
-  three minutes; sign a new one whenever a token is needed.
+  connected app's certificate key, ``iss`` client id, ``sub`` username, ``aud`` the authorization
+  server (:func:`jwt_audience`), valid for three minutes; sign a new one whenever a token is needed.
+- **Username-password** and **client credentials**, the other server-side sign-ins.
 
 ``invalid_grant`` (refresh token revoked or expired, code spent, assertion refused) raises
 :class:`ReconnectNeeded`: the tenant must be connected again, retrying will not help. Every other
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ JWT_LIFETIME = timedelta(minutes=3)
 DEFAULT_SCOPES = ("api", "refresh_token")
 # 32 random bytes each: 256 bits, well over the 128 the OAuth security BCP asks of state and verifier.
 _RANDOM_BYTES = 32
+_IDENTITY_PATH = re.compile(r"/id/([A-Za-z0-9]{15,18})/([A-Za-z0-9]{15,18})/?$")
 
 Clock = Callable[[], datetime]
 
@@ -107,6 +110,12 @@ class Token:
     id_token: str | None = field(default=None, repr=False)
     signature: str | None = field(default=None, repr=False)
 
+    @property
+    def ids(self) -> tuple[str, str] | None:
+        """(org id, user id) from the identity URL, ``https://<login host>/id/<org id>/<user id>``."""
+        match = _IDENTITY_PATH.search(urlsplit(self.identity_url).path)
+        return (match.group(1), match.group(2)) if match else None
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -157,6 +166,23 @@ def jwt_assertion(
     key = load_private_key(private_key) if isinstance(private_key, str) else private_key
     claims = {"iss": client_id, "sub": username, "aud": audience, "exp": int((now + lifetime).timestamp())}
     return jwt.encode(claims, key, algorithm="RS256")
+
+
+def jwt_audience(login_url: str) -> str:
+    """The ``aud`` of a JWT bearer assertion posted to ``login_url``'s token endpoint.
+
+    Salesforce's "OAuth 2.0 JWT Bearer Flow for Server-to-Server Integration" names the
+    authorization server: https://login.salesforce.com, or https://test.salesforce.com for a
+    sandbox, even when the assertion is posted to a My Domain; an Experience Cloud site names its
+    own URL. So a My Domain maps to the login host of its kind, and any other host (a site, a host
+    the deployment lists, the local emulator) is its own audience.
+    """
+    host = (urlsplit(login_url).hostname or "").lower()
+    if host == "test.salesforce.com" or host.endswith(".sandbox.my.salesforce.com"):
+        return SANDBOX_LOGIN_URL
+    if host == "login.salesforce.com" or host.endswith(".my.salesforce.com"):
+        return PRODUCTION_LOGIN_URL
+    return login_url.rstrip("/")
 
 
 def load_private_key(pem: str) -> RSAPrivateKey:
@@ -269,13 +295,20 @@ class SalesforceOAuth:
     ) -> Token:
         """An access token for ``username`` by the JWT bearer flow (no refresh token is issued).
 
-        ``audience`` defaults to the login URL; a My Domain login still names login.salesforce.com
-        (or test.salesforce.com for a sandbox) there.
+        ``audience`` defaults to :func:`jwt_audience` of the login URL.
         """
-        aud = audience or self.app.login_url
+        aud = audience or jwt_audience(self.app.login_url)
         assertion = jwt_assertion(self.app.client_id, username, aud, private_key, now=self._clock())
         # The assertion's client id is its iss claim; the form carries no client credentials.
         return await self._token({"grant_type": JWT_BEARER_GRANT, "assertion": assertion}, client=False)
+
+    async def password(self, username: str, password: str) -> Token:
+        """An access token by the username-password flow; ``password`` includes any security token."""
+        return await self._token({"grant_type": "password", "username": username, "password": password})
+
+    async def client_credentials(self) -> Token:
+        """An access token for the connected app's execution user (client credentials flow)."""
+        return await self._token({"grant_type": "client_credentials"})
 
     async def identity(self, token: Token) -> Identity:
         """The org id, user id and username behind ``token``, from its identity URL."""

@@ -443,25 +443,34 @@ class IssuedToken(Protocol):
 
 @dataclass(frozen=True)
 class SessionToken:
-    """A tenant's current access token and the instance it is good for."""
+    """A tenant's current access token and the instance it is good for.
+
+    ``source`` names what the token was obtained with, when that can change under it: a tenant that
+    signs in server-side stores a digest of its sign-in settings here, so a token obtained for other
+    settings (another user, another org) is never served after the tenant's configuration changed.
+    """
 
     access_token: str = field(repr=False)
     instance_url: str
+    source: str | None = None
 
     def __post_init__(self) -> None:
         register_secret(self.access_token)
 
     def to_json(self) -> str:
-        return json.dumps({"access_token": self.access_token, "instance_url": self.instance_url})
+        body = {"access_token": self.access_token, "instance_url": self.instance_url}
+        if self.source is not None:
+            body["source"] = self.source
+        return json.dumps(body)
 
     @classmethod
     def from_json(cls, text: str) -> SessionToken:
         body = json.loads(text)
-        return cls(access_token=body["access_token"], instance_url=body["instance_url"])
+        return cls(access_token=body["access_token"], instance_url=body["instance_url"], source=body.get("source"))
 
 
-# Given the tenant's stored refresh token (None when it has none: JWT bearer, client credentials),
-# obtain a new access token; may raise (ReconnectNeeded...), and then nothing is stored.
+# Given the tenant's stored refresh token (None when it has none: the server-side sign-ins), obtain
+# a new access token; may raise (ReconnectNeeded...), and then nothing is stored.
 Refresh = Callable[[str | None], Awaitable[IssuedToken]]
 
 
@@ -479,13 +488,14 @@ class SharedSession:
     tenant, the first caller refreshes and stores the new token; every caller after it finds a token
     other than the stale one stored and takes that instead. The refresh token is read under the same
     lock, so with refresh-token rotation no process ever presents a refresh token another one
-    has just spent.
+    has just spent. A stored token whose ``source`` is not this session's counts as none.
     """
 
-    def __init__(self, vault: Vault, tenant: str, refresh: Refresh) -> None:
+    def __init__(self, vault: Vault, tenant: str, refresh: Refresh, *, source: str | None = None) -> None:
         self._vault = vault
         self._tenant = tenant
         self._refresh = refresh
+        self._source = source
         # Tasks of one process wait here rather than each holding a pooled connection on the lock.
         self._local = asyncio.Lock()
 
@@ -495,7 +505,9 @@ class SharedSession:
     async def current(self) -> SessionToken:
         stored = await self._vault.get(self._tenant, Purpose.ACCESS_TOKEN)
         if stored is not None:
-            return SessionToken.from_json(stored)
+            session = SessionToken.from_json(stored)
+            if session.source == self._source:
+                return session
         return await self._renew(stale=None)
 
     async def refreshed(self, stale: SessionToken) -> SessionToken:
@@ -514,11 +526,12 @@ class SharedSession:
                 stored = await vault.read(conn, self._tenant, Purpose.ACCESS_TOKEN)
                 if stored is not None:
                     session = SessionToken.from_json(stored)
-                    if stale is None or not hmac.compare_digest(session.access_token, stale):
+                    fresh = stale is None or not hmac.compare_digest(session.access_token, stale)
+                    if fresh and session.source == self._source:
                         return session
                 refresh_token = await vault.read(conn, self._tenant, Purpose.REFRESH_TOKEN)
                 token = await self._refresh(refresh_token)
-                session = SessionToken(token.access_token, token.instance_url)
+                session = SessionToken(token.access_token, token.instance_url, self._source)
                 await vault.write(conn, self._tenant, Purpose.ACCESS_TOKEN, session.to_json())
                 if token.refresh_token is not None and token.refresh_token != refresh_token:
                     await vault.write(conn, self._tenant, Purpose.REFRESH_TOKEN, token.refresh_token)
@@ -539,16 +552,20 @@ async def store_grant(vault: Vault, conn: Connection, tenant: str, token: Issued
 
 
 async def take_grant(vault: Vault, conn: Connection, tenant: str) -> str | None:
-    """Forget the tenant's refresh and access tokens; the refresh token it had (to revoke), or None.
+    """Forget the tenant's refresh and access tokens; the token whose revocation ends the grant (the
+    refresh token, else the access token of a tenant that signs in server-side), or None.
 
     Inside a transaction on ``conn``, under SharedSession's lock: a rollback (the revoke failed)
     keeps both tokens, and no replica refreshes meanwhile.
     """
     await conn.execute("SELECT pg_advisory_xact_lock($1)", session_lock_key(tenant))
     refresh_token = await vault.read(conn, tenant, Purpose.REFRESH_TOKEN)
+    access = await vault.read(conn, tenant, Purpose.ACCESS_TOKEN)
     await conn.execute(
         "DELETE FROM vault_secrets WHERE tenant_id = $1 AND purpose = ANY($2::text[])",
         tenant,
         [str(Purpose.REFRESH_TOKEN), str(Purpose.ACCESS_TOKEN)],
     )
-    return refresh_token
+    if refresh_token is not None:
+        return refresh_token
+    return SessionToken.from_json(access).access_token if access is not None else None

@@ -17,7 +17,7 @@ from datetime import timedelta
 import httpx
 
 from services.common.config_provider import TenantConfigs
-from services.common.connections import VaultSessions
+from services.common.connections import Sessions
 from services.common.db import create_pool, database_ready
 from services.common.governor_client import GovernorBudget
 from services.common.kafka import consuming, make_kafka
@@ -76,11 +76,18 @@ async def run(
                 settings.governor_target, max_wait=timedelta(seconds=settings.governor_max_wait_seconds)
             )
             stack.push_async_callback(channel.close, None)
-        resolve = env_secrets(environment()) if secrets is None else secrets
-        sessions = None
-        if settings.vault is not None:
-            vault = Vault(pool, Keyring.from_settings(settings.vault))
-            sessions = VaultSessions(vault, service=settings.service_name, http=http, secrets=resolve, metrics=metrics)
+        policy = settings.policy.policy()
+        resolve = env_secrets(environment(), policy=policy) if secrets is None else secrets
+        vault = None if settings.vault is None else Vault(pool, Keyring.from_settings(settings.vault))
+        sessions = Sessions(
+            pool,
+            vault=vault,
+            service=settings.service_name,
+            http=http,
+            secrets=resolve,
+            policy=policy,
+            metrics=metrics,
+        )
         orgs = Orgs(
             TenantConfigs(max_staleness=settings.config_ttl_seconds),
             pool,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from services.common.config_provider import TenantConfigs
-from services.common.connections import VaultSessions
+from services.common.connections import Sessions
 from services.common.metrics import Metrics
 from services.common.salesforce import CallBudget, SalesforceClient, SecretResolver
 from services.common.tenant_config import QueryConnection, SalesforceSpec, StoredConfig
@@ -36,7 +36,7 @@ class Orgs:
         budget: CallBudget,
         http: httpx.AsyncClient,
         metrics: Metrics | None = None,
-        sessions: VaultSessions | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         self._configs = configs
         self._database = database

@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import KafkaServiceSettings
+from services.common.tenant_config.policy import PolicySettings
 from services.common.vault import VaultSettings, vault_settings
 
 
@@ -40,6 +41,10 @@ class WriterSettings(KafkaServiceSettings):
     # On shutdown, how long to wait for held writes to settle before leaving them to the replay.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
-    # VAULT_KEYS: the tokens of tenants connected through the admin API (auth mode oauth_pkce).
-    # Unset: such tenants fail alone, with a clear error; every other tenant works as before.
+    # VAULT_KEYS: the tokens of tenants connected through the admin API (auth mode oauth_pkce), and
+    # every tenant's access token, shared between replicas. Unset: such tenants fail alone, with a
+    # clear error; every other tenant works, each process signing in for itself.
     vault: VaultSettings | None = Field(default_factory=vault_settings)
+    # Which secret variables tenants' documents may name and which hosts may be sent their
+    # credentials and tokens (DUPLEX_SECRET_ENV_PREFIX, DUPLEX_SALESFORCE_HOSTS, DUPLEX_DEVELOPMENT).
+    policy: PolicySettings = Field(default_factory=PolicySettings)

@@ -82,9 +82,18 @@ class OnUnresolved(StrEnum):
 
 
 class AuthMode(StrEnum):
+    # Connected through a browser (the admin API's connect flow); the tokens live in the vault.
     OAUTH_PKCE = "oauth_pkce"
+    # The rest sign in server-side, with credentials the tenant's document names by reference.
     CLIENT_CREDENTIALS = "client_credentials"
     PASSWORD = "password"
+    # OAuth 2.0 JWT bearer: an assertion signed with the connected app's certificate key.
+    JWT_BEARER = "jwt_bearer"
+
+    @property
+    def server_side(self) -> bool:
+        """Services sign in by themselves, with no browser step and no refresh token."""
+        return self is not AuthMode.OAUTH_PKCE
 
 
 class BackfillIngestion(StrEnum):
@@ -264,10 +273,13 @@ class SalesforceAuth(_Model):
     client_secret: SecretValue | None = None
     # oauth_pkce only; None means Duplex's default scopes (api refresh_token).
     scopes: tuple[NonEmptyStr, ...] | None = None
-    # password only.
+    # password and jwt_bearer (the assertion's sub).
     username: NonEmptyStr | None = None
+    # password only.
     password: SecretValue | None = None
     security_token: SecretValue | None = None
+    # jwt_bearer only: the PEM RSA key of the certificate uploaded to the connected app.
+    private_key: SecretValue | None = None
 
 
 class SalesforceSpec(_Model):

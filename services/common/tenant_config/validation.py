@@ -95,20 +95,51 @@ def config_warnings(config: TenantConfig) -> list[ConfigIssue]:
     return warnings
 
 
+# Which modes take each mode-dependent key: (required in, allowed in). A key outside its modes is
+# refused, so a document never carries a credential its mode would silently ignore.
+_AUTH_KEYS: dict[str, tuple[frozenset[AuthMode], frozenset[AuthMode]]] = {
+    "clientSecret": (
+        frozenset({AuthMode.CLIENT_CREDENTIALS, AuthMode.PASSWORD}),
+        frozenset({AuthMode.CLIENT_CREDENTIALS, AuthMode.PASSWORD, AuthMode.OAUTH_PKCE}),
+    ),
+    "username": (frozenset({AuthMode.PASSWORD, AuthMode.JWT_BEARER}),) * 2,
+    "password": (frozenset({AuthMode.PASSWORD}),) * 2,
+    "securityToken": (frozenset(), frozenset({AuthMode.PASSWORD})),
+    "privateKey": (frozenset({AuthMode.JWT_BEARER}),) * 2,
+    "scopes": (frozenset(), frozenset({AuthMode.OAUTH_PKCE})),
+}
+# Why a key is refused where the generic "only allowed when" would not say enough.
+_REFUSED_BECAUSE = {
+    ("clientSecret", AuthMode.JWT_BEARER): "not used when mode is jwt_bearer: the assertion signed with privateKey"
+    " authenticates the connected app, and no client secret is sent",
+    ("scopes", AuthMode.JWT_BEARER): "not used when mode is jwt_bearer: the token carries the scopes the connected"
+    " app grants; only oauth_pkce asks for scopes",
+}
+
+
+def _modes(modes: frozenset[AuthMode]) -> str:
+    return " or ".join(m.value for m in AuthMode if m in modes)
+
+
 def _auth_issues(auth: SalesforceAuth, at: IssuePath) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
-    needs_secret = auth.mode in (AuthMode.CLIENT_CREDENTIALS, AuthMode.PASSWORD)
-    if needs_secret and auth.client_secret is None:
-        issues.append(ConfigIssue((*at, "clientSecret"), f"required when mode is {auth.mode}"))
-    password_keys = {"username": auth.username, "password": auth.password, "securityToken": auth.security_token}
-    for key, value in password_keys.items():
-        if auth.mode is AuthMode.PASSWORD:
-            if value is None and key != "securityToken":
-                issues.append(ConfigIssue((*at, key), "required when mode is password"))
-        elif value is not None:
-            issues.append(ConfigIssue((*at, key), f"only allowed when mode is password (mode is {auth.mode})"))
-    if auth.scopes is not None and auth.mode is not AuthMode.OAUTH_PKCE:
-        issues.append(ConfigIssue((*at, "scopes"), f"only allowed when mode is oauth_pkce (mode is {auth.mode})"))
+    given = {
+        "clientSecret": auth.client_secret,
+        "username": auth.username,
+        "password": auth.password,
+        "securityToken": auth.security_token,
+        "privateKey": auth.private_key,
+        "scopes": auth.scopes,
+    }
+    for key, value in given.items():
+        required, allowed = _AUTH_KEYS[key]
+        if value is None and auth.mode in required:
+            issues.append(ConfigIssue((*at, key), f"required when mode is {auth.mode}"))
+        elif value is not None and auth.mode not in allowed:
+            rule = _REFUSED_BECAUSE.get((key, auth.mode))
+            if rule is None:
+                rule = f"only allowed when mode is {_modes(allowed)} (mode is {auth.mode})"
+            issues.append(ConfigIssue((*at, key), rule))
     return issues
 
 

@@ -76,6 +76,8 @@ async def test_a_writer_killed_mid_batch_duplicates_nothing_and_loses_nothing(
             "WRITER_SALESFORCE_CA_FILE": emulator.ca_cert,
             "WRITER_COMMIT_INTERVAL_MS": "100",
             "TELEMETRY_LOG_LEVEL": "WARNING",
+            # The emulator is on 127.0.0.1, which only a development deployment may call.
+            "DUPLEX_DEVELOPMENT": "true",
         }
         writer = spawn("services.writer", env, log)
         try:

@@ -16,9 +16,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devstack.emulator import EmulatorProcess
 from services.common.tenant_config import SalesforceSpec
+from tests.fixtures.keys import self_signed
 from tests.integration.admin_api.harness import SAMPLE, Api, bearer
 
 # Where users' browsers reach the admin API (its DUPLEX_ADMIN_PUBLIC_URL); the test is the browser,
@@ -41,7 +43,7 @@ class Org:
     @property
     def secret_env(self) -> str:
         """The variable the tenant's clientSecret secretRef names."""
-        return f"SF_SECRET_{self.client_id.upper().replace('-', '_')}"
+        return f"DUPLEX_SECRET_SF_{self.client_id.upper().replace('-', '_')}"
 
 
 def new_org(emulator: EmulatorProcess) -> Org:
@@ -77,6 +79,28 @@ def new_org(emulator: EmulatorProcess) -> Org:
     ).json()
     (user,) = created["users"]
     return Org(created["org_id"], user["user_id"], username, client_id, secret)
+
+
+def certify(emulator: EmulatorProcess, org: Org, key: rsa.RSAPrivateKey | None) -> None:
+    """Upload a self-signed certificate of ``key`` to the org's connected app (the JWT bearer flow's
+    "Use digital signatures"); None removes it, and with it the flow."""
+    certificate = None if key is None else self_signed(key)
+    answer = emulator.admin(
+        "PUT", f"/orgs/{org.org_id}/clients/{org.client_id}/certificate", {"certificate": certificate}
+    )
+    assert answer.json()["jwt_bearer"] is (key is not None), answer.text
+
+
+def jwt_salesforce_section(emulator: EmulatorProcess, org: Org, key_env: str) -> dict[str, Any]:
+    """The org signed in to server-side with its connected app's certificate key (from ``key_env``)."""
+    section = salesforce_section(emulator, org)
+    section["auth"] = {
+        "mode": "jwt_bearer",
+        "clientId": org.client_id,
+        "username": org.username,
+        "privateKey": {"secretRef": {"env": key_env}},
+    }
+    return section
 
 
 def salesforce_section(emulator: EmulatorProcess, org: Org) -> dict[str, Any]:

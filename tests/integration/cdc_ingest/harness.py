@@ -36,6 +36,7 @@ from services.common.db import migrate
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.telemetry import Telemetry
 from services.common.tenant_config import canonical_json, config_sha256, parse_tenant_config
+from services.common.tenant_config.policy import PolicySettings
 from services.common.topics import Topic, TopicNames
 
 RecordChanged = record_changed_pb2.RecordChanged
@@ -164,9 +165,11 @@ def tenant_document(
                 "auth": {
                     "mode": "password",
                     "clientId": org.client_id,
-                    "clientSecret": {"secretRef": {"env": f"SF_SECRET_{tenant_id.upper().replace('-', '_')}"}},
+                    "clientSecret": {"secretRef": {"env": f"DUPLEX_SECRET_SF_{tenant_id.upper().replace('-', '_')}"}},
                     "username": org.username,
-                    "password": {"secretRef": {"env": f"SF_PASSWORD_{tenant_id.upper().replace('-', '_')}"}},
+                    "password": {
+                        "secretRef": {"env": f"DUPLEX_SECRET_SF_PASSWORD_{tenant_id.upper().replace('-', '_')}"}
+                    },
                 },
                 "dailyApiCap": cap,
                 "callOptionsClient": CALL_OPTIONS_CLIENT,
@@ -188,7 +191,7 @@ def tenant_document(
 
 def secrets_for(tenant_id: str, org: Org) -> dict[str, str]:
     suffix = tenant_id.upper().replace("-", "_")
-    return {f"SF_SECRET_{suffix}": org.client_secret, f"SF_PASSWORD_{suffix}": org.password}
+    return {f"DUPLEX_SECRET_SF_{suffix}": org.client_secret, f"DUPLEX_SECRET_SF_PASSWORD_{suffix}": org.password}
 
 
 async def prepare_database(dsn: str) -> None:
@@ -309,6 +312,8 @@ class Harness:
         return CdcIngestSettings(
             kafka=KafkaSettings(bootstrap_servers=self.kafka_bootstrap, topic_prefix=self.topic_names.prefix),
             postgres=PostgresSettings(dsn=self.dsn, pool_min_size=1, pool_max_size=4),
+            # The emulator listens on 127.0.0.1, which only a development deployment may call.
+            policy=PolicySettings(development=True),
             **values,
         )
 
@@ -421,6 +426,8 @@ def start_service(
         "CDC_INGEST_POLL_OVERLAP_SECONDS": "2",
         "CDC_INGEST_GOVERNOR_TARGET": governor,
         "TELEMETRY_LOG_LEVEL": "WARNING",
+        # The emulator listens on 127.0.0.1, which only a development deployment may call.
+        "DUPLEX_DEVELOPMENT": "true",
         **{f"CDC_INGEST_{name.upper()}": value for name, value in settings.items()},
     }
     with log.open("ab") as out:

@@ -10,16 +10,12 @@ from __future__ import annotations
 import ssl
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from devstack.emulator import API_VERSION, EmulatorProcess
 from services.common.db import migrate
@@ -33,6 +29,7 @@ from services.common.salesforce_oauth import (
     callback_code,
 )
 from services.common.vault import Keyring, Purpose, SharedSession, Vault
+from tests.fixtures.keys import private_key_pem, self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -195,23 +192,6 @@ async def test_a_connected_tenant_shares_one_rotating_session_through_the_vault(
         assert (await oauth.refresh(stored)).refresh_token is not None
 
 
-def self_signed(key: rsa.RSAPrivateKey) -> str:
-    """The PEM certificate one uploads to a connected app for the JWT bearer flow."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "duplex-jwt")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 async def test_jwt_bearer_with_a_registered_certificate(emulator: EmulatorProcess, http: httpx.AsyncClient) -> None:
     org_id = emulator.info["org_id"]
     client_id = f"jwt-{uuid.uuid4().hex[:8]}"
@@ -225,9 +205,7 @@ async def test_jwt_bearer_with_a_registered_certificate(emulator: EmulatorProces
     assert registered.json()["jwt_bearer"] is True
     # No secret and no redirect URI: the flow needs only the client id and the private key.
     oauth = SalesforceOAuth(ConnectedApp(client_id=client_id, login_url=emulator.info["login_url"]), http)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    pem = private_key_pem(key)
 
     token = await oauth.jwt_bearer(emulator.info["username"], pem)
 

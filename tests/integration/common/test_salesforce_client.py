@@ -9,10 +9,15 @@ import httpx
 import pytest
 
 from devstack.emulator import EmulatorProcess
+from services.common.connections import ConnectionUnavailableError
 from services.common.salesforce import SalesforceApiError, SalesforceClient, UnlimitedBudget, env_secrets
 from services.common.tenant_config import SalesforceSpec
+from services.common.tenant_config.policy import SalesforcePolicy
 
 pytestmark = pytest.mark.integration
+
+# The emulator listens on 127.0.0.1, which only a development deployment may call.
+DEVELOPMENT = SalesforcePolicy(development=True)
 
 
 def spec(emulator: EmulatorProcess) -> SalesforceSpec:
@@ -23,9 +28,9 @@ def spec(emulator: EmulatorProcess) -> SalesforceSpec:
             "auth": {
                 "mode": "password",
                 "clientId": emulator.info["client_id"],
-                "clientSecret": {"secretRef": {"env": "SF_SECRET"}},
+                "clientSecret": {"secretRef": {"env": "DUPLEX_SECRET_SF"}},
                 "username": emulator.info["username"],
-                "password": {"secretRef": {"env": "SF_PASSWORD"}},
+                "password": {"secretRef": {"env": "DUPLEX_SECRET_SF_PASSWORD"}},
             },
             "dailyApiCap": 1000,
             "callOptionsClient": "duplex-test",
@@ -40,8 +45,10 @@ async def http(emulator: EmulatorProcess) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def client(emulator: EmulatorProcess, http: httpx.AsyncClient, budget: UnlimitedBudget) -> SalesforceClient:
-    secrets = env_secrets({"SF_SECRET": emulator.info["client_secret"], "SF_PASSWORD": emulator.info["password"]})
-    return SalesforceClient("acme", spec(emulator), secrets=secrets, budget=budget, http=http)
+    secrets = env_secrets(
+        {"DUPLEX_SECRET_SF": emulator.info["client_secret"], "DUPLEX_SECRET_SF_PASSWORD": emulator.info["password"]}
+    )
+    return SalesforceClient("acme", spec(emulator), secrets=secrets, budget=budget, http=http, policy=DEVELOPMENT)
 
 
 async def test_calls_are_budgeted_stamped_and_reported(emulator: EmulatorProcess, http: httpx.AsyncClient) -> None:
@@ -86,7 +93,21 @@ async def test_failures_carry_salesforce_codes(emulator: EmulatorProcess, http: 
 
 
 async def test_a_missing_secret_is_a_clear_error(emulator: EmulatorProcess, http: httpx.AsyncClient) -> None:
-    sf = SalesforceClient("acme", spec(emulator), secrets=env_secrets({}), budget=UnlimitedBudget(), http=http)
+    sf = SalesforceClient(
+        "acme", spec(emulator), secrets=env_secrets({}), budget=UnlimitedBudget(), http=http, policy=DEVELOPMENT
+    )
 
-    with pytest.raises(LookupError, match="SF_SECRET is not set"):
+    with pytest.raises(ConnectionUnavailableError, match="DUPLEX_SECRET_SF is not set") as raised:
         await sf.request("GET", f"{sf.api_base}/limits")
+    assert raised.value.code == "secret_unavailable"
+
+
+async def test_the_emulator_is_only_for_a_development_deployment(
+    emulator: EmulatorProcess, http: httpx.AsyncClient
+) -> None:
+    secrets = env_secrets({"DUPLEX_SECRET_SF": "x", "DUPLEX_SECRET_SF_PASSWORD": "y"})
+    sf = SalesforceClient("acme", spec(emulator), secrets=secrets, budget=UnlimitedBudget(), http=http)
+
+    with pytest.raises(ConnectionUnavailableError, match="localhost is only allowed when") as raised:
+        await sf.request("GET", f"{sf.api_base}/limits")
+    assert raised.value.code == "policy_violation"

@@ -26,12 +26,15 @@ from services.common.kafka import make_broker
 from services.common.salesforce import SecretResolver, env_secrets
 from services.common.settings import KafkaSettings, PostgresSettings
 from services.common.tenant_config import parse_tenant_config
+from services.common.tenant_config.policy import PolicySettings
 from services.common.topics import Topic, TopicNames
 from services.common.values import Value
 from services.writer.settings import WriterSettings
 
 WriteRecords = write_records_pb2.WriteRecords
 WriteSettled = write_settled_pb2.WriteSettled
+# The emulator listens on 127.0.0.1, which only a development deployment may call.
+DEVELOPMENT = PolicySettings(development=True)
 SUCCEEDED = write_settled_pb2.WRITE_STATUS_SUCCEEDED
 REJECTED = write_settled_pb2.WRITE_STATUS_REJECTED
 
@@ -75,7 +78,7 @@ def tenant_document(
 
 
 def secret_env(tenant: str) -> str:
-    return f"SF_SECRET_{tenant.upper().replace('-', '_')}"
+    return f"DUPLEX_SECRET_SF_{tenant.upper().replace('-', '_')}"
 
 
 def secrets_for(emulator: EmulatorProcess, tenants: dict[str, str]) -> dict[str, str]:
@@ -101,6 +104,7 @@ def writer_settings(
 ) -> WriterSettings:
     overrides.setdefault("commit_interval_ms", 100)
     overrides.setdefault("shutdown_grace_seconds", 1.0)
+    overrides.setdefault("policy", DEVELOPMENT)
     return WriterSettings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=names.prefix),
         postgres=PostgresSettings(dsn=dsn),

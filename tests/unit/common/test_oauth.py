@@ -24,6 +24,7 @@ from services.common.salesforce_oauth import (
     callback_code,
     code_challenge,
     jwt_assertion,
+    jwt_audience,
     parse_token,
 )
 
@@ -272,6 +273,84 @@ async def test_jwt_bearer_posts_a_signed_assertion(private_key: rsa.RSAPrivateKe
     )
     assert (claims["iss"], claims["sub"]) == ("3MVG9-client", "integration@acme.example")
     assert token.refresh_token is None
+
+
+@pytest.mark.parametrize(
+    ("login_url", "audience"),
+    [
+        ("https://login.salesforce.com", "https://login.salesforce.com"),
+        ("https://test.salesforce.com/", "https://test.salesforce.com"),
+        # A My Domain is posted to, but the assertion names the login host of its kind.
+        ("https://acme.my.salesforce.com", "https://login.salesforce.com"),
+        ("https://ACME.My.Salesforce.com", "https://login.salesforce.com"),
+        ("https://acme--uat.sandbox.my.salesforce.com", "https://test.salesforce.com"),
+        # Anything else (a site, a listed proxy, the emulator) is its own audience.
+        ("https://partners.acme.example", "https://partners.acme.example"),
+        ("https://127.0.0.1:8443/", "https://127.0.0.1:8443"),
+    ],
+)
+def test_the_jwt_audience_is_the_authorization_server_salesforce_documents(login_url: str, audience: str) -> None:
+    assert jwt_audience(login_url) == audience
+
+
+async def test_a_jwt_bearer_sign_in_at_a_sandbox_my_domain_names_test_salesforce_com(
+    private_key: rsa.RSAPrivateKey,
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={k: v for k, v in TOKEN_BODY.items() if k != "refresh_token"})
+
+    app = ConnectedApp(client_id="3MVG9-client", login_url="https://acme--uat.sandbox.my.salesforce.com")
+    await client(handler, app).jwt_bearer("integration@acme.example", pem(private_key))
+
+    assert str(seen[0].url) == "https://acme--uat.sandbox.my.salesforce.com/services/oauth2/token"
+    claims = jwt.decode(
+        form(seen[0])["assertion"],
+        private_key.public_key(),
+        algorithms=["RS256"],
+        audience="https://test.salesforce.com",
+        # Signed at the test's fixed clock.
+        options={"verify_exp": False},
+    )
+    assert claims["exp"] == int((NOW + timedelta(minutes=3)).timestamp())
+
+
+async def test_password_and_client_credentials_send_the_client_credentials() -> None:
+    seen: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(form(request))
+        return httpx.Response(200, json={k: v for k, v in TOKEN_BODY.items() if k != "refresh_token"})
+
+    oauth = client(handler)
+    await oauth.password("integration@acme.example", "password+token")
+    await oauth.client_credentials()
+
+    assert seen == [
+        {
+            "grant_type": "password",
+            "username": "integration@acme.example",
+            "password": "password+token",
+            "client_id": "3MVG9-client",
+            "client_secret": "client-secret-value",
+        },
+        {"grant_type": "client_credentials", "client_id": "3MVG9-client", "client_secret": "client-secret-value"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("identity_url", "ids"),
+    [
+        (f"{LOGIN}/id/00Dxx0000001gPLEAY/005xx000001SwiUAAS", ("00Dxx0000001gPLEAY", "005xx000001SwiUAAS")),
+        (f"{LOGIN}/id/00Dxx0000001gPL/005xx000001SwiU/", ("00Dxx0000001gPL", "005xx000001SwiU")),
+        (f"{LOGIN}/services/oauth2/userinfo", None),
+        (f"{LOGIN}/id/00Dxx0000001gPLEAY", None),
+    ],
+)
+def test_the_org_and_user_ids_come_from_the_identity_url(identity_url: str, ids: tuple[str, str] | None) -> None:
+    assert parse_token(TOKEN_BODY | {"id": identity_url}).ids == ids
 
 
 async def test_identity_reads_org_user_and_username_with_the_access_token() -> None:

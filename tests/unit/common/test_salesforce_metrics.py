@@ -21,7 +21,7 @@ from services.common.tenant_config import SalesforceSpec
 
 pytestmark = pytest.mark.unit
 
-INSTANCE = "https://acme.my.salesforce.test"
+INSTANCE = "https://acme.my.salesforce.com"
 BASE = "/services/data/v62.0"
 API_CALLS = "duplex_api_calls_total"
 
@@ -65,7 +65,7 @@ def spec() -> SalesforceSpec:
             "auth": {
                 "mode": "client_credentials",
                 "clientId": "duplex-acme",
-                "clientSecret": {"secretRef": {"env": "SF_SECRET"}},
+                "clientSecret": {"secretRef": {"env": "DUPLEX_SECRET_SF"}},
             },
             "dailyApiCap": 1000,
             "callOptionsClient": "duplex-acme",
@@ -83,7 +83,8 @@ class Org:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request.url.path)
         if request.url.path == "/services/oauth2/token":
-            return httpx.Response(200, json={"access_token": "fresh", "instance_url": INSTANCE})
+            identity = "https://login.salesforce.com/id/00D000000000001AAA/005000000000001AAA"
+            return httpx.Response(200, json={"access_token": "fresh", "instance_url": INSTANCE, "id": identity})
         if self.expired and request.headers["Authorization"] == f"Bearer {self.expired}":
             return httpx.Response(401, json=[{"errorCode": "INVALID_SESSION_ID", "message": "Session expired"}])
         return httpx.Response(200, content=json.dumps({"ok": True}), headers={"Sforce-Limit-Info": "api-usage=18/5000"})
@@ -93,7 +94,7 @@ def client(metrics: Metrics | None, http: httpx.AsyncClient, *, token: str | Non
     return SalesforceClient(
         "acme",
         spec(),
-        secrets=env_secrets({"SF_SECRET": "s3cret"}),
+        secrets=env_secrets({"DUPLEX_SECRET_SF": "s3cret"}),
         budget=UnlimitedBudget(),
         http=http,
         session=Session(token, INSTANCE) if token else None,

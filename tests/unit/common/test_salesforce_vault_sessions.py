@@ -9,7 +9,7 @@ from typing import cast
 import httpx
 import pytest
 
-from services.common.connections import ConnectionUnavailableError, TenantSession, VaultSessions
+from services.common.connections import ConnectionUnavailableError, Sessions, TenantSession
 from services.common.salesforce import SalesforceClient, UnlimitedBudget, env_secrets
 from services.common.tenant_config import SalesforceSpec
 from services.common.vault import SessionToken
@@ -74,7 +74,7 @@ def client(http: httpx.AsyncClient, budget: UnlimitedBudget, sessions: Vaulted |
         secrets=env_secrets({}),
         budget=budget,
         http=http,
-        sessions=cast(VaultSessions, sessions) if sessions else None,
+        sessions=cast(Sessions, sessions) if sessions else None,
     )
 
 

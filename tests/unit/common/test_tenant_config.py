@@ -164,6 +164,17 @@ VALID_EDITS = [
         },
         id="password-mode-with-k8s-secrets",
     ),
+    pytest.param(
+        {
+            "spec.salesforce.auth": {
+                "mode": "jwt_bearer",
+                "clientId": "x",
+                "username": "integration@acme.example",
+                "privateKey": {"secretRef": {"env": "DUPLEX_SECRET_ACME_SF_KEY"}},
+            }
+        },
+        id="jwt-bearer",
+    ),
     pytest.param({"spec.objects": []}, id="tenant-without-objects"),
     pytest.param({"spec.objects[0].fields[1].direction": "app_to_crm"}, id="value-map-one-way"),
     pytest.param(
@@ -241,7 +252,8 @@ def test_conflict_policies_and_directions_are_exactly_the_documented_ones() -> N
         "crm_unless_blank",
     ]
     assert [d.value for d in Direction] == ["both", "app_to_crm", "crm_to_app"]
-    assert [a.value for a in AuthMode] == ["oauth_pkce", "client_credentials", "password"]
+    assert [a.value for a in AuthMode] == ["oauth_pkce", "client_credentials", "password", "jwt_bearer"]
+    assert [a.value for a in AuthMode if a.server_side] == ["client_credentials", "password", "jwt_bearer"]
     assert {t.value for t in FieldType} == {
         "string",
         "int",
@@ -363,7 +375,12 @@ INVALID = [
     Bad(
         "auth-mode",
         {"spec.salesforce.auth.mode": "jwt"},
-        [("spec.salesforce.auth.mode", "must be one of oauth_pkce, client_credentials, password (got 'jwt')")],
+        [
+            (
+                "spec.salesforce.auth.mode",
+                "must be one of oauth_pkce, client_credentials, password, jwt_bearer (got 'jwt')",
+            )
+        ],
     ),
     Bad(
         "client-credentials-needs-secret",
@@ -381,7 +398,60 @@ INVALID = [
     Bad(
         "username-outside-password-mode",
         {"spec.salesforce.auth.username": "me@acme.example"},
-        [("spec.salesforce.auth.username", "only allowed when mode is password (mode is client_credentials)")],
+        [
+            (
+                "spec.salesforce.auth.username",
+                "only allowed when mode is password or jwt_bearer (mode is client_credentials)",
+            )
+        ],
+    ),
+    Bad(
+        "jwt-bearer-needs-user-and-key",
+        {"spec.salesforce.auth": {"mode": "jwt_bearer", "clientId": "x"}},
+        [
+            ("spec.salesforce.auth.username", "required when mode is jwt_bearer"),
+            ("spec.salesforce.auth.privateKey", "required when mode is jwt_bearer"),
+        ],
+    ),
+    Bad(
+        "jwt-bearer-takes-no-client-secret-scopes-or-password",
+        {
+            "spec.salesforce.auth.mode": "jwt_bearer",
+            "spec.salesforce.auth.username": "integration@acme.example",
+            "spec.salesforce.auth.privateKey": {"secretRef": {"env": "K"}},
+            "spec.salesforce.auth.password": {"secretRef": {"env": "P"}},
+            "spec.salesforce.auth.scopes": ["api"],
+        },
+        [
+            (
+                "spec.salesforce.auth.clientSecret",
+                "not used when mode is jwt_bearer: the assertion signed with privateKey authenticates the"
+                " connected app, and no client secret is sent",
+            ),
+            ("spec.salesforce.auth.password", "only allowed when mode is password (mode is jwt_bearer)"),
+            (
+                "spec.salesforce.auth.scopes",
+                "not used when mode is jwt_bearer: the token carries the scopes the connected app grants;"
+                " only oauth_pkce asks for scopes",
+            ),
+        ],
+    ),
+    Bad(
+        "private-key-outside-jwt-bearer",
+        {"spec.salesforce.auth.privateKey": {"secretRef": {"env": "K"}}},
+        [("spec.salesforce.auth.privateKey", "only allowed when mode is jwt_bearer (mode is client_credentials)")],
+    ),
+    Bad(
+        "private-key-inline",
+        {
+            "spec.salesforce.auth": {
+                "mode": "jwt_bearer",
+                "clientId": "x",
+                "username": "u@acme.example",
+                "privateKey": "-----BEGIN PRIVATE KEY-----",
+            }
+        },
+        [("spec.salesforce.auth.privateKey", "inline secret values are not allowed")],
     ),
     Bad(
         "scopes-outside-pkce",
