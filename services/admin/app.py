@@ -19,7 +19,7 @@ from services.admin.api.application import build_api
 from services.admin.connect import CALLBACK_PATH, ConnectFlow
 from services.admin.oidc import OidcVerifier
 from services.admin.settings import AdminSettings
-from services.common.connections import SecretLookup
+from services.common.connections import SecretLookup, Sessions
 from services.common.db import create_pool, database_ready
 from services.common.http_server import Listener
 from services.common.salesforce import env_secrets
@@ -59,15 +59,21 @@ async def run(
         http = await stack.enter_async_context(
             httpx.AsyncClient(verify=verify, timeout=settings.salesforce_timeout_seconds)
         )
+        policy = settings.policy.policy()
+        resolve = env_secrets(environment(), policy=policy) if secrets is None else secrets
+        vault = None if settings.vault is None else Vault(pool, Keyring.from_settings(settings.vault))
+        # The connection check signs tenants in as the services do, sharing their sessions.
+        sessions = Sessions(pool, vault=vault, service=settings.service_name, http=http, secrets=resolve, policy=policy)
         # Without the vault there is nowhere to keep tokens: connecting answers 503, the rest works.
         connect = None
-        if settings.vault is not None:
+        if vault is not None:
             connect = ConnectFlow(
                 pool,
-                Vault(pool, Keyring.from_settings(settings.vault)),
+                vault,
                 http=http,
-                secrets=env_secrets(environment()) if secrets is None else secrets,
+                secrets=resolve,
                 redirect_uri=settings.public_base_url(listener.port) + CALLBACK_PATH,
+                policy=policy,
             )
         oidc = settings.oidc()
         health = Health(ready=(database_ready(pool), listener.serving))
@@ -77,6 +83,8 @@ async def run(
             max_body_bytes=settings.max_body_bytes,
             oidc=OidcVerifier(oidc) if oidc else None,
             connect=connect,
+            sessions=sessions,
+            policy=policy,
         )
         await stack.enter_async_context(listener.serve(app))
         log.info("admin API serving", extra={"host": settings.host, "port": listener.port})

@@ -1,108 +1,105 @@
-"""``duplex``: the admin command line, and ``duplex serve``, the admin HTTP API.
+"""``duplex``: the admin command line.
 
-Exit codes: 0 success; 1 the request is invalid (bad configuration or usage, unknown tenant or
-version); 2 the database cannot be reached or used. Errors are one line each on stderr, never a traceback.
+Everything but local bootstrap goes through the admin API: ``duplex --server URL`` (``DUPLEX_SERVER``,
+default http://127.0.0.1:8080) with a token from ``DUPLEX_TOKEN`` or a file only its owner can read
+(``--token-file``, ``DUPLEX_TOKEN_FILE``). The audit log records that token's principal. Local
+bootstrap talks to the database (and Kafka) itself (``--dsn``, ``POSTGRES_DSN``): ``migrate``, ``topics apply``,
+``tokens create --bootstrap``, ``keys rotate`` and ``serve``. ``config validate`` works offline.
+
+Exit codes: 0 success; 1 invalid input or refused (a document that does not validate, a failing
+preflight check, a declined prompt); 2 usage (unknown command or option, a bad flag value, a setting
+missing); 3 not found or no access (no token, a token the server refuses, a role that may not, a
+tenant outside the token's scope); 4 the admin API (for local bootstrap: the database or Kafka)
+cannot be reached or failed. Errors are one line each on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
-from collections.abc import Coroutine
-from enum import StrEnum
+import time
+import webbrowser
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import yaml
-from pydantic import ValidationError
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
-# Not re-exported by typer, which vendors click; pinned in uv.lock.
-from typer._click import Context
-from typer._click.exceptions import UsageError
-from typer.core import TyperGroup
-
-from services.admin.api.models import TokenRequest
+from services.admin.api.models import Applied, CreatedToken, SalesforceConnectionView, TokenRequest
 from services.admin.auth import Role, parse_duration
+from services.admin.client import (
+    AdminClient,
+    ApiProblemError,
+    CredentialError,
+    ServerUnreachableError,
+    credential,
+    load_client_settings,
+    sends_token_in_clear,
+)
 from services.admin.config_store import (
     DATABASE_ERRORS,
-    ConfigStore,
     DatabaseUnavailableError,
     connect,
     explain_database_error,
 )
+from services.admin.documents import validate_sources
 from services.admin.settings import AdminSettings, load_settings
 from services.admin.token_store import TokenStore
 from services.admin.vault_cli import keys_app
-from services.common.backfills import request_backfill
 from services.common.db import MigrationError
 from services.common.db import migrate as run_migrations
 from services.common.settings import KafkaSettings
-from services.common.tenant_config import (
-    ConfigFileError,
-    ConfigInvalidError,
-    LoadedDocument,
-    StoredConfig,
-    parse_config_sources,
-    to_document,
-)
+from services.common.tenant_config import ConfigFileError, LoadedDocument, parse_config_sources, to_document
+from services.common.tenant_config.policy import PolicySettings, SalesforcePolicy
 from services.common.topic_admin import ensure_topics
 from services.common.topics import load_topic_table
 
 EXIT_INVALID = 1
-EXIT_DATABASE = 2
+EXIT_USAGE = 2
+EXIT_NO_ACCESS = 3
+EXIT_UNREACHABLE = 4
 
-
-class _Group(TyperGroup):
-    """Usage errors exit 1 like every other invalid request, so 2 always means "database unavailable"."""
-
-    def make_context(
-        self, info_name: str | None, args: list[str], parent: Context | None = None, **extra: Any
-    ) -> Context:
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except UsageError as exc:
-            exc.exit_code = EXIT_INVALID
-            raise
-
-    def invoke(self, ctx: Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except UsageError as exc:
-            exc.exit_code = EXIT_INVALID
-            raise
-
+# How often `connection connect` asks whether the browser has finished.
+CONNECT_POLL_SECONDS = 1.0
 
 app = typer.Typer(
     name="duplex",
-    cls=_Group,
-    help="Duplex admin: tenants, their Salesforce sync configuration, the database schema and Kafka topics.",
+    help="Duplex admin: tenants and their configuration, API tokens and Salesforce connections through the admin"
+    " API; the database schema, Kafka topics, the first admin token and the vault's keys locally.",
+    epilog="Exit codes: 0 done; 1 invalid input or refused; 2 usage; 3 not found or no access;"
+    " 4 the API (or, locally, the database or Kafka) unreachable or failing. See docs/cli.md.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Validate, apply and show tenant configuration.", no_args_is_help=True)
-tenants_app = typer.Typer(help="Inspect tenants.", no_args_is_help=True)
-topics_app = typer.Typer(help="Provision Kafka topics from the topic table.", no_args_is_help=True)
+config_app = typer.Typer(help="Validate (offline), apply, show and restore tenant configuration.", no_args_is_help=True)
+tenants_app = typer.Typer(help="List and delete tenants.", no_args_is_help=True)
+topics_app = typer.Typer(help="Provision Kafka topics from the topic table (local).", no_args_is_help=True)
 tokens_app = typer.Typer(
-    help="Admin API tokens: the first admin token, or any token without going through the API.", no_args_is_help=True
+    help="Admin API tokens: through the API, or the first admin token locally (--bootstrap).", no_args_is_help=True
+)
+connection_app = typer.Typer(
+    help="A tenant's Salesforce connection: connect in a browser, status, preflight check, revoke.",
+    no_args_is_help=True,
 )
 app.add_typer(config_app, name="config")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(topics_app, name="topics")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(connection_app, name="connection")
 app.add_typer(keys_app, name="keys")
-
-
-class OutputFormat(StrEnum):
-    YAML = "yaml"
-    JSON = "json"
-
-
-class TableFormat(StrEnum):
-    TABLE = "table"
-    JSON = "json"
 
 
 Files = Annotated[
@@ -118,14 +115,151 @@ Dsn = Annotated[
     str | None,
     typer.Option("--dsn", help="PostgreSQL DSN; defaults to $POSTGRES_DSN.", show_default=False),
 ]
+Json = Annotated[bool, typer.Option("--json", help="Print the API's answer as JSON, for scripts.")]
+Tenant = Annotated[str, typer.Argument(help="Tenant name (metadata.name).", show_default=False)]
 
 T = TypeVar("T")
 
 
-def _fail(lines: str | list[str] | tuple[str, ...], code: int) -> NoReturn:
+@dataclass(frozen=True)
+class Remote:
+    """The global flags: where the API is and where the token is (``None``: from the environment)."""
+
+    server: str | None
+    token_file: Path | None
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            metavar="URL",
+            help="The admin API (default: $DUPLEX_SERVER, else http://127.0.0.1:8080).",
+            show_default=False,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            metavar="PATH",
+            help="A file holding the API token, readable only by you (default: $DUPLEX_TOKEN, else"
+            " $DUPLEX_TOKEN_FILE).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = Remote(server, token_file)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def _fail(lines: str | Sequence[str], code: int) -> NoReturn:
     for line in [lines] if isinstance(lines, str) else lines:
         typer.echo(f"error: {line}", err=True)
     raise typer.Exit(code)
+
+
+def _out() -> Console:
+    # Made per use: the test runner swaps sys.stdout per invocation.
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _print_table(table: Table) -> None:
+    out = _out()
+    with out.capture() as captured:
+        out.print(table)
+    # Rich pads every cell to its column's width; a line's trailing blanks only get in the way of grep.
+    typer.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _cell(value: object) -> str:
+    # Server-provided text must never be read as rich markup.
+    return "-" if value is None or value == "" else escape(str(value))
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
+    if isinstance(value, BaseModel):
+        data: Any = value.model_dump(mode="json", by_alias=True)
+    elif isinstance(value, Sequence):
+        data = [v.model_dump(mode="json", by_alias=True) for v in value]
+    else:
+        data = value
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# The API
+
+
+def _exit_code(status: int) -> int:
+    if status in (401, 403, 404):
+        return EXIT_NO_ACCESS
+    if status >= 500:
+        return EXIT_UNREACHABLE
+    return EXIT_INVALID
+
+
+def _problem_lines(problem: ApiProblemError, prefix: str = "") -> list[str]:
+    if problem.errors:
+        return [f"{prefix}{e.field}: {e.message}" if e.field else prefix + e.message for e in problem.errors]
+    return [prefix + str(problem)]
+
+
+def _client(ctx: typer.Context) -> AdminClient:
+    remote = ctx.find_object(Remote) or Remote(None, None)
+    try:
+        settings = load_client_settings(server=remote.server, token_file=remote.token_file)
+    except ValidationError as exc:
+        names = {"server": "--server / DUPLEX_SERVER", "timeout_seconds": "DUPLEX_TIMEOUT_SECONDS"}
+        lines = []
+        for error in exc.errors(include_url=False):
+            where = names.get(str(error["loc"][0]), str(error["loc"][0]))
+            lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        _fail(lines, EXIT_USAGE)
+    try:
+        token = credential(settings)
+    except CredentialError as exc:
+        _fail(str(exc), EXIT_NO_ACCESS if exc.missing else EXIT_INVALID)
+    if sends_token_in_clear(settings.server):
+        typer.echo(f"warning: {settings.server} is plain http: the token crosses the network unencrypted", err=True)
+    return AdminClient(settings.server, token, timeout=settings.timeout_seconds)
+
+
+@contextmanager
+def _api(ctx: typer.Context) -> Iterator[AdminClient]:
+    """The API client; a problem or an unreachable server ends the command with its exit code."""
+    client = _client(ctx)
+    try:
+        with client:
+            yield client
+    except ApiProblemError as exc:
+        lines = _problem_lines(exc)
+        if exc.status == 401:
+            lines = [f"{lines[0]} (the token from {client.credential_source})", *lines[1:]]
+        _fail(lines, _exit_code(exc.status))
+    except ServerUnreachableError as exc:
+        _fail(str(exc), EXIT_UNREACHABLE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents from files
 
 
 def _read_sources(files: list[str]) -> list[tuple[str, str]]:
@@ -142,9 +276,11 @@ def _read_sources(files: list[str]) -> list[tuple[str, str]]:
     return sources
 
 
-def _load(files: list[str]) -> list[LoadedDocument]:
+def _load(files: list[str], policy: SalesforcePolicy | None = None) -> list[LoadedDocument]:
+    """The documents in ``files``, each valid, and allowed by ``policy`` when one is given."""
+    sources = _read_sources(files)
     try:
-        docs = parse_config_sources(_read_sources(files))
+        docs = parse_config_sources(sources) if policy is None else validate_sources(sources, policy)
     except ConfigFileError as exc:
         _fail(exc.problems, EXIT_INVALID)
     # Warnings never stop a command (an apiVersion newer than Duplex knows is one): they are said once, up front.
@@ -154,10 +290,484 @@ def _load(files: list[str]) -> list[LoadedDocument]:
     return docs
 
 
+def _located(doc: LoadedDocument, docs: Sequence[LoadedDocument]) -> str:
+    """How ``config validate`` names where a document is: ``file: `` or ``file: document N: ``."""
+    several = sum(1 for d in docs if d.source == doc.source) > 1 or doc.index > 1
+    return f"{doc.source}: document {doc.index}: " if several else f"{doc.source}: "
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+@config_app.command("validate")
+def validate(files: Files) -> None:
+    """Check files offline (no server, no database), with this deployment's policy on secrets and hosts.
+
+    The policy comes from DUPLEX_SECRET_ENV_PREFIX, DUPLEX_SALESFORCE_HOSTS and DUPLEX_DEVELOPMENT, as
+    the admin API reads them: set them as the deployment does to get the API's answer.
+    """
+    try:
+        policy = PolicySettings().policy()
+    except ValidationError as exc:
+        _fail([f"DUPLEX_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors(include_url=False)], EXIT_USAGE)
+    for doc in _load(files, policy):
+        pairs = doc.config.spec.objects
+        fields = sum(len(p.fields) for p in pairs)
+        typer.echo(f"tenant/{doc.config.tenant_id} valid ({len(pairs)} object pairs, {fields} fields)")
+
+
+@config_app.command("apply")
+def apply(ctx: typer.Context, files: Files, as_json: Json = False) -> None:
+    """Store each document as its tenant's next version, if it changed.
+
+    The server validates every document (with its own policy on secrets and hosts) before any is
+    stored; they are then applied in order, and a refusal (a tenant outside the token's scope) stops there.
+    """
+    docs = _load(files)
+    with _api(ctx) as api:
+        problems: list[str] = []
+        for doc in docs:
+            try:
+                api.validate(to_document(doc.config))
+            except ApiProblemError as exc:
+                if exc.status not in (400, 422):
+                    raise
+                problems += _problem_lines(exc, _located(doc, docs))
+        if problems:
+            _fail(problems, EXIT_INVALID)
+        results: list[Applied] = []
+        try:
+            for doc in docs:
+                failed = doc
+                results.append(api.apply(doc.config.tenant_id, to_document(doc.config)))
+        except ApiProblemError as exc:
+            # What was stored before the refusal stays stored: say so before saying why the rest was not.
+            _print_applied(results, as_json)
+            _fail(_problem_lines(exc, _located(failed, docs)), _exit_code(exc.status))
+    _print_applied(results, as_json)
+
+
+def _print_applied(results: list[Applied], as_json: bool) -> None:
+    if as_json:
+        _print_json(results)
+        return
+    for result in results:
+        typer.echo(f"tenant/{result.name} {'configured' if result.changed else 'unchanged'} (version {result.version})")
+
+
+@config_app.command("show")
+def show(
+    ctx: typer.Context,
+    tenant: Tenant,
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="A stored version (default: current).", show_default=False)
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Print a stored configuration as YAML; the output can be applied again as it is."""
+    with _api(ctx) as api:
+        stored = api.show(tenant, version)
+    if as_json:
+        _print_json(stored)
+        return
+    typer.echo(
+        f"# tenant/{stored.name} version {stored.version}, applied {stored.applied_at.isoformat()}"
+        f" by {stored.applied_by}\n# sha256 {stored.sha256}"
+    )
+    typer.echo(yaml.safe_dump(stored.document, sort_keys=False, allow_unicode=True), nl=False)
+
+
+@config_app.command("versions")
+def versions(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
+    """Every stored version of a tenant, oldest first."""
+    with _api(ctx) as api:
+        found = api.versions(tenant)
+    if as_json:
+        _print_json(found)
+        return
+    table = _table("VERSION", "APPLIED", "APPLIED BY", "SHA256")
+    for v in found.items:
+        table.add_row(str(v.version), _when(v.applied_at), _cell(v.applied_by), v.sha256[:12])
+    _print_table(table)
+
+
+@config_app.command("diff")
+def diff(
+    ctx: typer.Context,
+    tenant: Tenant,
+    before: Annotated[int, typer.Argument(metavar="A", min=1, help="The older version.", show_default=False)],
+    after: Annotated[
+        int | None,
+        typer.Argument(metavar="[B]", min=1, help="The newer version (default: current).", show_default=False),
+    ] = None,
+    unified: Annotated[bool, typer.Option("--unified", "-u", help="A unified diff of the two documents.")] = False,
+    as_json: Json = False,
+) -> None:
+    """What changed between two versions, path by path."""
+    with _api(ctx) as api:
+        found = api.diff(tenant, before, after)
+    if as_json:
+        _print_json(found)
+        return
+    if unified:
+        typer.echo(found.unified, nl=False)
+        return
+    if not found.changes:
+        typer.echo(f"tenant/{found.name}: versions {found.from_version} and {found.to_version} are the same")
+        return
+    table = _table("PATH", "CHANGE", f"VERSION {found.from_version}", f"VERSION {found.to_version}")
+    for change in found.changes:
+        table.add_row(
+            _cell(change.path),
+            change.change,
+            "" if change.change == "added" else _cell(json.dumps(change.before, ensure_ascii=False)),
+            "" if change.change == "removed" else _cell(json.dumps(change.after, ensure_ascii=False)),
+        )
+    _print_table(table)
+
+
+@config_app.command("restore")
+def restore(
+    ctx: typer.Context,
+    tenant: Tenant,
+    version: Annotated[int, typer.Argument(metavar="N", min=1, help="The version to make current.")],
+    as_json: Json = False,
+) -> None:
+    """Make a stored version current again (stored as a new version)."""
+    with _api(ctx) as api:
+        result = api.restore(tenant, version)
+    if as_json:
+        _print_json(result)
+    elif result.changed:
+        typer.echo(f"tenant/{result.name} version {version} restored as version {result.version}")
+    else:
+        typer.echo(f"tenant/{result.name} unchanged: the current version ({result.version}) equals version {version}")
+
+
+# ---------------------------------------------------------------------------------------------
+# tenants
+
+
+@tenants_app.command("list")
+def list_tenants(ctx: typer.Context, as_json: Json = False) -> None:
+    """The tenants the token may see, with their current configuration version."""
+    with _api(ctx) as api:
+        found = api.tenants()
+    if as_json:
+        _print_json(found)
+        return
+    table = _table("NAME", "VERSION", "APPLIED", "APPLIED BY")
+    for t in found.items:
+        table.add_row(t.name, _cell(t.version), _when(t.applied_at), _cell(t.applied_by))
+    _print_table(table)
+
+
+@tenants_app.command("delete")
+def delete_tenant(
+    ctx: typer.Context,
+    tenant: Tenant,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Offboard a tenant: every service stops syncing it, its Salesforce grant is revoked; history stays."""
+    if not yes and not typer.confirm(
+        f"Delete tenant {tenant}? Every service stops syncing it and its Salesforce grant is revoked"
+        " (its versions and audit trail are kept)",
+        err=True,
+    ):
+        _fail(f"tenant/{tenant} not deleted", EXIT_INVALID)
+    with _api(ctx) as api:
+        api.delete_tenant(tenant)
+    if as_json:
+        _print_json({"name": tenant, "deleted": True})
+    else:
+        typer.echo(f"tenant/{tenant} deleted")
+
+
+# ---------------------------------------------------------------------------------------------
+# tokens
+
+# The flags that set each field of a token request, for error messages.
+_TOKEN_FLAGS = {"name": "--name", "role": "--role", "tenants": "--tenant", "expiresIn": "--expires-in"}
+
+
+def _token_request(name: str, role: Role, tenants: list[str] | None, expires_in: str | None) -> TokenRequest:
+    try:
+        return TokenRequest.model_validate(
+            {"name": name, "role": role.value, "tenants": tenants or None, "expiresIn": expires_in}
+        )
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False):
+            flag = _TOKEN_FLAGS[str(error["loc"][0])]
+            # A repeated flag's error names the value, so the user sees which --tenant is wrong.
+            where = f"{flag} {error['input']!r}" if len(error["loc"]) > 1 else flag
+            lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        _fail(lines, EXIT_USAGE)
+
+
+def _token_summary(token: CreatedToken) -> str:
+    scope = "every tenant" if token.tenants is None else "tenants " + ", ".join(token.tenants)
+    expiry = "never expires" if token.expires_at is None else f"expires {token.expires_at.isoformat()}"
+    return f"token/{token.name} created (id {token.id}, {token.role}, {scope}, {expiry}); shown once"
+
+
+def _bootstrap_token(request: TokenRequest, dsn: str | None) -> CreatedToken:
+    settings, url = _settings(dsn)
+
+    async def run() -> CreatedToken:
+        async with connect(url, settings.connect_timeout_seconds) as conn:
+            record, secret = await TokenStore(conn).create(
+                name=request.name,
+                role=Role(request.role),
+                tenants=request.tenants,
+                lifetime=None if request.expires_in is None else parse_duration(request.expires_in),
+                # Local bootstrap has no principal: the one place a self-asserted actor (DUPLEX_ACTOR) remains.
+                actor=settings.actor,
+            )
+        return CreatedToken(
+            id=str(record.id),
+            name=record.name,
+            role=record.role.value,
+            tenants=None if record.tenants is None else list(record.tenants),
+            created_at=record.created_at,
+            created_by=record.created_by,
+            expires_at=record.expires_at,
+            last_used_at=record.last_used_at,
+            revoked_at=record.revoked_at,
+            token=secret,
+        )
+
+    return _run(run())
+
+
+@tokens_app.command("create")
+def create_token(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", help="What the token is for (shown in the audit log).")],
+    role: Annotated[Role, typer.Option("--role", help="viewer reads; operator also controls runs; admin does all.")],
+    tenants: Annotated[
+        list[str] | None,
+        typer.Option("--tenant", help="A tenant it may see (repeatable); omitted: every tenant.", show_default=False),
+    ] = None,
+    expires_in: Annotated[
+        str | None, typer.Option("--expires-in", help="Lifetime: 12h, 30d, 8w; omitted: no expiry.", show_default=False)
+    ] = None,
+    bootstrap: Annotated[
+        bool,
+        typer.Option(
+            "--bootstrap",
+            help="Write it to the database directly (--dsn / $POSTGRES_DSN) instead of asking the API: how the"
+            " first admin token is made. The audit log names $DUPLEX_ACTOR (default: user@host).",
+        ),
+    ] = False,
+    dsn: Dsn = None,
+    as_json: Json = False,
+) -> None:
+    """Create an API token and print it (only the token, on stdout) this once; it is stored only as a hash."""
+    if dsn is not None and not bootstrap:
+        raise typer.BadParameter("only with --bootstrap (through the API, no database is needed)", param_hint="--dsn")
+    request = _token_request(name, role, tenants, expires_in)
+    if bootstrap:
+        created = _bootstrap_token(request, dsn)
+    else:
+        with _api(ctx) as api:
+            created = api.create_token(request)
+    if as_json:
+        _print_json(created)
+        return
+    typer.echo(_token_summary(created), err=True)
+    typer.echo(created.token)
+
+
+@tokens_app.command("list")
+def list_tokens(ctx: typer.Context, as_json: Json = False) -> None:
+    """Every API token (never its secret)."""
+    with _api(ctx) as api:
+        found = api.tokens()
+    if as_json:
+        _print_json(found)
+        return
+    now = datetime.now(UTC)
+    table = _table("ID", "NAME", "ROLE", "TENANTS", "EXPIRES", "LAST USED", "STATE")
+    for t in found.items:
+        if t.revoked_at is not None:
+            state = f"revoked {_when(t.revoked_at)}"
+        elif t.expires_at is not None and t.expires_at <= now:
+            state = "expired"
+        else:
+            state = "active"
+        tenants = "all" if t.tenants is None else ", ".join(t.tenants)
+        table.add_row(t.id, _cell(t.name), t.role, tenants, _when(t.expires_at), _when(t.last_used_at), state)
+    _print_table(table)
+
+
+@tokens_app.command("revoke")
+def revoke_token(
+    ctx: typer.Context,
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token's id (from `duplex tokens list`).")],
+    as_json: Json = False,
+) -> None:
+    """Revoke a token at once (revoking it again is fine)."""
+    with _api(ctx) as api:
+        api.revoke_token(token_id)
+    if as_json:
+        _print_json({"id": token_id, "revoked": True})
+    else:
+        typer.echo(f"token/{token_id} revoked")
+
+
+# ---------------------------------------------------------------------------------------------
+# connection
+
+
+def _connected_line(connection: SalesforceConnectionView) -> str:
+    return f"tenant/{connection.name}: connected org {connection.org_id} as {connection.username}"
+
+
+def _wait_connected(
+    api: AdminClient, tenant: str, previous: datetime | None, timeout: float
+) -> SalesforceConnectionView | None:
+    """The connection once a new one is made (``connected_at`` moved), or None after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = api.connection(tenant)
+        if current.status == "connected" and current.connected_at != previous:
+            return current
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(CONNECT_POLL_SECONDS)
+
+
+@connection_app.command("connect")
+def connect_tenant(
+    ctx: typer.Context,
+    tenant: Tenant,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the authorize URL in a browser here.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout", min=1, help="Seconds to wait (default: until the URL expires, 10 minutes).", show_default=False
+        ),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Connect (or reconnect) the tenant's org: prints the authorize URL, then waits until it is connected.
+
+    Open the URL in the browser of a Salesforce user of the org, log in and allow access.
+    """
+    with _api(ctx) as api:
+        previous = api.connection(tenant).connected_at
+        started = api.authorize(tenant)
+        # With --json, stdout carries only the final JSON.
+        typer.echo(f"Open this URL in a browser, log in to the org of tenant/{tenant} and allow access:", err=True)
+        typer.echo(started.authorize_url, err=as_json)
+        if open_browser and not webbrowser.open(started.authorize_url):
+            typer.echo("warning: no browser could be opened here; open the URL yourself", err=True)
+        wait = timeout or max(1.0, (started.expires_at - datetime.now(UTC)).total_seconds())
+        with Console(stderr=True).status(f"waiting for tenant/{tenant} to be connected ..."):
+            connected = _wait_connected(api, tenant, previous, wait)
+    if connected is None:
+        _fail(
+            f"tenant/{tenant} was not connected within {wait:.0f}s; run `duplex connection connect {tenant}` again",
+            EXIT_INVALID,
+        )
+    if as_json:
+        _print_json(connected)
+    else:
+        typer.echo(_connected_line(connected))
+
+
+@connection_app.command("status")
+def connection_status(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
+    """The tenant's Salesforce connection: status, org, user, scopes, last refresh and error."""
+    with _api(ctx) as api:
+        found = api.connection(tenant)
+    if as_json:
+        _print_json(found)
+        return
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows = [
+        ("tenant", found.name),
+        ("status", found.status),
+        ("org", found.org_id),
+        ("user", found.username),
+        ("instance", found.instance_url),
+        ("scopes", " ".join(found.scopes)),
+        ("connected", None if found.connected_at is None else f"{_when(found.connected_at)} by {found.connected_by}"),
+        ("last refresh", _when(found.last_refresh_at) if found.last_refresh_at else None),
+        ("last error", found.last_error),
+    ]
+    for label, value in rows:
+        table.add_row(label, _cell(value))
+    _print_table(table)
+
+
+@connection_app.command("revoke")
+def connection_revoke(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
+    """Revoke the tenant's grant at Salesforce and forget its tokens; syncing stops until it is connected again."""
+    with _api(ctx) as api:
+        found = api.revoke_connection(tenant)
+    if as_json:
+        _print_json(found)
+    else:
+        typer.echo(f"tenant/{found.name}: Salesforce grant revoked (status {found.status})")
+
+
+@connection_app.command("check")
+def connection_check(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
+    """Preflight: API access, limits, each object's permissions and fields, the CDC selection. Exit 1 if any fails."""
+    with _api(ctx) as api:
+        report = api.check_connection(tenant)
+    if as_json:
+        _print_json(report)
+    else:
+        out = _out()
+        for check in report.checks:
+            line = Text("✓ " if check.ok else "✗ ", style="green" if check.ok else "red")
+            line.append(f"{check.name}: {check.detail}")
+            if not check.ok and check.fix:
+                line.append(f" (fix: {check.fix})")
+            # One line per check, however long, so that the output greps: the terminal wraps it.
+            out.print(line, soft_wrap=True)
+        failed = sum(1 for c in report.checks if not c.ok)
+        summary = f"{failed} of {len(report.checks)} checks failed" if failed else f"all {len(report.checks)} passed"
+        out.print(Text(f"tenant/{report.tenant}: {summary}"), soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(EXIT_INVALID)
+
+
+# ---------------------------------------------------------------------------------------------
+# run control
+
+
+@app.command("backfill")
+def backfill(
+    ctx: typer.Context,
+    tenant: Tenant,
+    salesforce_object: Annotated[str, typer.Argument(metavar="OBJECT", help="A Salesforce object the tenant syncs.")],
+    as_json: Json = False,
+) -> None:
+    """Re-read every record of one object from Salesforce (cdc-ingest starts it within seconds)."""
+    with _api(ctx) as api:
+        requested = api.backfill(tenant, salesforce_object)
+    if as_json:
+        _print_json(requested)
+    else:
+        typer.echo(f"backfill of {requested.object} requested for tenant/{requested.tenant}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Local bootstrap: the database (and Kafka) directly
+
+
 def _settings(dsn: str | None) -> tuple[AdminSettings, str]:
     settings = load_settings(dsn)
     if settings.postgres_dsn is None:
-        _fail("no database configured: set POSTGRES_DSN or pass --dsn", EXIT_DATABASE)
+        _fail("no database configured: set POSTGRES_DSN or pass --dsn", EXIT_USAGE)
     return settings, settings.postgres_dsn.get_secret_value()
 
 
@@ -165,102 +775,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except DatabaseUnavailableError as exc:
-        _fail(str(exc), EXIT_DATABASE)
-
-
-@config_app.command("validate")
-def validate(files: Files) -> None:
-    """Check files without touching the database."""
-    for doc in _load(files):
-        pairs = doc.config.spec.objects
-        fields = sum(len(p.fields) for p in pairs)
-        typer.echo(f"tenant/{doc.config.tenant_id} valid ({len(pairs)} object pairs, {fields} fields)")
-
-
-@config_app.command("apply")
-def apply(files: Files, dsn: Dsn = None) -> None:
-    """Store each tenant's document as its next version; nothing is written unless every document is valid."""
-    docs = _load(files)
-    settings, url = _settings(dsn)
-
-    async def run() -> list[str]:
-        async with connect(url, settings.connect_timeout_seconds) as conn:
-            results = await ConfigStore(conn).apply([d.config for d in docs], settings.actor)
-        return [
-            f"tenant/{r.tenant_id} {'configured' if r.changed else 'unchanged'} (version {r.version})" for r in results
-        ]
-
-    for line in _run(run()):
-        typer.echo(line)
-
-
-@config_app.command("show")
-def show(
-    tenant: Annotated[str, typer.Argument(help="Tenant name (metadata.name).", show_default=False)],
-    version: Annotated[
-        int | None, typer.Option("--version", min=1, help="A stored version (default: current).", show_default=False)
-    ] = None,
-    output: Annotated[OutputFormat, typer.Option("--output", "-o", help="Output format.")] = OutputFormat.YAML,
-    dsn: Dsn = None,
-) -> None:
-    """Print a stored configuration; the output can be applied again as it is."""
-    settings, url = _settings(dsn)
-
-    async def run() -> StoredConfig | None:
-        async with connect(url, settings.connect_timeout_seconds) as conn:
-            return await ConfigStore(conn).get(tenant, version)
-
-    try:
-        stored = _run(run())
-    except ConfigInvalidError as exc:
-        # Only possible if the schema tightened after this version was stored.
-        _fail(f"tenant/{tenant}: the stored version no longer validates: {exc}", EXIT_INVALID)
-    if stored is None:
-        which = "no stored configuration" if version is None else f"no version {version}"
-        _fail(f"tenant/{tenant}: {which}", EXIT_INVALID)
-    document = to_document(stored.config)
-    if output is OutputFormat.JSON:
-        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
-        return
-    typer.echo(
-        f"# tenant/{stored.tenant_id} version {stored.version}, applied {stored.applied_at.isoformat()}"
-        f" by {stored.applied_by}\n# sha256 {stored.sha256}"
-    )
-    typer.echo(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), nl=False)
-
-
-@tenants_app.command("list")
-def list_tenants(
-    output: Annotated[TableFormat, typer.Option("--output", "-o", help="Output format.")] = TableFormat.TABLE,
-    dsn: Dsn = None,
-) -> None:
-    """Every tenant with its current configuration version."""
-    settings, url = _settings(dsn)
-
-    async def run() -> list[dict[str, Any]]:
-        async with connect(url, settings.connect_timeout_seconds) as conn:
-            tenants = await ConfigStore(conn).list_tenants()
-        return [
-            {
-                "name": t.tenant_id,
-                "version": t.version,
-                "appliedAt": t.applied_at.isoformat() if t.applied_at else None,
-                "appliedBy": t.applied_by,
-                "createdAt": t.created_at.isoformat(),
-            }
-            for t in tenants
-        ]
-
-    rows = _run(run())
-    if output is TableFormat.JSON:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    table = [("NAME", "VERSION", "APPLIED", "APPLIED BY")] + [
-        (r["name"], str(r["version"] or "-"), r["appliedAt"] or "-", r["appliedBy"] or "-") for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        _fail(str(exc), EXIT_UNREACHABLE)
 
 
 @app.command("migrate")
@@ -290,41 +805,21 @@ def apply_topics(
     replication_factor: Annotated[int, typer.Option(min=1, help="3 on a production cluster.")] = 1,
 ) -> None:
     """Create every topic of the topic table that is missing (partitions, retention, compaction, DLQs)."""
-    kafka = KafkaSettings.model_validate(
-        {k: v for k, v in {"bootstrap_servers": bootstrap, "topic_prefix": prefix}.items() if v is not None}
-    )
-    created = asyncio.run(
-        ensure_topics(kafka.bootstrap_servers, load_topic_table(), kafka.topic_prefix, replication_factor)
-    )
+    try:
+        kafka = KafkaSettings.model_validate(
+            {k: v for k, v in {"bootstrap_servers": bootstrap, "topic_prefix": prefix}.items() if v is not None}
+        )
+    except ValidationError:
+        _fail("no Kafka configured: set KAFKA_BOOTSTRAP_SERVERS or pass --bootstrap", EXIT_USAGE)
+    # aiokafka logs each failed connection attempt; the failure is said once, below.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        created = asyncio.run(
+            ensure_topics(kafka.bootstrap_servers, load_topic_table(), kafka.topic_prefix, replication_factor)
+        )
+    except (KafkaError, OSError) as exc:
+        _fail(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}", EXIT_UNREACHABLE)
     typer.echo(f"created {', '.join(created)}" if created else "every topic exists")
-
-
-@app.command("backfill")
-def backfill(
-    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
-    salesforce_object: Annotated[str, typer.Argument(metavar="OBJECT", help="A Salesforce object the tenant syncs.")],
-    dsn: Dsn = None,
-) -> None:
-    """Re-read every record of one object from Salesforce (cdc-ingest starts it within seconds)."""
-    settings, url = _settings(dsn)
-
-    async def run() -> str | None:
-        async with connect(url, settings.connect_timeout_seconds) as conn:
-            stored = await ConfigStore(conn).get(tenant)
-            if stored is None:
-                return f"tenant '{tenant}' has no configuration"
-            configured = {pair.salesforce.object.lower(): pair.salesforce.object for pair in stored.config.spec.objects}
-            name = configured.get(salesforce_object.lower())
-            if name is None:
-                synced = ", ".join(sorted(configured.values())) or "nothing"
-                return f"tenant '{tenant}' does not sync {salesforce_object} (it syncs {synced})"
-            await request_backfill(conn, tenant, name)
-            return None
-
-    problem = _run(run())
-    if problem:
-        _fail(problem, EXIT_INVALID)
-    typer.echo(f"backfill of {salesforce_object} requested for tenant/{tenant}")
 
 
 @app.command("serve")
@@ -351,55 +846,5 @@ def serve(
 
     settings = load_settings(dsn, host=host, port=port)
     if settings.postgres_dsn is None:
-        _fail("no database configured: set POSTGRES_DSN or pass --dsn", EXIT_DATABASE)
+        _fail("no database configured: set POSTGRES_DSN or pass --dsn", EXIT_USAGE)
     serve_service(lambda: settings, run_api)
-
-
-# The flags that set each field of a token request, for error messages.
-_TOKEN_FLAGS = {"name": "--name", "role": "--role", "tenants": "--tenant", "expiresIn": "--expires-in"}
-
-
-@tokens_app.command("create")
-def create_token(
-    name: Annotated[str, typer.Option("--name", help="What the token is for (shown in the audit log).")],
-    role: Annotated[Role, typer.Option("--role", help="viewer reads; operator also controls runs; admin does all.")],
-    tenants: Annotated[
-        list[str] | None,
-        typer.Option("--tenant", help="A tenant it may see (repeatable); omitted: every tenant.", show_default=False),
-    ] = None,
-    expires_in: Annotated[
-        str | None, typer.Option("--expires-in", help="Lifetime: 12h, 30d, 8w; omitted: no expiry.", show_default=False)
-    ] = None,
-    dsn: Dsn = None,
-) -> None:
-    """Create an API token and print it (only the token, on stdout) this once; it is stored only as a hash."""
-    try:
-        request = TokenRequest.model_validate(
-            {"name": name, "role": role.value, "tenants": tenants or None, "expiresIn": expires_in}
-        )
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors(include_url=False):
-            flag = _TOKEN_FLAGS[str(error["loc"][0])]
-            # A repeated flag's error names the value, so the user sees which --tenant is wrong.
-            where = f"{flag} {error['input']!r}" if len(error["loc"]) > 1 else flag
-            lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-        _fail(lines, EXIT_INVALID)
-    settings, url = _settings(dsn)
-
-    async def run() -> tuple[str, str]:
-        async with connect(url, settings.connect_timeout_seconds) as conn:
-            record, token = await TokenStore(conn).create(
-                name=request.name,
-                role=role,
-                tenants=request.tenants,
-                lifetime=None if request.expires_in is None else parse_duration(request.expires_in),
-                actor=settings.actor,
-            )
-        scope = "every tenant" if record.tenants is None else "tenants " + ", ".join(record.tenants)
-        expiry = "never expires" if record.expires_at is None else f"expires {record.expires_at.isoformat()}"
-        return token, f"token/{record.name} created (id {record.id}, {role.value}, {scope}, {expiry}); shown once"
-
-    token, summary = _run(run())
-    typer.echo(summary, err=True)
-    typer.echo(token)

@@ -18,12 +18,14 @@ import asyncpg
 from services.admin.audit import write_audit
 from services.common.db import Connection
 from services.common.tenant_config import (
+    ConfigIssue,
     StoredConfig,
     TenantConfig,
     canonical_json,
     config_sha256,
     fetch_config,
 )
+from services.common.tenant_config.policy import SalesforcePolicy, policy_issues
 
 # Errors that mean "the database cannot be used right now", as opposed to bugs.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (
@@ -38,6 +40,18 @@ _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, ValueError
 
 class DatabaseUnavailableError(Exception):
     """The database cannot be reached or used. The message is safe to print (no credentials)."""
+
+
+class RefusedByPolicyError(Exception):
+    """A stored version names secrets or hosts the deployment's policy no longer allows; ``issues`` says which."""
+
+    def __init__(self, version: int, issues: Sequence[ConfigIssue]) -> None:
+        count = len(issues)
+        super().__init__(
+            f"version {version} is not allowed by this deployment's policy "
+            f"({count} problem{'s' if count > 1 else ''}); see errors"
+        )
+        self.issues = tuple(issues)
 
 
 @dataclass(frozen=True)
@@ -132,9 +146,18 @@ class ConfigStore:
         return [results[c.tenant_id] for c in configs]
 
     async def restore(
-        self, tenant_id: str, version: int, actor: str, request_id: str | None = None
+        self,
+        tenant_id: str,
+        version: int,
+        actor: str,
+        policy: SalesforcePolicy,
+        request_id: str | None = None,
     ) -> ApplyResult | None:
-        """Make version ``version`` current again, as a new version; None when the tenant or version is missing."""
+        """Make version ``version`` current again, as a new version; None when the tenant or version is missing.
+
+        Restoring applies the old document anew, so it must pass today's ``policy``: a version stored
+        before the policy tightened raises :class:`RefusedByPolicyError` and nothing is written.
+        """
         async with self._conn.transaction():
             tenant = await self._conn.fetchrow("SELECT deleted_at FROM tenants WHERE id = $1 FOR UPDATE", tenant_id)
             if tenant is None or tenant["deleted_at"] is not None:
@@ -142,6 +165,9 @@ class ConfigStore:
             stored = await fetch_config(self._conn, tenant_id, version)
             if stored is None:
                 return None
+            refused = policy_issues(stored.config, policy)
+            if refused:
+                raise RefusedByPolicyError(version, refused)
             return await self._apply_one(stored.config, actor, request_id, restored_from=version)
 
     async def delete(self, tenant_id: str, actor: str, request_id: str | None = None) -> int | None:

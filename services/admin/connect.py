@@ -16,6 +16,12 @@ web-server flow with PKCE S256), revoked, and forgotten with the tenant.
 A reconnect is the same flow again: the new tokens replace the old ones, which are then revoked.
 Tokens are replaced and forgotten under :class:`services.common.vault.SharedSession`'s lock, so no
 service refreshes with a refresh token being swapped out.
+
+Tenants of the server-side modes (``password``, ``client_credentials``, ``jwt_bearer``) have no
+browser step: services sign them in (:mod:`services.common.connections`), and authorizing one is
+refused. Revoking one revokes its current access token at Salesforce, forgets it and marks it
+``revoked``: services do not sign in for it again until a new version of its configuration is
+applied (a changed key or user, or a restored version, once the reason for the revoke is dealt with).
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ from services.common.connections import (
     read_connection,
     record_connected,
     record_revoked,
+    token_url,
 )
 from services.common.db import Pool
 from services.common.salesforce_oauth import DEFAULT_SCOPES, ConnectedApp, OAuthError, SalesforceOAuth, Token
 from services.common.tenant_config import AuthMode, SalesforceSpec, fetch_config
+from services.common.tenant_config.policy import PolicyViolationError, SalesforcePolicy
 from services.common.vault import Purpose, Sealed, Vault, VaultError, seal, store_grant, take_grant, unseal
 
 log = logging.getLogger(__name__)
@@ -107,6 +115,7 @@ class ConnectFlow:
         http: httpx.AsyncClient,
         secrets: SecretLookup,
         redirect_uri: str,
+        policy: SalesforcePolicy | None = None,
         clock: Clock = lambda: datetime.now(UTC),
     ) -> None:
         self._pool = pool
@@ -114,11 +123,24 @@ class ConnectFlow:
         self._http = http
         self._secrets = secrets
         self.redirect_uri = redirect_uri
+        # The deployment's policy, checked again before a host is sent anything: a document stored
+        # before the policy tightened must not slip through. None: only the documents were checked.
+        self._policy = policy
         self._clock = clock
 
+    def _check(self, field: str, url: str) -> None:
+        if self._policy is not None:
+            try:
+                self._policy.check_url(url)
+            except PolicyViolationError as exc:
+                raise ConnectError(409, ConnectError.CANNOT_CONNECT, f"{field}: {exc}") from None
+
     def _app(self, spec: SalesforceSpec) -> ConnectedApp:
+        self._check("spec.salesforce.loginUrl", token_url(spec))
         try:
             return connected_app(spec, self._secrets, redirect_uri=self.redirect_uri)
+        except PolicyViolationError as exc:
+            raise ConnectError(409, ConnectError.CANNOT_CONNECT, f"the connected app's client secret: {exc}") from None
         except LookupError as exc:
             # The variable's name is configuration, not a secret.
             raise ConnectError(503, ConnectError.UNAVAILABLE, f"the connected app's client secret: {exc}") from None
@@ -126,12 +148,13 @@ class ConnectFlow:
     async def authorize(self, tenant_id: str, spec: SalesforceSpec, actor: str) -> Authorization:
         """A new authorize URL for ``tenant_id``, started by ``actor``."""
         auth = spec.auth
-        if auth.mode is not AuthMode.OAUTH_PKCE:
+        if auth.mode.server_side:
             raise ConnectError(
                 409,
                 ConnectError.CANNOT_CONNECT,
-                f"tenant {tenant_id} authenticates with auth mode {auth.mode}; set spec.salesforce.auth.mode to"
-                " oauth_pkce to connect it through a browser",
+                f"tenant {tenant_id} authenticates with auth mode {auth.mode}; services sign it in server-side with"
+                " its configured credentials, so there is no browser step (GET its connection for the status; set"
+                " spec.salesforce.auth.mode to oauth_pkce to connect it through a browser instead)",
             )
         scopes = auth.scopes or DEFAULT_SCOPES
         if not _REFRESH_SCOPES & set(scopes):
@@ -194,6 +217,12 @@ class ConnectFlow:
         if stored is None:
             raise ConnectError(409, ConnectError.CANNOT_CONNECT, f"tenant {tenant_id} was deleted meanwhile")
         spec = stored.config.spec.salesforce
+        if spec.auth.mode is not AuthMode.OAUTH_PKCE:
+            raise ConnectError(
+                409,
+                ConnectError.CANNOT_CONNECT,
+                f"tenant {tenant_id}'s auth mode changed to {spec.auth.mode} during the authorization",
+            )
         if (spec.auth.client_id, login_url(spec)) != (pending["client_id"], pending["login_url"]):
             raise ConnectError(
                 409,
@@ -202,6 +231,11 @@ class ConnectFlow:
             )
         oauth = SalesforceOAuth(self._app(spec), self._http)
         token = await self._exchange(oauth, code, verifier)
+        try:
+            self._check("the instance URL Salesforce named", token.instance_url)
+        except ConnectError:
+            await self._revoke_quietly(oauth, token.refresh_token or token.access_token, tenant_id)
+            raise
         try:
             identity = await oauth.identity(token)
         except (OAuthError, httpx.HTTPError) as exc:
@@ -253,15 +287,17 @@ class ConnectFlow:
     async def revoke(
         self, tenant_id: str, spec: SalesforceSpec, actor: str, request_id: str | None = None
     ) -> SalesforceConnection:
-        """Revoke the tenant's grant at Salesforce and forget its tokens. If Salesforce cannot be
-        reached, nothing changes (ConnectError 502): the tokens are kept so that it can be retried."""
+        """Revoke the tenant's grant at Salesforce and forget its tokens (for a server-side tenant, its
+        current access token; services then stop signing it in). If Salesforce cannot be reached,
+        nothing changes (ConnectError 502): the tokens are kept so that it can be retried."""
+        server_side = spec.auth.mode.server_side
         async with self._pool.acquire() as conn, conn.transaction():
-            refresh_token = await take_grant(self._vault, conn, tenant_id)
+            token = await take_grant(self._vault, conn, tenant_id)
             outcome = "no tokens held"
-            if refresh_token is not None:
-                outcome = await self._revoke(spec, refresh_token)
-            changed = await record_revoked(conn, tenant_id)
-            if changed or refresh_token is not None:
+            if token is not None:
+                outcome = await self._revoke(spec, token)
+            changed = await record_revoked(conn, tenant_id, server_side=server_side)
+            if changed or token is not None:
                 await write_audit(
                     conn,
                     actor=actor,
@@ -279,20 +315,25 @@ class ConnectFlow:
         to the audit log) and drop everything the vault holds for it. ``spec`` is None when the
         stored configuration no longer validates: then Salesforce cannot be asked."""
         async with self._pool.acquire() as conn, conn.transaction():
-            refresh_token = await take_grant(self._vault, conn, tenant_id)
+            token = await take_grant(self._vault, conn, tenant_id)
             await conn.execute("DELETE FROM oauth_authorizations WHERE tenant_id = $1", tenant_id)
             outcome = "no tokens held"
             # Why Salesforce may still honour the grant, if it may.
             lingering: str | None = None
-            if refresh_token is not None and spec is None:
+            if token is not None and spec is None:
                 outcome = lingering = "not attempted: the stored configuration no longer validates"
-            elif refresh_token is not None and spec is not None:
+            elif token is not None and spec is not None:
                 try:
-                    outcome = await self._revoke(spec, refresh_token)
+                    outcome = await self._revoke(spec, token)
                 except ConnectError as exc:
                     outcome = lingering = f"failed: {exc}"
-            changed = await record_revoked(conn, tenant_id, lingering and f"revoking at Salesforce {lingering}")
-            if changed or refresh_token is not None:
+            changed = await record_revoked(
+                conn,
+                tenant_id,
+                lingering and f"revoking at Salesforce {lingering}",
+                server_side=spec is not None and spec.auth.mode.server_side,
+            )
+            if changed or token is not None:
                 await write_audit(
                     conn,
                     actor=actor,
@@ -334,11 +375,13 @@ class ConnectFlow:
         except httpx.HTTPError as exc:
             raise _unreachable(exc) from None
 
-    async def _revoke(self, spec: SalesforceSpec, refresh_token: str) -> str:
-        # Revoking needs no client credentials.
-        oauth = SalesforceOAuth(ConnectedApp(client_id=spec.auth.client_id, login_url=login_url(spec)), self._http)
+    async def _revoke(self, spec: SalesforceSpec, token: str) -> str:
+        # Revoking needs no client credentials; the host that issued the token revokes it.
+        issuer = token_url(spec)
+        self._check("spec.salesforce.loginUrl", issuer)
+        oauth = SalesforceOAuth(ConnectedApp(client_id=spec.auth.client_id, login_url=issuer), self._http)
         try:
-            await oauth.revoke(refresh_token)
+            await oauth.revoke(token)
         except OAuthError as exc:
             if exc.error in _ALREADY_INVALID:
                 return "already invalid"

@@ -2,7 +2,9 @@
 
 A request body holds exactly one ``Tenant`` document, as YAML or JSON. It is read with the same
 strict YAML loader and validated by the same functions as ``duplex config validate``, so a problem
-reads the same on the command line and in the API (there, as ``{field, message}``).
+reads the same on the command line and in the API (there, as ``{field, message}``). Both add the
+deployment's policy (:mod:`services.common.tenant_config.policy`) through :func:`parse_document`:
+the API per body, the CLI through :func:`validate_sources`.
 """
 
 from __future__ import annotations
@@ -14,17 +16,22 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
+from pydantic import ValidationError
 
 from services.common.tenant_config import (
+    ConfigFileError,
     ConfigInvalidError,
     ConfigIssue,
+    LoadedDocument,
     TenantConfig,
+    parse_config_sources,
     parse_tenant_config,
 )
 
 # The CLI's YAML dialect (duplicate keys refused, only true/false are booleans, dates stay text) and
 # its wording of YAML errors, so the API and `duplex config validate` say the same.
 from services.common.tenant_config.loading import YamlDocumentsError, load_yaml_documents
+from services.common.tenant_config.policy import SalesforcePolicy, policy_issues
 from services.common.tenant_config.validation import IssuePath, format_path
 
 ChangeKind = Literal["added", "removed", "changed"]
@@ -84,8 +91,33 @@ def _load_yaml(raw: bytes) -> list[Any]:
         raise MalformedDocumentError(str(exc)) from None
 
 
-def read_tenant_document(raw: bytes, *, as_yaml: bool) -> TenantConfig:
-    """The one valid Tenant document in ``raw``, or an error saying what is wrong with it."""
+def parse_document(document: object, policy: SalesforcePolicy) -> TenantConfig:
+    """:func:`parse_tenant_config`, then ``policy``: raises :class:`ConfigInvalidError` with every issue.
+
+    What the policy refuses is listed beside the document's cross-field problems, so one answer says
+    everything to fix; a document with structural problems has no shape to judge yet and gets those.
+    """
+    try:
+        config = parse_tenant_config(document)
+    except ConfigInvalidError as exc:
+        raise ConfigInvalidError([*exc.issues, *_refusals(document, policy)]) from None
+    refused = policy_issues(config, policy)
+    if refused:
+        raise ConfigInvalidError(refused)
+    return config
+
+
+def _refusals(document: object, policy: SalesforcePolicy) -> list[ConfigIssue]:
+    try:
+        # Structure only: the cross-field problems are what the caller is reporting.
+        config = TenantConfig.model_validate(document)
+    except ValidationError:
+        return []
+    return policy_issues(config, policy)
+
+
+def read_tenant_document(raw: bytes, *, as_yaml: bool, policy: SalesforcePolicy) -> TenantConfig:
+    """The one valid Tenant document in ``raw`` that ``policy`` allows, or an error saying what is wrong."""
     documents = _load_yaml(raw) if as_yaml else [load_json(raw)]
     if len(documents) != 1:
         found = "no document" if not documents else f"{len(documents)} documents"
@@ -94,12 +126,39 @@ def read_tenant_document(raw: bytes, *, as_yaml: bool) -> TenantConfig:
     if not isinstance(document, dict):
         raise InvalidDocumentError(f"the document {NOT_A_DOCUMENT}")
     try:
-        return parse_tenant_config(document)
+        return parse_document(document, policy)
     except ConfigInvalidError as exc:
-        count = len(exc.issues)
-        raise InvalidDocumentError(
-            f"the document has {count} problem{'s' if count > 1 else ''}; see errors", exc.issues
-        ) from None
+        raise _invalid_document(exc.issues) from None
+
+
+def _invalid_document(issues: Sequence[ConfigIssue]) -> InvalidDocumentError:
+    count = len(issues)
+    return InvalidDocumentError(f"the document has {count} problem{'s' if count > 1 else ''}; see errors", issues)
+
+
+def validate_sources(sources: Sequence[tuple[str, str]], policy: SalesforcePolicy) -> list[LoadedDocument]:
+    """``duplex config validate``: :func:`parse_config_sources` and ``policy``, with the API's messages.
+
+    All or nothing: any problem raises :class:`ConfigFileError`, one ``name: [document N: ]path:
+    message`` line per problem, the policy's after the rest.
+    """
+    loaded: list[LoadedDocument] = []
+    problems: list[str] = []
+    try:
+        loaded = parse_config_sources(sources)
+    except ConfigFileError as exc:
+        problems = list(exc.problems)
+    for source, text in sources:
+        try:
+            documents = load_yaml_documents(text)
+        except YamlDocumentsError:
+            continue  # reported above
+        for index, document in enumerate(documents, start=1):
+            prefix = f"{source}: document {index}: " if len(documents) > 1 else f"{source}: "
+            problems += [f"{prefix}{issue.where}: {issue.message}" for issue in _refusals(document, policy)]
+    if problems:
+        raise ConfigFileError(problems)
+    return loaded
 
 
 # ---------------------------------------------------------------------------------------------

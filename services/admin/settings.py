@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.admin.oidc import OidcConfig
 from services.common.settings import PostgresSettings, ServiceSettings
+from services.common.tenant_config.policy import PolicySettings
 from services.common.vault import VaultSettings, vault_settings
 
 # Addresses a server listens on but a browser cannot go to.
@@ -81,6 +82,10 @@ class AdminSettings(ServiceSettings):
     salesforce_timeout_seconds: float = Field(default=30.0, gt=0)
     # VAULT_KEYS: where tenants' tokens are kept. Without it the connect flow answers 503.
     vault: VaultSettings | None = Field(default_factory=vault_settings)
+    # Which secret variables and Salesforce hosts a tenant document may name (DUPLEX_SECRET_ENV_PREFIX,
+    # DUPLEX_SALESFORCE_HOSTS, DUPLEX_DEVELOPMENT): the same variables the services read, so the API
+    # refuses exactly the documents the services would refuse to act on.
+    policy: PolicySettings = Field(default_factory=PolicySettings)
 
     @field_validator("public_url")
     @classmethod

@@ -23,7 +23,9 @@ from services.common.vault import Keyring, RotationReport, Vault, VaultSettings
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, ValueError)
 
 EXIT_INVALID = 1
-EXIT_DATABASE = 2
+EXIT_USAGE = 2
+# As the rest of the CLI (docs/cli.md): a missing setting is usage, an unreachable database is 4.
+EXIT_UNREACHABLE = 4
 
 keys_app = typer.Typer(help="Manage the vault's key-encryption keys (VAULT_KEYS).", no_args_is_help=True)
 
@@ -70,12 +72,12 @@ def rotate(
     keyring, batch_size = _keyring()
     settings = load_settings(dsn)
     if settings.postgres_dsn is None:
-        _fail(["no database configured: set POSTGRES_DSN or pass --dsn"], EXIT_DATABASE)
+        _fail(["no database configured: set POSTGRES_DSN or pass --dsn"], EXIT_USAGE)
     url = settings.postgres_dsn.get_secret_value()
     try:
         report = asyncio.run(_rotate(url, keyring, batch_size, settings.connect_timeout_seconds))
     except _CONNECT_ERRORS as exc:
-        _fail([str(explain_database_error(exc, url))], EXIT_DATABASE)
+        _fail([str(explain_database_error(exc, url))], EXIT_UNREACHABLE)
     typer.echo(
         f"re-wrapped {report.rewrapped} data keys under key {keyring.current!r}"
         f" ({report.already_current} already current)"

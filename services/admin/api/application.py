@@ -6,8 +6,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from services.admin.api.access import Access
+from services.admin.api.backfills import backfills_router
 from services.admin.api.connections import connections_router
 from services.admin.api.edge import BodyTooLargeError, LimitBody, RequestId, too_large
+from services.admin.api.preflight import preflight_router
 from services.admin.api.problems import (
     PROBLEM_RESPONSES,
     ApiError,
@@ -19,11 +21,15 @@ from services.admin.api.tenants import tenants_router
 from services.admin.api.tokens import tokens_router
 from services.admin.connect import ConnectFlow
 from services.admin.oidc import OidcVerifier
+from services.common.connections import Sessions
 from services.common.db import Pool
 from services.common.service import Health
+from services.common.tenant_config.policy import SalesforcePolicy
 
 API_TITLE = "Duplex admin API"
 API_VERSION = "1"
+# What PolicySettings gives with none of its variables set: the strictest there is.
+_DEFAULT_POLICY = SalesforcePolicy()
 
 
 def build_api(
@@ -33,8 +39,15 @@ def build_api(
     max_body_bytes: int,
     oidc: OidcVerifier | None = None,
     connect: ConnectFlow | None = None,
+    sessions: Sessions | None = None,
+    policy: SalesforcePolicy = _DEFAULT_POLICY,
 ) -> FastAPI:
-    """The API over ``pool``; without ``connect`` (no vault), connecting tenants answers 503."""
+    """The API over ``pool``; without ``connect`` (no vault), connecting tenants answers 503, and
+    without ``sessions`` (no access to Salesforce) so does checking a tenant's connection.
+
+    Tenant documents must name only the secrets and hosts ``policy`` allows (the deployment's
+    ``AdminSettings.policy``).
+    """
     app = FastAPI(
         title=API_TITLE,
         version=API_VERSION,
@@ -70,7 +83,9 @@ def build_api(
         return {"status": "ok"}
 
     access = Access(pool, oidc)
-    app.include_router(tenants_router(access, connect))
+    app.include_router(tenants_router(access, policy, connect))
     app.include_router(connections_router(access, connect))
+    app.include_router(preflight_router(access, sessions))
+    app.include_router(backfills_router(access))
     app.include_router(tokens_router(access))
     return app

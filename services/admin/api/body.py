@@ -12,7 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from services.admin.api.problems import INVALID_DOCUMENT, MALFORMED_BODY, ApiError, FieldError, field_name
 from services.admin.documents import InvalidDocumentError, MalformedDocumentError, load_json, read_tenant_document
-from services.common.tenant_config import TenantConfig
+from services.common.tenant_config import ConfigIssue, TenantConfig
+from services.common.tenant_config.policy import SalesforcePolicy
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -79,20 +80,29 @@ TENANT_DOCUMENT_SCHEMA: dict[str, Any] = {
 }
 
 
-async def tenant_document(request: Request) -> TenantConfig:
-    """The one valid Tenant document in the body, as YAML or JSON."""
-    kind = media_type(request)
-    if kind != JSON and kind not in YAML_TYPES:
-        raise _unsupported([JSON, "application/yaml"])
-    try:
-        return read_tenant_document(await request.body(), as_yaml=kind in YAML_TYPES)
-    except MalformedDocumentError as exc:
-        raise _malformed(exc) from None
-    except InvalidDocumentError as exc:
-        raise ApiError(
-            422,
-            title="Invalid tenant document",
-            detail=str(exc),
-            type=INVALID_DOCUMENT,
-            errors=[FieldError(issue.where, issue.message) for issue in exc.issues],
-        ) from None
+def invalid_document(detail: str, issues: Sequence[ConfigIssue]) -> ApiError:
+    """A 422 for a Tenant document, one entry per issue (a field path as ``duplex config validate`` prints it)."""
+    return ApiError(
+        422,
+        title="Invalid tenant document",
+        detail=detail,
+        type=INVALID_DOCUMENT,
+        errors=[FieldError(issue.where, issue.message) for issue in issues],
+    )
+
+
+def tenant_document(policy: SalesforcePolicy) -> Callable[[Request], Awaitable[TenantConfig]]:
+    """A dependency reading the one valid Tenant document in the body, as YAML or JSON, that ``policy`` allows."""
+
+    async def parse(request: Request) -> TenantConfig:
+        kind = media_type(request)
+        if kind != JSON and kind not in YAML_TYPES:
+            raise _unsupported([JSON, "application/yaml"])
+        try:
+            return read_tenant_document(await request.body(), as_yaml=kind in YAML_TYPES, policy=policy)
+        except MalformedDocumentError as exc:
+            raise _malformed(exc) from None
+        except InvalidDocumentError as exc:
+            raise invalid_document(str(exc), exc.issues) from None
+
+    return parse

@@ -15,15 +15,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
-from services.admin.api.access import Access, tenant_not_found
+from services.admin.api.access import Access
 from services.admin.api.models import ConnectionAuthorization, SalesforceConnectionView
 from services.admin.api.problems import ApiError, request_id_of
+from services.admin.api.tenants import stored_config
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
 from services.admin.connect import CALLBACK_PATH, ConnectError, ConnectFlow
 from services.common.connections import SalesforceConnection, read_connection
 from services.common.db import Connection
-from services.common.tenant_config import ConfigInvalidError, SalesforceSpec
+from services.common.tenant_config import AuthMode, SalesforceSpec
 
 _PROBLEM_TYPES: dict[str, tuple[str, str | None]] = {
     ConnectError.INVALID_STATE: ("urn:duplex:problem:invalid-state", "Invalid or expired authorization"),
@@ -41,9 +42,10 @@ def _problem(exc: ConnectError, headers: dict[str, str] | None = None) -> ApiErr
     return ApiError(exc.status, detail=str(exc), title=title, type=kind, headers=headers)
 
 
-def _view(connection: SalesforceConnection) -> SalesforceConnectionView:
+def _view(connection: SalesforceConnection, mode: AuthMode) -> SalesforceConnectionView:
     return SalesforceConnectionView(
         name=connection.tenant_id,
+        auth_mode=mode.value,
         status=connection.status.value,
         org_id=connection.org_id,
         user_id=connection.user_id,
@@ -58,14 +60,7 @@ def _view(connection: SalesforceConnection) -> SalesforceConnectionView:
 
 
 async def _salesforce_spec(db: Connection, tenant_id: str) -> SalesforceSpec:
-    try:
-        stored = await ConfigStore(db).get(tenant_id)
-    except ConfigInvalidError as exc:
-        detail = f"tenant '{tenant_id}': the stored current version no longer validates: {exc}"
-        raise ApiError(500, detail=detail) from None
-    if stored is None:
-        raise tenant_not_found(tenant_id)
-    return stored.config.spec.salesforce
+    return (await stored_config(ConfigStore(db), tenant_id)).config.spec.salesforce
 
 
 def _wants_html(request: Request) -> bool:
@@ -100,13 +95,14 @@ def connections_router(access: Access, flow: ConnectFlow | None) -> APIRouter:
     async def show_connection(
         principal: Annotated[Principal, Depends(read)], tenant: str, db: Annotated[Connection, db_dependency]
     ) -> SalesforceConnectionView:
-        await _salesforce_spec(db, tenant)
-        return _view(await read_connection(db, tenant))
+        spec = await _salesforce_spec(db, tenant)
+        return _view(await read_connection(db, tenant), spec.auth.mode)
 
     @router.post(
         "/tenants/{tenant}/connection:authorize",
         response_model=ConnectionAuthorization,
         summary="Start connecting (or reconnecting) the tenant's org: an authorize URL for a browser",
+        description="Only for auth mode oauth_pkce: a tenant of another mode signs in server-side (409).",
     )
     async def authorize(
         principal: Annotated[Principal, Depends(configure)], tenant: str, db: Annotated[Connection, db_dependency]
@@ -124,6 +120,9 @@ def connections_router(access: Access, flow: ConnectFlow | None) -> APIRouter:
         "/tenants/{tenant}/connection:revoke",
         response_model=SalesforceConnectionView,
         summary="Revoke the tenant's grant at Salesforce and forget its tokens (nothing to revoke: 200 too)",
+        description="A tenant of a server-side auth mode (password, client_credentials, jwt_bearer): its current"
+        " access token is revoked and services stop signing it in until a new version of its configuration is"
+        " applied.",
     )
     async def revoke(
         principal: Annotated[Principal, Depends(configure)],
@@ -136,7 +135,7 @@ def connections_router(access: Access, flow: ConnectFlow | None) -> APIRouter:
             revoked = await connect_flow().revoke(tenant, spec, principal.actor, request_id_of(request))
         except ConnectError as exc:
             raise _problem(exc) from None
-        return _view(revoked)
+        return _view(revoked, spec.auth.mode)
 
     @router.get(
         CALLBACK_PATH.removeprefix("/api/v1"),
@@ -168,6 +167,7 @@ def connections_router(access: Access, flow: ConnectFlow | None) -> APIRouter:
                 " You can close this window.",
             )
         response.headers.update(_CALLBACK_HEADERS)
-        return _view(connected)
+        # The callback completes only oauth_pkce authorizations.
+        return _view(connected, AuthMode.OAUTH_PKCE)
 
     return router

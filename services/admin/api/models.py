@@ -142,6 +142,10 @@ class ConnectionAuthorization(ApiModel):
 
 class SalesforceConnectionView(ApiModel):
     name: str
+    auth_mode: Literal["oauth_pkce", "client_credentials", "password", "jwt_bearer"] = Field(
+        description="oauth_pkce: connected through a browser (connection:authorize); the others: services sign"
+        " the tenant in server-side with its configured credentials, and record each sign-in here."
+    )
     status: Literal["not_connected", "connected", "needs_reconnect", "revoked", "error"]
     org_id: str | None
     user_id: str | None

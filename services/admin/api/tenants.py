@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from services.admin.api.access import Access, tenant_not_found
-from services.admin.api.body import TENANT_DOCUMENT_SCHEMA, tenant_document
+from services.admin.api.body import TENANT_DOCUMENT_SCHEMA, invalid_document, tenant_document
 from services.admin.api.models import (
     Applied,
     DocumentChange,
@@ -23,7 +23,7 @@ from services.admin.api.models import (
 )
 from services.admin.api.problems import INVALID_DOCUMENT, ApiError, FieldError, request_id_of
 from services.admin.auth import Action, Principal
-from services.admin.config_store import ApplyResult, ConfigStore
+from services.admin.config_store import ApplyResult, ConfigStore, RefusedByPolicyError
 from services.admin.connect import ConnectFlow
 from services.admin.documents import diff_documents, unified_diff
 from services.common.db import Connection
@@ -34,6 +34,7 @@ from services.common.tenant_config import (
     config_warnings,
     to_document,
 )
+from services.common.tenant_config.policy import SalesforcePolicy
 
 VersionNumber = Annotated[int, Path(ge=1, description="A stored version (1, 2, ...).")]
 
@@ -69,7 +70,8 @@ def _no_version(tenant_id: str, version: int) -> ApiError:
     return ApiError(404, detail=f"tenant '{tenant_id}' has no version {version}")
 
 
-async def _stored(store: ConfigStore, tenant_id: str, version: int | None = None) -> StoredConfig:
+async def stored_config(store: ConfigStore, tenant_id: str, version: int | None = None) -> StoredConfig:
+    """The tenant's current (or numbered) configuration; 404 when there is none, 500 if it no longer validates."""
     try:
         stored = await store.get(tenant_id, version)
     except ConfigInvalidError as exc:
@@ -81,11 +83,13 @@ async def _stored(store: ConfigStore, tenant_id: str, version: int | None = None
     return stored
 
 
-def tenants_router(access: Access, connect: ConnectFlow | None = None) -> APIRouter:
+def tenants_router(access: Access, policy: SalesforcePolicy, connect: ConnectFlow | None = None) -> APIRouter:
+    """The routes; every document stored or restored must be one ``policy`` allows."""
     router = APIRouter(prefix="/api/v1/tenants", tags=["tenants"])
     read = access.require(Action.READ)
     configure = access.require(Action.CONFIGURE)
     db_dependency = Depends(access.connection)
+    document = tenant_document(policy)
 
     @router.get("", response_model=TenantList, summary="The tenants the caller may see")
     async def list_tenants(
@@ -112,7 +116,7 @@ def tenants_router(access: Access, connect: ConnectFlow | None = None) -> APIRou
         openapi_extra=TENANT_DOCUMENT_SCHEMA,
     )
     async def validate(
-        principal: Annotated[Principal, Depends(read)], config: Annotated[TenantConfig, Depends(tenant_document)]
+        principal: Annotated[Principal, Depends(read)], config: Annotated[TenantConfig, Depends(document)]
     ) -> Validated:
         pairs = config.spec.objects
         return Validated(
@@ -126,7 +130,7 @@ def tenants_router(access: Access, connect: ConnectFlow | None = None) -> APIRou
     async def show(
         principal: Annotated[Principal, Depends(read)], tenant: str, db: Annotated[Connection, db_dependency]
     ) -> TenantVersion:
-        return _version(await _stored(ConfigStore(db), tenant))
+        return _version(await stored_config(ConfigStore(db), tenant))
 
     @router.put(
         "/{tenant}",
@@ -138,7 +142,7 @@ def tenants_router(access: Access, connect: ConnectFlow | None = None) -> APIRou
     async def apply(
         principal: Annotated[Principal, Depends(configure)],
         tenant: str,
-        config: Annotated[TenantConfig, Depends(tenant_document)],
+        config: Annotated[TenantConfig, Depends(document)],
         request: Request,
         response: Response,
         db: Annotated[Connection, db_dependency],
@@ -199,7 +203,7 @@ def tenants_router(access: Access, connect: ConnectFlow | None = None) -> APIRou
         version: VersionNumber,
         db: Annotated[Connection, db_dependency],
     ) -> TenantVersion:
-        return _version(await _stored(ConfigStore(db), tenant, version))
+        return _version(await stored_config(ConfigStore(db), tenant, version))
 
     @router.post(
         "/{tenant}/versions/{version}:restore",
@@ -215,11 +219,14 @@ def tenants_router(access: Access, connect: ConnectFlow | None = None) -> APIRou
         db: Annotated[Connection, db_dependency],
     ) -> Applied:
         store = ConfigStore(db)
-        result = await store.restore(tenant, version, principal.actor, request_id_of(request))
+        try:
+            result = await store.restore(tenant, version, principal.actor, policy, request_id_of(request))
+        except RefusedByPolicyError as exc:
+            raise invalid_document(str(exc), exc.issues) from None
         if result is None:
-            await _stored(store, tenant)  # 404 for a missing tenant, else for the version
+            await stored_config(store, tenant)  # 404 for a missing tenant, else for the version
             raise _no_version(tenant, version)
-        restored = await _stored(store, tenant, result.version)
+        restored = await stored_config(store, tenant, result.version)
         return _applied(result, restored.config, response)
 
     @router.get("/{tenant}/diff", response_model=VersionDiff, summary="What changed between two versions")
@@ -231,8 +238,8 @@ def tenants_router(access: Access, connect: ConnectFlow | None = None) -> APIRou
         to_version: Annotated[int | None, Query(alias="to", ge=1, description="Default: the current one.")] = None,
     ) -> VersionDiff:
         store = ConfigStore(db)
-        before = await _stored(store, tenant, from_version)
-        after = await _stored(store, tenant, to_version)
+        before = await stored_config(store, tenant, from_version)
+        after = await stored_config(store, tenant, to_version)
         before_doc, after_doc = to_document(before.config), to_document(after.config)
         return VersionDiff(
             name=tenant,

@@ -26,11 +26,22 @@ def test_migrate_applies_once(fresh_database: str) -> None:
     assert (second.exit_code, second.output.strip()) == (0, "nothing to apply")
 
 
-def test_migrate_without_a_database_is_exit_2() -> None:
+def test_migrate_without_a_database_is_exit_4() -> None:
     result = runner.invoke(app, ["migrate", "--dsn", "postgresql://nobody:secret@127.0.0.1:1/none"])
 
-    assert result.exit_code == 2
+    assert result.exit_code == 4
+    assert result.stderr.startswith("error: cannot reach the database at 127.0.0.1:1/none: ")
     assert "secret" not in result.output
+
+
+def test_topics_apply_without_kafka() -> None:
+    unreachable = runner.invoke(app, ["topics", "apply", "--bootstrap", "127.0.0.1:1"])
+    assert unreachable.exit_code == 4
+    assert unreachable.stderr.startswith("error: cannot reach Kafka at 127.0.0.1:1: ")
+    assert len(unreachable.stderr.splitlines()) == 1
+    unset = runner.invoke(app, ["topics", "apply"], env={"KAFKA_BOOTSTRAP_SERVERS": None})
+    assert unset.exit_code == 2
+    assert unset.stderr == "error: no Kafka configured: set KAFKA_BOOTSTRAP_SERVERS or pass --bootstrap\n"
 
 
 def test_topics_apply_creates_the_table(kafka_bootstrap: str) -> None:

@@ -19,15 +19,20 @@ from services.admin.settings import AdminSettings
 from services.admin.token_store import TokenStore
 from services.common.connections import SecretLookup
 from services.common.salesforce import env_secrets
+from services.common.tenant_config.policy import PolicySettings
 from services.common.vault import VaultSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLE = (ROOT / "deploy" / "examples" / "tenant-acme.yaml").read_text()
 YAML = {"content-type": "application/yaml"}
 # The vault's key for every API under test, and the environment the sample tenant's client secret
-# (secretRef env ACME_SF_CLIENT_SECRET) is read from.
+# is read from (under the prefix the default policy allows).
 VAULT_KEYS = "k1:" + "a2V5LWVuY3J5cHRpb24ta2V5LWZvci10ZXN0cy0zMmI="
-SECRETS = {"ACME_SF_CLIENT_SECRET": "acme-client-secret"}
+SECRET_ENV = "DUPLEX_SECRET_ACME_SF_CLIENT_SECRET"
+SECRETS = {SECRET_ENV: "acme-client-secret"}
+# The deployment the tests are: the default policy, for development, because the emulator listens on
+# 127.0.0.1. Spelt out so that no DUPLEX_* variable of the shell running the tests changes it.
+DEVELOPMENT = PolicySettings(secret_env_prefix="DUPLEX_SECRET_", salesforce_hosts="", development=True)
 # What a change touches: a request that must change nothing leaves these exactly as they were
 # (a token's last_used_at aside: every authenticated request may refresh it).
 SNAPSHOT = {
@@ -98,7 +103,7 @@ async def connect(dsn: str) -> Any:
 
 
 def settings(dsn: str, **overrides: Any) -> AdminSettings:
-    given = {"vault": VaultSettings(keys=SecretStr(VAULT_KEYS)), **overrides}
+    given = {"vault": VaultSettings(keys=SecretStr(VAULT_KEYS)), "policy": DEVELOPMENT, **overrides}
     return AdminSettings(postgres_dsn=dsn, port=0, actor="test", **given)
 
 

@@ -27,6 +27,7 @@ class Needs(Enum):
     # by nothing else. Without a valid state every caller, token or not, gets 400 and no token helps.
     OAUTH_STATE = "a pending authorization's state"
     VIEWER = "viewer"
+    OPERATOR = "operator"
     ADMIN = "admin"
     GLOBAL_ADMIN = "admin of every tenant"
 
@@ -47,6 +48,8 @@ TABLE: dict[tuple[str, str], Needs] = {
     ("GET", "/api/v1/tenants/{tenant}/connection"): Needs.VIEWER,
     ("POST", "/api/v1/tenants/{tenant}/connection:authorize"): Needs.ADMIN,
     ("POST", "/api/v1/tenants/{tenant}/connection:revoke"): Needs.ADMIN,
+    ("POST", "/api/v1/tenants/{tenant}/connection:check"): Needs.OPERATOR,
+    ("POST", "/api/v1/tenants/{tenant}/backfills"): Needs.OPERATOR,
     ("GET", "/api/v1/oauth/callback"): Needs.OAUTH_STATE,
     ("POST", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
     ("GET", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
@@ -57,6 +60,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/tenants:validate"): {"content": tenant_yaml(), "headers": YAML},
     ("PUT", "/api/v1/tenants/{tenant}"): {"content": tenant_yaml(), "headers": YAML},
     ("POST", "/api/v1/tokens"): {"json": {"name": "made by the table", "role": "viewer"}},
+    ("POST", "/api/v1/tenants/{tenant}/backfills"): {"json": {"object": "Account"}},
 }
 _METHODS = {"get", "put", "post", "delete", "patch"}
 
@@ -92,7 +96,7 @@ def expected(needs: Needs, caller: Caller, path: str) -> int | None:
     if "{tenant}" in path and not caller.in_scope:
         return 404
     rank = [Role.VIEWER, Role.OPERATOR, Role.ADMIN]
-    least = Role.VIEWER if needs is Needs.VIEWER else Role.ADMIN
+    least = {Needs.VIEWER: Role.VIEWER, Needs.OPERATOR: Role.OPERATOR}.get(needs, Role.ADMIN)
     if rank.index(caller.role) < rank.index(least):
         return 403
     if needs is Needs.GLOBAL_ADMIN and not caller.in_scope:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.admin_api.harness import YAML, Api, bearer, problem, tenant_yaml
+from services.common.tenant_config.policy import PolicySettings
+from tests.integration.admin_api.harness import SECRET_ENV, YAML, Api, bearer, problem, serving, tenant_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +154,126 @@ async def test_unknown_routes_and_methods(api: Api, admin: str) -> None:
     assert bad_query["errors"] == [
         {"field": "query.from", "message": "Input should be a valid integer, unable to parse string as an integer"}
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployment's policy: which secret variables a tenant may name, which hosts it may send them to
+
+INSTANCE = "instanceUrl: https://acme.my.salesforce.com\n"
+LOGIN = "loginUrl: https://login.salesforce.com\n"
+SECRET = f"clientSecret: {{secretRef: {{env: {SECRET_ENV}}}}}"
+NOT_SALESFORCE = "nor one this deployment lists in DUPLEX_SALESFORCE_HOSTS"
+INVALID_DOCUMENT = "urn:duplex:problem:invalid-document"
+
+
+def production(salesforce_hosts: str = "") -> PolicySettings:
+    """The policy of a deployment that is not for development."""
+    return PolicySettings(secret_env_prefix="DUPLEX_SECRET_", salesforce_hosts=salesforce_hosts, development=False)
+
+
+def swap(text: str, old: str, new: str) -> str:
+    assert old in text, f"the sample tenant no longer has {old!r}"
+    return text.replace(old, new, 1)
+
+
+def with_hosts(instance: str | None = None, login: str | None = None, name: str = "acme") -> str:
+    text = tenant_yaml(name)
+    if instance is not None:
+        text = swap(text, INSTANCE, f"instanceUrl: {instance}\n")
+    if login is not None:
+        text = swap(text, LOGIN, f"loginUrl: {login}\n")
+    return text
+
+
+async def refused_document(api: Api, token: str, text: str, name: str = "acme") -> dict[str, str]:
+    """Apply and validate ``text``: both 422 with the same errors, and nothing stored; the errors by field."""
+    applied = await refused(api, 422, "PUT", f"/api/v1/tenants/{name}", content=text, headers={**YAML, **bearer(token)})
+    validated = await refused(
+        api, 422, "POST", "/api/v1/tenants:validate", content=text, headers={**YAML, **bearer(token)}
+    )
+    assert applied["type"] == validated["type"] == INVALID_DOCUMENT
+    assert applied["errors"] == validated["errors"]
+    return {e["field"]: e["message"] for e in applied["errors"]}
+
+
+async def test_a_secret_outside_the_prefix_is_refused(api: Api, admin: str) -> None:
+    text = swap(tenant_yaml(), SECRET, "clientSecret: {secretRef: {env: POSTGRES_DSN}}")
+    errors = await refused_document(api, admin, text)
+    assert errors == {
+        "spec.salesforce.auth.clientSecret.secretRef.env": "names a variable outside DUPLEX_SECRET_*, the prefix "
+        "this deployment allows for tenant secrets; rename the variable to DUPLEX_SECRET_POSTGRES_DSN"
+    }
+    # For a new tenant, beside a problem of another kind: every problem in one answer.
+    other = swap(swap(text, "name: acme\n", "name: globex\n"), "mode: oauth_pkce", "mode: client_credentials")
+    body = await refused(api, 422, "PUT", "/api/v1/tenants/globex", content=other, headers={**YAML, **bearer(admin)})
+    assert [e["field"] for e in body["errors"]] == [
+        "spec.salesforce.auth.scopes",
+        "spec.salesforce.auth.clientSecret.secretRef.env",
+    ]
+    assert body["detail"] == "the document has 2 problems; see errors"
+
+
+async def test_login_and_instance_urls_off_the_list_are_refused(api: Api, admin: str) -> None:
+    errors = await refused_document(
+        api, admin, with_hosts("https://acme.my.salesforce.com.evil.io", "https://login.salesforce.com.evil.io")
+    )
+    assert errors == {
+        "spec.salesforce.instanceUrl": "acme.my.salesforce.com.evil.io is not a Salesforce host (login.salesforce.com, "
+        f"test.salesforce.com, *.my.salesforce.com) {NOT_SALESFORCE}",
+        "spec.salesforce.loginUrl": "login.salesforce.com.evil.io is not a Salesforce host (login.salesforce.com, "
+        f"test.salesforce.com, *.my.salesforce.com) {NOT_SALESFORCE}",
+    }
+    lookalike = await refused_document(api, admin, with_hosts(instance="https://evilmy.salesforce.com"))
+    assert list(lookalike) == ["spec.salesforce.instanceUrl"]
+    # Salesforce's own hosts, sandboxes included, are accepted.
+    sandbox = with_hosts("https://acme--uat.sandbox.my.salesforce.com", "https://test.salesforce.com")
+    assert (await api.apply(admin, sandbox)).status_code == 200
+
+
+async def test_localhost_only_when_the_deployment_is_for_development(api: Api, admin: str, migrated: str) -> None:
+    local = with_hosts("https://127.0.0.1:8443", "http://localhost:8080")
+    async with serving(migrated, policy=production()) as strict:
+        token = await strict.token()
+        errors = await refused_document(strict, token, local)
+    rule = "localhost is only allowed when the deployment is for development (DUPLEX_DEVELOPMENT=true)"
+    assert errors == {"spec.salesforce.instanceUrl": rule, "spec.salesforce.loginUrl": rule}
+    # The harness's deployment is one for development.
+    accepted = await api.apply(admin, local)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["version"] == 2
+
+
+async def test_a_host_the_deployment_lists_is_accepted(api: Api, admin: str, migrated: str) -> None:
+    proxied = with_hosts("https://acme.my.sfcrmproducts.cn", "https://sf-proxy.corp")
+    listed = await refused_document(api, admin, proxied)
+    assert list(listed) == ["spec.salesforce.instanceUrl", "spec.salesforce.loginUrl"]
+    async with serving(migrated, policy=production("sf-proxy.corp, *.sfcrmproducts.cn")) as lists:
+        token = await lists.token()
+        applied = await lists.apply(token, proxied)
+        assert applied.status_code == 200, applied.text
+        # A wildcard is every host under the name, not a name that merely ends like it.
+        errors = await refused_document(lists, token, with_hosts("https://acme.evilsfcrmproducts.cn"))
+    assert list(errors) == ["spec.salesforce.instanceUrl"]
+
+
+async def test_restoring_a_version_the_policy_now_refuses(api: Api, admin: str, migrated: str) -> None:
+    # Version 2 went through a deployment that listed the proxy; version 3 is back on Salesforce's host.
+    async with serving(migrated, policy=production("sf-proxy.corp")) as lenient:
+        token = await lenient.token()
+        assert (await lenient.apply(token, with_hosts(login="https://sf-proxy.corp"))).status_code == 200
+    assert (await api.apply(admin, tenant_yaml(cap=6000))).status_code == 200
+
+    body = await refused(api, 422, "POST", "/api/v1/tenants/acme/versions/2:restore", headers=bearer(admin))
+    assert body["type"] == INVALID_DOCUMENT
+    assert body["detail"] == "version 2 is not allowed by this deployment's policy (1 problem); see errors"
+    assert body["errors"] == [
+        {
+            "field": "spec.salesforce.loginUrl",
+            "message": "sf-proxy.corp is not a Salesforce host (login.salesforce.com, test.salesforce.com, "
+            f"*.my.salesforce.com) {NOT_SALESFORCE}",
+        }
+    ]
+    # A version the policy allows is still restored.
+    restored = await api.http.post("/api/v1/tenants/acme/versions/1:restore", headers=bearer(admin))
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["version"] == 4

@@ -131,10 +131,10 @@ async def test_what_cannot_be_connected_is_refused_up_front(
         "clientId": org.client_id,
         "clientSecret": {"secretRef": {"env": org.secret_env}},
         "username": org.username,
-        "password": {"secretRef": {"env": "SF_PASSWORD"}},
+        "password": {"secretRef": {"env": "DUPLEX_SECRET_SF_PASSWORD"}},
     }
     unknown_secret = salesforce_section(emulator, org)
-    unknown_secret["auth"]["clientSecret"] = {"secretRef": {"env": "NOT_SET_ANYWHERE"}}
+    unknown_secret["auth"]["clientSecret"] = {"secretRef": {"env": "DUPLEX_SECRET_NOT_SET_ANYWHERE"}}
     no_refresh = salesforce_section(emulator, org)
     no_refresh["auth"]["scopes"] = ["api"]
     for name, section in (("pw", password), ("nosecret", unknown_secret), ("norefresh", no_refresh)):
@@ -158,7 +158,8 @@ async def test_what_cannot_be_connected_is_refused_up_front(
     assert mode["type"] == "urn:duplex:problem:cannot-connect"
     assert mode["detail"].startswith("tenant pw authenticates with auth mode password;")
     assert secret["detail"] == (
-        "the connected app's client secret: secret not available: environment variable NOT_SET_ANYWHERE is not set"
+        "the connected app's client secret: secret not available:"
+        " environment variable DUPLEX_SECRET_NOT_SET_ANYWHERE is not set"
     )
     assert scopes["detail"].startswith("tenant norefresh's spec.salesforce.auth.scopes lack refresh_token")
     assert missing["detail"] == "no tenant 'nobody'"

@@ -18,10 +18,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from devstack.paths import POSTGRES_BIN_DIR
-from services.common.connections import ConnectionUnavailableError, VaultSessions
+from services.common.connections import ConnectionUnavailableError, Sessions
 from services.common.metrics import Metrics
 from services.common.salesforce import SalesforceClient, SecretResolver, UnlimitedBudget, env_secrets
 from services.common.salesforce_oauth import ConnectedApp, ReconnectNeeded, SalesforceOAuth
+from services.common.tenant_config.policy import SalesforcePolicy
 from services.common.vault import Keyring, Purpose, SessionToken, Vault
 from tests.integration.admin_api.connecting import CALLBACK, Connecting, Org, approve, browser, spec_of
 from tests.integration.admin_api.harness import VAULT_KEYS, bearer
@@ -39,7 +40,7 @@ class Services:
     pool: asyncpg.Pool
     vault: Vault
     secrets: SecretResolver
-    sessions: VaultSessions
+    sessions: Sessions
     metrics: Metrics
 
     def client(self, tenant: str, document: dict[str, Any]) -> SalesforceClient:
@@ -75,7 +76,16 @@ async def services(connecting: Connecting, orgs: tuple[Org, Org]) -> AsyncIterat
     ):
         vault = Vault(pool, Keyring.parse(VAULT_KEYS))
         metrics = Metrics(CollectorRegistry())
-        sessions = VaultSessions(vault, service="writer", http=http, secrets=secrets, metrics=metrics)
+        sessions = Sessions(
+            pool,
+            vault=vault,
+            service="writer",
+            http=http,
+            secrets=secrets,
+            # The emulator listens on 127.0.0.1, which only a development deployment may call.
+            policy=SalesforcePolicy(development=True),
+            metrics=metrics,
+        )
         yield Services(pool, vault, secrets, sessions, metrics)
 
 
@@ -125,7 +135,7 @@ async def test_connecting_stores_the_grant_in_the_vault_only(
     assert answer.headers["cache-control"] == "no-store"
     connected = answer.json()
     assert connected == await connecting.connection("acme")
-    assert connected["status"] == "connected"
+    assert (connected["authMode"], connected["status"]) == ("oauth_pkce", "connected")
     assert (connected["orgId"], connected["userId"], connected["username"]) == (org.org_id, org.user_id, org.username)
     assert connected["instanceUrl"] == connecting.emulator.instance_url
     assert connected["scopes"] == ["api", "refresh_token"]

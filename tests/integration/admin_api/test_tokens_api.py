@@ -112,7 +112,19 @@ async def test_cli_creates_the_first_admin_token(api: Api) -> None:
     result = await asyncio.to_thread(
         runner.invoke,
         cli,
-        ["tokens", "create", "--name", "bootstrap", "--role", "admin", "--expires-in", "12h", "--dsn", api.dsn],
+        [
+            "tokens",
+            "create",
+            "--bootstrap",
+            "--name",
+            "bootstrap",
+            "--role",
+            "admin",
+            "--expires-in",
+            "12h",
+            "--dsn",
+            api.dsn,
+        ],
         env={"DUPLEX_ACTOR": "ops@host", "POSTGRES_DSN": None},
     )
     assert result.exit_code == 0, result.output
@@ -129,7 +141,19 @@ async def test_cli_creates_the_first_admin_token(api: Api) -> None:
     scoped = await asyncio.to_thread(
         runner.invoke,
         cli,
-        ["tokens", "create", "--name", "acme ro", "--role", "viewer", "--tenant", "acme", "--dsn", api.dsn],
+        [
+            "tokens",
+            "create",
+            "--bootstrap",
+            "--name",
+            "acme ro",
+            "--role",
+            "viewer",
+            "--tenant",
+            "acme",
+            "--dsn",
+            api.dsn,
+        ],
     )
     assert scoped.exit_code == 0, scoped.output
     assert "viewer, tenants acme, never expires" in scoped.stderr

@@ -7,10 +7,12 @@ import asyncio
 import asyncpg
 import pytest
 from duplex.change.v1 import record_changed_pb2 as pb
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
+from services.admin.auth import Role
 from services.admin.cli import app as cli
 from tests.fixtures.telemetry import local_telemetry
+from tests.integration.admin_api.harness import serving
 from tests.integration.cdc_ingest.harness import Harness, in_thread, sync_log, wait_backfilled
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -79,7 +81,6 @@ async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_
     await in_thread(sf.bulk2.Account.insert, records=[{"Name": f"Again {i:03d}"} for i in range(first)], wait=0.2)
     # 50 records are read by REST on first connection; 80 by the time of the request, by Bulk.
     config = cdc.settings(poll_overlap_seconds=0, bulk_threshold=threshold)
-    runner = CliRunner()
 
     def snapshots(changes: list[pb.RecordChanged]) -> list[pb.RecordChanged]:
         return [c for c in changes if c.kind == pb.CHANGE_KIND_SNAPSHOT]
@@ -92,14 +93,21 @@ async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_
             await connection.close()
         return value
 
-    async with cdc.reader() as reader, cdc.running(tenant, config):
+    async with cdc.reader() as reader, cdc.running(tenant, config), serving(cdc.dsn) as api:
+        # As an operator would: through the admin API, with an operator's token.
+        env = {"DUPLEX_SERVER": f"http://127.0.0.1:{api.running.port}", "DUPLEX_TOKEN": await api.token(Role.OPERATOR)}
+
+        def backfill(name: str) -> Result:
+            return CliRunner().invoke(cli, ["backfill", tenant.id, name], env=env)
+
         await wait_backfilled(cdc.dsn, tenant.id, 1)
         await reader.until(lambda changes: len(snapshots(changes)) >= first, within=30)
         first_method = await method()
         more = [{"Name": f"More {i:03d}"} for i in range(added)]
         await in_thread(sf.bulk2.Account.insert, records=more, wait=0.2)
-        requested = await in_thread(runner.invoke, cli, ["backfill", tenant.id, "account", "--dsn", cdc.dsn])
-        unknown = await in_thread(runner.invoke, cli, ["backfill", tenant.id, "Lead", "--dsn", cdc.dsn])
+        requested = await in_thread(backfill, "account")
+        unknown = await in_thread(backfill, "Lead")
+        assert requested.exit_code == 0, requested.output
         total = first + (first + added)
         await reader.until(lambda changes: len(snapshots(changes)) >= total, within=60)
         for _ in range(100):  # the completion is logged just after the last snapshot is published
@@ -111,7 +119,7 @@ async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_
 
     assert (requested.exit_code, requested.output.strip()) == (
         0,
-        f"backfill of account requested for tenant/{tenant.id}",
+        f"backfill of Account requested for tenant/{tenant.id}",
     )
     assert unknown.exit_code == 1
     assert "does not sync Lead (it syncs Account)" in unknown.output

@@ -1,58 +1,14 @@
-"""`duplex serve` and `duplex tokens create` up to the database: flags, settings, refusals."""
+"""Settings of `duplex serve`: environment, flags and the OpenID Connect all-or-nothing rule."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-from typer.testing import CliRunner
 
-from services.admin.cli import app
 from services.admin.oidc import OidcConfig
 from services.admin.settings import AdminSettings, load_settings
 
 pytestmark = pytest.mark.unit
-
-runner = CliRunner()
-NO_DATABASE = {"POSTGRES_DSN": None, "postgres_dsn": None}
-
-
-@pytest.mark.parametrize(
-    ("args", "errors"),
-    [
-        (
-            ["--name", "x", "--role", "admin", "--tenant", "acme", "--tenant", "Bad_Name"],
-            ["--tenant 'Bad_Name': must be a lowercase DNS label"],
-        ),
-        (["--name", "x", "--role", "viewer", "--expires-in", "1y"], ["--expires-in: must be a whole number of hours"]),
-        (["--name", "", "--role", "viewer"], ["--name: String should have at least 1 character"]),
-    ],
-)
-def test_tokens_create_refuses_bad_flags_before_the_database(args: list[str], errors: list[str]) -> None:
-    result = runner.invoke(app, ["tokens", "create", *args], env=NO_DATABASE)
-    assert result.exit_code == 1
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == len(errors)
-    for line, error in zip(lines, errors, strict=True):
-        assert line.startswith(f"error: {error}")
-
-
-def test_tokens_create_refuses_an_unknown_role() -> None:
-    result = runner.invoke(app, ["tokens", "create", "--name", "x", "--role", "root"], env=NO_DATABASE)
-    assert result.exit_code == 1
-    assert "'root' is not one of" in result.stderr
-
-
-def test_tokens_create_needs_a_database() -> None:
-    result = runner.invoke(app, ["tokens", "create", "--name", "x", "--role", "admin"], env=NO_DATABASE)
-    assert result.exit_code == 2
-    assert result.stderr == "error: no database configured: set POSTGRES_DSN or pass --dsn\n"
-
-
-def test_serve_needs_a_database() -> None:
-    result = runner.invoke(app, ["serve"], env=NO_DATABASE)
-    assert result.exit_code == 2
-    assert result.stderr == "error: no database configured: set POSTGRES_DSN or pass --dsn\n"
 
 
 def test_api_settings_from_the_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
