@@ -44,6 +44,7 @@ from services.common.salesforce import env_secrets
 from services.common.service import Health
 from services.common.settings import KafkaSettings
 from services.common.tenant_config import SecretRef, SecretValue
+from services.common.tenant_config.policy import PolicySettings
 from services.common.vault import Keyring, VaultSettings
 from services.conflict_resolver.settings import ResolverSettings
 from services.mapping.settings import MappingSettings
@@ -478,8 +479,8 @@ def render_notes(tmp_path: Path, *args: str) -> str:
 
 def test_notes_name_secrets_without_their_values(tmp_path: Path) -> None:
     notes = render_notes(tmp_path, "-f", str(ALL_OPTIONS))
-    assert "ACME_SF_CLIENT_SECRET" in notes
-    assert "GLOBEX_SALESFORCE_CLIENT_SECRET" in notes
+    assert "DUPLEX_SECRET_ACME_SF_CLIENT_SECRET" in notes
+    assert "DUPLEX_SECRET_GLOBEX_SALESFORCE_CLIENT_SECRET" in notes
     assert "duplex-all-rate-limit-governor.sync.svc.cluster.local:50052" in notes
     assert "Secret duplex-all-vault (key VAULT_KEYS)" in notes
     values = all_options_values()["secrets"]
@@ -501,7 +502,7 @@ def test_notes_tell_how_to_create_the_first_admin_token(rendered: dict[str, list
     assert kubectl.split() == ["kubectl", "-n", NAMESPACE, "exec", f"deploy/{admin}"]
     argv = command.split()
     assert argv[:3] == ["python", "-m", "services.admin"]
-    assert argv[3:] == ["tokens", "create", "--name", "bootstrap", "--role", "admin"]
+    assert argv[3:] == ["tokens", "create", "--bootstrap", "--name", "bootstrap", "--role", "admin"]
     # The command and its options exist (--help is answered before option values are checked).
     result = CliRunner().invoke(admin_cli, [*argv[3:], "--help"])
     assert result.exit_code == 0, result.output
@@ -635,10 +636,10 @@ def test_a_single_replica_gets_no_budget() -> None:
 def test_tenant_secrets_reach_only_the_salesforce_callers(rendered: dict[str, list[Doc]], service: Service) -> None:
     docs = rendered["all-options"]
     env = environment(docs, deployment(docs, service.name))
-    # {secretRef: {env: ACME_SF_CLIENT_SECRET}} from the chart's Secret; {secretRef: {name, key}} from
-    # the named Secret, under the name the services resolve it by.
+    # {secretRef: {env: DUPLEX_SECRET_ACME_SF_CLIENT_SECRET}} from the chart's Secret; {secretRef: {name,
+    # key}} from the named Secret, under the name the services resolve it by.
     refs = [
-        SecretValue(secret_ref=SecretRef(env="ACME_SF_CLIENT_SECRET")),
+        SecretValue(secret_ref=SecretRef(env="DUPLEX_SECRET_ACME_SF_CLIENT_SECRET")),
         SecretValue(secret_ref=SecretRef(name="globex-salesforce", key="client-secret")),
     ]
     resolve = env_secrets(env)
@@ -651,6 +652,30 @@ def test_tenant_secrets_reach_only_the_salesforce_callers(rendered: dict[str, li
         for ref in refs:
             with pytest.raises(LookupError):
                 resolve(ref)
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_extra_salesforce_hosts_reach_only_the_salesforce_callers(
+    rendered: dict[str, list[Doc]], service: Service
+) -> None:
+    docs = rendered["all-options"]
+    env = environment(docs, deployment(docs, service.name))
+    assert "DUPLEX_DEVELOPMENT" not in env  # never from the chart: development relaxes the policy
+    if not service.salesforce:
+        assert "DUPLEX_SALESFORCE_HOSTS" not in env
+        return
+    policy = PolicySettings(salesforce_hosts=env["DUPLEX_SALESFORCE_HOSTS"]).policy()
+    assert policy.url_rule("https://sf-proxy.corp.example") is None
+    assert policy.url_rule("https://acme.my.sfcrmproducts.cn") is None
+    assert policy.url_rule("https://login.salesforce.com") is None
+    assert policy.url_rule("https://attacker.example") is not None
+    default = environment(rendered["default"], deployment(rendered["default"], service.name))
+    assert "DUPLEX_SALESFORCE_HOSTS" not in default
+
+
+def test_a_bad_extra_host_is_refused_by_the_schema() -> None:
+    error = render_fails("--set", "salesforcePolicy.extraHosts[0]=https://sf-proxy.corp.example")
+    assert "/salesforcePolicy/extraHosts/0" in error
 
 
 @pytest.mark.parametrize(("render_name", "job"), [(r, j) for r in RENDERS for j in ("migrations", "topics")])

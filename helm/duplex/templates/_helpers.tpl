@@ -173,9 +173,10 @@ http://127.0.0.1:<port>). The Salesforce callback is <this>/api/v1/oauth/callbac
 {{- end -}}
 {{- end -}}
 
-{{/* Env var name the services look up for {secretRef: {name: N, key: K}} (services/common/salesforce.py env_secrets). */}}
+{{/* Env var name the services look up for {secretRef: {name: N, key: K}} (services/common/salesforce.py
+secret_env_name): under DUPLEX_SECRET_, the only prefix the services read tenants' secrets from by default. */}}
 {{- define "duplex.secretRefEnv" -}}
-{{- printf "%s_%s" .name .key | upper | replace "-" "_" | replace "." "_" -}}
+{{- printf "DUPLEX_SECRET_%s_%s" .name .key | upper | replace "-" "_" | replace "." "_" -}}
 {{- end -}}
 
 {{/*
@@ -203,6 +204,9 @@ Names are exactly the env names the settings classes read; values.<service>.conf
 {{- $_ := set $data "TELEMETRY_METRICS_PORT" (toString (int $root.Values.telemetry.metricsPort)) -}}
 {{- if $root.Values.telemetry.otlpEndpoint -}}
 {{- $_ := set $data "TELEMETRY_OTLP_ENDPOINT" $root.Values.telemetry.otlpEndpoint -}}
+{{- end -}}
+{{- if and .meta.salesforce $root.Values.salesforcePolicy.extraHosts -}}
+{{- $_ := set $data "DUPLEX_SALESFORCE_HOSTS" (join "," $root.Values.salesforcePolicy.extraHosts) -}}
 {{- end -}}
 {{- if .meta.governorTargetEnv -}}
 {{- $_ := set $data .meta.governorTargetEnv (include "duplex.governorTarget" $root) -}}
