@@ -26,9 +26,18 @@ from typing import Any
 
 import asyncpg
 import grpc
+import httpx
 import yaml
 from duplex.governor.v1 import governor_service_pb2, governor_service_pb2_grpc
 
+from devstack.connect import (
+    DEMO_APP_SECRET,
+    ConnectedApp,
+    ConnectError,
+    connect,
+    connection,
+    register_connected_app,
+)
 from devstack.demo_org import REP_CLIENT, SalesRep
 from devstack.emulator import ROOT, start_emulator
 from devstack.pipeline import Pipeline, PipelineConfig, ServiceNotHealthyError
@@ -39,10 +48,8 @@ TENANT = "acme"
 SAMPLE = ROOT / "deploy" / "examples" / "tenant-acme.yaml"
 APP_PARTNERS = 2_000
 CRM_ACCOUNTS = 1_000
-# The environment variables the demo tenant's secretRefs name (the emulator's development credentials).
-SECRET_ENV = ("DEMO_SF_CLIENT_SECRET", "DEMO_SF_PASSWORD")
-INTEGRATION_USER = "integration@acme.example"
-INTEGRATION_PASSWORD = "acme-integration-password"  # from deploy/emulator/seed.yaml
+# The variable the demo tenant's clientSecret secretRef names (under the deployment's secret prefix).
+SECRET_ENV = "DUPLEX_SECRET_DEMO_SF_CLIENT_SECRET"
 
 
 def _alive(state_dir: Path, name: str) -> bool:
@@ -62,19 +69,14 @@ def ensure_emulator(state_dir: Path) -> dict[str, Any]:
     return emulator.info
 
 
-def tenant_document(info: dict[str, Any]) -> dict[str, Any]:
-    """The sample tenant, pointed at the emulator and logging in as its integration user."""
+def tenant_document(info: dict[str, Any], app: ConnectedApp) -> dict[str, Any]:
+    """The sample tenant as it ships (auth mode oauth_pkce), pointed at the emulator and the demo's connected app."""
     document: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())
     salesforce = document["spec"]["salesforce"]
     salesforce["instanceUrl"] = info["instance_url"]
     salesforce["loginUrl"] = info["login_url"]
-    salesforce["auth"] = {
-        "mode": "password",
-        "clientId": info["client_id"],
-        "clientSecret": {"secretRef": {"env": SECRET_ENV[0]}},
-        "username": INTEGRATION_USER,
-        "password": {"secretRef": {"env": SECRET_ENV[1]}},
-    }
+    salesforce["auth"]["clientId"] = app.client_id
+    salesforce["auth"]["clientSecret"] = {"secretRef": {"env": SECRET_ENV}}
     return document
 
 
@@ -91,11 +93,52 @@ def pipeline_for(state_dir: Path, info: dict[str, Any]) -> Pipeline:
             pubsub_target=info["grpc"],
             ca_file=info["ca_cert"],
             tenants=(TENANT,),
-            secrets={SECRET_ENV[0]: info["client_secret"], SECRET_ENV[1]: INTEGRATION_PASSWORD},
+            secrets={SECRET_ENV: DEMO_APP_SECRET},
             vault_keys=state.vault_keys,
             app_tenant=TENANT,
         )
     )
+
+
+def admin_token(state_dir: Path, dsn: str, admin_url: str) -> Path:
+    """A file holding an admin API token: kept from an earlier run while the API still accepts it.
+
+    The first token of a deployment can only come from local bootstrap (``duplex tokens create
+    --bootstrap`` with the database's DSN); everything after that goes through the API with it.
+    """
+    path = state_dir / "demo" / "admin-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        headers = {"Authorization": f"Bearer {path.read_text().strip()}"}
+        if httpx.get(f"{admin_url}/api/v1/tenants", headers=headers, timeout=10, trust_env=False).status_code == 200:
+            return path
+    created = subprocess.run(
+        [sys.executable, "-m", "services.admin", "tokens", "create", "--bootstrap", "--name=demo", "--role=admin"],
+        env={**os.environ, "POSTGRES_DSN": dsn},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # Readable by its owner only, as the CLI requires of a token file.
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(created.stdout.strip() + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class Cli:
+    """``duplex`` against the admin API, as an operator runs it."""
+
+    server: str
+    token_file: Path
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DUPLEX_SERVER": self.server, "DUPLEX_TOKEN_FILE": str(self.token_file)}
+        env.pop("DUPLEX_TOKEN", None)
+        return subprocess.run(
+            [sys.executable, "-m", "services.admin", *args], env=env, capture_output=True, text=True, check=False
+        )
 
 
 def say(step: str, text: str = "") -> None:
@@ -437,7 +480,7 @@ async def report(run: Run, conn: Any, before: Budget, after: Budget, rep: SalesR
         + ", ".join(f"{e} {n:,}" for e, n in Counter(r["event"] for r in log.rows).most_common()),
     )
     print()
-    client = tenant_document(run.info)["spec"]["salesforce"]["callOptionsClient"]
+    client = yaml.safe_load(SAMPLE.read_text())["spec"]["salesforce"]["callOptionsClient"]
     governed = after.granted_24h - before.granted_24h
     say(
         "8.",
@@ -474,28 +517,44 @@ def run(state_dir: Path) -> int:
             await rep.define_fields()
 
     asyncio.run(prepare())
-    tenant_file = state_dir / "demo" / "tenant-acme.yaml"
-    tenant_file.parent.mkdir(parents=True, exist_ok=True)
-    tenant_file.write_text(yaml.safe_dump(tenant_document(info), sort_keys=False))
-    applied = subprocess.run(
-        [sys.executable, "-m", "services.admin", "config", "apply", "-f", str(tenant_file)],
-        env={**os.environ, "POSTGRES_DSN": state.dsn},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if applied.returncode != 0:
-        print(applied.stderr, file=sys.stderr)
-        return applied.returncode
-    say("2.", f"duplex config apply -f {tenant_file.relative_to(ROOT)}: {applied.stdout.strip()}")
     pipeline = pipeline_for(state_dir, info)
+    try:
+        asyncio.run(pipeline.start(["admin"]))
+        token_file = admin_token(state_dir, state.dsn, pipeline.admin_url)
+        app = asyncio.run(register_connected_app(info, pipeline.admin_url))
+    except (ServiceNotHealthyError, ConnectError, subprocess.CalledProcessError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    say("2.", f"admin API {pipeline.admin_url}, token in {token_file.relative_to(ROOT)}; connected app {app.client_id}")
+    tenant_file = state_dir / "demo" / "tenant-acme.yaml"
+    tenant_file.write_text(yaml.safe_dump(tenant_document(info, app), sort_keys=False))
+    cli = Cli(pipeline.admin_url, token_file)
+    applied = cli("config", "apply", "-f", str(tenant_file))
+    if applied.returncode != 0:
+        print(applied.stdout + applied.stderr, file=sys.stderr)
+        return applied.returncode
+    say("", f"duplex config apply -f {tenant_file.relative_to(ROOT)}: {applied.stdout.strip()}")
+    try:
+        org = asyncio.run(connection(pipeline.admin_url, token_file.read_text().strip(), TENANT))
+        if org["status"] == "connected":
+            say("", f"already connected: org {org['orgId']} as {org['username']} since {org['connectedAt']}")
+        else:
+            org = asyncio.run(connect(pipeline.admin_url, token_file.read_text().strip(), TENANT, info))
+            if org["status"] != "connected":
+                print(f"error: the connect flow ended {org['status']}: {org['lastError']}", file=sys.stderr)
+                return 1
+            say("", f"connected org {org['orgId']} as {org['username']} (OAuth 2.0 web-server flow with PKCE;")
+            say("", "the refresh token is in the vault, encrypted; the demo played the browser's part)")
+    except ConnectError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     began = time.monotonic()
     try:
-        started = asyncio.run(pipeline.start([n for n in pipeline.services if n != "cdc-ingest"]))
+        started = asyncio.run(pipeline.start([n for n in pipeline.services if n not in ("admin", "cdc-ingest")]))
     except ServiceNotHealthyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    reused = [n for n in pipeline.services if n != "cdc-ingest" and n not in started]
+    reused = [n for n in pipeline.services if n not in ("admin", "cdc-ingest") and n not in started]
     say(
         "3.",
         f"services: started {', '.join(started) or 'none'}; reused {', '.join(reused) or 'none'} "
@@ -513,8 +572,10 @@ def run(state_dir: Path) -> int:
         return status
     print(
         "\nEverything is still running (python -m devstack status):\n"
-        f"  set -a; . {state_dir / 'stack.env'}; set +a\n"
+        f"  export DUPLEX_SERVER={pipeline.admin_url} DUPLEX_TOKEN_FILE={token_file}\n"
         f"  .venv/bin/duplex config show {TENANT}        # the applied configuration\n"
+        f"  .venv/bin/duplex connection status {TENANT}  # org, user, last token refresh\n"
+        f"  .venv/bin/duplex connection check {TENANT}   # preflight: permissions, fields, CDC selection\n"
         f"  .venv/bin/duplex tenants list\n"
         f"  tail -f {pipeline.config.directory}/writer.log     # each service logs to var/pipeline/<name>.log\n"
         "  make demo                                   # again: new records, same services\n"

@@ -1,7 +1,7 @@
 """Duplex's services as OS processes on the local stack: start, stop, kill, restart, wait for health.
 
-One :class:`Pipeline` per state dir runs the five services and the example app, each its own
-process (``python -m services.<name>``) configured only through the environment variables its
+One :class:`Pipeline` per state dir runs the five services, the admin API and the example app, each
+its own process (``python -m services.<name>``) configured only through the environment variables its
 settings read. ``make demo`` uses it, and so do tests that crash and restart services (kill -9)::
 
     pipeline = Pipeline(PipelineConfig(state_dir, bootstrap, dsn, pubsub_target=..., ca_file=...))
@@ -54,6 +54,7 @@ _OWN_PREFIXES = (
     "GOVERNOR_",
     "PARTNERS_APP_",
     "VAULT_",
+    "DUPLEX_",
 )
 # services.common.service.READY_MESSAGE: logged once a service's resources are open and it consumes.
 _SERVICE_READY = r"service running"
@@ -76,6 +77,8 @@ class ServiceSpec:
 # backfill should find every consumer already running). Stopped in reverse.
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("rate-limit-governor", "services.rate_limit_governor", ready_log=None, metrics=False),
+    # The admin API (``duplex serve``): its port is the HTTP API's; it serves no separate metrics.
+    ServiceSpec("admin", "services.admin", args=("serve",), metrics=False),
     ServiceSpec("mapping", "services.mapping"),
     ServiceSpec("conflict-resolver", "services.conflict_resolver"),
     # The writer is useful only once it owns partitions of crm-writes; its consumer logs that.
@@ -101,7 +104,7 @@ class PipelineConfig:
     topic_prefix: str = ""
     # Tenants cdc-ingest serves (empty: every configured tenant).
     tenants: tuple[str, ...] = ()
-    # Environment variables named by the tenants' secretRefs (client secret, password).
+    # Environment variables named by the tenants' secretRefs (client secret, password, private key).
     secrets: Mapping[str, str] = field(default_factory=dict)
     # VAULT_KEYS for the services that read tenants' tokens from the vault (None: they run without).
     vault_keys: str | None = None
@@ -247,6 +250,11 @@ class Pipeline:
     def governor_target(self) -> str:
         return f"127.0.0.1:{self.services['rate-limit-governor'].port}"
 
+    @property
+    def admin_url(self) -> str:
+        """The admin API's base URL (also where Salesforce sends browsers back: /api/v1/oauth/callback)."""
+        return f"http://127.0.0.1:{self.services['admin'].port}"
+
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]
 
@@ -326,6 +334,9 @@ class Pipeline:
             # Six processes share one local PostgreSQL (max_connections 100).
             "POSTGRES_POOL_MAX_SIZE": "5",
             "TELEMETRY_METRICS_PORT": str(ports[spec.name]),
+            # A local stack talks to the emulator on 127.0.0.1, which only a development deployment may
+            # (services.common.tenant_config.policy).
+            "DUPLEX_DEVELOPMENT": "true",
         }
         own: dict[str, str]
         if spec.name == "rate-limit-governor":
@@ -346,6 +357,14 @@ class Pipeline:
                 "CDC_INGEST_GOVERNOR_TARGET": f"127.0.0.1:{ports['rate-limit-governor']}",
                 **c.secrets,
             }
+        elif spec.name == "admin":
+            own = {
+                "DUPLEX_ADMIN_HOST": "127.0.0.1",
+                "DUPLEX_ADMIN_PORT": str(ports[spec.name]),
+                "DUPLEX_ADMIN_SALESFORCE_CA_FILE": c.ca_file,
+                "TELEMETRY_METRICS_PORT": "0",
+                **c.secrets,
+            }
         elif spec.name == "mapping":
             # A newly applied mapping version is picked up within a second.
             own = {"MAPPING_CONFIG_CHECK_SECONDS": "1"}
@@ -364,8 +383,8 @@ class Pipeline:
             }
         else:
             own = {}
-        if spec.name in ("cdc-ingest", "writer") and c.vault_keys:
-            # The two services that call Salesforce; tenants connected through the admin API keep
-            # their tokens in the vault.
+        if spec.name in ("admin", "cdc-ingest", "writer") and c.vault_keys:
+            # The admin API keeps the tokens of tenants it connects in the vault; the two services
+            # that call Salesforce read them there.
             own["VAULT_KEYS"] = c.vault_keys
         return {**shared, **own, **c.overrides.get(spec.name, {})}

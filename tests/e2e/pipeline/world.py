@@ -77,7 +77,7 @@ def tenant_document(tenant: str, emulator: EmulatorProcess, client_id: str, cap:
 
 
 def secret_env(tenant: str) -> str:
-    return f"SF_SECRET_{tenant.upper().replace('-', '_')}"
+    return f"DUPLEX_SECRET_SF_{tenant.upper().replace('-', '_')}"
 
 
 def duplex_client(tenant: str) -> str:

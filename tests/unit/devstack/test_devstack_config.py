@@ -171,7 +171,7 @@ def test_the_local_vault_key_is_one_fresh_kek_and_reaches_stack_env() -> None:
     assert render_env(state).splitlines()[-1] == f"VAULT_KEYS={first}"
 
 
-def test_the_services_that_call_salesforce_get_the_vault_key(tmp_path: Path) -> None:
+def test_the_admin_api_and_the_services_that_call_salesforce_get_the_vault_key(tmp_path: Path) -> None:
     keys = new_vault_keys()
     config = PipelineConfig(
         tmp_path, "127.0.0.1:1", "postgresql://u:p@127.0.0.1:2/duplex", "127.0.0.1:3", "ca.pem", vault_keys=keys
@@ -179,5 +179,23 @@ def test_the_services_that_call_salesforce_get_the_vault_key(tmp_path: Path) -> 
 
     services = Pipeline(config).services
 
-    assert {name for name, s in services.items() if s.settings.get("VAULT_KEYS") == keys} == {"cdc-ingest", "writer"}
+    assert {name for name, s in services.items() if s.settings.get("VAULT_KEYS") == keys} == {
+        "admin",
+        "cdc-ingest",
+        "writer",
+    }
     assert "VAULT_KEYS" not in Pipeline(replace(config, vault_keys=None)).services["writer"].settings
+
+
+def test_the_admin_api_serves_on_its_own_port_and_every_service_runs_as_development(tmp_path: Path) -> None:
+    config = PipelineConfig(tmp_path, "127.0.0.1:1", "postgresql://u:p@127.0.0.1:2/duplex", "127.0.0.1:3", "ca.pem")
+
+    pipeline = Pipeline(config)
+    admin = pipeline.services["admin"].settings
+
+    assert pipeline.admin_url == f"http://127.0.0.1:{admin['DUPLEX_ADMIN_PORT']}"
+    assert admin["DUPLEX_ADMIN_SALESFORCE_CA_FILE"] == "ca.pem"
+    # The emulator listens on 127.0.0.1, which the deployment policy allows only in development.
+    assert {name for name, s in pipeline.services.items() if s.settings.get("DUPLEX_DEVELOPMENT") == "true"} == {
+        name for name in pipeline.services if name != "partners-app"
+    }
