@@ -26,7 +26,9 @@ pipeline look healthy. Past the limit it is better to stop and page someone. It 
 ``max_consecutive_invalid`` invalid events come in a row, or when more than
 ``max_invalid_ratio`` of the last ``window`` events (once at least ``min_samples`` were seen)
 were invalid. The event that would cross the limit is neither dead-lettered nor committed, so
-after the fix the consumer resumes exactly there.
+after the fix the consumer resumes exactly there. An event rejected as ``contained`` (see
+:class:`InvalidEvent`) is dead-lettered without being counted either way: a handler that
+contains bad input per tenant decides itself when that input is too much.
 
 Batches (:meth:`services.common.kafka.ServiceKafka.batch_subscriber`) have no single offset
 to commit past an invalid event, so the batch subscriber books each record itself with
@@ -347,13 +349,16 @@ class ConsumerGuard:
         breaker = self.breaker(record.topic)
         if self.dead_letters.dead_letter_topic(record.topic) is None:
             trip: str | None = "invalid event on a topic without a dead-letter topic"
+        elif error.contained:
+            trip = None
         else:
             trip = breaker.assess_invalid()
         if trip is not None:
             breaker.trip(trip)
             self._halt(record, consumer, cause="breaker", reason=f"{trip}; last: {error.reason}", error=error)
         target = await self.dead_letters.publish(record, error)
-        breaker.record_invalid()
+        if not error.contained:
+            breaker.record_invalid()
         self._count(record, "dead_lettered")
         if self.metrics is not None:
             self.metrics.dlq_messages.labels(

@@ -22,11 +22,16 @@ class InvalidEvent(Exception):  # noqa: N818 (a fact about the event, as arroyo'
 
     ``reason`` is short, stable and human-readable: it lands in the ``duplex-error-reason``
     header of the dead-letter record and in the sync log.
+
+    ``contained``: the handler already counted this event against something narrower than the
+    service (mapping's quarantine of one tenant's object pair), so the dead-letter circuit
+    breaker does not count it. Without that, one tenant's bad input would halt every tenant.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, contained: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.contained = contained
 
 
 class RetryableError(Exception):

@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -136,7 +136,17 @@ _PING_SECONDS = 2.0
 
 M = TypeVar("M", bound=Message)
 
-BatchHandler = Callable[[Sequence[M]], Awaitable[Mapping[int, InvalidEvent]]]
+
+class Batch(list[M]):
+    """A batch handler's decoded events in their records' order, with ``keys[i]`` the record key
+    ``self[i]`` came with (a handler may check what the key says against what the event says)."""
+
+    def __init__(self, events: Iterable[M], keys: Iterable[bytes | None]) -> None:
+        super().__init__(events)
+        self.keys: list[bytes | None] = list(keys)
+
+
+BatchHandler = Callable[[Batch[M]], Awaitable[Mapping[int, InvalidEvent]]]
 """Processes decoded events in order; returns the refused ones by index (see the module doc)."""
 
 
@@ -366,7 +376,7 @@ async def _consume_batch(
         await guard.sleep(_HALTED_PAUSE_SECONDS)
         raise guard.halt.error
     invalid: dict[int, InvalidEvent] = {}
-    events: list[M] = []
+    events: Batch[M] = Batch((), ())
     positions: list[int] = []  # index in ``records`` of each decoded event
     for index, record in enumerate(records):
         declared = next((v.decode("utf-8", "replace") for k, v in record.headers if k == MESSAGE_TYPE_HEADER), None)
@@ -375,6 +385,7 @@ async def _consume_batch(
         except InvalidEvent as error:
             invalid[index] = error
             continue
+        events.keys.append(record.key)
         positions.append(index)
     # An exception from here on (the handler's, or a dead letter that cannot be sent) fails the
     # whole batch: the guard middleware backs off, then it comes again.

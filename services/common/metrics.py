@@ -37,6 +37,9 @@ MetricName = Literal[
     "duplex_writer_records_total",
     "duplex_connection_needs_reconnect",
     "duplex_connection_error",
+    "duplex_quarantined_pairs",
+    "duplex_quarantined_events_total",
+    "duplex_producer_fields_corrected_total",
 ]
 METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
 
@@ -212,6 +215,28 @@ class Metrics:
             _name("duplex_connection_error"),
             "1 while the tenant's Salesforce sign-in or refresh fails; its connection status says why.",
             ["tenant"],
+            registry=registry,
+        )
+        # mapping: 1 while a tenant's object pair (or unmapped <side>:<object>) is quarantined because
+        # most of its recent changes were rejected; its changes are dead-lettered meanwhile.
+        self.quarantined_pairs = Gauge(
+            _name("duplex_quarantined_pairs"),
+            "1 while a tenant's object pair is quarantined (its changes dead-lettered).",
+            ["service", "tenant", "pair"],
+            registry=registry,
+        )
+        self.quarantined_events = Counter(
+            _name("duplex_quarantined_events_total"),
+            "Changes dead-lettered because their tenant's object pair was quarantined.",
+            ["service", "tenant", "pair"],
+            registry=registry,
+        )
+        # mapping: producer fields it would not trust as sent (origin_commit_time clamped to now,
+        # origin_client removed); each is also in the tenant's sync log.
+        self.producer_fields_corrected = Counter(
+            _name("duplex_producer_fields_corrected_total"),
+            "Changes whose producer-set field was corrected, per tenant and field.",
+            ["service", "tenant", "field"],
             registry=registry,
         )
 

@@ -6,22 +6,34 @@ from collections.abc import Sequence
 
 from duplex.mapping.v1 import change_mapped_pb2
 
-from services.common.change import Change, InvalidChangeError
+from services.common.change import Change, InvalidChangeError, Side
 from services.common.codec import link_key
 from services.common.contract import KIND_TO_PB, SIDE_TO_PB, RecordChanged, from_proto, to_field_value
 from services.mapping.events import MappedEvent, Unreadable
+from services.mapping.intake import refusal
 
 ChangeMapped = change_mapped_pb2.ChangeMapped
 
 
-def changes_of(events: Sequence[RecordChanged]) -> list[Change | Unreadable]:
-    """The domain change of each event, in order; an event that breaks the contract as Unreadable."""
+def changes_of(
+    events: Sequence[RecordChanged], keys: Sequence[bytes | None] | None = None, side: Side | None = None
+) -> list[Change | Unreadable]:
+    """The domain change of each event, in order; an event that breaks the contract as Unreadable.
+
+    With the events' record ``keys``, and the ``side`` their topic carries, a change whose
+    tenant or side its producer got wrong breaks the contract too (:func:`intake.refusal`).
+    """
     changes: list[Change | Unreadable] = []
-    for event in events:
+    for index, event in enumerate(events):
         try:
-            changes.append(from_proto(event))
+            change = from_proto(event)
         except InvalidChangeError as error:
             changes.append(Unreadable(event.event_id, event.tenant_id, event.record_id, str(error)))
+            continue
+        reason = refusal(change, keys[index], side) if keys is not None else None
+        changes.append(
+            change if reason is None else Unreadable(event.event_id, event.tenant_id, event.record_id, reason)
+        )
     return changes
 
 

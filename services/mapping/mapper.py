@@ -9,22 +9,28 @@ broker, inside it, before it commits, so a crash in between repeats both. Repeat
 link ids and event ids are derived from the input.
 
 A change that cannot be mapped is written to the sync log and handed back to be dead-lettered;
-the others of its batch go on (:meth:`Mapper.handle_batch`).
+the others of its batch go on (:meth:`Mapper.handle_batch`). Each change's outcome is booked
+with its pair's :class:`~services.mapping.quarantine.Quarantines`: the changes of a quarantined
+pair are handed back without being mapped, as *contained* rejections that the service-wide
+breaker does not count. Producer fields are checked as :mod:`services.mapping.intake` says.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from services.common.change import Change, ChangeKind, Side
 from services.common.db import Connection, Pool
 from services.common.errors import InvalidEvent, RetryableError
+from services.common.metrics import UNKNOWN_TENANT, Metrics
 from services.common.sync_log import Entry
 from services.common.tenant_config import ObjectPair, StoredConfig
 from services.common.values import Reference
 from services.mapping.events import MappedEvent, Unreadable
+from services.mapping.intake import Correction, claims_echo, clamp_commit_time, untagged
 from services.mapping.links import (
     Link,
     app_pairs,
@@ -38,6 +44,7 @@ from services.mapping.links import (
     reference_needs,
     released_event_id,
 )
+from services.mapping.quarantine import PairKey, Quarantined, Quarantines
 from services.mapping.relink import convert, merge
 from services.mapping.storage import (
     BatchLinks,
@@ -57,6 +64,8 @@ Publish = Callable[[Sequence[MappedEvent]], Awaitable[None]]
 
 # A batch that keeps meeting links created concurrently goes back to the consumer's redelivery.
 _CONCURRENT_ATTEMPTS = 3
+
+DEFAULT_MAX_FUTURE_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,26 @@ class _Refused(Exception):  # noqa: N818 (carries a rejection out of a transacti
         self.rejection = rejection
 
 
+@dataclass
+class _Batch:
+    """What handling one batch found out besides its events, by the changes' index in the batch."""
+
+    refused: dict[int, InvalidEvent] = field(default_factory=dict)
+    rejections: list[_Rejection] = field(default_factory=list)
+    # The pair (and the tenant's configuration version) each attributable change was counted under.
+    pairs: dict[int, tuple[PairKey, int | None]] = field(default_factory=dict)
+    corrected: list[tuple[Change, Correction]] = field(default_factory=list)
+
+    def refuse(self, index: int, rejection: _Rejection) -> None:
+        self.refused[index] = InvalidEvent(f"{rejection.code}: {rejection.message}")
+        self.rejections.append(rejection)
+
+
+def _unmapped(change: Change) -> str:
+    """What a change no pair maps is counted under: its side and object."""
+    return f"{change.side}:{change.object_type}"
+
+
 class Mapper:
     """Maps batches of changes over the storage it is given (see :mod:`services.mapping.storage`)."""
 
@@ -104,6 +133,11 @@ class Mapper:
         describes: Describes,
         sync_log: SyncLog,
         publish: Publish,
+        quarantines: Quarantines | None = None,
+        max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: Metrics | None = None,
+        service_name: str = "mapping",
     ) -> None:
         self._pool = pool
         self._links = links
@@ -111,22 +145,26 @@ class Mapper:
         self._describes = describes
         self._sync_log = sync_log
         self._publish = publish
+        self._quarantines = quarantines or Quarantines()
+        self._max_future_skew = max_future_skew
+        self._now = now
+        self._metrics = metrics
+        self._service_name = service_name
 
     async def handle_batch(self, changes: Sequence[Change | Unreadable]) -> dict[int, InvalidEvent]:
-        """Map ``changes`` in order; returns the rejected ones by index (already in the sync log).
+        """Map ``changes`` in order; returns the rejected ones by index (already in the sync log,
+        but for those of a quarantined pair: its quarantine's beginning is).
 
         When it returns, every other change's links are committed and its events acked.
         """
-        refused: dict[int, InvalidEvent] = {}
-        rejections: list[_Rejection] = []
+        batch = _Batch()
         async with self._pool.acquire() as conn:
             items: list[_Item] = []
             for index, change in enumerate(changes):
                 try:
-                    item = await self._prepare(conn, index, change)
+                    item = await self._prepare(conn, index, change, batch)
                 except _Refused as error:
-                    refused[index] = InvalidEvent(f"{error.rejection.code}: {error.rejection.message}")
-                    rejections.append(error.rejection)
+                    batch.refuse(index, error.rejection)
                     continue
                 if item is not None:
                     items.append(item)
@@ -136,16 +174,18 @@ class Mapper:
             # twice however many are refused, and the order of the others is kept.
             start, end = 0, len(items)
             while start < len(items):
-                failed = await self._attempt(conn, items[start:end])
+                failed = await self._attempt(conn, items[start:end], batch)
                 if failed is None:
                     start, end = end, len(items)
                     continue
                 position, rejection = failed
                 bad = items.pop(start + position)
-                refused[bad.index] = InvalidEvent(f"{rejection.code}: {rejection.message}")
-                rejections.append(rejection)
+                batch.refuse(bad.index, rejection)
                 end = start + position
-            for r in rejections:
+            await self._book(conn, batch)
+            for change, correction in batch.corrected:
+                await self._correct(conn, change, correction)
+            for r in batch.rejections:
                 await self._sync_log.record(
                     conn,
                     Entry(
@@ -157,10 +197,11 @@ class Mapper:
                         detail={"source_event_id": r.event_id},
                     ),
                 )
-        return refused
+        return batch.refused
 
-    async def _prepare(self, conn: Connection, index: int, change: Change | Unreadable) -> _Item | None:
-        """The change with its config and pair, None to ignore it; raises _Refused."""
+    async def _prepare(self, conn: Connection, index: int, change: Change | Unreadable, batch: _Batch) -> _Item | None:
+        """The change with its config and pair, None to ignore it (or when its pair's quarantine
+        refused it, in ``batch``); raises _Refused."""
         if isinstance(change, Unreadable):
             raise _Refused(
                 index, _Rejection(change.tenant_id, change.record_id, "INVALID_CHANGE", change.reason, change.event_id)
@@ -170,6 +211,15 @@ class Mapper:
                 index, _Rejection(change.tenant_id, "", "INVALID_CHANGE", "missing record_id", change.event_id)
             )
         stored = await self._configs.current(conn, change.tenant_id)
+        pair = pair_for(stored.config, change.side, change.object_type) if stored is not None else None
+        key = (change.tenant_id, pair.name if pair is not None else _unmapped(change))
+        version = stored.version if stored is not None else None
+        quarantine = self._quarantines.holding(key, version)
+        if quarantine is not None:
+            batch.refused[index] = InvalidEvent(f"QUARANTINED: {quarantine.reason}", contained=True)
+            self._count_quarantined(quarantine)
+            return None
+        batch.pairs[index] = (key, version)
         if stored is None:
             raise _Refused(
                 index,
@@ -177,7 +227,6 @@ class Mapper:
                     change.tenant_id, change.record_id, "UNKNOWN_TENANT", "tenant has no configuration", change.event_id
                 ),
             )
-        pair = pair_for(stored.config, change.side, change.object_type)
         if pair is None:
             message = f"no object pair maps {change.side} object {change.object_type!r}"
             raise _Refused(
@@ -187,13 +236,88 @@ class Mapper:
             # cdc-ingest repairs gaps itself and publishes the re-read records as snapshots.
             log.debug("gap event ignored", extra={"tenant": change.tenant_id, "record": change.record_id})
             return None
+        change, correction = clamp_commit_time(change, self._now(), self._max_future_skew)
+        if correction is not None:
+            batch.corrected.append((change, correction))
         return _Item(index, change, stored, pair)
 
-    async def _attempt(self, conn: Connection, items: Sequence[_Item]) -> tuple[int, _Rejection] | None:
+    async def _book(self, conn: Connection, batch: _Batch) -> None:
+        """Count each attributable change's outcome with its pair, in batch order; a rejection
+        that begins its pair's quarantine, or comes after that, becomes a contained one."""
+        for index, (key, version) in sorted(batch.pairs.items()):
+            error = batch.refused.get(index)
+            began = self._quarantines.record(key, version, rejected=error is not None)
+            if began is not None:
+                await self._quarantine_began(conn, began)
+            if error is None:
+                continue
+            quarantine = self._quarantines.holding(key, version)
+            if quarantine is not None:
+                batch.refused[index] = InvalidEvent(
+                    f"QUARANTINED: {quarantine.reason} (this change: {error.reason})", contained=True
+                )
+        for ended in self._quarantines.take_ended():
+            self._gauge(ended, 0)
+            log.info("quarantine ended", extra={"tenant": ended.tenant_id, "pair": ended.pair})
+            await self._sync_log.record(
+                conn,
+                Entry(
+                    tenant_id=ended.tenant_id,
+                    event="pair.released",
+                    message=f"pair {ended.pair!r} is no longer quarantined: its changes are mapped again",
+                    detail={"pair": ended.pair, "configuration_version": ended.version},
+                ),
+            )
+
+    async def _quarantine_began(self, conn: Connection, quarantine: Quarantined) -> None:
+        self._gauge(quarantine, 1)
+        log.warning(
+            "pair quarantined: its changes are dead-lettered",
+            extra={"tenant": quarantine.tenant_id, "pair": quarantine.pair, "reason": quarantine.reason},
+        )
+        await self._sync_log.record(
+            conn,
+            Entry(
+                tenant_id=quarantine.tenant_id,
+                event="pair.quarantined",
+                code="QUARANTINED",
+                message=f"{quarantine.reason}; its further changes are dead-lettered until a new "
+                "configuration version is applied, or the cool-off ends",
+                detail={
+                    "pair": quarantine.pair,
+                    "rejected": quarantine.rejected,
+                    "samples": quarantine.samples,
+                    "configuration_version": quarantine.version,
+                },
+            ),
+        )
+
+    def _labels(self, quarantine: Quarantined) -> dict[str, str]:
+        # A tenant with no configuration never proved to be one of ours (see services.common.metrics).
+        tenant = quarantine.tenant_id if quarantine.version is not None else UNKNOWN_TENANT
+        return {"service": self._service_name, "tenant": tenant, "pair": quarantine.pair}
+
+    def _gauge(self, quarantine: Quarantined, value: int) -> None:
+        if self._metrics is not None:
+            self._metrics.quarantined_pairs.labels(**self._labels(quarantine)).set(value)
+
+    def _count_quarantined(self, quarantine: Quarantined) -> None:
+        if self._metrics is not None:
+            self._metrics.quarantined_events.labels(**self._labels(quarantine)).inc()
+
+    async def _correct(self, conn: Connection, change: Change, correction: Correction) -> None:
+        """Count and log a producer field mapping did not take as sent."""
+        if self._metrics is not None:
+            self._metrics.producer_fields_corrected.labels(
+                service=self._service_name, tenant=change.tenant_id, field=correction.field
+            ).inc()
+        await self._note(conn, change, "change.corrected", None, correction.message)
+
+    async def _attempt(self, conn: Connection, items: Sequence[_Item], batch: _Batch) -> tuple[int, _Rejection] | None:
         """Map ``items`` in one transaction and publish their events (acked) before it commits.
 
-        Returns None once committed, or the first refused change's position after rolling back:
-        nothing of the attempt is then kept or published.
+        Returns None once committed (its corrections then added to ``batch``), or the first
+        refused change's position after rolling back: nothing of the attempt is then kept or published.
         """
         if not items:
             return None
@@ -209,10 +333,11 @@ class Mapper:
                         ]
                     )
                     events: list[MappedEvent] = []
+                    corrected: list[tuple[Change, Correction]] = []
                     for position, item in enumerate(items):
                         change = item.change
                         try:
-                            events += await self._map(repo, conn, item)
+                            events += await self._map(repo, conn, item, corrected)
                         except RejectedChangeError as error:
                             # The error's text already names the field.
                             rejection = _Rejection(
@@ -222,6 +347,7 @@ class Mapper:
                     await repo.flush()
                     # All acked before the transaction commits.
                     await self._publish(events)
+                batch.corrected += corrected
                 return None
             except _Refused as refused:
                 return refused.position, refused.rejection
@@ -231,7 +357,9 @@ class Mapper:
                 log.info("batch retried", extra={"reason": str(error)})
         raise RetryableError(f"links kept being created concurrently ({_CONCURRENT_ATTEMPTS} attempts)")
 
-    async def _map(self, repo: BatchLinks, conn: Connection, item: _Item) -> list[MappedEvent]:
+    async def _map(
+        self, repo: BatchLinks, conn: Connection, item: _Item, corrected: list[tuple[Change, Correction]]
+    ) -> list[MappedEvent]:
         stored, change = item.stored, item.change
         pair = await self._route(repo, item)
         conversion = conversion_of(change)
@@ -246,6 +374,14 @@ class Mapper:
             if merged is not None:
                 await self._note(conn, change, merged.event, merged.link_id, merged.message)
             return []
+        if (
+            change.side is Side.APP
+            and claims_echo(change, stored.config.spec.salesforce.call_options_client)
+            and not change.external_id
+            and await repo.find(change.tenant_id, pair.name, Side.APP, change.record_id) is None
+        ):
+            change, correction = untagged(change)
+            corrected.append((change, correction))
         if change.kind is not ChangeKind.DELETE and not matches_filter(pair.filter, change.side, change.fields):
             # "Why did this record not sync?" must be answerable from the sync log.
             linked = await repo.find(change.tenant_id, pair.name, change.side, change.record_id)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
 import pytest
+from aiokafka import ConsumerRecord
 from duplex.change.v1 import record_changed_pb2
 from faststream import AckPolicy
 from faststream.kafka import TestKafkaBroker
@@ -11,9 +15,9 @@ from faststream.kafka.subscriber.usecase import DefaultSubscriber
 from faststream.params import NoCast
 
 from services.common.codec import MESSAGE_TYPE_HEADER, record_key
-from services.common.dlq import Halt
-from services.common.errors import ConsumerHalted
-from services.common.kafka import AFTER_EFFECTS, make_broker, make_kafka
+from services.common.dlq import ConsumerGuard, Halt
+from services.common.errors import ConsumerHalted, InvalidEvent
+from services.common.kafka import AFTER_EFFECTS, Batch, _consume_batch, make_broker, make_kafka
 from services.common.settings import KafkaSettings
 from services.common.topics import Topic, TopicNames, load_topic_table
 
@@ -88,3 +92,30 @@ def test_halt_keeps_the_first_error_and_tells_late_subscribers() -> None:
     told: list[str] = []
     halt.on_trip(lambda error: told.append(error.reason))
     assert told == ["first"]
+
+
+async def test_a_batch_handler_gets_each_decoded_event_with_the_key_it_came_with() -> None:
+    def record(offset: int, key: bytes, value: bytes) -> ConsumerRecord[bytes, bytes]:
+        headers = [(MESSAGE_TYPE_HEADER, RecordChanged.DESCRIPTOR.full_name.encode())]
+        return ConsumerRecord("t", 0, offset, 0, 0, key, value, None, len(key), len(value), headers)
+
+    records = [
+        record(0, b"a/Account/1", RecordChanged(event_id="e1", tenant_id="a", record_id="1").SerializeToString()),
+        record(1, b"a/Account/x", b"\xff not protobuf"),
+        record(2, b"b/Account/2", RecordChanged(event_id="e2", tenant_id="b", record_id="2").SerializeToString()),
+    ]
+    seen: list[tuple[bytes | None, str]] = []
+    rejected: list[int] = []
+
+    async def handler(events: Batch[RecordChanged]) -> dict[int, InvalidEvent]:
+        seen.extend(zip(events.keys, (e.record_id for e in events), strict=True))
+        return {}
+
+    async def reject(record: ConsumerRecord[bytes, bytes], error: InvalidEvent, consumer: object) -> None:
+        rejected.append(record.offset)
+
+    guard = SimpleNamespace(halt=Halt(), succeeded=lambda record, consumer: None, rejected=reject)
+    await _consume_batch(cast(ConsumerGuard, guard), records, RecordChanged, handler, None)
+
+    assert seen == [(b"a/Account/1", "1"), (b"b/Account/2", "2")]
+    assert rejected == [1]
