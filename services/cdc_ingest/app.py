@@ -85,7 +85,7 @@ async def run(
     (the process environment when None)."""
     topic_names = TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)
     kafka = make_kafka(settings.kafka, service_name=settings.service_name, topic_names=topic_names, telemetry=telemetry)
-    sink = KafkaSink(kafka)
+    sink = KafkaSink(kafka, max_request_size=settings.kafka.max_request_size)
     policy = settings.policy.policy()
     secrets = env_secrets(environment() if environ is None else dict(environ), policy=policy)
     metrics = telemetry.metrics if telemetry else None

@@ -16,6 +16,8 @@ from typing import Any
 
 import fastavro
 
+from services.cdc_ingest.rejection import reading
+
 HEADER_FIELD = "ChangeEventHeader"
 
 
@@ -38,11 +40,16 @@ class ChangeEventSchema:
     fields: tuple[TopField, ...]
     parsed: Any
 
+    @reading("payload")
     def decode(self, payload: bytes) -> dict[str, Any]:
-        """The Avro binary payload (no container header) as a dict."""
-        record = fastavro.schemaless_reader(io.BytesIO(payload), self.parsed, None)
+        """The Avro binary payload (no container header) as a dict; UndecodableError if it is not one."""
+        buffer = io.BytesIO(payload)
+        record = fastavro.schemaless_reader(buffer, self.parsed, None)
         if not isinstance(record, dict):
             raise ValueError("a change event payload must decode to a record")
+        if buffer.tell() != len(payload):
+            # A payload is exactly one record: bytes left over mean it was written with another schema.
+            raise ValueError(f"{len(payload) - buffer.tell()} bytes left after the record")
         return record
 
 
@@ -77,8 +84,9 @@ def _record_of(field_type: Any, named: Mapping[str, Any]) -> Mapping[str, Any] |
     return None
 
 
+@reading("schema")
 def parse_schema(schema_id: str, schema_json: str) -> ChangeEventSchema:
-    """Parse GetSchema's JSON; raises ValueError when it is not a change event schema."""
+    """Parse GetSchema's JSON; raises UndecodableError when it is not a change event schema."""
     root = json.loads(schema_json)
     if not isinstance(root, dict) or root.get("type") != "record":
         raise ValueError(f"schema {schema_id} is not an Avro record")

@@ -2,6 +2,10 @@
 
 Records are handed to the producer one after another (so their order per key is the order
 given) and then awaited together, so a batch of 100 costs about one round trip, not 100.
+
+A change larger than the producer's maximum request size (``KAFKA_MAX_REQUEST_SIZE``) is refused
+by the producer before anything is sent; it is returned, and the rest of the batch goes out. Sent
+again it would be refused again, so failing the batch would repeat it for ever.
 """
 
 from __future__ import annotations
@@ -11,34 +15,49 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from aiokafka.errors import MessageSizeTooLargeError
+
 from services.cdc_ingest.contract import RecordChanged
 from services.common.codec import record_key
 from services.common.dlq import ERROR_CLASS, ERROR_REASON, FAILED_AT, SERVICE
 from services.common.kafka import ServiceKafka
 from services.common.topics import Topic
 
+# Where a dead letter's payload was too large to keep: its size.
+PAYLOAD_DROPPED = "duplex-payload-dropped-bytes"
+
 
 class ChangeSink(Protocol):
-    async def publish(self, changes: Sequence[RecordChanged]) -> None:
-        """Return once every change is durably on crm-changes."""
+    # The largest record the producer sends, in bytes.
+    max_request_size: int
+
+    async def publish(self, changes: Sequence[RecordChanged]) -> list[RecordChanged]:
+        """Return once every change is durably on crm-changes, but those too large to send (returned)."""
 
     async def dead_letter(self, payload: bytes, *, tenant_id: str, reason: str, origin: dict[str, str]) -> None:
         """An event that cannot be turned into a change, kept with where it came from."""
 
 
 class KafkaSink:
-    def __init__(self, kafka: ServiceKafka) -> None:
+    def __init__(self, kafka: ServiceKafka, *, max_request_size: int) -> None:
         self._kafka = kafka
         self._changes = kafka.publisher(Topic.CRM_CHANGES)
         self._dlq_topic = kafka.topic(kafka.topic_names.dlq_of(Topic.CRM_CHANGES))
+        self.max_request_size = max_request_size
 
-    async def publish(self, changes: Sequence[RecordChanged]) -> None:
+    async def publish(self, changes: Sequence[RecordChanged]) -> list[RecordChanged]:
         futures: list[asyncio.Future[Any]] = []
+        too_large: list[RecordChanged] = []
         for change in changes:
             key = record_key(change.tenant_id, change.object_type, change.record_id)
-            futures.append(await self._changes.publish(change, key=key, no_confirm=True))
+            try:
+                futures.append(await self._changes.publish(change, key=key, no_confirm=True))
+            except MessageSizeTooLargeError:
+                # Raised by the producer's own size check, before the record is queued.
+                too_large.append(change)
         if futures:
             await asyncio.gather(*futures)
+        return too_large
 
     async def dead_letter(self, payload: bytes, *, tenant_id: str, reason: str, origin: dict[str, str]) -> None:
         headers = {
@@ -49,4 +68,9 @@ class KafkaSink:
             "duplex-tenant": tenant_id,
             **{f"duplex-original-{name}": value for name, value in origin.items()},
         }
-        await self._kafka.broker.publish(payload, self._dlq_topic, key=tenant_id.encode(), headers=headers)
+        try:
+            await self._kafka.broker.publish(payload, self._dlq_topic, key=tenant_id.encode(), headers=headers)
+        except MessageSizeTooLargeError:
+            # The headers still say where the event is and why it was refused.
+            headers[PAYLOAD_DROPPED] = str(len(payload))
+            await self._kafka.broker.publish(b"", self._dlq_topic, key=tenant_id.encode(), headers=headers)

@@ -20,20 +20,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.cdc_ingest.bitmap import BitmapError
 from services.cdc_ingest.contract import ConsumerEvent, FetchResponse, RecordChanged, is_deletion
 from services.cdc_ingest.cursor import IDS_PER_QUERY, merge_losers_query
 from services.cdc_ingest.describe import MASTER_RECORD_ID
 from services.cdc_ingest.event_schema import ChangeEventSchema, flat_name
 from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.pubsub import PubSubAuthError, PubSubClient, PubSubError, ReplayIdInvalidError, Start
+from services.cdc_ingest.rejection import UndecodableError, undecodable
 from services.cdc_ingest.repair import Repairs
 from services.cdc_ingest.rest import SalesforceRest
 from services.cdc_ingest.selection import Objects
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.store import LeaseLostError, Store
-from services.cdc_ingest.translate import Translated, set_master_records, translate_event
-from services.cdc_ingest.typed import FieldTypes, datetime_from_ms
+from services.cdc_ingest.translate import Translated, event_origin, set_master_records, translate_event
+from services.cdc_ingest.typed import FieldTypes
 from services.common.connections import ConnectionUnavailableError
 from services.common.metrics import Metrics
 from services.common.retry import RetryPolicy
@@ -161,10 +161,10 @@ class Stream:
         try:
             schema = await pubsub.schema(event.schema_id)
             record = schema.decode(event.payload)
-            entity = str(record["ChangeEventHeader"]["entityName"])
+            entity, commit_time = event_origin(record)
             if entity not in self._objects.streamed:
                 # An object this tenant does not sync: checkpointed past, never published.
-                return Translated(entity, datetime_from_ms(int(record["ChangeEventHeader"]["commitTimestamp"])))
+                return Translated(entity, commit_time)
             types = await self._types(entity, schema)
             return translate_event(
                 tenant_id=self.tenant_id,
@@ -174,21 +174,13 @@ class Stream:
                 record=record,
                 field_types=types,
             )
-        except (ValueError, KeyError, TypeError, EOFError, BitmapError) as error:
-            # Bad input never stops the line: the event is kept on the DLQ and logged.
-            reason = f"undecodable change event: {error!r}"
-            await self._publisher.dead_letter(
-                event.payload,
-                reason=reason,
-                origin={"channel": self._settings.channel, "replay-id": replay_id.hex(), "schema-id": event.schema_id},
+        except UndecodableError as error:
+            # Only the event's own data raises this (never GetSchema, describe or Kafka), so
+            # moving past it loses nothing a retry could have saved.
+            rejection = undecodable(
+                error, channel=self._settings.channel, replay_id=replay_id, schema_id=event.schema_id
             )
-            await self._store.log_event(
-                self.tenant_id,
-                "cdc.event.rejected",
-                message=reason,
-                code="UNDECODABLE",
-                detail={"replay_id": replay_id.hex()},
-            )
+            await self._publisher.reject(rejection, event.payload)
             return None
 
     async def _types(self, entity: str, schema: ChangeEventSchema) -> FieldTypes:

@@ -27,6 +27,7 @@ from services.cdc_ingest import bitmap
 from services.cdc_ingest.contract import RecordChanged, is_deletion, read_message, set_field, streamed_message
 from services.cdc_ingest.describe import MASTER_RECORD_ID
 from services.cdc_ingest.event_schema import HEADER_FIELD, ChangeEventSchema, flat_name
+from services.cdc_ingest.rejection import reading
 from services.cdc_ingest.typed import COMPOUND_TYPES, FieldTypes, datetime_from_ms, typed
 from services.common.change import Change, ChangeKind, Side
 from services.common.values import Reference, Value
@@ -135,6 +136,14 @@ def _names(schema: ChangeEventSchema, listed: Iterable[str]) -> tuple[set[str], 
     return reported, api_names
 
 
+@reading("event")
+def event_origin(record: Mapping[str, Any]) -> tuple[str, datetime]:
+    """The object and commit time of a decoded event: all that an event of an object not synced needs."""
+    header: Mapping[str, Any] = record[HEADER_FIELD]
+    return str(header["entityName"]), datetime_from_ms(int(header["commitTimestamp"]))
+
+
+@reading("event")
 def translate_event(
     *,
     tenant_id: str,
@@ -144,11 +153,14 @@ def translate_event(
     record: Mapping[str, Any],
     field_types: FieldTypes,
 ) -> Translated:
-    """One decoded CDC event → RecordChanged per record, or a repair order."""
+    """One decoded CDC event → RecordChanged per record, or a repair order.
+
+    Whatever a payload that decoded yet makes no sense raises (an unknown change type, a bitmap
+    beyond the schema, a value of the wrong type) becomes an UndecodableError.
+    """
     header: Mapping[str, Any] = record[HEADER_FIELD]
-    entity = str(header["entityName"])
+    entity, commit_time = event_origin(record)
     change_type = str(header["changeType"])
-    commit_time = datetime_from_ms(int(header["commitTimestamp"]))
     record_ids: Sequence[str] = tuple(header.get("recordIds") or ())
     if change_type == OVERFLOW:
         return Translated(entity, commit_time, order=OverflowOrder(entity, commit_time, replay_id, "overflow"))

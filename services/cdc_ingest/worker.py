@@ -95,7 +95,7 @@ class TenantWorker:
             max_delay=settings.reconnect_max_delay_seconds,
             max_attempts=None,
         )
-        publisher = Publisher(tenant_id, sink, metrics)
+        publisher = Publisher(tenant_id, sink, store, metrics)
         reader = RecordReader(tenant_id=tenant_id, rest=rest, publisher=publisher, page_size=settings.poll_page_size)
         repairs = Repairs(
             tenant_id=tenant_id,

@@ -164,6 +164,7 @@ def make_broker(
     return KafkaBroker(
         settings.bootstrap_servers,
         client_id=f"{settings.client_id}-{service_name}",
+        max_request_size=settings.max_request_size,
         acks="all",
         enable_idempotence=True,
         allow_auto_create_topics=False,

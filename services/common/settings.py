@@ -24,6 +24,10 @@ class KafkaSettings(BaseSettings):
     # Prepended to every physical topic name, so several deployments can share a cluster.
     topic_prefix: str = ""
     client_id: str = "duplex"
+    # The largest record the producer sends (aiokafka's max_request_size), 1 MiB as Kafka's default
+    # message.max.bytes; it must not exceed any topic's max.message.bytes, or the broker refuses
+    # records the producer let through.
+    max_request_size: int = Field(default=1024 * 1024, gt=0)
 
 
 class PostgresSettings(BaseSettings):

@@ -1,5 +1,5 @@
 """cdc-ingest's Pub/Sub client and stream against a scripted channel (no I/O): flow control,
-schema caching, a broken call, and a keepalive moving the checkpoint.
+schema caching, a broken call, a keepalive moving the checkpoint, and undecodable events moved past.
 """
 
 from __future__ import annotations
@@ -63,11 +63,13 @@ class ScriptedCall:
 class ScriptedChannel:
     """Stands in for ``grpc.aio.Channel`` under the generated stub: one script per Subscribe call."""
 
-    def __init__(self, *scripts: Sequence[Step]) -> None:
+    def __init__(self, *scripts: Sequence[Step], schemas: dict[str, list[str | BaseException]] | None = None) -> None:
         self.journal: list[str] = []
         self.calls: list[ScriptedCall] = []
         self.schema_requests: list[str] = []
         self._scripts = list(scripts)
+        # GetSchema's answers (a schema text, or an error to fail with) by schema id, in order; then SCHEMA_JSON.
+        self._schemas = schemas or {}
 
     def stream_stream(self, method: str, **_: Any) -> Callable[..., ScriptedCall]:
         def subscribe(request_iterator: None = None, *, metadata: Any = None) -> ScriptedCall:
@@ -83,7 +85,11 @@ class ScriptedChannel:
         async def get_schema(request: pb.SchemaRequest, *, metadata: Any = None) -> pb.SchemaInfo:
             assert method.endswith("/GetSchema"), method
             self.schema_requests.append(request.schema_id)
-            return pb.SchemaInfo(schema_json=SCHEMA_JSON, schema_id=request.schema_id)
+            answers = self._schemas.get(request.schema_id)
+            answer = answers.pop(0) if answers else SCHEMA_JSON
+            if isinstance(answer, BaseException):
+                raise answer
+            return pb.SchemaInfo(schema_json=answer, schema_id=request.schema_id)
 
         return get_schema
 
@@ -108,6 +114,17 @@ def response(*events: pb.ConsumerEvent, pending: int, latest: int = 0) -> pb.Fet
 def event(replay: int, schema_id: str = "schema-1", entity: str = "Opportunity") -> pb.ConsumerEvent:
     """A change event of an object the tenant does not sync: decoded, checkpointed past, not published."""
     payload = encode({"ChangeEventHeader": header(entityName=entity, changeType="CREATE")})
+    return pb.ConsumerEvent(
+        event=pb.ProducerEvent(id=f"e{replay}", schema_id=schema_id, payload=payload),
+        replay_id=replay.to_bytes(8, "big"),
+    )
+
+
+def corrupt(replay: int, schema_id: str = "schema-1") -> pb.ConsumerEvent:
+    """An event whose first object field names branch 5 of its ["null", T] union (fastavro: IndexError)."""
+    good = event(replay, schema_id).event.payload
+    body = len(ACCOUNT_SCHEMA["fields"]) - 1
+    payload = good[:-body] + b"\x0a" + good[-body + 1 :]
     return pb.ConsumerEvent(
         event=pb.ProducerEvent(id=f"e{replay}", schema_id=schema_id, payload=payload),
         replay_id=replay.to_bytes(8, "big"),
@@ -182,20 +199,47 @@ class Checkpoints:
         raise AssertionError(f"unexpected sync log event {event}")
 
 
+class CheckpointsAndLog(Checkpoints):
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[dict[str, Any]] = []
+
+    async def log_event(self, tenant_id: str, event: str, **fields: Any) -> None:
+        self.logged.append({"event": event, **fields})
+
+
 class OrgOnly:
     async def org_id(self) -> str:
         return "00D000000000001AAA"
 
 
 class NoSink:
-    async def publish(self, changes: Sequence[record_changed_pb2.RecordChanged]) -> None:
+    max_request_size = 1024 * 1024
+
+    async def publish(
+        self, changes: Sequence[record_changed_pb2.RecordChanged]
+    ) -> list[record_changed_pb2.RecordChanged]:
         raise AssertionError(f"nothing should be published: {list(changes)}")
 
     async def dead_letter(self, payload: bytes, *, tenant_id: str, reason: str, origin: dict[str, str]) -> None:
         raise AssertionError(f"dead-lettered: {reason}")
 
 
-async def stream_until(channel: ScriptedChannel, done: Callable[[Checkpoints], bool]) -> Checkpoints:
+class DeadLetters(NoSink):
+    def __init__(self) -> None:
+        self.letters: list[tuple[bytes, dict[str, str]]] = []
+
+    async def dead_letter(self, payload: bytes, *, tenant_id: str, reason: str, origin: dict[str, str]) -> None:
+        self.letters.append((payload, origin))
+
+
+async def stream_until(
+    channel: ScriptedChannel,
+    done: Callable[[Checkpoints], bool],
+    *,
+    store: Checkpoints | None = None,
+    sink: NoSink | None = None,
+) -> Checkpoints:
     """Run one tenant's stream (Account only) over ``channel`` until ``done``; its checkpoints."""
     document = {
         "apiVersion": "duplex.dev/v1",
@@ -224,7 +268,7 @@ async def stream_until(channel: ScriptedChannel, done: Callable[[Checkpoints], b
             ],
         },
     }
-    store = Checkpoints()
+    store = store or Checkpoints()
 
     async def pubsub_for(_org_id: str) -> PubSubClient:
         return channel.client()
@@ -243,7 +287,7 @@ async def stream_until(channel: ScriptedChannel, done: Callable[[Checkpoints], b
         rest=cast(SalesforceRest, OrgOnly()),
         pubsub_factory=pubsub_for,
         store=cast(Store, store),
-        sink=NoSink(),
+        sink=sink or NoSink(),
         sleep=no_pause,
     )
     task = asyncio.create_task(worker.stream.run(StreamState(Start.after((1).to_bytes(8, "big")))))
@@ -276,3 +320,47 @@ async def test_the_stream_asks_for_at_most_its_batch_and_reads_each_schema_once_
     assert (resumed.replay_preset, int.from_bytes(resumed.replay_id, "big")) == (pb.CUSTOM, 4)
     assert [r.num_requested for call in channel.calls for r in call.requests] == [BATCH, BATCH, BATCH]
     assert channel.schema_requests == ["schema-1", "schema-2"]
+
+
+async def test_an_undecodable_event_is_dead_lettered_and_checkpointed_past_without_a_reconnect() -> None:
+    bad = corrupt(3)
+    channel = ScriptedChannel([response(event(2), bad, event(4), pending=0)])
+    store, sink = CheckpointsAndLog(), DeadLetters()
+    await stream_until(channel, lambda s: bool(s.saved), store=store, sink=sink)
+    assert [int.from_bytes(replay, "big") for replay, _ in store.saved] == [4]
+    replay = bad.replay_id.hex()
+    assert sink.letters == [(bad.event.payload, {"channel": TOPIC, "replay-id": replay, "schema-id": "schema-1"})]
+    [logged] = store.logged
+    assert (logged["event"], logged["code"]) == ("cdc.undecodable", "UNDECODABLE_EVENT")
+    assert logged["detail"] | {"error": ""} == {
+        "channel": TOPIC,
+        "replay_id": replay,
+        "schema_id": "schema-1",
+        "stage": "payload",
+        "error_type": "IndexError",
+        "error": "",
+    }
+    assert len(channel.calls) == 1
+
+
+async def test_an_event_whose_schema_text_is_garbage_is_dead_lettered_and_the_next_one_read() -> None:
+    channel = ScriptedChannel([response(event(2, "garbled"), event(3), pending=0)], schemas={"garbled": ["{nope"]})
+    store, sink = CheckpointsAndLog(), DeadLetters()
+    await stream_until(channel, lambda s: bool(s.saved), store=store, sink=sink)
+    assert [int.from_bytes(replay, "big") for replay, _ in store.saved] == [3]
+    assert [origin["schema-id"] for _, origin in sink.letters] == ["garbled"]
+    assert [entry["detail"]["stage"] for entry in store.logged] == ["schema"]
+    assert len(channel.calls) == 1
+
+
+async def test_a_failed_get_schema_call_is_not_the_events_fault_the_stream_reconnects_and_reads_it() -> None:
+    channel = ScriptedChannel(
+        [response(event(2, "flaky"), pending=0)],
+        [response(event(2, "flaky"), pending=BATCH)],
+        schemas={"flaky": [unavailable()]},
+    )
+    store, sink = CheckpointsAndLog(), DeadLetters()
+    await stream_until(channel, lambda s: bool(s.saved), store=store, sink=sink)
+    assert [int.from_bytes(replay, "big") for replay, _ in store.saved] == [2]
+    assert (sink.letters, store.logged) == ([], [])
+    assert len(channel.calls) == 2
