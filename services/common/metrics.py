@@ -30,6 +30,7 @@ MetricName = Literal[
     "duplex_cdc_lag_seconds",
     "duplex_cdc_reconnects_total",
     "duplex_cdc_gaps_repaired_total",
+    "duplex_cdc_events_rejected_total",
     "duplex_governor_calls_granted_total",
     "duplex_governor_requests_denied_total",
     "duplex_governor_predicted_exhaustion_seconds",
@@ -166,6 +167,14 @@ class Metrics:
             ["tenant", "kind"],
             registry=registry,
         )
+        # cdc-ingest: events or records refused one by one (undecodable, too_large), each
+        # dead-lettered and in the tenant's sync log.
+        self.cdc_events_rejected = Counter(
+            _name("duplex_cdc_events_rejected_total"),
+            "Change events or records cdc-ingest refused and dead-lettered, per tenant and reason.",
+            ["tenant", "reason"],
+            registry=registry,
+        )
 
         # rate-limit-governor: calls granted and requests denied, per tenant and priority.
         self.governor_calls_granted = Counter(
@@ -193,7 +202,7 @@ class Metrics:
             ["tenant"],
             registry=registry,
         )
-        # writer: records whose write settled, by outcome (succeeded, rejected).
+        # writer: records whose write settled, by outcome (succeeded, rejected, superseded: a replay not sent).
         self.writer_records = Counter(
             _name("duplex_writer_records_total"),
             "Record writes settled by the writer, per tenant and outcome.",

@@ -10,14 +10,18 @@ API usage.
 # the dependency aliases live inside the router factory, out of reach of string annotations.
 import hmac
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.salesforce_emulator.cdc import ALL_CHANGE_EVENTS_CHANNEL, change_event_schema
 from services.salesforce_emulator.changes import ChangeType
+from services.salesforce_emulator.corrupt import bad_union_branch
 from services.salesforce_emulator.errors import SalesforceError
+from services.salesforce_emulator.event_log import replay_bytes
 from services.salesforce_emulator.faults import OrgFaults
 from services.salesforce_emulator.limits import DAILY_API_REQUESTS, UsageMeter
 from services.salesforce_emulator.oauth import OAuthService
@@ -50,6 +54,10 @@ class EventFaults(Protocol):
 
     def drop_streams(self, org_id: str) -> int: ...
 
+    def register_schema(self, schema_id: str, schema_json: str) -> None: ...
+
+    def append(self, org_id: str, channel: str, events: Sequence[tuple[str, str, bytes]]) -> list[int]: ...
+
 
 class FaultsPatch(BaseModel):
     """Fields to change in an org's faults; omitted fields keep their value, ``api_limit: null`` clears."""
@@ -60,6 +68,8 @@ class FaultsPatch(BaseModel):
     latency_ms: int | None = Field(default=None, ge=0, le=600_000)
     unavailable_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
     lock_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    ambiguous_commit_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    ambiguous_commit_mode: Literal["unavailable", "disconnect"] = "unavailable"
     api_limit: int | None = Field(default=None, ge=0)
 
 
@@ -86,6 +96,16 @@ class OverflowRequest(BaseModel):
     entity: str
 
 
+class CorruptEventRequest(BaseModel):
+    """An undecodable event on /data/ChangeEvents with ``entity``'s schema id: ``payload_hex``, or by
+    default a valid header followed by a union branch that does not exist."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entity: str
+    payload_hex: str | None = None
+
+
 class PurgeRequest(BaseModel):
     """Drop events logged before ``before_ms`` (epoch ms), or older than ``older_than_seconds``."""
 
@@ -108,6 +128,8 @@ def faults_view(faults: OrgFaults) -> dict[str, Any]:
         "latency_ms": faults.latency_ms,
         "unavailable_ratio": faults.unavailable_ratio,
         "lock_ratio": faults.lock_ratio,
+        "ambiguous_commit_ratio": faults.ambiguous_commit_ratio,
+        "ambiguous_commit_mode": faults.ambiguous_commit_mode,
         "api_limit": faults.api_limit,
     }
 
@@ -270,6 +292,25 @@ def build_admin_router(
     @router.post("/orgs/{org_ref}/events/overflow", status_code=204)
     async def overflow(org: OrgRef, body: OverflowRequest) -> None:
         events.inject_overflow(org.org_id, body.entity)
+
+    @router.post("/orgs/{org_ref}/events/corrupt")
+    async def corrupt(org: OrgRef, body: CorruptEventRequest) -> dict[str, str]:
+        obj = orgs.schema_for(org.org_id).get(body.entity)
+        if obj is None:
+            raise SalesforceError(404, "NOT_FOUND", f"No object {body.entity!r}")
+        schema = change_event_schema(obj)
+        if body.payload_hex is None:
+            payload = bad_union_branch(schema, org.org_id, int(clock() * 1000))
+        else:
+            try:
+                payload = bytes.fromhex(body.payload_hex)
+            except ValueError as exc:
+                raise bad_request(exc) from exc
+        events.register_schema(schema.schema_id, schema.schema_json)
+        [replay] = events.append(
+            org.org_id, ALL_CHANGE_EVENTS_CHANNEL, [(f"corrupt-{uuid.uuid4()}", schema.schema_id, payload)]
+        )
+        return {"replay_id": replay_bytes(replay).hex(), "schema_id": schema.schema_id}
 
     @router.post("/orgs/{org_ref}/events/purge")
     async def purge(org: OrgRef, body: PurgeRequest) -> dict[str, int]:

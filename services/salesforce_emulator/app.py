@@ -7,7 +7,8 @@ Salesforce's front door does before a handler runs: judge the version (410 GONE 
 NOT_FOUND when unknown or for a resource that version does not have yet; see :mod:`.versions`), authenticate
 the Bearer token (401 INVALID_SESSION_ID), pass the :class:`~services.salesforce_emulator.gateway.FrontDoor` (injected
 latency and outages, 503 SERVER_UNAVAILABLE; the rolling 24-hour allocation, 403
-REQUEST_LIMIT_EXCEEDED when exhausted) and stamp ``Sforce-Limit-Info`` on the response. SOAP data
+REQUEST_LIMIT_EXCEEDED when exhausted) and stamp ``Sforce-Limit-Info`` on the response. After a
+write committed, it may lose the answer (the ``ambiguous_commit_ratio`` fault). SOAP data
 calls pass the same front door. Handlers receive the resulting
 :class:`~services.salesforce_emulator.context.CallContext` through the ``call_context`` dependency.
 
@@ -46,7 +47,7 @@ from services.salesforce_emulator.bulk_query import build_bulk_query_router
 from services.salesforce_emulator.context import ApiName, CallContext, parse_call_options
 from services.salesforce_emulator.errors import SalesforceError, install_error_handlers, invalid_session
 from services.salesforce_emulator.event_log import EventLog
-from services.salesforce_emulator.gateway import LIMIT_HEADER, FrontDoor
+from services.salesforce_emulator.gateway import LIMIT_HEADER, FrontDoor, server_unavailable
 from services.salesforce_emulator.limits import (
     DAILY_BULK_API_BATCHES,
     DAILY_BULK_V2_QUERY_JOBS,
@@ -84,6 +85,14 @@ def call_context(request: Request) -> CallContext:
     if not isinstance(ctx, CallContext):
         raise invalid_session()
     return ctx
+
+
+# The calls that may write; their answer is what an ambiguous commit loses.
+_WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+
+
+class InjectedDisconnectError(Exception):
+    """The ``disconnect`` ambiguous commit: the server closes the connection mid-answer."""
 
 
 def _api_name(path: str) -> ApiName:
@@ -142,12 +151,25 @@ class ApiGateway:
         )
         limit_info = f"api-usage={used}/{maximum}"
         extra_limit = self._extra_limit(scope)
+        may_write = scope["method"] in _WRITE_METHODS
+        lost = False
 
         async def send_with_usage(message: Message) -> None:
+            nonlocal lost
             if message["type"] == "http.response.start":
                 MutableHeaders(scope=message)[LIMIT_HEADER] = limit_info
                 if extra_limit is not None and message["status"] < 300:
                     self._usage.record(org.org_id, 1, extra_limit)
+                if may_write and message["status"] < 300 and org.faults.next_commit_ambiguous():
+                    lost = True
+                    if org.faults.ambiguous_commit_mode == "disconnect":
+                        # The status line goes out, the body never does: the server drops the connection.
+                        await send(message)
+                        raise InjectedDisconnectError(scope["path"])
+                    await self._reply(server_unavailable(), org, scope, receive, send)
+                    return
+            if lost:
+                return  # the committed answer's body, swallowed
             await send(message)
 
         await self._app(scope, receive, send_with_usage)

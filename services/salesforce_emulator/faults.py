@@ -1,6 +1,7 @@
 """Per-org fault injection, deterministic for a given seed.
 
-Admin endpoints set an org's :class:`OrgFaults`; the transport (latency, 503s, token expiry),
+Admin endpoints set an org's :class:`OrgFaults`; the transport (latency, 503s, answers lost after
+a write committed, token expiry),
 the record store (lock errors), the API counter (lowered limit) and CDC (gaps, overflow, purge,
 dropped streams) consult it. Decisions hash the seed with the subject and a per-org attempt
 number, so one seed always gives the same faults in the same org, whatever other orgs do; setting
@@ -28,6 +29,14 @@ class OrgFaults:
     unavailable_ratio: float = 0.0
     # Share of records whose writes fail with UNABLE_TO_LOCK_ROW.
     lock_ratio: float = 0.0
+    # Share of successful write calls (POST, PATCH, PUT, DELETE) whose answer is lost after the
+    # write committed: the client cannot tell it from a write that never happened.
+    ambiguous_commit_ratio: float = 0.0
+    # How the answer is lost: a 503 SERVER_UNAVAILABLE instead of it ("unavailable"), or the
+    # connection closed after the status line ("disconnect").
+    ambiguous_commit_mode: str = "unavailable"
+    # This org's successful write calls so far (ambiguous commit decisions).
+    commit_counter: int = 0
     # Each (call, record) pair is decided independently, so a retry can succeed.
     lock_attempt_counter: dict[str, int] = field(default_factory=dict)
     # This org's API calls so far (503 decisions), not shared with other orgs.
@@ -41,6 +50,7 @@ class OrgFaults:
         """Set the seed and restart the attempt numbers, so the same seed replays the same faults."""
         self.seed = seed
         self.call_counter = 0
+        self.commit_counter = 0
         self.lock_attempt_counter.clear()
 
     def next_call_unavailable(self) -> bool:
@@ -48,6 +58,13 @@ class OrgFaults:
         call = self.call_counter
         self.call_counter = call + 1
         return self.unavailable_ratio > 0 and _fraction(self.seed, "503", str(call)) < self.unavailable_ratio
+
+    def next_commit_ambiguous(self) -> bool:
+        """Whether the answer to this org's next successful write call is lost. Every one counts."""
+        commit = self.commit_counter
+        self.commit_counter = commit + 1
+        ratio = self.ambiguous_commit_ratio
+        return ratio > 0 and _fraction(self.seed, "commit", str(commit)) < ratio
 
     def lock_error(self, record_key: str) -> bool:
         """Whether this attempt to write ``record_key`` fails with UNABLE_TO_LOCK_ROW.

@@ -30,6 +30,7 @@ from services.common.vault import Keyring, Vault
 from services.writer.consumer import CommandConsumer
 from services.writer.inflight import InFlight
 from services.writer.orgs import Orgs
+from services.writer.repository import PostgresAppliedVersions
 from services.writer.settings import WriterSettings
 from services.writer.settle import Settlement
 from services.writer.tenant import TenantOptions, TenantWriters
@@ -109,6 +110,7 @@ async def run(
         tenants = TenantWriters(
             resources=orgs.resources,
             settler=settlement,
+            versions=PostgresAppliedVersions(pool),
             is_backfill=inflight.is_backfill,
             options=_tenant_options(settings),
         )

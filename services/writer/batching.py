@@ -65,6 +65,9 @@ class RecordWrite:
 
 def coalesce(earlier: RecordWrite, later: RecordWrite) -> RecordWrite:
     """One write with the effect of ``earlier`` then ``later`` on the same record."""
+    if 0 < later.version < earlier.version:
+        # A replay of an older command (see versions.py): it must not overwrite newer values.
+        return replace(earlier, command_ids=(*later.all_command_ids, *earlier.command_ids))
     folded = (*earlier.all_command_ids, *later.command_ids)
     if later.operation is Operation.DELETE:
         return replace(later, command_ids=folded)

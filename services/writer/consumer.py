@@ -16,8 +16,9 @@ commit *every* consumed position, including commands still waiting in a batch). 
    partition revocation and shutdown.
 
 A crash therefore replays exactly the commands without every outcome produced (and the settled
-ones after them); the replay is harmless because creates are upserts on the external id,
-updates and deletes are by id, and outcomes are applied by version downstream.
+ones after them); the replay is harmless because a write at or below the version already applied
+to its link is not sent again (:mod:`services.writer.versions`), creates are upserts on the
+external id, deleting a deleted record succeeds, and outcomes are applied by version downstream.
 
 Shutdown
 ========

@@ -23,6 +23,12 @@ _OPERATIONS = {
     write_records_pb2.OPERATION_DELETE: Operation.DELETE,
 }
 _PROTO_OPERATIONS = {v: k for k, v in _OPERATIONS.items()}
+# A RETRY is never settled, so it has no status.
+_STATUSES = {
+    Outcome.SUCCEEDED: write_settled_pb2.WRITE_STATUS_SUCCEEDED,
+    Outcome.REJECTED: write_settled_pb2.WRITE_STATUS_REJECTED,
+    Outcome.SUPERSEDED: write_settled_pb2.WRITE_STATUS_SUPERSEDED,
+}
 
 
 def command_of(message: write_records_pb2.WriteRecords) -> Command:
@@ -68,11 +74,7 @@ def write_settled(
 ) -> write_settled_pb2.WriteSettled:
     """The outcome of ``result`` for one of the deliveries folded into its write."""
     write = result.write
-    status = (
-        write_settled_pb2.WRITE_STATUS_SUCCEEDED
-        if result.outcome is Outcome.SUCCEEDED
-        else write_settled_pb2.WRITE_STATUS_REJECTED
-    )
+    status = _STATUSES[result.outcome]
     event = write_settled_pb2.WriteSettled(
         command_id=delivery.command_id,
         tenant_id=write.tenant_id,

@@ -31,6 +31,8 @@ ALREADY_DELETED = frozenset({"ENTITY_IS_DELETED"})
 class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     REJECTED = "rejected"
+    # Not sent: this version of the link, or a newer one, was applied already (versions.py).
+    SUPERSEDED = "superseded"
     # Not settled: try again later (lock, outage, rolled back with another record, quota).
     RETRY = "retry"
 

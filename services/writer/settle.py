@@ -6,8 +6,10 @@ repeats the whole sequence harmlessly):
 1. rejected writes go to the crm-writes dead-letter topic, as a one-record WriteRecords command
    (replayable after the fix) with the origin and Salesforce's code in the headers;
 2. one WriteSettled per folded command goes to write-outcomes (keyed tenant/link);
-3. the sync log gets a ``write.rejected`` row per rejected write (with Salesforce's statusCode)
-   and one aggregated ``write.succeeded`` row per batch;
+3. the sync log gets a ``write.rejected`` row per rejected write (with Salesforce's statusCode),
+   one aggregated ``write.succeeded`` row and one ``write.superseded`` row (the links and
+   versions not sent) per batch, and in the same transaction each link's applied version is
+   raised to its succeeded write's (:mod:`services.writer.versions`);
 4. only then is each delivery's write reported settled to :class:`~services.writer.inflight.InFlight`,
    which is what lets the committer move the partition's committed offset past the command;
 5. each command a succeeded write carried observes its end-to-end latency (origin commit to the
@@ -34,6 +36,8 @@ from services.writer.commands import Delivery
 from services.writer.contract import dead_letter_command, write_settled
 from services.writer.inflight import InFlight
 from services.writer.payload import Outcome, WriteResult
+from services.writer.repository import raise_applied
+from services.writer.versions import highest
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +111,8 @@ class Settlement:
             self._inflight.settled(delivery)
         if self._metrics is not None:
             records = self._metrics.writer_records
-            records.labels(tenant_id, "succeeded").inc(len(settled) - len(rejected))
-            records.labels(tenant_id, "rejected").inc(len(rejected))
+            for outcome in (Outcome.SUCCEEDED, Outcome.REJECTED, Outcome.SUPERSEDED):
+                records.labels(tenant_id, str(outcome)).inc(sum(1 for r, _ in settled if r.outcome is outcome))
             observe_written(self._metrics, tenant_id, [(d, r) for d, r, _ in outcomes], now)
 
     def _dead_letter(self, result: WriteResult, now: datetime) -> tuple[Any, str, bytes, dict[str, str]]:
@@ -142,7 +146,9 @@ class Settlement:
     async def _log(self, tenant_id: str, settled: list[tuple[WriteResult, int]]) -> None:
         rejected = [(r, a) for r, a in settled if r.outcome is Outcome.REJECTED]
         succeeded = [r for r, _ in settled if r.outcome is Outcome.SUCCEEDED]
+        superseded = [r.write for r, _ in settled if r.outcome is Outcome.SUPERSEDED]
         async with self._database.acquire() as conn, conn.transaction():
+            await raise_applied(conn, tenant_id, highest(r.write for r in succeeded))
             for result, attempts in rejected:
                 write = result.write
                 error = result.errors[0] if result.errors else None
@@ -178,6 +184,19 @@ class Settlement:
                         "count": len(succeeded),
                         "created": sum(1 for r in succeeded if r.created),
                         "objects": objects,
+                    },
+                )
+            if superseded:
+                await sync_log.record(
+                    conn,
+                    tenant_id=tenant_id,
+                    service=SERVICE,
+                    event="write.superseded",
+                    message=f"{len(superseded)} records not sent: their link's version was applied already",
+                    detail={
+                        "count": len(superseded),
+                        "versions": {w.link_id: w.version for w in superseded},
+                        "command_ids": [d.command_id for w in superseded for d in self._inflight.deliveries_of(w)],
                     },
                 )
 

@@ -5,6 +5,8 @@ locked or down only ever waits for itself. Per record the writer keeps Salesforc
 write to a record is in flight (or waiting to be retried), later writes to that record are
 parked, and join the retry (coalesced after it) or go to the batcher once it settles. So two
 writes to one record are never in flight at once, and a retry never overtakes a newer value.
+Just before a call, writes at or below the version already applied to their link (a replay) are
+settled as superseded instead of sent (:mod:`services.writer.versions`).
 
 Failures:
 * record-level retryable errors (UNABLE_TO_LOCK_ROW, rollback placeholders, Bulk leftovers) are
@@ -31,6 +33,7 @@ from services.common.tenant_config import TenantNotFoundError
 from services.writer.batching import Batch, Batcher, Ingestion, RecordWrite
 from services.writer.executor import CallFailure, retry_all
 from services.writer.payload import ItemError, Outcome, WriteResult
+from services.writer.versions import AppliedVersions, superseded
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class TenantWriter:
         *,
         resources: Callable[[], Awaitable[TenantResources]],
         settler: Settler,
+        versions: AppliedVersions,
         is_backfill: Callable[[RecordWrite], bool],
         options: TenantOptions,
         clock: Clock = lambda: datetime.now(UTC),
@@ -90,6 +94,7 @@ class TenantWriter:
         self.tenant_id = tenant_id
         self._resources = resources
         self._settler = settler
+        self._versions = versions
         self._is_backfill = is_backfill
         self._options = options
         self._clock = clock
@@ -216,16 +221,25 @@ class TenantWriter:
         backfill = all(self._is_backfill(w) for w in batch.writes)
         try:
             resources = await self._resources()
+            # Read when the call is about to be made: a newer write settled meanwhile counts.
+            applied = await self._versions.applied(self.tenant_id, {w.link_id for w in batch.writes})
         except TenantNotFoundError as exc:
             # No configuration, no org to write to: refuse, replayable from the DLQ once configured.
             error = ItemError("TENANT_NOT_CONFIGURED", str(exc))
             results = [WriteResult(w, Outcome.REJECTED, errors=(error,)) for w in batch.writes]
-        except Exception as exc:  # configuration unreadable now: retry the tenant later
+        except Exception as exc:  # configuration or database unreadable now: retry the tenant later
             log.warning("tenant resources unavailable", extra={"tenant_id": self.tenant_id, "reason": str(exc)})
             results = retry_all(batch.writes, CallFailure(ItemError("CONFIGURATION_ERROR", str(exc)), False))
         else:
             self._batcher.ingestion = resources.ingestion
-            results = await resources.executor.execute(batch, backfill=backfill)
+            results = [
+                WriteResult(w, Outcome.SUPERSEDED, record_id=w.record_id)
+                for w in batch.writes
+                if superseded(w, applied)
+            ]
+            fresh = tuple(w for w in batch.writes if not superseded(w, applied))
+            if fresh:
+                results += await resources.executor.execute(replace(batch, writes=fresh), backfill=backfill)
         await self._finish(results)
 
     async def _finish(self, results: list[WriteResult]) -> None:
@@ -306,11 +320,13 @@ class TenantWriters:
         *,
         resources: Callable[[str], Awaitable[TenantResources]],
         settler: Settler,
+        versions: AppliedVersions,
         is_backfill: Callable[[RecordWrite], bool],
         options: TenantOptions,
     ) -> None:
         self._resources = resources
         self._settler = settler
+        self._versions = versions
         self._is_backfill = is_backfill
         self._options = options
         self._writers: dict[str, TenantWriter] = {}
@@ -324,6 +340,7 @@ class TenantWriters:
                 tenant_id,
                 resources=functools.partial(self._resources, tenant_id),
                 settler=self._settler,
+                versions=self._versions,
                 is_backfill=self._is_backfill,
                 options=self._options,
             )

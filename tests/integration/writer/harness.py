@@ -220,17 +220,23 @@ def api_used(emulator: EmulatorProcess, org: str = "acme") -> int:
     return int(emulator.admin("GET", f"/orgs/{org_id(emulator, org)}").json()["api_usage"]["used"])
 
 
-def soql(emulator: EmulatorProcess, query: str) -> dict[str, Any]:
-    """A SOQL query as the org's admin (not through Duplex, so not through the governor)."""
+def salesforce(emulator: EmulatorProcess, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """A REST call as the org's admin, a person (not through Duplex, so not through the governor)."""
     token = emulator.password_token()
     with httpx.Client(verify=ssl.create_default_context(cafile=emulator.ca_cert), timeout=30) as client:
-        response = client.get(
-            f"{token['instance_url']}/services/data/v{API_VERSION}/query",
-            params={"q": query},
+        response = client.request(
+            method,
+            f"{token['instance_url']}/services/data/v{API_VERSION}{path}",
             headers={"Authorization": f"Bearer {token['access_token']}"},
+            **kwargs,
         )
     response.raise_for_status()
-    body: dict[str, Any] = response.json()
+    return response
+
+
+def soql(emulator: EmulatorProcess, query: str) -> dict[str, Any]:
+    """A SOQL query as the org's admin."""
+    body: dict[str, Any] = salesforce(emulator, "GET", "/query", params={"q": query}).json()
     return body
 
 

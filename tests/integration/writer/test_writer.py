@@ -227,6 +227,8 @@ async def test_permanent_failures_are_rejected_per_record_while_the_rest_succeed
             [(f"{run}a", {"Phone": "42"}), (f"{run}b", {"Duplex_Id__c": f"{run}a"}), (f"{run}bad", {"Phone": "1"})],
             operation=write_records_pb2.OPERATION_UPDATE,
             record_ids={f"{run}a": ids[f"{run}a"], f"{run}b": ids[f"{run}b"], f"{run}bad": "001NOTANID"},
+            # Newer than the creates' version: a version already applied to a link is not sent again.
+            version=2,
         )
         await send(broker, stack.names, [upserts, updates])
         await reader.until(lambda: len(reader.records) >= 11, within=60, what="9 outcomes")

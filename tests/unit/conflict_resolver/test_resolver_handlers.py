@@ -386,3 +386,38 @@ async def test_the_sync_log_stores_texts_from_events_escaped() -> None:
     (row,) = world.log("change.resolved")
     assert row["detail"]["source_event_id"] == "src\\0"
     assert row["detail"]["dropped"] == {"Bad\\0Field": "too long"}
+
+
+async def test_a_command_published_by_a_batch_that_did_not_commit_comes_again_with_its_version() -> None:
+    # The writer skips a version at or below one it applied: a command republished after a crash
+    # must carry the version it had, and the link's next command a higher one.
+    world = World(LINKED)
+    events = [mapped("u1", {"name": "Acme Ltd"}, at=10), mapped("s1", {"phone": "555"}, at=11, side=Side.CRM)]
+    world.app.down = True
+    with pytest.raises(ConnectionError):
+        await world.resolver.on_mapped_batch(events)
+    world.app.down = False
+
+    assert await world.resolver.on_mapped_batch(events) == {}
+    await world.resolver.on_mapped_batch([mapped("u2", {"name": "Acme Group"}, at=12)])
+
+    lost, again, later = world.commands()
+    assert again == lost
+    assert (again.records[0].version, later.records[0].version) == (1, 2)
+
+
+async def test_a_superseded_outcome_is_only_recorded_as_seen() -> None:
+    world = World(LINKED)
+    await world.resolver.on_mapped_batch([mapped("u1", {"name": "Acme Ltd"}, at=10)])
+    (command,) = world.commands()
+    outcome = settled(command)
+    outcome.status = write_settled_pb2.WRITE_STATUS_SUPERSEDED
+    before = copy.deepcopy(world.store.tables)
+
+    assert await world.resolver.on_settled_batch([outcome]) == {}
+
+    # The version, or a newer one, reached Salesforce before: nothing to roll back or learn.
+    assert world.store.tables.links == before.links
+    assert world.store.tables.fields == before.fields
+    assert world.log("write.rejected") == []
+    assert world.pending_to_crm("name") == ["Acme Ltd"]
