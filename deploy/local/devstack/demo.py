@@ -536,7 +536,8 @@ def run(state_dir: Path) -> int:
     say("", f"duplex config apply -f {tenant_file.relative_to(ROOT)}: {applied.stdout.strip()}")
     try:
         org = asyncio.run(connection(pipeline.admin_url, token_file.read_text().strip(), TENANT))
-        if org["status"] == "connected":
+        # The emulator may have restarted on another port since: a session for the old one is no use.
+        if org["status"] == "connected" and org["instanceUrl"] == info["instance_url"]:
             say("", f"already connected: org {org['orgId']} as {org['username']} since {org['connectedAt']}")
         else:
             org = asyncio.run(connect(pipeline.admin_url, token_file.read_text().strip(), TENANT, info))
