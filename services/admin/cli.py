@@ -38,6 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.admin.api.models import Applied, CreatedToken, SalesforceConnectionView, TokenRequest
+from services.admin.api.tokens import token_view
 from services.admin.auth import Role, parse_duration
 from services.admin.client import (
     AdminClient,
@@ -526,18 +527,7 @@ def _bootstrap_token(request: TokenRequest, dsn: str | None) -> CreatedToken:
                 # Local bootstrap has no principal: the one place a self-asserted actor (DUPLEX_ACTOR) remains.
                 actor=settings.actor,
             )
-        return CreatedToken(
-            id=str(record.id),
-            name=record.name,
-            role=record.role.value,
-            tenants=None if record.tenants is None else list(record.tenants),
-            created_at=record.created_at,
-            created_by=record.created_by,
-            expires_at=record.expires_at,
-            last_used_at=record.last_used_at,
-            revoked_at=record.revoked_at,
-            token=secret,
-        )
+        return CreatedToken(**token_view(record).model_dump(), token=secret)
 
     return _run(run())
 

@@ -17,7 +17,8 @@ from services.admin.token_store import TokenRecord, TokenStore
 from services.common.db import Connection
 
 
-def _token(record: TokenRecord) -> Token:
+def token_view(record: TokenRecord) -> Token:
+    """A stored token as the API shows it (never its secret); the CLI's local bootstrap shows it so too."""
     return Token(
         id=str(record.id),
         name=record.name,
@@ -60,13 +61,13 @@ def tokens_router(access: Access) -> APIRouter:
             actor=principal.actor,
             request_id=request_id_of(request),
         )
-        return CreatedToken(**_token(record).model_dump(), token=secret)
+        return CreatedToken(**token_view(record).model_dump(), token=secret)
 
     @router.get("", response_model=TokenList, summary="List tokens (never their secrets)")
     async def list_tokens(
         principal: Annotated[Principal, Depends(manage)], db: Annotated[Connection, Depends(access.connection)]
     ) -> TokenList:
-        return TokenList(items=[_token(r) for r in await TokenStore(db).list_tokens()])
+        return TokenList(items=[token_view(r) for r in await TokenStore(db).list_tokens()])
 
     @router.delete("/{token_id}", status_code=204, summary="Revoke a token")
     async def revoke_token(
