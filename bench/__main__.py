@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import cdc_ingest, emulator, pipeline, sync, writer
+from bench import cdc_ingest, emulator, isolation, pipeline, sync, writer
 from bench.report import Result, machine, render
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, Callable[[], Result]] = {
     "cdc_ingest": cdc_ingest.run,
     "sync": sync.run,
     "writer": writer.run,
+    "isolation": isolation.run,
     "pipeline": pipeline.run,
 }
 

@@ -36,6 +36,7 @@ MetricName = Literal[
     "duplex_governor_predicted_exhaustion_seconds",
     "duplex_governor_budget_warning",
     "duplex_writer_records_total",
+    "duplex_writer_parked_total",
     "duplex_connection_needs_reconnect",
     "duplex_connection_error",
     "duplex_quarantined_pairs",
@@ -207,6 +208,14 @@ class Metrics:
             _name("duplex_writer_records_total"),
             "Record writes settled by the writer, per tenant and outcome.",
             ["tenant", "outcome"],
+            registry=registry,
+        )
+        # writer: commands parked in PostgreSQL because their tenant held its share of unsettled writes
+        # ("overflow") or held its partition too long ("held"); a tenant that cannot write shows here.
+        self.writer_parked = Counter(
+            _name("duplex_writer_parked_total"),
+            "Commands the writer parked in PostgreSQL instead of letting them hold a shared partition.",
+            ["tenant", "reason"],
             registry=registry,
         )
         # Set by any service that calls the tenant's org: 1 once it found that Salesforce refused the

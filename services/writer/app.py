@@ -30,7 +30,7 @@ from services.common.vault import Keyring, Vault
 from services.writer.consumer import CommandConsumer
 from services.writer.inflight import InFlight
 from services.writer.orgs import Orgs
-from services.writer.repository import PostgresAppliedVersions
+from services.writer.repository import PostgresAppliedVersions, PostgresParkStore
 from services.writer.settings import WriterSettings
 from services.writer.settle import Settlement
 from services.writer.tenant import TenantOptions, TenantWriters
@@ -43,7 +43,6 @@ def _tenant_options(settings: WriterSettings) -> TenantOptions:
         bulk_threshold=settings.bulk_threshold,
         bulk_max_records=settings.bulk_max_records,
         concurrency=settings.tenant_concurrency,
-        max_pending=settings.max_pending_per_tenant,
         max_record_attempts=settings.max_record_attempts,
     )
 
@@ -118,8 +117,12 @@ async def run(
             kafka,
             inflight=inflight,
             tenants=tenants,
+            store=PostgresParkStore(pool),
+            max_pending=settings.max_pending_per_tenant,
+            park_after=settings.park_after_seconds,
             commit_interval=settings.commit_interval_ms / 1000,
             shutdown_grace=settings.shutdown_grace_seconds,
+            metrics=metrics,
         )
         running = await stack.enter_async_context(consuming(kafka, ready=(database_ready(pool),)))
         await stack.enter_async_context(consumer.running())

@@ -61,6 +61,8 @@ class Delivery:
     key: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     timestamp_ms: int | None
+    # The command as it was consumed, for parking it (:mod:`services.writer.parking`).
+    value: bytes = b""
 
 
 def record_writes(command: Command, token: str) -> tuple[list[RecordWrite], list[WriteResult]]:

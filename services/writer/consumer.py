@@ -7,12 +7,15 @@ commit *every* consumed position, including commands still waiting in a batch). 
 
 1. the handler decodes a command, registers it in :class:`~services.writer.inflight.InFlight`
    with the number of record writes it carries, hands the writes to its tenant's
-   :class:`~services.writer.tenant.TenantWriter` and returns (waiting only when that tenant
-   holds too many unsettled writes);
+   :class:`~services.writer.tenant.TenantWriter` and returns; it never waits for a tenant: one
+   that holds too many unsettled writes has its later commands parked in PostgreSQL instead
+   (:mod:`services.writer.parking`);
 2. when a write settles, :class:`~services.writer.settle.Settlement` produces its outcomes (and
    DLQ record, and sync-log rows) durably, then tells ``InFlight``;
-3. a committer task commits, per partition, the lowest offset that still has unsettled writes
-   (or one past the last seen), with explicit offsets, every ``commit_interval_ms`` and on
+3. a committer task parks what must be parked (commands of overflowing tenants, and commands
+   held unsettled for ``park_after``), loads parked commands for tenants with room again, and
+   commits, per partition, the lowest offset that still has unsettled writes neither settled nor
+   parked (or one past the last seen), with explicit offsets, every ``commit_interval_ms`` and on
    partition revocation and shutdown.
 
 A crash therefore replays exactly the commands without every outcome produced (and the settled
@@ -22,8 +25,9 @@ external id, deleting a deleted record succeeds, and outcomes are applied by ver
 
 Shutdown
 ========
-Stop fetching, let held writes settle, commit once more, and only then close the consumer (a
-commit issued while aiokafka closes its consumer never returns), then stop the tenants' loops.
+Stop fetching, let held writes settle, park what is still held, commit once more, and only then
+close the consumer (a commit issued while aiokafka closes its consumer never returns), then stop
+the tenants' loops.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -42,11 +46,14 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.params import NoCast
 
 from services.common.kafka import ServiceKafka
+from services.common.metrics import Metrics
+from services.common.retry import RetryPolicy
 from services.common.topics import Topic
 from services.writer.commands import Command, Delivery, record_writes
 from services.writer.contract import WriteRecords, command_of
 from services.writer.inflight import InFlight
 from services.writer.offsets import Partition
+from services.writer.parking import Parking, ParkStore
 from services.writer.tenant import TenantWriters
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,7 @@ COMMIT_TIMEOUT_SECONDS = 10.0
 _DRAIN_POLL_SECONDS = 0.05
 # Tenant loops get this long beyond the grace to stop once cancelled.
 _STOP_MARGIN_SECONDS = 5.0
+_ASSIGN_RETRY = RetryPolicy(base_delay=0.2, max_delay=5.0, max_attempts=None)
 
 
 class CommandConsumer:
@@ -71,14 +79,30 @@ class CommandConsumer:
         *,
         inflight: InFlight,
         tenants: TenantWriters,
+        store: ParkStore,
+        max_pending: int,
+        park_after: float,
         commit_interval: float,
         shutdown_grace: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self._inflight = inflight
         self._tenants = tenants
+        self._park_after = park_after
         self._commit_interval = commit_interval
         self._shutdown_grace = shutdown_grace
         self._tokens = itertools.count()
+        self._parking = Parking(
+            store,
+            inflight=inflight,
+            tenants=tenants,
+            decode=lambda value: command_of(WriteRecords.FromString(value)),
+            tokens=self._token,
+            max_pending=max_pending,
+            park_after=park_after,
+            clock=time.monotonic,
+            metrics=metrics,
+        )
         self._commit_lock = asyncio.Lock()
         # Cleared by the shutdown's last commit: no commit may start while the consumer closes.
         self._may_commit = True
@@ -95,9 +119,12 @@ class CommandConsumer:
             assert not isinstance(record, tuple)  # not a batch subscriber
             await self.handle(command_of(message), record)
 
+    def _token(self) -> str:
+        return str(next(self._tokens))
+
     async def handle(self, command: Command, record: ConsumerRecord[bytes, bytes]) -> None:
         """Register ``command`` and hand its writes to its tenant (module doc, step 1)."""
-        token = str(next(self._tokens))
+        token = self._token()
         writes, refused = record_writes(command, token)
         delivery = Delivery(
             token=token,
@@ -110,14 +137,17 @@ class CommandConsumer:
             key=record.key,
             headers=tuple(record.headers or ()),
             timestamp_ms=record.timestamp,
+            value=record.value or b"",
         )
         items = len(writes) + len(refused)
-        self._inflight.received(delivery, items)
-        if items == 0:
-            return
-        tenant = self._tenants.of(command.tenant_id)
-        tenant.submit(writes, refused)
-        await tenant.room()
+        if items == 0 or not self._parking.takes(delivery):
+            self._inflight.received(delivery, items)
+            if items:
+                self._tenants.of(command.tenant_id).submit(writes, refused)
+
+    def _assigned(self) -> set[Partition]:
+        consumer = self._subscriber.consumer
+        return set() if consumer is None else {(tp.topic, tp.partition) for tp in consumer.assignment()}
 
     async def commit(self, only: list[Partition] | None = None) -> None:
         """Commit every assigned partition's position that moved (of ``only``, when given)."""
@@ -125,7 +155,7 @@ class CommandConsumer:
         if consumer is None or not self._may_commit:
             return
         async with self._commit_lock:
-            assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            assigned = self._assigned()
             positions = self._inflight.committable(assigned if only is None else assigned.intersection(only))
             if not positions:
                 return
@@ -145,6 +175,20 @@ class CommandConsumer:
         """Partitions taken away by a rebalance: commit what settled, forget the rest."""
         await self.commit(only=partitions)
         self._inflight.forget(partitions)
+        self._parking.forget(partitions)
+
+    async def assigned(self, partitions: list[Partition]) -> None:
+        """Partitions given by a rebalance: learn which tenants have commands parked from them, so
+        that their later commands queue behind those (retried: order depends on it)."""
+        attempt = 0
+        while True:
+            try:
+                await self._parking.assigned(partitions)
+                return
+            except Exception as exc:
+                attempt += 1
+                log.warning("parked commands unreadable, retrying", extra={"reason": str(exc) or type(exc).__name__})
+                await asyncio.sleep(_ASSIGN_RETRY.delay(attempt))
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -158,16 +202,26 @@ class CommandConsumer:
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(self._commit_interval)
+            await self._park(self._parking.tick(self._assigned()))
             await self.commit()
+
+    async def _park(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except Exception as exc:
+            # PostgreSQL away: what waits stays held (and its offset with it) until a tick succeeds.
+            log.warning("parking failed", extra={"reason": str(exc) or type(exc).__name__})
 
     async def _shut_down(self, committer: asyncio.Task[None]) -> None:
         consumer = self._subscriber.consumer
         if consumer is not None:
             consumer.pause(*consumer.assignment())
+        await self._park(self._parking.park_held(older_than=self._park_after))
         await self._drain()
         committer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await committer
+        await self._park(self._parking.park_held(older_than=0))
         await self.commit()
         self._may_commit = False
         await self._subscriber.stop()
@@ -189,4 +243,4 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._consumer.revoked([(tp.topic, tp.partition) for tp in revoked])
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
+        await self._consumer.assigned([(tp.topic, tp.partition) for tp in assigned])

@@ -1,13 +1,18 @@
 """The commands consumed and not yet settled: the one owner of deliveries and their offsets.
 
 The consumer registers every command it takes (:meth:`InFlight.received`), :class:`Settlement`
-reports every delivery whose outcome is durable (:meth:`InFlight.settled`), and the committer
-asks which offsets may be committed. Nobody else reads or changes this state.
+reports every delivery whose outcome is durable (:meth:`InFlight.settled`), parking reports the
+deliveries made durable in PostgreSQL instead (:meth:`InFlight.parked`, :meth:`InFlight.released`),
+and the committer asks which offsets may be committed. Nobody else reads or changes this state.
+
+A delivery holds its partition's offset until it settles or is parked; a parked one (and one
+loaded from the park) is remembered by its row id, which its last outcome deletes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection, Iterable
 
 from services.writer.batching import RecordWrite
 from services.writer.commands import Delivery
@@ -15,18 +20,28 @@ from services.writer.offsets import OffsetTracker, Partition
 
 
 class InFlight:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._offsets = OffsetTracker()
+        # Insertion order is arrival order, which :meth:`held_since` relies on.
         self._deliveries: dict[str, Delivery] = {}
+        self._arrived: dict[str, float] = {}
         # token -> record writes of that delivery still without an outcome
         self._remaining: dict[str, int] = {}
+        # token -> row of writer_parked_commands that stands for it (its offset is released)
+        self._parked: dict[str, int] = {}
 
-    def received(self, delivery: Delivery, items: int) -> None:
-        """A command was consumed with ``items`` record writes (refused ones included) to settle."""
-        self._offsets.seen(delivery.partition, delivery.offset, items)
+    def received(self, delivery: Delivery, items: int, *, park_id: int | None = None) -> None:
+        """A command arrived with ``items`` record writes (refused ones included) to settle: consumed
+        from Kafka (holding its offset), or loaded from the park row ``park_id``."""
+        if park_id is None:
+            self._offsets.seen(delivery.partition, delivery.offset, items)
         if items > 0:
             self._deliveries[delivery.token] = delivery
+            self._arrived[delivery.token] = self._clock()
             self._remaining[delivery.token] = items
+            if park_id is not None:
+                self._parked[delivery.token] = park_id
 
     def deliveries_of(self, write: RecordWrite) -> list[Delivery]:
         """The deliveries folded into ``write`` that are still unsettled, oldest first."""
@@ -40,15 +55,51 @@ class InFlight:
         """Whether every command still unsettled in ``write`` is backfill (calls then yield to live ones)."""
         return all(d.backfill for d in self.deliveries_of(write))
 
-    def settled(self, delivery: Delivery) -> None:
-        """One record write of ``delivery`` has its outcome produced durably."""
-        self._offsets.done(delivery.partition, delivery.offset)
-        left = self._remaining.get(delivery.token, 0) - 1
+    def settled(self, delivery: Delivery) -> int | None:
+        """One record write of ``delivery`` has its outcome produced durably. Returns the park row
+        that stood for the delivery once its last write has settled (the caller deletes it)."""
+        token = delivery.token
+        if token not in self._parked:
+            self._offsets.done(delivery.partition, delivery.offset)
+        left = self._remaining.get(token, 0) - 1
         if left > 0:
-            self._remaining[delivery.token] = left
-        else:
-            self._remaining.pop(delivery.token, None)
-            self._deliveries.pop(delivery.token, None)
+            self._remaining[token] = left
+            return None
+        self._remaining.pop(token, None)
+        self._deliveries.pop(token, None)
+        self._arrived.pop(token, None)
+        return self._parked.pop(token, None)
+
+    def held_since(self, moment: float) -> list[Delivery]:
+        """Deliveries that arrived from Kafka before ``moment`` and still hold their offset, oldest first."""
+        held = []
+        for token, arrived in self._arrived.items():
+            if arrived >= moment:
+                break
+            if token not in self._parked:
+                held.append(self._deliveries[token])
+        return held
+
+    def parked(self, deliveries: Iterable[tuple[Delivery, int]]) -> None:
+        """``deliveries`` (with their park rows) stay in memory, but no longer hold their offsets."""
+        for delivery, park_id in deliveries:
+            token = delivery.token
+            if token in self._remaining and token not in self._parked:
+                self._offsets.done(delivery.partition, delivery.offset, self._remaining[token])
+                self._parked[token] = park_id
+
+    def waiting(self, delivery: Delivery) -> None:
+        """``delivery`` waits to be parked before its tenant sees it: it holds its offset meanwhile."""
+        self._offsets.seen(delivery.partition, delivery.offset, 1)
+
+    def released(self, deliveries: Iterable[Delivery]) -> None:
+        """Waiting ``deliveries`` are parked now: their offsets may move on."""
+        for delivery in deliveries:
+            self._offsets.done(delivery.partition, delivery.offset)
+
+    def park_ids(self) -> set[int]:
+        """The park rows whose commands are in memory here (never loaded twice)."""
+        return set(self._parked.values())
 
     def committable(self, partitions: Collection[Partition]) -> dict[Partition, int]:
         """The positions of ``partitions`` that moved since they were last committed."""
@@ -62,5 +113,5 @@ class InFlight:
         self._offsets.forget(partitions)
 
     def unfinished(self) -> int:
-        """Record writes consumed on the partitions still owned and not settled yet."""
+        """Record writes consumed on the partitions still owned, neither settled nor parked."""
         return self._offsets.unfinished()

@@ -28,8 +28,12 @@ class WriterSettings(KafkaServiceSettings):
     bulk_max_records: int = Field(default=10_000, gt=0)
     # Batches in flight at once per tenant (1: serial, which minimises lock contention).
     tenant_concurrency: int = Field(default=2, gt=0)
-    # Unsettled writes one tenant may hold before the consumer waits for it.
+    # Unsettled writes one tenant may hold in memory; its later commands are parked in PostgreSQL
+    # (and loaded again in order once it is down to half), so the consumer never waits for it.
     max_pending_per_tenant: int = Field(default=50_000, gt=0)
+    # A command unsettled this long (a throttled or slow tenant) is parked in PostgreSQL too, so it
+    # no longer holds its partition's committed offset, and with it other tenants' settled writes.
+    park_after_seconds: float = Field(default=30.0, ge=0)
     # Record-level retryable failures (locks, rollbacks) before the record is rejected to the DLQ.
     max_record_attempts: int = Field(default=10, gt=0)
     commit_interval_ms: int = Field(default=500, gt=0)

@@ -11,7 +11,8 @@ repeats the whole sequence harmlessly):
    versions not sent) per batch, and in the same transaction each link's applied version is
    raised to its succeeded write's (:mod:`services.writer.versions`);
 4. only then is each delivery's write reported settled to :class:`~services.writer.inflight.InFlight`,
-   which is what lets the committer move the partition's committed offset past the command;
+   which is what lets the committer move the partition's committed offset past the command (or,
+   for a parked command, deletes its row once its last write settled: :mod:`services.writer.parking`);
 5. each command a succeeded write carried observes its end-to-end latency (origin commit to the
    write, ``stage="written"``), when the command has an origin commit time.
 
@@ -36,7 +37,7 @@ from services.writer.commands import Delivery
 from services.writer.contract import dead_letter_command, write_settled
 from services.writer.inflight import InFlight
 from services.writer.payload import Outcome, WriteResult
-from services.writer.repository import raise_applied
+from services.writer.repository import raise_applied, unpark
 from services.writer.versions import highest
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,24 @@ class Settlement:
             ]
         )
         await self._log(tenant_id, settled)
-        for delivery, _, _ in outcomes:
-            self._inflight.settled(delivery)
+        done = [park_id for delivery, _, _ in outcomes if (park_id := self._inflight.settled(delivery)) is not None]
+        await self._unpark(done)
         if self._metrics is not None:
             records = self._metrics.writer_records
             for outcome in (Outcome.SUCCEEDED, Outcome.REJECTED, Outcome.SUPERSEDED):
                 records.labels(tenant_id, str(outcome)).inc(sum(1 for r, _ in settled if r.outcome is outcome))
             observe_written(self._metrics, tenant_id, [(d, r) for d, r, _ in outcomes], now)
+
+    async def _unpark(self, park_ids: list[int]) -> None:
+        if not park_ids:
+            return
+        try:
+            async with self._database.acquire() as conn:
+                await unpark(conn, park_ids)
+        except Exception as exc:
+            # The outcomes are durable: a row left behind is loaded again after a restart and
+            # settled as superseded (or rejected again) without a call, never written twice.
+            log.warning("parked commands not deleted", extra={"rows": len(park_ids), "reason": str(exc)})
 
     def _dead_letter(self, result: WriteResult, now: datetime) -> tuple[Any, str, bytes, dict[str, str]]:
         write = result.write

@@ -1,9 +1,9 @@
-"""One tenant's writing loop: batching window, in-flight records, retries, backoff, back-pressure.
+"""One tenant's writing loop: batching window, in-flight records, retries, backoff.
 
 Every tenant has its own :class:`TenantWriter` and its own task, so a tenant that is throttled,
 locked or down only ever waits for itself. Per record the writer keeps Salesforce order: while a
-write to a record is in flight (or waiting to be retried), later writes to that record are
-parked, and join the retry (coalesced after it) or go to the batcher once it settles. So two
+write to a record is in flight (or waiting to be retried), later writes to that record wait
+behind it, and join the retry (coalesced after it) or go to the batcher once it settles. So two
 writes to one record are never in flight at once, and a retry never overtakes a newer value.
 Just before a call, writes at or below the version already applied to their link (a replay) are
 settled as superseded instead of sent (:mod:`services.writer.versions`).
@@ -70,8 +70,6 @@ class TenantOptions:
     bulk_max_records: int = 10_000
     # Batches in flight at once for one tenant (1 = serial).
     concurrency: int = 2
-    # Writes held (batched, in flight, parked) before the consumer waits for this tenant.
-    max_pending: int = 50_000
     max_record_attempts: int = 10
     record_retry: RetryPolicy = RECORD_RETRY
     tenant_retry: RetryPolicy = TENANT_RETRY
@@ -107,7 +105,7 @@ class TenantWriter:
         )
         self._ready: list[Batch] = []
         self._in_flight: set[RecordKey] = set()
-        self._parked: dict[RecordKey, list[RecordWrite]] = {}
+        self._behind: dict[RecordKey, list[RecordWrite]] = {}
         self._retries: dict[RecordKey, tuple[datetime, RecordWrite]] = {}
         self._attempts: dict[RecordKey, int] = {}
         self._record_failures: dict[RecordKey, int] = {}
@@ -116,8 +114,6 @@ class TenantWriter:
         self._running: set[asyncio.Task[None]] = set()
         self._refused: list[WriteResult] = []
         self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
 
     # ------------------------------------------------------------------ intake (consumer side)
 
@@ -126,25 +122,18 @@ class TenantWriter:
         for write in writes:
             key = write.record_key
             if key in self._in_flight:
-                self._parked.setdefault(key, []).append(write)
+                self._behind.setdefault(key, []).append(write)
             else:
                 self._batcher.add(write, now)
         self._refused.extend(refused)
-        self._update_room()
         self._wake.set()
 
-    async def room(self) -> None:
-        """Wait while this tenant holds too many unsettled writes (back-pressure on the consumer)."""
-        await self._room.wait()
-
     def pending(self) -> int:
-        return len(self._batcher) + len(self._in_flight) + sum(len(p) for p in self._parked.values())
-
-    def _update_room(self) -> None:
-        if self.pending() >= self._options.max_pending:
-            self._room.clear()
-        else:
-            self._room.set()
+        """Writes held (batched, in flight, waiting behind one to their record, refused): the
+        consumer parks this tenant's later commands while it holds too many (:mod:`services.writer.parking`)."""
+        return (
+            len(self._batcher) + len(self._in_flight) + sum(len(p) for p in self._behind.values()) + len(self._refused)
+        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -171,7 +160,7 @@ class TenantWriter:
             if due <= now:
                 del self._retries[key]
                 self._batcher.add(write, now)
-                for later in self._parked.pop(key, []):
+                for later in self._behind.pop(key, []):
                     self._batcher.add(later, now)
                 self._in_flight.discard(key)
         if self._paused_until is not None and now < self._paused_until:
@@ -291,9 +280,8 @@ class TenantWriter:
             self._in_flight.discard(key)
             self._attempts.pop(key, None)
             self._record_failures.pop(key, None)
-            for later in self._parked.pop(key, []):
+            for later in self._behind.pop(key, []):
                 self._batcher.add(later, now)
-        self._update_room()
 
     async def _settle(self, settled: list[tuple[WriteResult, int]]) -> None:
         attempt = 0

@@ -36,6 +36,7 @@ WriteSettled = write_settled_pb2.WriteSettled
 # The emulator listens on 127.0.0.1, which only a development deployment may call.
 DEVELOPMENT = PolicySettings(development=True)
 SUCCEEDED = write_settled_pb2.WRITE_STATUS_SUCCEEDED
+SUPERSEDED = write_settled_pb2.WRITE_STATUS_SUPERSEDED
 REJECTED = write_settled_pb2.WRITE_STATUS_REJECTED
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from duplex.writer.v1 import write_records_pb2, write_settled_pb2
+from duplex.writer.v1 import write_records_pb2
 
 from devstack.emulator import EmulatorProcess
 from services.common.metrics import Metrics
@@ -31,6 +31,7 @@ from services.salesforce_emulator.faults import OrgFaults
 from services.writer.app import run
 from tests.integration.writer.harness import (
     SUCCEEDED,
+    SUPERSEDED,
     TopicReader,
     WriteRecords,
     WriteSettled,
@@ -51,7 +52,6 @@ from tests.integration.writer.harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 TENANT = "acme-once"
-SUPERSEDED = write_settled_pb2.WRITE_STATUS_SUPERSEDED
 UPDATE = write_records_pb2.OPERATION_UPDATE
 DELETE = write_records_pb2.OPERATION_DELETE
 RATIO = 0.5
