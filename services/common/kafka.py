@@ -187,6 +187,8 @@ class ServiceKafka:
     service_name: str
     guard: ConsumerGuard
     halt: Halt
+    # The largest record the producer sends (KAFKA_MAX_REQUEST_SIZE).
+    max_request_size: int = 1024 * 1024
 
     def topic(self, topic: Topic) -> str:
         """Physical name of ``topic`` in this deployment."""
@@ -265,7 +267,7 @@ class ServiceKafka:
 
     def sender(self, topic: Topic) -> Sender:
         """Publisher of many of ``topic``'s events at once, for batch handlers (see :class:`Sender`)."""
-        return Sender(self.broker, self.topic(topic))
+        return Sender(self.broker, self.topic(topic), max_request_size=self.max_request_size)
 
     def publisher(self, topic: Topic, **options: Any) -> DefaultPublisher:
         """A publisher of protobuf events to ``topic``; ``await p.publish(event, key=...)``."""
@@ -305,7 +307,12 @@ def make_kafka(
         **guard_options,
     )
     broker.add_middleware(guard)
-    return ServiceKafka(broker, topic_names, service_name, guard, halt)
+    return ServiceKafka(broker, topic_names, service_name, guard, halt, settings.max_request_size)
+
+
+# What a record adds to its value and key (headers: content and message type, trace context; the
+# record and batch framing), with room to spare.
+RECORD_HEADROOM = 1024
 
 
 class Sender:
@@ -319,9 +326,24 @@ class Sender:
     record cost more than everything else a batch handler does per record.
     """
 
-    def __init__(self, broker: KafkaBroker, topic: str) -> None:
+    def __init__(self, broker: KafkaBroker, topic: str, *, max_request_size: int = 1024 * 1024) -> None:
         self._broker = broker
         self._topic = topic
+        self._max_request_size = max_request_size
+
+    def oversized(self, event: Message, key: bytes) -> str | None:
+        """Why ``event`` cannot be a record of this topic (over the producer's size limit), or None.
+
+        Checked before a batch is published, so that the one input it came from is refused alone
+        instead of the producer failing the whole batch on every redelivery.
+        """
+        size = event.ByteSize() + len(key) + RECORD_HEADROOM
+        if size <= self._max_request_size:
+            return None
+        return (
+            f"{size:,} bytes, over the {self._max_request_size:,}-byte limit of a Kafka record"
+            " (KAFKA_MAX_REQUEST_SIZE, which the broker's message.max.bytes must allow)"
+        )
 
     async def publish_all(self, events: Sequence[tuple[Message, bytes]]) -> None:
         """Publish (event, key) pairs in order; returns once all are acknowledged."""

@@ -66,6 +66,8 @@ Publish = Callable[[Sequence[MappedEvent]], Awaitable[None]]
 _CONCURRENT_ATTEMPTS = 3
 
 DEFAULT_MAX_FUTURE_SKEW = timedelta(minutes=5)
+# The rejection code of a change whose mapped event is too large for a Kafka record.
+RECORD_TOO_LARGE = "RECORD_TOO_LARGE"
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class Mapper:
         describes: Describes,
         sync_log: SyncLog,
         publish: Publish,
+        oversized: Callable[[MappedEvent], str | None] = lambda _: None,
         quarantines: Quarantines | None = None,
         max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -145,6 +148,7 @@ class Mapper:
         self._describes = describes
         self._sync_log = sync_log
         self._publish = publish
+        self._oversized = oversized
         self._quarantines = quarantines or Quarantines()
         self._max_future_skew = max_future_skew
         self._now = now
@@ -337,7 +341,7 @@ class Mapper:
                     for position, item in enumerate(items):
                         change = item.change
                         try:
-                            events += await self._map(repo, conn, item, corrected)
+                            events += self._fitting(await self._map(repo, conn, item, corrected))
                         except RejectedChangeError as error:
                             # The error's text already names the field.
                             rejection = _Rejection(
@@ -356,6 +360,17 @@ class Mapper:
                 # the batch again, it now finds that link.
                 log.info("batch retried", extra={"reason": str(error)})
         raise RetryableError(f"links kept being created concurrently ({_CONCURRENT_ATTEMPTS} attempts)")
+
+    def _fitting(self, events: list[MappedEvent]) -> list[MappedEvent]:
+        """``events``, unless one cannot be published: a ChangeMapped carries both sides' values,
+        so a change that fit in its own record can map to one that does not."""
+        for event in events:
+            too_large = self._oversized(event)
+            if too_large is not None:
+                raise RejectedChangeError(
+                    RECORD_TOO_LARGE, f"the mapped change of link {event.link.link_id} is {too_large}"
+                )
+        return events
 
     async def _map(
         self, repo: BatchLinks, conn: Connection, item: _Item, corrected: list[tuple[Change, Correction]]

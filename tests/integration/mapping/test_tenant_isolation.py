@@ -52,9 +52,11 @@ async def prepare(dsn: str) -> None:
 
 
 @asynccontextmanager
-async def mapping(bootstrap: str, names: TopicNames, dsn: str) -> AsyncIterator[tuple[Running, Telemetry]]:
+async def mapping(
+    bootstrap: str, names: TopicNames, dsn: str, *, max_request_size: int = 1024 * 1024
+) -> AsyncIterator[tuple[Running, Telemetry]]:
     settings = MappingSettings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=names.prefix),
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=names.prefix, max_request_size=max_request_size),
         postgres=PostgresSettings(dsn=SecretStr(dsn), pool_max_size=3),
         config_check_seconds=0,
     )
@@ -194,3 +196,35 @@ async def test_producer_fields_are_checked_at_intake(
     for field in ("origin_commit_time", "origin_client"):
         labels = {"service": "mapping", "tenant": TENANT, "field": field}
         assert registry.get_sample_value("duplex_producer_fields_corrected_total", labels) == 1
+
+
+async def test_a_change_whose_mapped_event_is_too_large_for_a_record_is_refused_alone(
+    kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    await prepare(fresh_database)
+    # A ChangeMapped carries each field's value on both sides: 40,000 characters in become 80,000 out.
+    huge = record_changed(
+        Side.APP,
+        "partners",
+        "acme-1",
+        {"name": "Acme", "phone": "5" * 40_000},
+        event_id="acme-1",
+        kind=ChangeKind.CREATE,
+    )
+    async with (
+        producer(kafka_bootstrap) as upstream,
+        mapping(kafka_bootstrap, topic_names, fresh_database, max_request_size=64 * 1024) as (running, _),
+        TopicReader(kafka_bootstrap, topic_names(Topic.MAPPED_CHANGES)) as mapped,
+        TopicReader(kafka_bootstrap, topic_names(Topic.APP_CHANGES_DLQ), partitions=3) as dlq,
+    ):
+        await send(upstream, topic_names, [partner(TENANT, 0), huge, partner(TENANT, 2), partner(OTHER, 3)])
+        events = decode(await mapped.until(3), ChangeMapped)
+        (dead,) = await dlq.until(1)
+        assert running.halt.error is None
+
+    assert sorted(e.source_event_id for e in events) == ["acme-0", "acme-2", "beta-3"]
+    (why,) = reasons([dead])
+    assert why.startswith("RECORD_TOO_LARGE: the mapped change of link ")
+    assert "over the 65,536-byte limit of a Kafka record (KAFKA_MAX_REQUEST_SIZE" in why
+    (row,) = await sync_log(fresh_database, "change.rejected")
+    assert (row["tenant_id"], row["code"], row["record_id"]) == (TENANT, "RECORD_TOO_LARGE", "acme-1")
