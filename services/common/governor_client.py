@@ -41,6 +41,8 @@ Clock = Callable[[], datetime]
 
 # A denial without a usable not_before (should not happen) is retried after this long.
 _DEFAULT_RETRY = timedelta(seconds=1)
+# The longest a caller told "no budget" waits before asking again (see `acquire`).
+ASK_AGAIN_WITHIN = timedelta(minutes=1)
 # Never hammer the governor: even a not_before in the past waits this long before asking again.
 _MIN_WAIT = timedelta(milliseconds=20)
 
@@ -105,7 +107,9 @@ class GovernorBudget:
                 response.not_before.ToDatetime(tzinfo=UTC) if response.HasField("not_before") else now + _DEFAULT_RETRY
             )
             if not_before > give_up_at:
-                raise BudgetUnavailable(tenant_id, not_before, response.reason)
+                # The governor's time is what it knows now; an operator may raise the cap, or the org's
+                # limit be lifted, meanwhile: callers pausing until then ask again at least this often.
+                raise BudgetUnavailable(tenant_id, min(not_before, now + ASK_AGAIN_WITHIN), response.reason)
             await self._sleep(max(not_before - now, _MIN_WAIT).total_seconds())
 
     async def report(self, tenant_id: str, used: int, limit: int) -> None:
