@@ -113,6 +113,8 @@ class PipelineConfig:
     app_dsn: str | None = None
     # Extra settings per service name, e.g. {"writer": {"WRITER_BATCH_WINDOW_MS": "50"}}.
     overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Another pipeline's governor (host:port), for a pipeline of further replicas that runs none.
+    governor_target: str | None = None
 
     @property
     def directory(self) -> Path:
@@ -324,6 +326,9 @@ class Pipeline:
             path.write_text(json.dumps(ports, indent=2) + "\n")
         return ports
 
+    def _governor(self, ports: Mapping[str, int]) -> str:
+        return self.config.governor_target or f"127.0.0.1:{ports['rate-limit-governor']}"
+
     def _settings(self, spec: ServiceSpec, ports: Mapping[str, int]) -> dict[str, str]:
         """The environment one service runs with: shared KAFKA_/POSTGRES_/TELEMETRY_ plus its own prefix."""
         c = self.config
@@ -354,7 +359,7 @@ class Pipeline:
                 # Stable, so a restarted (or killed and restarted) replica takes its own lease back
                 # at once instead of waiting for it to expire.
                 "CDC_INGEST_REPLICA_ID": f"devstack-{hashlib.sha256(str(c.state_dir).encode()).hexdigest()[:8]}",
-                "CDC_INGEST_GOVERNOR_TARGET": f"127.0.0.1:{ports['rate-limit-governor']}",
+                "CDC_INGEST_GOVERNOR_TARGET": self._governor(ports),
                 **c.secrets,
             }
         elif spec.name == "admin":
@@ -370,7 +375,7 @@ class Pipeline:
             own = {"MAPPING_CONFIG_CHECK_SECONDS": "1"}
         elif spec.name == "writer":
             own = {
-                "WRITER_GOVERNOR_TARGET": f"127.0.0.1:{ports['rate-limit-governor']}",
+                "WRITER_GOVERNOR_TARGET": self._governor(ports),
                 "WRITER_SALESFORCE_CA_FILE": c.ca_file,
                 **c.secrets,
             }

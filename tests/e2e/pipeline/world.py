@@ -31,14 +31,42 @@ API = f"/services/data/v{API_VERSION}"
 REP_CLIENT = "sales-console"
 T = TypeVar("T")
 
-# app column -> Salesforce field, and who may edit it (see `tenant_document`).
-FIELDS = {"name": "Name", "notes": "Description", "phone": "Phone", "website": "Website"}
 APP_EDITS = ("name", "notes", "phone")
 CRM_EDITS = ("name", "notes", "website")
 
 
-def tenant_document(tenant: str, emulator: EmulatorProcess, client_id: str, cap: int) -> dict[str, Any]:
-    """Partners ⇄ Account: name and notes newest-wins both ways, phone app → CRM, website CRM → app."""
+@dataclass(frozen=True)
+class CrmObject:
+    """The Salesforce object a tenant's partners sync with, and its field for each app column."""
+
+    name: str
+    fields: dict[str, str]
+
+
+# app column -> Salesforce field (who may edit it: APP_EDITS, CRM_EDITS; see `tenant_document`).
+ACCOUNT = CrmObject("Account", {"name": "Name", "notes": "Description", "phone": "Phone", "website": "Website"})
+
+
+def partner_object(name: str) -> CrmObject:
+    """A custom object with the partners' fields (``org_objects`` defines it in an org)."""
+    return CrmObject(name, {"name": "Name", "notes": "Notes__c", "phone": "Phone__c", "website": "Website__c"})
+
+
+def org_objects(objects: list[CrmObject]) -> dict[str, Any]:
+    """The ``objects`` of an org spec defining ``objects`` (Duplex's external id on each)."""
+    external_id = {"name": "Duplex_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
+    specs: dict[str, Any] = {}
+    for obj in objects:
+        custom = [{"name": f, "type": "string", "length": 255} for f in obj.fields.values() if f.endswith("__c")]
+        specs[obj.name] = {"fields": [external_id, *custom]}
+    return specs
+
+
+def tenant_document(
+    tenant: str, emulator: EmulatorProcess, client_id: str, cap: int, crm: CrmObject = ACCOUNT
+) -> dict[str, Any]:
+    """Partners ⇄ ``crm``: name and notes newest-wins both ways, phone app → CRM, website CRM → app."""
+    f = crm.fields
     return {
         "apiVersion": "duplex.dev/v1",
         "kind": "Tenant",
@@ -60,14 +88,14 @@ def tenant_document(tenant: str, emulator: EmulatorProcess, client_id: str, cap:
                 {
                     "name": "partners",
                     "app": {"object": "partners", "idField": "id"},
-                    "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+                    "salesforce": {"object": crm.name, "externalIdField": "Duplex_Id__c"},
                     "conflictPolicy": "newest_wins",
                     "deletePolicy": "propagate",
                     "fields": [
-                        {"app": "name", "salesforce": "Name", "transform": {"type": "string", "maxLength": 255}},
-                        {"app": "notes", "salesforce": "Description", "transform": {"type": "string"}},
-                        {"app": "phone", "salesforce": "Phone", "direction": "app_to_crm"},
-                        {"app": "website", "salesforce": "Website", "direction": "crm_to_app"},
+                        {"app": "name", "salesforce": f["name"], "transform": {"type": "string", "maxLength": 255}},
+                        {"app": "notes", "salesforce": f["notes"], "transform": {"type": "string"}},
+                        {"app": "phone", "salesforce": f["phone"], "direction": "app_to_crm"},
+                        {"app": "website", "salesforce": f["website"], "direction": "crm_to_app"},
                         {"app": "salesforce_id", "salesforce": "Id", "direction": "crm_to_app"},
                     ],
                 }
@@ -102,10 +130,11 @@ class TransientError(Exception):
 
 @dataclass
 class SalesforceSide:
-    """The org's admin, editing Accounts over REST."""
+    """The org's admin, editing the tenant's records (Accounts unless ``crm`` says otherwise) over REST."""
 
     emulator: EmulatorProcess
     alias: str
+    crm: CrmObject = ACCOUNT
     _token: str | None = None
     _http: httpx.AsyncClient | None = None
 
@@ -160,21 +189,21 @@ class SalesforceSide:
         results = await self.call(
             "POST",
             f"{API}/composite/sobjects",
-            {"allOrNone": True, "records": [{"attributes": {"type": "Account"}, **r} for r in records]},
+            {"allOrNone": True, "records": [{"attributes": {"type": self.crm.name}, **r} for r in records]},
         )
         assert all(r["success"] for r in results), results
         return [r["id"] for r in results]
 
     async def update(self, record_id: str, values: dict[str, Any]) -> None:
-        await self.call("PATCH", f"{API}/sobjects/Account/{record_id}", values)
+        await self.call("PATCH", f"{API}/sobjects/{self.crm.name}/{record_id}", values)
 
     async def delete(self, record_id: str) -> None:
-        await self.call("DELETE", f"{API}/sobjects/Account/{record_id}")
+        await self.call("DELETE", f"{API}/sobjects/{self.crm.name}/{record_id}")
 
     async def accounts(self) -> dict[str, dict[str, Any]]:
-        """Every live Account, by id."""
-        fields = ", ".join(["Id", "Duplex_Id__c", *FIELDS.values()])
-        page = await self.call("GET", f"{API}/query?q=SELECT+{fields.replace(' ', '+')}+FROM+Account")
+        """Every live record of the tenant's object, by id."""
+        fields = ", ".join(["Id", "Duplex_Id__c", *self.crm.fields.values()])
+        page = await self.call("GET", f"{API}/query?q=SELECT+{fields.replace(' ', '+')}+FROM+{self.crm.name}")
         records = list(page["records"])
         while not page["done"]:
             page = await self.call("GET", page["nextRecordsUrl"])
@@ -248,6 +277,11 @@ class Tenant:
     edits: int = 0
     created_late: int = 0
 
+    @property
+    def fields(self) -> dict[str, str]:
+        """App column -> the Salesforce field it syncs with."""
+        return self.crm.crm.fields
+
     async def seed(self, count: int) -> None:
         """``count`` partners on each side."""
         for i in range(count):
@@ -257,7 +291,7 @@ class Tenant:
         crm_values = [
             {"name": f"{self.name} crm {i}", "website": f"https://crm{i}.example", "notes": None} for i in range(count)
         ]
-        ids = await self.crm.create([{FIELDS[k]: v for k, v in values.items()} for values in crm_values])
+        ids = await self.crm.create([{self.fields[k]: v for k, v in values.items()} for values in crm_values])
         for crm_id, values in zip(ids, crm_values, strict=True):
             self.records.append(Record("crm", None, crm_id, values | {"phone": None}))
 
@@ -280,7 +314,7 @@ class Tenant:
             self.records.append(Record("app", app_id, None, values | {"website": None}, editable=False))
         else:
             values = {"name": f"{self.name} late crm {n}", "website": f"https://late{n}.example", "notes": f"late {n}"}
-            [crm_id] = await self.crm.create([{FIELDS[k]: v for k, v in values.items()}])
+            [crm_id] = await self.crm.create([{self.fields[k]: v for k, v in values.items()}])
             self.records.append(Record("crm", None, crm_id, values | {"phone": None}, editable=False))
 
     async def edit(self, rng: random.Random) -> None:
@@ -296,7 +330,7 @@ class Tenant:
         if side == "app":
             await self.app.update(record.app_id, {column: value})
         else:
-            await self.crm.update(record.crm_id, {FIELDS[column]: value})
+            await self.crm.update(record.crm_id, {self.fields[column]: value})
         record.expected[column] = value
         record.edits.append((side, column, value))
         self.edits += 1
