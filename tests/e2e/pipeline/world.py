@@ -186,13 +186,19 @@ class SalesforceSide:
         return await retrying(f"{method} {path}", lambda: self._call(method, path, body))
 
     async def create(self, records: list[dict[str, Any]]) -> list[str]:
-        results = await self.call(
-            "POST",
-            f"{API}/composite/sobjects",
-            {"allOrNone": True, "records": [{"attributes": {"type": self.crm.name}, **r} for r in records]},
-        )
-        assert all(r["success"] for r in results), results
-        return [r["id"] for r in results]
+        body = {"allOrNone": True, "records": [{"attributes": {"type": self.crm.name}, **r} for r in records]}
+
+        async def attempt() -> list[str]:
+            results = await self._call("POST", f"{API}/composite/sobjects", body)
+            if not all(r["success"] for r in results):
+                codes = {e["statusCode"] for r in results for e in r.get("errors", [])}
+                # All or none: a record lock rolled the whole call back, so it can simply be made again.
+                if "UNABLE_TO_LOCK_ROW" in codes:
+                    raise TransientError(str(codes))
+                raise AssertionError(results)
+            return [r["id"] for r in results]
+
+        return await retrying("create", attempt)
 
     async def update(self, record_id: str, values: dict[str, Any]) -> None:
         await self.call("PATCH", f"{API}/sobjects/{self.crm.name}/{record_id}", values)
