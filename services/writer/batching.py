@@ -128,13 +128,17 @@ class Batcher:
     _since: dict[tuple[str, str, str], datetime] = field(default_factory=dict)
     _last: dict[GroupKey, datetime] = field(default_factory=dict)
 
-    def add(self, write: RecordWrite, now: datetime) -> None:
+    def add(self, write: RecordWrite, now: datetime) -> frozenset[str]:
+        """Queue ``write``, folded into a pending write to its record. Returns the fields of ``write``
+        that were not kept: an older version arriving after a newer one is taken for a replay, whose
+        fields the newer write already carries; any other field left out is worth a warning."""
         key = write.record_key
         earlier = self._pending.get(key)
         merged = coalesce(earlier, write) if earlier is not None else write
         self._pending[key] = merged
         self._since.setdefault(key, now)
         self._last[group_key(merged)] = now
+        return frozenset(write.fields) - frozenset(merged.fields) if merged is not write else frozenset()
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -124,9 +124,22 @@ class TenantWriter:
             if key in self._in_flight:
                 self._behind.setdefault(key, []).append(write)
             else:
-                self._batcher.add(write, now)
+                self._queue(write, now)
         self._refused.extend(refused)
         self._wake.set()
+
+    def _queue(self, write: RecordWrite, now: datetime) -> None:
+        dropped = self._batcher.add(write, now)
+        if dropped:
+            log.warning(
+                "older write folded into a newer one without some of its fields",
+                extra={
+                    "tenant_id": self.tenant_id,
+                    "link_id": write.link_id,
+                    "version": write.version,
+                    "fields": sorted(dropped),
+                },
+            )
 
     def pending(self) -> int:
         """Writes held (batched, in flight, waiting behind one to their record, refused): the
@@ -159,9 +172,9 @@ class TenantWriter:
         for key, (due, write) in list(self._retries.items()):
             if due <= now:
                 del self._retries[key]
-                self._batcher.add(write, now)
+                self._queue(write, now)
                 for later in self._behind.pop(key, []):
-                    self._batcher.add(later, now)
+                    self._queue(later, now)
                 self._in_flight.discard(key)
         if self._paused_until is not None and now < self._paused_until:
             return
@@ -281,7 +294,7 @@ class TenantWriter:
             self._attempts.pop(key, None)
             self._record_failures.pop(key, None)
             for later in self._behind.pop(key, []):
-                self._batcher.add(later, now)
+                self._queue(later, now)
 
     async def _settle(self, settled: list[tuple[WriteResult, int]]) -> None:
         attempt = 0

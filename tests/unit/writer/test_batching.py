@@ -200,3 +200,14 @@ def test_max_wait_bounds_how_long_a_trickle_can_hold_a_write() -> None:
     # At 1,050 ms the oldest write has waited more than a second: everything held leaves.
     assert sent == [(7, 8)]
     assert len(batcher) == 2
+
+
+def test_an_older_write_folded_after_a_newer_one_reports_the_fields_it_did_not_keep() -> None:
+    batcher = Batcher(ingestion=Ingestion.REST)
+    assert batcher.add(write(5, link="l", Name="newer"), T0) == frozenset()
+    # A replay of version 3 carrying only a field the newer write has: nothing is lost.
+    assert batcher.add(write(3, link="l", Name="older"), T0) == frozenset()
+    # Version 4 carrying a field the newer write does not: taken for a replay, its Phone is left out.
+    assert batcher.add(write(4, link="l", Phone="555"), T0) == frozenset({"Phone"})
+    [batch] = batcher.due(T0 + timedelta(seconds=10))
+    assert [dict(w.fields) for w in batch.writes] == [{"Name": "newer"}]
