@@ -60,7 +60,7 @@ from tests.e2e.pipeline.harness import (
     read_topic,
     running,
 )
-from tests.e2e.pipeline.world import ACCOUNT, partner_object, tenant_document
+from tests.e2e.pipeline.world import ACCOUNT, partner_object, retrying, tenant_document
 
 pytestmark = [pytest.mark.e2e]
 
@@ -143,13 +143,17 @@ def schedule(run: Run, rng: random.Random, duration: float) -> list[Fault]:
             await side.delete(own.choice([r for r in side.records if r.editable and r.origin == origin]))
 
     async def garbage() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=run.kafka.bootstrap_servers)
-        await producer.start()
-        try:
-            key = f"{run.tenants[0].name}/partners/garbage".encode()
-            await producer.send_and_wait(run.names(Topic.APP_CHANGES), GARBAGE, key=key)
-        finally:
-            await producer.stop()
+        async def send() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=run.kafka.bootstrap_servers)
+            await producer.start()
+            try:
+                key = f"{run.tenants[0].name}/partners/garbage".encode()
+                await producer.send_and_wait(run.names(Topic.APP_CHANGES), GARBAGE, key=key)
+            finally:
+                await producer.stop()
+
+        # The broker may be restarting meanwhile (a process fault): the app's producer retries.
+        await retrying("garbage on app-changes", send)
 
     rounds = max(1, round(duration / 60))
     faults = [

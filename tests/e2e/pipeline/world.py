@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+from aiokafka.errors import KafkaError
 
 from devstack.emulator import API_VERSION, EmulatorProcess
 from examples.partners_app import app as partners
@@ -118,7 +119,14 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], *, within: float
     while True:
         try:
             return await call()
-        except (TransientError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, httpx.TransportError) as exc:
+        except (
+            TransientError,
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            httpx.TransportError,
+            KafkaError,
+        ) as exc:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what}: still failing after {within:.0f}s: {exc!r}") from exc
             await asyncio.sleep(0.3)
