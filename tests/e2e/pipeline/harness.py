@@ -192,6 +192,18 @@ async def running(
             await conn.close()
 
 
+async def synced(run: Run, seed_per_side: int) -> None:
+    """Every process up, ``seed_per_side`` records on each side of every tenant, and the initial sync done."""
+    await run.services.start()
+    if run.replicas is not None:
+        await run.replicas.start()
+    for app in run.apps.values():
+        await app.start()
+    for tenant in run.tenants:
+        await tenant.seed(seed_per_side)
+    assert not await converged(run, "initial sync")
+
+
 async def converged(run: Run, what: str, within: float = 240.0) -> list[str]:
     """Wait until every tenant's two sides hold what the test expects; returns the unordered fields."""
     deadline = time.monotonic() + within

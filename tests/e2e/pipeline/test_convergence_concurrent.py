@@ -59,6 +59,7 @@ from tests.e2e.pipeline.harness import (
     end_offsets,
     read_topic,
     running,
+    synced,
 )
 from tests.e2e.pipeline.world import ACCOUNT, partner_object, retrying, tenant_document
 
@@ -269,15 +270,8 @@ async def test_every_record_converges_under_concurrent_faults_across_shared_orgs
         overrides=overrides,
     ) as run:
         assert run.replicas is not None
-        await run.services.start()
-        await run.replicas.start()
-        for app in run.apps.values():
-            await app.start()
-
         # 1. Records on both sides, then the initial sync.
-        for tenant in run.tenants:
-            await tenant.seed(SEED_PER_SIDE)
-        assert not await converged(run, "initial sync")
+        await synced(run, SEED_PER_SIDE)
 
         # 2. Both sides edit while the faults overlap; a third of the way in, one cap binds.
         stop = asyncio.Event()

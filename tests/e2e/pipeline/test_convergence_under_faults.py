@@ -46,6 +46,7 @@ from tests.e2e.pipeline.harness import (
     edit_until,
     end_offsets,
     running,
+    synced,
 )
 from tests.e2e.pipeline.world import ACCOUNT
 
@@ -142,14 +143,8 @@ async def test_every_record_converges_after_every_part_fails_in_turn(
     # Each tenant its own org.
     specs = [TenantSpec(f"conv{i}-{run_id}", f"conv{i}-{run_id}", cap) for i, cap in enumerate(CAPS)]
     async with running(emulator, kafka_server, postgres_server, topic_names, fresh_database, tmp_path, specs) as run:
-        await run.services.start()
-        for app in run.apps.values():
-            await app.start()
-
         # 1. Records on both sides, then the initial sync (backfill and live changes).
-        for tenant in run.tenants:
-            await tenant.seed(SEED_PER_SIDE)
-        assert not await converged(run, "initial sync")
+        await synced(run, SEED_PER_SIDE)
 
         # 2. Both sides edit while every part fails in turn.
         stop = asyncio.Event()
