@@ -34,6 +34,16 @@ class InvalidEvent(Exception):  # noqa: N818 (a fact about the event, as arroyo'
         self.contained = contained
 
 
+class RecordTooLargeError(Exception):
+    """Event ``index`` of a batch to publish is over the producer's record size limit; nothing of
+    the batch was sent, so the caller can refuse the input it came from and publish the rest."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
+
+
 class RetryableError(Exception):
     """A transient failure: process the same event again later."""
 

@@ -98,7 +98,7 @@ from services.common.codec import (
     event_headers,
 )
 from services.common.dlq import ConsumerGuard, DeadLetterPublisher, DlqLimit, Halt, Sleep
-from services.common.errors import InvalidEvent
+from services.common.errors import InvalidEvent, RecordTooLargeError
 from services.common.retry import RetryPolicy
 from services.common.service import Check, Health, Running
 from services.common.settings import KafkaSettings
@@ -331,36 +331,36 @@ class Sender:
         self._topic = topic
         self._max_request_size = max_request_size
 
-    def oversized(self, event: Message, key: bytes) -> str | None:
-        """Why ``event`` cannot be a record of this topic (over the producer's size limit), or None.
-
-        Checked before a batch is published, so that the one input it came from is refused alone
-        instead of the producer failing the whole batch on every redelivery.
-        """
-        size = event.ByteSize() + len(key) + RECORD_HEADROOM
-        if size <= self._max_request_size:
-            return None
-        return (
-            f"{size:,} bytes, over the {self._max_request_size:,}-byte limit of a Kafka record"
-            " (KAFKA_MAX_REQUEST_SIZE, which the broker's message.max.bytes must allow)"
-        )
-
     async def publish_all(self, events: Sequence[tuple[Message, bytes]]) -> None:
-        """Publish (event, key) pairs in order; returns once all are acknowledged."""
+        """Publish (event, key) pairs in order; returns once all are acknowledged.
+
+        :class:`RecordTooLargeError` names the first event over the producer's size limit, before
+        any is sent: the input it came from can then be refused alone, instead of the producer
+        failing the whole batch on every redelivery.
+        """
         if not events:
             return
+        values = [encode_event(event) for event, _ in events]
+        for index, (value, (_, key)) in enumerate(zip(values, events, strict=True)):
+            size = len(value) + len(key) + RECORD_HEADROOM
+            if size > self._max_request_size:
+                raise RecordTooLargeError(
+                    index,
+                    f"{size:,} bytes, over the {self._max_request_size:,}-byte limit of a Kafka record"
+                    " (KAFKA_MAX_REQUEST_SIZE, which the broker's message.max.bytes must allow)",
+                )
         trace_headers: dict[str, str] = {}
         propagate.inject(trace_headers)
         headers: dict[type[Message], list[tuple[str, bytes]]] = {}
         # faststream keeps its started aiokafka producer here; there is no public accessor.
         producer = self._broker.config.producer._producer.producer  # type: ignore[attr-defined]
         acks: list[asyncio.Future[Any]] = []
-        for event, key in events:
+        for (event, key), value in zip(events, values, strict=True):
             kind = type(event)
             if kind not in headers:
                 carrier = event_headers(event) | trace_headers
-                headers[kind] = [(name, value.encode()) for name, value in carrier.items()]
-            acks.append(await producer.send(self._topic, value=encode_event(event), key=key, headers=headers[kind]))
+                headers[kind] = [(name, text.encode()) for name, text in carrier.items()]
+            acks.append(await producer.send(self._topic, value=value, key=key, headers=headers[kind]))
         await asyncio.gather(*acks)
 
 

@@ -12,7 +12,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
 from services.common.change import Side
-from services.common.codec import link_key
 from services.common.config_provider import TenantConfigs
 from services.common.contract import RecordChanged
 from services.common.db import Pool, create_pool, database_ready
@@ -23,7 +22,7 @@ from services.common.service import Running
 from services.common.sync_log import SyncLog
 from services.common.telemetry import Telemetry
 from services.common.topics import Topic, TopicNames, load_topic_table
-from services.mapping.contract import change_mapped, changes_of, keyed
+from services.mapping.contract import changes_of, keyed
 from services.mapping.describes import CrmDescribes
 from services.mapping.events import MappedEvent
 from services.mapping.mapper import DEFAULT_MAX_FUTURE_SKEW, Mapper, Publish
@@ -36,7 +35,6 @@ def postgres_mapper(
     pool: Pool,
     publish: Publish,
     *,
-    oversized: Callable[[MappedEvent], str | None] = lambda _: None,
     service_name: str,
     check_seconds: float,
     clock: Callable[[], float] = time.monotonic,
@@ -55,7 +53,6 @@ def postgres_mapper(
         describes=CrmDescribes(check_seconds, clock=clock),
         sync_log=SyncLog(service_name),
         publish=publish,
-        oversized=oversized,
         quarantines=quarantines,
         max_future_skew=max_future_skew,
         metrics=metrics,
@@ -83,14 +80,9 @@ async def run(settings: MappingSettings, telemetry: Telemetry | None = None) -> 
             min_samples=settings.quarantine_min_samples,
             cool_off_seconds=settings.quarantine_cool_off_seconds,
         )
-
-        def oversized(event: MappedEvent) -> str | None:
-            return mapped_changes.oversized(change_mapped(event), link_key(event.link.tenant_id, event.link.link_id))
-
         mapper = postgres_mapper(
             pool,
             publish,
-            oversized=oversized,
             service_name=settings.service_name,
             check_seconds=settings.config_check_seconds,
             # One for both topics: a pair's changes from either side count together.

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.common.change import Change, ChangeKind, Side
 from services.common.db import Connection, Pool
-from services.common.errors import InvalidEvent, RetryableError
+from services.common.errors import InvalidEvent, RecordTooLargeError, RetryableError
 from services.common.metrics import UNKNOWN_TENANT, Metrics
 from services.common.sync_log import Entry
 from services.common.tenant_config import ObjectPair, StoredConfig
@@ -118,6 +118,10 @@ class _Batch:
         self.rejections.append(rejection)
 
 
+def _rejection(change: Change, code: str, message: str) -> _Rejection:
+    return _Rejection(change.tenant_id, change.record_id, code, message, change.event_id)
+
+
 def _unmapped(change: Change) -> str:
     """What a change no pair maps is counted under: its side and object."""
     return f"{change.side}:{change.object_type}"
@@ -135,7 +139,6 @@ class Mapper:
         describes: Describes,
         sync_log: SyncLog,
         publish: Publish,
-        oversized: Callable[[MappedEvent], str | None] = lambda _: None,
         quarantines: Quarantines | None = None,
         max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -148,7 +151,6 @@ class Mapper:
         self._describes = describes
         self._sync_log = sync_log
         self._publish = publish
-        self._oversized = oversized
         self._quarantines = quarantines or Quarantines()
         self._max_future_skew = max_future_skew
         self._now = now
@@ -225,17 +227,10 @@ class Mapper:
             return None
         batch.pairs[index] = (key, version)
         if stored is None:
-            raise _Refused(
-                index,
-                _Rejection(
-                    change.tenant_id, change.record_id, "UNKNOWN_TENANT", "tenant has no configuration", change.event_id
-                ),
-            )
+            raise _Refused(index, _rejection(change, "UNKNOWN_TENANT", "tenant has no configuration"))
         if pair is None:
             message = f"no object pair maps {change.side} object {change.object_type!r}"
-            raise _Refused(
-                index, _Rejection(change.tenant_id, change.record_id, "UNKNOWN_OBJECT", message, change.event_id)
-            )
+            raise _Refused(index, _rejection(change, "UNKNOWN_OBJECT", message))
         if change.kind is ChangeKind.GAP:
             # cdc-ingest repairs gaps itself and publishes the re-read records as snapshots.
             log.debug("gap event ignored", extra={"tenant": change.tenant_id, "record": change.record_id})
@@ -337,20 +332,29 @@ class Mapper:
                         ]
                     )
                     events: list[MappedEvent] = []
+                    # The position of the change each event came from.
+                    origins: list[int] = []
                     corrected: list[tuple[Change, Correction]] = []
                     for position, item in enumerate(items):
                         change = item.change
                         try:
-                            events += self._fitting(await self._map(repo, conn, item, corrected))
+                            mapped = await self._map(repo, conn, item, corrected)
                         except RejectedChangeError as error:
                             # The error's text already names the field.
-                            rejection = _Rejection(
-                                change.tenant_id, change.record_id, error.code, str(error), change.event_id
-                            )
-                            raise _Refused(position, rejection) from error
+                            raise _Refused(position, _rejection(change, error.code, str(error))) from error
+                        events += mapped
+                        origins += [position] * len(mapped)
                     await repo.flush()
                     # All acked before the transaction commits.
-                    await self._publish(events)
+                    try:
+                        await self._publish(events)
+                    except RecordTooLargeError as error:
+                        # A ChangeMapped carries both sides' values: a change that fit in its own
+                        # record can map to one that does not.
+                        event, position = events[error.index], origins[error.index]
+                        message = f"the mapped change of link {event.link.link_id} is {error.reason}"
+                        rejection = _rejection(items[position].change, RECORD_TOO_LARGE, message)
+                        raise _Refused(position, rejection) from error
                 batch.corrected += corrected
                 return None
             except _Refused as refused:
@@ -360,17 +364,6 @@ class Mapper:
                 # the batch again, it now finds that link.
                 log.info("batch retried", extra={"reason": str(error)})
         raise RetryableError(f"links kept being created concurrently ({_CONCURRENT_ATTEMPTS} attempts)")
-
-    def _fitting(self, events: list[MappedEvent]) -> list[MappedEvent]:
-        """``events``, unless one cannot be published: a ChangeMapped carries both sides' values,
-        so a change that fit in its own record can map to one that does not."""
-        for event in events:
-            too_large = self._oversized(event)
-            if too_large is not None:
-                raise RejectedChangeError(
-                    RECORD_TOO_LARGE, f"the mapped change of link {event.link.link_id} is {too_large}"
-                )
-        return events
 
     async def _map(
         self, repo: BatchLinks, conn: Connection, item: _Item, corrected: list[tuple[Change, Correction]]
