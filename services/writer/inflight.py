@@ -80,13 +80,18 @@ class InFlight:
                 held.append(self._deliveries[token])
         return held
 
-    def parked(self, deliveries: Iterable[tuple[Delivery, int]]) -> None:
-        """``deliveries`` (with their park rows) stay in memory, but no longer hold their offsets."""
+    def parked(self, deliveries: Iterable[tuple[Delivery, int]]) -> list[int]:
+        """``deliveries`` (with their park rows) stay in memory, but no longer hold their offsets.
+        Returns the rows of those that settled while their row was being written (to delete)."""
+        stale = []
         for delivery, park_id in deliveries:
             token = delivery.token
             if token in self._remaining and token not in self._parked:
                 self._offsets.done(delivery.partition, delivery.offset, self._remaining[token])
                 self._parked[token] = park_id
+            else:
+                stale.append(park_id)
+        return stale
 
     def waiting(self, delivery: Delivery) -> None:
         """``delivery`` waits to be parked before its tenant sees it: it holds its offset meanwhile."""

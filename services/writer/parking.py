@@ -70,6 +70,10 @@ class ParkStore(Protocol):
         """Which tenants have rows from which of ``partitions``."""
         ...
 
+    async def unpark(self, park_ids: Collection[int]) -> None:
+        """Delete these rows."""
+        ...
+
 
 class Tenant(Protocol):
     def pending(self) -> int: ...
@@ -148,7 +152,8 @@ class Parking:
             self._waiting = waiting + self._waiting
             raise
         self._inflight.released(waiting)
-        self._inflight.parked(zip(held, ids[len(waiting) :], strict=True))
+        # A held command may have settled while its row was written: nothing stands for it then.
+        await self._store.unpark(self._inflight.parked(zip(held, ids[len(waiting) :], strict=True)))
         if self._metrics is not None:
             for delivery, reason in rows:
                 self._metrics.writer_parked.labels(delivery.tenant_id, reason).inc()

@@ -97,6 +97,12 @@ class PostgresParkStore:
             for row in rows
         ]
 
+    async def unpark(self, park_ids: Collection[int]) -> None:
+        if not park_ids:
+            return
+        async with self._pool.acquire() as conn:
+            await unpark(conn, park_ids)
+
     async def parked_tenants(self, partitions: Collection[Partition]) -> dict[str, set[Partition]]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(

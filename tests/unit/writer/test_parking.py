@@ -85,6 +85,10 @@ class Store:
     def delete(self, park_id: int) -> None:
         self.rows = [r for r in self.rows if r.id != park_id]
 
+    async def unpark(self, park_ids: Collection[int]) -> None:
+        for park_id in park_ids:
+            self.delete(park_id)
+
 
 @dataclass
 class Tenant:
@@ -313,3 +317,20 @@ async def test_a_lost_partition_leaves_its_waiting_commands_to_the_new_owner(wor
     world.inflight.forget([P0])
     await world.parking.tick([])
     assert world.store.rows == []
+
+
+async def test_a_held_command_that_settles_while_its_row_is_written_leaves_no_row(world: World) -> None:
+    world.consume("slow", "s0")
+    world.clock.now = 31.0
+    park = world.store.park
+
+    async def settling_meanwhile(deliveries: Sequence[tuple[Delivery, Reason]]) -> list[int]:
+        ids = await park(deliveries)
+        world.settle_all("slow")  # the org answered while the INSERT was on its way
+        return ids
+
+    world.store.park = settling_meanwhile  # type: ignore[method-assign]
+    await world.parking.tick([P0])
+
+    assert world.store.rows == []
+    assert world.position() == 1
