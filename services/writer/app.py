@@ -110,7 +110,7 @@ async def run(
             resources=orgs.resources,
             settler=settlement,
             versions=PostgresAppliedVersions(pool),
-            is_backfill=inflight.is_backfill,
+            deliveries=inflight,
             options=_tenant_options(settings),
         )
         consumer = CommandConsumer(

@@ -10,7 +10,7 @@ ingestion is ``automatic`` (or always with ``bulk``).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -142,6 +142,14 @@ class Batcher:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def discard(self, unwanted: Callable[[RecordWrite], bool]) -> list[RecordWrite]:
+        """Remove and return the held writes that are ``unwanted``."""
+        gone = [write for write in self._pending.values() if unwanted(write)]
+        for write in gone:
+            del self._pending[write.record_key]
+            del self._since[write.record_key]
+        return gone
 
     def due(self, now: datetime) -> list[Batch]:
         """Batches that are full, or whose group went quiet for the window, or waited ``max_wait``."""

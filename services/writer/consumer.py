@@ -23,6 +23,13 @@ ones after them); the replay is harmless because a write at or below the version
 to its link is not sent again (:mod:`services.writer.versions`), creates are upserts on the
 external id, deleting a deleted record succeeds, and outcomes are applied by version downstream.
 
+Rebalances
+==========
+Before partitions are given to another consumer, their writes not sent yet are dropped and the
+calls still sending some are waited for (:meth:`CommandConsumer.revoked`), so that two replicas
+never write one record at once: the version check happens before a call, and of two calls that
+both passed it the older could otherwise land last.
+
 Shutdown
 ========
 Stop fetching, let held writes settle, park what is still held, commit once more, and only then
@@ -59,6 +66,9 @@ from services.writer.tenant import TenantWriters
 log = logging.getLogger(__name__)
 
 COMMIT_TIMEOUT_SECONDS = 10.0
+# How long a rebalance waits for the calls still sending writes of revoked partitions: a REST call
+# ends well within it; a Bulk job may not (its writes then settle late, each once, by version).
+REVOKE_WAIT_SECONDS = 30.0
 # How often a shutdown looks whether every held write has settled.
 _DRAIN_POLL_SECONDS = 0.05
 # Tenant loops get this long beyond the grace to stop once cancelled.
@@ -84,9 +94,11 @@ class CommandConsumer:
         park_after: float,
         commit_interval: float,
         shutdown_grace: float,
+        revoke_wait: float = REVOKE_WAIT_SECONDS,
         metrics: Metrics | None = None,
     ) -> None:
         self._inflight = inflight
+        self._revoke_wait = revoke_wait
         self._tenants = tenants
         self._park_after = park_after
         self._commit_interval = commit_interval
@@ -172,7 +184,11 @@ class CommandConsumer:
             self._inflight.committed(positions)
 
     async def revoked(self, partitions: list[Partition]) -> None:
-        """Partitions taken away by a rebalance: commit what settled, forget the rest."""
+        """Partitions taken away by a rebalance: their writes not sent yet are dropped and the calls
+        sending some are waited for (the new owner must not write the same records meanwhile);
+        then what settled is committed, and the rest forgotten (the new owner replays it)."""
+        self._inflight.revoke(partitions)
+        await self._tenants.revoke(within=self._revoke_wait)
         await self.commit(only=partitions)
         self._inflight.forget(partitions)
         self._parking.forget(partitions)

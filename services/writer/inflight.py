@@ -7,6 +7,11 @@ and the committer asks which offsets may be committed. Nobody else reads or chan
 
 A delivery holds its partition's offset until it settles or is parked; a parked one (and one
 loaded from the park) is remembered by its row id, which its last outcome deletes.
+
+A delivery of a revoked partition (:meth:`InFlight.revoke`) belongs to the partition's new owner,
+which replays it: its writes not sent yet are dropped (:meth:`InFlight.drop`), and one that
+settles later never touches the offsets (the partition may be back here, with new deliveries at
+the same offsets).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class InFlight:
         self._remaining: dict[str, int] = {}
         # token -> row of writer_parked_commands that stands for it (its offset is released)
         self._parked: dict[str, int] = {}
+        # tokens of deliveries whose partition was revoked
+        self._revoked: set[str] = set()
 
     def received(self, delivery: Delivery, items: int, *, park_id: int | None = None) -> None:
         """A command arrived with ``items`` record writes (refused ones included) to settle: consumed
@@ -59,8 +66,11 @@ class InFlight:
         """One record write of ``delivery`` has its outcome produced durably. Returns the park row
         that stood for the delivery once its last write has settled (the caller deletes it)."""
         token = delivery.token
-        if token not in self._parked:
+        if token not in self._parked and token not in self._revoked:
             self._offsets.done(delivery.partition, delivery.offset)
+        return self._finished(token)
+
+    def _finished(self, token: str) -> int | None:
         left = self._remaining.get(token, 0) - 1
         if left > 0:
             self._remaining[token] = left
@@ -68,7 +78,25 @@ class InFlight:
         self._remaining.pop(token, None)
         self._deliveries.pop(token, None)
         self._arrived.pop(token, None)
+        self._revoked.discard(token)
         return self._parked.pop(token, None)
+
+    def revoke(self, partitions: Collection[Partition]) -> None:
+        """``partitions`` were revoked: their deliveries now belong to the new owner (module doc)."""
+        lost = set(partitions)
+        self._revoked.update(token for token, d in self._deliveries.items() if d.partition in lost)
+
+    def revoked(self, write: RecordWrite) -> bool:
+        """Whether ``write`` carries a delivery of a revoked partition (a record's commands all
+        come from one partition, so then all of them do)."""
+        return any(token in self._revoked for token in write.all_command_ids)
+
+    def drop(self, write: RecordWrite) -> None:
+        """``write`` of a revoked partition will not be sent here: forget it, offsets and park rows
+        untouched (the new owner replays the commands, or loads their rows)."""
+        for token in dict.fromkeys(write.all_command_ids):
+            if token in self._revoked:
+                self._finished(token)
 
     def held_since(self, moment: float) -> list[Delivery]:
         """Deliveries that arrived from Kafka before ``moment`` and still hold their offset, oldest first."""
@@ -76,7 +104,7 @@ class InFlight:
         for token, arrived in self._arrived.items():
             if arrived >= moment:
                 break
-            if token not in self._parked:
+            if token not in self._parked and token not in self._revoked:
                 held.append(self._deliveries[token])
         return held
 
@@ -86,6 +114,8 @@ class InFlight:
         stale = []
         for delivery, park_id in deliveries:
             token = delivery.token
+            if token in self._revoked:
+                continue  # revoked meanwhile: the row is the new owner's to load
             if token in self._remaining and token not in self._parked:
                 self._offsets.done(delivery.partition, delivery.offset, self._remaining[token])
                 self._parked[token] = park_id

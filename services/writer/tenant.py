@@ -8,6 +8,11 @@ writes to one record are never in flight at once, and a retry never overtakes a 
 Just before a call, writes at or below the version already applied to their link (a replay) are
 settled as superseded instead of sent (:mod:`services.writer.versions`).
 
+When a rebalance takes partitions away, their writes not sent yet are dropped, and the rebalance
+waits for the calls still sending some (:meth:`TenantWriters.revoke`): otherwise this replica
+would keep writing them while the partitions' new owner writes the same records from its replay,
+and an older value sent here could land after a newer one sent there.
+
 Failures:
 * record-level retryable errors (UNABLE_TO_LOCK_ROW, rollback placeholders, Bulk leftovers) are
   retried with capped, jittered backoff, up to ``max_record_attempts``; after that the record is
@@ -51,6 +56,14 @@ class TenantResources:
     ingestion: Ingestion
 
 
+class Deliveries(Protocol):
+    """What the writer knows of the commands behind a write (:class:`~services.writer.inflight.InFlight`)."""
+
+    def is_backfill(self, write: RecordWrite) -> bool: ...
+    def revoked(self, write: RecordWrite) -> bool: ...
+    def drop(self, write: RecordWrite) -> None: ...
+
+
 class Settler(Protocol):
     """Makes outcomes durable (write-outcomes, DLQ, sync log) and releases their offsets."""
 
@@ -84,7 +97,7 @@ class TenantWriter:
         resources: Callable[[], Awaitable[TenantResources]],
         settler: Settler,
         versions: AppliedVersions,
-        is_backfill: Callable[[RecordWrite], bool],
+        deliveries: Deliveries,
         options: TenantOptions,
         clock: Clock = lambda: datetime.now(UTC),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -93,7 +106,7 @@ class TenantWriter:
         self._resources = resources
         self._settler = settler
         self._versions = versions
-        self._is_backfill = is_backfill
+        self._deliveries = deliveries
         self._options = options
         self._clock = clock
         self._sleep = sleep
@@ -112,6 +125,7 @@ class TenantWriter:
         self._tenant_failures = 0
         self._paused_until: datetime | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._sending: dict[asyncio.Task[None], Batch] = {}
         self._refused: list[WriteResult] = []
         self._wake = asyncio.Event()
 
@@ -188,7 +202,8 @@ class TenantWriter:
                     self._in_flight.update(w.record_key for w in batch.writes)
             if not self._ready:
                 break
-            self._spawn(self._run_batch(self._ready.pop(0)))
+            batch = self._ready.pop(0)
+            self._sending[self._spawn(self._run_batch(batch))] = batch
 
     async def _wait(self) -> None:
         now = self._clock()
@@ -208,19 +223,62 @@ class TenantWriter:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
         async def run() -> None:
             try:
                 await work
             finally:
                 self._running.discard(task)
+                self._sending.pop(task, None)
                 self._wake.set()
 
         task = asyncio.get_running_loop().create_task(run())
         self._running.add(task)
+        return task
+
+    # ------------------------------------------------------------------ rebalance
+
+    def revoke(self) -> list[asyncio.Task[None]]:
+        """Drop every write of a revoked partition not sent yet; the calls still sending some."""
+        revoked = self._deliveries.revoked
+        for write in self._batcher.discard(revoked):
+            self._deliveries.drop(write)
+        for key, later in list(self._behind.items()):
+            self._behind[key] = [w for w in later if not self._dropped(w)]
+        for key, (_, write) in list(self._retries.items()):
+            if revoked(write):
+                del self._retries[key]
+                self._release(key, write)
+        kept = []
+        for batch in self._ready:
+            for write in batch.writes:
+                if revoked(write):
+                    self._release(write.record_key, write)
+            writes = tuple(w for w in batch.writes if not revoked(w))
+            if writes:
+                kept.append(replace(batch, writes=writes))
+        self._ready = kept
+        self._wake.set()
+        return [task for task, batch in self._sending.items() if any(revoked(w) for w in batch.writes)]
+
+    def _dropped(self, write: RecordWrite) -> bool:
+        if not self._deliveries.revoked(write):
+            return False
+        self._deliveries.drop(write)
+        return True
+
+    def _release(self, key: RecordKey, write: RecordWrite) -> None:
+        """``write`` (of a revoked partition) is not sent here: the record is free for what waits behind it."""
+        self._deliveries.drop(write)
+        self._in_flight.discard(key)
+        self._attempts.pop(key, None)
+        self._record_failures.pop(key, None)
+        now = self._clock()
+        for later in self._behind.pop(key, []):
+            self._queue(later, now)
 
     async def _run_batch(self, batch: Batch) -> None:
-        backfill = all(self._is_backfill(w) for w in batch.writes)
+        backfill = all(self._deliveries.is_backfill(w) for w in batch.writes)
         try:
             resources = await self._resources()
             # Read when the call is about to be made: a newer write settled meanwhile counts.
@@ -253,6 +311,8 @@ class TenantWriter:
             attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
             if result.outcome is not Outcome.RETRY:
                 settled.append((result, attempts))
+            elif self._deliveries.revoked(result.write):
+                self._release(key, result.write)  # the partition's new owner retries it
             elif result.whole_call:
                 retries.append(result)
             else:
@@ -322,13 +382,13 @@ class TenantWriters:
         resources: Callable[[str], Awaitable[TenantResources]],
         settler: Settler,
         versions: AppliedVersions,
-        is_backfill: Callable[[RecordWrite], bool],
+        deliveries: Deliveries,
         options: TenantOptions,
     ) -> None:
         self._resources = resources
         self._settler = settler
         self._versions = versions
-        self._is_backfill = is_backfill
+        self._deliveries = deliveries
         self._options = options
         self._writers: dict[str, TenantWriter] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -342,12 +402,22 @@ class TenantWriters:
                 resources=functools.partial(self._resources, tenant_id),
                 settler=self._settler,
                 versions=self._versions,
-                is_backfill=self._is_backfill,
+                deliveries=self._deliveries,
                 options=self._options,
             )
             self._writers[tenant_id] = writer
             self._tasks[tenant_id] = asyncio.get_running_loop().create_task(writer.run(), name=f"writer-{tenant_id}")
         return writer
+
+    async def revoke(self, *, within: float) -> None:
+        """Partitions were revoked: drop their writes not sent yet, and wait up to ``within`` seconds
+        for the calls still sending some (module doc)."""
+        sending = [task for writer in self._writers.values() for task in writer.revoke()]
+        if sending:
+            _, still = await asyncio.wait(sending, timeout=within)
+            if still:
+                # Their writes settle later, here, without touching the new owner's offsets.
+                log.warning("calls of revoked partitions still running", extra={"calls": len(still)})
 
     async def stop(self, *, within: float) -> None:
         """Cancel every tenant's loop and wait up to ``within`` seconds (writes still held are left to the replay)."""

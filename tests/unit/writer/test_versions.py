@@ -126,7 +126,7 @@ async def test_superseded_writes_are_settled_without_a_call_and_the_others_are_s
         resources=resources,
         settler=settler,
         versions=versions,
-        is_backfill=lambda _: False,
+        deliveries=InFlight(),
         options=TenantOptions(window=timedelta(milliseconds=1), max_wait=timedelta(milliseconds=1)),
     )
     task = asyncio.get_running_loop().create_task(writer.run())
@@ -155,7 +155,7 @@ async def test_a_batch_of_replays_only_costs_no_call() -> None:
         resources=resources,
         settler=settler,
         versions=Versions({"l1": 9}),
-        is_backfill=lambda _: False,
+        deliveries=InFlight(),
         options=TenantOptions(window=timedelta(milliseconds=1), max_wait=timedelta(milliseconds=1)),
     )
     task = asyncio.get_running_loop().create_task(writer.run())
