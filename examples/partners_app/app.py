@@ -200,8 +200,12 @@ async def apply_update(conn: Any, update: rc.RecordChanged, settings: Settings) 
                 await delete_partner(conn, record_id, origin=origin)
         elif exists:
             await edit_partner(conn, record_id, values, origin=origin)
-        else:
+        elif update.kind == rc.CHANGE_KIND_CREATE:
             await create_partner(conn, {"name": "", **values}, link_id=update.external_id or None, origin=origin)
+        else:
+            # Deleted here while the update was on its way: the delete reaches Duplex and settles the
+            # record; re-creating it from the update's few fields would make a second, partial one.
+            log.info("update for a partner deleted meanwhile, skipped", extra={"record_id": record_id})
     return True
 
 

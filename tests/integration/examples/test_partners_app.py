@@ -119,6 +119,19 @@ async def test_applied_updates_are_idempotent_and_echo_tagged(setup: tuple[Any, 
     assert list(echo.changed_fields) == ["website"]
 
 
+async def test_an_update_of_a_partner_deleted_meanwhile_does_not_bring_it_back(setup: tuple[Any, Any]) -> None:
+    settings, conn = setup
+    record = await partners.create_partner(conn, {"name": "Acme"})
+    await partners.delete_partner(conn, record)
+    await published(settings, conn)
+    change = update(record, rc.CHANGE_KIND_UPDATE, "u3", website=value_pb2.FieldValue(string_value="acme.example"))
+
+    assert await partners.apply_update(conn, change, settings)
+
+    assert await conn.fetchval("SELECT count(*) FROM partners_app.partners") == 0
+    assert await published(settings, conn) == []
+
+
 async def test_a_create_from_salesforce_gets_an_app_id_and_keeps_the_link(setup: tuple[Any, Any]) -> None:
     settings, conn = setup
     change = update("", rc.CHANGE_KIND_CREATE, "u2", name=value_pb2.FieldValue(string_value="From SF"))
