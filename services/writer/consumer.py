@@ -115,6 +115,11 @@ class CommandConsumer:
             clock=time.monotonic,
             metrics=metrics,
         )
+        # Cleared while a rebalance's assignment is being learnt: aiokafka may deliver records of the
+        # new partitions meanwhile, and a command handed over before its tenant's parked ones would
+        # overtake them.
+        self._assignment_known = asyncio.Event()
+        self._assignment_known.set()
         self._commit_lock = asyncio.Lock()
         # Cleared by the shutdown's last commit: no commit may start while the consumer closes.
         self._may_commit = True
@@ -136,6 +141,7 @@ class CommandConsumer:
 
     async def handle(self, command: Command, record: ConsumerRecord[bytes, bytes]) -> None:
         """Register ``command`` and hand its writes to its tenant (module doc, step 1)."""
+        await self._assignment_known.wait()
         token = self._token()
         writes, refused = record_writes(command, token)
         delivery = Delivery(
@@ -195,16 +201,19 @@ class CommandConsumer:
 
     async def assigned(self, partitions: list[Partition]) -> None:
         """Partitions given by a rebalance: learn which tenants have commands parked from them, so
-        that their later commands queue behind those (retried: order depends on it)."""
+        that their later commands queue behind those (retried, and no command is handled meanwhile:
+        order depends on it)."""
+        self._assignment_known.clear()
         attempt = 0
         while True:
             try:
                 await self._parking.assigned(partitions)
-                return
+                break
             except Exception as exc:
                 attempt += 1
                 log.warning("parked commands unreadable, retrying", extra={"reason": str(exc) or type(exc).__name__})
                 await asyncio.sleep(_ASSIGN_RETRY.delay(attempt))
+        self._assignment_known.set()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -4,15 +4,21 @@ are waited for, and nothing of theirs touches the offsets afterwards (the partit
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any, cast
 
 import pytest
+from aiokafka import ConsumerRecord
 
+from services.common.kafka import ServiceKafka
 from services.writer.batching import Batch, Ingestion, Operation, RecordWrite
-from services.writer.commands import Delivery
+from services.writer.commands import Command, CommandRecord, Delivery
+from services.writer.consumer import CommandConsumer
 from services.writer.inflight import InFlight
 from services.writer.offsets import Partition
+from services.writer.parking import ParkStore
 from services.writer.payload import ItemError, Outcome, WriteResult
 from services.writer.tenant import TenantOptions, TenantResources, TenantWriters
 
@@ -178,3 +184,91 @@ async def test_revocation_drops_unsent_writes_and_waits_for_the_call_sending_one
     finally:
         world.executor.release.set()
         await world.tenants.stop(within=5)
+
+
+# ----------------------------------------------------------------------------- assignment
+
+
+class FakeKafka:
+    """Just enough of ServiceKafka for CommandConsumer to declare its subscriber."""
+
+    def subscriber(self, *args: object, **kwargs: object) -> Any:
+        class Subscriber:
+            consumer = None
+
+            def __call__(self, handler: object) -> object:
+                return handler
+
+        return Subscriber()
+
+
+@dataclass
+class SlowParkStore:
+    """Parked rows of ``acme`` on LOST; the first read of them fails (PostgreSQL restarting)."""
+
+    reads: int = 0
+    parked: list[Delivery] = field(default_factory=list)
+
+    async def parked_tenants(self, partitions: object) -> dict[str, set[Partition]]:
+        self.reads += 1
+        if self.reads == 1:
+            raise ConnectionError("the database restarts")
+        return {"acme": {LOST}}
+
+    async def park(self, deliveries: Sequence[tuple[Delivery, str]]) -> list[int]:
+        self.parked.extend(d for d, _ in deliveries)
+        return list(range(len(deliveries)))
+
+    async def load(self, *args: object) -> list[Any]:
+        return []
+
+    async def unpark(self, park_ids: object) -> None:
+        return None
+
+
+@dataclass
+class Tenant:
+    submitted: list[RecordWrite] = field(default_factory=list)
+
+    def pending(self) -> int:
+        return 0
+
+    def submit(self, writes: list[RecordWrite], refused: list[WriteResult]) -> None:
+        self.submitted.extend(writes)
+
+
+async def test_a_command_consumed_while_the_assignment_is_learnt_waits_and_queues_behind_parked_ones() -> None:
+    store, tenant = SlowParkStore(), Tenant()
+    tenants = type("Tenants", (), {"of": lambda self, tenant_id: tenant})()
+    consumer = CommandConsumer(
+        cast(ServiceKafka, FakeKafka()),
+        inflight=InFlight(),
+        tenants=cast(TenantWriters, tenants),
+        store=cast(ParkStore, store),
+        max_pending=100,
+        park_after=30,
+        commit_interval=1,
+        shutdown_grace=1,
+    )
+    command = Command(
+        "cmd-1",
+        "acme",
+        "Account",
+        Operation.UPDATE,
+        "",
+        (CommandRecord("l1", {"Name": "x"}, 3, "", "001"),),
+        False,
+        None,
+    )
+    record = ConsumerRecord(LOST[0], LOST[1], 12, 0, 0, b"k", b"v", None, 1, 1, [])
+
+    assigning = asyncio.get_running_loop().create_task(consumer.assigned([LOST]))
+    await asyncio.sleep(0)  # the first read of the parked rows is under way (and fails)
+    handling = asyncio.get_running_loop().create_task(consumer.handle(command, record))
+    await asyncio.wait_for(asyncio.gather(assigning, handling), 5)
+    await consumer._parking.park_held(older_than=30)
+
+    # Handled only once the assignment was known: behind acme's parked commands, not past them.
+    assert store.reads == 2
+    assert tenant.submitted == []
+    assert [d.command_id for d in store.parked] == ["cmd-1"]
