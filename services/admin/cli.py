@@ -750,6 +750,29 @@ def backfill(
         typer.echo(f"backfill of {requested.object} requested for tenant/{requested.tenant}")
 
 
+@app.command("health")
+def health(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
+    """Quarantined object pairs and the last 24 hours' problems of a tenant (exit 0 either way)."""
+    with _api(ctx) as api:
+        report = api.health(tenant)
+    if as_json:
+        _print_json(report)
+        return
+    typer.echo(f"tenant/{report.tenant}: {report.status} (configuration version {report.configuration_version})")
+    if report.quarantined_pairs:
+        table = _table("QUARANTINED PAIR", "SINCE", "REASON")
+        for pair in report.quarantined_pairs:
+            table.add_row(_cell(pair.pair), _when(pair.since), _cell(pair.reason))
+        _print_table(table)
+    if report.problems:
+        table = _table("EVENT", "CODE", "COUNT", "LAST")
+        for problem in report.problems:
+            table.add_row(_cell(problem.event), _cell(problem.code), str(problem.count), _when(problem.last_at))
+        _print_table(table)
+    else:
+        typer.echo(f"no problems since {_when(report.problems_since)}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Local bootstrap: the database (and Kafka) directly
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.admin.api.backfills import Backfill, BackfillRequest
+from services.admin.api.health import TenantHealth
 from services.admin.api.models import (
     Applied,
     ConnectionAuthorization,
@@ -378,6 +379,9 @@ class AdminClient:
 
     def check_connection(self, tenant: str) -> PreflightReport:
         return self._parse(PreflightReport, self._call("POST", f"/tenants/{_segment(tenant)}/connection:check"))
+
+    def health(self, tenant: str) -> TenantHealth:
+        return self._get(TenantHealth, f"/tenants/{_segment(tenant)}/health")
 
     # --- run control --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from services.admin.api.access import Access
 from services.admin.api.backfills import backfills_router
 from services.admin.api.connections import connections_router
 from services.admin.api.edge import BodyTooLargeError, LimitBody, RequestId, too_large
+from services.admin.api.health import health_router
 from services.admin.api.preflight import preflight_router
 from services.admin.api.problems import (
     PROBLEM_RESPONSES,
@@ -87,5 +88,6 @@ def build_api(
     app.include_router(connections_router(access, connect))
     app.include_router(preflight_router(access, sessions))
     app.include_router(backfills_router(access))
+    app.include_router(health_router(access))
     app.include_router(tokens_router(access))
     return app

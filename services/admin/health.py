@@ -1,0 +1,86 @@
+"""A tenant's health at a glance, from its sync log: quarantined object pairs and recent problems.
+
+Mapping quarantines a pair whose input is mostly bad (:mod:`services.mapping.quarantine`) and says
+so in the sync log: ``pair.quarantined`` when it begins, ``pair.released`` when it ends. A
+quarantine also ends when the tenant's configuration version changes, so one begun under an older
+version is over even before mapping wrote its release (it writes it with the pair's next change).
+Problems are the sync-log rows carrying an error code (Salesforce's, or Duplex's own reason).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from services.common.db import Connection
+
+QUARANTINE_EVENTS = ("pair.quarantined", "pair.released")
+PROBLEM_WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    pair: str
+    since: datetime
+    reason: str
+    configuration_version: int
+
+
+@dataclass(frozen=True)
+class ProblemCount:
+    event: str
+    code: str
+    count: int
+    last_at: datetime
+
+
+@dataclass(frozen=True)
+class QuarantineEvent:
+    """One ``pair.quarantined`` or ``pair.released`` row, oldest first."""
+
+    event: str
+    at: datetime
+    message: str
+    detail: dict[str, Any]
+
+
+def quarantined(events: Sequence[QuarantineEvent], current_version: int) -> list[Quarantine]:
+    """The pairs still quarantined: their last event began a quarantine under the current version."""
+    last: dict[str, QuarantineEvent] = {}
+    for event in events:
+        last[str(event.detail.get("pair", ""))] = event
+    return [
+        Quarantine(pair, event.at, event.message, current_version)
+        for pair, event in sorted(last.items())
+        if event.event == "pair.quarantined" and event.detail.get("configuration_version") == current_version
+    ]
+
+
+async def quarantine_events(conn: Connection, tenant_id: str) -> list[QuarantineEvent]:
+    rows = await conn.fetch(
+        "SELECT event, at, message, detail FROM sync_log WHERE tenant_id = $1 AND event = ANY($2::text[]) ORDER BY id",
+        tenant_id,
+        list(QUARANTINE_EVENTS),
+    )
+    return [QuarantineEvent(r["event"], r["at"], r["message"] or "", _detail(r["detail"])) for r in rows]
+
+
+async def problem_counts(conn: Connection, tenant_id: str, since: datetime) -> list[ProblemCount]:
+    """Sync-log rows with an error code since ``since``, counted per event and code, most first."""
+    rows = await conn.fetch(
+        "SELECT event, code, count(*) AS n, max(at) AS last_at FROM sync_log"
+        " WHERE tenant_id = $1 AND at >= $2 AND code IS NOT NULL"
+        " GROUP BY event, code ORDER BY n DESC, event, code",
+        tenant_id,
+        since,
+    )
+    return [ProblemCount(r["event"], r["code"], r["n"], r["last_at"]) for r in rows]
+
+
+def _detail(value: Any) -> dict[str, Any]:
+    # asyncpg hands jsonb over as text unless a codec is set on the connection.
+    parsed = json.loads(value) if isinstance(value, str) else value
+    return parsed if isinstance(parsed, dict) else {}

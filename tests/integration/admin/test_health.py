@@ -1,0 +1,82 @@
+"""``GET /api/v1/tenants/{tenant}/health`` and ``duplex health``: quarantined pairs and the last day's
+problems, from the sync log rows mapping and the writer write."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from services.admin.auth import Role
+from services.common import sync_log
+from tests.integration.admin.conftest import Cli, sample_with
+from tests.integration.admin_api.harness import bearer, problem
+
+pytestmark = pytest.mark.integration
+
+
+async def log(cli: Cli, event: str, *, code: str | None = None, at: datetime | None = None, **detail: object) -> None:
+    await sync_log.record(
+        cli.api.db,
+        tenant_id="acme",
+        service="mapping",
+        event=event,
+        code=code,
+        message=f"{event} {detail.get('pair', '')}".strip(),
+        detail=detail,
+    )
+    if at is not None:
+        await cli.api.db.execute("UPDATE sync_log SET at = $1 WHERE id = (SELECT max(id) FROM sync_log)", at)
+
+
+async def test_health_shows_the_pairs_still_quarantined_and_the_last_days_problems(cli: Cli, sample: Path) -> None:
+    assert (await cli("config", "apply", "-f", str(sample))).exit_code == 0
+    quiet = await cli("health", "acme")
+    assert quiet.exit_code == 0
+    assert quiet.stdout.splitlines()[0] == "tenant/acme: ok (configuration version 1)"
+
+    await log(cli, "pair.quarantined", code="QUARANTINED", pair="partners", configuration_version=1)
+    await log(cli, "pair.quarantined", code="QUARANTINED", pair="partner_contacts", configuration_version=1)
+    await log(cli, "pair.released", pair="partner_contacts", configuration_version=1)
+    await log(cli, "pair.quarantined", code="QUARANTINED", pair="crm:Lead", configuration_version=1)
+    for _ in range(3):
+        await log(cli, "write.rejected", code="REQUIRED_FIELD_MISSING")
+    await log(cli, "write.rejected", code="STRING_TOO_LONG", at=datetime.now(UTC) - timedelta(days=2))
+    await log(cli, "write.succeeded")
+
+    answer = await cli.api.http.get("/api/v1/tenants/acme/health", headers=bearer(await cli.token(Role.VIEWER)))
+
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["status"] == "attention"
+    assert [p["pair"] for p in body["quarantinedPairs"]] == ["crm:Lead", "partners"]
+    # Most first, then by event: the two-day-old rejection and the success are not problems of today.
+    assert [(p["event"], p["code"], p["count"]) for p in body["problems"]] == [
+        ("pair.quarantined", "QUARANTINED", 3),
+        ("write.rejected", "REQUIRED_FIELD_MISSING", 3),
+    ]
+
+    shown = await cli("health", "acme")
+    assert shown.exit_code == 0
+    assert "partners" in shown.stdout
+    assert "REQUIRED_FIELD_MISSING" in shown.stdout
+    scripted = json.loads((await cli("health", "acme", "--json")).stdout)
+    assert (scripted["quarantinedPairs"], scripted["problems"]) == (body["quarantinedPairs"], body["problems"])
+
+    # A new configuration version ends every quarantine begun under an older one.
+    newer = sample.with_name("newer.yaml")
+    newer.write_text(sample_with("dailyApiCap: 5000", "dailyApiCap: 4000"))
+    assert (await cli("config", "apply", "-f", str(newer))).exit_code == 0
+    after = (await cli.api.http.get("/api/v1/tenants/acme/health", headers=bearer(cli.admin))).json()
+    assert (after["configurationVersion"], after["quarantinedPairs"]) == (2, [])
+
+
+async def test_health_is_tenant_scoped_and_authenticated(cli: Cli, sample: Path) -> None:
+    assert (await cli("config", "apply", "-f", str(sample))).exit_code == 0
+
+    assert problem(await cli.api.http.get("/api/v1/tenants/acme/health"), 401)
+    other = bearer(await cli.token(Role.ADMIN, ["other"]))
+    assert problem(await cli.api.http.get("/api/v1/tenants/acme/health", headers=other), 404)
+    assert problem(await cli.api.http.get("/api/v1/tenants/nobody/health", headers=bearer(cli.admin)), 404)
