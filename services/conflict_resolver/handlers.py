@@ -21,7 +21,9 @@ A change that breaks the contract or names a pair its mapping version lacks is h
 be dead-lettered (and written to the sync log); the rest of its batch goes on. So is an event,
 change or outcome, that would fail its whole batch in PostgreSQL and with it every tenant's
 events: an identifier holding U+0000 or a surrogate (``UNSTORABLE_TEXT``), a value that cannot be
-compared (``INCOMPARABLE_VALUE``, a signaling NaN). Such text in a field value is no reason to
+compared (``INCOMPARABLE_VALUE``, a signaling NaN), and a change whose command or app update would
+be over Kafka's record limit (``RECORD_TOO_LARGE``: the batch is rolled back before anything of it
+is sent, and resolved again without that change). Such text in a field value is no reason to
 refuse: it is stored escaped and written on exactly (the rules are in :mod:`state_codec`), and
 sync log rows are made storable the same way.
 
@@ -43,7 +45,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from services.common.codec import link_key, record_key
-from services.common.errors import InvalidEvent
+from services.common.errors import InvalidEvent, RecordTooLargeError
 from services.common.metrics import Metrics
 from services.common.tenant_config import ObjectPair
 from services.conflict_resolver.contract import (
@@ -103,6 +105,7 @@ class Resolver:
         refused: dict[int, InvalidEvent] = {}
         logs: list[LogRow] = []
         items: list[_Item] = []
+        positions: list[int] = []  # each item's index in ``events``
         async with self._store.session() as session:
             for index, event in enumerate(events):
                 try:
@@ -129,8 +132,22 @@ class Resolver:
                     refused[index] = InvalidEvent(reason)
                     continue
                 items.append((change, pair, stored.config.spec.salesforce.call_options_client))
-            async with session.transaction() as transaction:
-                resolved, published_at = await self._apply(transaction, items, logs)
+                positions.append(index)
+            while True:
+                try:
+                    async with session.transaction() as transaction:
+                        resolved, published_at = await self._apply(transaction, items, list(logs))
+                    break
+                except _OutputTooLarge as too_large:
+                    # Rolled back, nothing of it sent: refuse that change alone and resolve the rest.
+                    change = items.pop(too_large.item)[0]
+                    reason = f"{RECORD_TOO_LARGE}: {too_large.output} for this change is {too_large.reason}"
+                    logs.append(
+                        self._row(
+                            change.tenant_id, "change.rejected", change.link_id, code=RECORD_TOO_LARGE, message=reason
+                        )
+                    )
+                    refused[positions.pop(too_large.item)] = InvalidEvent(reason)
         if self._metrics is not None:
             count_resolved(self._metrics, resolved, published_at)
         return refused
@@ -143,16 +160,16 @@ class Resolver:
         Returns the resolutions and the moment every output was acknowledged.
         """
         claimed = await repo.claim([(item[0].tenant_id, item[0].event_id) for item in items])
-        fresh = []
-        for item in items:
+        fresh: list[tuple[int, _Item]] = []
+        for position, item in enumerate(items):
             change = item[0]
             if (change.tenant_id, change.event_id) in claimed:
                 claimed.discard((change.tenant_id, change.event_id))  # a second copy in the batch is a duplicate
-                fresh.append(item)
+                fresh.append((position, item))
             else:
                 log.debug("duplicate event", extra={"tenant": change.tenant_id, "event": change.event_id})
         initial: dict[LinkKey, LinkState] = {}
-        for change, *_ in fresh:
+        for _, (change, *_) in fresh:
             initial.setdefault(
                 (change.tenant_id, change.link_id),
                 LinkState(change.link_id, change.object_pair, change.external_id or f"dx-{change.link_id}"),
@@ -163,19 +180,24 @@ class Resolver:
         sent: list[SentWrite] = []
         crm_writes: list[tuple[Message, bytes]] = []
         app_updates: list[tuple[Message, bytes]] = []
+        # The item each output comes from, to refuse it alone when its output is too large.
+        crm_origins: list[int] = []
+        app_origins: list[int] = []
         resolved: list[tuple[MappedChange, Resolution]] = []
-        for change, pair, client_id in fresh:
+        for position, (change, pair, client_id) in fresh:
             key = (change.tenant_id, change.link_id)
             resolution = resolve(pair, client_id, links[key], fields[key], change)
             if resolution.crm_write is not None:
                 command = write_records(change, pair, resolution.link, resolution.crm_write)
                 crm_writes.append((command, link_key(change.tenant_id, change.link_id)))
+                crm_origins.append(position)
                 write = resolution.crm_write
                 sent.append((change.tenant_id, change.link_id, write.version, str(write.operation), write.pending))
             if resolution.app_update is not None:
                 update = app_update(change, pair, client_id, resolution.app_update)
                 record = resolution.app_update.record_id or change.link_id
                 app_updates.append((update, record_key(change.tenant_id, pair.app.object, record)))
+                app_origins.append(position)
             # The next change of this link starts from what this one left.
             links[key] = resolution.link
             fields[key].update(resolution.fields)
@@ -187,7 +209,10 @@ class Resolver:
         await repo.record_sent(sent)
         await repo.log(logs)
         # Both topics' records queued before waiting for any ack; all acked before the commit.
-        await asyncio.gather(self._publish_crm(crm_writes), self._publish_app(app_updates))
+        await asyncio.gather(
+            _published(self._publish_crm, crm_writes, crm_origins, "the Salesforce write"),
+            _published(self._publish_app, app_updates, app_origins, "the app update"),
+        )
         return resolved, self._clock()
 
     async def on_settled_batch(self, events: Sequence[WriteSettled]) -> dict[int, InvalidEvent]:
@@ -337,6 +362,24 @@ class Resolver:
         return (storable_text(tenant_id), self._service, event, link, record, code, message, details)
 
 
+class _OutputTooLarge(Exception):  # noqa: N818 (carries a refusal out of a transaction, rolling it back)
+    def __init__(self, item: int, output: str, reason: str) -> None:
+        super().__init__(reason)
+        self.item = item
+        self.output = output
+        self.reason = reason
+
+
+async def _published(publish: Publish, outputs: list[tuple[Message, bytes]], origins: list[int], what: str) -> None:
+    """``publish(outputs)``; an output over Kafka's record limit names the item it came from."""
+    try:
+        await publish(outputs)
+    except RecordTooLargeError as error:
+        raise _OutputTooLarge(origins[error.index], what, error.reason) from error
+
+
+# The sync log code of a change whose output cannot be a Kafka record (as mapping's).
+RECORD_TOO_LARGE = "RECORD_TOO_LARGE"
 # The sync log code of an event refused because PostgreSQL cannot store one of its identifiers.
 UNSTORABLE = "UNSTORABLE_TEXT"
 # ... or because one of its values cannot even be compared.

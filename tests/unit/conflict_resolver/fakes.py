@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
+from services.common.errors import RecordTooLargeError
 from services.common.tenant_config import StoredConfig
 from services.common.values import Value
 from services.conflict_resolver.resolve import FieldRecord, LinkState
@@ -141,11 +142,16 @@ class Outbox:
     """Stands in for a topic's producer: keeps the (key, event) pairs sent, in order; while
     ``down``, a publish of anything fails as one the broker never acknowledged."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_size: int | None = None) -> None:
         self.sent: list[tuple[bytes, Message]] = []
         self.down = False
+        self.max_size = max_size
 
     async def __call__(self, events: Sequence[tuple[Message, bytes]]) -> None:
         if events and self.down:
             raise ConnectionError("no acknowledgement from the broker")
+        for index, (event, _) in enumerate(events):
+            # As the real Sender: the first event over the limit is named before anything is sent.
+            if self.max_size is not None and event.ByteSize() > self.max_size:
+                raise RecordTooLargeError(index, f"{event.ByteSize()} bytes, over the {self.max_size}-byte limit")
         self.sent.extend((key, event) for event, key in events)

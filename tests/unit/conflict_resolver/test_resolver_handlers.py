@@ -375,6 +375,32 @@ async def test_an_event_postgresql_cannot_store_is_refused_alone_with_its_reason
     assert world.truth("name") == "Acme\x00Ltd"
 
 
+@pytest.mark.parametrize("side", [Side.APP, Side.CRM])
+async def test_a_change_whose_output_is_too_large_for_a_record_is_refused_alone(side: Side) -> None:
+    """A change small enough to map can still make a command (or app update) over Kafka's record
+    limit, say with earlier edits still pending: that change alone is refused, the rest resolved."""
+    world = World(LINKED, LinkState("L2", "partners", "dx-L2", app_record_id="app-L2", crm_record_id="001L2"))
+    world.crm.max_size = world.app.max_size = 2_000
+    events = [
+        mapped("e1", {"name": "small"}, at=1, side=side),
+        mapped("e2", {"name": "x" * 5_000}, at=2, side=side, link="L2"),
+        mapped("e3", {"phone": "555"}, at=3, side=side),
+    ]
+
+    refused = await world.resolver.on_mapped_batch(events)
+
+    assert list(refused) == [1]
+    output = "the Salesforce write" if side is Side.APP else "the app update"
+    assert refused[1].reason.startswith(f"RECORD_TOO_LARGE: {output} for this change is ")
+    [row] = world.log("change.rejected")
+    assert (row["link"], row["code"]) == ("L2", "RECORD_TOO_LARGE")
+    sent = world.commands() if side is Side.APP else world.updates()
+    assert len(sent) == 2
+    # Refused, not resolved: its event is not marked processed, and L2 keeps no state from it.
+    assert (TENANT, "e2") not in world.store.tables.processed
+    assert (TENANT, "L2") not in world.store.tables.fields or not world.store.tables.fields[(TENANT, "L2")]
+
+
 async def test_the_sync_log_stores_texts_from_events_escaped() -> None:
     world = World(LINKED)
     event = mapped("u1", {"name": "x"}, at=1)
