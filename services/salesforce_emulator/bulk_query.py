@@ -74,7 +74,8 @@ def csv_cell(kind: str, value: Any) -> str:
         return "true" if value else "false"
     if kind == "datetime" and isinstance(value, str):
         utc = parse_rest_datetime(value).astimezone(UTC)
-        return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+        # isoformat, not %Y: strftime leaves years before 1000 unpadded.
+        return f"{utc.replace(tzinfo=None).isoformat(timespec='milliseconds')}Z"
     return str(value)
 
 

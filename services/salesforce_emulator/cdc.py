@@ -32,7 +32,7 @@ import struct
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, get_args
 
 import fastavro
@@ -53,6 +53,8 @@ _STRING_TYPES: Final[frozenset[FieldType]] = frozenset(
     {"id", "string", "textarea", "email", "phone", "url", "picklist", "multipicklist", "reference"}
 )
 _EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
 
 _STRING_ARRAY: Final = {"type": "array", "items": "string"}
 _HEADER_SCHEMA: Final[dict[str, Any]] = {
@@ -106,7 +108,8 @@ def _parse_datetime_ms(value: str) -> int:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    # Exact: seconds as a float times 1000 lands a millisecond short for some instants.
+    return (parsed - _EPOCH) // _MILLISECOND
 
 
 def to_avro_value(field_type: FieldType, value: JsonValue) -> object:

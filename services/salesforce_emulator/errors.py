@@ -32,6 +32,11 @@ class SalesforceError(Exception):
     message: str
     fields: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Messages quote what was sent; a lone surrogate in them would make the answer itself fail.
+        self.message = _encodable(self.message)
+        self.fields = [_encodable(name) for name in self.fields]
+
     def __str__(self) -> str:
         return f"{self.error_code}: {self.message}"
 
@@ -45,6 +50,11 @@ class SalesforceError(Exception):
     def item_error(self) -> dict[str, Any]:
         """One entry of a collection/composite item's ``errors`` list."""
         return {"statusCode": self.error_code, "message": self.message, "fields": list(self.fields)}
+
+
+def _encodable(text: str) -> str:
+    """``text`` with any lone surrogate spelled as its escape, so that it encodes as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def invalid_session() -> SalesforceError:

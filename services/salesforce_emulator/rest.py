@@ -72,16 +72,58 @@ class Reply:
 
 
 def json_body(raw: bytes) -> Any:
-    """Parse a request body; JSON_PARSER_ERROR as Salesforce reports it."""
+    """Parse a request body; JSON_PARSER_ERROR as Salesforce reports it.
+
+    Refused besides malformed JSON, as no Salesforce field can hold them: NaN and Infinity (not
+    JSON), nesting deeper than the parser goes, and text with a lone surrogate (``"\\ud800"``),
+    which is no Unicode text at all.
+    """
     if not raw.strip():
         raise SalesforceError(400, "JSON_PARSER_ERROR", "No content to map due to end-of-input at [line:1, column:0]")
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_constant=_non_numeric_token)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         line, col = (exc.lineno, exc.colno) if isinstance(exc, json.JSONDecodeError) else (1, 1)
         raise SalesforceError(
             400, "JSON_PARSER_ERROR", f"Unexpected character ({exc}) at [line:{line}, column:{col}]"
         ) from None
+    except RecursionError:
+        raise SalesforceError(400, "JSON_PARSER_ERROR", "Document nesting depth exceeds the maximum allowed") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise SalesforceError(400, "JSON_PARSER_ERROR", f"Malformed numeric value ({exc})") from None
+    surrogate = _lone_surrogate(body)
+    if surrogate is not None:
+        raise SalesforceError(
+            400, "JSON_PARSER_ERROR", f"Invalid Unicode: unpaired surrogate escape {surrogate} in a JSON string"
+        )
+    return body
+
+
+def _non_numeric_token(token: str) -> Any:
+    raise SalesforceError(
+        400,
+        "JSON_PARSER_ERROR",
+        f"Non-standard token '{token}': enable JsonParser.Feature.ALLOW_NON_NUMERIC_NUMBERS to allow",
+    )
+
+
+def _lone_surrogate(body: Any) -> str | None:
+    """The escape of the first lone surrogate in any string or key of ``body``, else None."""
+    # A stack, not recursion: the body may nest nearly as deep as the parser allowed.
+    pending = [body]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return item[exc.start].encode("ascii", "backslashreplace").decode("ascii")
+    return None
 
 
 def _object_body(obj: ObjectDef, body: Any) -> Mapping[str, Any]:

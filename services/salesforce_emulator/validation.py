@@ -15,10 +15,11 @@ Checks that need stored data (references, uniqueness, deleted records) live in t
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from services.salesforce_emulator import ids
@@ -61,6 +62,17 @@ _BINDER_TYPES: dict[FieldType, str] = {
     "datetime": "Datetime",
 }
 
+# The number types whose REST form is a double.
+_FRACTIONAL_TYPES: frozenset[FieldType] = frozenset({"double", "currency", "percent"})
+# An int field is a Java int, and an Avro int in change events.
+_INT_RANGE = range(-(2**31), 2**31)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+# The instants a datetime can name (years 1 to 9999 in UTC), in epoch milliseconds.
+_MIN_MS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MS
+_MAX_MS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MS
+
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(
@@ -71,19 +83,24 @@ _DATETIME = re.compile(
 # --- date/time wire formats ---------------------------------------------------------------------
 
 
+def _utc(ms: int) -> datetime:
+    # Exact: a float of seconds is off by a millisecond for some instants.
+    return _EPOCH + ms * _MS
+
+
 def format_datetime(ms: int) -> str:
-    """``2024-05-01T12:00:00.000+0000`` for epoch milliseconds."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}+0000"
+    """``2024-05-01T12:00:00.000+0000`` for epoch milliseconds (years before 1000 zero-padded)."""
+    return _utc(ms).replace(tzinfo=None).isoformat(timespec="milliseconds") + "+0000"
 
 
 def format_date(ms: int) -> str:
     """``2024-05-01`` (UTC) for epoch milliseconds."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+    return _utc(ms).date().isoformat()
 
 
 def parse_datetime(text: str) -> int | None:
-    """Epoch ms for the ISO 8601 forms clients send (``Z``, ``+0000``, ``+00:00``, date only); None if invalid."""
+    """Epoch ms for the ISO 8601 forms clients send (``Z``, ``+0000``, ``+00:00``, date only); None if
+    invalid, or if its offset moves it out of years 1 to 9999 in UTC."""
     m = _DATETIME.match(text.strip())
     if not m:
         return None
@@ -92,12 +109,12 @@ def parse_datetime(text: str) -> int | None:
         dt = datetime(int(year), int(month), int(day), int(hh or 0), int(mm or 0), int(ss or 0), tzinfo=UTC)
     except ValueError:
         return None
-    ms = int(dt.timestamp()) * 1000 + (int((frac or "0")[:3].ljust(3, "0")))
+    ms = (dt - _EPOCH) // _MS + int((frac or "0")[:3].ljust(3, "0"))
     if tz and tz != "Z":
         sign = 1 if tz[0] == "+" else -1
         digits = tz[1:].replace(":", "")
         ms -= sign * (int(digits[:2]) * 60 + int(digits[2:])) * 60_000
-    return ms
+    return ms if _MIN_MS <= ms <= _MAX_MS else None
 
 
 def _valid_date(text: str) -> bool:
@@ -235,6 +252,26 @@ def _parser_error(f: FieldDef, value: Any, source: Source) -> SalesforceError:
     )
 
 
+def _int_out_of_range(f: FieldDef, num: int, source: Source) -> SalesforceError:
+    if source == "csv":
+        return _parser_error(f, num, source)
+    return SalesforceError(
+        400,
+        "JSON_PARSER_ERROR",
+        f"Numeric value ({num}) out of range of int ({_INT_RANGE.start} - {_INT_RANGE.stop - 1})",
+        [f.name],
+    )
+
+
+def number_outside_range(f: FieldDef, value: float) -> SalesforceError:
+    return SalesforceError(
+        400,
+        "NUMBER_OUTSIDE_VALID_RANGE",
+        f"{f.label or f.name}: value outside of valid range on numeric field: {value}",
+        [f.name],
+    )
+
+
 def coerce(f: FieldDef, value: Any, source: Source = "json") -> JsonValue:
     """``value`` as the REST JSON form of field ``f``'s type, or JSON_PARSER_ERROR."""
     if value is None:
@@ -276,8 +313,14 @@ def coerce(f: FieldDef, value: Any, source: Source = "json") -> JsonValue:
                 if not num.is_integer():
                     raise _parser_error(f, value, source)
                 num = int(num)
+            if num not in _INT_RANGE:
+                raise _int_out_of_range(f, num, source)
             return num
-        result = float(num)
+        try:
+            result = float(num)
+        except OverflowError:
+            # Beyond a double, as Salesforce's binder reads it; check_values refuses it.
+            result = math.inf if num > 0 else -math.inf
         return round(result, f.scale) if f.scale else result
     if t == "date":
         if isinstance(value, str):
@@ -368,7 +411,7 @@ def check_writable(
 
 
 def check_values(plan: ObjectPlan, values: Mapping[str, JsonValue]) -> None:
-    """Length, e-mail shape and id shape of the given values."""
+    """Length, e-mail shape, id shape and number range of the given values."""
     for name, value in values.items():
         if value is None:
             continue
@@ -387,6 +430,8 @@ def check_values(plan: ObjectPlan, values: Mapping[str, JsonValue]) -> None:
             )
         if t == "email" and isinstance(value, str) and not _EMAIL.match(value):
             raise SalesforceError(400, "INVALID_EMAIL_ADDRESS", f"{name}: invalid email address: {value}", [name])
+        if t in _FRACTIONAL_TYPES and isinstance(value, float) and not math.isfinite(value):
+            raise number_outside_range(f, value)
 
 
 def required_missing(names: list[str]) -> SalesforceError:

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from services.salesforce_emulator.bulk_query import (
     BulkQueryJobs,
     build_bulk_query_router,
+    csv_cell,
     decode_locator,
     encode_locator,
 )
@@ -267,3 +268,9 @@ def test_locators_round_trip(offset: int) -> None:
 
 def test_locator_looks_like_salesforce() -> None:
     assert encode_locator(10000) == "MTAwMDA"
+
+
+def test_csv_datetimes_keep_four_digit_years() -> None:
+    assert csv_cell("datetime", "0001-01-01T00:00:00.000+0000") == "0001-01-01T00:00:00.000Z"
+    assert csv_cell("datetime", "0999-12-31T23:59:59.999+0000") == "0999-12-31T23:59:59.999Z"
+    assert csv_cell("datetime", "2024-05-01T14:00:00.123+0200") == "2024-05-01T12:00:00.123Z"

@@ -5,17 +5,19 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import avro.io
 import avro.schema
 import fastavro
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from services.salesforce_emulator import cdc, schema
 from services.salesforce_emulator.changes import ChangeType, CommittedTransaction, RecordChange
+from services.salesforce_emulator.validation import format_datetime
 
 pytestmark = pytest.mark.unit
 
@@ -250,3 +252,11 @@ def test_hand_written_encoder_matches_fastavro(values: dict[str, Any], commit_nu
             compound = event_schema.compounds[slot.top]
             assert decoded[compound.name][compound.components[slot.child][0]] == value
     assert decoded["ChangeEventHeader"]["commitNumber"] == commit_number
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999_999)))
+@example(datetime(2515, 1, 1, 0, 0, 0, 51_000))  # seconds as a float times 1000 made it ...050
+def test_a_datetime_is_carried_to_the_exact_millisecond_in_every_year(moment: datetime) -> None:
+    ms = (moment.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+    assert cdc.to_avro_value("datetime", format_datetime(ms)) == ms

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
+from services.salesforce_emulator import cdc
 from services.salesforce_emulator.changes import CommittedTransaction
 from services.salesforce_emulator.context import CallContext
-from services.salesforce_emulator.errors import install_error_handlers
+from services.salesforce_emulator.errors import SalesforceError, install_error_handlers
 from services.salesforce_emulator.faults import OrgFaults
 from services.salesforce_emulator.query_api import QueryService, run_query_url
 from services.salesforce_emulator.rest import build_data_router
@@ -285,6 +288,105 @@ def test_bad_json_body(env: Env) -> None:
     r = env.client.post(f"{B}/sobjects/Account", content=b"{nope", headers={"Content-Type": "application/json"})
     assert error(r) == (400, "JSON_PARSER_ERROR")
     assert error(env.client.post(f"{B}/sobjects/Account", content=b"")) == (400, "JSON_PARSER_ERROR")
+
+
+def strict_json(content: bytes) -> Any:
+    """JSON as Salesforce writes it: NaN and Infinity are not JSON."""
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(content, parse_constant=refuse)
+
+
+# Bodies no Salesforce field can hold: not JSON, or JSON no field's value can come from.
+UNPARSABLE_BODIES = [
+    ("NaN", b'{"Name": "a", "AnnualRevenue": NaN}'),
+    ("-Infinity", b'{"Name": "a", "AnnualRevenue": -Infinity}'),
+    ("nesting deeper than the parser goes", b'{"Name": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+    ("lone surrogate in text", b'{"Name": "a\\ud800b"}'),
+    ("lone surrogate in a number field", b'{"Name": "a", "AnnualRevenue": "\\udc00"}'),
+    ("lone surrogate in a name", b'{"Name": "a", "N\\udfffame": "b"}'),
+    ("surrogates in the wrong order", b'{"Name": "\\udc00\\ud800"}'),
+    ("an integer of 5,000 digits", b'{"Name": "a", "NumberOfEmployees": 1' + b"0" * 5000 + b"}"),
+]
+
+
+@pytest.mark.parametrize("body", [b for _, b in UNPARSABLE_BODIES], ids=[name for name, _ in UNPARSABLE_BODIES])
+def test_bodies_no_field_can_hold_are_json_parser_errors(env: Env, body: bytes) -> None:
+    r = env.client.post(f"{B}/sobjects/Account", content=body, headers={"Content-Type": "application/json"})
+
+    assert error(r) == (400, "JSON_PARSER_ERROR")
+    assert strict_json(r.content)[0]["message"].isascii()
+    assert env.published == []
+
+
+def test_a_surrogate_pair_is_text_like_any_other(env: Env) -> None:
+    r = env.client.post(
+        f"{B}/sobjects/Account", content=b'{"Name": "\\ud83d\\ude00"}', headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 201, r.text
+    assert env.client.get(f"{B}/sobjects/Account/{r.json()['id']}").json()["Name"] == "\U0001f600"
+
+
+def test_an_error_quoting_a_lone_surrogate_still_renders() -> None:
+    refused = SalesforceError(400, "INVALID_FIELD", "No such column 'a\ud800' on sobject of type Account", ["a\ud800"])
+
+    rendered = JSONResponse(refused.rest_body(), status_code=refused.http_status)
+
+    assert strict_json(bytes(rendered.body)) == [
+        {
+            "message": "No such column 'a\\ud800' on sobject of type Account",
+            "errorCode": "INVALID_FIELD",
+            "fields": ["a\\ud800"],
+        }
+    ]
+
+
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "1" + "0" * 400, '"1E+400"'])
+def test_a_number_beyond_a_double_is_outside_the_valid_range(env: Env, value: str) -> None:
+    a = env.create("Account", {"Name": "A", "AnnualRevenue": 5})
+    r = env.client.patch(
+        f"{B}/sobjects/Account/{a}",
+        content=f'{{"AnnualRevenue": {value}}}'.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert error(r) == (400, "NUMBER_OUTSIDE_VALID_RANGE")
+    assert r.json()[0]["fields"] == ["AnnualRevenue"]
+    assert strict_json(env.client.get(f"{B}/sobjects/Account/{a}").content)["AnnualRevenue"] == 5.0
+
+
+def test_an_int_field_holds_32_bits(env: Env) -> None:
+    a = env.create("Account", {"Name": "A"})
+    url = f"{B}/sobjects/Account/{a}"
+
+    assert env.client.patch(url, json={"NumberOfEmployees": 2**31 - 1}).status_code == 204
+    assert error(env.client.patch(url, json={"NumberOfEmployees": 2**31})) == (400, "JSON_PARSER_ERROR")
+    assert error(env.client.patch(url, json={"NumberOfEmployees": -(10**30)})) == (400, "JSON_PARSER_ERROR")
+    assert env.client.get(url).json()["NumberOfEmployees"] == 2**31 - 1
+
+
+def test_a_number_out_of_range_fails_its_record_only_in_a_collection(env: Env) -> None:
+    body = {"allOrNone": False, "records": [acc("a", AnnualRevenue="INFINITE"), acc("b", AnnualRevenue=7)]}
+    content = json.dumps(body).replace('"INFINITE"', "1e400").encode()
+
+    r = env.client.post(f"{B}/composite/sobjects", content=content, headers={"Content-Type": "application/json"})
+
+    assert r.status_code == 200
+    first, second = r.json()
+    assert (first["success"], first["errors"][0]["statusCode"]) == (False, "NUMBER_OUTSIDE_VALID_RANGE")
+    assert second["success"] is True
+
+
+def test_a_date_before_year_1000_is_stored_and_streamed_with_four_digits(env: Env) -> None:
+    # Stored as "1-01-01" once: the write succeeded, and its change event failed to encode.
+    o = env.create("Opportunity", {"Name": "O", "StageName": "Prospecting", "CloseDate": "0001-01-01T10:00:00Z"})
+
+    assert env.client.get(f"{B}/sobjects/Opportunity/{o}").json()["CloseDate"] == "0001-01-01"
+    (event,) = [e for t in env.published for e in cdc.change_events(t, OBJECTS)]
+    record = cdc.change_event_schema(OBJECTS["Opportunity"]).decode(event.payload)
+    assert record["CloseDate"] == -719_162  # days from 1970-01-01 back to 0001-01-01
 
 
 def test_duplicate_value(env: Env) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.salesforce_emulator.errors import SalesforceError
 from services.salesforce_emulator.formula import FormulaError, compile_formula
@@ -91,6 +95,49 @@ DESERIALIZE_ERRORS: list[tuple[str, Any, dict[str, Any], str, str, list[str]]] =
         "Cannot deserialize instance of double from VALUE_TRUE value True or request may be missing a required field",
         ["Amount"],
     ),
+    (
+        # An int field is a Java int (and an Avro int in change events).
+        "int beyond 32 bits",
+        ACCOUNT,
+        {"NumberOfEmployees": 2**31},
+        "JSON_PARSER_ERROR",
+        "Numeric value (2147483648) out of range of int (-2147483648 - 2147483647)",
+        ["NumberOfEmployees"],
+    ),
+    (
+        "int text beyond 32 bits",
+        ACCOUNT,
+        {"NumberOfEmployees": "-2147483649"},
+        "JSON_PARSER_ERROR",
+        "Numeric value (-2147483649) out of range of int (-2147483648 - 2147483647)",
+        ["NumberOfEmployees"],
+    ),
+    (
+        "infinity for int",
+        ACCOUNT,
+        {"NumberOfEmployees": "1e400"},
+        "JSON_PARSER_ERROR",
+        "Cannot deserialize instance of int from VALUE_STRING value 1e400 or request may be missing a required field",
+        ["NumberOfEmployees"],
+    ),
+    (
+        "offset rolling past year 9999",
+        OPPORTUNITY,
+        {"CloseDate": "9999-12-31T23:59:59.999999-14:00"},
+        "JSON_PARSER_ERROR",
+        "Cannot deserialize instance of Date from VALUE_STRING value 9999-12-31T23:59:59.999999-14:00 or request "
+        "may be missing a required field",
+        ["CloseDate"],
+    ),
+    (
+        "offset rolling before year 1",
+        ACCOUNT,
+        {"CreatedDate": "0001-01-01T00:00:00+14:00"},
+        "JSON_PARSER_ERROR",
+        "Cannot deserialize instance of Datetime from VALUE_STRING value 0001-01-01T00:00:00+14:00 or request may "
+        "be missing a required field",
+        ["CreatedDate"],
+    ),
 ]
 
 
@@ -115,6 +162,11 @@ COERCIONS: list[tuple[str, Any, Any, Any]] = [
     ("integral float to int", ACCOUNT.field("NumberOfEmployees"), 42.0, 42),
     ("currency rounded to scale", OPPORTUNITY.field("Amount"), 10.005, 10.01),
     ("currency scale 0 is a float", ACCOUNT.field("AnnualRevenue"), 5, 5.0),
+    ("int at the 32-bit bounds", ACCOUNT.field("NumberOfEmployees"), -(2**31), -(2**31)),
+    ("int text at the 32-bit bounds", ACCOUNT.field("NumberOfEmployees"), "2147483647", 2**31 - 1),
+    # Refused by the record checks, as Salesforce reports it per record.
+    ("double overflowing is infinite", ACCOUNT.field("AnnualRevenue"), "1e400", math.inf),
+    ("integer beyond a double is infinite", ACCOUNT.field("AnnualRevenue"), -(10**400), -math.inf),
     ("string boolean", LEAD.field("IsConverted"), "TRUE", True),
     ("number to text", ACCOUNT.field("Name"), 12, "12"),
     ("empty text is null", ACCOUNT.field("Name"), "", None),
@@ -128,6 +180,15 @@ COERCIONS: list[tuple[str, Any, Any, Any]] = [
     ("datetime date only", ACCOUNT.field("CreatedDate"), "2024-05-01", "2024-05-01T00:00:00.000+0000"),
     ("date", OPPORTUNITY.field("CloseDate"), "2024-02-29", "2024-02-29"),
     ("date from datetime", OPPORTUNITY.field("CloseDate"), "2024-02-29T23:00:00Z", "2024-02-29"),
+    ("date before year 1000", OPPORTUNITY.field("CloseDate"), "0001-01-01T00:00:00Z", "0001-01-01"),
+    ("datetime before year 1000", ACCOUNT.field("CreatedDate"), "0999-12-31T23:59:59Z", "0999-12-31T23:59:59.000+0000"),
+    ("datetime at year 1", ACCOUNT.field("CreatedDate"), "0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000+0000"),
+    (
+        "datetime at the end of year 9999",
+        ACCOUNT.field("CreatedDate"),
+        "9999-12-31T23:59:59.999Z",
+        "9999-12-31T23:59:59.999+0000",
+    ),
     ("null", ACCOUNT.field("Name"), None, None),
 ]
 
@@ -263,6 +324,26 @@ CHECK_ERRORS: list[tuple[str, Any, str, dict[str, Any], list[str], str, str, lis
         "Email: invalid email address: nobody",
         ["Email"],
     ),
+    (
+        "infinite currency",
+        ACCOUNT,
+        "update",
+        {"AnnualRevenue": math.inf},
+        [],
+        "NUMBER_OUTSIDE_VALID_RANGE",
+        "Annual Revenue: value outside of valid range on numeric field: inf",
+        ["AnnualRevenue"],
+    ),
+    (
+        "NaN double",
+        EMPLOYEE,
+        "create",
+        {"Name": "n", "Score__c": math.nan},
+        [],
+        "NUMBER_OUTSIDE_VALID_RANGE",
+        "Score: value outside of valid range on numeric field: nan",
+        ["Score__c"],
+    ),
 ]
 
 
@@ -315,6 +396,14 @@ def test_datetime_round_trip() -> None:
     assert format_datetime(ms) == "2013-05-07T22:07:19.000+0000"
     assert parse_datetime("not a date") is None
     assert parse_datetime("2024-02-30T00:00:00Z") is None
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999_999)))
+def test_datetimes_are_exact_to_the_millisecond_in_every_year(moment: datetime) -> None:
+    text = moment.isoformat(timespec="milliseconds")
+    ms = parse_datetime(text + "Z")
+    assert ms == (moment.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    assert format_datetime(ms) == text + "+0000"
 
 
 FORMULAS: list[tuple[str, dict[str, Any], Any]] = [
