@@ -12,6 +12,7 @@ For each field mapping of the object pair whose source field is part of the chan
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -20,6 +21,9 @@ from decimal import Decimal, InvalidOperation
 from services.common.change import Change, Side
 from services.common.tenant_config import Direction, FieldMapping, FieldType, ObjectPair, OnUnresolved, RecordFilter
 from services.common.values import Reference, Value, is_blank
+
+# The app contract and Duplex's events carry ints as int64.
+_INT64 = range(-(2**63), 2**63)
 
 # (pair name, side the id belongs to, id) -> the linked record's id on the other side, if linked.
 ResolveReference = Callable[[str, Side, str], str | None]
@@ -172,7 +176,13 @@ def _both_sides(
     name = mapping.app if side is Side.APP else mapping.salesforce
     transform = mapping.transform
     kind = transform.type if transform is not None else None
-    value = coerce(raw, kind, name) if kind is not None else raw
+    if kind is not None:
+        value = coerce(raw, kind, name)
+    elif isinstance(raw, float) and not math.isfinite(raw):
+        # Travels as it is, yet no Salesforce field and no JSON body can hold it.
+        raise RejectedChangeError("INVALID_VALUE", f"not a finite number: {raw!r}", name)
+    else:
+        value = raw
     if value is None:
         return None, None
 
@@ -247,13 +257,23 @@ def _to_int(value: Value) -> Value:
     if isinstance(value, bool):
         raise TypeError("a boolean is not a number")
     if isinstance(value, int):
-        return value
-    if isinstance(value, Decimal | float | str):
-        number = Decimal(str(value).strip())
-        if number != number.to_integral_value():
+        number = value
+    elif isinstance(value, Decimal | float | str):
+        exact = Decimal(str(value).strip())
+        if not exact.is_finite():
+            raise ValueError("not finite")
+        # Checked before int(): expanding an exponent like 1e40000000 takes hours. Twenty digits
+        # or more (10**19 and up) are beyond 2**63 anyway.
+        if exact.adjusted() >= 19:
+            raise ValueError("outside int64")
+        if exact != exact.to_integral_value():
             raise ValueError("has a fraction")
-        return int(number)
-    raise TypeError("number expected")
+        number = int(exact)
+    else:
+        raise TypeError("number expected")
+    if number not in _INT64:
+        raise ValueError("outside int64")
+    return number
 
 
 def _to_decimal(value: Value) -> Value:
@@ -268,7 +288,10 @@ def _to_decimal(value: Value) -> Value:
 def _to_double(value: Value) -> Value:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
         raise TypeError("number expected")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not finite")
+    return number
 
 
 def _to_bool(value: Value) -> Value:

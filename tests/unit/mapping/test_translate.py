@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -186,6 +188,11 @@ def test_fields_not_allowed_in_this_direction_are_dropped(
         (Side.APP, {"since": "29/02/2024"}, "INVALID_VALUE", "since"),
         (Side.APP, {"score": "many"}, "INVALID_VALUE", "score"),
         (Side.APP, {"score": True}, "INVALID_VALUE", "score"),
+        (Side.APP, {"score": math.inf}, "INVALID_VALUE", "score"),
+        (Side.APP, {"score": "1e400"}, "INVALID_VALUE", "score"),
+        # No transform: the value travels as it is, but a non-finite number has no JSON form.
+        (Side.CRM, {"Owner_Code__c": math.nan}, "INVALID_VALUE", "Owner_Code__c"),
+        (Side.CRM, {"Owner_Code__c": -math.inf}, "INVALID_VALUE", "Owner_Code__c"),
     ],
 )
 def test_invalid_values_reject_the_change_with_a_reason(
@@ -195,6 +202,14 @@ def test_invalid_values_reject_the_change_with_a_reason(
         translate(PAIR, change(side, source), resolve=resolve, crm_fields=DESCRIBE)
 
     assert (raised.value.code, raised.value.field) == (code, field)
+
+
+def test_a_non_finite_number_is_refused_in_a_field_without_a_transform() -> None:
+    # Without describe, Owner_Code__c is writable: the value would travel as it is.
+    with pytest.raises(RejectedChangeError) as raised:
+        translate(PAIR, change(Side.APP, {"owner_code": math.nan}), resolve=resolve)
+
+    assert (raised.value.code, raised.value.field) == ("INVALID_VALUE", "owner_code")
 
 
 @pytest.mark.parametrize(
@@ -251,6 +266,11 @@ def test_record_filter(side: Side, fields: dict[str, Value], passes: bool) -> No
         ("", FieldType.STRING, ""),
         ("42", FieldType.INT, 42),
         (Decimal("42.0"), FieldType.INT, 42),
+        ("9223372036854775807", FieldType.INT, 2**63 - 1),
+        (-(2**63), FieldType.INT, -(2**63)),
+        ("1e18", FieldType.INT, 10**18),
+        (Decimal("-9.223372036854775808E+18"), FieldType.INT, -(2**63)),
+        (1e300, FieldType.DOUBLE, 1e300),
         ("0.1", FieldType.DECIMAL, Decimal("0.1")),
         ("TRUE", FieldType.BOOL, True),
         ("2026-03-01T12:00:00Z", FieldType.DATETIME, AT),
@@ -269,11 +289,34 @@ def test_coerce(value: Value, kind: FieldType, expected: Value) -> None:
         ("2026-03-01T12:00:00", FieldType.DATETIME),
         ("NaN", FieldType.DECIMAL),
         ("yes", FieldType.BOOL),
+        # Beyond int64, which every Duplex event carries ints as.
+        (2**63, FieldType.INT),
+        ("9223372036854775808", FieldType.INT),
+        (float(2**63), FieldType.INT),
+        (Decimal("-1E+19"), FieldType.INT),
+        ("9" * 30, FieldType.INT),
+        (Decimal("Infinity"), FieldType.INT),
+        ("sNaN", FieldType.INT),
+        # Not finite: no JSON body and no Salesforce field holds it.
+        (math.nan, FieldType.DOUBLE),
+        (-math.inf, FieldType.DOUBLE),
+        ("Infinity", FieldType.DOUBLE),
+        (Decimal("1E+400"), FieldType.DOUBLE),
+        (10**400, FieldType.DOUBLE),
     ],
 )
 def test_coerce_refuses(value: Value, kind: FieldType) -> None:
-    with pytest.raises(RejectedChangeError):
+    with pytest.raises(RejectedChangeError) as refused:
         coerce(value, kind, "f")
+    assert refused.value.code == "INVALID_VALUE"
+
+
+@pytest.mark.parametrize("value", ["1e40000000", Decimal("-1E+40000000"), "1e-40000000"])
+def test_an_int_with_a_huge_exponent_is_refused_without_expanding_it(value: Value) -> None:
+    started = time.process_time()
+    with pytest.raises(RejectedChangeError):
+        coerce(value, FieldType.INT, "f")
+    assert time.process_time() - started < 0.5
 
 
 def test_the_salesforce_id_can_be_mapped_although_change_events_carry_it_only_in_their_header() -> None:
