@@ -9,6 +9,9 @@ result for every write. A failure of the whole call is either
   the offending records are isolated. When Salesforce names the field, the records that set it are
   rejected and the others re-sent in one call; otherwise the batch is halved until each refusal
   is pinned on one record. Bad input costs a few extra calls; good records are never rejected.
+
+A write with a value no request body can carry (a non-finite number, text that is not Unicode) is
+rejected before any call (``INVALID_VALUE``), and the rest of its batch is sent.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from services.writer.payload import (
     collection_request,
     collection_results,
     keys_with_fields,
+    unsendable,
 )
 
 log = logging.getLogger(__name__)
@@ -124,9 +128,21 @@ class BatchExecutor:
         self._clock = clock
 
     async def execute(self, batch: Batch, *, backfill: bool = False) -> list[WriteResult]:
+        refused: list[WriteResult] = []
+        sendable: list[RecordWrite] = []
+        for write in batch.writes:
+            error = unsendable(write)
+            if error is None:
+                sendable.append(write)
+            else:
+                refused.append(WriteResult(write, Outcome.REJECTED, record_id=write.record_id, errors=(error,)))
+        if not sendable:
+            return refused
+        if refused:
+            batch = _sub(batch, sendable)
         if batch.transport is Transport.BULK and bulk_supported(batch.operation):
-            return await self._bulk(batch, backfill)
-        return await self._rest_chunks(batch, batch.writes, backfill)
+            return refused + await self._bulk(batch, backfill)
+        return refused + await self._rest_chunks(batch, batch.writes, backfill)
 
     # ------------------------------------------------------------------ REST
 

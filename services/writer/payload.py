@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import enum
 import io
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -23,6 +24,9 @@ from services.writer.errors import Failure, classify
 
 # Bulk CSV: an empty cell leaves a field unchanged; this marker sets it to null.
 BULK_NULL = "#N/A"
+
+# The writer's own code for a value no request body can carry (see ``unsendable``).
+INVALID_VALUE = "INVALID_VALUE"
 
 # Deleting a record that a previous attempt (before a crash) already deleted is success.
 ALREADY_DELETED = frozenset({"ENTITY_IS_DELETED"})
@@ -72,11 +76,28 @@ def to_salesforce(value: Value) -> Any:
         return str(value)
     if isinstance(value, datetime):
         aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        moment = aware.astimezone(UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
+        moment = aware.astimezone(UTC).replace(tzinfo=None)
+        # isoformat, not %Y: strftime leaves years before 1000 unpadded, which Salesforce cannot read.
+        return moment.isoformat(timespec="milliseconds") + "+0000"
     if isinstance(value, date):
         return value.isoformat()
     return ";".join(value)
+
+
+def unsendable(write: RecordWrite) -> ItemError | None:
+    """Why ``write`` cannot go into a request body, or None.
+
+    A non-finite number or text that is not Unicode (a lone surrogate) has no JSON form: the call
+    would fail before it is made, every time, so retrying would hold the write, and its batch, for ever.
+    """
+    for name, value in write.fields.items():
+        try:
+            # As httpx encodes a JSON body.
+            json.dumps([name, to_salesforce(value)], ensure_ascii=False, allow_nan=False).encode()
+        except ValueError as exc:  # UnicodeEncodeError included
+            problem = "not a finite number" if isinstance(value, float) else f"{type(exc).__name__}: {exc}"
+            return ItemError(INVALID_VALUE, f"{name}: cannot be sent to Salesforce ({problem})", (name,))
+    return None
 
 
 def to_csv_cell(value: Value) -> str:

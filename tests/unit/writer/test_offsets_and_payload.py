@@ -74,6 +74,10 @@ def batch(*writes: RecordWrite, transport: Transport = Transport.REST) -> Batch:
 
 def test_values_take_salesforce_forms() -> None:
     assert to_salesforce(datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)) == "2024-05-01T12:00:00.123+0000"
+    # Four-digit years, as Salesforce reads them (strftime's %Y leaves year 1 as "1").
+    assert to_salesforce(datetime(1, 1, 2, tzinfo=UTC)) == "0001-01-02T00:00:00.000+0000"
+    assert to_salesforce(datetime(999, 12, 31, 23, 59, 59, 999999)) == "0999-12-31T23:59:59.999+0000"
+    assert to_salesforce(date(1, 1, 1)) == "0001-01-01"
     assert to_salesforce(date(2024, 5, 1)) == "2024-05-01"
     assert to_salesforce(Decimal("12345678901234567890.01")) == "12345678901234567890.01"
     assert to_salesforce(("A", "B")) == "A;B"
