@@ -7,6 +7,7 @@ the tenant is served (services.common.backfills).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -138,7 +139,12 @@ class Backfiller:
                 await self._rest.wait_for_job(job_id, self._settings.bulk_poll_seconds)
                 while True:
                     page = await self._rest.job_page(job_id, locator, self._settings.bulk_page_size)
-                    changes = [self._reader.csv_change(entity, row, types) for row in page.rows]
+                    changes = []
+                    for row in page.rows:
+                        convert = functools.partial(self._reader.csv_change, entity, row, types)
+                        change = await self._reader.carried(entity, row, "backfill", convert)
+                        if change is not None:
+                            changes.append(change)
                     await self._publisher.publish(changes, "backfill")
                     emitted += len(changes)
                     locator = page.next_locator

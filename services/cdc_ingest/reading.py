@@ -1,15 +1,22 @@
 """Records read from Salesforce (SOQL rows, Bulk CSV rows) as changes, and the paged read after a
-tuple cursor that repairs, polls and REST backfills share."""
+tuple cursor that repairs, polls and REST backfills share.
+
+A record Duplex cannot carry (a value beyond what its events hold) is refused alone, as the stream
+refuses an event: the paged read dead-letters a pointer to it, writes an ``UNREADABLE_RECORD``
+row to the sync log and moves on.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from services.cdc_ingest.contract import RecordChanged
 from services.cdc_ingest.cursor import Cursor, RecentlyEmitted, read_after_query, selectable_fields
 from services.cdc_ingest.publisher import Publisher
+from services.cdc_ingest.rejection import UNDECODABLE, Rejection, UndecodableError, reading
 from services.cdc_ingest.rest import SalesforceRest
 from services.cdc_ingest.translate import read_change
 from services.cdc_ingest.typed import FieldTypes, typed, typed_from_csv
@@ -43,49 +50,66 @@ class RecordReader:
         channel: str,
         missing_since: datetime | None = None,
     ) -> RecordChanged:
-        """A SOQL row as a change (a DELETE when the row is in the recycle bin)."""
-        modstamp = typed("datetime", row["SystemModstamp"])
-        assert isinstance(modstamp, datetime)
-        record_id = str(row["Id"])
-        if row.get("IsDeleted") in (True, "true"):
-            kind = ChangeKind.DELETE
-        values = {
-            name: typed(types[name].type if name in types else None, value)
-            for name, value in row.items()
-            if name not in _NOT_VALUES
-        }
-        return read_change(
-            tenant_id=self.tenant_id,
-            entity=entity,
-            record_id=record_id,
-            values=values,
-            modstamp=modstamp,
-            kind=kind,
-            cursor=Cursor(modstamp, record_id).encode(),
-            channel=f"{channel}:{entity}",
-            missing_since=missing_since,
-        )
+        """A SOQL row as a change (a DELETE when the row is in the recycle bin).
+
+        Raises UndecodableError when the row holds a value a change cannot carry.
+        """
+        with reading("record"):
+            modstamp = typed("datetime", row["SystemModstamp"])
+            assert isinstance(modstamp, datetime)
+            record_id = str(row["Id"])
+            if row.get("IsDeleted") in (True, "true"):
+                kind = ChangeKind.DELETE
+            values = {
+                name: typed(types[name].type if name in types else None, value)
+                for name, value in row.items()
+                if name not in _NOT_VALUES
+            }
+            return read_change(
+                tenant_id=self.tenant_id,
+                entity=entity,
+                record_id=record_id,
+                values=values,
+                modstamp=modstamp,
+                kind=kind,
+                cursor=Cursor(modstamp, record_id).encode(),
+                channel=f"{channel}:{entity}",
+                missing_since=missing_since,
+            )
 
     def csv_change(self, entity: str, row: dict[str, str], types: FieldTypes) -> RecordChanged:
-        """A Bulk 2.0 result row as a snapshot."""
-        values = {
-            name: typed_from_csv(types[name].type if name in types else None, text)
-            for name, text in row.items()
-            if name not in _NOT_VALUES
-        }
-        modstamp = values.get("SystemModstamp")
-        assert isinstance(modstamp, datetime), f"{entity} {row.get('Id')}: no SystemModstamp"
-        record_id = row["Id"]
-        return read_change(
-            tenant_id=self.tenant_id,
-            entity=entity,
-            record_id=record_id,
-            values=values,
-            modstamp=modstamp,
-            kind=ChangeKind.SNAPSHOT,
-            cursor=Cursor(modstamp, record_id).encode(),
-            channel=f"backfill:{entity}",
-        )
+        """A Bulk 2.0 result row as a snapshot; UndecodableError when it holds a value a change cannot carry."""
+        with reading("record"):
+            values = {
+                name: typed_from_csv(types[name].type if name in types else None, text)
+                for name, text in row.items()
+                if name not in _NOT_VALUES
+            }
+            modstamp = values.get("SystemModstamp")
+            assert isinstance(modstamp, datetime), f"{entity} {row.get('Id')}: no SystemModstamp"
+            record_id = row["Id"]
+            return read_change(
+                tenant_id=self.tenant_id,
+                entity=entity,
+                record_id=record_id,
+                values=values,
+                modstamp=modstamp,
+                kind=ChangeKind.SNAPSHOT,
+                cursor=Cursor(modstamp, record_id).encode(),
+                channel=f"backfill:{entity}",
+            )
+
+    async def carried(
+        self, entity: str, row: Mapping[str, Any], source: str, convert: Callable[[], RecordChanged]
+    ) -> RecordChanged | None:
+        """``convert()``, or None when the row holds a value no change can carry: that record is then
+        refused alone (a pointer, not the row, to the dead-letter topic: the record is still in
+        Salesforce to be read again, and a sync-log row)."""
+        try:
+            return convert()
+        except UndecodableError as error:
+            await self._publisher.reject(unreadable_record(entity, row, error, source), b"")
+            return None
 
     async def read_window(
         self,
@@ -114,7 +138,14 @@ class RecordReader:
             rows = [row async for row in self._rest.query(soql, all_rows=all_rows, backfill=backfill)]
             changes = []
             for row in rows:
-                change = self.row_change(entity, row, types, ChangeKind.SNAPSHOT, source, missing_since)
+                change = await self.carried(
+                    entity,
+                    row,
+                    source,
+                    functools.partial(self.row_change, entity, row, types, ChangeKind.SNAPSHOT, source, missing_since),
+                )
+                if change is None:
+                    continue
                 stamp = change.origin_commit_time.ToDatetime(tzinfo=UTC)
                 if recent is None or recent.is_new(change.record_id, stamp):
                     changes.append(change)
@@ -131,3 +162,24 @@ class RecordReader:
                     await save(cursor, published)
             if len(rows) < self._page_size:
                 return published
+
+
+def unreadable_record(entity: str, row: Mapping[str, Any], error: UndecodableError, source: str) -> Rejection:
+    """The rejection of a record read on ``source`` that no change can carry."""
+    record_id = str(row.get("Id") or "")
+    return Rejection(
+        event="cdc.unreadable_record",
+        code="UNREADABLE_RECORD",
+        message=f"{entity} {record_id} read by {source} cannot be carried ({error}); "
+        "a pointer to it is on the dead-letter topic and the read moved past it",
+        detail={
+            "object": entity,
+            "record_id": record_id,
+            "source": source,
+            "error_type": error.error_type,
+            "error": error.error,
+        },
+        origin={"object": entity, "record-id": record_id, "source": source},
+        reason=UNDECODABLE,
+        record_id=record_id,
+    )

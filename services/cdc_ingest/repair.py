@@ -16,6 +16,7 @@ between its start and the EARLIEST subscription.)
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +121,12 @@ class Repairs:
                     changes.append(self._deleted(order, record_id))
                     continue
                 kind = _GAP_KIND.get(order.change_type, ChangeKind.SNAPSHOT)
-                changes.append(self._reader.row_change(order.entity, found_row, types, kind, "gap", order.commit_time))
+                convert = functools.partial(
+                    self._reader.row_change, order.entity, found_row, types, kind, "gap", order.commit_time
+                )
+                change = await self._reader.carried(order.entity, found_row, "gap", convert)
+                if change is not None:
+                    changes.append(change)
             await self._publisher.publish(changes, "gap")
             published += len(changes)
         return published

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -77,3 +78,20 @@ def test_fields_describe_does_not_know_keep_their_wire_type(raw: object, expecte
 )
 def test_compound_components_get_their_api_names(compound: str, child: str, api_name: str) -> None:
     assert flat_name(compound, child) == api_name
+
+
+@pytest.mark.parametrize(
+    ("sf_type", "raw", "expected"),
+    [("long", 2**63 - 1, 2**63 - 1), ("int", "-9223372036854775808", -(2**63)), ("int", "1e18", 10**18)],
+)
+def test_ints_within_int64_are_read(sf_type: str, raw: object, expected: int) -> None:
+    assert typed(sf_type, raw) == expected
+
+
+@pytest.mark.parametrize("raw", [2**63, -(2**63) - 1, 10**30, "9" * 30, "1e40000000", "Infinity", 1e300])
+def test_ints_beyond_int64_are_refused_at_once(raw: object) -> None:
+    # Duplex's events carry ints as int64; "1e40000000" is refused without being expanded (hours).
+    started = time.process_time()
+    with pytest.raises(ValueError, match="int64"):
+        typed("int", raw)
+    assert time.process_time() - started < 0.5
