@@ -191,6 +191,7 @@ Names are exactly the env names the settings classes read; values.<service>.conf
 {{- $_ := set $data "KAFKA_BOOTSTRAP_SERVERS" $root.Values.kafka.bootstrapServers -}}
 {{- $_ := set $data "KAFKA_TOPIC_PREFIX" $root.Values.kafka.topicPrefix -}}
 {{- $_ := set $data "KAFKA_CLIENT_ID" $root.Values.kafka.clientId -}}
+{{- $_ := set $data "KAFKA_MAX_REQUEST_SIZE" (toString (int $root.Values.kafka.maxRequestSize)) -}}
 {{- end -}}
 {{- if eq .key "admin" -}}
 {{/* AdminSettings sizes its pool itself (at least one connection): DUPLEX_ADMIN_POOL_MAX_SIZE only. */}}
