@@ -246,7 +246,9 @@ def dead_letter_headers(
 class Publish(Protocol):
     """What the dead-letter publisher needs of a broker (``KafkaBroker.publish``)."""
 
-    def __call__(self, message: Any, topic: str, *, key: bytes | None, headers: dict[str, str]) -> Awaitable[Any]: ...
+    def __call__(
+        self, message: Any, topic: str, *, key: bytes | None, headers: dict[str, str], no_confirm: bool = False
+    ) -> Awaitable[Any]: ...
 
 
 class DeadLetterPublisher:
@@ -273,8 +275,14 @@ class DeadLetterPublisher:
             return None
         return self._topic_names(self._topic_names.dlq_of(logical))
 
-    async def publish(self, record: ConsumerRecord[Any, Any], error: BaseException) -> str:
-        """Dead-letter ``record``; returns the dead-letter topic. Raises LookupError without one."""
+    async def publish(
+        self, record: ConsumerRecord[Any, Any], error: BaseException, acks: list[Awaitable[Any]] | None = None
+    ) -> str:
+        """Dead-letter ``record``; returns the dead-letter topic. Raises LookupError without one.
+
+        Waits for the broker's acknowledgement, unless ``acks`` is given: the acknowledgement is
+        then added to it, for the caller to wait for with others.
+        """
         target = self.dead_letter_topic(record.topic)
         if target is None:
             raise LookupError(f"topic {record.topic} has no dead-letter topic")
@@ -288,7 +296,10 @@ class DeadLetterPublisher:
             service=self._service_name,
             failed_at=self._clock(),
         )
-        await self._publish(record.value, target, key=record.key, headers=headers)
+        if acks is None:
+            await self._publish(record.value, target, key=record.key, headers=headers)
+        else:
+            acks.append(await self._publish(record.value, target, key=record.key, headers=headers, no_confirm=True))
         return target
 
 
@@ -343,8 +354,15 @@ class ConsumerGuard:
         if self.metrics is not None and consumer is not None:
             _observe_lag(self.metrics, self.service_name, record, consumer)
 
-    async def rejected(self, record: ConsumerRecord[Any, Any], error: InvalidEvent, consumer: Any) -> None:
-        """Dead-letter ``record`` or, past the breaker's limit, halt. Returns only if dead-lettered."""
+    async def rejected(
+        self,
+        record: ConsumerRecord[Any, Any],
+        error: InvalidEvent,
+        consumer: Any,
+        acks: list[Awaitable[Any]] | None = None,
+    ) -> None:
+        """Dead-letter ``record`` or, past the breaker's limit, halt. Returns only if dead-lettered
+        (acknowledged, or its acknowledgement added to ``acks`` for the caller to wait for)."""
         self._failures.pop((record.topic, record.partition), None)
         breaker = self.breaker(record.topic)
         if self.dead_letters.dead_letter_topic(record.topic) is None:
@@ -356,7 +374,7 @@ class ConsumerGuard:
         if trip is not None:
             breaker.trip(trip)
             self._halt(record, consumer, cause="breaker", reason=f"{trip}; last: {error.reason}", error=error)
-        target = await self.dead_letters.publish(record, error)
+        target = await self.dead_letters.publish(record, error, acks)
         if not error.contained:
             breaker.record_invalid()
         self._count(record, "dead_lettered")
@@ -364,7 +382,10 @@ class ConsumerGuard:
             self.metrics.dlq_messages.labels(
                 service=self.service_name, topic=record.topic, error_class=type(error).__name__
             ).inc()
-        log.warning(
+        # A contained rejection (a quarantined pair's change) is expected, and counted in metrics:
+        # a warning for each would bury everything else in the log.
+        log.log(
+            logging.DEBUG if error.contained else logging.WARNING,
             "event dead-lettered",
             extra=_record_fields(record) | {"dead_letter_topic": target, "reason": error.reason},
         )

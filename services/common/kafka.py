@@ -416,12 +416,16 @@ async def _consume_batch(
     invalid.update({positions[i]: reason for i, reason in refused.items()})
     # The lag gauge keeps only its latest value: set it once per partition, from its last record.
     last = {(r.topic, r.partition): r.offset for r in records}
+    # Dead letters are sent one after another and their acknowledgements awaited together, before
+    # the batch counts as done: a stream of rejections (a quarantined pair) costs no round trip each.
+    acks: list[Awaitable[Any]] = []
     for index, record in enumerate(records):
         rejection = invalid.get(index)
         if rejection is None:
             guard.succeeded(record, consumer if last[(record.topic, record.partition)] == record.offset else None)
         else:
-            await guard.rejected(record, rejection, consumer)
+            await guard.rejected(record, rejection, consumer, acks)
+    await asyncio.gather(*acks)
 
 
 @asynccontextmanager

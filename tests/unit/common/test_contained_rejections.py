@@ -24,7 +24,9 @@ def record(offset: int) -> ConsumerRecord[bytes, bytes]:
 
 
 def guard(sent: list[int]) -> ConsumerGuard:
-    async def publish(message: Any, topic: str, *, key: bytes | None, headers: dict[str, str]) -> None:
+    async def publish(
+        message: Any, topic: str, *, key: bytes | None, headers: dict[str, str], no_confirm: bool = False
+    ) -> None:
         sent.append(int(headers["duplex-original-offset"]))
 
     return ConsumerGuard(

@@ -142,7 +142,9 @@ def test_dead_letter_headers_name_origin_and_reason() -> None:
 async def test_dead_letter_publisher_keeps_key_value_and_headers() -> None:
     sent: list[tuple[Any, str, bytes | None, dict[str, str]]] = []
 
-    async def publish(message: Any, topic: str, *, key: bytes | None, headers: dict[str, str]) -> None:
+    async def publish(
+        message: Any, topic: str, *, key: bytes | None, headers: dict[str, str], no_confirm: bool = False
+    ) -> None:
         sent.append((message, topic, key, headers))
 
     publisher = DeadLetterPublisher(

@@ -111,7 +111,9 @@ async def test_a_batch_handler_gets_each_decoded_event_with_the_key_it_came_with
         seen.extend(zip(events.keys, (e.record_id for e in events), strict=True))
         return {}
 
-    async def reject(record: ConsumerRecord[bytes, bytes], error: InvalidEvent, consumer: object) -> None:
+    async def reject(
+        record: ConsumerRecord[bytes, bytes], error: InvalidEvent, consumer: object, acks: object = None
+    ) -> None:
         rejected.append(record.offset)
 
     guard = SimpleNamespace(halt=Halt(), succeeded=lambda record, consumer: None, rejected=reject)

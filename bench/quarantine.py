@@ -1,0 +1,167 @@
+"""Mapping isolation: one tenant's object pair quarantined, its stream still flowing, beside a quiet one.
+
+A private Kafka broker and PostgreSQL; mapping runs in this process. Tenant "quiet" sends a burst
+of partner creates alone; then tenant "noisy" sends changes whose names are too long for its pair
+until mapping quarantines the pair; then quiet sends the same burst again while noisy keeps
+sending as many changes (good ones, now dead-lettered as quarantined) interleaved with it. The
+figure is quiet's changes mapped per second beside noisy over alone, both measured in this run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from bench.report import Figure, Result
+from bench.stack import BenchStack, bench_stack
+from services.admin.config_store import ConfigStore
+from services.common.change import Change, ChangeKind, Side
+from services.common.codec import record_key
+from services.common.contract import to_proto
+from services.common.db import migrate
+from services.common.settings import KafkaSettings, PostgresSettings, TelemetrySettings
+from services.common.telemetry import setup_telemetry
+from services.common.tenant_config import parse_tenant_config
+from services.common.topics import Topic
+from services.mapping.app import run as run_mapping
+from services.mapping.settings import MappingSettings
+
+BURST = 5_000
+NAME_LIMIT = 40
+
+
+def _tenant(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "duplex.dev/v1",
+        "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": {
+            "salesforce": {
+                "instanceUrl": "https://bench.my.salesforce.com",
+                "auth": {"mode": "oauth_pkce", "clientId": "3MVG9bench"},
+                "dailyApiCap": 5000,
+            },
+            "objects": [
+                {
+                    "name": "partners",
+                    "app": {"object": "partners"},
+                    "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+                    "fields": [
+                        {"app": "name", "salesforce": "Name", "transform": {"type": "string", "maxLength": NAME_LIMIT}},
+                        {"app": "phone", "salesforce": "Phone"},
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def _create(tenant: str, name: str) -> tuple[bytes, bytes]:
+    record = f"p-{uuid.uuid4().hex}"
+    change = Change(
+        event_id=uuid.uuid4().hex,
+        tenant_id=tenant,
+        side=Side.APP,
+        object_type="partners",
+        record_id=record,
+        kind=ChangeKind.CREATE,
+        fields={"name": name, "phone": "+33 1 0000"},
+        at=datetime.now(UTC),
+        changed=frozenset({"name", "phone"}),
+        origin_client="bench-app",
+    )
+    return to_proto(change).SerializeToString(), record_key(tenant, "partners", record)
+
+
+async def _end(consumer: AIOKafkaConsumer, topic: str) -> int:
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
+    return sum((await consumer.end_offsets(partitions)).values())
+
+
+def run() -> Result:
+    return asyncio.run(_run())
+
+
+async def _run() -> Result:
+    async with bench_stack("bench-quarantine") as servers:
+        figures = await _measure(servers)
+    return Result(
+        "quarantine",
+        {"burst": BURST, "changes": "one-record partner creates", "noisy's pair": "quarantined"},
+        figures,
+        notes=["beside: noisy sends one quarantined change per quiet change, interleaved (twice the input)"],
+    )
+
+
+async def _measure(servers: BenchStack) -> list[Figure]:
+    await migrate(servers.dsn)
+    conn = await asyncpg.connect(servers.dsn)
+    try:
+        configs = [parse_tenant_config(_tenant("quiet")), parse_tenant_config(_tenant("noisy"))]
+        await ConfigStore(conn).apply(configs, "bench")
+    finally:
+        await conn.close()
+    settings = MappingSettings(
+        kafka=KafkaSettings(bootstrap_servers=servers.bootstrap_servers, topic_prefix=servers.names.prefix),
+        postgres=PostgresSettings(dsn=SecretStr(servers.dsn)),
+        config_check_seconds=0,
+    )
+    telemetry = setup_telemetry(
+        TelemetrySettings(), service_name="mapping", install_global=False, registry=CollectorRegistry()
+    )
+    changes, mapped, dead = (
+        servers.names(Topic.APP_CHANGES),
+        servers.names(Topic.MAPPED_CHANGES),
+        servers.names(Topic.APP_CHANGES_DLQ),
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=servers.bootstrap_servers, acks="all", linger_ms=5)
+    offsets = AIOKafkaConsumer(mapped, dead, bootstrap_servers=servers.bootstrap_servers)
+    await producer.start()
+    await offsets.start()
+
+    async def publish(events: list[tuple[bytes, bytes]]) -> None:
+        await asyncio.gather(*[await producer.send(changes, value, key=key) for value, key in events])
+
+    async def until(topic: str, count: int) -> None:
+        async with asyncio.timeout(1800):
+            # Polls the broker: nothing in this process says mapping published.
+            while await _end(offsets, topic) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+
+    async def burst(noise: bool) -> float:
+        target = await _end(offsets, mapped) + BURST
+        events = [_create("quiet", f"quiet {n}") for n in range(BURST)]
+        if noise:
+            noisy = [_create("noisy", f"noisy {n}") for n in range(BURST)]
+            events = [event for pair in zip(events, noisy, strict=True) for event in pair]
+        started = time.perf_counter()
+        await publish(events)
+        await until(mapped, target)
+        return BURST / (time.perf_counter() - started)
+
+    try:
+        async with run_mapping(settings, telemetry):
+            alone = await burst(noise=False)
+            await publish([_create("noisy", "x" * (NAME_LIMIT + 1)) for _ in range(150)])
+            await until(dead, 150)
+            beside = await burst(noise=True)
+            quarantined = telemetry.metrics.registry.get_sample_value(
+                "duplex_quarantined_pairs", {"service": "mapping", "tenant": "noisy", "pair": "partners"}
+            )
+    finally:
+        await offsets.stop()
+        await producer.stop()
+    return [
+        Figure("quiet alone: mapped (changes/s)", alone, "changes/s"),
+        Figure("quiet beside noisy's quarantined stream: mapped (changes/s)", beside, "changes/s"),
+        Figure("quiet beside / alone", beside / alone, "ratio", target=0.9),
+        Figure("noisy's pair quarantined (1 = yes)", quarantined or 0.0, "gauge", target=1.0),
+    ]
