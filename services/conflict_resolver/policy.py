@@ -193,12 +193,16 @@ def observe(
     *,
     from_duplex: bool,
     read_back: bool = False,
+    foreign: bool = False,
 ) -> Decision:
     """Take one value reported by ``side`` (committed there at ``at``) and decide what follows.
 
     ``read_back``: the value comes from reading the record (a snapshot after a CDC gap or replay
     expiry), not from a change event: it shows the record's state, stamped with its last
     modification, and carries no origin client.
+    ``foreign``: the change is tagged with another client than Duplex's by a side that tags every
+    write of Duplex's (Salesforce: each call carries Duplex's client id), so it is someone's edit,
+    never Duplex's write coming back, even when it equals a value Duplex is writing there.
     """
     if from_duplex:
         if state.replayed(side, value, at):
@@ -231,7 +235,7 @@ def observe(
         return Decision(Outcome.DUPLICATE, state, {}, "already seen")
 
     proposal = Edit(value, side, at)
-    if any(same_value(e.value, value) for e in state.pending(side)):
+    if not foreign and any(same_value(e.value, value) for e in state.pending(side)):
         # An untagged value equal to a write of ours still in flight to that side: our write coming
         # back without its tag (or someone typing what we are writing there anyway, which our write
         # will overwrite with the same value). An echo: dropped, counted, never written back, and it

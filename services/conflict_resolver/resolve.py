@@ -184,10 +184,20 @@ class _Builder:
         *,
         from_duplex: bool,
         read_back: bool = False,
+        foreign: bool = False,
     ) -> None:
         rule = rule_of(self.pair, mapping)
         before = self.record(mapping.app)
-        decision = observe(rule, before.state, side, change.app_value, at, from_duplex=from_duplex, read_back=read_back)
+        decision = observe(
+            rule,
+            before.state,
+            side,
+            change.app_value,
+            at,
+            from_duplex=from_duplex,
+            read_back=read_back,
+            foreign=foreign,
+        )
         state = decision.state
         # The truth and the lost edit only ever change to this change's edit or to each other.
         crm_form, lost_crm_form = before.crm_form, before.lost_crm_form
@@ -346,6 +356,11 @@ def resolve(
 ) -> Resolution:
     """Decide what ``change`` means for both sides of ``link``."""
     from_duplex = bool(client_id) and change.origin_client == client_id
+    # Salesforce tags every write of Duplex's with its client id (a Bulk job's may come back
+    # untagged), so a change tagged with another client is someone's edit. The app side is not
+    # trusted this far: an app that tags its own client on what it applied for Duplex would
+    # otherwise turn Duplex's late echoes into edits.
+    foreign = change.side is Side.CRM and bool(change.origin_client) and not from_duplex
     link = replace(
         link,
         object_pair=change.object_pair or link.object_pair,
@@ -387,6 +402,7 @@ def resolve(
                 change.at,
                 from_duplex=from_duplex,
                 read_back=change.kind is ChangeKind.SNAPSHOT,
+                foreign=foreign,
             )
         if from_duplex:
             echo = EchoReason.ORIGIN_CLIENT

@@ -50,6 +50,7 @@ TABLE: dict[tuple[str, str], Needs] = {
     ("POST", "/api/v1/tenants/{tenant}/connection:revoke"): Needs.ADMIN,
     ("POST", "/api/v1/tenants/{tenant}/connection:check"): Needs.OPERATOR,
     ("POST", "/api/v1/tenants/{tenant}/backfills"): Needs.OPERATOR,
+    ("GET", "/api/v1/tenants/{tenant}/health"): Needs.VIEWER,
     ("GET", "/api/v1/oauth/callback"): Needs.OAUTH_STATE,
     ("POST", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
     ("GET", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,

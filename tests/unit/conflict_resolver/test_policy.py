@@ -168,6 +168,27 @@ def test_an_untagged_late_echo_of_an_older_pending_write_is_dropped_not_taken_as
     assert second.state.truth == edit("b", APP, 2)
 
 
+def test_someones_edit_equal_to_an_older_pending_write_is_an_edit_not_an_echo() -> None:
+    # Found by the fault test: a record read back after its events expired showed Salesforce's "a"
+    # (dated to the gap), Duplex wrote "a" back; Salesforce's older "b" event then arrived and Duplex
+    # wrote "b"; the rep's edit "a", made after "b", was taken for the echo of the pending "a", and
+    # "b" overwrote it. Tagged by the rep's client, it can only be the rep's edit.
+    sent = observe(BOTH_NEWEST, synced("z", CRM, 0), CRM, "a", t(1), from_duplex=False).state
+    state = observe(BOTH_NEWEST, sent, APP, "y", t(2), from_duplex=False).state
+    state = observe(BOTH_NEWEST, state, CRM, "b", t(3), from_duplex=False).state
+    state = state.with_pending(CRM, (edit("a", CRM, 1), edit("b", CRM, 3)))
+
+    rep = observe(BOTH_NEWEST, state, CRM, "a", t(4), from_duplex=False, foreign=True)
+    untagged = observe(BOTH_NEWEST, state, CRM, "a", t(4), from_duplex=False)
+
+    assert (rep.outcome, rep.state.truth) == (Outcome.ACCEPTED, edit("a", CRM, 4))
+    assert rep.writes[APP] == edit("a", CRM, 4)
+    # Written to Salesforce too: it lands after "b", which would otherwise overwrite it.
+    assert rep.writes[CRM] == edit("a", CRM, 4)
+    # Untagged, it may be Duplex's "a" coming back late: still an echo (docs/guarantees.md).
+    assert untagged.outcome is Outcome.ECHO
+
+
 @pytest.mark.parametrize("policy", list(Policy))
 @pytest.mark.parametrize("allow_nulls", [False, True])
 @pytest.mark.parametrize("pending", [("a", "b"), ("b", "a"), ("a", "b", "c")])
