@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-from services.common.values import Reference, Value
+from services.common.values import Reference, Value, int64
 
 _EPOCH = date(1970, 1, 1)
 _REFERENCE_TYPES = frozenset({"id", "reference"})
 _DECIMAL_TYPES = frozenset({"currency", "percent"})
 _INT_TYPES = frozenset({"int", "long"})
-# Duplex's events carry ints as int64.
-_INT64 = range(-(2**63), 2**63)
 # Compound parents are read through their components; their own value is not a field value.
 COMPOUND_TYPES = frozenset({"address", "location"})
 
@@ -60,20 +58,6 @@ def _decimal(value: object) -> Decimal:
         raise ValueError(f"not a number: {value!r}") from exc
 
 
-def _int(raw: object) -> int:
-    if isinstance(raw, str):
-        exact = _decimal(raw)
-        # Checked before int(): expanding an exponent like 1e40000000 takes hours.
-        if not exact.is_finite() or exact.adjusted() >= 19:
-            raise ValueError("not a number within int64")
-        number = int(exact)
-    else:
-        number = int(raw)  # type: ignore[call-overload]
-    if number not in _INT64:
-        raise ValueError(f"{number} is outside int64")
-    return number
-
-
 def typed(sf_type: str | None, raw: object) -> Value:
     """One value from Avro or REST JSON as the typed value for a field of ``sf_type``.
 
@@ -90,7 +74,7 @@ def typed(sf_type: str | None, raw: object) -> Value:
             return raw.strip().lower() == "true"
         return bool(raw)
     if sf_type in _INT_TYPES:
-        return _int(raw)
+        return int64(_decimal(raw)) if isinstance(raw, str) else int64(int(raw))  # type: ignore[call-overload]
     if sf_type == "double":
         return float(raw)  # type: ignore[arg-type]
     if sf_type in _DECIMAL_TYPES:

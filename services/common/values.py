@@ -33,3 +33,20 @@ def same_value(a: Value, b: Value) -> bool:
     if is_blank(a) and is_blank(b):
         return True
     return type(a) is type(b) and a == b
+
+
+# Duplex's events (and the app contract) carry ints as int64.
+INT64 = range(-(2**63), 2**63)
+
+
+def int64(number: int | Decimal) -> int:
+    """``number`` as an int64 (a fraction truncated); ValueError when it is not finite or out of
+    range, decided before ``int()`` expands an exponent such as 1e40000000 (which takes hours)."""
+    if isinstance(number, Decimal):
+        # Twenty digits or more (10**19 and up) are beyond 2**63 anyway.
+        if not number.is_finite() or number.adjusted() >= 19:
+            raise ValueError(f"not a number within int64: {number}")
+        number = int(number)
+    if number not in INT64:
+        raise ValueError(f"{number} is outside int64")
+    return number
