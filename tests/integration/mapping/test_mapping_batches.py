@@ -169,3 +169,39 @@ async def test_a_new_link_whose_id_is_taken_gets_the_next_one_inside_a_batch(fre
     assert again.link_id == link_id_for(TENANT, "partners", Side.CRM, "001X#1")
     assert fresh.link_id == link_id_for(TENANT, "partners", Side.CRM, "001Y")
     assert [tuple(r) for r in rows] == [(taken, "001N"), (again.link_id, "001X"), (fresh.link_id, "001Y")]
+
+
+async def test_link_lookups_use_the_record_index_after_the_table_grew(fresh_database: str) -> None:
+    """Planned from statistics taken while ``links`` was empty (a new deployment, a tenant's first
+    backfill) and generically (no parameter values: the planner's worst case), a lookup by record
+    id once took links_external_id's two leading columns and filtered every link of the pair once
+    per wanted record. The pool's sessions also plan each statement for its values."""
+    await prepare_database(fresh_database)
+    settings = PostgresSettings(dsn=SecretStr(fresh_database), pool_max_size=1)
+    async with create_pool(settings) as pool, pool.acquire() as conn:
+        assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        await conn.execute("ANALYZE links")
+        await conn.execute(
+            "INSERT INTO links (tenant_id, object_pair, link_id, app_record_id, external_id)"
+            " SELECT $1, 'partners', md5(g::text), 'p' || g, 'dx-' || g FROM generate_series(1, 5000) g",
+            TENANT,
+        )
+        plans: list[str] = []
+
+        def listener(_conn: object, message: Any) -> None:
+            plans.append(message.message)
+
+        conn.add_log_listener(listener)
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute("LOAD 'auto_explain'")
+        await conn.execute("SET auto_explain.log_min_duration = 0")
+        await conn.execute("SET client_min_messages = log")
+        for run in range(3):
+            repository = BatchLinkRepository(conn)
+            await repository.prefetch([(TENANT, "partners", Side.APP, f"p{run * 100 + n}") for n in range(100)])
+        conn.remove_log_listener(listener)
+    lookups = [plan for plan in plans if "app_record_id = w.r" in plan]
+    assert len(lookups) == 3
+    for plan in lookups:
+        # The pathology: a nested loop whose inner scan reads the pair's links and filters them.
+        assert "Filter: (w.r = app_record_id)" not in plan, plan
