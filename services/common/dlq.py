@@ -244,7 +244,7 @@ def dead_letter_headers(
 
 
 class Publish(Protocol):
-    """What the dead-letter publisher needs of a broker (``KafkaBroker.publish``)."""
+    """What the dead-letter publisher needs of a broker: a send of one record, acknowledged or not."""
 
     def __call__(
         self, message: Any, topic: str, *, key: bytes | None, headers: dict[str, str], no_confirm: bool = False
@@ -384,11 +384,13 @@ class ConsumerGuard:
             ).inc()
         # A contained rejection (a quarantined pair's change) is expected, and counted in metrics:
         # a warning for each would bury everything else in the log.
-        log.log(
-            logging.DEBUG if error.contained else logging.WARNING,
-            "event dead-lettered",
-            extra=_record_fields(record) | {"dead_letter_topic": target, "reason": error.reason},
-        )
+        level = logging.DEBUG if error.contained else logging.WARNING
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "event dead-lettered",
+                extra=_record_fields(record) | {"dead_letter_topic": target, "reason": error.reason},
+            )
 
     async def failed(self, record: ConsumerRecord[Any, Any], error: BaseException, consumer: Any) -> None:
         """Wait before the redelivery of ``record``, or halt once the redelivery policy gives up."""

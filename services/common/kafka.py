@@ -295,7 +295,7 @@ def make_kafka(
     halt = halt or Halt()
     outer = (*(telemetry.kafka_middlewares() if telemetry else ()), *middlewares)
     broker = make_broker(settings, service_name=service_name, middlewares=outer)
-    dead_letters = DeadLetterPublisher(broker.publish, topic_names, service_name=service_name)
+    dead_letters = DeadLetterPublisher(_DeadLetterSend(broker), topic_names, service_name=service_name)
     guard_options: dict[str, Any] = {} if sleep is None else {"sleep": sleep}
     guard = ConsumerGuard(
         dead_letters=dead_letters,
@@ -352,8 +352,7 @@ class Sender:
         trace_headers: dict[str, str] = {}
         propagate.inject(trace_headers)
         headers: dict[type[Message], list[tuple[str, bytes]]] = {}
-        # faststream keeps its started aiokafka producer here; there is no public accessor.
-        producer = self._broker.config.producer._producer.producer  # type: ignore[attr-defined]
+        producer = _producer(self._broker)
         acks: list[asyncio.Future[Any]] = []
         for (event, key), value in zip(events, values, strict=True):
             kind = type(event)
@@ -362,6 +361,32 @@ class Sender:
                 headers[kind] = [(name, text.encode()) for name, text in carrier.items()]
             acks.append(await producer.send(self._topic, value=value, key=key, headers=headers[kind]))
         await asyncio.gather(*acks)
+
+
+def _producer(broker: KafkaBroker) -> Any:
+    """The started aiokafka producer faststream keeps; it has no public accessor."""
+    return broker.config.producer._producer.producer  # type: ignore[attr-defined]
+
+
+class _DeadLetterSend:
+    """Sends dead letters on the broker's producer directly, as :class:`Sender` does: a
+    quarantined pair dead-letters every change it gets, and faststream's span and metrics per
+    publish would cost more than the rest of such a rejection (the record keeps its original
+    headers, trace context included)."""
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self._broker = broker
+
+    async def __call__(
+        self, message: Any, topic: str, *, key: bytes | None, headers: dict[str, str], no_confirm: bool = False
+    ) -> Any:
+        if not hasattr(self._broker.config.producer, "_producer"):
+            # faststream's in-memory test broker has no aiokafka producer: its own publish routes
+            # the record to the test's subscribers.
+            return await self._broker.publish(message, topic, key=key, headers=headers, no_confirm=no_confirm)
+        encoded = [(name, text.encode()) for name, text in headers.items()]
+        ack = await _producer(self._broker).send(topic, value=message, key=key, headers=encoded)
+        return ack if no_confirm else await ack
 
 
 class _RawRecords:
