@@ -112,6 +112,8 @@ class _Batch:
     # The pair (and the tenant's configuration version) each attributable change was counted under.
     pairs: dict[int, tuple[PairKey, int | None]] = field(default_factory=dict)
     corrected: list[tuple[Change, Correction]] = field(default_factory=list)
+    # Each tenant's configuration, looked up once per batch: a batch is mapped under one version.
+    configs: dict[str, StoredConfig | None] = field(default_factory=dict)
 
     def refuse(self, index: int, rejection: _Rejection) -> None:
         self.refused[index] = InvalidEvent(f"{rejection.code}: {rejection.message}")
@@ -216,7 +218,9 @@ class Mapper:
             raise _Refused(
                 index, _Rejection(change.tenant_id, "", "INVALID_CHANGE", "missing record_id", change.event_id)
             )
-        stored = await self._configs.current(conn, change.tenant_id)
+        if change.tenant_id not in batch.configs:
+            batch.configs[change.tenant_id] = await self._configs.current(conn, change.tenant_id)
+        stored = batch.configs[change.tenant_id]
         pair = pair_for(stored.config, change.side, change.object_type) if stored is not None else None
         key = (change.tenant_id, pair.name if pair is not None else _unmapped(change))
         version = stored.version if stored is not None else None
