@@ -977,3 +977,13 @@ def test_the_admin_port_is_open_to_anyone_when_no_sources_are_given() -> None:
     policy = one_of_kind(docs, "NetworkPolicy", ADMIN.name)
     (http,) = [rule for rule in policy["spec"]["ingress"] if rule["ports"][0]["port"] == "http"]
     assert "from" not in http
+
+
+def test_the_prometheus_rule_carries_the_alert_file_untemplated(rendered: dict[str, list[Doc]]) -> None:
+    assert of_kind(rendered["default"], "PrometheusRule") == []
+    (rule,) = of_kind(rendered["all-options"], "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    wanted = all_options_values()["metrics"]["prometheusRule"]["labels"]
+    assert rule["metadata"]["labels"].items() >= wanted.items()
+    # Prometheus, not Helm, fills in {{ $labels.tenant }}.
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
