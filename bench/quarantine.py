@@ -38,6 +38,8 @@ from services.mapping.app import run as run_mapping
 from services.mapping.settings import MappingSettings
 
 BURST = 20_000
+# Below capacity: quiet (and noisy, beside it) send this many changes per second, in chunks.
+STEADY, STEADY_RATE, STEADY_CHUNK = 10_000, 1_000, 50
 NAME_LIMIT = 40
 
 
@@ -89,16 +91,23 @@ async def _end(consumer: AIOKafkaConsumer, topic: str) -> int:
     return sum((await consumer.end_offsets(partitions)).values())
 
 
-def _produce(bootstrap_servers: str, topic: str, names: list[tuple[str, str]]) -> None:
-    """Publish one partner create per (tenant, name), in order; runs in a process of its own, so
-    that building and sending the load costs mapping's event loop nothing."""
+def _produce(bootstrap_servers: str, topic: str, names: list[tuple[str, str]], per_second: float | None) -> None:
+    """Publish one partner create per (tenant, name), in order, at once or ``per_second``; runs in
+    a process of its own, so that building and sending the load costs mapping's event loop nothing."""
 
     async def send() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
         await producer.start()
         try:
             events = [_create(tenant, name) for tenant, name in names]
-            await asyncio.gather(*[await producer.send(topic, value, key=key) for value, key in events])
+            step = max(1, len(events)) if per_second is None else STEADY_CHUNK
+            started = time.perf_counter()
+            acks = []
+            for first in range(0, len(events), step):
+                acks += [await producer.send(topic, value, key=key) for value, key in events[first : first + step]]
+                if per_second is not None:
+                    await asyncio.sleep(max(0.0, started + (first + step) / per_second - time.perf_counter()))
+            await asyncio.gather(*acks)
         finally:
             await producer.stop()
 
@@ -114,7 +123,12 @@ async def _run() -> Result:
         figures = await _measure(servers)
     return Result(
         "quarantine",
-        {"burst": BURST, "changes": "one-record partner creates", "noisy's pair": "quarantined"},
+        {
+            "burst": BURST,
+            "steady": f"{STEADY:,} at {STEADY_RATE:,}/s",
+            "changes": "one-record partner creates",
+            "noisy's pair": "quarantined",
+        },
         figures,
         notes=[
             "beside: noisy sends one quarantined change per quiet change, interleaved (twice the input)",
@@ -147,8 +161,10 @@ async def _measure(servers: BenchStack) -> list[Figure]:
     await offsets.start()
     loader = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
-    async def publish(names: list[tuple[str, str]]) -> None:
-        await asyncio.get_running_loop().run_in_executor(loader, _produce, servers.bootstrap_servers, changes, names)
+    async def publish(names: list[tuple[str, str]], per_second: float | None = None) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            loader, _produce, servers.bootstrap_servers, changes, names, per_second
+        )
 
     async def until(topic: str, count: int) -> None:
         async with asyncio.timeout(1800):
@@ -156,31 +172,45 @@ async def _measure(servers: BenchStack) -> list[Figure]:
             while await _end(offsets, topic) < count:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
 
-    async def burst(noise: bool) -> float:
-        target = await _end(offsets, mapped) + BURST
-        names = [("quiet", f"quiet {n}") for n in range(BURST)]
+    async def send(count: int, noise: bool, per_second: float | None = None) -> float:
+        """Seconds from the first send of ``count`` quiet changes (each followed by a noisy one
+        with ``noise``, both at ``per_second`` each) to the last mapped."""
+        target = await _end(offsets, mapped) + count
+        names = [("quiet", f"quiet {n}") for n in range(count)]
         if noise:
             names = [name for n, quiet in enumerate(names) for name in (quiet, ("noisy", f"noisy {n}"))]
         started = time.perf_counter()
-        await asyncio.gather(publish(names), until(mapped, target))
-        return BURST / (time.perf_counter() - started)
+        rate = None if per_second is None else per_second * (2 if noise else 1)
+        await asyncio.gather(publish(names, rate), until(mapped, target))
+        return time.perf_counter() - started
 
     try:
         await publish([])  # the loader process starts (and imports) before anything is timed
         async with run_mapping(settings, telemetry):
-            alone = await burst(noise=False)
+            alone = BURST / await send(BURST, noise=False)
+            steady_alone = await send(STEADY, noise=False, per_second=STEADY_RATE)
             await publish([("noisy", "x" * (NAME_LIMIT + 1)) for _ in range(150)])
             await until(dead, 150)
-            beside = await burst(noise=True)
+            beside = BURST / await send(BURST, noise=True)
+            steady_beside = await send(STEADY, noise=True, per_second=STEADY_RATE)
             quarantined = telemetry.metrics.registry.get_sample_value(
                 "duplex_quarantined_pairs", {"service": "mapping", "tenant": "noisy", "pair": "partners"}
             )
     finally:
         loader.shutdown()
         await offsets.stop()
+
+    def tail(seconds: float) -> float:
+        return 1000 * (seconds - STEADY / STEADY_RATE)
+
     return [
         Figure("quiet alone: mapped (changes/s)", alone, "changes/s"),
         Figure("quiet beside noisy's quarantined stream: mapped (changes/s)", beside, "changes/s"),
         Figure("quiet beside / alone", beside / alone, "ratio", target=0.9),
+        Figure(
+            f"steady {STEADY_RATE:,}/s each: quiet's last change mapped after its send, alone", tail(steady_alone), "ms"
+        ),
+        Figure("steady: the same beside noisy's quarantined stream", tail(steady_beside), "ms"),
+        Figure("steady: quiet mapped changes/s beside / alone", steady_alone / steady_beside, "ratio", target=0.9),
         Figure("noisy's pair quarantined (1 = yes)", quarantined or 0.0, "gauge", target=1.0),
     ]
