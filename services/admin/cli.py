@@ -16,6 +16,8 @@ cannot be reached or failed. Errors are one line each on stderr, never a traceba
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import logging
 import sys
@@ -34,10 +36,12 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
 from services.admin.api.models import Applied, CreatedToken, SalesforceConnectionView, TokenRequest
+from services.admin.api.sync_log import SyncLogEntry
 from services.admin.api.tokens import token_view
 from services.admin.auth import Role, parse_duration
 from services.admin.client import (
@@ -57,6 +61,7 @@ from services.admin.config_store import (
 )
 from services.admin.documents import validate_sources
 from services.admin.settings import AdminSettings, load_settings
+from services.admin.sync_log_search import STATUSES
 from services.admin.token_store import TokenStore
 from services.admin.vault_cli import keys_app
 from services.common.db import MigrationError
@@ -771,6 +776,149 @@ def health(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
         _print_table(table)
     else:
         typer.echo(f"no problems since {_when(report.problems_since)}")
+
+
+_CSV_COLUMNS = ("id", "at", "service", "event", "status", "link_id", "record_id", "code", "message", "detail")
+
+
+def _moment(option: str, text: str | None) -> str | None:
+    """``12h``, ``30d``, ``8w`` ago, or an ISO 8601 time (UTC when it names no zone)."""
+    if text is None:
+        return None
+    try:
+        return (datetime.now(UTC) - parse_duration(text)).isoformat()
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"{option}: give a time such as 2026-12-07T10:00:00Z, or how long ago such as 12h, 30d", EXIT_USAGE)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def _summary(entry: SyncLogEntry) -> str:
+    """A row's message, or for a resolved change what happened to each field."""
+    if entry.message:
+        return entry.message
+    fields = entry.detail.get("fields")
+    if isinstance(fields, dict) and fields:
+        decided = ", ".join(f"{name} {(d or {}).get('outcome', '?')}" for name, d in sorted(fields.items()))
+        return f"{entry.detail.get('side', '?')} {entry.detail.get('kind', '?')}: {decided}"
+    return ""
+
+
+def _print_csv(entries: Sequence[SyncLogEntry]) -> None:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(_CSV_COLUMNS)
+    for entry in entries:
+        row = entry.model_dump(mode="json")
+        writer.writerow([json.dumps(row[c]) if c == "detail" else row[c] for c in _CSV_COLUMNS])
+    typer.echo(out.getvalue(), nl=False)
+
+
+@app.command("log")
+def sync_log(
+    ctx: typer.Context,
+    tenant: Tenant,
+    status: Annotated[
+        list[str] | None, typer.Option(help=f"Any of: {', '.join(STATUSES)}. Repeatable.", show_default=False)
+    ] = None,
+    event: Annotated[list[str] | None, typer.Option(help="Such as write.rejected. Repeatable.")] = None,
+    code: Annotated[list[str] | None, typer.Option(help="Such as REQUIRED_FIELD_MISSING. Repeatable.")] = None,
+    pair: Annotated[str | None, typer.Option(help="An object pair's name.", show_default=False)] = None,
+    record: Annotated[
+        str | None, typer.Option(help="App id, Salesforce id (15 or 18) or link id.", show_default=False)
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="12h, 30d, 8w ago, or an ISO time.", show_default=False)] = None,
+    until: Annotated[str | None, typer.Option(help="As --since.", show_default=False)] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Rows per page.")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="Continue from a page's next cursor.", show_default=False)] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every matching row, page after page.")] = False,
+    as_json: Json = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV (detail as JSON), for spreadsheets.")] = False,
+) -> None:
+    """Search a tenant's sync log, newest first."""
+    unknown = sorted(set(status or ()) - set(STATUSES))
+    if unknown:
+        _fail(f"--status {unknown[0]}: not one of {', '.join(STATUSES)}", EXIT_USAGE)
+    if as_json and as_csv:
+        _fail("--json and --csv: choose one", EXIT_USAGE)
+    filters = {
+        "status": status,
+        "event": event,
+        "code": code,
+        "pair": pair,
+        "record": record,
+        "since": _moment("--since", since),
+        "until": _moment("--until", until),
+        "limit": limit,
+    }
+    entries: list[SyncLogEntry] = []
+    with (
+        _api(ctx) as api,
+        Progress(
+            SpinnerColumn(),
+            TextColumn("{task.completed:,} rows"),
+            console=Console(stderr=True),
+            transient=True,
+            disable=not every,
+        ) as progress,
+    ):
+        task = progress.add_task("sync log")
+        while True:
+            page = api.sync_log(tenant, filters, cursor)
+            entries += page.entries
+            progress.update(task, completed=len(entries))
+            cursor = page.next_cursor
+            if not every or cursor is None:
+                break
+    if as_json:
+        _print_json(entries)
+    elif as_csv:
+        _print_csv(entries)
+    else:
+        table = _table("AT", "STATUS", "EVENT", "CODE", "RECORD", "WHAT")
+        for entry in entries:
+            table.add_row(
+                _when(entry.at),
+                entry.status,
+                _cell(entry.event),
+                _cell(entry.code),
+                _cell(entry.record_id or entry.link_id),
+                _cell(_summary(entry)),
+            )
+        _print_table(table)
+    if cursor is not None and not every:
+        typer.echo(f"more rows: --all, or --cursor {cursor}", err=True)
+
+
+@app.command("timeline")
+def record_timeline(
+    ctx: typer.Context,
+    tenant: Tenant,
+    record: Annotated[str, typer.Argument(help="App id, Salesforce id (15 or 18) or link id.", show_default=False)],
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="The last this many rows.")] = 500,
+    as_json: Json = False,
+) -> None:
+    """Everything Duplex did with one record, oldest first: why a field holds its value."""
+    with _api(ctx) as api:
+        found = api.timeline(tenant, record, limit)
+    if as_json:
+        _print_json(found)
+        return
+    links = _table("PAIR", "LINK", "APP ID", "SALESFORCE ID")
+    for link in found.links:
+        links.add_row(_cell(link.pair), _cell(link.link_id), _cell(link.app_record_id), _cell(link.salesforce_id))
+    _print_table(links)
+    if found.truncated:
+        typer.echo(f"(older rows left out: --limit above {limit})")
+    table = _table("AT", "SERVICE", "EVENT", "CODE", "WHAT")
+    for entry in found.entries:
+        table.add_row(
+            _when(entry.at), _cell(entry.service), _cell(entry.event), _cell(entry.code), _cell(_summary(entry))
+        )
+    _print_table(table)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from services.admin.api.models import (
     VersionDiff,
     VersionList,
 )
+from services.admin.api.sync_log import RecordTimeline, SyncLogPage
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -382,6 +383,17 @@ class AdminClient:
 
     def health(self, tenant: str) -> TenantHealth:
         return self._get(TenantHealth, f"/tenants/{_segment(tenant)}/health")
+
+    def sync_log(self, tenant: str, filters: Mapping[str, Any], cursor: str | None = None) -> SyncLogPage:
+        """One page of the tenant's sync log; ``filters`` are the route's query parameters."""
+        params = {name: value for name, value in filters.items() if value not in (None, [], ())}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return self._get(SyncLogPage, f"/tenants/{_segment(tenant)}/sync-log", params)
+
+    def timeline(self, tenant: str, record: str, limit: int) -> RecordTimeline:
+        path = f"/tenants/{_segment(tenant)}/records/{_segment(record)}/timeline"
+        return self._get(RecordTimeline, path, {"limit": limit})
 
     # --- run control --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from services.admin.api.problems import (
     problem_response,
     request_id_of,
 )
+from services.admin.api.sync_log import sync_log_router
 from services.admin.api.tenants import tenants_router
 from services.admin.api.tokens import tokens_router
 from services.admin.connect import ConnectFlow
@@ -89,5 +90,6 @@ def build_api(
     app.include_router(preflight_router(access, sessions))
     app.include_router(backfills_router(access))
     app.include_router(health_router(access))
+    app.include_router(sync_log_router(access))
     app.include_router(tokens_router(access))
     return app
