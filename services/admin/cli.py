@@ -36,10 +36,11 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
+from services.admin.api.backfills import BackfillProgress
 from services.admin.api.models import Applied, CreatedToken, SalesforceConnectionView, TokenRequest
 from services.admin.api.sync_log import SyncLogEntry
 from services.admin.api.tokens import token_view
@@ -739,20 +740,84 @@ def connection_check(ctx: typer.Context, tenant: Tenant, as_json: Json = False) 
 # run control
 
 
+# How often --wait asks how far a backfill has come (cdc-ingest saves progress once per page).
+_BACKFILL_POLL_SECONDS = 1.0
+
+
 @app.command("backfill")
 def backfill(
     ctx: typer.Context,
     tenant: Tenant,
     salesforce_object: Annotated[str, typer.Argument(metavar="OBJECT", help="A Salesforce object the tenant syncs.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Show its progress until it is done.")] = False,
     as_json: Json = False,
 ) -> None:
     """Re-read every record of one object from Salesforce (cdc-ingest starts it within seconds)."""
     with _api(ctx) as api:
         requested = api.backfill(tenant, salesforce_object)
+        if not as_json:
+            typer.echo(f"backfill of {requested.object} requested for tenant/{requested.tenant}")
+        if not wait:
+            if as_json:
+                _print_json(requested)
+            return
+        done = _follow(api, tenant, requested.object)
     if as_json:
-        _print_json(requested)
+        _print_json(done)
     else:
-        typer.echo(f"backfill of {requested.object} requested for tenant/{requested.tenant}")
+        rate = f" ({done.records_per_second:,.0f} records/s)" if done.records_per_second else ""
+        typer.echo(f"backfill of {done.object} done: {done.published:,} records published{rate}")
+
+
+def _follow(api: AdminClient, tenant: str, salesforce_object: str) -> BackfillProgress:
+    """Poll one backfill with a progress bar (on stderr) until it is done."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"{salesforce_object}: requested", total=None, rate="")
+        while True:
+            progress = api.backfill_progress(tenant, salesforce_object)
+            rate = f"{progress.records_per_second:,.0f}/s" if progress.records_per_second else ""
+            total = max(progress.estimated, progress.published) if progress.estimated is not None else None
+            bar.update(
+                task,
+                description=f"{salesforce_object}: {progress.status} ({progress.method})",
+                completed=progress.published,
+                total=total,
+                rate=rate,
+            )
+            if progress.status == "done":
+                return progress
+            time.sleep(_BACKFILL_POLL_SECONDS)
+
+
+@app.command("backfills")
+def backfills(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
+    """Each object's latest backfill: published of estimated, rate, time left."""
+    with _api(ctx) as api:
+        found = api.backfills(tenant).backfills
+    if as_json:
+        _print_json(found)
+        return
+    table = _table("OBJECT", "STATUS", "METHOD", "PUBLISHED", "ESTIMATED", "%", "RATE/S", "LEFT", "STARTED")
+    for b in found:
+        table.add_row(
+            _cell(b.object),
+            b.status,
+            b.method,
+            f"{b.published:,}",
+            _cell(None if b.estimated is None else f"{b.estimated:,}"),
+            _cell(b.percent),
+            _cell(None if b.records_per_second is None else f"{b.records_per_second:,.0f}"),
+            _cell(None if b.seconds_left is None else f"{b.seconds_left:,.0f}s"),
+            _when(b.started_at),
+        )
+    _print_table(table)
 
 
 @app.command("health")

@@ -23,7 +23,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.admin.api.backfills import Backfill, BackfillRequest
+from services.admin.api.backfills import Backfill, BackfillList, BackfillProgress, BackfillRequest
 from services.admin.api.health import TenantHealth
 from services.admin.api.models import (
     Applied,
@@ -400,6 +400,12 @@ class AdminClient:
     def backfill(self, tenant: str, salesforce_object: str) -> Backfill:
         body = BackfillRequest(object=salesforce_object).model_dump(by_alias=True)
         return self._parse(Backfill, self._call("POST", f"/tenants/{_segment(tenant)}/backfills", json_body=body))
+
+    def backfills(self, tenant: str) -> BackfillList:
+        return self._get(BackfillList, f"/tenants/{_segment(tenant)}/backfills")
+
+    def backfill_progress(self, tenant: str, salesforce_object: str) -> BackfillProgress:
+        return self._get(BackfillProgress, f"/tenants/{_segment(tenant)}/backfills/{_segment(salesforce_object)}")
 
 
 def _method_path(response: httpx.Response) -> str:

@@ -79,9 +79,9 @@ class Backfiller:
                 count = await self._rest.count(entity)
                 method = "bulk" if count > self._settings.bulk_threshold else "rest"
                 if state is None:
-                    await self._store.start_backfill(self.tenant_id, entity, method)
-                elif state.method != method:
-                    await self._store.choose_backfill_method(self.tenant_id, entity, method)
+                    await self._store.start_backfill(self.tenant_id, entity, method, count)
+                else:
+                    await self._store.count_backfill(self.tenant_id, entity, method, count)
                 await self._store.log_event(
                     self.tenant_id,
                     "cdc.backfill.started",

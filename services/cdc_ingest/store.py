@@ -130,16 +130,18 @@ class Store:
             row["started_at"],
         )
 
-    async def start_backfill(self, tenant_id: str, entity: str, method: str) -> None:
+    async def start_backfill(self, tenant_id: str, entity: str, method: str, estimated: int) -> None:
         """(Re)start a backfill from the beginning; an on-demand request replaces a finished one."""
         await self._fenced(
             tenant_id,
-            "INSERT INTO backfills (tenant_id, object, status, method) SELECT $1, $3::text, 'running', $4::text"
-            f" WHERE {_FENCE} ON CONFLICT (tenant_id, object) DO UPDATE SET status = 'running',"
-            " method = EXCLUDED.method, job_id = NULL, locator = NULL, cursor_modstamp = NULL, cursor_id = NULL,"
-            " emitted = 0, started_at = now(), updated_at = now()",
+            "INSERT INTO backfills (tenant_id, object, status, method, estimated)"
+            f" SELECT $1, $3::text, 'running', $4::text, $5::bigint WHERE {_FENCE}"
+            " ON CONFLICT (tenant_id, object) DO UPDATE SET status = 'running', method = EXCLUDED.method,"
+            " estimated = EXCLUDED.estimated, job_id = NULL, locator = NULL, cursor_modstamp = NULL,"
+            " cursor_id = NULL, emitted = 0, started_at = now(), updated_at = now()",
             entity,
             method,
+            estimated,
         )
 
     async def backfill_progress(
@@ -165,15 +167,16 @@ class Store:
             emitted,
         )
 
-    async def choose_backfill_method(self, tenant_id: str, entity: str, method: str) -> None:
-        """Set the method of a running backfill that has not read anything yet."""
+    async def count_backfill(self, tenant_id: str, entity: str, method: str, estimated: int) -> None:
+        """Set the method and record count of a running backfill that has not read anything yet."""
         await self._fenced(
             tenant_id,
-            "UPDATE backfills SET method = $4::text, updated_at = now()"
+            "UPDATE backfills SET method = $4::text, estimated = $5::bigint, updated_at = now()"
             " WHERE tenant_id = $1 AND object = $3 AND status = 'running' AND job_id IS NULL"
             f" AND cursor_modstamp IS NULL AND emitted = 0 AND {_FENCE}",
             entity,
             method,
+            estimated,
         )
 
     async def finish_backfill(self, tenant_id: str, entity: str) -> None:

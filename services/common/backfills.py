@@ -1,12 +1,21 @@
-"""Asking cdc-ingest for a backfill (``backfills`` in ``deploy/sql/0004_cdc_ingest.sql``)."""
+"""Backfills as the control plane sees them (``backfills`` in ``deploy/sql/0004_cdc_ingest.sql``):
+asking cdc-ingest for one, and how far each has come."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+Status = Literal["requested", "running", "done"]
 
 
 class Executor(Protocol):
     async def execute(self, query: str, *args: Any) -> Any: ...
+
+
+class Reader(Protocol):
+    async def fetch(self, query: str, *args: Any) -> Any: ...
 
 
 async def request_backfill(db: Executor, tenant_id: str, salesforce_object: str) -> None:
@@ -14,7 +23,70 @@ async def request_backfill(db: Executor, tenant_id: str, salesforce_object: str)
     await db.execute(
         "INSERT INTO backfills (tenant_id, object, status, method) VALUES ($1, $2, 'running', 'rest')"
         " ON CONFLICT (tenant_id, object) DO UPDATE SET status = 'running', job_id = NULL, locator = NULL,"
-        " cursor_modstamp = NULL, cursor_id = NULL, emitted = 0, started_at = now(), updated_at = now()",
+        " cursor_modstamp = NULL, cursor_id = NULL, emitted = 0, estimated = NULL, started_at = now(),"
+        " updated_at = now()",
         tenant_id,
         salesforce_object,
     )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One object's latest backfill. ``emitted``: records published so far; ``estimated``: the
+    object's record count when cdc-ingest began reading (None while only requested)."""
+
+    object: str
+    running: bool
+    method: str
+    emitted: int
+    estimated: int | None
+    started_at: datetime
+    updated_at: datetime
+
+    @property
+    def status(self) -> Status:
+        if not self.running:
+            return "done"
+        return "requested" if self.estimated is None and self.emitted == 0 else "running"
+
+    @property
+    def fraction(self) -> float | None:
+        """Done of estimated (1 once done; records created meanwhile can take it past 1 while running)."""
+        if self.status == "done":
+            return 1.0
+        return self.emitted / self.estimated if self.estimated else None
+
+    @property
+    def per_second(self) -> float | None:
+        """Records published per second so far (until the last progress saved)."""
+        elapsed = (self.updated_at - self.started_at).total_seconds()
+        return self.emitted / elapsed if self.emitted and elapsed > 0 else None
+
+    @property
+    def seconds_left(self) -> float | None:
+        """At the rate so far, the time to publish the rest of the estimate; None when unknown."""
+        rate = self.per_second
+        if self.status != "running" or self.estimated is None or rate is None:
+            return None
+        return max(0, self.estimated - self.emitted) / rate
+
+
+async def backfills_of(db: Reader, tenant_id: str) -> list[Progress]:
+    """Each object's latest backfill for the tenant, by object."""
+    rows = await db.fetch(
+        "SELECT object, status, method, emitted, estimated, started_at, updated_at FROM backfills"
+        " WHERE tenant_id = $1 ORDER BY object",
+        tenant_id,
+    )
+    return [
+        Progress(
+            object=r["object"],
+            running=r["status"] == "running",
+            method=r["method"],
+            emitted=r["emitted"],
+            estimated=r["estimated"],
+            started_at=r["started_at"],
+            updated_at=r["updated_at"],
+        )
+        for r in rows
+    ]

@@ -1,13 +1,16 @@
-"""``/api/v1/tenants/{tenant}/backfills``: ask cdc-ingest to re-read every record of one object.
+"""``/api/v1/tenants/{tenant}/backfills``: ask cdc-ingest to re-read every record of one object,
+and see how far each object's latest backfill has come.
 
-Run control, so an operator's job (``Action.OPERATE``). The request is the same row ``duplex backfill``
-always wrote (:func:`services.common.backfills.request_backfill`); the replica serving the tenant
-starts it within seconds.
+Asking is run control, so an operator's job (``Action.OPERATE``); any role in scope may look. The
+request is a row of ``backfills`` (:func:`services.common.backfills.request_backfill`); the replica
+serving the tenant starts it within seconds, counts the object's records and saves its progress
+page by page.
 """
 
 # No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime, and
 # the dependencies they name are local to the router factory, out of reach of string annotations.
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -21,7 +24,7 @@ from services.admin.api.tenants import stored_config
 from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
-from services.common.backfills import request_backfill
+from services.common.backfills import Progress, Status, backfills_of, request_backfill
 from services.common.db import Connection
 
 
@@ -42,9 +45,67 @@ class Backfill(ApiModel):
     status: str = Field(description="Always `requested`: cdc-ingest picks it up within seconds.")
 
 
+class BackfillProgress(ApiModel):
+    tenant: str
+    object: str
+    status: Status = Field(description="`requested` until cdc-ingest has counted the object's records.")
+    method: str = Field(description="`rest` or `bulk` (Bulk 2.0 query job), chosen from the count.")
+    published: int = Field(description="Records published to crm-changes so far.")
+    estimated: int | None = Field(description="The object's record count when reading began.")
+    percent: float | None = Field(description="Published of estimated (100 once done).")
+    started_at: datetime
+    updated_at: datetime = Field(description="When progress was last saved (each page), or the end.")
+    records_per_second: float | None = Field(description="The rate so far.")
+    seconds_left: float | None = Field(description="At the rate so far, while running.")
+
+
+class BackfillList(ApiModel):
+    backfills: list[BackfillProgress] = Field(description="Each object's latest backfill, by object.")
+
+
+def _progress(tenant: str, progress: Progress) -> BackfillProgress:
+    fraction, rate, left = progress.fraction, progress.per_second, progress.seconds_left
+    return BackfillProgress(
+        tenant=tenant,
+        object=progress.object,
+        status=progress.status,
+        method=progress.method,
+        published=progress.emitted,
+        estimated=progress.estimated,
+        percent=None if fraction is None else round(100 * fraction, 1),
+        started_at=progress.started_at,
+        updated_at=progress.updated_at,
+        records_per_second=None if rate is None else round(rate, 1),
+        seconds_left=None if left is None else round(left, 1),
+    )
+
+
 def backfills_router(access: Access) -> APIRouter:
     router = APIRouter(prefix="/api/v1/tenants", tags=["backfills"])
     operate = access.require(Action.OPERATE)
+    read = access.require(Action.READ)
+
+    @router.get("/{tenant}/backfills", response_model=BackfillList, summary="Each object's latest backfill")
+    async def backfills(
+        principal: Annotated[Principal, Depends(read)],
+        tenant: str,
+        db: Annotated[Connection, Depends(access.connection)],
+    ) -> BackfillList:
+        await stored_config(ConfigStore(db), tenant)
+        return BackfillList(backfills=[_progress(tenant, p) for p in await backfills_of(db, tenant)])
+
+    @router.get("/{tenant}/backfills/{object}", response_model=BackfillProgress, summary="One object's latest backfill")
+    async def backfill_progress(
+        principal: Annotated[Principal, Depends(read)],
+        tenant: str,
+        object: str,
+        db: Annotated[Connection, Depends(access.connection)],
+    ) -> BackfillProgress:
+        await stored_config(ConfigStore(db), tenant)
+        found = [p for p in await backfills_of(db, tenant) if p.object.lower() == object.lower()]
+        if not found:
+            raise ApiError(404, detail=f"tenant '{tenant}' has no backfill of {object}")
+        return _progress(tenant, found[0])
 
     @router.post(
         "/{tenant}/backfills",

@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 
 from services.admin.auth import Role
 from services.common import sync_log
+from services.common.backfills import request_backfill
 from tests.integration.admin_api.harness import YAML, Api, bearer, tenant_yaml
 
 pytestmark = pytest.mark.integration
@@ -51,6 +52,8 @@ TABLE: dict[tuple[str, str], Needs] = {
     ("POST", "/api/v1/tenants/{tenant}/connection:revoke"): Needs.ADMIN,
     ("POST", "/api/v1/tenants/{tenant}/connection:check"): Needs.OPERATOR,
     ("POST", "/api/v1/tenants/{tenant}/backfills"): Needs.OPERATOR,
+    ("GET", "/api/v1/tenants/{tenant}/backfills"): Needs.VIEWER,
+    ("GET", "/api/v1/tenants/{tenant}/backfills/{object}"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/health"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/sync-log"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/records/{record}/timeline"): Needs.VIEWER,
@@ -111,9 +114,10 @@ def expected(needs: Needs, caller: Caller, path: str) -> int | None:
 async def walk(api: Api, app: FastAPI, callers: list[Caller], table: dict[tuple[str, str], Needs]) -> list[str]:
     """Every call whose answer differs from the table (or that the table does not know), as text."""
     victim = await api.db.fetchval("SELECT id::text FROM api_tokens WHERE name = 'victim'")
-    # A record the timeline finds (an unknown one is a 404 for everyone).
+    # A record the timeline finds and a backfill there is (unknown ones are a 404 for everyone).
     await sync_log.record(api.db, tenant_id="acme", service="mapping", event="change.rejected", record_id="a-1")
-    values = {"tenant": "acme", "version": "1", "token_id": victim, "record": "a-1"}
+    await request_backfill(api.db, "acme", "Account")
+    values = {"tenant": "acme", "version": "1", "token_id": victim, "record": "a-1", "object": "Account"}
     wrong = []
     for caller in callers:
         for method, path, operation in operations(app.openapi()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import asyncpg
 import pytest
@@ -85,13 +86,15 @@ async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_
     def snapshots(changes: list[pb.RecordChanged]) -> list[pb.RecordChanged]:
         return [c for c in changes if c.kind == pb.CHANGE_KIND_SNAPSHOT]
 
-    async def method() -> str:
+    async def method() -> tuple[str, int, int]:
         connection = await asyncpg.connect(cdc.dsn)
         try:
-            value: str = await connection.fetchval("SELECT method FROM backfills WHERE tenant_id = $1", tenant.id)
+            row = await connection.fetchrow(
+                "SELECT method, estimated, emitted FROM backfills WHERE tenant_id = $1", tenant.id
+            )
         finally:
             await connection.close()
-        return value
+        return row["method"], row["estimated"], row["emitted"]
 
     async with cdc.reader() as reader, cdc.running(tenant, config), serving(cdc.dsn) as api:
         # As an operator would: through the admin API, with an operator's token.
@@ -116,6 +119,7 @@ async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_
                 break
             await asyncio.sleep(0.1)
         second_method = await method()
+        listed = await in_thread(lambda: CliRunner().invoke(cli, ["backfills", tenant.id, "--json"], env=env))
 
     assert (requested.exit_code, requested.output.strip()) == (
         0,
@@ -126,7 +130,15 @@ async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_
     assert len(snapshots(reader.changes)) == total
     assert len({c.record_id for c in snapshots(reader.changes)}) == first + added
     assert len(completed) == 2
-    assert (first_method, second_method) == ("rest", "bulk")
+    # The count taken when each began is what progress is reported against.
+    assert (first_method, second_method) == (("rest", first, first), ("bulk", first + added, first + added))
+    (account,) = json.loads(listed.stdout)
+    assert (account["status"], account["published"], account["estimated"], account["percent"]) == (
+        "done",
+        first + added,
+        first + added,
+        100.0,
+    )
     assert [r["detail"]["method"] for r in completed] == ["rest", "bulk"]
     started = [r["detail"] for r in await sync_log(cdc.dsn, tenant.id) if r["event"] == "cdc.backfill.started"]
     assert [(d["records"], d["method"]) for d in started] == [(first, "rest"), (first + added, "bulk")]
