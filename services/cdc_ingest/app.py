@@ -16,8 +16,6 @@ reported usage is passed on. Tests and benchmarks may pass their own ``budget_fo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -40,7 +38,7 @@ from services.common.db import create_pool, database_ready
 from services.common.governor_client import GovernorBudget
 from services.common.kafka import consuming, make_kafka
 from services.common.salesforce import CallBudget, SalesforceClient, UnlimitedBudget, env_secrets
-from services.common.service import Running
+from services.common.service import Running, in_background
 from services.common.settings import environment
 from services.common.telemetry import Telemetry
 from services.common.tenant_config import load_current
@@ -65,12 +63,6 @@ def unlimited_budgets() -> BudgetFor:
 
 def _same_for_all(budget: CallBudget) -> BudgetFor:
     return lambda _tenant_id: budget
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 @asynccontextmanager
@@ -153,7 +145,7 @@ async def run(
             await worker.run()
 
         supervisor = Supervisor(settings, store, run_tenant)
-        stack.push_async_callback(_cancel, asyncio.create_task(supervisor.run(), name="cdc-supervisor"))
+        in_background(stack, supervisor.run(), "cdc-supervisor")
         yield RunningCdcIngest(
             health=producing.health,
             halt=producing.halt,

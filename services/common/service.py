@@ -17,11 +17,12 @@ the crash loop is visible. Probes ask :attr:`Running.health`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Final, NoReturn, TypeVar
 
@@ -42,6 +43,18 @@ S = TypeVar("S", bound=ServiceSettings)
 
 Check = Callable[[], Awaitable[bool]]
 """One health condition: True while it holds. It must answer quickly and never raise."""
+
+
+def in_background(stack: AsyncExitStack, work: Coroutine[object, object, None], name: str) -> None:
+    """Run ``work`` as a task until ``stack`` closes, which cancels it and waits for it to end."""
+    task = asyncio.create_task(work, name=name)
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(cancel)
 
 
 async def _all(checks: tuple[Check, ...]) -> bool:

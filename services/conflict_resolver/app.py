@@ -1,8 +1,8 @@
 """Composition root: settings in, a running conflict-resolver out.
 
 Opened in order on one exit stack: the pool, the resolver over its PostgreSQL store, its two
-batch subscribers, then the broker; closed in reverse, so the broker has stopped before the pool
-closes under a batch.
+batch subscribers, the broker, then the pruning of applied event ids; closed in reverse, so the
+broker has stopped before the pool closes under a batch.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from services.common.config_provider import TenantConfigs
 from services.common.db import create_pool, database_ready
 from services.common.kafka import consuming, make_kafka
-from services.common.service import Running
+from services.common.service import Running, in_background
 from services.common.telemetry import Telemetry
 from services.common.topics import Topic, TopicNames, load_topic_table
 from services.conflict_resolver.contract import ChangeMapped, WriteSettled
 from services.conflict_resolver.handlers import Resolver
+from services.conflict_resolver.pruning import keep_for, pruning
 from services.conflict_resolver.repository import PostgresStore
 from services.conflict_resolver.settings import ResolverSettings
 
@@ -40,4 +41,8 @@ async def run(settings: ResolverSettings, telemetry: Telemetry | None = None) ->
         )
         kafka.batch_subscriber(Topic.MAPPED_CHANGES, message_type=ChangeMapped, handler=resolver.on_mapped_batch)
         kafka.batch_subscriber(Topic.WRITE_OUTCOMES, message_type=WriteSettled, handler=resolver.on_settled_batch)
-        yield await stack.enter_async_context(consuming(kafka, ready=(database_ready(pool),)))
+        running = await stack.enter_async_context(consuming(kafka, ready=(database_ready(pool),)))
+        keep = keep_for(topic_names.table)
+        if keep is not None:
+            in_background(stack, pruning(pool, keep, settings.prune_interval_seconds), "prune-applied-events")
+        yield running

@@ -16,3 +16,5 @@ class ResolverSettings(KafkaServiceSettings):
     service_name: str = "conflict-resolver"
     # Mapping versions kept parsed in memory (they never change once applied).
     config_cache_size: int = Field(default=256, gt=0)
+    # How often applied event ids older than the input topics' retention are deleted.
+    prune_interval_seconds: float = Field(default=3600.0, gt=0)
