@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from services.admin.api.application import build_api
 from services.admin.connect import CALLBACK_PATH, ConnectFlow
+from services.admin.dead_letters import DeadLetterTopics
 from services.admin.oidc import OidcVerifier
 from services.admin.settings import AdminSettings
 from services.common.connections import SecretLookup, Sessions
@@ -26,6 +27,7 @@ from services.common.salesforce import env_secrets
 from services.common.service import Health, Running
 from services.common.settings import environment
 from services.common.telemetry import Telemetry
+from services.common.topics import TopicNames, load_topic_table
 from services.common.vault import Keyring, Vault
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ async def run(
             connect=connect,
             sessions=sessions,
             policy=policy,
+            dead_letters=None
+            if settings.kafka is None
+            else DeadLetterTopics(settings.kafka, TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)),
         )
         await stack.enter_async_context(listener.serve(app))
         log.info("admin API serving", extra={"host": settings.host, "port": listener.port})

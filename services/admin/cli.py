@@ -41,6 +41,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.admin.api.backfills import BackfillProgress
+from services.admin.api.dead_letters import Acted, ReplayRequest
 from services.admin.api.models import Applied, CreatedToken, SalesforceConnectionView, TokenRequest
 from services.admin.api.sync_log import SyncLogEntry
 from services.admin.api.tokens import token_view
@@ -107,6 +108,11 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(connection_app, name="connection")
 app.add_typer(keys_app, name="keys")
+dead_letters_app = typer.Typer(
+    help="A tenant's dead letters: list them with their reasons, replay them once fixed, or discard them.",
+    no_args_is_help=True,
+)
+app.add_typer(dead_letters_app, name="dead-letters")
 
 
 Files = Annotated[
@@ -984,6 +990,76 @@ def record_timeline(
             _when(entry.at), _cell(entry.service), _cell(entry.event), _cell(entry.code), _cell(_summary(entry))
         )
     _print_table(table)
+
+
+Ids = Annotated[list[str] | None, typer.Argument(help="Dead letters' ids, as listed.", show_default=False)]
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    ctx: typer.Context,
+    tenant: Tenant,
+    topic: Annotated[list[str] | None, typer.Option(help="A source topic, such as app_changes. Repeatable.")] = None,
+    state: Annotated[list[str] | None, typer.Option(help="pending, replayed or discarded. Repeatable.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="The newest this many.")] = 100,
+    as_json: Json = False,
+) -> None:
+    """The tenant's dead letters, newest first, with why each was refused."""
+    with _api(ctx) as api:
+        found = api.dead_letters(tenant, topic or [], state or [], limit)
+    if as_json:
+        _print_json(found)
+        return
+    table = _table("ID", "STATE", "FAILED", "SERVICE", "KEY", "REASON")
+    for e in found.entries:
+        table.add_row(_cell(e.id), e.state, _when(e.failed_at), _cell(e.service), _cell(e.record_key), _cell(e.reason))
+    _print_table(table)
+    if found.total > len(found.entries):
+        typer.echo(f"{found.total - len(found.entries)} older not shown: --limit", err=True)
+
+
+def _acted(acted: Acted, verb: str, as_json: bool) -> None:
+    if as_json:
+        _print_json(acted)
+        return
+    typer.echo(f"{len(acted.done)} {verb}" + (f": {', '.join(acted.done)}" if acted.done else ""))
+    if acted.already:
+        typer.echo(f"{len(acted.already)} {verb} before, left as they were: {', '.join(acted.already)}")
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    ctx: typer.Context,
+    tenant: Tenant,
+    ids: Ids = None,
+    every: Annotated[bool, typer.Option("--all", help="Every pending dead letter (of --topic), oldest first.")] = False,
+    topic: Annotated[str | None, typer.Option(help="With --all: of this source topic only.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Send dead letters back to the topic they came from, once their cause is fixed."""
+    if bool(ids) == every:
+        _fail("give dead letters' ids, or --all", EXIT_USAGE)
+    try:
+        request = ReplayRequest(ids=ids or None, all=every, topic=topic)
+    except ValidationError as exc:
+        _fail([str(e["msg"]) for e in exc.errors()], EXIT_USAGE)
+    with _api(ctx) as api:
+        acted = api.replay(request, tenant)
+    _acted(acted, "replayed", as_json)
+
+
+@dead_letters_app.command("discard")
+def dead_letters_discard(
+    ctx: typer.Context,
+    tenant: Tenant,
+    ids: Annotated[list[str], typer.Argument(help="Dead letters' ids, as listed.", show_default=False)],
+    reason: Annotated[str, typer.Option(help="Why they are not to be replayed.", show_default=False)],
+    as_json: Json = False,
+) -> None:
+    """Mark dead letters as not to be replayed, with a reason."""
+    with _api(ctx) as api:
+        acted = api.discard(tenant, ids, reason)
+    _acted(acted, "discarded", as_json)
 
 
 # ---------------------------------------------------------------------------------------------

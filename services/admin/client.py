@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.admin.api.backfills import Backfill, BackfillList, BackfillProgress, BackfillRequest
+from services.admin.api.dead_letters import Acted, DeadLetterList, DiscardRequest, ReplayRequest
 from services.admin.api.health import TenantHealth
 from services.admin.api.models import (
     Applied,
@@ -400,6 +401,20 @@ class AdminClient:
     def backfill(self, tenant: str, salesforce_object: str) -> Backfill:
         body = BackfillRequest(object=salesforce_object).model_dump(by_alias=True)
         return self._parse(Backfill, self._call("POST", f"/tenants/{_segment(tenant)}/backfills", json_body=body))
+
+    def dead_letters(self, tenant: str, topics: list[str], states: list[str], limit: int) -> DeadLetterList:
+        params = {"topic": topics, "state": states, "limit": limit}
+        return self._get(DeadLetterList, f"/tenants/{_segment(tenant)}/dead-letters", params)
+
+    def replay(self, request: ReplayRequest, tenant: str) -> Acted:
+        body = request.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+        path = f"/tenants/{_segment(tenant)}/dead-letters:replay"
+        return self._parse(Acted, self._call("POST", path, json_body=body))
+
+    def discard(self, tenant: str, ids: list[str], reason: str) -> Acted:
+        body = DiscardRequest(ids=ids, reason=reason).model_dump(by_alias=True)
+        path = f"/tenants/{_segment(tenant)}/dead-letters:discard"
+        return self._parse(Acted, self._call("POST", path, json_body=body))
 
     def backfills(self, tenant: str) -> BackfillList:
         return self._get(BackfillList, f"/tenants/{_segment(tenant)}/backfills")

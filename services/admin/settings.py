@@ -11,7 +11,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import SettingsConfigDict
 
 from services.admin.oidc import OidcConfig
-from services.common.settings import PostgresSettings, ServiceSettings
+from services.common.settings import KafkaSettings, PostgresSettings, ServiceSettings, kafka_settings
 from services.common.tenant_config.policy import PolicySettings
 from services.common.vault import VaultSettings, vault_settings
 
@@ -86,6 +86,8 @@ class AdminSettings(ServiceSettings):
     # DUPLEX_SALESFORCE_HOSTS, DUPLEX_DEVELOPMENT): the same variables the services read, so the API
     # refuses exactly the documents the services would refuse to act on.
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    # KAFKA_*: where dead letters are read and replayed. Without it those routes answer 503.
+    kafka: KafkaSettings | None = Field(default_factory=kafka_settings)
 
     @field_validator("public_url")
     @classmethod

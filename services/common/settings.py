@@ -30,6 +30,12 @@ class KafkaSettings(BaseSettings):
     max_request_size: int = Field(default=1024 * 1024, gt=0)
 
 
+def kafka_settings() -> KafkaSettings | None:
+    """``KAFKA_*`` from the environment, or None when ``KAFKA_BOOTSTRAP_SERVERS`` is not set (for
+    the admin API, which needs Kafka only for dead letters)."""
+    return KafkaSettings() if environment().get("KAFKA_BOOTSTRAP_SERVERS") else None
+
+
 class PostgresSettings(BaseSettings):
     """How to reach PostgreSQL."""
 

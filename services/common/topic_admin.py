@@ -87,6 +87,22 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], within
         await asyncio.sleep(0.1)
 
 
+async def partitions_of(bootstrap_servers: str, names: Iterable[str] | None, *, client_id: str) -> list[TopicPartition]:
+    """Every partition of the topics ``names`` (all topics if None) that exist, as the cluster says."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(None if names is None else list(names))
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        if topic["error_code"] == 0
+        for partition in topic["partitions"]
+    ]
+
+
 async def wait_until_served(bootstrap_servers: str, names: Iterable[str] | None = None, within: float = 60.0) -> None:
     """Return once the broker answers offset requests for every partition of ``names`` (all topics if None).
 
@@ -94,17 +110,7 @@ async def wait_until_served(bootstrap_servers: str, names: Iterable[str] | None 
     the log); asking for end offsets is the first thing every consumer does.
     """
     async with asyncio.timeout(within):
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="duplex-topic-admin-probe")
-        await admin.start()
-        try:
-            described = await admin.describe_topics(None if names is None else list(names))
-        finally:
-            await admin.close()
-        partitions = [
-            TopicPartition(topic["topic"], partition["partition"])
-            for topic in described
-            for partition in topic["partitions"]
-        ]
+        partitions = await partitions_of(bootstrap_servers, names, client_id="duplex-topic-admin-probe")
         if not partitions:
             return
         consumer = AIOKafkaConsumer(

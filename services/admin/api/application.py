@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from services.admin.api.access import Access
 from services.admin.api.backfills import backfills_router
 from services.admin.api.connections import connections_router
+from services.admin.api.dead_letters import dead_letters_router
 from services.admin.api.edge import BodyTooLargeError, LimitBody, RequestId, too_large
 from services.admin.api.health import health_router
 from services.admin.api.preflight import preflight_router
@@ -22,6 +23,7 @@ from services.admin.api.sync_log import sync_log_router
 from services.admin.api.tenants import tenants_router
 from services.admin.api.tokens import tokens_router
 from services.admin.connect import ConnectFlow
+from services.admin.dead_letters import DeadLetterTopics
 from services.admin.oidc import OidcVerifier
 from services.common.connections import Sessions
 from services.common.db import Pool
@@ -43,9 +45,11 @@ def build_api(
     connect: ConnectFlow | None = None,
     sessions: Sessions | None = None,
     policy: SalesforcePolicy = _DEFAULT_POLICY,
+    dead_letters: DeadLetterTopics | None = None,
 ) -> FastAPI:
     """The API over ``pool``; without ``connect`` (no vault), connecting tenants answers 503, and
-    without ``sessions`` (no access to Salesforce) so does checking a tenant's connection.
+    without ``sessions`` (no access to Salesforce) so does checking a tenant's connection, and
+    without ``dead_letters`` (no Kafka) so do the dead-letter routes.
 
     Tenant documents must name only the secrets and hosts ``policy`` allows (the deployment's
     ``AdminSettings.policy``).
@@ -91,5 +95,6 @@ def build_api(
     app.include_router(backfills_router(access))
     app.include_router(health_router(access))
     app.include_router(sync_log_router(access))
+    app.include_router(dead_letters_router(access, dead_letters))
     app.include_router(tokens_router(access))
     return app

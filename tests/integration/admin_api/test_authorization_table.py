@@ -7,6 +7,7 @@ A route added without the access dependency answers an anonymous caller, and a r
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -18,7 +19,10 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from services.admin.auth import Role
 from services.common import sync_log
 from services.common.backfills import request_backfill
-from tests.integration.admin_api.harness import YAML, Api, bearer, tenant_yaml
+from services.common.settings import KafkaSettings
+from services.common.topics import Topic, TopicNames
+from tests.e2e.sync.harness import producer
+from tests.integration.admin_api.harness import YAML, Api, bearer, serving, tenant_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +61,9 @@ TABLE: dict[tuple[str, str], Needs] = {
     ("GET", "/api/v1/tenants/{tenant}/health"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/sync-log"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/records/{record}/timeline"): Needs.VIEWER,
+    ("GET", "/api/v1/tenants/{tenant}/dead-letters"): Needs.VIEWER,
+    ("POST", "/api/v1/tenants/{tenant}/dead-letters:replay"): Needs.OPERATOR,
+    ("POST", "/api/v1/tenants/{tenant}/dead-letters:discard"): Needs.OPERATOR,
     ("GET", "/api/v1/oauth/callback"): Needs.OAUTH_STATE,
     ("POST", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
     ("GET", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
@@ -68,6 +75,11 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/api/v1/tenants/{tenant}"): {"content": tenant_yaml(), "headers": YAML},
     ("POST", "/api/v1/tokens"): {"json": {"name": "made by the table", "role": "viewer"}},
     ("POST", "/api/v1/tenants/{tenant}/backfills"): {"json": {"object": "Account"}},
+    # Nothing there to replay; the dead letter the api fixture put there (discarding it again is a no-op).
+    ("POST", "/api/v1/tenants/{tenant}/dead-letters:replay"): {"json": {"all": True, "topic": "crm_changes"}},
+    ("POST", "/api/v1/tenants/{tenant}/dead-letters:discard"): {
+        "json": {"ids": ["app_changes_dlq:0:0"], "reason": "made by the table"}
+    },
 }
 _METHODS = {"get", "put", "post", "delete", "patch"}
 
@@ -139,6 +151,16 @@ async def walk(api: Api, app: FastAPI, callers: list[Caller], table: dict[tuple[
             elif got >= 400 and response.headers["content-type"] != "application/problem+json":
                 wrong.append(f"{caller.name}: {method} {path} answered {got} without a problem document")
     return wrong
+
+
+@pytest.fixture
+async def api(migrated: str, kafka_bootstrap: str, topic_names: TopicNames) -> AsyncIterator[Api]:
+    """The API with Kafka, whose fresh dead-letter topic holds one of acme's entries at 0:0."""
+    async with producer(kafka_bootstrap) as upstream:
+        await upstream.publish(b"x", topic_names(Topic.APP_CHANGES_DLQ), key=b"acme/partners/p-1", partition=0)
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_names.prefix)
+    async with serving(migrated, kafka=kafka) as started:
+        yield started
 
 
 @pytest.fixture

@@ -1,0 +1,253 @@
+"""Dead letters as an operator handles them: a tenant's entries read off the dead-letter topics,
+replayed to the topic they came from once the cause is fixed, or discarded with a reason.
+
+An entry is named by its place: ``<dead-letter topic>:<partition>:<offset>`` (logical topic name,
+such as ``app_changes_dlq:3:152``). A replay sends the original record again, with its key (so the
+record's changes keep their order) and its own headers; the event id inside is the original's, so
+a consumer that already applied it (a replay after a lost answer) changes nothing. What was done is
+kept in ``dead_letter_actions``: a replayed or discarded entry is never replayed again.
+
+Reading scans the dead-letter topics from their start (they are small, and retention bounds them);
+a tenant's entries are those whose key is the tenant's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from duplex.change.v1 import record_changed_pb2
+from duplex.mapping.v1 import change_mapped_pb2
+from duplex.writer.v1 import write_records_pb2, write_settled_pb2
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import DecodeError, Message
+
+from services.common.codec import KEY_SEPARATOR
+from services.common.db import Connection
+from services.common.dlq import ERROR_CLASS, ERROR_REASON, FAILED_AT, HEADER_PREFIX, SERVICE
+from services.common.settings import KafkaSettings
+from services.common.topic_admin import partitions_of
+from services.common.topics import Topic, TopicNames
+
+# What each topic that can reject input carries.
+MESSAGES: Final[Mapping[Topic, type[Message]]] = {
+    Topic.APP_CHANGES: record_changed_pb2.RecordChanged,
+    Topic.CRM_CHANGES: record_changed_pb2.RecordChanged,
+    Topic.MAPPED_CHANGES: change_mapped_pb2.ChangeMapped,
+    Topic.CRM_WRITES: write_records_pb2.WriteRecords,
+    Topic.WRITE_OUTCOMES: write_settled_pb2.WriteSettled,
+}
+REPLAYED_FROM: Final = "duplex-replayed-from"
+_PLACE = re.compile(r"^(?P<topic>[a-z_]+):(?P<partition>\d{1,9}):(?P<offset>\d{1,18})$")
+# A scan reads up to the end offsets it found at its start; these bound a broker that stops answering.
+_POLL_MS: Final = 1000
+_READ_SECONDS: Final = 60
+
+
+class KafkaUnavailableError(RuntimeError):
+    """Kafka did not answer: nothing was read or replayed."""
+
+
+@dataclass(frozen=True, order=True)
+class Place:
+    """Where a dead letter is: its dead-letter topic (logical), partition and offset."""
+
+    topic: Topic
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> Place:
+        """Raises ValueError with a message for the user."""
+        match = _PLACE.fullmatch(text)
+        topic = match["topic"] if match else ""
+        if match is None or topic not in set(DLQ_SOURCES):
+            topics = ", ".join(sorted(DLQ_SOURCES))
+            raise ValueError(f"not a dead letter's id: <topic>:<partition>:<offset>, the topic one of {topics}")
+        return cls(Topic(topic), int(match["partition"]), int(match["offset"]))
+
+
+def _sources(names: Iterable[Topic]) -> dict[Topic, Topic]:
+    return {Topic(f"{source}_dlq"): source for source in names}
+
+
+# Each dead-letter topic and the topic whose rejects it holds.
+DLQ_SOURCES: Final[Mapping[Topic, Topic]] = _sources(MESSAGES)
+
+
+@dataclass(frozen=True)
+class Action:
+    action: str
+    reason: str | None
+    actor: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    place: Place
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+    @property
+    def source(self) -> Topic:
+        return DLQ_SOURCES[self.place.topic]
+
+    def header(self, name: str) -> str | None:
+        return next((v.decode("utf-8", "replace") for k, v in self.headers if k == name), None)
+
+    @property
+    def record_key(self) -> str:
+        return (self.key or b"").decode("utf-8", "replace")
+
+    @property
+    def reason(self) -> str:
+        return self.header(ERROR_REASON) or ""
+
+    @property
+    def error_class(self) -> str:
+        return self.header(ERROR_CLASS) or ""
+
+    @property
+    def service(self) -> str:
+        return self.header(SERVICE) or ""
+
+    @property
+    def failed_at(self) -> datetime | None:
+        text = self.header(FAILED_AT)
+        try:
+            return datetime.fromisoformat(text) if text else None
+        except ValueError:
+            return None
+
+    def payload(self) -> dict[str, Any] | None:
+        """The record decoded as its topic's message, None when it is not one (what got it rejected)."""
+        message = MESSAGES[self.source]()
+        try:
+            message.ParseFromString(self.value)
+        except DecodeError:
+            return None
+        return MessageToDict(message, preserving_proto_field_name=True)
+
+    def replay_headers(self) -> list[tuple[str, bytes]]:
+        """The original record's headers (not the dead-lettering's), and where it was replayed from."""
+        kept = [(k, v) for k, v in self.headers if not k.startswith(HEADER_PREFIX + "original-")]
+        kept = [(k, v) for k, v in kept if not k.startswith(HEADER_PREFIX + "error-")]
+        kept = [(k, v) for k, v in kept if k not in (FAILED_AT, SERVICE, REPLAYED_FROM)]
+        return [*kept, (REPLAYED_FROM, str(self.place).encode())]
+
+
+class DeadLetterTopics:
+    """The dead-letter topics of one deployment, read and replayed through short-lived clients."""
+
+    def __init__(self, kafka: KafkaSettings, names: TopicNames) -> None:
+        self._kafka = kafka
+        self._names = names
+
+    async def read(self, tenant_id: str, topics: Sequence[Topic]) -> list[DeadLetter]:
+        """Every entry of ``tenant_id`` in the dead-letter topics of ``topics`` (source topics)."""
+        prefix = f"{tenant_id}{KEY_SEPARATOR}".encode()
+        physical = {self._names(self._names.dlq_of(t)): self._names.dlq_of(t) for t in topics}
+        client_id = f"{self._kafka.client_id}-admin"
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._kafka.bootstrap_servers,
+            client_id=client_id,
+            enable_auto_commit=False,
+            # Assigned partitions start here (no group, nothing committed): a later seek could race
+            # the default reset to the end.
+            auto_offset_reset="earliest",
+        )
+        found: list[DeadLetter] = []
+        try:
+            partitions = await partitions_of(self._kafka.bootstrap_servers, physical, client_id=client_id)
+            if not partitions:
+                return []
+            await consumer.start()
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            left = {tp for tp in partitions if ends[tp] > 0}
+            async with asyncio.timeout(_READ_SECONDS):
+                while left:
+                    batches = await consumer.getmany(*left, timeout_ms=_POLL_MS)
+                    for tp, records in batches.items():
+                        found += [
+                            DeadLetter(
+                                Place(physical[tp.topic], tp.partition, r.offset),
+                                r.key,
+                                r.value or b"",
+                                tuple(r.headers),
+                            )
+                            for r in records
+                            if r.offset < ends[tp] and (r.key or b"").startswith(prefix)
+                        ]
+                    left = {tp for tp in left if await consumer.position(tp) < ends[tp]}
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise KafkaUnavailableError(f"Kafka at {self._kafka.bootstrap_servers} did not answer: {exc!r}") from None
+        finally:
+            await consumer.stop()
+        return sorted(found, key=lambda d: d.place)
+
+    async def replay(self, letters: Sequence[DeadLetter]) -> None:
+        """Send each entry's record to its source topic (same key, its own headers), acknowledged
+        by every in-sync replica; in the given order."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._kafka.bootstrap_servers,
+            client_id=f"{self._kafka.client_id}-admin",
+            acks="all",
+            enable_idempotence=True,
+            max_request_size=self._kafka.max_request_size,
+        )
+        try:
+            await producer.start()
+            acks = [
+                await producer.send(
+                    self._names(letter.source), letter.value, key=letter.key, headers=letter.replay_headers()
+                )
+                for letter in letters
+            ]
+            await asyncio.gather(*acks)
+        except (KafkaError, OSError) as exc:
+            raise KafkaUnavailableError(f"Kafka at {self._kafka.bootstrap_servers} did not answer: {exc!r}") from None
+        finally:
+            await producer.stop()
+
+
+async def actions_of(db: Connection, tenant_id: str) -> dict[Place, Action]:
+    rows = await db.fetch(
+        "SELECT dlq_topic, dlq_partition, dlq_offset, action, reason, actor, at FROM dead_letter_actions"
+        " WHERE tenant_id = $1",
+        tenant_id,
+    )
+    return {
+        Place(Topic(r["dlq_topic"]), r["dlq_partition"], r["dlq_offset"]): Action(
+            r["action"], r["reason"], r["actor"], r["at"]
+        )
+        for r in rows
+        if r["dlq_topic"] in set(DLQ_SOURCES)
+    }
+
+
+async def record_actions(
+    db: Connection, tenant_id: str, places: Sequence[Place], action: str, actor: str, reason: str | None
+) -> None:
+    await db.execute(
+        "INSERT INTO dead_letter_actions (dlq_topic, dlq_partition, dlq_offset, tenant_id, action, reason, actor)"
+        " SELECT t, p, o, $4, $5, $6, $7 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS w(t, p, o)",
+        [str(p.topic) for p in places],
+        [p.partition for p in places],
+        [p.offset for p in places],
+        tenant_id,
+        action,
+        reason,
+        actor,
+    )
