@@ -3,7 +3,7 @@ The services the chart runs. Each is started by its thin entry point (`python -m
 services/<package>/__main__.py) and configured only through the environment variables its
 pydantic-settings class reads (services/<package>/settings.py, services/common/settings.py).
   args:       what follows `python -m <module>` (the admin CLI's `serve`).
-  kafka:      reads KAFKA_* (KafkaSettings); the governor and the admin API do not.
+  kafka:      reads KAFKA_* (KafkaSettings; the admin API for dead letters); the governor does not.
   salesforce: calls Salesforce, so it needs the tenants' secrets (env vars named by their secretRefs).
   vault:      reads or writes tenants' secrets in the vault, so it needs VAULT_KEYS (VaultSettings).
   governorTargetEnv: the setting holding the governor's host:port.
@@ -53,7 +53,7 @@ admin:
   name: admin
   module: services.admin
   args: [serve]
-  kafka: false
+  kafka: true
   salesforce: true
   vault: true
   governorTargetEnv: ""
