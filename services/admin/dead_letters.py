@@ -22,12 +22,8 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from duplex.change.v1 import record_changed_pb2
-from duplex.mapping.v1 import change_mapped_pb2
-from duplex.writer.v1 import write_records_pb2, write_settled_pb2
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import DecodeError, Message
 
+from services.admin.contract import MESSAGES, decoded
 from services.common.codec import KEY_SEPARATOR
 from services.common.db import Connection
 from services.common.dlq import ERROR_CLASS, ERROR_REASON, FAILED_AT, HEADER_PREFIX, SERVICE
@@ -35,14 +31,6 @@ from services.common.settings import KafkaSettings
 from services.common.topic_admin import partitions_of
 from services.common.topics import Topic, TopicNames
 
-# What each topic that can reject input carries.
-MESSAGES: Final[Mapping[Topic, type[Message]]] = {
-    Topic.APP_CHANGES: record_changed_pb2.RecordChanged,
-    Topic.CRM_CHANGES: record_changed_pb2.RecordChanged,
-    Topic.MAPPED_CHANGES: change_mapped_pb2.ChangeMapped,
-    Topic.CRM_WRITES: write_records_pb2.WriteRecords,
-    Topic.WRITE_OUTCOMES: write_settled_pb2.WriteSettled,
-}
 REPLAYED_FROM: Final = "duplex-replayed-from"
 _PLACE = re.compile(r"^(?P<topic>[a-z_]+):(?P<partition>\d{1,9}):(?P<offset>\d{1,18})$")
 # A scan reads up to the end offsets it found at its start; these bound a broker that stops answering.
@@ -132,12 +120,7 @@ class DeadLetter:
 
     def payload(self) -> dict[str, Any] | None:
         """The record decoded as its topic's message, None when it is not one (what got it rejected)."""
-        message = MESSAGES[self.source]()
-        try:
-            message.ParseFromString(self.value)
-        except DecodeError:
-            return None
-        return MessageToDict(message, preserving_proto_field_name=True)
+        return decoded(self.source, self.value)
 
     def replay_headers(self) -> list[tuple[str, bytes]]:
         """The original record's headers (not the dead-lettering's), and where it was replayed from."""

@@ -24,9 +24,9 @@ from services.admin.api.tenants import stored_config
 from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
+from services.admin.contract import MESSAGES
 from services.admin.dead_letters import (
     DLQ_SOURCES,
-    MESSAGES,
     DeadLetter,
     DeadLetterTopics,
     KafkaUnavailableError,
