@@ -992,9 +992,6 @@ def record_timeline(
     _print_table(table)
 
 
-Ids = Annotated[list[str] | None, typer.Argument(help="Dead letters' ids, as listed.", show_default=False)]
-
-
 @dead_letters_app.command("list")
 def dead_letters_list(
     ctx: typer.Context,
@@ -1031,7 +1028,7 @@ def _acted(acted: Acted, verb: str, as_json: bool) -> None:
 def dead_letters_replay(
     ctx: typer.Context,
     tenant: Tenant,
-    ids: Ids = None,
+    ids: Annotated[list[str] | None, typer.Argument(help="Dead letters' ids, as listed.", show_default=False)] = None,
     every: Annotated[bool, typer.Option("--all", help="Every pending dead letter (of --topic), oldest first.")] = False,
     topic: Annotated[str | None, typer.Option(help="With --all: of this source topic only.")] = None,
     as_json: Json = False,
@@ -1044,7 +1041,7 @@ def dead_letters_replay(
     except ValidationError as exc:
         _fail([str(e["msg"]) for e in exc.errors()], EXIT_USAGE)
     with _api(ctx) as api:
-        acted = api.replay(request, tenant)
+        acted = api.replay(tenant, request)
     _acted(acted, "replayed", as_json)
 
 

@@ -406,7 +406,7 @@ class AdminClient:
         params = {"topic": topics, "state": states, "limit": limit}
         return self._get(DeadLetterList, f"/tenants/{_segment(tenant)}/dead-letters", params)
 
-    def replay(self, request: ReplayRequest, tenant: str) -> Acted:
+    def replay(self, tenant: str, request: ReplayRequest) -> Acted:
         body = request.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
         path = f"/tenants/{_segment(tenant)}/dead-letters:replay"
         return self._parse(Acted, self._call("POST", path, json_body=body))

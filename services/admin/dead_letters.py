@@ -58,7 +58,7 @@ class Place:
         """Raises ValueError with a message for the user."""
         match = _PLACE.fullmatch(text)
         topic = match["topic"] if match else ""
-        if match is None or topic not in set(DLQ_SOURCES):
+        if match is None or topic not in DLQ_SOURCES:
             topics = ", ".join(sorted(DLQ_SOURCES))
             raise ValueError(f"not a dead letter's id: <topic>:<partition>:<offset>, the topic one of {topics}")
         return cls(Topic(topic), int(match["partition"]), int(match["offset"]))
@@ -124,9 +124,8 @@ class DeadLetter:
 
     def replay_headers(self) -> list[tuple[str, bytes]]:
         """The original record's headers (not the dead-lettering's), and where it was replayed from."""
-        kept = [(k, v) for k, v in self.headers if not k.startswith(HEADER_PREFIX + "original-")]
-        kept = [(k, v) for k, v in kept if not k.startswith(HEADER_PREFIX + "error-")]
-        kept = [(k, v) for k, v in kept if k not in (FAILED_AT, SERVICE, REPLAYED_FROM)]
+        dead_lettering = (HEADER_PREFIX + "original-", HEADER_PREFIX + "error-", FAILED_AT, SERVICE, REPLAYED_FROM)
+        kept = [(k, v) for k, v in self.headers if not k.startswith(dead_lettering)]
         return [*kept, (REPLAYED_FROM, str(self.place).encode())]
 
 
@@ -216,16 +215,19 @@ async def actions_of(db: Connection, tenant_id: str) -> dict[Place, Action]:
             r["action"], r["reason"], r["actor"], r["at"]
         )
         for r in rows
-        if r["dlq_topic"] in set(DLQ_SOURCES)
+        if r["dlq_topic"] in DLQ_SOURCES
     }
 
 
 async def record_actions(
     db: Connection, tenant_id: str, places: Sequence[Place], action: str, actor: str, reason: str | None
-) -> None:
-    await db.execute(
+) -> list[Place]:
+    """Record ``action`` on ``places``; the ones it was recorded on, in order. An entry another
+    request acted on meanwhile is left out (its row stands), so only one request ever sends it."""
+    rows = await db.fetch(
         "INSERT INTO dead_letter_actions (dlq_topic, dlq_partition, dlq_offset, tenant_id, action, reason, actor)"
-        " SELECT t, p, o, $4, $5, $6, $7 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS w(t, p, o)",
+        " SELECT t, p, o, $4, $5, $6, $7 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS w(t, p, o)"
+        " ON CONFLICT DO NOTHING RETURNING dlq_topic, dlq_partition, dlq_offset",
         [str(p.topic) for p in places],
         [p.partition for p in places],
         [p.offset for p in places],
@@ -234,3 +236,5 @@ async def record_actions(
         reason,
         actor,
     )
+    recorded = {Place(Topic(r["dlq_topic"]), r["dlq_partition"], r["dlq_offset"]) for r in rows}
+    return [p for p in places if p in recorded]

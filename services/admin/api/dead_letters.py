@@ -93,11 +93,15 @@ class Acted(ApiModel):
     already: list[str] = Field(description="Replayed (or discarded) before: left as they were.")
 
 
+def _state(done: Done | None) -> str:
+    return "pending" if done is None else done.action
+
+
 def _entry(letter: DeadLetter, done: Done | None) -> DeadLetterEntry:
     return DeadLetterEntry(
         id=str(letter.place),
         topic=str(letter.source),
-        state="pending" if done is None else done.action,
+        state=_state(done),
         record_key=letter.record_key,
         reason=letter.reason,
         error_class=letter.error_class,
@@ -161,11 +165,12 @@ def dead_letters_router(access: Access, topics: DeadLetterTopics | None) -> APIR
         send: Callable[[list[Place]], Awaitable[None]] | None,
     ) -> Acted:
         """Record ``action`` on the chosen entries not acted on yet, ``send`` them, audit it."""
-        todo = sorted(p for p in chosen if p not in done)
         async with db.transaction():
             # Recorded before sending: a send that fails rolls it back, and one whose answer is
             # lost after Kafka took it is applied at most once by the consumers (same event id).
-            await record_actions(db, tenant, todo, action, principal.actor, reason)
+            todo = await record_actions(
+                db, tenant, sorted(p for p in chosen if p not in done), action, principal.actor, reason
+            )
             if send is not None:
                 await send(todo)
             await write_audit(
@@ -176,7 +181,7 @@ def dead_letters_router(access: Access, topics: DeadLetterTopics | None) -> APIR
                 detail={"ids": [str(p) for p in todo]} | ({"reason": reason} if reason else {}),
                 request_id=request_id_of(request),
             )
-        return Acted(done=[str(p) for p in todo], already=[str(p) for p in chosen if p in done])
+        return Acted(done=[str(p) for p in todo], already=[str(p) for p in chosen if p not in todo])
 
     @router.get("/{tenant}/dead-letters", response_model=DeadLetterList, summary="A tenant's dead letters")
     async def dead_letters(
@@ -190,10 +195,12 @@ def dead_letters_router(access: Access, topics: DeadLetterTopics | None) -> APIR
         await stored_config(ConfigStore(db), tenant)
         found = await entries(tenant, [Topic(t) for t in topic or MESSAGES])
         done = await actions_of(db, tenant)
-        listed = [_entry(letter, done.get(place)) for place, letter in found.items()]
-        listed = [e for e in listed if state is None or e.state in state]
-        listed.sort(key=lambda e: (e.failed_at or _EPOCH, e.id), reverse=True)
-        return DeadLetterList(entries=listed[:limit], total=len(listed))
+        listed = [letter for place, letter in found.items() if state is None or _state(done.get(place)) in state]
+        listed.sort(key=lambda letter: (letter.failed_at or _EPOCH, letter.place), reverse=True)
+        # Decoded only for the page: a quarantine can leave tens of thousands of entries.
+        return DeadLetterList(
+            entries=[_entry(letter, done.get(letter.place)) for letter in listed[:limit]], total=len(listed)
+        )
 
     @router.post(
         "/{tenant}/dead-letters:replay",

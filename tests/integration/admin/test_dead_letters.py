@@ -13,11 +13,12 @@ from typing import Any
 import asyncpg
 import pytest
 from duplex.mapping.v1 import change_mapped_pb2
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from services.admin.auth import Role
 from services.admin.cli import app as cli
 from services.admin.config_store import ConfigStore
+from services.admin.dead_letters import Place, record_actions
 from services.common.change import ChangeKind, Side
 from services.common.codec import record_key
 from services.common.settings import KafkaSettings
@@ -53,6 +54,12 @@ async def fix_the_mapping(dsn: str) -> None:
         await ConfigStore(conn).apply([parse_tenant_config(fixed)], "test")
     finally:
         await conn.close()
+
+
+async def duplex(api: Api, token: str, *args: str) -> Result:
+    env = {"DUPLEX_SERVER": f"http://127.0.0.1:{api.running.port}", "DUPLEX_TOKEN": token, "COLUMNS": "200"}
+    # In a thread: the CLI blocks on HTTP while this event loop serves the API it calls.
+    return await asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env)
 
 
 async def post(api: Api, action: str, body: dict[str, Any], token: str) -> Any:
@@ -98,8 +105,8 @@ async def test_a_refused_change_is_replayed_after_the_fix_and_mapped_once(
         assert problem(await post(api, "replay", {"ids": [a]}, viewer), 403)
         assert problem(await post(api, "discard", {"ids": [b]}, operator), 422)  # a reason is required
 
-        discarded = await post(api, "discard", {"ids": [b], "reason": "test data"}, operator)
-        assert discarded.json() == {"done": [b], "already": []}
+        discarded = await duplex(api, operator, "dead-letters", "discard", TENANT, b, "--reason", "test data")
+        assert (discarded.exit_code, discarded.stdout) == (0, f"1 discarded: {b}\n")
         refused = await post(api, "replay", {"ids": [a, b]}, operator)
         assert b in problem(refused, 409)["detail"]
         assert await mapped.settle(quiet=1.0) == []  # not even a, which was fine
@@ -112,8 +119,8 @@ async def test_a_refused_change_is_replayed_after_the_fix_and_mapped_once(
 
         again = await post(api, "replay", {"ids": [a]}, operator)
         assert again.json() == {"done": [], "already": [a]}
-        everything = await post(api, "replay", {"all": True}, operator)
-        assert everything.json() == {"done": [], "already": []}
+        everything = await duplex(api, operator, "dead-letters", "replay", TENANT, "--all", "--json")
+        assert (everything.exit_code, json.loads(everything.stdout)) == (0, {"done": [], "already": []})
         assert len(await mapped.settle(quiet=1.5)) == 1
 
         after = {e["id"]: e for e in (await api.http.get(URL, headers=bearer(viewer))).json()["entries"]}
@@ -135,9 +142,7 @@ async def test_a_refused_change_is_replayed_after_the_fix_and_mapped_once(
         pending = (await api.http.get(URL, params={"state": "pending"}, headers=bearer(viewer))).json()
         assert pending == {"entries": [], "total": 0}
 
-        env = {"DUPLEX_SERVER": f"http://127.0.0.1:{api.running.port}", "DUPLEX_TOKEN": viewer, "COLUMNS": "200"}
-        # In a thread: the CLI blocks on HTTP while this event loop serves the API it calls.
-        shown = await asyncio.to_thread(CliRunner().invoke, cli, ["dead-letters", "list", TENANT], env=env)
+        shown = await duplex(api, viewer, "dead-letters", "list", TENANT)
         assert shown.exit_code == 0, shown.output
         assert a in shown.output
         assert "discarded" in shown.output
@@ -148,3 +153,24 @@ async def test_without_kafka_the_routes_say_so(fresh_database: str) -> None:
     async with serving(fresh_database, kafka=None) as api:
         answer = await api.http.get(URL, headers=bearer(await api.token(Role.VIEWER)))
         assert "KAFKA_BOOTSTRAP_SERVERS" in problem(answer, 503)["detail"]
+
+
+async def test_of_two_requests_acting_on_one_entry_only_the_first_records_it(fresh_database: str) -> None:
+    await prepare_database(fresh_database)
+    place = Place(Topic.APP_CHANGES_DLQ, 1, 7)
+    first, second = await asyncpg.connect(fresh_database), await asyncpg.connect(fresh_database)
+    try:
+        async with first.transaction():
+            assert await record_actions(first, TENANT, [place], "replayed", "one", None) == [place]
+            # The second request's insert waits for the first to commit, then takes nothing.
+            racing = asyncio.create_task(record_actions(second, TENANT, [place], "replayed", "two", None))
+            blocked = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            async with asyncio.timeout(30):
+                while await first.fetchval(blocked) == 0:  # noqa: ASYNC110 (only the server can tell)
+                    await asyncio.sleep(0.01)
+            assert not racing.done()
+        assert await racing == []
+        assert await second.fetchval("SELECT actor FROM dead_letter_actions") == "one"
+    finally:
+        await first.close()
+        await second.close()
