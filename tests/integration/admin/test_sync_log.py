@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from services.admin.auth import Role
+from services.admin.sync_log_search import LogQuery, links_of, search, timeline
 from services.common import sync_log
 from services.common.salesforce_ids import to18
 from tests.integration.admin.conftest import Cli
@@ -201,3 +202,39 @@ async def test_scoped_and_authenticated(cli: Cli, sample: Path) -> None:
     other = bearer(await cli.token(Role.ADMIN, ["other"]))
     assert problem(await cli.api.http.get("/api/v1/tenants/acme/sync-log", headers=other), 404)
     assert problem(await cli.api.http.get("/api/v1/tenants/acme/records/p-1/timeline", headers=other), 404)
+
+
+async def test_a_records_rows_are_found_by_index_among_many(cli: Cli, sample: Path) -> None:
+    """The search and the timeline read a record's rows, not every row the tenant ever logged."""
+    await seed(cli, sample)
+    await cli.api.db.execute(
+        "INSERT INTO sync_log (tenant_id, service, event, link_id, record_id)"
+        " SELECT 'acme', 'writer', 'write.rejected', 'other-' || g, 'r-' || g FROM generate_series(1, 20000) g"
+    )
+    await cli.api.db.execute("ANALYZE sync_log")
+    plans: list[str] = []
+
+    def listener(_conn: object, message: Any) -> None:
+        plans.append(message.message)
+
+    db = cli.api.db
+    db.add_log_listener(listener)
+    try:
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET client_min_messages = log",
+        ):
+            await db.execute(setting)
+        links = await links_of(db, "acme", SF_ID_15)
+        rows, _ = await timeline(db, "acme", SF_ID_15, links, limit=10)
+        await search(db, "acme", LogQuery(record=SF_ID_15), limit=10)
+    finally:
+        await db.execute("RESET ALL")
+        db.remove_log_listener(listener)
+    assert len(rows) == 5
+    reads = [plan for plan in plans if "FROM sync_log" in plan]
+    assert len(reads) == 2
+    for plan in reads:
+        assert "sync_log_record" in plan, plan
+        assert "sync_log_link" in plan, plan
