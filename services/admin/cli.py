@@ -42,7 +42,8 @@ from rich.text import Text
 
 from services.admin.api.backfills import BackfillProgress
 from services.admin.api.dead_letters import Acted, ReplayRequest
-from services.admin.api.models import Applied, CreatedToken, SalesforceConnectionView, TokenRequest
+from services.admin.api.models import ApiModel, Applied, CreatedToken, SalesforceConnectionView, TokenRequest
+from services.admin.api.pauses import PauseRequest, PauseState, ResumeRequest
 from services.admin.api.sync_log import SyncLogEntry
 from services.admin.api.tokens import token_view
 from services.admin.auth import Role, parse_duration
@@ -132,6 +133,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print the API's answer as JS
 Tenant = Annotated[str, typer.Argument(help="Tenant name (metadata.name).", show_default=False)]
 
 T = TypeVar("T")
+M = TypeVar("M", bound=ApiModel)
 
 
 @dataclass(frozen=True)
@@ -828,7 +830,7 @@ def backfills(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None
 
 @app.command("health")
 def health(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
-    """Quarantined object pairs and the last 24 hours' problems of a tenant (exit 0 either way)."""
+    """Quarantined object pairs, pauses and the last 24 hours' problems of a tenant (exit 0 either way)."""
     with _api(ctx) as api:
         report = api.health(tenant)
     if as_json:
@@ -839,6 +841,11 @@ def health(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
         table = _table("QUARANTINED PAIR", "SINCE", "REASON")
         for pair in report.quarantined_pairs:
             table.add_row(_cell(pair.pair), _when(pair.since), _cell(pair.reason))
+        _print_table(table)
+    if report.pauses:
+        table = _table("PAUSED PAIR", "DIRECTION", "SINCE", "REASON")
+        for p in report.pauses:
+            table.add_row(_cell(p.object_pair), p.direction, _when(p.paused_at), _cell(p.reason))
         _print_table(table)
     if report.problems:
         table = _table("EVENT", "CODE", "COUNT", "LAST")
@@ -1057,6 +1064,75 @@ def dead_letters_discard(
     with _api(ctx) as api:
         acted = api.discard(tenant, ids, reason)
     _acted(acted, "discarded", as_json)
+
+
+PairOption = Annotated[
+    str | None, typer.Option("--pair", help="One object pair (default: every pair).", show_default=False)
+]
+DirectionOption = Annotated[
+    str, typer.Option(help="to_crm (writes to Salesforce), to_app (updates to the app) or both.")
+]
+
+
+def _print_pauses(state: PauseState, as_json: bool) -> None:
+    if as_json:
+        _print_json(state)
+        return
+    if not state.pauses:
+        typer.echo(f"tenant/{state.tenant}: nothing paused")
+    else:
+        table = _table("PAIR", "DIRECTION", "SINCE", "BY", "REASON")
+        for p in state.pauses:
+            table.add_row(_cell(p.object_pair), p.direction, _when(p.paused_at), _cell(p.actor), _cell(p.reason))
+        _print_table(table)
+    if state.held:
+        table = _table("HELD PAIR", "DIRECTION", "OUTPUTS", "OLDEST")
+        for h in state.held:
+            table.add_row(_cell(h.object_pair), h.direction, f"{h.outputs:,}", _when(h.oldest))
+        _print_table(table)
+
+
+def _request(model: type[M], **fields: Any) -> M:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        _fail([f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()], EXIT_USAGE)
+
+
+@app.command("pause")
+def pause_sync(
+    ctx: typer.Context,
+    tenant: Tenant,
+    pair: PairOption = None,
+    direction: DirectionOption = "both",
+    reason: Annotated[str | None, typer.Option(help="Why (kept with the pause).", show_default=False)] = None,
+    as_json: Json = False,
+) -> None:
+    """Pause syncing one way or both, for one pair or all: changes are held, in order, until resumed."""
+    request = _request(PauseRequest, objectPair=pair, direction=direction, reason=reason)
+    with _api(ctx) as api:
+        _print_pauses(api.pause(tenant, request), as_json)
+
+
+@app.command("resume")
+def resume_sync(
+    ctx: typer.Context,
+    tenant: Tenant,
+    pair: PairOption = None,
+    direction: DirectionOption = "both",
+    as_json: Json = False,
+) -> None:
+    """End pauses (of one pair, or every pause of the direction); what they held flows on in order."""
+    request = _request(ResumeRequest, objectPair=pair, direction=direction)
+    with _api(ctx) as api:
+        _print_pauses(api.resume(tenant, request), as_json)
+
+
+@app.command("pauses")
+def pauses(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
+    """What is paused, and how many writes and updates the pauses hold."""
+    with _api(ctx) as api:
+        _print_pauses(api.pauses(tenant), as_json)
 
 
 # ---------------------------------------------------------------------------------------------

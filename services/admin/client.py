@@ -39,6 +39,7 @@ from services.admin.api.models import (
     VersionDiff,
     VersionList,
 )
+from services.admin.api.pauses import PauseRequest, PauseState, ResumeRequest
 from services.admin.api.sync_log import RecordTimeline, SyncLogPage
 
 M = TypeVar("M", bound=BaseModel)
@@ -415,6 +416,17 @@ class AdminClient:
         body = DiscardRequest(ids=ids, reason=reason).model_dump(by_alias=True)
         path = f"/tenants/{_segment(tenant)}/dead-letters:discard"
         return self._parse(Acted, self._call("POST", path, json_body=body))
+
+    def pauses(self, tenant: str) -> PauseState:
+        return self._get(PauseState, f"/tenants/{_segment(tenant)}/pauses")
+
+    def pause(self, tenant: str, request: PauseRequest) -> PauseState:
+        body = request.model_dump(by_alias=True, exclude_none=True)
+        return self._parse(PauseState, self._call("POST", f"/tenants/{_segment(tenant)}/pause", json_body=body))
+
+    def resume(self, tenant: str, request: ResumeRequest) -> PauseState:
+        body = request.model_dump(by_alias=True, exclude_none=True)
+        return self._parse(PauseState, self._call("POST", f"/tenants/{_segment(tenant)}/resume", json_body=body))
 
     def backfills(self, tenant: str) -> BackfillList:
         return self._get(BackfillList, f"/tenants/{_segment(tenant)}/backfills")

@@ -13,6 +13,7 @@ from duplex.writer.v1 import write_records_pb2, write_settled_pb2
 from services.common.change import Change, ChangeKind, Side
 from services.common.contract import KIND_FROM_PB, SIDE_FROM_PB, set_fields, to_proto, to_value
 from services.common.errors import InvalidEvent
+from services.common.pauses import Way
 from services.common.tenant_config import ObjectPair
 from services.conflict_resolver.resolve import (
     AppUpdate,
@@ -149,3 +150,10 @@ def app_update(
             external_id=update.external_id,
         )
     )
+
+
+def held_output(way: Way, encoded: bytes) -> write_records_pb2.WriteRecords | record_changed_pb2.RecordChanged:
+    """An output held by a pause (:mod:`services.conflict_resolver.holding`), as it was encoded."""
+    if way is Way.TO_CRM:
+        return write_records_pb2.WriteRecords.FromString(encoded)
+    return record_changed_pb2.RecordChanged.FromString(encoded)

@@ -47,6 +47,7 @@ from google.protobuf.message import Message
 from services.common.codec import link_key, record_key
 from services.common.errors import InvalidEvent, RecordTooLargeError
 from services.common.metrics import Metrics
+from services.common.pauses import Way
 from services.common.tenant_config import ObjectPair
 from services.conflict_resolver.contract import (
     ChangeMapped,
@@ -68,7 +69,17 @@ from services.conflict_resolver.resolve import (
     settle_rejected,
 )
 from services.conflict_resolver.state_codec import storable_json, storable_text, unstorable
-from services.conflict_resolver.store import FieldKey, LinkKey, LogRow, SentWrite, Store, TenantLinks, Transaction
+from services.conflict_resolver.store import (
+    FieldKey,
+    HeldOutput,
+    HoldKey,
+    LinkKey,
+    LogRow,
+    SentWrite,
+    Store,
+    TenantLinks,
+    Transaction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +187,8 @@ class Resolver:
             )
         links = await repo.lock_or_create_links(initial)
         fields = await repo.fields(list(initial))
+        holding = await repo.holding({(item[0].tenant_id, item[0].object_pair) for _, item in fresh})
+        held: list[HeldOutput] = []
         changed_fields: dict[FieldKey, FieldRecord] = {}
         sent: list[SentWrite] = []
         crm_writes: list[tuple[Message, bytes]] = []
@@ -187,26 +200,33 @@ class Resolver:
         for position, (change, pair, client_id) in fresh:
             key = (change.tenant_id, change.link_id)
             resolution = resolve(pair, client_id, links[key], fields[key], change)
+            held_ways: set[Way] = set()
             if resolution.crm_write is not None:
                 command = write_records(change, pair, resolution.link, resolution.crm_write)
-                crm_writes.append((command, link_key(change.tenant_id, change.link_id)))
-                crm_origins.append(position)
+                write_output = (command, link_key(change.tenant_id, change.link_id))
+                if not _held(holding, held, held_ways, change, Way.TO_CRM, write_output):
+                    crm_writes.append(write_output)
+                    crm_origins.append(position)
                 write = resolution.crm_write
                 sent.append((change.tenant_id, change.link_id, write.version, str(write.operation), write.pending))
             if resolution.app_update is not None:
                 update = app_update(change, pair, client_id, resolution.app_update)
                 record = resolution.app_update.record_id or change.link_id
-                app_updates.append((update, record_key(change.tenant_id, pair.app.object, record)))
-                app_origins.append(position)
+                update_output = (update, record_key(change.tenant_id, pair.app.object, record))
+                if not _held(holding, held, held_ways, change, Way.TO_APP, update_output):
+                    app_updates.append(update_output)
+                    app_origins.append(position)
             # The next change of this link starts from what this one left.
             links[key] = resolution.link
             fields[key].update(resolution.fields)
             for name, field_record in resolution.fields.items():
                 changed_fields[(change.tenant_id, change.link_id, name)] = field_record
-            logs.extend(self._records(change, resolution))
-            resolved.append((change, resolution))
+            logs.extend(self._records(change, resolution, held_ways))
+            # A held app update is not published yet: no latency to count for it.
+            resolved.append((change, replace(resolution, app_update=None) if Way.TO_APP in held_ways else resolution))
         await repo.save(links, changed_fields)
         await repo.record_sent(sent)
+        await repo.hold(held)
         await repo.log(logs)
         # Both topics' records queued before waiting for any ack; all acked before the commit.
         await asyncio.gather(
@@ -305,17 +325,22 @@ class Resolver:
         )
         await transaction.log([row])
 
-    def _records(self, change: MappedChange, resolution: Resolution) -> list[LogRow]:
-        """One sync log row per change, one more per conflict: 'why did this field flip?'."""
+    def _records(self, change: MappedChange, resolution: Resolution, held: set[Way]) -> list[LogRow]:
+        """One sync log row per change, one more per conflict: 'why did this field flip?'.
+
+        A write or update held by a pause says so (``"held": true``)."""
         event = "echo.dropped" if resolution.echo is not None else "change.resolved"
         writes: dict[str, Any] = {}
         if resolution.crm_write is not None:
             writes["crm"] = {
                 "operation": str(resolution.crm_write.operation),
                 "fields": sorted(resolution.crm_write.fields),
-            }
+            } | ({"held": True} if Way.TO_CRM in held else {})
         if resolution.app_update is not None:
-            writes["app"] = {"kind": str(resolution.app_update.kind), "fields": sorted(resolution.app_update.fields)}
+            writes["app"] = {
+                "kind": str(resolution.app_update.kind),
+                "fields": sorted(resolution.app_update.fields),
+            } | ({"held": True} if Way.TO_APP in held else {})
         detail = {
             "source_event_id": change.source_event_id,
             "side": str(change.side),
@@ -360,6 +385,24 @@ class Resolver:
         texts = (link_id, record_id, code, message)
         link, record, code, message = (None if t is None else storable_text(t) for t in texts)
         return (storable_text(tenant_id), self._service, event, link, record, code, message, details)
+
+
+def _held(
+    holding: set[HoldKey],
+    held: list[HeldOutput],
+    ways: set[Way],
+    change: MappedChange,
+    way: Way,
+    output: tuple[Message, bytes],
+) -> bool:
+    """Whether ``output`` goes ``way`` into its pair's hold (then it is added to ``held``) instead of out."""
+    hold = (change.tenant_id, change.object_pair, way)
+    if hold not in holding:
+        return False
+    message, key = output
+    held.append((hold, key, message.SerializeToString()))
+    ways.add(way)
+    return True
 
 
 class _OutputTooLarge(Exception):  # noqa: N818 (carries a refusal out of a transaction, rolling it back)

@@ -13,17 +13,18 @@ other in a cycle. :class:`ResolverRepository` reads and writes one tenant's link
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from services.common.config_provider import TenantConfigs
 from services.common.db import Connection, Pool
+from services.common.pauses import EVERY_PAIR, Way
 from services.common.tenant_config import StoredConfig
 from services.common.values import Value
 from services.conflict_resolver.resolve import FieldRecord, LinkState
 from services.conflict_resolver.state_codec import decode_record, decode_value, encode_record, encode_value
-from services.conflict_resolver.store import EventKey, FieldKey, LinkKey, LogRow, SentWrite
+from services.conflict_resolver.store import EventKey, FieldKey, HeldOutput, HoldKey, LinkKey, LogRow, SentWrite
 
 _LINK_COLUMNS = "link_id, object_pair, external_id, app_record_id, crm_record_id, version, app_deleted, crm_deleted"
 
@@ -264,6 +265,39 @@ class BatchRepository:
                 " SELECT t, s, e, l, r, c, m, d::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
                 " $5::text[], $6::text[], $7::text[], $8::text[]) AS w(t, s, e, l, r, c, m, d)",
                 *([row[i] for row in rows] for i in range(8)),
+            )
+
+    async def holding(self, pairs: Collection[tuple[str, str]]) -> set[HoldKey]:
+        """Which ways of these (tenant, object pair)s are paused or still releasing held outputs."""
+        if not pairs:
+            return set()
+        wanted = sorted(pairs)
+        rows = await self._conn.fetch(
+            "SELECT k.t, k.p, w.way FROM unnest($1::text[], $2::text[]) AS k(t, p)"
+            " CROSS JOIN unnest($3::text[]) AS w(way)"
+            " WHERE EXISTS (SELECT 1 FROM sync_pauses s WHERE s.tenant_id = k.t AND s.direction = w.way"
+            " AND s.object_pair IN (k.p, $4))"
+            " OR EXISTS (SELECT 1 FROM held_outputs h WHERE h.tenant_id = k.t AND h.object_pair = k.p"
+            " AND h.direction = w.way)",
+            [k[0] for k in wanted],
+            [k[1] for k in wanted],
+            [str(w) for w in Way],
+            EVERY_PAIR,
+        )
+        return {(row["t"], row["p"], Way(row["way"])) for row in rows}
+
+    async def hold(self, outputs: Sequence[HeldOutput]) -> None:
+        """Store ``outputs``; ids rise in their order, which is the order they are released in."""
+        if outputs:
+            await self._conn.execute(
+                "INSERT INTO held_outputs (tenant_id, object_pair, direction, record_key, message)"
+                " SELECT t, p, d, k, m FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[])"
+                " WITH ORDINALITY AS o(t, p, d, k, m, n) ORDER BY n",
+                [o[0][0] for o in outputs],
+                [o[0][1] for o in outputs],
+                [str(o[0][2]) for o in outputs],
+                [o[1] for o in outputs],
+                [o[2] for o in outputs],
             )
 
 

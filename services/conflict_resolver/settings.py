@@ -18,3 +18,5 @@ class ResolverSettings(KafkaServiceSettings):
     config_cache_size: int = Field(default=256, gt=0)
     # How often applied event ids older than the input topics' retention are deleted.
     prune_interval_seconds: float = Field(default=3600.0, gt=0)
+    # How often outputs held by a pause that has ended are looked for and released.
+    release_interval_seconds: float = Field(default=1.0, gt=0)

@@ -7,10 +7,11 @@ versions its events name are looked up first, then everything it reads and write
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from services.common.pauses import Way
 from services.common.tenant_config import StoredConfig
 from services.common.values import Value
 from services.conflict_resolver.resolve import FieldRecord, LinkState
@@ -25,6 +26,10 @@ EventKey = tuple[str, str]
 SentWrite = tuple[str, str, int, str, Mapping[str, Value]]
 # sync_log columns: tenant_id, service, event, link_id, record_id, code, message, detail (JSON text)
 LogRow = tuple[str, str, str, str | None, str | None, str | None, str | None, str]
+# (tenant, object pair, way) whose outputs are held (:mod:`services.common.pauses`)
+HoldKey = tuple[str, str, Way]
+# An output held: its hold, its record key and the encoded message
+HeldOutput = tuple[HoldKey, bytes, bytes]
 
 
 class TenantLinks(Protocol):
@@ -86,6 +91,15 @@ class Transaction(Protocol):
 
     async def log(self, rows: Sequence[LogRow]) -> None:
         """Append sync log rows."""
+        ...
+
+    async def holding(self, pairs: Collection[tuple[str, str]]) -> set[HoldKey]:
+        """Which ways of these (tenant, object pair)s hold their outputs: those paused, and those
+        resumed whose held outputs are not all released yet (later ones queue behind them)."""
+        ...
+
+    async def hold(self, outputs: Sequence[HeldOutput]) -> None:
+        """Keep ``outputs``, in this order, until their hold is released."""
         ...
 
     def tenant(self, tenant_id: str) -> TenantLinks:

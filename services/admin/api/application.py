@@ -11,6 +11,7 @@ from services.admin.api.connections import connections_router
 from services.admin.api.dead_letters import dead_letters_router
 from services.admin.api.edge import BodyTooLargeError, LimitBody, RequestId, too_large
 from services.admin.api.health import health_router
+from services.admin.api.pauses import pauses_router
 from services.admin.api.preflight import preflight_router
 from services.admin.api.problems import (
     PROBLEM_RESPONSES,
@@ -96,5 +97,6 @@ def build_api(
     app.include_router(health_router(access))
     app.include_router(sync_log_router(access))
     app.include_router(dead_letters_router(access, dead_letters))
+    app.include_router(pauses_router(access))
     app.include_router(tokens_router(access))
     return app

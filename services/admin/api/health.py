@@ -1,4 +1,4 @@
-"""``/api/v1/tenants/{tenant}/health``: quarantined object pairs and the last day's problems."""
+"""``/api/v1/tenants/{tenant}/health``: quarantined object pairs, pauses and the last day's problems."""
 
 # No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime, and
 # the dependencies they name are local to the router factory, out of reach of string annotations.
@@ -11,6 +11,7 @@ from pydantic import Field
 
 from services.admin.api.access import Access
 from services.admin.api.models import ApiModel
+from services.admin.api.pauses import PauseEntry, pause_state
 from services.admin.api.tenants import stored_config
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
@@ -43,6 +44,7 @@ class TenantHealth(ApiModel):
     quarantined_pairs: list[QuarantinedPair] = Field(
         description="Pairs whose changes are dead-lettered (replay them once the cause is fixed)."
     )
+    pauses: list[PauseEntry] = Field(description="Directions paused (`duplex resume` ends them).")
     problems_since: datetime
     problems: list[Problems] = Field(description="Sync-log rows with an error code in the last 24 hours.")
 
@@ -52,7 +54,7 @@ def health_router(access: Access) -> APIRouter:
     read = access.require(Action.READ)
 
     @router.get(
-        "/{tenant}/health", response_model=TenantHealth, summary="Quarantined pairs and the last day's problems"
+        "/{tenant}/health", response_model=TenantHealth, summary="Quarantined pairs, pauses and the last day's problems"
     )
     async def health(
         principal: Annotated[Principal, Depends(read)],
@@ -73,6 +75,7 @@ def health_router(access: Access) -> APIRouter:
                 )
                 for q in pairs
             ],
+            pauses=(await pause_state(db, tenant)).pauses,
             problems_since=since,
             problems=[Problems(event=p.event, code=p.code, count=p.count, last_at=p.last_at) for p in problems],
         )

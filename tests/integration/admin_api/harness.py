@@ -42,6 +42,7 @@ SNAPSHOT = {
     "api_tokens": "SELECT (id, name, role, tenants, expires_at, revoked_at)::text FROM api_tokens",
     "salesforce_connections": "SELECT c::text FROM salesforce_connections c",
     "vault_secrets": "SELECT s::text FROM vault_secrets s",
+    "sync_pauses": "SELECT p::text FROM sync_pauses p",
 }
 
 

@@ -64,6 +64,9 @@ TABLE: dict[tuple[str, str], Needs] = {
     ("GET", "/api/v1/tenants/{tenant}/dead-letters"): Needs.VIEWER,
     ("POST", "/api/v1/tenants/{tenant}/dead-letters:replay"): Needs.OPERATOR,
     ("POST", "/api/v1/tenants/{tenant}/dead-letters:discard"): Needs.OPERATOR,
+    ("GET", "/api/v1/tenants/{tenant}/pauses"): Needs.VIEWER,
+    ("POST", "/api/v1/tenants/{tenant}/pause"): Needs.OPERATOR,
+    ("POST", "/api/v1/tenants/{tenant}/resume"): Needs.OPERATOR,
     ("GET", "/api/v1/oauth/callback"): Needs.OAUTH_STATE,
     ("POST", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
     ("GET", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
@@ -75,6 +78,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/api/v1/tenants/{tenant}"): {"content": tenant_yaml(), "headers": YAML},
     ("POST", "/api/v1/tokens"): {"json": {"name": "made by the table", "role": "viewer"}},
     ("POST", "/api/v1/tenants/{tenant}/backfills"): {"json": {"object": "Account"}},
+    ("POST", "/api/v1/tenants/{tenant}/pause"): {"json": {"direction": "to_app", "reason": "made by the table"}},
+    ("POST", "/api/v1/tenants/{tenant}/resume"): {"json": {"direction": "to_app"}},
     # Nothing there to replay; the dead letter the api fixture put there (discarding it again is a no-op).
     ("POST", "/api/v1/tenants/{tenant}/dead-letters:replay"): {"json": {"all": True, "topic": "crm_changes"}},
     ("POST", "/api/v1/tenants/{tenant}/dead-letters:discard"): {

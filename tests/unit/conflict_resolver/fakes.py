@@ -8,17 +8,18 @@ locking is nothing here.
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
 from services.common.errors import RecordTooLargeError
+from services.common.pauses import EVERY_PAIR, Way
 from services.common.tenant_config import StoredConfig
 from services.common.values import Value
 from services.conflict_resolver.resolve import FieldRecord, LinkState
-from services.conflict_resolver.store import EventKey, FieldKey, LinkKey, LogRow, SentWrite
+from services.conflict_resolver.store import EventKey, FieldKey, HeldOutput, HoldKey, LinkKey, LogRow, SentWrite
 
 
 @dataclass
@@ -31,6 +32,9 @@ class Tables:
     log: list[LogRow] = field(default_factory=list)
     # The Salesforce ids mapping's links learnt from the resolver.
     mapping_crm_ids: dict[LinkKey, str] = field(default_factory=dict)
+    # (tenant, pair or EVERY_PAIR, way) paused, and the outputs held, in order.
+    pauses: set[HoldKey] = field(default_factory=set)
+    held: list[HeldOutput] = field(default_factory=list)
 
 
 class FakeTenantLinks:
@@ -98,6 +102,17 @@ class FakeTransaction:
 
     async def log(self, rows: Sequence[LogRow]) -> None:
         self._tables.log.extend(rows)
+
+    async def holding(self, pairs: Collection[tuple[str, str]]) -> set[HoldKey]:
+        holding = {hold for hold, _, _ in self._tables.held}
+        for tenant, pair in pairs:
+            for way in Way:
+                if (tenant, pair, way) in self._tables.pauses or (tenant, EVERY_PAIR, way) in self._tables.pauses:
+                    holding.add((tenant, pair, way))
+        return {h for h in holding if h[:2] in pairs}
+
+    async def hold(self, outputs: Sequence[HeldOutput]) -> None:
+        self._tables.held.extend(outputs)
 
     def tenant(self, tenant_id: str) -> FakeTenantLinks:
         return FakeTenantLinks(self._tables, tenant_id)

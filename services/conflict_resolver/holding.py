@@ -1,0 +1,115 @@
+"""Releasing what a pause held, once it ends, in the order it was held.
+
+While one way of an object pair is paused (:mod:`services.common.pauses`), every Salesforce write
+command or app update the resolver decides for it is stored in ``held_outputs`` in the transaction
+that decided it (:meth:`~services.conflict_resolver.store.Transaction.hold`), instead of being
+published. The change was applied and its input's offset moves on, so a paused tenant holds no
+partition back from the tenants sharing it, and what it holds is as durable as the decision.
+
+After a resume, :func:`release` publishes a hold's outputs page by page in id order (acked before
+their rows are deleted), and until the last row is gone, later outputs of that pair and direction
+are held behind them, so no record's outputs overtake each other. A crash between the ack and the
+delete publishes a page again: the same commands and updates with the same ids, which the writer
+and the app already take at most once. One replica at a time releases a hold (an advisory lock),
+and a pause set again meanwhile stops the release before the next page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from google.protobuf.message import Message
+
+from services.common.db import Connection, Pool
+from services.common.errors import RecordTooLargeError
+from services.common.pauses import EVERY_PAIR, Way
+from services.common.sync_log import record as log_event
+from services.conflict_resolver.contract import held_output
+from services.conflict_resolver.store import HoldKey
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Sequence[tuple[Message, bytes]]], Awaitable[None]]
+# Outputs published per transaction.
+PAGE = 500
+
+_UNPAUSED = (
+    "NOT EXISTS (SELECT 1 FROM sync_pauses p WHERE p.tenant_id = h.tenant_id AND p.direction = h.direction"
+    " AND p.object_pair IN (h.object_pair, $1))"
+)
+
+
+async def release(pool: Pool, publish: Mapping[Way, Publish], service: str, *, page: int = PAGE) -> int:
+    """Publish every output whose pause has ended, oldest first per hold; how many were published."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            f"SELECT DISTINCT tenant_id, object_pair, direction FROM held_outputs h WHERE {_UNPAUSED}", EVERY_PAIR
+        )
+        total = 0
+        for row in rows:
+            hold = (row["tenant_id"], row["object_pair"], Way(row["direction"]))
+            total += await _release_hold(conn, hold, publish[hold[2]], service, page)
+        return total
+
+
+async def _release_hold(conn: Connection, hold: HoldKey, publish: Publish, service: str, page: int) -> int:
+    tenant, pair, way = hold
+    released = 0
+    while True:
+        async with conn.transaction():
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", f"held_outputs/{tenant}/{pair}/{way}"
+            ):
+                return released  # another replica is releasing it
+            rows = await conn.fetch(
+                f"SELECT id, record_key, message FROM held_outputs h WHERE tenant_id = $2 AND object_pair = $3"
+                f" AND direction = $4 AND {_UNPAUSED} ORDER BY id LIMIT $5",
+                EVERY_PAIR,
+                tenant,
+                pair,
+                str(way),
+                page,
+            )
+            outputs = [(held_output(way, r["message"]), bytes(r["record_key"])) for r in rows]
+            ids = [r["id"] for r in rows]
+            try:
+                await publish(outputs)
+            except RecordTooLargeError as error:
+                # Over the limit of the topic it was held for: say so, drop it, release the rest.
+                ids = ids[: error.index + 1]
+                await publish(outputs[: error.index])
+                await log_event(
+                    conn,
+                    tenant_id=tenant,
+                    service=service,
+                    event="held.refused",
+                    code="RECORD_TOO_LARGE",
+                    message=f"an output held for {pair} ({way}) is {error.reason}; it was dropped",
+                )
+            await conn.execute("DELETE FROM held_outputs WHERE id = ANY($1::bigint[])", ids)
+        released += len(ids)
+        if len(rows) < page:
+            if released:
+                extra = {"tenant_id": tenant, "pair": pair, "way": str(way), "outputs": released}
+                log.info("held outputs released", extra=extra)
+            return released
+
+
+async def releasing(
+    pool: Pool,
+    publish: Mapping[Way, Publish],
+    service: str,
+    every_seconds: float,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Release ended holds now and every ``every_seconds`` until cancelled. A round that fails (the
+    database or Kafka away) is logged and left to the next: its rows are still there."""
+    while True:
+        try:
+            await release(pool, publish, service)
+        except Exception as exc:  # PostgreSQL's, the network's or Kafka's
+            log.warning("releasing held outputs failed; trying again", extra={"error": str(exc) or type(exc).__name__})
+        await sleep(every_seconds)
