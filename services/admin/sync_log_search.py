@@ -32,7 +32,8 @@ STATUS_EVENTS: Final[Mapping[str, frozenset[str]]] = {
     ),
     "skipped": frozenset({"change.filtered", "change.dropped", "write.superseded"}),
     "conflict": frozenset({"conflict.decided"}),
-    "echo": frozenset({"echo.dropped"}),
+    # Counted per batch since migration 0018's release; a row per echo before.
+    "echo": frozenset({"echoes.dropped", "echo.dropped"}),
 }
 # Everything else (pairs quarantined, connections, budgets, backfills, links re-pointed) is news
 # about the tenant, not an outcome of a record.

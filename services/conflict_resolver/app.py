@@ -1,9 +1,9 @@
 """Composition root: settings in, a running conflict-resolver out.
 
 Opened in order on one exit stack: the pool, the resolver over its PostgreSQL store, its two
-batch subscribers, the broker, then the release of outputs held by pauses and the pruning of
-applied event ids; closed in reverse, so the broker has stopped before the pool closes under a
-batch.
+batch subscribers, the broker, then the housekeeping (the release of outputs held by pauses, the
+sync log's partitions kept to its retention, the pruning of applied event ids); closed in
+reverse, so the broker has stopped before the pool closes under a batch.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from services.common.db import create_pool, database_ready
 from services.common.kafka import consuming, make_kafka
 from services.common.pauses import Way
 from services.common.service import Running, in_background
+from services.common.sync_log_retention import keeping
 from services.common.telemetry import Telemetry
 from services.common.topics import Topic, TopicNames, load_topic_table
 from services.conflict_resolver.contract import ChangeMapped, WriteSettled
@@ -51,6 +52,8 @@ async def run(settings: ResolverSettings, telemetry: Telemetry | None = None) ->
         running = await stack.enter_async_context(consuming(kafka, ready=(database_ready(pool),)))
         release = releasing(pool, publish, settings.service_name, settings.release_interval_seconds)
         in_background(stack, release, "release-held-outputs")
+        retention = keeping(pool, settings.sync_log_retention_days, settings.sync_log_maintenance_interval_seconds)
+        in_background(stack, retention, "sync-log-retention")
         keep = keep_for(topic_names.table)
         if keep is not None:
             in_background(stack, pruning(pool, keep, settings.prune_interval_seconds), "prune-applied-events")

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -189,6 +190,7 @@ class Resolver:
         fields = await repo.fields(list(initial))
         holding = await repo.holding({(item[0].tenant_id, item[0].object_pair) for _, item in fresh})
         held: list[HeldOutput] = []
+        echoes: Counter[tuple[str, str, str, str]] = Counter()
         changed_fields: dict[FieldKey, FieldRecord] = {}
         sent: list[SentWrite] = []
         crm_writes: list[tuple[Message, bytes]] = []
@@ -221,13 +223,15 @@ class Resolver:
             fields[key].update(resolution.fields)
             for name, field_record in resolution.fields.items():
                 changed_fields[(change.tenant_id, change.link_id, name)] = field_record
+            if resolution.echo is not None:
+                echoes[(change.tenant_id, change.object_pair, str(change.side), str(resolution.echo))] += 1
             logs.extend(self._records(change, resolution, held_ways))
             # A held app update is not published yet: no latency to count for it.
             resolved.append((change, replace(resolution, app_update=None) if Way.TO_APP in held_ways else resolution))
         await repo.save(links, changed_fields)
         await repo.record_sent(sent)
         await repo.hold(held)
-        await repo.log(logs)
+        await repo.log(logs + self._echoes(echoes))
         # Both topics' records queued before waiting for any ack; all acked before the commit.
         await asyncio.gather(
             _published(self._publish_crm, crm_writes, crm_origins, "the Salesforce write"),
@@ -328,8 +332,11 @@ class Resolver:
     def _records(self, change: MappedChange, resolution: Resolution, held: set[Way]) -> list[LogRow]:
         """One sync log row per change, one more per conflict: 'why did this field flip?'.
 
-        A write or update held by a pause says so (``"held": true``)."""
-        event = "echo.dropped" if resolution.echo is not None else "change.resolved"
+        An echo, Duplex's own write coming back, is only counted (:meth:`_echoes`): about as many
+        come as Duplex writes, and a row each made up a third of the log while saying nothing about
+        any record's values. A write or update held by a pause says so (``"held": true``)."""
+        if resolution.echo is not None:
+            return self._conflicts(change, resolution)
         writes: dict[str, Any] = {}
         if resolution.crm_write is not None:
             writes["crm"] = {
@@ -345,7 +352,6 @@ class Resolver:
             "source_event_id": change.source_event_id,
             "side": str(change.side),
             "kind": str(change.kind),
-            "echo": str(resolution.echo) if resolution.echo else None,
             "fields": {
                 d.field: {"outcome": str(d.outcome), "reason": d.reason, **({"echo": str(d.echo)} if d.echo else {})}
                 for d in resolution.decisions
@@ -354,8 +360,11 @@ class Resolver:
             "writes": writes,
             "dropped": dict(change.dropped),
         }
-        rows = [self._row(change.tenant_id, event, change.link_id, detail=detail)]
-        rows.extend(
+        row = self._row(change.tenant_id, "change.resolved", change.link_id, detail=detail)
+        return [row, *self._conflicts(change, resolution)]
+
+    def _conflicts(self, change: MappedChange, resolution: Resolution) -> list[LogRow]:
+        return [
             self._row(
                 change.tenant_id,
                 "conflict.decided",
@@ -366,8 +375,20 @@ class Resolver:
             )
             for d in resolution.decisions
             if d.conflict
-        )
-        return rows
+        ]
+
+    def _echoes(self, echoes: Counter[tuple[str, str, str, str]]) -> list[LogRow]:
+        """One row per tenant, pair, side and kind of echo in a batch, with how many were dropped."""
+        return [
+            self._row(
+                tenant,
+                "echoes.dropped",
+                None,
+                message=f"{count} of Duplex's own writes to {side} came back for {pair} and were dropped ({echo})",
+                detail={"count": count, "object_pair": pair, "side": side, "echo": echo},
+            )
+            for (tenant, pair, side, echo), count in sorted(echoes.items())
+        ]
 
     def _row(
         self,

@@ -20,3 +20,7 @@ class ResolverSettings(KafkaServiceSettings):
     prune_interval_seconds: float = Field(default=3600.0, gt=0)
     # How often outputs held by a pause that has ended are looked for and released.
     release_interval_seconds: float = Field(default=1.0, gt=0)
+    # Days of sync log kept: older days' partitions are dropped (services.common.sync_log_retention).
+    sync_log_retention_days: int = Field(default=30, ge=1)
+    # How often the sync log's partitions are created ahead and dropped past the retention.
+    sync_log_maintenance_interval_seconds: float = Field(default=3600.0, gt=0)

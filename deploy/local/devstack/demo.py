@@ -445,7 +445,9 @@ async def report(run: Run, conn: Any, before: Budget, after: Budget, rep: SalesR
     created_in_crm = sum(int(_detail(r).get("created", 0)) for r in written)
     resolved = log.events("change.resolved")
     to_app = sum(1 for r in resolved if "app" in (_detail(r).get("writes") or {}))
-    echoes = Counter((_detail(r).get("side"), _detail(r).get("echo")) for r in log.events("echo.dropped"))
+    echoes: Counter[tuple[Any, Any]] = Counter()
+    for r in log.events("echoes.dropped"):
+        echoes[(_detail(r).get("side"), _detail(r).get("echo"))] += int(_detail(r).get("count", 0))
     conflicts = log.events("conflict.decided")
     rejects = log.events("write.rejected", "writer")
     app_ids = dict(

@@ -128,7 +128,18 @@ async def state(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
             "sent": [tuple(r) for r in await conn.fetch("SELECT link_id, version, operation, fields FROM sent_writes")],
             "log": [
                 tuple(r)
-                for r in await conn.fetch("SELECT event, link_id, code, message, detail FROM sync_log ORDER BY id")
+                for r in await conn.fetch(
+                    "SELECT event, link_id, code, message, detail FROM sync_log"
+                    " WHERE event <> 'echoes.dropped' ORDER BY id"
+                )
+            ],
+            # Counted per batch: the same totals however the events were batched.
+            "echoes": [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT detail->>'object_pair', detail->>'side', detail->>'echo', sum((detail->>'count')::int)"
+                    " FROM sync_log WHERE event = 'echoes.dropped' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+                )
             ],
         }
     finally:

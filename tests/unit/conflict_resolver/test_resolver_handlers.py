@@ -232,8 +232,10 @@ async def test_the_echo_of_a_write_still_pending_is_dropped() -> None:
     assert len(world.commands()) == 1
     assert world.app.sent == []
     assert world.pending_to_crm("name") == []
-    (row,) = world.log("echo.dropped")
-    assert row["detail"]["echo"] == "origin_client"
+    # Counted, not logged one by one: the one change logged is the app's edit.
+    assert [row["detail"]["side"] for row in world.log("change.resolved")] == ["app"]
+    (row,) = world.log("echoes.dropped")
+    assert row["detail"] == {"count": 1, "object_pair": "partners", "side": "crm", "echo": "origin_client"}
     assert world.sample("duplex_echoes_dropped_total", side="crm", reason="origin_client") == 1.0
 
 
