@@ -134,7 +134,7 @@ async def _measure(servers: BenchStack, emulator: EmulatorProcess) -> list[Figur
             await publish("stuck", QUEUED)
             async with asyncio.timeout(1800):
                 # Polls the broker: no event in this process says the group committed.
-                while await _committed(servers, group) < BURST + QUEUED:  # noqa: ASYNC110
+                while await _committed(servers, servers.names.prefix + group) < BURST + QUEUED:  # noqa: ASYNC110
                     await asyncio.sleep(0.5)
             parked = QUEUED / (time.perf_counter() - started)
             beside = await burst()

@@ -69,6 +69,7 @@ from services.admin.token_store import TokenStore
 from services.admin.vault_cli import keys_app
 from services.common.db import MigrationError
 from services.common.db import migrate as run_migrations
+from services.common.kafka_security import client_options
 from services.common.settings import KafkaSettings
 from services.common.tenant_config import ConfigFileError, LoadedDocument, parse_config_sources, to_document
 from services.common.tenant_config.policy import PolicySettings, SalesforcePolicy
@@ -1181,16 +1182,24 @@ def apply_topics(
 ) -> None:
     """Create every topic of the topic table that is missing (partitions, retention, compaction, DLQs)."""
     try:
-        kafka = KafkaSettings.model_validate(
-            {k: v for k, v in {"bootstrap_servers": bootstrap, "topic_prefix": prefix}.items() if v is not None}
-        )
-    except ValidationError:
-        _fail("no Kafka configured: set KAFKA_BOOTSTRAP_SERVERS or pass --bootstrap", EXIT_USAGE)
+        given = {"bootstrap_servers": bootstrap, "topic_prefix": prefix}
+        # The rest (security above all) from KAFKA_*, as the services read it.
+        kafka = KafkaSettings.model_validate({k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        if any(e["loc"] == ("bootstrap_servers",) for e in exc.errors()):
+            _fail("no Kafka configured: set KAFKA_BOOTSTRAP_SERVERS or pass --bootstrap", EXIT_USAGE)
+        _fail([str(e["msg"]) for e in exc.errors()], EXIT_USAGE)
     # aiokafka logs each failed connection attempt; the failure is said once, below.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         created = asyncio.run(
-            ensure_topics(kafka.bootstrap_servers, load_topic_table(), kafka.topic_prefix, replication_factor)
+            ensure_topics(
+                kafka.bootstrap_servers,
+                load_topic_table(),
+                kafka.topic_prefix,
+                replication_factor,
+                options=client_options(kafka),
+            )
         )
     except (KafkaError, OSError) as exc:
         _fail(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}", EXIT_UNREACHABLE)

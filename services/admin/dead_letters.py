@@ -27,6 +27,7 @@ from services.admin.contract import MESSAGES, decoded
 from services.common.codec import KEY_SEPARATOR
 from services.common.db import Connection
 from services.common.dlq import ERROR_CLASS, ERROR_REASON, FAILED_AT, HEADER_PREFIX, SERVICE
+from services.common.kafka_security import client_options
 from services.common.settings import KafkaSettings
 from services.common.topic_admin import partitions_of
 from services.common.topics import Topic, TopicNames
@@ -148,10 +149,13 @@ class DeadLetterTopics:
             # Assigned partitions start here (no group, nothing committed): a later seek could race
             # the default reset to the end.
             auto_offset_reset="earliest",
+            **client_options(self._kafka),
         )
         found: list[DeadLetter] = []
         try:
-            partitions = await partitions_of(self._kafka.bootstrap_servers, physical, client_id=client_id)
+            partitions = await partitions_of(
+                self._kafka.bootstrap_servers, physical, client_id=client_id, options=client_options(self._kafka)
+            )
             if not partitions:
                 return []
             await consumer.start()
@@ -188,6 +192,7 @@ class DeadLetterTopics:
             acks="all",
             enable_idempotence=True,
             max_request_size=self._kafka.max_request_size,
+            **client_options(self._kafka),
         )
         try:
             await producer.start()

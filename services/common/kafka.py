@@ -99,6 +99,7 @@ from services.common.codec import (
 )
 from services.common.dlq import ConsumerGuard, DeadLetterPublisher, DlqLimit, Halt, Sleep
 from services.common.errors import InvalidEvent, RecordTooLargeError
+from services.common.kafka_security import security
 from services.common.retry import RetryPolicy
 from services.common.service import Check, Health, Running
 from services.common.settings import KafkaSettings
@@ -163,6 +164,7 @@ def make_broker(
     """
     return KafkaBroker(
         settings.bootstrap_servers,
+        security=security(settings),
         client_id=f"{settings.client_id}-{service_name}",
         max_request_size=settings.max_request_size,
         acks="all",
@@ -194,6 +196,11 @@ class ServiceKafka:
         """Physical name of ``topic`` in this deployment."""
         return self.topic_names(topic)
 
+    @property
+    def group(self) -> str:
+        """The service's consumer group in this deployment: prefixed like its topics."""
+        return f"{self.topic_names.prefix}{self.service_name}"
+
     def subscriber(
         self,
         topic: Topic,
@@ -220,7 +227,7 @@ class ServiceKafka:
         options.setdefault("auto_offset_reset", "earliest")
         subscriber = self.broker.subscriber(
             self.topic(topic),
-            group_id=group_id or self.service_name,
+            group_id=group_id or self.group,
             ack_policy=ack_policy,
             codec=ProtobufCodec(message_type),
             **options,
@@ -248,7 +255,7 @@ class ServiceKafka:
         options.setdefault("auto_offset_reset", "earliest")
         subscriber = self.broker.subscriber(
             self.topic(topic),
-            group_id=group_id or self.service_name,
+            group_id=group_id or self.group,
             ack_policy=AFTER_EFFECTS,
             batch=True,
             max_records=max_records,

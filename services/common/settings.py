@@ -10,24 +10,56 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class KafkaSettings(BaseSettings):
-    """How to reach Kafka and how topics are named physically."""
+    """How to reach Kafka, how to prove who we are, and how topics are named physically.
+
+    ``security_protocol`` is Kafka's own (``SSL`` and ``SASL_SSL`` encrypt; ``SASL_*`` sign in with
+    ``sasl_mechanism``, ``sasl_username`` and ``sasl_password``). TLS checks the brokers'
+    certificates against ``ssl_ca_file`` (PEM; the system's CAs when unset) and their host names;
+    ``ssl_cert_file`` and ``ssl_key_file`` add a client certificate (mutual TLS).
+    :func:`services.common.kafka.security` turns these into what the clients take.
+    """
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True, extra="ignore")
 
     bootstrap_servers: str = Field(description="Comma-separated host:port list.")
-    # Prepended to every physical topic name, so several deployments can share a cluster.
+    # Prepended to every physical topic name and consumer group, so several deployments can share
+    # a cluster (and prefixed ACLs can grant each its own).
     topic_prefix: str = ""
     client_id: str = "duplex"
     # The largest record the producer sends (aiokafka's max_request_size), 1 MiB as Kafka's default
     # message.max.bytes; it must not exceed any topic's max.message.bytes, or the broker refuses
     # records the producer let through.
     max_request_size: int = Field(default=1024 * 1024, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_file: str | None = None
+    ssl_cert_file: str | None = None
+    ssl_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not (self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together (mutual TLS)")
+        files = self.ssl_ca_file or self.ssl_cert_file
+        if files and not self.security_protocol.endswith("SSL"):
+            raise ValueError(
+                f"KAFKA_SSL_* files need KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL, not {self.security_protocol}"
+            )
+        return self
 
 
 def kafka_settings() -> KafkaSettings | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -45,17 +45,24 @@ def new_topics(table: TopicTable, prefix: str = "", replication_factor: int = 1)
 
 
 async def ensure_topics(
-    bootstrap_servers: str, table: TopicTable, prefix: str = "", replication_factor: int = 1
+    bootstrap_servers: str,
+    table: TopicTable,
+    prefix: str = "",
+    replication_factor: int = 1,
+    *,
+    options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create every topic of ``table`` that is missing; return the names created.
 
     Existing topics are left as they are (so running it twice is fine). One broker locally
-    takes replication 1; a production cluster wants 3.
+    takes replication 1; a production cluster wants 3. ``options`` are the clients' security
+    (:func:`services.common.kafka_security.client_options`), as in every function here.
     """
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=_ADMIN_TIMEOUT_MS,
         client_id="duplex-topic-admin",
+        **(options or {}),
     )
     await admin.start()
     try:
@@ -64,7 +71,7 @@ async def ensure_topics(
         await _wait_for_leaders(admin, [topic.name for topic in wanted])
     finally:
         await admin.close()
-    await wait_until_served(bootstrap_servers, [topic.name for topic in wanted])
+    await wait_until_served(bootstrap_servers, [topic.name for topic in wanted], options=options)
     created = []
     for row in response.to_object()["topic_errors"]:
         code = row["error_code"]
@@ -87,9 +94,11 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], within
         await asyncio.sleep(0.1)
 
 
-async def partitions_of(bootstrap_servers: str, names: Iterable[str] | None, *, client_id: str) -> list[TopicPartition]:
+async def partitions_of(
+    bootstrap_servers: str, names: Iterable[str] | None, *, client_id: str, options: Mapping[str, Any] | None = None
+) -> list[TopicPartition]:
     """Every partition of the topics ``names`` (all topics if None) that exist, as the cluster says."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id, **(options or {}))
     await admin.start()
     try:
         described = await admin.describe_topics(None if names is None else list(names))
@@ -103,14 +112,22 @@ async def partitions_of(bootstrap_servers: str, names: Iterable[str] | None, *, 
     ]
 
 
-async def wait_until_served(bootstrap_servers: str, names: Iterable[str] | None = None, within: float = 60.0) -> None:
+async def wait_until_served(
+    bootstrap_servers: str,
+    names: Iterable[str] | None = None,
+    within: float = 60.0,
+    *,
+    options: Mapping[str, Any] | None = None,
+) -> None:
     """Return once the broker answers offset requests for every partition of ``names`` (all topics if None).
 
     Metadata names a leader before that leader serves the partition (it still creates or loads
     the log); asking for end offsets is the first thing every consumer does.
     """
     async with asyncio.timeout(within):
-        partitions = await partitions_of(bootstrap_servers, names, client_id="duplex-topic-admin-probe")
+        partitions = await partitions_of(
+            bootstrap_servers, names, client_id="duplex-topic-admin-probe", options=options
+        )
         if not partitions:
             return
         consumer = AIOKafkaConsumer(
@@ -118,6 +135,7 @@ async def wait_until_served(bootstrap_servers: str, names: Iterable[str] | None 
             enable_auto_commit=False,
             client_id="duplex-topic-admin-probe",
             request_timeout_ms=int(within * 1000),
+            **(options or {}),
         )
         await consumer.start()
         try:
@@ -126,12 +144,15 @@ async def wait_until_served(bootstrap_servers: str, names: Iterable[str] | None 
             await consumer.stop()
 
 
-async def delete_topics(bootstrap_servers: str, names: Iterable[str]) -> None:
+async def delete_topics(
+    bootstrap_servers: str, names: Iterable[str], *, options: Mapping[str, Any] | None = None
+) -> None:
     """Delete ``names``; topics already gone are fine."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=_ADMIN_TIMEOUT_MS,
         client_id="duplex-topic-admin",
+        **(options or {}),
     )
     await admin.start()
     try:

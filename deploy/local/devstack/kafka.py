@@ -52,17 +52,43 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def server_properties(ports: KafkaPorts, data_dir: Path) -> dict[str, str]:
+@dataclass(frozen=True)
+class SecuredListener:
+    """A SASL_SSL listener beside the plaintext one: TLS with ``keystore`` (one PEM file: the
+    server's PKCS#8 key, then its certificate chain), and SASL/PLAIN sign-in as one of ``users``
+    ((name, password) pairs). What a secured production cluster asks of Duplex's clients."""
+
+    port: int
+    keystore: Path
+    users: tuple[tuple[str, str], ...]
+
+    def properties(self) -> dict[str, str]:
+        users = " ".join(f'user_{name}="{password}"' for name, password in self.users)
+        return {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.keystore),
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+            ),
+        }
+
+
+def server_properties(ports: KafkaPorts, data_dir: Path, secured: SecuredListener | None = None) -> dict[str, str]:
     """The broker's configuration for one node on 127.0.0.1."""
+    listeners = [f"PLAINTEXT://{HOST}:{ports.broker}"]
+    if secured is not None:
+        listeners.append(f"SASL_SSL://{HOST}:{secured.port}")
     return {
         "process.roles": "broker,controller",
         "node.id": str(NODE_ID),
         "controller.quorum.voters": f"{NODE_ID}@{HOST}:{ports.controller}",
-        "listeners": f"PLAINTEXT://{HOST}:{ports.broker},CONTROLLER://{HOST}:{ports.controller}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{ports.broker}",
+        "listeners": ",".join([*listeners, f"CONTROLLER://{HOST}:{ports.controller}"]),
+        "advertised.listeners": ",".join(listeners),
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+        **(secured.properties() if secured is not None else {}),
         "log.dirs": str(data_dir),
         # Topics come only from the topic table; a typo must fail, not create a stray topic.
         "auto.create.topics.enable": "false",
@@ -154,9 +180,11 @@ class KafkaServer(LocalServer):
         *,
         libs_dir: Path | None = None,
         jvm_options: tuple[str, ...] = DEFAULT_JVM_OPTIONS,
+        secured: SecuredListener | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.ports = ports
+        self.secured = secured
         self.libs_dir = libs_dir or kafka_libs_dir()
         self.jvm_options = jvm_options
         self.data_dir = state_dir / "data"
@@ -170,6 +198,10 @@ class KafkaServer(LocalServer):
     @property
     def bootstrap_servers(self) -> str:
         return f"{HOST}:{self.ports.broker}"
+
+    @property
+    def secured_bootstrap_servers(self) -> str | None:
+        return None if self.secured is None else f"{HOST}:{self.secured.port}"
 
     @property
     def marker(self) -> str:
@@ -189,7 +221,7 @@ class KafkaServer(LocalServer):
     def _write_config(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(exist_ok=True)
-        self.config_file.write_text(render_properties(server_properties(self.ports, self.data_dir)))
+        self.config_file.write_text(render_properties(server_properties(self.ports, self.data_dir, self.secured)))
         self.log4j_file.write_text(render_log4j2(self.log_file))
 
     def _format_storage(self) -> None:

@@ -598,7 +598,8 @@ class Lag:
     async def committed(self, group: str, topics: Iterable[Topic]) -> dict[TopicPartition, int]:
         for attempt in range(100):
             try:
-                offsets = await self._admin.list_consumer_group_offsets(group)
+                # Groups are prefixed like the topics (services.common.kafka.ServiceKafka.group).
+                offsets = await self._admin.list_consumer_group_offsets(f"{self.names.prefix}{group}")
                 break
             except KafkaError as error:  # the coordinator of a fresh broker or group may be loading
                 if not error.retriable or attempt == 99:

@@ -161,7 +161,7 @@ async def test_an_event_published_with_the_shared_codec_arrives_decoded(
             await kafka.broker.stop()
 
     assert received == [(sent, KEY, "duplex.change.v1.RecordChanged")]
-    await eventually_committed(kafka_bootstrap, SERVICE_NAME, source, 1)
+    await eventually_committed(kafka_bootstrap, topic_names.prefix + SERVICE_NAME, source, 1)
     labels = {"service": SERVICE_NAME, "topic": source}
     registry = telemetry.registry
     assert registry.get_sample_value("duplex_events_total", labels | {"tenant": "acme", "outcome": "processed"}) == 1
@@ -191,7 +191,7 @@ async def test_a_failed_event_comes_again_in_the_same_process_and_is_committed_o
             await kafka.broker.stop()
 
     assert deliveries == [("evt-1", 0), ("evt-1", 0), ("evt-1", 0), ("evt-2", 1)]
-    await eventually_committed(kafka_bootstrap, SERVICE_NAME, source, 2)
+    await eventually_committed(kafka_bootstrap, topic_names.prefix + SERVICE_NAME, source, 2)
 
 
 async def test_an_event_never_finished_is_delivered_to_the_next_consumer_of_the_group(
@@ -218,7 +218,7 @@ async def test_an_event_never_finished_is_delivered_to_the_next_consumer_of_the_
         finally:
             await before.broker.stop()
         assert set(first) == {0}
-        assert await committed(kafka_bootstrap, SERVICE_NAME, source) is None
+        assert await committed(kafka_bootstrap, topic_names.prefix + SERVICE_NAME, source) is None
 
         after = service(kafka_bootstrap, topic_names)
         consume(after, working)
@@ -231,7 +231,7 @@ async def test_an_event_never_finished_is_delivered_to_the_next_consumer_of_the_
             await after.broker.stop()
 
     assert second == [("evt-1", 0), ("evt-2", 1)]
-    await eventually_committed(kafka_bootstrap, SERVICE_NAME, source, 2)
+    await eventually_committed(kafka_bootstrap, topic_names.prefix + SERVICE_NAME, source, 2)
 
 
 async def test_an_undecodable_event_goes_to_the_dead_letter_topic_and_the_next_one_is_processed(
@@ -267,7 +267,7 @@ async def test_an_undecodable_event_goes_to_the_dead_letter_topic_and_the_next_o
     assert headers[ERROR_CLASS] == "services.common.errors.InvalidEvent"
     assert headers[SERVICE] == SERVICE_NAME
     assert headers["trace"] == "t-1"
-    await eventually_committed(kafka_bootstrap, SERVICE_NAME, source, 2)
+    await eventually_committed(kafka_bootstrap, topic_names.prefix + SERVICE_NAME, source, 2)
 
 
 async def test_the_breaker_halts_a_consumer_fed_mostly_garbage_without_draining_it(
@@ -301,4 +301,4 @@ async def test_the_breaker_halts_a_consumer_fed_mostly_garbage_without_draining_
     dead = await read_topic(kafka_bootstrap, dlq, partition_count=dlq_partitions, at_least=2, settle=1.0)
     assert sorted(int(dict(r.headers)[ORIGINAL_OFFSET]) for r in dead) == [2, 3]
     # The event that tripped the breaker, and everything after it, is still there for after the fix.
-    await eventually_committed(kafka_bootstrap, SERVICE_NAME, source, 4)
+    await eventually_committed(kafka_bootstrap, topic_names.prefix + SERVICE_NAME, source, 4)

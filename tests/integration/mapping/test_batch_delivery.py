@@ -88,7 +88,7 @@ async def test_a_failed_batch_comes_again_after_a_backoff_and_is_committed_only_
     assert first == [f"evt-{n}" for n in range(len(first))]
     assert [e for batch in seen[1:] for e in batch] == [f"evt-{n}" for n in range(5)]
     assert len(sleeps.delays) == 1
-    await eventually_committed(kafka_bootstrap, SERVICE_NAME, source, 5)
+    await eventually_committed(kafka_bootstrap, topic_names.prefix + SERVICE_NAME, source, 5)
 
 
 async def test_refused_and_undecodable_records_are_dead_lettered_and_the_rest_of_the_batch_committed(
@@ -107,7 +107,7 @@ async def test_refused_and_undecodable_records_are_dead_lettered_and_the_rest_of
     await run(kafka, lambda: len(handled) >= 5)
 
     assert handled == ["evt-0", "evt-2", "evt-3", "evt-4", "evt-5"]
-    await eventually_committed(kafka_bootstrap, SERVICE_NAME, source, 6)
+    await eventually_committed(kafka_bootstrap, topic_names.prefix + SERVICE_NAME, source, 6)
     dead = await read_topic(kafka_bootstrap, topic_names(Topic.CRM_CHANGES_DLQ), partition_count=3, at_least=2)
     reasons = {int(dict(r.headers)[ORIGINAL_OFFSET]): dict(r.headers)[ERROR_REASON].decode() for r in dead}
     assert sorted(reasons) == [1, 3]
@@ -129,7 +129,7 @@ async def test_a_batch_that_trips_the_breaker_halts_the_consumer_without_committ
 
     assert kafka.halt.error is not None
     assert "2 invalid events in a row" in kafka.halt.error.reason
-    assert await committed(kafka_bootstrap, SERVICE_NAME, source) is None
+    assert await committed(kafka_bootstrap, topic_names.prefix + SERVICE_NAME, source) is None
 
 
 async def test_records_sent_from_a_batch_continue_its_trace_and_look_as_if_published_by_faststream(

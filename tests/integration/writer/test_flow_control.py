@@ -146,7 +146,8 @@ async def test_a_tenant_without_budget_is_parked_and_never_slows_or_pins_another
         await send(broker, topic_names, stuck)
         deadline = time.monotonic() + (60 if queued <= 10_000 else 600)
         # Every offset is committed although not one of stuck's writes was made: they are parked.
-        while await committed_total(kafka_bootstrap, settings.service_name, topic) < BURST + queued:
+        group = f"{topic_names.prefix}{settings.service_name}"
+        while await committed_total(kafka_bootstrap, group, topic) < BURST + queued:
             assert time.monotonic() < deadline, "stuck's commands hold the partitions"
             await reader.poll()
         assert await parked(fresh_database, "stuck") == queued

@@ -65,7 +65,7 @@ class Stack:
         # A consumer group per test: no test waits for another test's members to leave.
         overrides.setdefault("service_name", f"writer-{uuid.uuid4().hex[:8]}")
         settings = writer_settings(self.bootstrap, self.names, self.dsn, self.emulator, **overrides)
-        self.group = settings.service_name
+        self.group = f"{self.names.prefix}{settings.service_name}"
         telemetry = setup_telemetry(TelemetrySettings(), service_name=settings.service_name, install_global=False)
         async with run(settings, telemetry, secrets=resolver(self.emulator, {TENANT: "acme"}), budget=budget) as writer:
             # Ready as soon as it runs: the database and the Kafka cluster answer.

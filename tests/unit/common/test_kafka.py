@@ -46,7 +46,8 @@ def test_subscribers_join_the_service_group_from_the_earliest_event_without_auto
     (declared,) = kafka.broker.subscribers
     assert isinstance(declared, DefaultSubscriber)
     subscriber = declared
-    assert subscriber.group_id == "mapping"
+    # Prefixed like the topics: two deployments on one cluster never share a group.
+    assert subscriber.group_id == "k.mapping"
     assert subscriber.topics[0].name == "k.duplex.app-changes.v1"
     assert subscriber.ack_policy is AckPolicy.NACK_ON_ERROR
     assert subscriber._connection_args["enable_auto_commit"] is False
