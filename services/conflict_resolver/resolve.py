@@ -222,8 +222,9 @@ class _Builder:
         self.records[mapping.app] = FieldRecord(state, crm_form, lost_crm_form)
         self.decisions.append(_decision(mapping, rule, decision, before.state, side, from_duplex=from_duplex))
 
-    def push_truth(self, target: Side) -> None:
-        """Send every field's truth to ``target`` (a record recreated there by an undelete)."""
+    def push_truth(self, target: Side, *, missing_only: bool = False) -> None:
+        """Send every field's truth to ``target`` (a record recreated there by an undelete); with
+        ``missing_only``, only the fields neither written by this change nor already on their way."""
         for mapping in self.pair.fields:
             rule = rule_of(self.pair, mapping)
             record = self.record(mapping.app)
@@ -231,6 +232,11 @@ class _Builder:
             if truth is None or not may_write(rule.direction, target):
                 continue
             if is_blank(truth.value) and not rule.allow_nulls:
+                continue
+            if missing_only and (
+                mapping.app in (self.crm_pending if target is Side.CRM else self.app)
+                or any(same_value(e.value, truth.value) for e in record.state.pending(target))
+            ):
                 continue
             state = record.state.with_pending(target, (*record.state.pending(target), truth))
             self.records[mapping.app] = replace(record, state=state)
@@ -431,6 +437,11 @@ def _finish(b: _Builder, change: MappedChange, echo: EchoReason | None) -> Resol
         link = replace(link, version=link.version + 1)
         crm_write = CrmWrite(Operation.DELETE, link.version, record_id=crm_id)
     elif b.crm:
+        if not link.crm_record_id:
+            # An upsert may create the record: it carries every field, not only those changed.
+            # After a create Salesforce refused (a required value missing, say), nothing else would
+            # ever send the fields that have not changed since.
+            b.push_truth(Side.CRM, missing_only=True)
         link = replace(link, version=link.version + 1)
         if link.crm_record_id:
             crm_write = CrmWrite(

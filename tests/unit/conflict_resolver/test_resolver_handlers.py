@@ -449,3 +449,37 @@ async def test_a_superseded_outcome_is_only_recorded_as_seen() -> None:
     assert world.store.tables.fields == before.fields
     assert world.log("write.rejected") == []
     assert world.pending_to_crm("name") == ["Acme Ltd"]
+
+
+async def test_after_a_refused_create_the_next_upsert_carries_every_field() -> None:
+    """The app creates a partner without a name; Salesforce refuses it (a required field). Once
+    the app names it, the upsert that creates the Account carries the phone too, not only the name."""
+    world = World()
+    create = mapped("c1", {"name": None, "phone": "555"}, at=0, kind=record_changed_pb2.CHANGE_KIND_CREATE)
+    assert await world.resolver.on_mapped_batch([create]) == {}
+    (refused,) = world.commands()
+    assert await world.resolver.on_settled_batch([settled(refused, rejected=True)]) == {}
+
+    assert await world.resolver.on_mapped_batch([mapped("u1", {"name": "Named"}, at=5)]) == {}
+
+    retry = world.commands()[-1]
+    assert retry.operation == write_records_pb2.OPERATION_UPSERT
+    assert {name: v.string_value for name, v in retry.records[0].fields.items()} == {"Name": "Named", "Phone": "555"}
+    assert world.pending_to_crm("phone") == ["555"]
+
+
+async def test_an_upsert_does_not_send_again_what_an_earlier_one_still_carries() -> None:
+    world = World()
+    create = mapped("c1", {"name": "Acme", "phone": "555"}, at=0, kind=record_changed_pb2.CHANGE_KIND_CREATE)
+    assert await world.resolver.on_mapped_batch([create, mapped("u1", {"name": "Acme Ltd"}, at=5)]) == {}
+
+    # The create is still on its way: the second upsert has the new name only, and phone waits once.
+    first, second = world.commands()
+    assert {name: v.string_value for name, v in second.records[0].fields.items()} == {"Name": "Acme Ltd"}
+    assert world.pending_to_crm("phone") == ["555"]
+    # Once the record exists, writes are updates of what changed.
+    assert await world.resolver.on_settled_batch([settled(first, record_id="001L1", created=True)]) == {}
+    assert await world.resolver.on_mapped_batch([mapped("u2", {"name": "Acme Group"}, at=9)]) == {}
+    third = world.commands()[-1]
+    assert third.operation == write_records_pb2.OPERATION_UPDATE
+    assert {name: v.string_value for name, v in third.records[0].fields.items()} == {"Name": "Acme Group"}
