@@ -5,7 +5,9 @@ every option on) and checks the result against the code: each Deployment runs it
 point; every environment variable the chart sets is one the service's pydantic-settings class reads,
 and the rendered environment loads into that class with the intended values; secrets stay out of
 ConfigMaps; clients reach the governor through its Service; the vault's keys reach exactly the
-services that use the vault; the admin API is served through its Service (and optional Ingress), knows
+services that use the vault; Kafka security (protocol, SASL credentials from a Secret, TLS files from
+mounted Secrets) reaches exactly the pods that read KAFKA_*, and values the services would refuse fail
+rendering; the admin API is served through its Service (and optional Ingress), knows
 its public URL (given, or https://<ingress host>) and so the Salesforce callback URL the notes tell to
 register, and its notes and hook Jobs run existing CLI commands.
 
@@ -106,6 +108,8 @@ ADMIN = BY_NAME["admin"]
 # Settings holding the governor's host:port.
 GOVERNOR_TARGET_ENV = {"cdc-ingest": "CDC_INGEST_GOVERNOR_TARGET", "writer": "WRITER_GOVERNOR_TARGET"}
 RENDERS = ("default", "all-options")
+# KafkaSettings' credentials, from kafka.sasl.existingSecret.
+KAFKA_SASL_ENV = ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
 ADMIN_ENV_CLASSES: tuple[type[BaseSettings], ...] = (AdminSettings, KafkaSettings)
 
 
@@ -227,7 +231,8 @@ def environment(docs: list[Doc], workload: Doc) -> dict[str, str]:
 def chart_set_names(docs: list[Doc], workload: Doc) -> set[str]:
     """Env names the chart itself sets: its ConfigMap's keys and its env entries (not the tenants'
     Salesforce secrets, whose names come from tenant documents, nor user-supplied extraEnvFrom).
-    POSTGRES_DSN and VAULT_KEYS count even when they come from a Secret the chart does not render."""
+    POSTGRES_DSN, VAULT_KEYS and the Kafka SASL credentials count even when they come from a Secret
+    the chart does not render."""
     spec = container(workload)
     maps = config_maps(docs)
     names = {entry["name"] for entry in spec.get("env", [])}
@@ -238,7 +243,7 @@ def chart_set_names(docs: list[Doc], workload: Doc) -> set[str]:
         entry["name"]
         for entry in spec.get("env", [])
         if entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name") not in (None, *secrets(docs))
-        and entry["name"] not in ("POSTGRES_DSN", "VAULT_KEYS")
+        and entry["name"] not in ("POSTGRES_DSN", "VAULT_KEYS", *KAFKA_SASL_ENV)
     }
     return names - tenant_secrets
 
@@ -349,6 +354,14 @@ LOADED = [
     ("cdc-ingest", "ca_file", "/etc/duplex/ca/ca.pem"),
     ("cdc-ingest", "pubsub_target", "api.pubsub.salesforce.com:7443"),
     ("cdc-ingest", "telemetry.otlp_endpoint", "http://otel-collector:4317"),
+    ("cdc-ingest", "kafka.security_protocol", "SASL_SSL"),
+    ("cdc-ingest", "kafka.sasl_mechanism", "SCRAM-SHA-512"),
+    # Secrets the chart does not render resolve to <secret/key>.
+    ("cdc-ingest", "kafka.sasl_username", "<duplex-kafka-user/user>"),
+    ("cdc-ingest", "kafka.sasl_password", "<duplex-kafka-user/password>"),
+    ("cdc-ingest", "kafka.ssl_ca_file", "/etc/duplex/kafka-tls/ca/ca.crt"),
+    ("cdc-ingest", "kafka.ssl_cert_file", "/etc/duplex/kafka-tls/client/tls.crt"),
+    ("cdc-ingest", "kafka.ssl_key_file", "/etc/duplex/kafka-tls/client/tls.key"),
     ("mapping", "config_check_seconds", 2.0),
     ("mapping", "postgres.pool_min_size", 2),
     ("conflict-resolver", "config_cache_size", 512),
@@ -376,6 +389,8 @@ LOADED = [
     ("admin", "oidc_tenants_claim", "duplex_tenants"),
     ("admin", "telemetry.metrics_port", 9102),
     ("admin", "telemetry.otlp_endpoint", "http://otel-collector:4317"),
+    ("admin", "kafka.security_protocol", "SASL_SSL"),
+    ("admin", "kafka.ssl_ca_file", "/etc/duplex/kafka-tls/ca/ca.crt"),
     # Given with a trailing slash, which the chart (and the settings) drop.
     ("admin", "public_url", "https://admin.duplex.example.com/duplex"),
     ("admin", "salesforce_ca_file", "/etc/duplex/ca/ca.pem"),
@@ -744,6 +759,16 @@ INVALID_VALUES = [
         ("--set", "secrets.vault.existingSecret=duplex-vault", "--set", f"secrets.vault.keys=k1:{'A' * 43}="),
         "set secrets.vault.existingSecret or secrets.vault.keys, not both",
     ),
+    (
+        "unknown Kafka security protocol",
+        ("--set", "kafka.securityProtocol=TLS"),
+        "at '/kafka/securityProtocol': value must be one of",
+    ),
+    (
+        "unknown SASL mechanism",
+        ("--set", "kafka.sasl.mechanism=GSSAPI"),
+        "at '/kafka/sasl/mechanism': value must be one of",
+    ),
 ]
 
 
@@ -796,6 +821,193 @@ def test_no_vault_keys_unless_given(rendered: dict[str, list[Doc]]) -> None:
     assert not [name for name in secrets(docs) if name.endswith("-vault")]
     for service in SERVICES:
         assert "VAULT_KEYS" not in environment(docs, deployment(docs, service.name)), service.name
+
+
+# ---------------------------------------------------------------- Kafka security
+
+# The services whose settings read KAFKA_* (every one but the governor); the topics hook Job too.
+KAFKA_READERS = tuple(service for service in SERVICES if "KAFKA_SECURITY_PROTOCOL" in env_names(service.settings))
+KAFKA_SECURITY_FILES = ("KAFKA_SSL_CA_FILE", "KAFKA_SSL_CERT_FILE", "KAFKA_SSL_KEY_FILE")
+# SCRAM over TLS, brokers' certificates signed by a CA of their own (Strimzi's cluster CA, say).
+SASL_SSL_WITH_CA = (
+    "--set",
+    "kafka.securityProtocol=SASL_SSL",
+    "--set",
+    "kafka.sasl.existingSecret=duplex-kafka",
+    "--set",
+    "kafka.tls.caSecret=kafka-cluster-ca-cert",
+    "--set",
+    "kafka.tls.caKey=ca.pem",
+)
+
+
+def kafka_workloads(docs: list[Doc]) -> list[Doc]:
+    """Every pod that reads KAFKA_*: the Kafka services' Deployments and the topics hook Job."""
+    return [deployment(docs, service.name) for service in KAFKA_READERS] + [one_of_kind(docs, "Job", "topics")]
+
+
+def secret_file(workload: Doc, path: str) -> tuple[str, str]:
+    """(Secret, key) of the file at ``path`` in the container: a read-only mount of a Secret volume
+    holding it (only the keys it projects, when it names them)."""
+    prefix = {mount["mountPath"].rstrip("/") + "/": mount for mount in container(workload)["volumeMounts"]}
+    (mount,) = [mount for directory, mount in prefix.items() if path.startswith(directory)]
+    assert mount.get("readOnly") is True, mount
+    (volume,) = [
+        volume for volume in workload["spec"]["template"]["spec"]["volumes"] if volume["name"] == mount["name"]
+    ]
+    secret = volume["secret"]
+    name = path.removeprefix(mount["mountPath"].rstrip("/") + "/")
+    if "items" not in secret:
+        return secret["secretName"], name
+    keys = {item["path"]: item["key"] for item in secret["items"]}
+    assert name in keys, f"{path}: {volume['name']} holds only {sorted(keys)}"
+    return secret["secretName"], keys[name]
+
+
+def secret_volumes(workload: Doc) -> list[Doc]:
+    return [volume for volume in workload["spec"]["template"]["spec"]["volumes"] if "secret" in volume]
+
+
+def sasl_refs(workload: Doc) -> dict[str, Doc]:
+    return {
+        entry["name"]: entry["valueFrom"]["secretKeyRef"]
+        for entry in container(workload)["env"]
+        if entry["name"] in KAFKA_SASL_ENV
+    }
+
+
+def test_the_kafka_readers_are_every_service_but_the_governor() -> None:
+    assert {service.name for service in KAFKA_READERS} == set(BY_NAME) - {GOVERNOR.name}
+
+
+def test_kafka_is_plaintext_without_tls_files_by_default(
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered["default"]
+    kafka = yaml.safe_load((CHART / "values.yaml").read_text())["kafka"]
+    # The chart's defaults are the settings' defaults.
+    assert kafka["securityProtocol"] == KafkaSettings.model_fields["security_protocol"].default == "PLAINTEXT"
+    assert kafka["sasl"]["mechanism"] == KafkaSettings.model_fields["sasl_mechanism"].default
+    for workload in _workloads(docs):
+        name = workload["metadata"]["name"]
+        env = environment(docs, workload)
+        assert env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") == "PLAINTEXT", name
+        assert not {*KAFKA_SASL_ENV, *KAFKA_SECURITY_FILES} & set(env), name
+        assert secret_volumes(workload) == [], name
+        assert [mount["mountPath"] for mount in container(workload)["volumeMounts"]] == ["/tmp"], name
+    for workload in kafka_workloads(docs):
+        loaded = load_settings(monkeypatch, KafkaSettings, environment(docs, workload))
+        assert (loaded.security_protocol, loaded.ssl_ca_file, loaded.sasl_username) == ("PLAINTEXT", None, None)
+
+
+def test_sasl_ssl_with_a_ca_reaches_every_kafka_reader_and_only_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render(*SASL_SSL_WITH_CA)
+    for workload in kafka_workloads(docs):
+        name = workload["metadata"]["name"]
+        assert sasl_refs(workload) == {
+            "KAFKA_SASL_USERNAME": {"name": "duplex-kafka", "key": "username"},
+            "KAFKA_SASL_PASSWORD": {"name": "duplex-kafka", "key": "password"},
+        }, name
+        env = environment(docs, workload)
+        assert (env["KAFKA_SECURITY_PROTOCOL"], env["KAFKA_SASL_MECHANISM"]) == ("SASL_SSL", "SCRAM-SHA-512"), name
+        assert secret_file(workload, env["KAFKA_SSL_CA_FILE"]) == ("kafka-cluster-ca-cert", "ca.pem"), name
+        # No client certificate: nothing else mounted from a Secret.
+        assert not {"KAFKA_SSL_CERT_FILE", "KAFKA_SSL_KEY_FILE"} & set(env), name
+        assert [volume["secret"]["secretName"] for volume in secret_volumes(workload)] == ["kafka-cluster-ca-cert"]
+        loaded = load_settings(monkeypatch, KafkaSettings, env)
+        assert loaded.security_protocol == "SASL_SSL"
+        assert loaded.sasl_username == "<duplex-kafka/username>"
+    governor = deployment(docs, GOVERNOR.name)
+    assert [name for name in environment(docs, governor) if name.startswith("KAFKA_")] == []
+    assert secret_volumes(governor) == []
+    assert [mount["mountPath"] for mount in container(governor)["volumeMounts"]] == ["/tmp"]
+
+
+def test_mutual_tls_mounts_the_client_certificate_and_key(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["all-options"]
+    kafka = all_options_values()["kafka"]
+    tls = kafka["tls"]
+    for workload in kafka_workloads(docs):
+        name = workload["metadata"]["name"]
+        env = environment(docs, workload)
+        assert env["KAFKA_SECURITY_PROTOCOL"] == kafka["securityProtocol"], name
+        assert secret_file(workload, env["KAFKA_SSL_CA_FILE"]) == (tls["caSecret"], tls["caKey"]), name
+        assert secret_file(workload, env["KAFKA_SSL_CERT_FILE"]) == (tls["clientSecret"], tls["certKey"]), name
+        assert secret_file(workload, env["KAFKA_SSL_KEY_FILE"]) == (tls["clientSecret"], tls["keyKey"]), name
+        assert sasl_refs(workload) == {
+            "KAFKA_SASL_USERNAME": {"name": kafka["sasl"]["existingSecret"], "key": kafka["sasl"]["usernameKey"]},
+            "KAFKA_SASL_PASSWORD": {"name": kafka["sasl"]["existingSecret"], "key": kafka["sasl"]["passwordKey"]},
+        }, name
+    governor = deployment(docs, GOVERNOR.name)
+    assert [name for name in environment(docs, governor) if name.startswith("KAFKA_")] == []
+    assert secret_volumes(governor) == []
+
+
+def test_tls_without_sasl_gives_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render("--set", "kafka.securityProtocol=SSL", "--set", "kafka.tls.clientSecret=duplex-kafka-tls")
+    for workload in kafka_workloads(docs):
+        env = environment(docs, workload)
+        assert sasl_refs(workload) == {}
+        assert "KAFKA_SSL_CA_FILE" not in env  # the system CAs
+        assert secret_file(workload, env["KAFKA_SSL_KEY_FILE"]) == ("duplex-kafka-tls", "tls.key")
+        loaded = load_settings(monkeypatch, KafkaSettings, env)
+        assert (loaded.security_protocol, loaded.ssl_cert_file) == ("SSL", "/etc/duplex/kafka-tls/client/tls.crt")
+
+
+INCONSISTENT_KAFKA = [
+    (
+        "SASL without its Secret",
+        ("--set", "kafka.securityProtocol=SASL_SSL"),
+        {"security_protocol": "SASL_SSL"},
+        "kafka.securityProtocol SASL_SSL needs kafka.sasl.existingSecret",
+    ),
+    (
+        "a CA Secret in clear text",
+        ("--set", "kafka.tls.caSecret=kafka-cluster-ca-cert"),
+        {"ssl_ca_file": "/etc/duplex/kafka-tls/ca/ca.crt"},
+        "kafka.tls.caSecret and kafka.tls.clientSecret need kafka.securityProtocol SSL or SASL_SSL, not PLAINTEXT",
+    ),
+    (
+        "a client certificate over SASL_PLAINTEXT",
+        (
+            "--set",
+            "kafka.securityProtocol=SASL_PLAINTEXT",
+            "--set",
+            "kafka.sasl.existingSecret=duplex-kafka",
+            "--set",
+            "kafka.tls.clientSecret=duplex-kafka-tls",
+        ),
+        {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_username": "duplex",
+            "sasl_password": "secret",
+            "ssl_cert_file": "/etc/duplex/kafka-tls/client/tls.crt",
+            "ssl_key_file": "/etc/duplex/kafka-tls/client/tls.key",
+        },
+        "kafka.tls.caSecret and kafka.tls.clientSecret need kafka.securityProtocol SSL or SASL_SSL, not SASL_PLAINTEXT",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "settings", "message"), [c[1:] for c in INCONSISTENT_KAFKA], ids=[c[0] for c in INCONSISTENT_KAFKA]
+)
+def test_the_chart_refuses_the_kafka_security_the_settings_refuse(
+    monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], settings: dict[str, str], message: str
+) -> None:
+    assert message in render_fails(*args)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"} | {
+        f"KAFKA_{name.upper()}": value for name, value in settings.items()
+    }
+    with pytest.raises(ValidationError):
+        load_settings(monkeypatch, KafkaSettings, env)
+
+
+def test_the_client_certificate_and_key_are_two_keys() -> None:
+    message = render_fails(
+        "--set", "kafka.securityProtocol=SSL", "--set", "kafka.tls.clientSecret=c", "--set", "kafka.tls.keyKey=tls.crt"
+    )
+    assert "kafka.tls.certKey and kafka.tls.keyKey name the same key" in message
 
 
 # ---------------------------------------------------------------- the admin API's reach

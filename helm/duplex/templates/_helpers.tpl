@@ -180,6 +180,90 @@ secret_env_name): under DUPLEX_SECRET_, the only prefix the services read tenant
 {{- end -}}
 
 {{/*
+Kafka security (kafka.securityProtocol, kafka.sasl, kafka.tls), for every pod that reads KAFKA_*:
+the services whose catalogue entry has kafka: true and the topics hook Job. Call each with the root
+context. The non-secret settings go into the ConfigMap (the Job's inline env), the SASL credentials
+come from kafka.sasl.existingSecret as secretKeyRef env entries, and the TLS files are the keys of
+kafka.tls.caSecret / clientSecret mounted read-only (the root file system is read-only).
+*/}}
+{{- define "duplex.kafkaTlsDir" -}}/etc/duplex/kafka-tls{{- end -}}
+
+{{/* Fails on values the services would refuse at start-up (KafkaSettings), naming the values to change. */}}
+{{- define "duplex.kafkaSecurityCheck" -}}
+{{- $kafka := .Values.kafka -}}
+{{- $protocol := $kafka.securityProtocol -}}
+{{- if and (hasPrefix "SASL_" $protocol) (not $kafka.sasl.existingSecret) -}}
+{{- fail (printf "kafka.securityProtocol %s needs kafka.sasl.existingSecret: a Secret holding the SASL username (key %s) and password (key %s)" $protocol $kafka.sasl.usernameKey $kafka.sasl.passwordKey) -}}
+{{- end -}}
+{{- if and (or $kafka.tls.caSecret $kafka.tls.clientSecret) (not (hasSuffix "SSL" $protocol)) -}}
+{{- fail (printf "kafka.tls.caSecret and kafka.tls.clientSecret need kafka.securityProtocol SSL or SASL_SSL, not %s" $protocol) -}}
+{{- end -}}
+{{- if and $kafka.tls.clientSecret (eq $kafka.tls.certKey $kafka.tls.keyKey) -}}
+{{- fail "kafka.tls.certKey and kafka.tls.keyKey name the same key: the certificate and the key are two files" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM and the KAFKA_SSL_* file paths, as a YAML map. */}}
+{{- define "duplex.kafkaSecurityConfig" -}}
+{{- include "duplex.kafkaSecurityCheck" . -}}
+{{- $kafka := .Values.kafka -}}
+{{- $dir := include "duplex.kafkaTlsDir" . -}}
+{{- $data := dict "KAFKA_SECURITY_PROTOCOL" $kafka.securityProtocol "KAFKA_SASL_MECHANISM" $kafka.sasl.mechanism -}}
+{{- with $kafka.tls.caSecret -}}
+{{- $_ := set $data "KAFKA_SSL_CA_FILE" (printf "%s/ca/%s" $dir $kafka.tls.caKey) -}}
+{{- end -}}
+{{- with $kafka.tls.clientSecret -}}
+{{- $_ := set $data "KAFKA_SSL_CERT_FILE" (printf "%s/client/%s" $dir $kafka.tls.certKey) -}}
+{{- $_ := set $data "KAFKA_SSL_KEY_FILE" (printf "%s/client/%s" $dir $kafka.tls.keyKey) -}}
+{{- end -}}
+{{- toYaml $data -}}
+{{- end -}}
+
+{{/* KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD env entries (a YAML list), empty unless the protocol is SASL_*. */}}
+{{- define "duplex.kafkaSaslEnv" -}}
+{{- include "duplex.kafkaSecurityCheck" . -}}
+{{- $kafka := .Values.kafka -}}
+{{- if hasPrefix "SASL_" $kafka.securityProtocol -}}
+{{- $username := dict "name" "KAFKA_SASL_USERNAME" "valueFrom" (dict "secretKeyRef" (dict "name" $kafka.sasl.existingSecret "key" $kafka.sasl.usernameKey)) -}}
+{{- $password := dict "name" "KAFKA_SASL_PASSWORD" "valueFrom" (dict "secretKeyRef" (dict "name" $kafka.sasl.existingSecret "key" $kafka.sasl.passwordKey)) -}}
+{{- toYaml (list $username $password) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod volumes of the TLS Secrets (a YAML list), only the keys the settings point at; empty without any. */}}
+{{- define "duplex.kafkaTlsVolumes" -}}
+{{- include "duplex.kafkaSecurityCheck" . -}}
+{{- $tls := .Values.kafka.tls -}}
+{{- $volumes := list -}}
+{{- if $tls.caSecret -}}
+{{- $volumes = append $volumes (dict "name" "kafka-tls-ca" "secret" (dict "secretName" $tls.caSecret "items" (list (dict "key" $tls.caKey "path" $tls.caKey)))) -}}
+{{- end -}}
+{{- if $tls.clientSecret -}}
+{{- $items := list (dict "key" $tls.certKey "path" $tls.certKey) (dict "key" $tls.keyKey "path" $tls.keyKey) -}}
+{{- $volumes = append $volumes (dict "name" "kafka-tls-client" "secret" (dict "secretName" $tls.clientSecret "items" $items)) -}}
+{{- end -}}
+{{- with $volumes -}}
+{{- toYaml . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The container's read-only mounts of those volumes (a YAML list); empty without any. */}}
+{{- define "duplex.kafkaTlsVolumeMounts" -}}
+{{- $tls := .Values.kafka.tls -}}
+{{- $dir := include "duplex.kafkaTlsDir" . -}}
+{{- $mounts := list -}}
+{{- if $tls.caSecret -}}
+{{- $mounts = append $mounts (dict "name" "kafka-tls-ca" "mountPath" (printf "%s/ca" $dir) "readOnly" true) -}}
+{{- end -}}
+{{- if $tls.clientSecret -}}
+{{- $mounts = append $mounts (dict "name" "kafka-tls-client" "mountPath" (printf "%s/client" $dir) "readOnly" true) -}}
+{{- end -}}
+{{- with $mounts -}}
+{{- toYaml . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 The non-secret settings of one service (its ConfigMap's data); call with
 (dict "root" $ "key" "writer" "meta" <catalogue entry> "values" <its values>).
 Names are exactly the env names the settings classes read; values.<service>.config is merged last.
@@ -192,6 +276,9 @@ Names are exactly the env names the settings classes read; values.<service>.conf
 {{- $_ := set $data "KAFKA_TOPIC_PREFIX" $root.Values.kafka.topicPrefix -}}
 {{- $_ := set $data "KAFKA_CLIENT_ID" $root.Values.kafka.clientId -}}
 {{- $_ := set $data "KAFKA_MAX_REQUEST_SIZE" (toString (int $root.Values.kafka.maxRequestSize)) -}}
+{{- range $name, $value := include "duplex.kafkaSecurityConfig" $root | fromYaml -}}
+{{- $_ := set $data $name $value -}}
+{{- end -}}
 {{- end -}}
 {{- if eq .key "admin" -}}
 {{/* AdminSettings sizes its pool itself (at least one connection): DUPLEX_ADMIN_POOL_MAX_SIZE only. */}}
