@@ -105,7 +105,9 @@ async def run(
         if budgets is None:
             # One client serves every tenant: each request names its tenant.
             governed, governor = GovernorBudget.connect(
-                settings.governor_target, max_wait=timedelta(seconds=settings.governor_max_wait_seconds)
+                settings.governor_target,
+                settings.governor_link,
+                max_wait=timedelta(seconds=settings.governor_max_wait_seconds),
             )
             stack.push_async_callback(governor.close, None)
             budgets = _same_for_all(governed)

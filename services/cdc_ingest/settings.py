@@ -9,7 +9,7 @@ from datetime import timedelta
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import KafkaServiceSettings
+from services.common.settings import GovernorLinkSettings, KafkaServiceSettings
 from services.common.tenant_config.policy import PolicySettings
 from services.common.vault import VaultSettings, vault_settings
 
@@ -28,6 +28,8 @@ class CdcIngestSettings(KafkaServiceSettings):
     # The rate-limit-governor (host:port, in-cluster plaintext gRPC): every Salesforce REST call
     # cdc-ingest makes is granted by it first and its usage reported to it, as the writer's are.
     governor_target: str = "127.0.0.1:50051"
+    # GOVERNOR_LINK_*: how calls to the governor are secured (TLS, the shared token).
+    governor_link: GovernorLinkSettings = Field(default_factory=lambda: GovernorLinkSettings())
     # How long one call may wait for the governor's permission before it fails (BudgetUnavailable)
     # and the work is retried later: the stream reconnects, a poll or backfill resumes from its cursor.
     governor_max_wait_seconds: float = Field(default=30.0, gt=0)

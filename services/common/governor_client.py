@@ -22,13 +22,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.errors import RetryableError
+from services.common.settings import GovernorLinkSettings
 
 if TYPE_CHECKING:
     Stub = governor_service_pb2_grpc.RateLimitGovernorServiceAsyncStub
@@ -84,9 +86,12 @@ class GovernorBudget:
         self._sleep = sleep
 
     @classmethod
-    def connect(cls, target: str, **options: object) -> tuple[GovernorBudget, grpc.aio.Channel]:
-        """A budget over a new insecure channel to ``target`` (in-cluster traffic); close the channel when done."""
-        channel = grpc.aio.insecure_channel(target)
+    def connect(
+        cls, target: str, link: GovernorLinkSettings | None = None, **options: object
+    ) -> tuple[GovernorBudget, grpc.aio.Channel]:
+        """A budget over a new channel to ``target``, secured as ``link`` says (:func:`governor_channel`);
+        close the channel when done."""
+        channel = governor_channel(target, link or GovernorLinkSettings())
         stub = governor_service_pb2_grpc.RateLimitGovernorServiceStub(channel)
         return cls(stub, **options), channel  # type: ignore[arg-type]
 
@@ -137,3 +142,35 @@ class GovernorBudget:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise UnknownTenant(f"tenant {tenant_id}: {exc.details()}") from exc
             raise GovernorUnavailable(f"governor: {exc.code().name}: {exc.details()}") from exc
+
+
+# The metadata key a client's token travels under (a bearer token, as HTTP's Authorization).
+TOKEN_METADATA = "authorization"
+
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+else:  # generic in grpc-stubs only
+    _Interceptor = grpc.aio.UnaryUnaryClientInterceptor
+
+
+class _Token(_Interceptor):
+    """Adds the shared token to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._entry = (TOKEN_METADATA, f"Bearer {token}")
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), self._entry)
+        return await continuation(client_call_details._replace(metadata=metadata), request)
+
+
+def governor_channel(target: str, link: GovernorLinkSettings) -> grpc.aio.Channel:
+    """A channel to the governor: TLS checked against ``link.tls_ca_file`` when set (plaintext
+    otherwise, for a cluster whose network is trusted), with ``link.token`` on every call when set."""
+    # grpc-stubs types interceptors as "cast me": a list of ours is what grpc takes.
+    interceptors: Any = [_Token(link.token.get_secret_value())] if link.token else None
+    if link.tls_ca_file:
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(link.tls_ca_file).read_bytes())
+        return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, interceptors=interceptors)

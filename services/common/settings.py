@@ -90,6 +90,30 @@ class TelemetrySettings(BaseSettings):
     otlp_endpoint: str | None = None
 
 
+class GovernorLinkSettings(BaseSettings):
+    """How the rate-limit-governor's gRPC is secured. The governor and its clients (cdc-ingest, the
+    writer) read the same ``GOVERNOR_LINK_*`` variables, so one Secret configures both ends.
+
+    The governor serves TLS with ``tls_cert_file`` and ``tls_key_file`` (PEM); a client speaks TLS
+    when ``tls_ca_file`` names the CA that signed that certificate (and checks the host name). With
+    ``token`` set, every client call carries it and the governor refuses calls without it (its
+    gRPC health service excepted, for probes).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GOVERNOR_LINK_", frozen=True, extra="ignore")
+
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None
+    token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("GOVERNOR_LINK_TLS_CERT_FILE and GOVERNOR_LINK_TLS_KEY_FILE go together")
+        return self
+
+
 class ServiceSettings(BaseSettings):
     """Settings every service has. Missing required values fail at start-up, naming the variable.
 

@@ -36,7 +36,7 @@ async def run(settings: GovernorSettings, telemetry: Telemetry | None = None) ->
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(create_pool(settings.postgres))
         governor = Governor(Ledger(pool, settings), metrics=telemetry.metrics if telemetry else None)
-        server, port = await start_server(governor, settings.host, settings.port)
+        server, port = await start_server(governor, settings.host, settings.port, settings.link)
         stack.push_async_callback(server.stop, STOP_GRACE_SECONDS)
         log.info("governor serving", extra={"port": port})
         yield RunningGovernor(health=Health(ready=(database_ready(pool),)), port=port)

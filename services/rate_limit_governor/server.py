@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc
@@ -14,7 +16,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common import sync_log
+from services.common.governor_client import TOKEN_METADATA
 from services.common.metrics import Metrics
+from services.common.settings import GovernorLinkSettings
 from services.common.tenant_config import TenantNotFoundError
 from services.rate_limit_governor import budget as b
 from services.rate_limit_governor.ledger import Ledger
@@ -173,14 +177,56 @@ class Governor(governor_service_pb2_grpc.RateLimitGovernorServiceServicer):
         self._metrics.governor_predicted_exhaustion.labels(tenant_id).set(exhaustion.timestamp() if exhaustion else 0)
 
 
-async def start_server(governor: Governor, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """Start a grpc.aio server with the governor and the standard health service; returns it and its port."""
-    server = grpc.aio.server()
+if TYPE_CHECKING:
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # generic in grpc-stubs only
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class TokenCheck(_Interceptor):
+    """Refuses (UNAUTHENTICATED) every call without the shared token, but health checks: a
+    Kubernetes gRPC probe sends no metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        if handler_call_details.method.startswith(_HEALTH_METHODS):
+            return await continuation(handler_call_details)
+        given = dict(handler_call_details.invocation_metadata or ()).get(TOKEN_METADATA, "")
+        if hmac.compare_digest(str(given).encode(), self._expected):
+            return await continuation(handler_call_details)
+        return _REFUSED
+
+
+_HEALTH_METHODS = "/grpc.health.v1.Health/"
+
+
+async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the governor's token is missing or wrong")
+
+
+_REFUSED = grpc.unary_unary_rpc_method_handler(_refuse)
+
+
+async def start_server(
+    governor: Governor, host: str, port: int, link: GovernorLinkSettings | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Start a grpc.aio server with the governor and the standard health service, secured as
+    ``link`` says (TLS with its certificate, the token checked); returns it and its port."""
+    link = link or GovernorLinkSettings()
+    interceptors = [TokenCheck(link.token.get_secret_value())] if link.token else None
+    server = grpc.aio.server(interceptors=interceptors)
     governor_service_pb2_grpc.add_RateLimitGovernorServiceServicer_to_server(governor, server)
     # grpc_health exposes the asyncio servicer as health.aio; its stubs do not know it yet.
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if link.tls_cert_file and link.tls_key_file:
+        # Read once at start, before serving: nothing else waits on this loop yet.
+        key, chain = Path(link.tls_key_file).read_bytes(), Path(link.tls_cert_file).read_bytes()  # noqa: ASYNC240
+        bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(key, chain)]))
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     for name in ("", governor_service_pb2.DESCRIPTOR.services_by_name["RateLimitGovernorService"].full_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import PostgresServiceSettings
+from services.common.settings import GovernorLinkSettings, PostgresServiceSettings
 
 
 class GovernorSettings(PostgresServiceSettings):
@@ -25,3 +25,5 @@ class GovernorSettings(PostgresServiceSettings):
     max_long_running: int = Field(default=5, gt=0)
     # How long a tenant's daily cap is cached before re-reading its configuration.
     config_ttl_seconds: float = 30.0
+    # GOVERNOR_LINK_*: TLS and the shared token of the gRPC it serves.
+    link: GovernorLinkSettings = Field(default_factory=lambda: GovernorLinkSettings())

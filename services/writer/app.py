@@ -73,7 +73,9 @@ async def run(
         )
         if budget is None:
             budget, channel = GovernorBudget.connect(
-                settings.governor_target, max_wait=timedelta(seconds=settings.governor_max_wait_seconds)
+                settings.governor_target,
+                settings.governor_link,
+                max_wait=timedelta(seconds=settings.governor_max_wait_seconds),
             )
             stack.push_async_callback(channel.close, None)
         policy = settings.policy.policy()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import KafkaServiceSettings
+from services.common.settings import GovernorLinkSettings, KafkaServiceSettings
 from services.common.tenant_config.policy import PolicySettings
 from services.common.vault import VaultSettings, vault_settings
 
@@ -15,6 +15,8 @@ class WriterSettings(KafkaServiceSettings):
 
     service_name: str = "writer"
     governor_target: str = "127.0.0.1:50051"
+    # GOVERNOR_LINK_*: how calls to the governor are secured (TLS, the shared token).
+    governor_link: GovernorLinkSettings = Field(default_factory=lambda: GovernorLinkSettings())
     # How long one call may wait for the governor's permission before the tenant is paused and
     # its batch rescheduled for the governor's not-before time.
     governor_max_wait_seconds: float = Field(default=30.0, gt=0)
