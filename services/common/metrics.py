@@ -11,9 +11,8 @@ proved to be one of ours), ``topic`` a physical topic name, everything else a sm
 from __future__ import annotations
 
 from typing import Literal, get_args
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 MetricName = Literal[
     "duplex_events_total",
@@ -262,14 +261,3 @@ class Metrics:
 def _name(name: MetricName) -> str:
     # prometheus_client appends _total to counters itself and rejects names that already have it.
     return name.removesuffix("_total")
-
-
-def start_metrics_server(port: int, registry: CollectorRegistry, *, addr: str = "0.0.0.0") -> WSGIServer | None:
-    """Serve ``/metrics`` on ``port`` from a daemon thread; 0 means "no endpoint".
-
-    The returned server's ``shutdown()`` stops it (tests); services let it die with the process.
-    """
-    if port <= 0:
-        return None
-    server, _thread = start_http_server(port, addr=addr, registry=registry)
-    return server

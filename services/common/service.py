@@ -11,7 +11,8 @@ A service is three things:
 :func:`main` loads the settings, sets up logging (secrets redacted), tracing and metrics, enters
 the composition root and waits for SIGINT/SIGTERM or for a consumer to halt. The exit status is 0
 after a stop signal and :data:`EXIT_HALTED` after a halt, so Kubernetes restarts a halted pod and
-the crash loop is visible. Probes ask :attr:`Running.health`.
+the crash loop is visible. Probes ask :attr:`Running.health`, on ``TELEMETRY_METRICS_PORT``
+(:mod:`services.common.probes`: ``/healthz``, ``/readyz`` and ``/metrics``, answered by the event loop).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Final, NoReturn, TypeVar
 
 from services.common.dlq import Halt
+from services.common.http_server import Listener
 from services.common.logging import configure_logging, secrets_of
+from services.common.probes import Probes
 from services.common.settings import ServiceSettings
 from services.common.telemetry import Telemetry, setup_telemetry
 
@@ -94,14 +97,24 @@ Run = Callable[[S, Telemetry], AbstractAsyncContextManager[Running]]
 """A composition root: settings and telemetry in, a running service for the block's duration."""
 
 
-async def serve(service: AbstractAsyncContextManager[Running]) -> int:
-    """Run ``service`` until SIGINT/SIGTERM or a halt; the process exit status."""
+async def serve(service: AbstractAsyncContextManager[Running], probes: Probes | None = None, port: int = 0) -> int:
+    """Run ``service`` until SIGINT/SIGTERM or a halt; the process exit status.
+
+    With ``port`` > 0, ``probes`` answer on it from before the service starts until it has stopped.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with service as running:
+        async with AsyncExitStack() as stack:
+            if probes is not None and port > 0:
+                listener = Listener("0.0.0.0", port)
+                stack.callback(listener.close)
+                await stack.enter_async_context(listener.serve(probes.app()))
+            running = await stack.enter_async_context(service)
+            if probes is not None:
+                probes.running = running
             running.halt.on_trip(lambda _error: stop.set())
             # Process supervisors (devstack, the e2e tests) wait for this line.
             log.info(READY_MESSAGE)
@@ -124,9 +137,10 @@ def main(load_settings: Callable[[], S], run: Run[S]) -> NoReturn:
     settings = load_settings()
     configure_logging(settings.telemetry, service_name=settings.service_name, secrets=secrets_of(settings))
     telemetry = setup_telemetry(settings.telemetry, service_name=settings.service_name)
-    telemetry.serve_metrics(settings.telemetry.metrics_port)
     try:
-        status = asyncio.run(serve(run(settings, telemetry)))
+        status = asyncio.run(
+            serve(run(settings, telemetry), Probes(telemetry.registry), settings.telemetry.metrics_port)
+        )
     finally:
         telemetry.shutdown()
     sys.exit(status)

@@ -8,7 +8,8 @@ the process through the exporter given (tests: in memory) or, when ``TELEMETRY_O
 is set, through OTLP, which needs the ``opentelemetry-exporter-otlp-proto-grpc`` package.
 
 Metrics: one ``prometheus_client`` registry per process holding :class:`Metrics` and
-faststream's Kafka Prometheus middleware; served on ``TELEMETRY_METRICS_PORT`` when > 0.
+faststream's Kafka Prometheus middleware; served on ``TELEMETRY_METRICS_PORT`` when > 0, beside the
+health probes (:mod:`services.common.probes`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIServer
 
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from prometheus_client import CollectorRegistry
 
-from services.common.metrics import FASTSTREAM_METRICS_PREFIX, Metrics, start_metrics_server
+from services.common.metrics import FASTSTREAM_METRICS_PREFIX, Metrics
 from services.common.settings import TelemetrySettings
 
 if TYPE_CHECKING:
@@ -56,10 +56,6 @@ class Telemetry:
     def tracer(self, name: str) -> trace.Tracer:
         """A tracer for hand-made spans (Salesforce calls, database work)."""
         return self.tracer_provider.get_tracer(name)
-
-    def serve_metrics(self, port: int, *, addr: str = "0.0.0.0") -> WSGIServer | None:
-        """Serve ``/metrics`` when ``port`` > 0 (see :func:`start_metrics_server`)."""
-        return start_metrics_server(port, self.registry, addr=addr)
 
     def shutdown(self) -> None:
         """Flush and stop span export (call once, on the way out)."""

@@ -7,7 +7,9 @@ and the rendered environment loads into that class with the intended values; sec
 ConfigMaps; clients reach the governor through its Service; the vault's keys reach exactly the
 services that use the vault; Kafka security (protocol, SASL credentials from a Secret, TLS files from
 mounted Secrets) reaches exactly the pods that read KAFKA_*, and values the services would refuse fail
-rendering; the admin API is served through its Service (and optional Ingress), knows
+rendering; the governor's gRPC security (its certificate and key on the governor, the CA on its
+clients, the shared token on all three) reaches exactly those ends, its probes work over TLS, and
+inconsistent values fail rendering; the admin API is served through its Service (and optional Ingress), knows
 its public URL (given, or https://<ingress host>) and so the Salesforce callback URL the notes tell to
 register, and its notes and hook Jobs run existing CLI commands.
 
@@ -44,7 +46,7 @@ from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import Pool
 from services.common.salesforce import env_secrets
 from services.common.service import Health
-from services.common.settings import KafkaSettings
+from services.common.settings import GovernorLinkSettings, KafkaSettings
 from services.common.tenant_config import SecretRef, SecretValue
 from services.common.tenant_config.policy import PolicySettings
 from services.common.vault import Keyring, VaultSettings
@@ -110,6 +112,8 @@ GOVERNOR_TARGET_ENV = {"cdc-ingest": "CDC_INGEST_GOVERNOR_TARGET", "writer": "WR
 RENDERS = ("default", "all-options")
 # KafkaSettings' credentials, from kafka.sasl.existingSecret.
 KAFKA_SASL_ENV = ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+# GovernorLinkSettings' shared token, from rateLimitGovernor.token.existingSecret.
+GOVERNOR_TOKEN_ENV = "GOVERNOR_LINK_TOKEN"
 ADMIN_ENV_CLASSES: tuple[type[BaseSettings], ...] = (AdminSettings, KafkaSettings)
 
 
@@ -231,8 +235,8 @@ def environment(docs: list[Doc], workload: Doc) -> dict[str, str]:
 def chart_set_names(docs: list[Doc], workload: Doc) -> set[str]:
     """Env names the chart itself sets: its ConfigMap's keys and its env entries (not the tenants'
     Salesforce secrets, whose names come from tenant documents, nor user-supplied extraEnvFrom).
-    POSTGRES_DSN, VAULT_KEYS and the Kafka SASL credentials count even when they come from a Secret
-    the chart does not render."""
+    POSTGRES_DSN, VAULT_KEYS, the Kafka SASL credentials and the governor's token count even when
+    they come from a Secret the chart does not render."""
     spec = container(workload)
     maps = config_maps(docs)
     names = {entry["name"] for entry in spec.get("env", [])}
@@ -243,7 +247,7 @@ def chart_set_names(docs: list[Doc], workload: Doc) -> set[str]:
         entry["name"]
         for entry in spec.get("env", [])
         if entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name") not in (None, *secrets(docs))
-        and entry["name"] not in ("POSTGRES_DSN", "VAULT_KEYS", *KAFKA_SASL_ENV)
+        and entry["name"] not in ("POSTGRES_DSN", "VAULT_KEYS", *KAFKA_SASL_ENV, GOVERNOR_TOKEN_ENV)
     }
     return names - tenant_secrets
 
@@ -362,6 +366,9 @@ LOADED = [
     ("cdc-ingest", "kafka.ssl_ca_file", "/etc/duplex/kafka-tls/ca/ca.crt"),
     ("cdc-ingest", "kafka.ssl_cert_file", "/etc/duplex/kafka-tls/client/tls.crt"),
     ("cdc-ingest", "kafka.ssl_key_file", "/etc/duplex/kafka-tls/client/tls.key"),
+    ("cdc-ingest", "governor_link.tls_ca_file", "/etc/duplex/governor-tls/ca/ca.pem"),
+    ("cdc-ingest", "governor_link.tls_cert_file", None),
+    ("cdc-ingest", "governor_link.token", "<duplex-governor-token/governor-token>"),
     ("mapping", "config_check_seconds", 2.0),
     ("mapping", "postgres.pool_min_size", 2),
     ("conflict-resolver", "config_cache_size", 512),
@@ -370,12 +377,18 @@ LOADED = [
     ("writer", "batch_window_ms", 100),
     ("writer", "postgres.pool_max_size", 20),
     ("writer", "telemetry.metrics_port", 9102),
+    ("writer", "governor_link.tls_ca_file", "/etc/duplex/governor-tls/ca/ca.pem"),
+    ("writer", "governor_link.token", "<duplex-governor-token/governor-token>"),
     ("rate-limit-governor", "host", "0.0.0.0"),
     ("rate-limit-governor", "port", 50052),
     ("rate-limit-governor", "org_share", 0.8),
     ("rate-limit-governor", "live_reserve", 0.25),
     ("rate-limit-governor", "telemetry.log_json", False),
     ("rate-limit-governor", "telemetry.metrics_port", 9102),
+    ("rate-limit-governor", "link.tls_cert_file", "/etc/duplex/governor-tls/server/tls.crt"),
+    ("rate-limit-governor", "link.tls_key_file", "/etc/duplex/governor-tls/server/tls.key"),
+    ("rate-limit-governor", "link.tls_ca_file", None),
+    ("rate-limit-governor", "link.token", "<duplex-governor-token/governor-token>"),
     ("admin", "host", "0.0.0.0"),
     ("admin", "port", 8081),
     ("admin", "postgres_dsn", "postgresql://duplex:fake-db-password-3f9a@postgres:5432/duplex"),
@@ -614,8 +627,13 @@ def test_probes_use_what_the_service_serves(rendered: dict[str, list[Doc]], rend
         assert spec["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         assert spec["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         return
+    governor_tls = bool(all_options_values()["rateLimitGovernor"]["tls"]["secret"]) and render_name == "all-options"
     for probe in (spec["livenessProbe"], spec["readinessProbe"]):
-        if service is GOVERNOR:
+        if service is GOVERNOR and governor_tls:
+            # Serving TLS, which the kubelet's gRPC probe cannot speak: the gRPC port accepting connections.
+            assert "grpc" not in probe
+            assert ports[probe["tcpSocket"]["port"]] == ports["grpc"]
+        elif service is GOVERNOR:
             # grpc.health.v1 on the gRPC port (services/rate_limit_governor/server.py).
             assert probe["grpc"]["port"] == ports["grpc"]
         else:
@@ -940,7 +958,10 @@ def test_mutual_tls_mounts_the_client_certificate_and_key(rendered: dict[str, li
         }, name
     governor = deployment(docs, GOVERNOR.name)
     assert [name for name in environment(docs, governor) if name.startswith("KAFKA_")] == []
-    assert secret_volumes(governor) == []
+    # Its only Secret volume is its own certificate's (rateLimitGovernor.tls.secret).
+    assert [volume["secret"]["secretName"] for volume in secret_volumes(governor)] == [
+        all_options_values()["rateLimitGovernor"]["tls"]["secret"]
+    ]
 
 
 def test_tls_without_sasl_gives_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
-import urllib.request
 
 import pytest
 from duplex.change.v1 import record_changed_pb2
@@ -13,10 +11,12 @@ from faststream.kafka import TestKafkaBroker
 from faststream.params import NoCast
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
+from starlette.testclient import TestClient
 
 from services.common.codec import link_key, record_key
 from services.common.kafka import AFTER_EFFECTS, ServiceKafka, make_kafka
 from services.common.metrics import METRIC_NAMES, Metrics
+from services.common.probes import Probes
 from services.common.settings import KafkaSettings, TelemetrySettings
 from services.common.telemetry import setup_telemetry
 from services.common.topics import Topic, TopicNames, load_topic_table
@@ -77,22 +77,12 @@ def test_metric_names_are_declared_once_and_all_exported() -> None:
     assert all(name.startswith("duplex_") for name in METRIC_NAMES)
 
 
-def test_metrics_endpoint_serves_the_registry_and_port_zero_serves_nothing() -> None:
+def test_the_metrics_endpoint_serves_the_registry() -> None:
     telemetry = setup_telemetry(TelemetrySettings(), service_name="writer", install_global=False)
-    assert telemetry.serve_metrics(0) is None
     telemetry.metrics.api_budget_remaining.labels(tenant="acme").set(4200)
     telemetry.metrics.conflicts_decided.labels(tenant="acme", policy="newest_wins", winner="crm").inc()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = telemetry.serve_metrics(port, addr="127.0.0.1")
-    assert server is not None
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            body = response.read().decode()
-    finally:
-        server.shutdown()
-        server.server_close()
+    with TestClient(Probes(telemetry.registry).app()) as client:
+        body = client.get("/metrics").text
     assert 'duplex_api_budget_remaining{tenant="acme"} 4200.0' in body
     assert 'duplex_conflicts_decided_total{policy="newest_wins",tenant="acme",winner="crm"} 1.0' in body
 
