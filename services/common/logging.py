@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TextIO
 
+from opentelemetry import trace
 from pydantic import BaseModel, SecretBytes, SecretStr
 
 from services.common.settings import TelemetrySettings
@@ -152,6 +153,11 @@ class JsonFormatter(logging.Formatter):
             "message": self.secrets.mask(record.getMessage()),
         }
         entry.update(self.secrets.scrub(dict(_context.get())))
+        # The span the line was logged in: a log search and a trace search find each other.
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
         extras = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES and k not in entry}
         entry.update(self.secrets.scrub(extras))
         if record.exc_info:

@@ -5,7 +5,8 @@ Traces: one OpenTelemetry ``TracerProvider`` per process, its resource naming th
 (and baggage) into the headers of every record a service publishes and continues that trace when
 a service consumes it, so one change can be followed from cdc-ingest to the writer. Spans leave
 the process through the exporter given (tests: in memory) or, when ``TELEMETRY_OTLP_ENDPOINT``
-is set, through OTLP, which needs the ``opentelemetry-exporter-otlp-proto-grpc`` package.
+is set, through OTLP over gRPC. Every JSON log line written inside a span carries its ``trace_id``
+and ``span_id`` (:mod:`services.common.logging`).
 
 Metrics: one ``prometheus_client`` registry per process holding :class:`Metrics` and
 faststream's Kafka Prometheus middleware; served on ``TELEMETRY_METRICS_PORT`` when > 0, beside the
@@ -14,13 +15,13 @@ health probes (:mod:`services.common.probes`).
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
@@ -31,8 +32,6 @@ from services.common.settings import TelemetrySettings
 
 if TYPE_CHECKING:
     from faststream._internal.types import BrokerMiddleware
-
-_OTLP_MODULE = "opentelemetry.exporter.otlp.proto.grpc.trace_exporter"
 
 
 @dataclass(frozen=True)
@@ -88,14 +87,5 @@ def setup_telemetry(
 
 
 def _otlp_exporter(endpoint: str | None) -> SpanExporter | None:
-    if not endpoint:
-        return None
-    try:
-        module = importlib.import_module(_OTLP_MODULE)
-    except ImportError as error:
-        raise RuntimeError(
-            "TELEMETRY_OTLP_ENDPOINT is set but the OTLP exporter is not installed "
-            "(opentelemetry-exporter-otlp-proto-grpc)"
-        ) from error
-    exporter: SpanExporter = module.OTLPSpanExporter(endpoint=endpoint)
-    return exporter
+    # http:// is plaintext (a collector beside the pod), https:// TLS.
+    return OTLPSpanExporter(endpoint=endpoint) if endpoint else None

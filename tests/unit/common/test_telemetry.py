@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from duplex.change.v1 import record_changed_pb2
 from duplex.mapping.v1 import change_mapped_pb2
@@ -91,13 +89,3 @@ def test_service_name_is_on_the_resource() -> None:
     telemetry = setup_telemetry(TelemetrySettings(), service_name="cdc-ingest", install_global=False)
     assert telemetry.tracer_provider.resource.attributes["service.name"] == "cdc-ingest"
     telemetry.shutdown()
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("opentelemetry.exporter.otlp") is not None, reason="the OTLP exporter is installed"
-)
-def test_an_otlp_endpoint_without_the_exporter_fails_at_start_up() -> None:
-    with pytest.raises(RuntimeError, match="OTLP exporter is not installed"):
-        setup_telemetry(
-            TelemetrySettings(otlp_endpoint="http://127.0.0.1:4317"), service_name="writer", install_global=False
-        )
