@@ -619,7 +619,8 @@ def test_deployments_run_as_the_chart_service_account(rendered: dict[str, list[D
 @pytest.mark.parametrize("render_name", RENDERS)
 @pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
 def test_probes_use_what_the_service_serves(rendered: dict[str, list[Doc]], render_name: str, service: Service) -> None:
-    workload = deployment(rendered[render_name], service.name)
+    docs = rendered[render_name]
+    workload = deployment(docs, service.name)
     spec = container(workload)
     ports = container_ports(workload)
     if service is ADMIN:
@@ -627,18 +628,11 @@ def test_probes_use_what_the_service_serves(rendered: dict[str, list[Doc]], rend
         assert spec["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         assert spec["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         return
-    governor_tls = bool(all_options_values()["rateLimitGovernor"]["tls"]["secret"]) and render_name == "all-options"
-    for probe in (spec["livenessProbe"], spec["readinessProbe"]):
-        if service is GOVERNOR and governor_tls:
-            # Serving TLS, which the kubelet's gRPC probe cannot speak: the gRPC port accepting connections.
-            assert "grpc" not in probe
-            assert ports[probe["tcpSocket"]["port"]] == ports["grpc"]
-        elif service is GOVERNOR:
-            # grpc.health.v1 on the gRPC port (services/rate_limit_governor/server.py).
-            assert probe["grpc"]["port"] == ports["grpc"]
-        else:
-            # No health endpoint: the Prometheus endpoint the process serves.
-            assert probe["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    # services/common/probes.py, on the metrics port: the event loop's liveness and the service's
+    # readiness; the governor's too, whatever its gRPC's TLS and token.
+    assert spec["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert spec["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert "metrics" in ports
 
 
 @pytest.mark.parametrize(
@@ -1029,6 +1023,227 @@ def test_the_client_certificate_and_key_are_two_keys() -> None:
         "--set", "kafka.securityProtocol=SSL", "--set", "kafka.tls.clientSecret=c", "--set", "kafka.tls.keyKey=tls.crt"
     )
     assert "kafka.tls.certKey and kafka.tls.keyKey name the same key" in message
+
+
+# ---------------------------------------------------------------- the governor's gRPC secured
+
+# Everything GovernorLinkSettings reads; the governor reads the certificate and key, its clients the
+# CA, all three the token (services/rate_limit_governor/server.py, services/common/governor_client.py).
+GOVERNOR_LINK_ENV = (
+    "GOVERNOR_LINK_TLS_CERT_FILE",
+    "GOVERNOR_LINK_TLS_KEY_FILE",
+    "GOVERNOR_LINK_TLS_CA_FILE",
+    GOVERNOR_TOKEN_ENV,
+)
+GOVERNOR_CLIENTS = tuple(BY_NAME[name] for name in sorted(GOVERNOR_TARGET_ENV))
+GOVERNOR_TLS_DIR = "/etc/duplex/governor-tls"
+# Everything set, the CA from the Secret holding the governor's certificate (cert-manager's ca.crt).
+GOVERNOR_LINK_ONE_SECRET = (
+    "--set",
+    "rateLimitGovernor.tls.secret=duplex-governor-tls",
+    "--set",
+    "rateLimitGovernor.tls.caSecret=duplex-governor-tls",
+    "--set",
+    "rateLimitGovernor.token.existingSecret=duplex-governor-token",
+)
+
+
+def governor_link_env(docs: list[Doc], workload: Doc) -> dict[str, str]:
+    return {name: value for name, value in environment(docs, workload).items() if name.startswith("GOVERNOR_LINK_")}
+
+
+def governor_tls_volumes(workload: Doc) -> list[Doc]:
+    """The pod's volumes and the container's mounts of the governor's TLS Secrets."""
+    volumes = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"].startswith("governor-")]
+    mounts = [m for m in container(workload)["volumeMounts"] if m["mountPath"].startswith(GOVERNOR_TLS_DIR)]
+    return volumes + mounts
+
+
+def token_ref(workload: Doc) -> Doc | None:
+    refs = [
+        entry["valueFrom"]["secretKeyRef"]
+        for entry in container(workload)["env"]
+        if entry["name"] == GOVERNOR_TOKEN_ENV
+    ]
+    assert len(refs) <= 1
+    return refs[0] if refs else None
+
+
+def projected_keys(workload: Doc, secret_name: str) -> list[str]:
+    """The keys of Secret ``secret_name`` the pod's volumes hold."""
+    return [
+        item["key"]
+        for volume in secret_volumes(workload)
+        if volume["secret"]["secretName"] == secret_name
+        for item in volume["secret"]["items"]
+    ]
+
+
+def test_the_governor_link_reaches_the_governor_and_its_clients_only() -> None:
+    # The settings agree with the chart's catalogue: the services with a governor target, and the governor.
+    assert set(GOVERNOR_LINK_ENV) == env_names(GovernorLinkSettings)
+    readers = {service.name for service in SERVICES if set(GOVERNOR_LINK_ENV) <= env_names(service.settings)}
+    assert readers == {GOVERNOR.name, *GOVERNOR_TARGET_ENV}
+
+
+def test_the_governor_is_plaintext_without_a_token_by_default(
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered["default"]
+    governor = yaml.safe_load((CHART / "values.yaml").read_text())["rateLimitGovernor"]
+    assert (governor["tls"]["secret"], governor["tls"]["caSecret"], governor["token"]["existingSecret"]) == ("", "", "")
+    for workload in _workloads(docs):
+        name = workload["metadata"]["name"]
+        assert governor_link_env(docs, workload) == {}, name
+        assert governor_tls_volumes(workload) == [], name
+        loaded = load_settings(monkeypatch, GovernorLinkSettings, environment(docs, workload))
+        assert (loaded.tls_cert_file, loaded.tls_key_file, loaded.tls_ca_file, loaded.token) == (None,) * 4, name
+
+
+def test_tls_and_the_token_reach_each_end_with_what_it_reads(
+    rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered["all-options"]
+    values = all_options_values()["rateLimitGovernor"]
+    tls, token = values["tls"], {"name": values["token"]["existingSecret"], "key": values["token"]["key"]}
+    assert tls["secret"] != tls["caSecret"]
+
+    governor = deployment(docs, GOVERNOR.name)
+    env = governor_link_env(docs, governor)
+    assert set(env) == {"GOVERNOR_LINK_TLS_CERT_FILE", "GOVERNOR_LINK_TLS_KEY_FILE", GOVERNOR_TOKEN_ENV}
+    assert secret_file(governor, env["GOVERNOR_LINK_TLS_CERT_FILE"]) == (tls["secret"], tls["certKey"])
+    assert secret_file(governor, env["GOVERNOR_LINK_TLS_KEY_FILE"]) == (tls["secret"], tls["keyKey"])
+    assert projected_keys(governor, tls["secret"]) == [tls["certKey"], tls["keyKey"]]
+    assert projected_keys(governor, tls["caSecret"]) == []
+    assert token_ref(governor) == token
+    loaded = load_settings(monkeypatch, GovernorLinkSettings, environment(docs, governor))
+    assert (loaded.tls_cert_file, loaded.tls_key_file, loaded.tls_ca_file) == (
+        f"{GOVERNOR_TLS_DIR}/server/{tls['certKey']}",
+        f"{GOVERNOR_TLS_DIR}/server/{tls['keyKey']}",
+        None,
+    )
+    assert loaded.token is not None
+    assert loaded.token.get_secret_value() == f"<{token['name']}/{token['key']}>"
+
+    for client in GOVERNOR_CLIENTS:
+        workload = deployment(docs, client.name)
+        env = governor_link_env(docs, workload)
+        assert set(env) == {"GOVERNOR_LINK_TLS_CA_FILE", GOVERNOR_TOKEN_ENV}, client.name
+        assert secret_file(workload, env["GOVERNOR_LINK_TLS_CA_FILE"]) == (tls["caSecret"], tls["caKey"])
+        assert projected_keys(workload, tls["caSecret"]) == [tls["caKey"]], client.name
+        assert projected_keys(workload, tls["secret"]) == [], client.name
+        assert token_ref(workload) == token, client.name
+        loaded = load_settings(monkeypatch, GovernorLinkSettings, environment(docs, workload))
+        assert (loaded.tls_cert_file, loaded.tls_key_file) == (None, None), client.name
+        assert loaded.tls_ca_file == f"{GOVERNOR_TLS_DIR}/ca/{tls['caKey']}", client.name
+        assert loaded.token is not None
+        assert loaded.token.get_secret_value() == f"<{token['name']}/{token['key']}>", client.name
+
+    ends = {GOVERNOR.name, *GOVERNOR_TARGET_ENV}
+    others = [deployment(docs, s.name) for s in SERVICES if s.name not in ends] + of_kind(docs, "Job")
+    assert len(others) == len(SERVICES) - len(ends) + 2
+    for workload in others:
+        name = workload["metadata"]["name"]
+        assert governor_link_env(docs, workload) == {}, name
+        assert token_ref(workload) is None, name
+        assert governor_tls_volumes(workload) == [], name
+
+
+def test_clients_never_mount_the_governors_key_from_a_shared_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cert-manager's Secret holds ca.crt, tls.crt and tls.key: the clients take ca.crt only.
+    docs = render(*GOVERNOR_LINK_ONE_SECRET)
+    governor = deployment(docs, GOVERNOR.name)
+    assert projected_keys(governor, "duplex-governor-tls") == ["tls.crt", "tls.key"]
+    for client in GOVERNOR_CLIENTS:
+        workload = deployment(docs, client.name)
+        assert projected_keys(workload, "duplex-governor-tls") == ["ca.crt"], client.name
+        env = environment(docs, workload)
+        assert secret_file(workload, env["GOVERNOR_LINK_TLS_CA_FILE"]) == ("duplex-governor-tls", "ca.crt")
+        loaded = load_settings(monkeypatch, GovernorLinkSettings, env)
+        assert loaded.tls_ca_file == f"{GOVERNOR_TLS_DIR}/ca/ca.crt"
+
+
+def test_a_token_alone_reaches_the_governor_and_its_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Plaintext without a certificate: the token only.
+    docs = render("--set", "rateLimitGovernor.token.existingSecret=duplex-governor-token")
+    for service in (GOVERNOR, *GOVERNOR_CLIENTS):
+        workload = deployment(docs, service.name)
+        assert set(governor_link_env(docs, workload)) == {GOVERNOR_TOKEN_ENV}, service.name
+        assert token_ref(workload) == {"name": "duplex-governor-token", "key": "token"}, service.name
+        assert governor_tls_volumes(workload) == [], service.name
+        loaded = load_settings(monkeypatch, GovernorLinkSettings, environment(docs, workload))
+        assert (loaded.tls_cert_file, loaded.tls_ca_file) == (None, None)
+
+
+def test_clients_of_a_governor_elsewhere_still_get_the_ca_and_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No governor here: its certificate is not this release's to mount, only the clients' parts apply.
+    docs = render(
+        "--set",
+        "rateLimitGovernor.enabled=false",
+        "--set",
+        "governorTarget=governor.shared.svc.cluster.local:50051",
+        "--set",
+        "rateLimitGovernor.tls.caSecret=shared-governor-ca",
+        "--set",
+        "rateLimitGovernor.token.existingSecret=duplex-governor-token",
+    )
+    assert GOVERNOR.name not in {component(doc) for doc in of_kind(docs, "Deployment")}
+    for client in GOVERNOR_CLIENTS:
+        workload = deployment(docs, client.name)
+        env = environment(docs, workload)
+        assert env[GOVERNOR_TARGET_ENV[client.name]] == "governor.shared.svc.cluster.local:50051"
+        assert set(governor_link_env(docs, workload)) == {"GOVERNOR_LINK_TLS_CA_FILE", GOVERNOR_TOKEN_ENV}
+        assert secret_file(workload, env["GOVERNOR_LINK_TLS_CA_FILE"]) == ("shared-governor-ca", "ca.crt")
+        loaded = load_settings(monkeypatch, GovernorLinkSettings, env)
+        assert loaded.tls_ca_file == f"{GOVERNOR_TLS_DIR}/ca/ca.crt"
+
+
+INCONSISTENT_GOVERNOR_LINK = [
+    (
+        "a certificate nobody can check",
+        ("--set", "rateLimitGovernor.tls.secret=duplex-governor-tls"),
+        "rateLimitGovernor.tls.secret needs rateLimitGovernor.tls.caSecret",
+    ),
+    (
+        "TLS clients of a plaintext governor",
+        ("--set", "rateLimitGovernor.tls.caSecret=duplex-governor-ca"),
+        "rateLimitGovernor.tls.caSecret needs rateLimitGovernor.tls.secret",
+    ),
+    (
+        "a certificate for a governor elsewhere, without its CA",
+        (
+            "--set",
+            "rateLimitGovernor.enabled=false",
+            "--set",
+            "governorTarget=governor.shared:50051",
+            "--set",
+            "rateLimitGovernor.tls.secret=duplex-governor-tls",
+        ),
+        "rateLimitGovernor.tls.secret needs rateLimitGovernor.tls.caSecret",
+    ),
+    (
+        "the certificate and the key in one key",
+        (*GOVERNOR_LINK_ONE_SECRET, "--set", "rateLimitGovernor.tls.keyKey=tls.crt"),
+        "rateLimitGovernor.tls.certKey and rateLimitGovernor.tls.keyKey name the same key",
+    ),
+    (
+        "a Secret key no Secret can hold",
+        (*GOVERNOR_LINK_ONE_SECRET, "--set", "rateLimitGovernor.tls.caKey=ca/crt"),
+        "at '/rateLimitGovernor/tls/caKey'",
+    ),
+    (
+        "a misspelt option",
+        ("--set", "rateLimitGovernor.token.existingsecret=duplex-governor-token"),
+        "additional properties 'existingsecret' not allowed",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [c[1:] for c in INCONSISTENT_GOVERNOR_LINK], ids=[c[0] for c in INCONSISTENT_GOVERNOR_LINK]
+)
+def test_the_chart_refuses_an_inconsistent_governor_link(args: tuple[str, ...], message: str) -> None:
+    assert message in render_fails(*args)
 
 
 # ---------------------------------------------------------------- the admin API's reach

@@ -264,6 +264,94 @@ kafka.tls.caSecret / clientSecret mounted read-only (the root file system is rea
 {{- end -}}
 
 {{/*
+The governor's gRPC secured (rateLimitGovernor.tls, rateLimitGovernor.token; GovernorLinkSettings,
+GOVERNOR_LINK_*), for the governor (the server) and the services that call it (the clients: those
+whose catalogue entry has a governorTargetEnv). Call each with
+(dict "root" $ "key" <values key> "meta" <catalogue entry>). As for Kafka: the file paths go into
+the ConfigMap, the token comes from token.existingSecret as a secretKeyRef env entry, and the TLS
+files are the keys of tls.secret (the governor's certificate and key, on the governor only) and
+tls.caSecret (the CA, on the clients only) mounted read-only. The client parts apply whether this
+release runs the governor or governorTarget names one elsewhere.
+*/}}
+{{- define "duplex.governorTlsDir" -}}/etc/duplex/governor-tls{{- end -}}
+
+{{/* "server" for the governor, "client" for a service that calls it, empty for the others. */}}
+{{- define "duplex.governorLinkRole" -}}
+{{- if eq .key "rateLimitGovernor" -}}
+server
+{{- else if .meta.governorTargetEnv -}}
+client
+{{- end -}}
+{{- end -}}
+
+{{/* Fails on TLS values one end would refuse or could not use, naming the values to change. */}}
+{{- define "duplex.governorLinkCheck" -}}
+{{- $governor := .Values.rateLimitGovernor -}}
+{{- $tls := $governor.tls -}}
+{{- if and $tls.secret (not $tls.caSecret) -}}
+{{- fail "rateLimitGovernor.tls.secret needs rateLimitGovernor.tls.caSecret: a Secret holding the CA that signed the governor's certificate (it may be the same Secret when it carries ca.crt, e.g. cert-manager's), without which cdc-ingest and the writer could not verify the governor" -}}
+{{- end -}}
+{{- if and $tls.caSecret (not $tls.secret) $governor.enabled -}}
+{{- fail "rateLimitGovernor.tls.caSecret needs rateLimitGovernor.tls.secret: without the governor's certificate and key it serves plaintext, and cdc-ingest and the writer would speak TLS to it" -}}
+{{- end -}}
+{{- if and $tls.secret (eq $tls.certKey $tls.keyKey) -}}
+{{- fail "rateLimitGovernor.tls.certKey and rateLimitGovernor.tls.keyKey name the same key: the certificate and the key are two files" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The GOVERNOR_LINK_TLS_* file paths of one service, as a YAML map (empty: {}). */}}
+{{- define "duplex.governorLinkConfig" -}}
+{{- include "duplex.governorLinkCheck" .root -}}
+{{- $tls := .root.Values.rateLimitGovernor.tls -}}
+{{- $dir := include "duplex.governorTlsDir" .root -}}
+{{- $role := include "duplex.governorLinkRole" . -}}
+{{- $data := dict -}}
+{{- if and (eq $role "server") $tls.secret -}}
+{{- $_ := set $data "GOVERNOR_LINK_TLS_CERT_FILE" (printf "%s/server/%s" $dir $tls.certKey) -}}
+{{- $_ := set $data "GOVERNOR_LINK_TLS_KEY_FILE" (printf "%s/server/%s" $dir $tls.keyKey) -}}
+{{- end -}}
+{{- if and (eq $role "client") $tls.caSecret -}}
+{{- $_ := set $data "GOVERNOR_LINK_TLS_CA_FILE" (printf "%s/ca/%s" $dir $tls.caKey) -}}
+{{- end -}}
+{{- toYaml $data -}}
+{{- end -}}
+
+{{/* The GOVERNOR_LINK_TOKEN env entry (a YAML list) of the governor and its clients; empty without token.existingSecret. */}}
+{{- define "duplex.governorTokenEnv" -}}
+{{- $token := .root.Values.rateLimitGovernor.token -}}
+{{- if and $token.existingSecret (include "duplex.governorLinkRole" .) -}}
+{{- toYaml (list (dict "name" "GOVERNOR_LINK_TOKEN" "valueFrom" (dict "secretKeyRef" (dict "name" $token.existingSecret "key" $token.key)))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pod volume of the one TLS Secret the service reads (a YAML list), only the keys the settings
+point at: the clients never get the governor's key, even from a Secret that holds both. */}}
+{{- define "duplex.governorTlsVolumes" -}}
+{{- include "duplex.governorLinkCheck" .root -}}
+{{- $tls := .root.Values.rateLimitGovernor.tls -}}
+{{- $role := include "duplex.governorLinkRole" . -}}
+{{- if and (eq $role "server") $tls.secret -}}
+{{- $items := list (dict "key" $tls.certKey "path" $tls.certKey) (dict "key" $tls.keyKey "path" $tls.keyKey) -}}
+{{- toYaml (list (dict "name" "governor-tls" "secret" (dict "secretName" $tls.secret "items" $items))) -}}
+{{- else if and (eq $role "client") $tls.caSecret -}}
+{{- $items := list (dict "key" $tls.caKey "path" $tls.caKey) -}}
+{{- toYaml (list (dict "name" "governor-tls-ca" "secret" (dict "secretName" $tls.caSecret "items" $items))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The container's read-only mount of that volume (a YAML list); empty without one. */}}
+{{- define "duplex.governorTlsVolumeMounts" -}}
+{{- $tls := .root.Values.rateLimitGovernor.tls -}}
+{{- $dir := include "duplex.governorTlsDir" .root -}}
+{{- $role := include "duplex.governorLinkRole" . -}}
+{{- if and (eq $role "server") $tls.secret -}}
+{{- toYaml (list (dict "name" "governor-tls" "mountPath" (printf "%s/server" $dir) "readOnly" true)) -}}
+{{- else if and (eq $role "client") $tls.caSecret -}}
+{{- toYaml (list (dict "name" "governor-tls-ca" "mountPath" (printf "%s/ca" $dir) "readOnly" true)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 The non-secret settings of one service (its ConfigMap's data); call with
 (dict "root" $ "key" "writer" "meta" <catalogue entry> "values" <its values>).
 Names are exactly the env names the settings classes read; values.<service>.config is merged last.
@@ -298,6 +386,9 @@ Names are exactly the env names the settings classes read; values.<service>.conf
 {{- end -}}
 {{- if .meta.governorTargetEnv -}}
 {{- $_ := set $data .meta.governorTargetEnv (include "duplex.governorTarget" $root) -}}
+{{- end -}}
+{{- range $name, $value := include "duplex.governorLinkConfig" . | fromYaml -}}
+{{- $_ := set $data $name $value -}}
 {{- end -}}
 {{- if eq .key "cdcIngest" -}}
 {{- $_ := set $data "CDC_INGEST_PUBSUB_TARGET" .values.pubsubTarget -}}
