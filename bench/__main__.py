@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import cdc_ingest, emulator, isolation, pipeline, quarantine, sync, writer
+from bench import cdc_ingest, emulator, isolation, pause, pipeline, quarantine, sync, writer
 from bench.report import Result, machine, render
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, Callable[[], Result]] = {
     "writer": writer.run,
     "isolation": isolation.run,
     "quarantine": quarantine.run,
+    "pause": pause.run,
     "pipeline": pipeline.run,
 }
 

@@ -1,0 +1,212 @@
+"""Pause isolation: one tenant paused, its changes still arriving, beside a busy one.
+
+A private Kafka broker and PostgreSQL; the conflict-resolver runs in this process, the load is sent
+from another. Tenant "busy" sends a burst of mapped partner creates alone; then tenant "paused" is
+paused (both ways) and busy sends the same burst again interleaved with as many of paused's, whose
+Salesforce writes the resolver holds in PostgreSQL. The figures are busy's writes per second beside
+the paused tenant over alone, both measured in this run, and how fast paused's held writes go out
+once it is resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from duplex.change.v1 import record_changed_pb2
+from duplex.mapping.v1 import change_mapped_pb2
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from bench.report import Figure, Result
+from bench.stack import BenchStack, bench_stack
+from services.admin.config_store import ConfigStore
+from services.common.codec import link_key
+from services.common.db import migrate
+from services.common.pauses import EVERY_PAIR, Way, pause, resume
+from services.common.settings import KafkaSettings, PostgresSettings, TelemetrySettings
+from services.common.telemetry import setup_telemetry
+from services.common.tenant_config import parse_tenant_config
+from services.common.topics import Topic
+from services.conflict_resolver.app import run as run_resolver
+from services.conflict_resolver.settings import ResolverSettings
+
+BURST = 20_000
+# Below capacity: busy (and the paused tenant, beside it) send this many changes per second, in chunks.
+STEADY, STEADY_RATE, STEADY_CHUNK = 10_000, 500, 25
+
+
+def _tenant(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "duplex.dev/v1",
+        "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": {
+            "salesforce": {
+                "instanceUrl": "https://bench.my.salesforce.com",
+                "auth": {"mode": "oauth_pkce", "clientId": "3MVG9bench"},
+                "dailyApiCap": 5000,
+            },
+            "objects": [
+                {
+                    "name": "partners",
+                    "app": {"object": "partners"},
+                    "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+                    "fields": [{"app": "name", "salesforce": "Name"}, {"app": "phone", "salesforce": "Phone"}],
+                }
+            ],
+        },
+    }
+
+
+def _create(tenant: str, n: int) -> tuple[bytes, bytes]:
+    link = uuid.uuid4().hex
+    event = change_mapped_pb2.ChangeMapped(
+        event_id=uuid.uuid4().hex,
+        tenant_id=tenant,
+        link_id=link,
+        object_pair="partners",
+        mapping_version=1,
+        origin_side=record_changed_pb2.SIDE_APP,
+        kind=record_changed_pb2.CHANGE_KIND_CREATE,
+        app_record_id=f"p-{link}",
+        external_id=f"dx-{link}",
+        source_event_id=uuid.uuid4().hex,
+    )
+    for app, crm, value in (("name", "Name", f"{tenant} {n}"), ("phone", "Phone", "+33 1 0000")):
+        field = event.fields.add(app_field=app, crm_field=crm, changed=True)
+        field.app_value.string_value = value
+        field.crm_value.string_value = value
+    event.origin_commit_time.FromDatetime(datetime.now(UTC))
+    return event.SerializeToString(), link_key(tenant, link)
+
+
+def _produce(bootstrap_servers: str, topic: str, tenants: list[tuple[str, int]], per_second: float | None) -> None:
+    """Publish one mapped create per (tenant, n), in order, at once or ``per_second``; in a process of
+    its own, so that building and sending the load costs the resolver's event loop nothing."""
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
+        await producer.start()
+        try:
+            events = [_create(t, n) for t, n in tenants]
+            step = max(1, len(events)) if per_second is None else STEADY_CHUNK
+            started = time.perf_counter()
+            acks = []
+            for first in range(0, len(events), step):
+                acks += [await producer.send(topic, value, key=key) for value, key in events[first : first + step]]
+                if per_second is not None:
+                    await asyncio.sleep(max(0.0, started + (first + step) / per_second - time.perf_counter()))
+            await asyncio.gather(*acks)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
+async def _end(consumer: AIOKafkaConsumer, topic: str) -> int:
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
+    return sum((await consumer.end_offsets(partitions)).values())
+
+
+def run() -> Result:
+    return asyncio.run(_run())
+
+
+async def _run() -> Result:
+    async with bench_stack("bench-pause") as servers:
+        figures = await _measure(servers)
+    return Result(
+        "pause",
+        {
+            "burst": BURST,
+            "steady": f"{STEADY:,} at {STEADY_RATE:,}/s",
+            "changes": "one-record partner creates, mapped",
+            "paused": "both ways, every pair",
+        },
+        figures,
+        notes=[
+            "beside: the paused tenant sends one change per busy change, interleaved (twice the input)",
+            "the load is sent by a process of its own; the conflict-resolver runs in this one",
+        ],
+    )
+
+
+async def _measure(servers: BenchStack) -> list[Figure]:
+    await migrate(servers.dsn)
+    db = await asyncpg.connect(servers.dsn)
+    await ConfigStore(db).apply([parse_tenant_config(_tenant("busy")), parse_tenant_config(_tenant("paused"))], "bench")
+    settings = ResolverSettings(
+        kafka=KafkaSettings(bootstrap_servers=servers.bootstrap_servers, topic_prefix=servers.names.prefix),
+        postgres=PostgresSettings(dsn=SecretStr(servers.dsn)),
+    )
+    telemetry = setup_telemetry(
+        TelemetrySettings(), service_name="conflict-resolver", install_global=False, registry=CollectorRegistry()
+    )
+    changes, writes = servers.names(Topic.MAPPED_CHANGES), servers.names(Topic.CRM_WRITES)
+    offsets = AIOKafkaConsumer(writes, bootstrap_servers=servers.bootstrap_servers)
+    await offsets.start()
+    loader = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+    async def publish(tenants: list[tuple[str, int]], per_second: float | None = None) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            loader, _produce, servers.bootstrap_servers, changes, tenants, per_second
+        )
+
+    async def until_written(count: int) -> None:
+        async with asyncio.timeout(1800):
+            # Polls the broker: nothing in this process says the resolver published.
+            while await _end(offsets, writes) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+
+    async def send(count: int, beside_paused: bool, per_second: float | None = None) -> float:
+        """Seconds from the first send of ``count`` busy changes (each followed by a paused
+        tenant's with ``beside_paused``, both at ``per_second`` each) to busy's last write published."""
+        target = await _end(offsets, writes) + count
+        load = [("busy", n) for n in range(count)]
+        if beside_paused:
+            load = [item for n, busy in enumerate(load) for item in (busy, ("paused", n))]
+        rate = None if per_second is None else per_second * (2 if beside_paused else 1)
+        started = time.perf_counter()
+        await asyncio.gather(publish(load, rate), until_written(target))
+        return time.perf_counter() - started
+
+    try:
+        await publish([])  # the loader process starts (and imports) before anything is timed
+        async with run_resolver(settings, telemetry):
+            alone = BURST / await send(BURST, beside_paused=False)
+            steady_alone = await send(STEADY, beside_paused=False, per_second=STEADY_RATE)
+            await pause(db, "paused", [EVERY_PAIR], tuple(Way), "bench", "bench")
+            beside = BURST / await send(BURST, beside_paused=True)
+            steady_beside = await send(STEADY, beside_paused=True, per_second=STEADY_RATE)
+            held = int(await db.fetchval("SELECT count(*) FROM held_outputs WHERE tenant_id = 'paused'"))
+            target = await _end(offsets, writes) + held
+            started = time.perf_counter()
+            await resume(db, "paused", None, tuple(Way))
+            await until_written(target)
+            released = held / (time.perf_counter() - started)
+    finally:
+        loader.shutdown()
+        await offsets.stop()
+        await db.close()
+
+    def tail(seconds: float) -> float:
+        return 1000 * (seconds - STEADY / STEADY_RATE)
+
+    return [
+        Figure("busy alone: writes published (changes/s)", alone, "changes/s"),
+        Figure("busy beside a paused tenant's equal stream (changes/s)", beside, "changes/s"),
+        Figure("busy beside / alone", beside / alone, "ratio", target=0.9),
+        Figure(f"steady {STEADY_RATE:,}/s each: busy's last write after its send, alone", tail(steady_alone), "ms"),
+        Figure("steady: the same beside the paused tenant's stream", tail(steady_beside), "ms"),
+        Figure("steady: busy's writes/s beside / alone", steady_alone / steady_beside, "ratio", target=0.9),
+        Figure("paused tenant's writes held", held, "writes", target=BURST + STEADY),
+        Figure("held writes released after resume (writes/s)", released, "writes/s"),
+    ]
