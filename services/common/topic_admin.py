@@ -25,9 +25,17 @@ def all_led(topics: list[dict[str, Any]]) -> bool:
     )
 
 
-def topic_configs(spec: TopicSpec) -> dict[str, str]:
-    """The per-topic broker configs a table row asks for."""
-    return {"retention.ms": str(spec.retention_ms), "cleanup.policy": spec.cleanup_policy}
+def topic_configs(spec: TopicSpec, replication_factor: int = 1) -> dict[str, str]:
+    """The per-topic broker configs a table row asks for.
+
+    With three replicas or more, a write is acknowledged (acks=all) only once a majority has it
+    (``min.insync.replicas``): it survives the loss of any one broker, and the topic still takes
+    writes while one is down. Below three, the broker's default (1) stands.
+    """
+    configs = {"retention.ms": str(spec.retention_ms), "cleanup.policy": spec.cleanup_policy}
+    if replication_factor >= 3:
+        configs["min.insync.replicas"] = str(replication_factor // 2 + 1)
+    return configs
 
 
 def new_topics(table: TopicTable, prefix: str = "", replication_factor: int = 1) -> list[NewTopic]:
@@ -38,7 +46,7 @@ def new_topics(table: TopicTable, prefix: str = "", replication_factor: int = 1)
             name=names(topic),
             num_partitions=spec.partitions,
             replication_factor=replication_factor,
-            topic_configs=topic_configs(spec),
+            topic_configs=topic_configs(spec, replication_factor),
         )
         for topic, spec in table.topics.items()
     ]

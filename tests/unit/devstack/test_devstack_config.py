@@ -147,6 +147,13 @@ def test_new_topics_follow_the_table_under_the_prefix() -> None:
     assert topics["p." + table.topics[Topic.TENANTS].name].topic_configs["cleanup.policy"] == "compact"
 
 
+@pytest.mark.parametrize(("replication", "min_insync"), [(1, None), (2, None), (3, "2"), (5, "3")])
+def test_a_replicated_topic_takes_writes_only_a_majority_has(replication: int, min_insync: str | None) -> None:
+    for topic in new_topics(load_topic_table(), "p.", replication):
+        assert topic.replication_factor == replication
+        assert topic.topic_configs.get("min.insync.replicas") == min_insync
+
+
 def test_stack_env_names_what_the_settings_read() -> None:
     state = StackState(
         bootstrap_servers="127.0.0.1:1",
