@@ -19,12 +19,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from duplex.change.v1 import record_changed_pb2
 from duplex.mapping.v1 import change_mapped_pb2
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from bench.load import end_offset, produce
 from bench.report import Figure, Result
 from bench.stack import BenchStack, bench_stack
 from services.admin.config_store import ConfigStore
@@ -88,34 +89,6 @@ def _create(tenant: str, n: int) -> tuple[bytes, bytes]:
     return event.SerializeToString(), link_key(tenant, link)
 
 
-def _produce(bootstrap_servers: str, topic: str, tenants: list[tuple[str, int]], per_second: float | None) -> None:
-    """Publish one mapped create per (tenant, n), in order, at once or ``per_second``; in a process of
-    its own, so that building and sending the load costs the resolver's event loop nothing."""
-
-    async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
-        await producer.start()
-        try:
-            events = [_create(t, n) for t, n in tenants]
-            step = max(1, len(events)) if per_second is None else STEADY_CHUNK
-            started = time.perf_counter()
-            acks = []
-            for first in range(0, len(events), step):
-                acks += [await producer.send(topic, value, key=key) for value, key in events[first : first + step]]
-                if per_second is not None:
-                    await asyncio.sleep(max(0.0, started + (first + step) / per_second - time.perf_counter()))
-            await asyncio.gather(*acks)
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
-
-
-async def _end(consumer: AIOKafkaConsumer, topic: str) -> int:
-    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
-    return sum((await consumer.end_offsets(partitions)).values())
-
-
 def run() -> Result:
     return asyncio.run(_run())
 
@@ -157,19 +130,19 @@ async def _measure(servers: BenchStack) -> list[Figure]:
 
     async def publish(tenants: list[tuple[str, int]], per_second: float | None = None) -> None:
         await asyncio.get_running_loop().run_in_executor(
-            loader, _produce, servers.bootstrap_servers, changes, tenants, per_second
+            loader, produce, servers.bootstrap_servers, changes, _create, tenants, per_second, STEADY_CHUNK
         )
 
     async def until_written(count: int) -> None:
         async with asyncio.timeout(1800):
             # Polls the broker: nothing in this process says the resolver published.
-            while await _end(offsets, writes) < count:  # noqa: ASYNC110
+            while await end_offset(offsets, writes) < count:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
 
     async def send(count: int, beside_paused: bool, per_second: float | None = None) -> float:
         """Seconds from the first send of ``count`` busy changes (each followed by a paused
         tenant's with ``beside_paused``, both at ``per_second`` each) to busy's last write published."""
-        target = await _end(offsets, writes) + count
+        target = await end_offset(offsets, writes) + count
         load = [("busy", n) for n in range(count)]
         if beside_paused:
             load = [item for n, busy in enumerate(load) for item in (busy, ("paused", n))]
@@ -187,7 +160,7 @@ async def _measure(servers: BenchStack) -> list[Figure]:
             beside = BURST / await send(BURST, beside_paused=True)
             steady_beside = await send(STEADY, beside_paused=True, per_second=STEADY_RATE)
             held = int(await db.fetchval("SELECT count(*) FROM held_outputs WHERE tenant_id = 'paused'"))
-            target = await _end(offsets, writes) + held
+            target = await end_offset(offsets, writes) + held
             started = time.perf_counter()
             await resume(db, "paused", None, tuple(Way))
             await until_written(target)

@@ -19,10 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from bench.load import end_offset, produce
 from bench.report import Figure, Result
 from bench.stack import BenchStack, bench_stack
 from services.admin.config_store import ConfigStore
@@ -86,34 +87,6 @@ def _create(tenant: str, name: str) -> tuple[bytes, bytes]:
     return to_proto(change).SerializeToString(), record_key(tenant, "partners", record)
 
 
-async def _end(consumer: AIOKafkaConsumer, topic: str) -> int:
-    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
-    return sum((await consumer.end_offsets(partitions)).values())
-
-
-def _produce(bootstrap_servers: str, topic: str, names: list[tuple[str, str]], per_second: float | None) -> None:
-    """Publish one partner create per (tenant, name), in order, at once or ``per_second``; runs in
-    a process of its own, so that building and sending the load costs mapping's event loop nothing."""
-
-    async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
-        await producer.start()
-        try:
-            events = [_create(tenant, name) for tenant, name in names]
-            step = max(1, len(events)) if per_second is None else STEADY_CHUNK
-            started = time.perf_counter()
-            acks = []
-            for first in range(0, len(events), step):
-                acks += [await producer.send(topic, value, key=key) for value, key in events[first : first + step]]
-                if per_second is not None:
-                    await asyncio.sleep(max(0.0, started + (first + step) / per_second - time.perf_counter()))
-            await asyncio.gather(*acks)
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
-
-
 def run() -> Result:
     return asyncio.run(_run())
 
@@ -163,19 +136,19 @@ async def _measure(servers: BenchStack) -> list[Figure]:
 
     async def publish(names: list[tuple[str, str]], per_second: float | None = None) -> None:
         await asyncio.get_running_loop().run_in_executor(
-            loader, _produce, servers.bootstrap_servers, changes, names, per_second
+            loader, produce, servers.bootstrap_servers, changes, _create, names, per_second, STEADY_CHUNK
         )
 
     async def until(topic: str, count: int) -> None:
         async with asyncio.timeout(1800):
             # Polls the broker: nothing in this process says mapping published.
-            while await _end(offsets, topic) < count:  # noqa: ASYNC110
+            while await end_offset(offsets, topic) < count:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
 
     async def send(count: int, noise: bool, per_second: float | None = None) -> float:
         """Seconds from the first send of ``count`` quiet changes (each followed by a noisy one
         with ``noise``, both at ``per_second`` each) to the last mapped."""
-        target = await _end(offsets, mapped) + count
+        target = await end_offset(offsets, mapped) + count
         names = [("quiet", f"quiet {n}") for n in range(count)]
         if noise:
             names = [name for n, quiet in enumerate(names) for name in (quiet, ("noisy", f"noisy {n}"))]
