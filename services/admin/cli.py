@@ -1000,18 +1000,28 @@ def record_timeline(
     _print_table(table)
 
 
+RecordOption = Annotated[
+    str | None, typer.Option(help="A record's only: its app, Salesforce or link id.", show_default=False)
+]
+SinceOption = Annotated[
+    str | None, typer.Option(help="Failed since: 12h, 30d, 8w ago, or an ISO time.", show_default=False)
+]
+
+
 @dead_letters_app.command("list")
 def dead_letters_list(
     ctx: typer.Context,
     tenant: Tenant,
     topic: Annotated[list[str] | None, typer.Option(help="A source topic, such as app_changes. Repeatable.")] = None,
     state: Annotated[list[str] | None, typer.Option(help="pending, replayed or discarded. Repeatable.")] = None,
+    record: RecordOption = None,
+    since: SinceOption = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="The newest this many.")] = 100,
     as_json: Json = False,
 ) -> None:
     """The tenant's dead letters, newest first, with why each was refused."""
     with _api(ctx) as api:
-        found = api.dead_letters(tenant, topic or [], state or [], limit)
+        found = api.dead_letters(tenant, topic or [], state or [], limit, record, _moment("--since", since))
     if as_json:
         _print_json(found)
         return
@@ -1037,15 +1047,22 @@ def dead_letters_replay(
     ctx: typer.Context,
     tenant: Tenant,
     ids: Annotated[list[str] | None, typer.Argument(help="Dead letters' ids, as listed.", show_default=False)] = None,
-    every: Annotated[bool, typer.Option("--all", help="Every pending dead letter (of --topic), oldest first.")] = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every pending dead letter (of --topic, --record, --since), oldest first.")
+    ] = False,
     topic: Annotated[str | None, typer.Option(help="With --all: of this source topic only.")] = None,
+    record: RecordOption = None,
+    since: SinceOption = None,
     as_json: Json = False,
 ) -> None:
-    """Send dead letters back to the topic they came from, once their cause is fixed."""
+    """Send dead letters back to the topic they came from, once their cause is fixed. Records
+    Salesforce refused are the crm_writes ones: --all --topic crm_writes retries them."""
     if bool(ids) == every:
         _fail("give dead letters' ids, or --all", EXIT_USAGE)
     try:
-        request = ReplayRequest(ids=ids or None, all=every, topic=topic)
+        request = ReplayRequest.model_validate(
+            {"ids": ids or None, "all": every, "topic": topic, "record": record, "since": _moment("--since", since)}
+        )
     except ValidationError as exc:
         _fail([str(e["msg"]) for e in exc.errors()], EXIT_USAGE)
     with _api(ctx) as api:

@@ -403,12 +403,21 @@ class AdminClient:
         body = BackfillRequest(object=salesforce_object).model_dump(by_alias=True)
         return self._parse(Backfill, self._call("POST", f"/tenants/{_segment(tenant)}/backfills", json_body=body))
 
-    def dead_letters(self, tenant: str, topics: list[str], states: list[str], limit: int) -> DeadLetterList:
+    def dead_letters(
+        self,
+        tenant: str,
+        topics: list[str],
+        states: list[str],
+        limit: int,
+        record: str | None = None,
+        since: str | None = None,
+    ) -> DeadLetterList:
         params = {"topic": topics, "state": states, "limit": limit}
+        params |= {name: value for name, value in {"record": record, "since": since}.items() if value is not None}
         return self._get(DeadLetterList, f"/tenants/{_segment(tenant)}/dead-letters", params)
 
     def replay(self, tenant: str, request: ReplayRequest) -> Acted:
-        body = request.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+        body = request.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
         path = f"/tenants/{_segment(tenant)}/dead-letters:replay"
         return self._parse(Acted, self._call("POST", path, json_body=body))
 

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.admin.contract import MESSAGES, decoded
+from services.admin.sync_log_search import links_of, record_ids
 from services.common.codec import KEY_SEPARATOR
 from services.common.db import Connection
 from services.common.dlq import ERROR_CLASS, ERROR_REASON, FAILED_AT, HEADER_PREFIX, SERVICE
@@ -71,6 +72,29 @@ def _sources(names: Iterable[Topic]) -> dict[Topic, Topic]:
 
 # Each dead-letter topic and the topic whose rejects it holds.
 DLQ_SOURCES: Final[Mapping[Topic, Topic]] = _sources(MESSAGES)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which of a tenant's dead letters a listing, or a replay of "all", means: those of a record
+    (any of its ids: app, Salesforce, link) and those that failed since a time; None: any."""
+
+    ids: frozenset[str] | None = None
+    since: datetime | None = None
+
+    def holds(self, letter: DeadLetter) -> bool:
+        if self.since is not None and (letter.failed_at is None or letter.failed_at < self.since):
+            return False
+        # Keys are tenant/object/record (changes) or tenant/link (mapped changes, writes, outcomes).
+        return self.ids is None or not self.ids.isdisjoint(letter.record_key.split(KEY_SEPARATOR)[1:])
+
+
+async def record_selection(db: Connection, tenant_id: str, record: str) -> frozenset[str]:
+    """Every id the record goes by: as given (15 and 18 characters for a Salesforce id), its links,
+    and the other side's id each link knows."""
+    links = await links_of(db, tenant_id, record)
+    known = {i for link in links for i in (link.link_id, link.app_record_id, link.salesforce_id) if i}
+    return frozenset(record_ids(record)) | known
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self, get_args
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, model_validator
 
 from services.admin.api.access import Access
 from services.admin.api.body import json_body, json_body_schema
@@ -31,8 +31,10 @@ from services.admin.dead_letters import (
     DeadLetterTopics,
     KafkaUnavailableError,
     Place,
+    Selection,
     actions_of,
     record_actions,
+    record_selection,
 )
 from services.admin.dead_letters import Action as Done
 from services.common.db import Connection
@@ -69,15 +71,22 @@ class ReplayRequest(ApiModel):
     model_config = ConfigDict(populate_by_name=False)
 
     ids: list[str] | None = Field(default=None, min_length=1, max_length=MAX_IDS)
-    all: bool = Field(default=False, description="Every pending entry (of `topic` when given), oldest first.")
+    all: bool = Field(
+        default=False,
+        description="Every pending entry (of `topic`, `record` and failed `since`, when given), oldest first.",
+    )
     topic: SourceTopic | None = None
+    record: str | None = Field(
+        default=None, min_length=1, max_length=255, description="With all: a record's (any of its ids)."
+    )
+    since: AwareDatetime | None = Field(default=None, description="With all: those that failed at or after this time.")
 
     @model_validator(mode="after")
     def _one_selection(self) -> Self:
         if (self.ids is None) == (not self.all):
             raise ValueError("give either ids or all: true")
-        if self.ids is not None and self.topic is not None:
-            raise ValueError("topic selects with all: true; ids name their topic already")
+        if self.ids is not None and (self.topic, self.record, self.since) != (None, None, None):
+            raise ValueError("topic, record and since select with all: true; ids name their entries already")
         return self
 
 
@@ -148,6 +157,10 @@ def dead_letters_router(access: Access, topics: DeadLetterTopics | None) -> APIR
         except KafkaUnavailableError as exc:
             raise ApiError(503, detail=str(exc)) from None
 
+    async def select(db: Connection, tenant: str, record: str | None, since: datetime | None) -> Selection:
+        ids = None if record is None else await record_selection(db, tenant, record)
+        return Selection(ids, since)
+
     def unknown(tenant: str, places: list[Place], found: dict[Place, DeadLetter]) -> None:
         missing = [str(p) for p in places if p not in found]
         if missing:
@@ -190,12 +203,21 @@ def dead_letters_router(access: Access, topics: DeadLetterTopics | None) -> APIR
         db: Annotated[Connection, Depends(access.connection)],
         topic: Annotated[list[SourceTopic] | None, Query(description="Of these source topics only.")] = None,
         state: Annotated[list[State] | None, Query(description="In these states only.")] = None,
+        record: Annotated[
+            str | None, Query(min_length=1, max_length=255, description="A record's (app, Salesforce or link id).")
+        ] = None,
+        since: Annotated[AwareDatetime | None, Query(description="Failed at or after this time.")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_IDS)] = 100,
     ) -> DeadLetterList:
         await stored_config(ConfigStore(db), tenant)
         found = await entries(tenant, [Topic(t) for t in topic or MESSAGES])
         done = await actions_of(db, tenant)
-        listed = [letter for place, letter in found.items() if state is None or _state(done.get(place)) in state]
+        selection = await select(db, tenant, record, since)
+        listed = [
+            letter
+            for place, letter in found.items()
+            if (state is None or _state(done.get(place)) in state) and selection.holds(letter)
+        ]
         listed.sort(key=lambda letter: (letter.failed_at or _EPOCH, letter.place), reverse=True)
         # Decoded only for the page: a quarantine can leave tens of thousands of entries.
         return DeadLetterList(
@@ -229,7 +251,8 @@ def dead_letters_router(access: Access, topics: DeadLetterTopics | None) -> APIR
             if discarded:
                 raise ApiError(409, detail=f"discarded, so not replayed: {', '.join(discarded)}; nothing was replayed")
         else:
-            chosen = [p for p in sorted(found) if p not in done]
+            selection = await select(db, tenant, body.record, body.since)
+            chosen = [p for p in sorted(found) if p not in done and selection.holds(found[p])]
 
         async def send(todo: list[Place]) -> None:
             try:

@@ -21,6 +21,7 @@ from services.admin.config_store import ConfigStore
 from services.admin.dead_letters import Place, record_actions
 from services.common.change import ChangeKind, Side
 from services.common.codec import record_key
+from services.common.dlq import ERROR_REASON, FAILED_AT
 from services.common.settings import KafkaSettings
 from services.common.tenant_config import parse_tenant_config
 from services.common.topics import Topic, TopicNames
@@ -174,3 +175,74 @@ async def test_of_two_requests_acting_on_one_entry_only_the_first_records_it(fre
     finally:
         await first.close()
         await second.close()
+
+
+async def test_listing_and_replaying_all_select_by_record_and_time(
+    kafka_bootstrap: str, topic_names: TopicNames, fresh_database: str
+) -> None:
+    """Retrying what Salesforce refused for one record, or since a time: the crm_writes dead letters
+    found by any of the record's ids (its link's, its app id, its Salesforce id) or failure time."""
+    await prepare_database(fresh_database)
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        await conn.execute(
+            "INSERT INTO links (tenant_id, object_pair, link_id, app_record_id, crm_record_id, external_id)"
+            " VALUES ($1, 'partners', 'L-a', 'p-a', '001000000000001AAA', 'dx-L-a')",
+            TENANT,
+        )
+    finally:
+        await conn.close()
+    old, new = "2026-12-01T10:00:00+00:00", "2026-12-07T10:00:00+00:00"
+    rejected = [("L-a", old), ("L-a", new), ("L-b", new)]
+    async with producer(kafka_bootstrap) as upstream:
+        for n, (link, failed_at) in enumerate(rejected):
+            await upstream.publish(
+                f"command {n}".encode(),
+                topic_names(Topic.CRM_WRITES_DLQ),
+                key=f"{TENANT}/{link}".encode(),
+                partition=0,
+                headers={FAILED_AT: failed_at, ERROR_REASON: "REQUIRED_FIELD_MISSING: Name"},
+            )
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_names.prefix)
+    async with (
+        serving(fresh_database, kafka=kafka) as api,
+        TopicReader(kafka_bootstrap, topic_names(Topic.CRM_WRITES)) as writes,
+    ):
+        viewer, operator = await api.token(Role.VIEWER), await api.token(Role.OPERATOR)
+
+        async def listed(**params: str) -> list[str]:
+            answer = await api.http.get(URL, params={"topic": "crm_writes", **params}, headers=bearer(viewer))
+            return sorted(e["id"] for e in answer.json()["entries"])
+
+        every = await listed()
+        assert len(every) == 3
+        # The Salesforce id (15 characters, as a report shows it), the app id and the link id find the same.
+        for record in ("001000000000001", "p-a", "L-a"):
+            assert await listed(record=record) == every[:2], record
+        assert await listed(record="001000000000001", since="2026-12-05T00:00:00Z") == every[1:2]
+        assert await listed(since="2026-12-05T00:00:00Z") == every[1:]
+        assert problem(await api.http.get(URL, params={"since": "yesterday"}, headers=bearer(viewer)), 422)
+        no_zone = {"all": True, "since": "2026-12-05T00:00:00"}
+        assert problem(await post(api, "replay", no_zone, operator), 422)
+        assert problem(await post(api, "replay", {"ids": [every[0]], "record": "p-a"}, operator), 422)
+
+        retried = await duplex(
+            api,
+            operator,
+            "dead-letters",
+            "replay",
+            TENANT,
+            "--all",
+            "--topic",
+            "crm_writes",
+            "--record",
+            "p-a",
+            "--since",
+            "2026-12-05T00:00:00Z",
+            "--json",
+        )
+        assert retried.exit_code == 0, retried.output
+        assert json.loads(retried.stdout) == {"done": every[1:2], "already": []}
+        (sent,) = await writes.until(1)
+        assert (sent.key, sent.value) == (f"{TENANT}/L-a".encode(), b"command 1")
+        assert len(await writes.settle(quiet=1.0)) == 1
