@@ -85,8 +85,9 @@ class Selection:
     def holds(self, letter: DeadLetter) -> bool:
         if self.since is not None and (letter.failed_at is None or letter.failed_at < self.since):
             return False
-        # Keys are tenant/object/record (changes) or tenant/link (mapped changes, writes, outcomes).
-        return self.ids is None or not self.ids.isdisjoint(letter.record_key.split(KEY_SEPARATOR)[1:])
+        # Keys are tenant/object/record (changes) or tenant/link (mapped changes, writes, outcomes):
+        # the last part names the record.
+        return self.ids is None or letter.record_key.rsplit(KEY_SEPARATOR, 1)[-1] in self.ids
 
 
 async def record_selection(db: Connection, tenant_id: str, record: str) -> frozenset[str]:

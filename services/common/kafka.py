@@ -322,6 +322,18 @@ def make_kafka(
 RECORD_HEADROOM = 1024
 
 
+def oversize(value: bytes, key: bytes, limit: int) -> str | None:
+    """Why a record of ``value`` and ``key`` cannot be produced under ``limit`` (KAFKA_MAX_REQUEST_SIZE);
+    None when it can."""
+    size = len(value) + len(key) + RECORD_HEADROOM
+    if size <= limit:
+        return None
+    return (
+        f"{size:,} bytes, over the {limit:,}-byte limit of a Kafka record"
+        " (KAFKA_MAX_REQUEST_SIZE, which the broker's message.max.bytes must allow)"
+    )
+
+
 class Sender:
     """Publishes many protobuf events to one topic at once, for batch handlers.
 
@@ -349,13 +361,9 @@ class Sender:
             return
         values = [encode_event(event) for event, _ in events]
         for index, (value, (_, key)) in enumerate(zip(values, events, strict=True)):
-            size = len(value) + len(key) + RECORD_HEADROOM
-            if size > self._max_request_size:
-                raise RecordTooLargeError(
-                    index,
-                    f"{size:,} bytes, over the {self._max_request_size:,}-byte limit of a Kafka record"
-                    " (KAFKA_MAX_REQUEST_SIZE, which the broker's message.max.bytes must allow)",
-                )
+            reason = oversize(value, key, self._max_request_size)
+            if reason is not None:
+                raise RecordTooLargeError(index, reason)
         trace_headers: dict[str, str] = {}
         propagate.inject(trace_headers)
         headers: dict[type[Message], list[tuple[str, bytes]]] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
-from services.common.db import Pool
+from services.common.db import Connection, Pool
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ async def maintain(pool: Pool, retention_days: int, today: date) -> Maintained:
     ``today - retention_days`` (and the default partition's rows from then)."""
     async with pool.acquire() as conn:
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            await _exclusive(conn)
             created: int = await conn.fetchval(
                 "SELECT count(*) FILTER (WHERE made) FROM"
                 " (SELECT sync_log_ensure_day($1::date + n) AS made FROM generate_series(0, $2) AS n) AS days",
@@ -45,11 +45,18 @@ async def maintain(pool: Pool, retention_days: int, today: date) -> Maintained:
                 AHEAD_DAYS,
             )
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            await _exclusive(conn)
             dropped: int = await conn.fetchval(
                 "SELECT sync_log_drop_before($1::date)", today - timedelta(days=retention_days)
             )
     return Maintained(created, dropped)
+
+
+async def _exclusive(conn: Connection) -> None:
+    """One replica's maintenance at a time (two would both create a day, or take the log's and the
+    default partition's locks in opposite orders), each waiting on a lock no longer than LOCK_TIMEOUT."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('sync_log_retention', 0))")
 
 
 async def keeping(

@@ -46,6 +46,7 @@ async def run(settings: ResolverSettings, telemetry: Telemetry | None = None) ->
             publish_app=publish[Way.TO_APP],
             service_name=settings.service_name,
             metrics=telemetry.metrics if telemetry else None,
+            max_output_size=settings.kafka.max_request_size,
         )
         kafka.batch_subscriber(Topic.MAPPED_CHANGES, message_type=ChangeMapped, handler=resolver.on_mapped_batch)
         kafka.batch_subscriber(Topic.WRITE_OUTCOMES, message_type=WriteSettled, handler=resolver.on_settled_batch)

@@ -47,6 +47,7 @@ from google.protobuf.message import Message
 
 from services.common.codec import link_key, record_key
 from services.common.errors import InvalidEvent, RecordTooLargeError
+from services.common.kafka import oversize
 from services.common.metrics import Metrics
 from services.common.pauses import Way
 from services.common.tenant_config import ObjectPair
@@ -104,8 +105,11 @@ class Resolver:
         service_name: str,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_output_size: int = 1024 * 1024,
     ) -> None:
         self._store = store
+        # A held output must be one the topic will take when it is released (KAFKA_MAX_REQUEST_SIZE).
+        self._max_output_size = max_output_size
         self._publish_crm = publish_crm
         self._publish_app = publish_app
         self._service = service_name
@@ -206,7 +210,11 @@ class Resolver:
             if resolution.crm_write is not None:
                 command = write_records(change, pair, resolution.link, resolution.crm_write)
                 write_output = (command, link_key(change.tenant_id, change.link_id))
-                if not _held(holding, held, held_ways, change, Way.TO_CRM, write_output):
+                hold = (change.tenant_id, change.object_pair, Way.TO_CRM)
+                if hold in holding:
+                    held.append(self._held(hold, write_output, position, "the Salesforce write"))
+                    held_ways.add(Way.TO_CRM)
+                else:
                     crm_writes.append(write_output)
                     crm_origins.append(position)
                 write = resolution.crm_write
@@ -215,7 +223,11 @@ class Resolver:
                 update = app_update(change, pair, client_id, resolution.app_update)
                 record = resolution.app_update.record_id or change.link_id
                 update_output = (update, record_key(change.tenant_id, pair.app.object, record))
-                if not _held(holding, held, held_ways, change, Way.TO_APP, update_output):
+                hold = (change.tenant_id, change.object_pair, Way.TO_APP)
+                if hold in holding:
+                    held.append(self._held(hold, update_output, position, "the app update"))
+                    held_ways.add(Way.TO_APP)
+                else:
                     app_updates.append(update_output)
                     app_origins.append(position)
             # The next change of this link starts from what this one left.
@@ -223,7 +235,7 @@ class Resolver:
             fields[key].update(resolution.fields)
             for name, field_record in resolution.fields.items():
                 changed_fields[(change.tenant_id, change.link_id, name)] = field_record
-            if resolution.echo is not None:
+            if _only_echo(resolution):
                 echoes[(change.tenant_id, change.object_pair, str(change.side), str(resolution.echo))] += 1
             logs.extend(self._records(change, resolution, held_ways))
             # A held app update is not published yet: no latency to count for it.
@@ -329,13 +341,23 @@ class Resolver:
         )
         await transaction.log([row])
 
+    def _held(self, hold: HoldKey, output: tuple[Message, bytes], position: int, what: str) -> HeldOutput:
+        """``output`` encoded for its hold; refused like a published one when no topic would take it."""
+        message, key = output
+        encoded = message.SerializeToString()
+        reason = oversize(encoded, key, self._max_output_size)
+        if reason is not None:
+            raise _OutputTooLarge(position, what, reason)
+        return hold, key, encoded
+
     def _records(self, change: MappedChange, resolution: Resolution, held: set[Way]) -> list[LogRow]:
         """One sync log row per change, one more per conflict: 'why did this field flip?'.
 
-        An echo, Duplex's own write coming back, is only counted (:meth:`_echoes`): about as many
-        come as Duplex writes, and a row each made up a third of the log while saying nothing about
-        any record's values. A write or update held by a pause says so (``"held": true``)."""
-        if resolution.echo is not None:
+        An echo, Duplex's own write coming back, that leads to nothing is only counted
+        (:meth:`_echoes`): about as many come as Duplex writes, and a row each made up a third of
+        the log while saying nothing about any record's values. A write or update held by a pause
+        says so (``"held": true``)."""
+        if _only_echo(resolution):
             return self._conflicts(change, resolution)
         writes: dict[str, Any] = {}
         if resolution.crm_write is not None:
@@ -352,6 +374,7 @@ class Resolver:
             "source_event_id": change.source_event_id,
             "side": str(change.side),
             "kind": str(change.kind),
+            **({"echo": str(resolution.echo)} if resolution.echo else {}),
             "fields": {
                 d.field: {"outcome": str(d.outcome), "reason": d.reason, **({"echo": str(d.echo)} if d.echo else {})}
                 for d in resolution.decisions
@@ -408,22 +431,9 @@ class Resolver:
         return (storable_text(tenant_id), self._service, event, link, record, code, message, details)
 
 
-def _held(
-    holding: set[HoldKey],
-    held: list[HeldOutput],
-    ways: set[Way],
-    change: MappedChange,
-    way: Way,
-    output: tuple[Message, bytes],
-) -> bool:
-    """Whether ``output`` goes ``way`` into its pair's hold (then it is added to ``held``) instead of out."""
-    hold = (change.tenant_id, change.object_pair, way)
-    if hold not in holding:
-        return False
-    message, key = output
-    held.append((hold, key, message.SerializeToString()))
-    ways.add(way)
-    return True
+def _only_echo(resolution: Resolution) -> bool:
+    """Duplex's own write come back, leading to no write and no update."""
+    return resolution.echo is not None and resolution.crm_write is None and resolution.app_update is None
 
 
 class _OutputTooLarge(Exception):  # noqa: N818 (carries a refusal out of a transaction, rolling it back)

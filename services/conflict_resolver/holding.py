@@ -41,16 +41,37 @@ _UNPAUSED = (
 )
 
 
+# The holds there are, one index probe each (a loose index scan): a long pause can hold millions of
+# rows, and DISTINCT over them would read every one each second.
+_HOLDS = f"""
+WITH RECURSIVE holds AS (
+    (SELECT tenant_id, object_pair, direction FROM held_outputs ORDER BY tenant_id, object_pair, direction LIMIT 1)
+    UNION ALL
+    SELECT n.tenant_id, n.object_pair, n.direction FROM holds
+    CROSS JOIN LATERAL (
+        SELECT tenant_id, object_pair, direction FROM held_outputs o
+        WHERE (o.tenant_id, o.object_pair, o.direction) > (holds.tenant_id, holds.object_pair, holds.direction)
+        ORDER BY tenant_id, object_pair, direction LIMIT 1
+    ) n
+)
+SELECT tenant_id, object_pair, direction FROM holds h WHERE {_UNPAUSED}
+"""
+
+
 async def release(pool: Pool, publish: Mapping[Way, Publish], service: str, *, page: int = PAGE) -> int:
-    """Publish every output whose pause has ended, oldest first per hold; how many were published."""
+    """Publish every output whose pause has ended, oldest first per hold; how many were published.
+    A hold that fails (its topic refused, say) is left for the next round without holding up the others."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            f"SELECT DISTINCT tenant_id, object_pair, direction FROM held_outputs h WHERE {_UNPAUSED}", EVERY_PAIR
-        )
         total = 0
-        for row in rows:
+        for row in await conn.fetch(_HOLDS, EVERY_PAIR):
             hold = (row["tenant_id"], row["object_pair"], Way(row["direction"]))
-            total += await _release_hold(conn, hold, publish[hold[2]], service, page)
+            try:
+                total += await _release_hold(conn, hold, publish[hold[2]], service, page)
+            except Exception as exc:  # Kafka's, or one output's
+                log.warning(
+                    "releasing a hold failed; trying again",
+                    extra={"tenant_id": hold[0], "pair": hold[1], "way": str(hold[2]), "error": str(exc)},
+                )
         return total
 
 

@@ -222,9 +222,10 @@ class _Builder:
         self.records[mapping.app] = FieldRecord(state, crm_form, lost_crm_form)
         self.decisions.append(_decision(mapping, rule, decision, before.state, side, from_duplex=from_duplex))
 
-    def push_truth(self, target: Side, *, missing_only: bool = False) -> None:
+    def push_truth(self, target: Side, *, besides_change: bool = False) -> None:
         """Send every field's truth to ``target`` (a record recreated there by an undelete); with
-        ``missing_only``, only the fields neither written by this change nor already on their way."""
+        ``besides_change``, those this change does not write already. A value already on its way
+        there is sent again but awaited once: its echo confirms either write."""
         for mapping in self.pair.fields:
             rule = rule_of(self.pair, mapping)
             record = self.record(mapping.app)
@@ -233,16 +234,16 @@ class _Builder:
                 continue
             if is_blank(truth.value) and not rule.allow_nulls:
                 continue
-            if missing_only and (
-                mapping.app in (self.crm_pending if target is Side.CRM else self.app)
-                or any(same_value(e.value, truth.value) for e in record.state.pending(target))
-            ):
+            if besides_change and mapping.app in (self.crm_pending if target is Side.CRM else self.app):
                 continue
-            state = record.state.with_pending(target, (*record.state.pending(target), truth))
-            self.records[mapping.app] = replace(record, state=state)
+            awaited = any(same_value(e.value, truth.value) for e in record.state.pending(target))
+            if not awaited:
+                state = record.state.with_pending(target, (*record.state.pending(target), truth))
+                self.records[mapping.app] = replace(record, state=state)
             if target is Side.CRM:
                 self.crm[mapping.salesforce] = record.crm_form
-                self.crm_pending[mapping.app] = truth.value
+                if not awaited:
+                    self.crm_pending[mapping.app] = truth.value
             else:
                 self.app[mapping.app] = truth.value
 
@@ -440,8 +441,9 @@ def _finish(b: _Builder, change: MappedChange, echo: EchoReason | None) -> Resol
         if not link.crm_record_id:
             # An upsert may create the record: it carries every field, not only those changed.
             # After a create Salesforce refused (a required value missing, say), nothing else would
-            # ever send the fields that have not changed since.
-            b.push_truth(Side.CRM, missing_only=True)
+            # ever send the fields that have not changed since; and an earlier create still on its
+            # way may yet be refused.
+            b.push_truth(Side.CRM, besides_change=True)
         link = replace(link, version=link.version + 1)
         if link.crm_record_id:
             crm_write = CrmWrite(

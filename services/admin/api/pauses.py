@@ -160,14 +160,15 @@ def pauses_router(access: Access) -> APIRouter:
     ) -> PauseState:
         pair = _pair(await stored_config(ConfigStore(db), tenant), body.object_pair)
         ways = _WAYS[body.direction]
-        covering = [p for p in await pauses_of(db, tenant) if p.object_pair == EVERY_PAIR and p.way in ways]
-        if pair != EVERY_PAIR and covering:
-            raise ApiError(
-                409,
-                detail=f"tenant '{tenant}' is paused {covering[0].way} for every pair; resume without object_pair"
-                " to resume every pair (nothing was resumed)",
-            )
         async with db.transaction():
+            # Read where it is acted on: a tenant-wide pause set meanwhile is seen.
+            covering = [p for p in await pauses_of(db, tenant) if p.object_pair == EVERY_PAIR and p.way in ways]
+            if pair != EVERY_PAIR and covering:
+                raise ApiError(
+                    409,
+                    detail=f"tenant '{tenant}' is paused {covering[0].way} for every pair; resume without object_pair"
+                    " to resume every pair (nothing was resumed)",
+                )
             await resume(db, tenant, None if pair == EVERY_PAIR else [pair], ways)
             await write_audit(
                 db,

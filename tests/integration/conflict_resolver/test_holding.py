@@ -12,10 +12,13 @@ import pytest
 from google.protobuf.message import Message
 from pydantic import SecretStr
 
+from services.common.config_provider import TenantConfigs
 from services.common.db import create_pool
 from services.common.pauses import EVERY_PAIR, Way, held_of, pause, resume
 from services.common.settings import PostgresSettings
+from services.conflict_resolver.handlers import Resolver
 from services.conflict_resolver.holding import release
+from services.conflict_resolver.repository import PostgresStore
 from tests.e2e.sync.harness import TENANT, prepare_database
 from tests.integration.conflict_resolver.test_resolver_batches import Outbox, mapped, reset, resolver, stream, wire
 
@@ -163,3 +166,23 @@ async def test_a_pause_set_again_stops_the_release_and_two_releasers_never_inter
     for link in {link for link, _ in versions}:
         mine = [v for lid, v in versions if lid == link]
         assert mine == sorted(mine)
+
+
+async def test_an_output_too_large_to_release_is_refused_like_a_published_one(fresh_database: str) -> None:
+    await prepare_database(fresh_database)
+    await _pause(fresh_database, ["partners"], BOTH)
+    async with create_pool(PostgresSettings(dsn=SecretStr(fresh_database), pool_max_size=2)) as pool:
+        resolver = Resolver(
+            PostgresStore(pool, TenantConfigs(max_staleness=0.0, versions=8)),
+            publish_crm=Outbox(),
+            publish_app=Outbox(),
+            service_name="conflict-resolver",
+            max_output_size=4096,
+        )
+        huge = mapped("huge", "L9", {"name": "x" * 5000}, at=1)
+        fine = mapped("fine", "L8", {"name": "small"}, at=2)
+        refused = await resolver.on_mapped_batch([huge, fine])
+    # Refused alone, at once, as it would have been unpaused: nothing of it is held to fail later.
+    assert list(refused) == [0]
+    assert "RECORD_TOO_LARGE" in refused[0].reason
+    assert await _held(fresh_database) == 1

@@ -468,17 +468,23 @@ async def test_after_a_refused_create_the_next_upsert_carries_every_field() -> N
     assert world.pending_to_crm("phone") == ["555"]
 
 
-async def test_an_upsert_does_not_send_again_what_an_earlier_one_still_carries() -> None:
+async def test_an_upsert_sent_while_a_create_is_on_its_way_carries_it_all_and_waits_once() -> None:
     world = World()
     create = mapped("c1", {"name": "Acme", "phone": "555"}, at=0, kind=record_changed_pb2.CHANGE_KIND_CREATE)
     assert await world.resolver.on_mapped_batch([create, mapped("u1", {"name": "Acme Ltd"}, at=5)]) == {}
 
-    # The create is still on its way: the second upsert has the new name only, and phone waits once.
+    # The create may yet be refused: the second upsert carries the phone too, awaited once.
     first, second = world.commands()
-    assert {name: v.string_value for name, v in second.records[0].fields.items()} == {"Name": "Acme Ltd"}
+    assert {name: v.string_value for name, v in second.records[0].fields.items()} == {
+        "Name": "Acme Ltd",
+        "Phone": "555",
+    }
     assert world.pending_to_crm("phone") == ["555"]
+    # The first refused after the second went out: the second still carries everything.
+    assert await world.resolver.on_settled_batch([settled(first, rejected=True)]) == {}
+    assert world.pending_to_crm("phone") == []
     # Once the record exists, writes are updates of what changed.
-    assert await world.resolver.on_settled_batch([settled(first, record_id="001L1", created=True)]) == {}
+    assert await world.resolver.on_settled_batch([settled(second, record_id="001L1", created=True)]) == {}
     assert await world.resolver.on_mapped_batch([mapped("u2", {"name": "Acme Group"}, at=9)]) == {}
     third = world.commands()[-1]
     assert third.operation == write_records_pb2.OPERATION_UPDATE
