@@ -53,10 +53,15 @@ class RecordWrite:
     record_id: str = ""
     # Commands folded into this write by coalescing; each gets its own outcome.
     command_ids: tuple[str, ...] = ()
+    # The version each field came with, where coalescing folded in an older write's (versions.py).
+    field_versions: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def all_command_ids(self) -> tuple[str, ...]:
         return (*self.command_ids, self.command_id)
+
+    def version_of(self, name: str) -> int:
+        return self.field_versions.get(name, self.version)
 
     @property
     def record_key(self) -> tuple[str, str, str]:
@@ -82,6 +87,10 @@ def coalesce(earlier: RecordWrite, later: RecordWrite) -> RecordWrite:
         later,
         operation=operation,
         fields={**earlier.fields, **later.fields},
+        field_versions={
+            **{name: earlier.version_of(name) for name in earlier.fields},
+            **{name: later.version_of(name) for name in later.fields},
+        },
         record_id=later.record_id or earlier.record_id,
         external_id_field=later.external_id_field or earlier.external_id_field,
         external_id_value=later.external_id_value or earlier.external_id_value,

@@ -6,7 +6,8 @@ write to a record is in flight (or waiting to be retried), later writes to that 
 behind it, and join the retry (coalesced after it) or go to the batcher once it settles. So two
 writes to one record are never in flight at once, and a retry never overtakes a newer value.
 Just before a call, writes at or below the version already applied to their link (a replay) are
-settled as superseded instead of sent (:mod:`services.writer.versions`).
+settled as superseded instead of sent, and the fields a replayed older write folded into a newer
+one are left out of it (:mod:`services.writer.versions`).
 
 When a rebalance takes partitions away, their writes not sent yet are dropped, and the rebalance
 waits for the calls still sending some (:meth:`TenantWriters.revoke`): otherwise this replica
@@ -38,7 +39,7 @@ from services.common.tenant_config import TenantNotFoundError
 from services.writer.batching import Batch, Batcher, Ingestion, RecordWrite
 from services.writer.executor import CallFailure, retry_all
 from services.writer.payload import ItemError, Outcome, WriteResult
-from services.writer.versions import AppliedVersions, superseded
+from services.writer.versions import AppliedVersions, unapplied
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +293,11 @@ class TenantWriter:
             results = retry_all(batch.writes, CallFailure(ItemError("CONFIGURATION_ERROR", str(exc)), False))
         else:
             self._batcher.ingestion = resources.ingestion
+            sendable = [(w, unapplied(w, applied)) for w in batch.writes]
             results = [
-                WriteResult(w, Outcome.SUPERSEDED, record_id=w.record_id)
-                for w in batch.writes
-                if superseded(w, applied)
+                WriteResult(w, Outcome.SUPERSEDED, record_id=w.record_id) for w, left in sendable if left is None
             ]
-            fresh = tuple(w for w in batch.writes if not superseded(w, applied))
+            fresh = tuple(left for _, left in sendable if left is not None)
             if fresh:
                 results += await resources.executor.execute(replace(batch, writes=fresh), backfill=backfill)
         await self._finish(results)

@@ -21,7 +21,7 @@ from services.writer.inflight import InFlight
 from services.writer.payload import Outcome, WriteResult
 from services.writer.settle import Settlement
 from services.writer.tenant import TenantOptions, TenantResources, TenantWriter
-from services.writer.versions import highest, superseded
+from services.writer.versions import highest, superseded, unapplied
 
 pytestmark = pytest.mark.unit
 
@@ -246,3 +246,22 @@ async def test_settling_raises_applied_versions_and_logs_and_counts_the_supersed
     )
     assert counted == 1
     assert inflight.unfinished() == 0
+
+
+def test_a_replay_folded_into_a_newer_write_sends_only_what_is_not_applied() -> None:
+    """v11 (Notes) was applied; its replay is pending when v12 (Phone) arrives and folds it in. The
+    Salesforce user has since changed Notes: sending v11's Notes again would overwrite that edit."""
+    folded = coalesce(write(11, Notes="app value"), write(12, Phone="555"))
+    assert folded.version == 12
+    assert (folded.version_of("Notes"), folded.version_of("Phone")) == (11, 12)
+
+    left = unapplied(folded, {"l1": 11})
+    assert left is not None
+    assert left.fields == {"Phone": "555"}
+    assert left.all_command_ids == folded.all_command_ids  # both commands still get their outcome
+    # Nothing applied yet: the whole write goes; everything applied: nothing does.
+    assert unapplied(folded, {}) == folded
+    assert unapplied(folded, {"l1": 12}) is None
+    assert unapplied(coalesce(write(11, Notes="a"), write(12, Notes="b")), {"l1": 11}) == coalesce(
+        write(11, Notes="a"), write(12, Notes="b")
+    )
