@@ -203,33 +203,37 @@ class Resolver:
         crm_origins: list[int] = []
         app_origins: list[int] = []
         resolved: list[tuple[MappedChange, Resolution]] = []
+        ways = {
+            Way.TO_CRM: (crm_writes, crm_origins, "the Salesforce write"),
+            Way.TO_APP: (app_updates, app_origins, "the app update"),
+        }
+
+        def route(change: MappedChange, way: Way, output: tuple[Message, bytes], position: int) -> bool:
+            """Send ``output`` its way, or into its pair's hold; whether it was held."""
+            outputs, origins, what = ways[way]
+            hold = (change.tenant_id, change.object_pair, way)
+            if hold in holding:
+                held.append(self._held(hold, output, position, what))
+                return True
+            outputs.append(output)
+            origins.append(position)
+            return False
+
         for position, (change, pair, client_id) in fresh:
             key = (change.tenant_id, change.link_id)
             resolution = resolve(pair, client_id, links[key], fields[key], change)
             held_ways: set[Way] = set()
             if resolution.crm_write is not None:
                 command = write_records(change, pair, resolution.link, resolution.crm_write)
-                write_output = (command, link_key(change.tenant_id, change.link_id))
-                hold = (change.tenant_id, change.object_pair, Way.TO_CRM)
-                if hold in holding:
-                    held.append(self._held(hold, write_output, position, "the Salesforce write"))
+                if route(change, Way.TO_CRM, (command, link_key(change.tenant_id, change.link_id)), position):
                     held_ways.add(Way.TO_CRM)
-                else:
-                    crm_writes.append(write_output)
-                    crm_origins.append(position)
                 write = resolution.crm_write
                 sent.append((change.tenant_id, change.link_id, write.version, str(write.operation), write.pending))
             if resolution.app_update is not None:
                 update = app_update(change, pair, client_id, resolution.app_update)
                 record = resolution.app_update.record_id or change.link_id
-                update_output = (update, record_key(change.tenant_id, pair.app.object, record))
-                hold = (change.tenant_id, change.object_pair, Way.TO_APP)
-                if hold in holding:
-                    held.append(self._held(hold, update_output, position, "the app update"))
+                if route(change, Way.TO_APP, (update, record_key(change.tenant_id, pair.app.object, record)), position):
                     held_ways.add(Way.TO_APP)
-                else:
-                    app_updates.append(update_output)
-                    app_origins.append(position)
             # The next change of this link starts from what this one left.
             links[key] = resolution.link
             fields[key].update(resolution.fields)
