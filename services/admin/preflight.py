@@ -43,25 +43,17 @@ from services.common.connections import (
     authorize_path,
 )
 from services.common.salesforce import SalesforceApiError, SalesforceClient, UnlimitedBudget
+from services.common.schema_refresh import SELECTED_ENTITIES_QUERY, change_event_name
 from services.common.tenant_config import AuthMode, DeletePolicy, ObjectPair, TenantConfig
 from services.common.tenant_config.validation import format_path
 from services.common.vault import VaultError
 
-# As cdc-ingest reads the selection (services never import each other, so the query is repeated).
-SELECTED_ENTITIES_QUERY = "SELECT SelectedEntity FROM PlatformEventChannelMember WHERE EventChannel = 'ChangeEvents'"
 DAILY_API_REQUESTS = "DailyApiRequests"
 T = TypeVar("T")
 ACCESS = "API access"
 LIMITS = "API limits"
 # Salesforce's answers after which no further call can work.
 _FATAL_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "API_DISABLED_FOR_ORG", "INVALID_SESSION_ID"})
-
-
-def change_event_name(sobject: str) -> str:
-    """``Account`` → ``AccountChangeEvent``; ``Employee__c`` → ``Employee__ChangeEvent``."""
-    if sobject.lower().endswith("__c"):
-        return f"{sobject[:-3]}__ChangeEvent"
-    return f"{sobject}ChangeEvent"
 
 
 # ------------------------------------------------------------------------------------------------

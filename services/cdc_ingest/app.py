@@ -25,9 +25,9 @@ from typing import Any
 
 import httpx
 
-from services.cdc_ingest.describe import field_summary
 from services.cdc_ingest.pubsub import ClientTokens, PubSubClient, open_channel
 from services.cdc_ingest.rest import SalesforceRest
+from services.cdc_ingest.schema_schedule import SchemaSchedule
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.sink import KafkaSink
 from services.cdc_ingest.store import Store
@@ -38,6 +38,9 @@ from services.common.db import create_pool, database_ready
 from services.common.governor_client import GovernorBudget
 from services.common.kafka import consuming, make_kafka
 from services.common.salesforce import CallBudget, SalesforceClient, UnlimitedBudget, env_secrets
+from services.common.schema import crm_object
+from services.common.schema_refresh import ClientSchemaReader, record_drift
+from services.common.schema_store import save_described
 from services.common.service import Running, in_background
 from services.common.settings import environment
 from services.common.telemetry import Telemetry
@@ -131,7 +134,17 @@ async def run(
                 return PubSubClient(channel, ClientTokens(client), org_id)
 
             async def described(entity: str, describe: Mapping[str, Any]) -> None:
-                await store.save_object_fields(tenant_id, entity, field_summary(describe["fields"]))
+                # Each describe is a schema version too: changes made while no worker ran are caught here.
+                async with pool.acquire() as db:
+                    changes = await save_described(
+                        db,
+                        tenant_id,
+                        entity,
+                        crm_object(describe),
+                        cdc_selected=None,
+                        describe_fields=describe["fields"],
+                    )
+                    await record_drift(db, config, changes, service=settings.service_name)
 
             worker = TenantWorker(
                 tenant_id=tenant_id,
@@ -142,6 +155,7 @@ async def run(
                 store=store,
                 sink=sink,
                 metrics=metrics,
+                schema_schedule=SchemaSchedule(pool, config, ClientSchemaReader(client), service=settings.service_name),
             )
             workers[tenant_id] = worker
             await worker.run()

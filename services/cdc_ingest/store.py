@@ -9,7 +9,6 @@ that the tenant's new owner relies on; it learns of the loss from :class:`LeaseL
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -185,22 +184,6 @@ class Store:
             "UPDATE backfills SET status = 'done', updated_at = now()"
             f" WHERE tenant_id = $1 AND object = $3 AND {_FENCE}",
             entity,
-        )
-
-    # --- describe, for mapping ---------------------------------------------------------------------
-
-    async def save_object_fields(self, tenant_id: str, entity: str, fields: dict[str, dict[str, Any]]) -> None:
-        """Replace the tenant's describe of ``entity`` (``crm_object_fields``).
-
-        Not fenced: it is Salesforce's current metadata, right whichever replica read it.
-        """
-        await self.pool.execute(
-            "INSERT INTO crm_object_fields (tenant_id, object_name, fields, described_at)"
-            " VALUES ($1, $2, $3::jsonb, now()) ON CONFLICT (tenant_id, object_name)"
-            " DO UPDATE SET fields = EXCLUDED.fields, described_at = EXCLUDED.described_at",
-            tenant_id,
-            entity,
-            json.dumps(fields, sort_keys=True),
         )
 
     # --- sync log ------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from services.cdc_ingest.pubsub import Start
 from services.cdc_ingest.reading import RecordReader
 from services.cdc_ingest.repair import Repairs
 from services.cdc_ingest.rest import SalesforceRest
+from services.cdc_ingest.schema_schedule import SchemaSchedule
 from services.cdc_ingest.selection import (
     SELECTED_ENTITIES_QUERY,
     Objects,
@@ -79,8 +80,10 @@ class TenantWorker:
         sink: ChangeSink,
         metrics: Metrics | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        schema_schedule: SchemaSchedule | None = None,
     ) -> None:
         self.tenant_id = tenant_id
+        self.schema_schedule = schema_schedule
         self.config = config
         self.settings = settings
         self.rest = rest
@@ -162,6 +165,8 @@ class TenantWorker:
             for entity in self.objects.polled:
                 group.create_task(self.poller.poll_forever(entity), name=f"poll-{self.tenant_id}-{entity}")
             group.create_task(self.backfiller.on_demand(), name=f"backfills-{self.tenant_id}")
+            if self.schema_schedule is not None:
+                group.create_task(self.schema_schedule.run_forever(), name=f"schema-{self.tenant_id}")
 
     async def poll_what_cdc_does_not_send(self) -> None:
         """Move streamed objects whose change events the org does not select to polling (see the module docstring)."""

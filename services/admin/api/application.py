@@ -20,6 +20,7 @@ from services.admin.api.problems import (
     problem_response,
     request_id_of,
 )
+from services.admin.api.schema import schema_router
 from services.admin.api.sync_log import sync_log_router
 from services.admin.api.tenants import tenants_router
 from services.admin.api.tokens import tokens_router
@@ -98,5 +99,6 @@ def build_api(
     app.include_router(sync_log_router(access))
     app.include_router(dead_letters_router(access, dead_letters))
     app.include_router(pauses_router(access))
+    app.include_router(schema_router(access, sessions))
     app.include_router(tokens_router(access))
     return app

@@ -4,7 +4,7 @@ does not parse, 422 for one that parses but is not valid, 413 (see :mod:`.edge`)
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -68,7 +68,19 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
 def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The ``openapi_extra`` that documents a :func:`json_body` body."""
     schema = model.model_json_schema(by_alias=True)
-    return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
+    # A nested model's $defs are not where OpenAPI looks for them: written out where they are used.
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": _inlined(schema, schema.pop("$defs", {}))}}}}
+
+
+def _inlined(schema: Any, defs: Mapping[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inlined(value, defs) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inlined(item, defs) for item in schema]
+    return schema
 
 
 TENANT_DOCUMENT_SCHEMA: dict[str, Any] = {

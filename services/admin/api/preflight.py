@@ -34,7 +34,7 @@ from services.common.salesforce import CallBudget, SalesforceClient, UnlimitedBu
 from services.common.tenant_config import SalesforceSpec, SecretValue
 
 
-def _client(sessions: Sessions, tenant_id: str, spec: SalesforceSpec, budget: CallBudget) -> SalesforceClient:
+def tenant_client(sessions: Sessions, tenant_id: str, spec: SalesforceSpec, budget: CallBudget) -> SalesforceClient:
     """The tenant's client as cdc-ingest and the writer build theirs, on the admin API's sessions."""
     lookup = sessions.secrets
 
@@ -85,7 +85,7 @@ def preflight_router(access: Access, sessions: Sessions | None) -> APIRouter:
         if sessions is None:
             raise ApiError(503, detail="this admin API was started without access to Salesforce")
         budget = UnlimitedBudget()
-        client = _client(sessions, tenant, config.spec.salesforce, budget)
+        client = tenant_client(sessions, tenant, config.spec.salesforce, budget)
         facts = await read_org(config, ClientReader(client, budget))
         checks = preflight_checks(config, facts)
         failed = failed_names(checks)

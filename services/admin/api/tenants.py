@@ -22,11 +22,13 @@ from services.admin.api.models import (
     VersionList,
 )
 from services.admin.api.problems import INVALID_DOCUMENT, ApiError, FieldError, request_id_of
-from services.admin.auth import Action, Principal
+from services.admin.auth import Action, Principal, sees
 from services.admin.config_store import ApplyResult, ConfigStore, RefusedByPolicyError
 from services.admin.connect import ConnectFlow
 from services.admin.documents import diff_documents, unified_diff
+from services.admin.required_fields import missing_required
 from services.common.db import Connection
+from services.common.schema_store import app_objects, latest_objects
 from services.common.tenant_config import (
     ConfigInvalidError,
     StoredConfig,
@@ -37,6 +39,22 @@ from services.common.tenant_config import (
 from services.common.tenant_config.policy import SalesforcePolicy
 
 VersionNumber = Annotated[int, Path(ge=1, description="A stored version (1, 2, ...).")]
+
+
+async def check_against_schemas(db: Connection, config: TenantConfig) -> None:
+    """Refuse ``config`` (422, naming each pair) where the stored schemas show it cannot work."""
+    described = await latest_objects(db, config.tenant_id, [p.salesforce.object for p in config.spec.objects])
+    crm = {d.name.lower(): d.object for d in described.values() if d.object is not None}
+    app = {name: declared.object for name, declared in (await app_objects(db, config.tenant_id)).items()}
+    errors = [FieldError(m.where, m.message) for m in missing_required(config, crm, app)]
+    if errors:
+        raise ApiError(
+            422,
+            title="Invalid tenant document",
+            detail="the document does not fit the org's or the app's schema (as last described or declared)",
+            type=INVALID_DOCUMENT,
+            errors=errors,
+        )
 
 
 def _warnings(config: TenantConfig) -> list[Issue]:
@@ -116,8 +134,13 @@ def tenants_router(access: Access, policy: SalesforcePolicy, connect: ConnectFlo
         openapi_extra=TENANT_DOCUMENT_SCHEMA,
     )
     async def validate(
-        principal: Annotated[Principal, Depends(read)], config: Annotated[TenantConfig, Depends(document)]
+        principal: Annotated[Principal, Depends(read)],
+        config: Annotated[TenantConfig, Depends(document)],
+        db: Annotated[Connection, db_dependency],
     ) -> Validated:
+        if sees(principal, config.tenant_id):
+            # Only a tenant the caller sees: the check reads what its org is like.
+            await check_against_schemas(db, config)
         pairs = config.spec.objects
         return Validated(
             name=config.tenant_id,
@@ -155,6 +178,7 @@ def tenants_router(access: Access, policy: SalesforcePolicy, connect: ConnectFlo
                 type=INVALID_DOCUMENT,
                 errors=[FieldError("metadata.name", f"must be '{tenant}' as in the path (got '{config.tenant_id}')")],
             )
+        await check_against_schemas(db, config)
         (result,) = await ConfigStore(db).apply([config], principal.actor, request_id_of(request))
         return _applied(result, config, response)
 

@@ -301,6 +301,8 @@ class BackfillSpec(_Model):
 class SyncSpec(_Model):
     cdc: bool = True
     poll_interval_seconds: int = Field(default=30, ge=5, le=86_400)
+    # How often cdc-ingest describes the mapped objects again to catch schema changes (drift).
+    schema_refresh_hours: int = Field(default=24, ge=1, le=720)
     backfill: BackfillSpec = BackfillSpec()
 
 

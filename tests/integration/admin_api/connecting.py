@@ -23,6 +23,20 @@ from services.common.tenant_config import SalesforceSpec
 from tests.fixtures.keys import self_signed
 from tests.integration.admin_api.harness import SAMPLE, Api, bearer
 
+TIER = {"name": "Tier__c", "type": "picklist", "picklist_values": ["Gold", "Silver", "Bronze"]}
+DUPLEX_ID = {"name": "Duplex_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
+# What the sample tenant maps that a new org lacks (Account.Duplex_Id__c it has).
+SAMPLE_FIELDS: dict[str, list[dict[str, Any]]] = {
+    "Account": [
+        {"name": "Partner_Status__c", "type": "picklist", "picklist_values": ["Active", "Onboarding", "Suspended"]},
+        TIER,
+        {"name": "Industries__c", "type": "multipicklist", "picklist_values": ["Software", "Services", "Hardware"]},
+        {"name": "Partner_Since__c", "type": "date"},
+        {"name": "Archived__c", "type": "boolean", "default_value": False},
+    ],
+    "Contact": [DUPLEX_ID, {"name": "Portal_User__c", "type": "boolean", "default_value": False}],
+}
+
 # Where users' browsers reach the admin API (its DUPLEX_ADMIN_PUBLIC_URL); the test is the browser,
 # so nothing listens there: the callback's query is handed to the in-process API instead.
 PUBLIC_URL = "https://duplex-admin.test"

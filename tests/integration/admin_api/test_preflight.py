@@ -11,25 +11,12 @@ from typing import Any
 import pytest
 
 from services.admin.auth import Role
-from tests.integration.admin_api.connecting import Connecting, Org
+from tests.integration.admin_api.connecting import DUPLEX_ID, SAMPLE_FIELDS, TIER, Connecting, Org
 from tests.integration.admin_api.harness import bearer
 
 pytestmark = pytest.mark.integration
 
 CALL_OPTIONS_CLIENT = "duplex-test"
-TIER = {"name": "Tier__c", "type": "picklist", "picklist_values": ["Gold", "Silver", "Bronze"]}
-DUPLEX_ID = {"name": "Duplex_Id__c", "type": "string", "length": 64, "external_id": True, "unique": True}
-# What the sample tenant maps that a new org lacks (Account.Duplex_Id__c it has).
-SAMPLE_FIELDS: dict[str, list[dict[str, Any]]] = {
-    "Account": [
-        {"name": "Partner_Status__c", "type": "picklist", "picklist_values": ["Active", "Onboarding", "Suspended"]},
-        TIER,
-        {"name": "Industries__c", "type": "multipicklist", "picklist_values": ["Software", "Services", "Hardware"]},
-        {"name": "Partner_Since__c", "type": "date"},
-        {"name": "Archived__c", "type": "boolean", "default_value": False},
-    ],
-    "Contact": [DUPLEX_ID, {"name": "Portal_User__c", "type": "boolean", "default_value": False}],
-}
 
 
 async def check(connecting: Connecting, tenant: str, token: str | None = None) -> Any:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from services.cdc_ingest.describe import SUMMARY_KEYS, field_summary, is_mergeable
+from services.cdc_ingest.describe import is_mergeable
+from services.cdc_ingest.schema_schedule import wait_before_refresh
+from services.common.schema import SUMMARY_KEYS, field_summary
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +83,12 @@ def test_field_summary_keeps_the_keys_mapping_reads(field: dict[str, Any], summa
 )
 def test_mergeable_by_flag_or_by_the_field_a_merge_writes(describe: dict[str, Any], mergeable: bool) -> None:
     assert is_mergeable(describe) is mergeable
+
+
+def test_a_schema_refresh_is_due_a_period_after_the_last_or_after_the_worker_started() -> None:
+    every = timedelta(hours=24)
+    start = datetime(2026, 12, 7, 8, tzinfo=UTC)
+    # The worker's start described everything: the first refresh comes a period later.
+    assert wait_before_refresh(None, start, every, start) == every
+    assert wait_before_refresh(start - timedelta(hours=20), start, every, start) == timedelta(hours=4)
+    assert wait_before_refresh(start - timedelta(hours=30), start, every, start) == timedelta(0)

@@ -68,6 +68,10 @@ DOCUMENT: dict[str, Any] = {
         ],
     },
 }
+# A describe of the partners pair's object: every field it maps, as Salesforce reports them.
+ACCOUNT_FIELDS = {
+    name: CrmFieldInfo(name) for name in ("Id", "Name", "Status__c", "Phone", "AnnualRevenue", "Duplex_Id__c")
+}
 
 
 def stored(document: dict[str, Any], version: int = 1) -> StoredConfig:
@@ -201,7 +205,10 @@ async def test_fields_the_mapping_or_salesforce_excludes_are_dropped(
     mapper: Mapper, db: FakeDatabase, outbox: Outbox
 ) -> None:
     db.add_link(link("L1", "a1", "001A"))
-    db.describes[(TENANT, "account")] = {"Phone": CrmFieldInfo("Phone", calculated=True, updateable=False)}
+    db.describes[(TENANT, "account")] = {
+        **ACCOUNT_FIELDS,
+        "Phone": CrmFieldInfo("Phone", calculated=True, updateable=False),
+    }
     batch = [
         change(Side.APP, "partners", "a1", {"name": "Acme", "revenue": "5"}, event_id="both"),
         # Only fields that cannot travel this way: nothing is sent. The mapping's own direction is
@@ -217,6 +224,19 @@ async def test_fields_the_mapping_or_salesforce_excludes_are_dropped(
     assert [(r.event, r.message, r.detail["source_event_id"]) for r in db.log] == [
         ("change.dropped", "phone: read-only in Salesforce (formula field)", "formula-only")
     ]
+
+
+async def test_a_rule_whose_salesforce_field_was_deleted_is_skipped_while_the_others_sync(
+    mapper: Mapper, db: FakeDatabase, outbox: Outbox
+) -> None:
+    db.add_link(link("L1", "a1", "001A"))
+    db.describes[(TENANT, "account")] = {k: v for k, v in ACCOUNT_FIELDS.items() if k != "Phone"}
+    batch = [change(Side.APP, "partners", "a1", {"name": "Acme", "phone": "555"}, event_id="e1")]
+    assert await mapper.handle_batch(batch) == {}
+
+    (event,) = outbox.sent
+    assert crm_names(event) == {"Name": "Acme"}
+    assert event.dropped == (Dropped("phone", "Phone no longer exists in Salesforce: rule paused"),)
 
 
 async def test_changes_of_unknown_tenants_or_objects_and_unreadable_ones_are_refused_and_logged(

@@ -72,6 +72,11 @@ PAIR = ObjectPair.model_validate(
     }
 )
 DESCRIBE = {
+    **{
+        name: CrmFieldInfo(name)
+        for name in ("Id", "Duplex_Id__c", "Tier__c", "Status__c", "Industries__c", "AnnualRevenue", "Since__c")
+    },
+    **{name: CrmFieldInfo(name) for name in ("Score__c", "ParentId")},
     "Name": CrmFieldInfo("Name", length=255),
     "Upper_Name__c": CrmFieldInfo("Upper_Name__c", calculated=True, updateable=False, createable=False),
     "Owner_Code__c": CrmFieldInfo("Owner_Code__c", updateable=False, createable=False),
@@ -330,3 +335,15 @@ def test_the_salesforce_id_can_be_mapped_although_change_events_carry_it_only_in
     # Present on every change, but changed only on the ones carrying the full record.
     assert by_app_field(updated.fields)["sf_id"].changed is False
     assert "sf_id" not in by_app_field(translate(pair, change(Side.APP, {"name": "A"}), resolve=resolve).fields)
+
+
+def test_a_rule_whose_salesforce_field_is_gone_from_describe_is_skipped_both_ways() -> None:
+    without_tier = {name: info for name, info in DESCRIBE.items() if name != "Tier__c"}
+    mapped = translate(
+        PAIR, change(Side.APP, {"name": "Acme", "tier": "gold"}), resolve=resolve, crm_fields=without_tier
+    )
+    assert [f.crm_field for f in mapped.fields] == ["Name"]
+    assert mapped.dropped == (Dropped("tier", "Tier__c no longer exists in Salesforce: rule paused"),)
+    # Before any describe, nothing is known to be gone.
+    unknown = translate(PAIR, change(Side.APP, {"tier": "gold"}), resolve=resolve, crm_fields={})
+    assert [f.crm_field for f in unknown.fields] == ["Tier__c"]

@@ -74,7 +74,6 @@ from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 from starlette.responses import JSONResponse
 
-from services.cdc_ingest.describe import field_summary
 from services.cdc_ingest.event_schema import parse_schema
 from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.reading import RecordReader
@@ -87,6 +86,7 @@ from services.common.contract import from_proto, to_field_value, to_proto, to_va
 from services.common.errors import InvalidEvent, RecordTooLargeError
 from services.common.kafka import RECORD_HEADROOM
 from services.common.salesforce import SalesforceClient, Session, UnlimitedBudget, env_secrets
+from services.common.schema import field_summary
 from services.common.tenant_config import FieldType, ObjectPair, StoredConfig, parse_tenant_config
 from services.common.values import Value, is_blank, same_value
 from services.conflict_resolver.handlers import Resolver

@@ -1,0 +1,185 @@
+"""Reading a tenant's org schema again and storing what changed: one refresh.
+
+A refresh reads the object list (global describe: one call), the Change Data Capture selection
+(one Tooling query, when the tenant streams) and a describe per mapped object plus any named
+(one call each, sent together), stores each object's new version where it changed
+(:mod:`services.common.schema_store`) and logs the warnings the changes raise for the tenant's
+rules in the sync log (``schema.drift``). cdc-ingest runs it on the tenant's schedule
+(``spec.sync.schemaRefreshHours``); the admin API on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from services.common.db import Connection
+from services.common.salesforce import SalesforceApiError, SalesforceClient
+from services.common.schema import crm_object
+from services.common.schema_drift import RuleWarning, SchemaChange, rule_warnings
+from services.common.schema_store import save_catalog, save_described
+from services.common.sync_log import record
+from services.common.tenant_config import TenantConfig
+
+log = logging.getLogger(__name__)
+
+SELECTED_ENTITIES_QUERY = "SELECT SelectedEntity FROM PlatformEventChannelMember WHERE EventChannel = 'ChangeEvents'"
+DRIFT_EVENT = "schema.drift"
+
+
+class SchemaReader(Protocol):
+    async def catalog(self) -> list[Mapping[str, Any]]:
+        """Global describe's ``sobjects``."""
+
+    async def describe(self, name: str) -> Mapping[str, Any] | None:
+        """The object's describe; None when the org has no such object."""
+
+    async def cdc_selection(self) -> list[str]:
+        """The change events selected on the standard channel (``AccountChangeEvent``, ``Tier__ChangeEvent``)."""
+
+
+class ClientSchemaReader:
+    """:class:`SchemaReader` over a tenant's Salesforce client (each call budgeted as the client's are)."""
+
+    def __init__(self, client: SalesforceClient) -> None:
+        self._client = client
+
+    async def catalog(self) -> list[Mapping[str, Any]]:
+        response = await self._client.request("GET", f"{self._client.api_base}/sobjects")
+        return list(response.json()["sobjects"])
+
+    async def describe(self, name: str) -> Mapping[str, Any] | None:
+        try:
+            response = await self._client.request("GET", f"{self._client.api_base}/sobjects/{name}/describe")
+        except SalesforceApiError as exc:
+            if exc.http_status == 404:
+                return None
+            raise
+        describe: Mapping[str, Any] = response.json()
+        return describe
+
+    async def cdc_selection(self) -> list[str]:
+        response = await self._client.request(
+            "GET", f"{self._client.api_base}/tooling/query", params={"q": SELECTED_ENTITIES_QUERY}
+        )
+        return [str(r["SelectedEntity"]) for r in response.json()["records"]]
+
+
+def change_event_name(sobject: str) -> str:
+    """``Account`` -> ``AccountChangeEvent``; ``Employee__c`` -> ``Employee__ChangeEvent``."""
+    if sobject.lower().endswith("__c"):
+        return f"{sobject[:-3]}__ChangeEvent"
+    return f"{sobject}ChangeEvent"
+
+
+def object_kind(entry: Mapping[str, Any]) -> str:
+    name = str(entry["name"])
+    for suffix, kind in (("__mdt", "metadata"), ("__e", "platform_event"), ("__x", "external"), ("__c", "custom")):
+        if name.endswith(suffix):
+            return kind
+    if name.endswith("ChangeEvent") or name.endswith("Share") or name.endswith("History") or name.endswith("Feed"):
+        return "system"
+    return "custom" if entry.get("custom") else "standard"
+
+
+def catalog_entry(entry: Mapping[str, Any], selected: frozenset[str] | None) -> dict[str, Any]:
+    name = str(entry["name"])
+    return {
+        "name": name,
+        "label": str(entry.get("label") or name),
+        "custom": bool(entry.get("custom")),
+        "kind": object_kind(entry),
+        "queryable": bool(entry.get("queryable")),
+        "createable": bool(entry.get("createable")),
+        "updateable": bool(entry.get("updateable")),
+        "cdcSelected": None if selected is None else change_event_name(name).lower() in selected,
+    }
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    objects: tuple[str, ...]
+    changes: tuple[SchemaChange, ...]
+    warnings: tuple[RuleWarning, ...]
+    # Objects the refresh could not describe, with why; the others were stored.
+    failed: Mapping[str, str]
+    api_calls: int
+
+
+def objects_to_describe(config: TenantConfig, extra: Iterable[str] = ()) -> list[str]:
+    return list(dict.fromkeys([*(p.salesforce.object for p in config.spec.objects), *extra]))
+
+
+async def refresh(
+    db: Connection,
+    config: TenantConfig,
+    reader: SchemaReader,
+    *,
+    extra: Sequence[str] = (),
+    service: str,
+) -> Refreshed:
+    """Read the org's schema as the module says and store it; the changes and the warnings they raise."""
+    tenant_id = config.tenant_id
+    names = objects_to_describe(config, extra)
+    streams = config.spec.sync.cdc
+    entries, selection, *described = await asyncio.gather(
+        reader.catalog(),
+        reader.cdc_selection() if streams else _none(),
+        *(_attempt(reader.describe(name)) for name in names),
+    )
+    selected = None if selection is None else frozenset(s.lower() for s in selection)
+    await save_catalog(db, tenant_id, [catalog_entry(e, selected) for e in entries])
+    changes: list[SchemaChange] = []
+    failed: dict[str, str] = {}
+    for name, outcome in zip(names, described, strict=True):
+        if isinstance(outcome, str):
+            failed[name] = outcome
+            continue
+        cdc = None if selected is None else change_event_name(name).lower() in selected
+        obj = None if outcome is None else crm_object(outcome)
+        fields = () if outcome is None else outcome.get("fields") or ()
+        changes += await save_described(db, tenant_id, name, obj, cdc_selected=cdc, describe_fields=fields)
+    warnings = await record_drift(db, config, changes, service=service)
+    if changes:
+        log.info("schema changed", extra={"tenant": tenant_id, "changes": len(changes), "warnings": len(warnings)})
+    calls = 1 + int(streams) + len(names)
+    return Refreshed(tuple(names), tuple(changes), tuple(warnings), failed, calls)
+
+
+async def record_drift(
+    db: Connection, config: TenantConfig, changes: Sequence[SchemaChange], *, service: str
+) -> list[RuleWarning]:
+    """Log a ``schema.drift`` row for each rule ``changes`` touch; the warnings."""
+    warnings = rule_warnings(config, changes)
+    for warning in warnings:
+        await record(
+            db,
+            tenant_id=config.tenant_id,
+            service=service,
+            event=DRIFT_EVENT,
+            code=str(warning.change.kind).upper(),
+            message=warning.message,
+            detail={
+                "object_pair": warning.pair,
+                "app_field": warning.app_field,
+                "salesforce_field": warning.salesforce_field,
+                "paused": warning.paused,
+                "change": warning.change.document(),
+            },
+        )
+    return warnings
+
+
+async def _none() -> None:
+    return None
+
+
+async def _attempt(read: Any) -> Mapping[str, Any] | str | None:
+    try:
+        result: Mapping[str, Any] | None = await read
+    except SalesforceApiError as exc:
+        return str(exc)
+    return result

@@ -1,0 +1,219 @@
+"""Schema discovery and drift against the emulator process: a refresh reads the org, stores each
+mapped object's describe as a version, and, after an org admin deletes a mapped field, shortens one,
+adds a picklist value and takes an object out of Change Data Capture, the next refresh names each
+change, warns of the rules they touch (pausing the rule whose field is gone) and rewrites mapping's
+describe, with no service restarted."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from services.admin.auth import Role
+from tests.integration.admin_api.connecting import DUPLEX_ID, SAMPLE_FIELDS, TIER, Connecting, Org
+from tests.integration.admin_api.harness import bearer
+
+pytestmark = pytest.mark.integration
+
+CALL_OPTIONS_CLIENT = "duplex-test"
+
+
+@pytest.fixture
+async def document(connecting: Connecting, orgs: tuple[Org, Org]) -> dict[str, Any]:
+    org = orgs[0]
+    for sobject, fields in SAMPLE_FIELDS.items():
+        connecting.emulator.admin("PUT", f"/orgs/{org.org_id}/objects/{sobject}", {"fields": fields})
+    applied = await connecting.add_tenant("acme", org)
+    await connecting.connect("acme")
+    return applied
+
+
+@pytest.fixture
+def ready(document: dict[str, Any], orgs: tuple[Org, Org]) -> Org:
+    return orgs[0]
+
+
+async def refresh(connecting: Connecting, body: dict[str, Any] | None = None, token: str | None = None) -> Any:
+    answer = await connecting.api.http.post(
+        "/api/v1/tenants/acme/schema:refresh", json=body or {}, headers=bearer(token or connecting.admin)
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def get(connecting: Connecting, path: str) -> Any:
+    answer = await connecting.api.http.get(f"/api/v1/tenants/acme/{path}", headers=bearer(connecting.admin))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def calls_by_duplex(connecting: Connecting, org: Org) -> int:
+    usage = connecting.emulator.admin("GET", f"/orgs/{org.org_id}/usage").json()
+    return int(usage["by_client"].get(CALL_OPTIONS_CLIENT, 0))
+
+
+async def test_a_refresh_lists_the_org_and_stores_each_mapped_object(connecting: Connecting, ready: Org) -> None:
+    before = calls_by_duplex(connecting, ready)
+
+    first = await refresh(connecting)
+
+    assert first["objects"] == ["Account", "Contact"]
+    assert (first["changes"], first["warnings"], first["failed"]) == ([], [], {})
+    # Global describe, the CDC selection, and one describe per mapped object.
+    assert first["apiCalls"] == 4
+    assert calls_by_duplex(connecting, ready) - before == 4
+
+    listed = await get(connecting, "schema/objects")
+    kinds = {item["name"]: item["kind"] for item in listed["items"]}
+    assert kinds["Account"] == "standard"
+    account = next(i for i in listed["items"] if i["name"] == "Account")
+    assert account["cdcSelected"] is True
+    assert [i["name"] for i in (await get(connecting, "schema/objects?q=contact"))["items"]] == ["Contact"]
+
+    described = await get(connecting, "schema/objects/account")
+    assert (described["name"], described["version"], described["cdcSelected"]) == ("Account", 1, True)
+    fields = {f["name"]: f for f in described["fields"]}
+    assert fields["Name"]["required"] is True
+    assert fields["Tier__c"]["picklist"] == [
+        {"value": v, "label": v, "active": True} for v in ("Gold", "Silver", "Bronze")
+    ]
+    assert fields["Duplex_Id__c"]["externalId"] is True
+    assert fields["SystemModstamp"]["createable"] is False
+
+    # Nothing changed: no new version, no change, no warning.
+    again = await refresh(connecting)
+    assert (again["changes"], again["warnings"]) == ([], [])
+    assert (await get(connecting, "schema/objects/Account"))["version"] == 1
+    assert (await get(connecting, "schema/drift"))["warnings"] == []
+
+
+async def test_what_an_org_admin_changes_is_named_and_warned_of_and_mapping_sees_it(
+    connecting: Connecting, ready: Org
+) -> None:
+    await refresh(connecting)
+    admin = connecting.emulator.admin
+    admin("DELETE", f"/orgs/{ready.org_id}/objects/Account/fields/Partner_Since__c")
+    admin(
+        "PUT",
+        f"/orgs/{ready.org_id}/objects/Account",
+        {"fields": [{**TIER, "picklist_values": ["Gold", "Silver", "Bronze", "Platinum"]}]},
+    )
+    admin("PUT", f"/orgs/{ready.org_id}/objects/Account", {"cdc_enabled": False})
+    admin("PUT", f"/orgs/{ready.org_id}/objects/Contact", {"fields": [{**DUPLEX_ID, "length": 40}]})
+
+    second = await refresh(connecting)
+
+    assert sorted((c["object"], c["kind"], c["field"]) for c in second["changes"]) == [
+        ("Account", "cdc_deselected", None),
+        ("Account", "field_removed", "Partner_Since__c"),
+        ("Account", "picklist_changed", "Tier__c"),
+        ("Contact", "length_changed", "Duplex_Id__c"),
+    ]
+    picklist = next(c for c in second["changes"] if c["kind"] == "picklist_changed")
+    assert picklist["message"] == "Account.Tier__c: picklist values added Platinum"
+    warnings = {(w["objectPair"], w["change"]["kind"]): w for w in second["warnings"]}
+    removed = warnings[("partners", "field_removed")]
+    assert (removed["appField"], removed["paused"]) == ("partner_since", True)
+    assert removed["message"] == (
+        "Account.Partner_Since__c: deleted: pair partners, field partner_since is paused until the mapping is fixed"
+    )
+    assert warnings[("partners", "picklist_changed")]["paused"] is False
+    assert warnings[("partners", "cdc_deselected")]["paused"] is False
+    assert "external id" in warnings[("partner_contacts", "length_changed")]["message"]
+
+    # Mapping's describe is rewritten at once: it skips the rule whose field is gone.
+    stored = await connecting.api.db.fetchval(
+        "SELECT fields FROM crm_object_fields WHERE tenant_id = 'acme' AND object_name = 'Account'"
+    )
+    assert "Partner_Since__c" not in json.loads(stored)
+    assert "Tier__c" in json.loads(stored)
+
+    logged = await connecting.api.db.fetch(
+        "SELECT code, message, detail FROM sync_log WHERE tenant_id = 'acme' AND event = 'schema.drift'"
+    )
+    assert sorted(r["code"] for r in logged) == sorted(
+        ["FIELD_REMOVED", "PICKLIST_CHANGED", "CDC_DESELECTED", "LENGTH_CHANGED"]
+    )
+
+    drift = await get(connecting, "schema/drift")
+    standing = {(w["objectPair"], w["change"]["kind"], w["salesforceField"]) for w in drift["warnings"]}
+    assert standing == {
+        ("partners", "field_removed", "Partner_Since__c"),
+        ("partners", "cdc_deselected", None),
+    }
+    assert len(drift["recent"]) == 4
+    history = await get(connecting, "schema/objects/Account")
+    assert (history["version"], history["cdcSelected"]) == (2, False)
+    assert (await get(connecting, "schema/objects/Account?version=1"))["cdcSelected"] is True
+
+
+async def test_app_objects_are_declared_in_versions(connecting: Connecting, ready: Org) -> None:
+    fields = [
+        {"name": "name", "label": "Company name", "required": True},
+        {"name": "tier", "type": "picklist", "picklist": ["gold", "silver"]},
+    ]
+    url = "/api/v1/tenants/acme/app-schema/partners"
+    first = await connecting.api.http.put(url, json={"fields": fields}, headers=bearer(connecting.admin))
+    assert first.status_code == 200, first.text
+    assert (first.json()["version"], first.json()["fields"][0]["required"]) == (1, True)
+    same = await connecting.api.http.put(url, json={"fields": fields}, headers=bearer(connecting.admin))
+    assert same.json()["version"] == 1
+    changed = await connecting.api.http.put(url, json={"fields": fields[:1]}, headers=bearer(connecting.admin))
+    assert changed.json()["version"] == 2
+    assert [i["object"] for i in (await get(connecting, "app-schema"))["items"]] == ["partners"]
+
+    twice = await connecting.api.http.put(
+        url, json={"fields": [fields[0], fields[0]]}, headers=bearer(connecting.admin)
+    )
+    assert twice.status_code == 422
+    assert "name" in twice.json()["detail"]
+    bad = await connecting.api.http.put(
+        url, json={"fields": [{"name": "x", "type": "text"}]}, headers=bearer(connecting.admin)
+    )
+    assert bad.status_code == 422
+    assert any(e["field"].endswith("type") for e in bad.json()["errors"])
+
+
+async def test_only_operators_refresh_and_other_tenants_do_not_exist(connecting: Connecting, ready: Org) -> None:
+    operator = await connecting.api.token(Role.OPERATOR, ["acme"])
+    await refresh(connecting, token=operator)
+    viewer = await connecting.api.token(Role.VIEWER, ["acme"])
+    refused = await connecting.api.http.post("/api/v1/tenants/acme/schema:refresh", json={}, headers=bearer(viewer))
+    assert refused.status_code == 403
+    assert (
+        await connecting.api.http.get("/api/v1/tenants/acme/schema/drift", headers=bearer(viewer))
+    ).status_code == 200
+    elsewhere = await connecting.api.token(Role.ADMIN, ["globex"])
+    hidden = await connecting.api.http.get("/api/v1/tenants/acme/schema/objects", headers=bearer(elsewhere))
+    assert hidden.status_code == 404
+    unknown = await connecting.api.http.get("/api/v1/tenants/acme/schema/objects/Nope__c", headers=bearer(viewer))
+    assert unknown.status_code == 404
+    assert "schema:refresh" in unknown.json()["detail"]
+
+
+async def test_a_document_leaving_out_a_field_salesforce_requires_is_refused_once_described(
+    connecting: Connecting, document: dict[str, Any]
+) -> None:
+    contacts = document["spec"]["objects"][1]
+    contacts["fields"] = [f for f in contacts["fields"] if f["salesforce"] != "LastName"]
+    # Before Duplex has read the org there is nothing to check against.
+    validated = await connecting.api.http.post(
+        "/api/v1/tenants:validate", json=document, headers=bearer(connecting.admin)
+    )
+    assert validated.status_code == 200, validated.text
+
+    await refresh(connecting)
+    for method, url in (("POST", "/api/v1/tenants:validate"), ("PUT", "/api/v1/tenants/acme")):
+        refused = await connecting.api.http.request(method, url, json=document, headers=bearer(connecting.admin))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"] == [
+            {
+                "field": "spec.objects[1].fields",
+                "message": "pair partner_contacts creates Salesforce Contact records, which require LastName on"
+                " create: map it with a rule flowing to Salesforce (direction both or app_to_crm)",
+            }
+        ]
+    current = await connecting.api.http.get("/api/v1/tenants/acme", headers=bearer(connecting.admin))
+    assert any(f["salesforce"] == "LastName" for f in current.json()["document"]["spec"]["objects"][1]["fields"])
