@@ -28,12 +28,14 @@ from services.salesforce_emulator.oauth import OAuthService
 from services.salesforce_emulator.orgs import (
     CertificateSpec,
     ClientSpec,
+    MetadataTypeSpec,
     ObjectSpec,
     Org,
     OrgError,
     OrgRegistry,
     OrgSpec,
     UnknownFieldError,
+    UnknownMetadataTypeError,
     UserSpec,
 )
 from services.salesforce_emulator.schema import ObjectDef
@@ -144,6 +146,15 @@ def _object_view(obj: ObjectDef) -> dict[str, Any]:
     }
 
 
+def _metadata_type_view(org: Org, obj: ObjectDef) -> dict[str, Any]:
+    return {
+        **_object_view(obj),
+        "records": [
+            {"Id": r["Id"], "DeveloperName": r["DeveloperName"]} for r in org.metadata_records.get(obj.name, ())
+        ],
+    }
+
+
 def _org_view(org: Org, usage: UsageMeter) -> dict[str, Any]:
     return {
         "org_id": org.org_id,
@@ -237,7 +248,24 @@ def build_admin_router(
 
     @router.put("/orgs/{org_ref}/objects/{object_name}")
     async def define_object(org: OrgRef, object_name: str, spec: ObjectSpec) -> dict[str, Any]:
-        """Create a custom object, or add/replace custom fields and the CDC switch of any object."""
+        """Create a custom object, or add/replace custom fields and the CDC switch of any object.
+
+        The schema changes an admin makes in Setup all go through here; each bumps the org's schema
+        generation and tells the schema listeners:
+
+        * a field listed here replaces the field of that name whole (give every attribute you want
+          to keep): a new ``length`` (records keep longer values already stored), other
+          ``picklist_values`` (records keep removed values), ``required: true`` or ``readonly: true``.
+          The object's describe gets a new Last-Modified (If-Modified-Since answers 200 again), and
+          the CDC Avro schema changes when the event shape does (a field added, removed or retyped;
+          not a length, picklist or required change, which Avro does not carry);
+        * ``{"cdc_enabled": false}`` deselects the object from Change Data Capture (its
+          PlatformEventChannelMember row goes and its changes publish no events); ``true`` selects it.
+          Describe does not show the selection, so its Last-Modified stays.
+
+        Fields not listed are kept; remove one with ``DELETE …/fields/{field}``. Custom metadata
+        types are defined through ``/metadata-types/{name}`` instead.
+        """
         try:
             obj = orgs.define_object(org.org_id, object_name, spec)
         except OrgError as exc:
@@ -254,6 +282,28 @@ def build_admin_router(
         except OrgError as exc:
             raise bad_request(exc) from exc
         return _object_view(obj)
+
+    @router.put("/orgs/{org_ref}/metadata-types/{type_name}")
+    async def define_metadata_type(org: OrgRef, type_name: str, spec: MetadataTypeSpec) -> dict[str, Any]:
+        """Create or replace a custom metadata type (``Region_Mapping__mdt``) with its fields and records.
+
+        The type becomes exactly the body, as a deploy of the type and its records leaves it: fields
+        and records not listed are gone. Records are flat: ``DeveloperName``, optional ``MasterLabel``
+        and custom field values. Their ids are stable for an org, type and DeveloperName.
+        """
+        try:
+            obj = orgs.define_metadata_type(org.org_id, type_name, spec)
+        except OrgError as exc:
+            raise bad_request(exc) from exc
+        return _metadata_type_view(org, obj)
+
+    @router.delete("/orgs/{org_ref}/metadata-types/{type_name}", status_code=204)
+    async def delete_metadata_type(org: OrgRef, type_name: str) -> None:
+        """Delete a custom metadata type and its records."""
+        try:
+            orgs.delete_metadata_type(org.org_id, type_name)
+        except UnknownMetadataTypeError as exc:
+            raise SalesforceError(404, "NOT_FOUND", str(exc)) from exc
 
     @router.get("/orgs/{org_ref}/faults")
     async def get_faults(org: OrgRef) -> dict[str, Any]:

@@ -323,6 +323,7 @@ def build_app(settings: EmulatorSettings, *, clock: Clock = time.time) -> Emulat
         faults_for=orgs.faults_for,
         sink=event_log,
         readonly_fields_for=orgs.readonly_fields_for,
+        metadata_records_for=orgs.metadata_records,
         clock=clock,
     )
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,12 +22,22 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from services.salesforce_emulator import ids
+from services.salesforce_emulator.changes import JsonValue
+from services.salesforce_emulator.errors import SalesforceError
 from services.salesforce_emulator.faults import OrgFaults
 from services.salesforce_emulator.formula import compile_cached
-from services.salesforce_emulator.schema import STANDARD_OBJECTS, FieldDef, FieldType, ObjectDef, custom_object
+from services.salesforce_emulator.schema import (
+    STANDARD_OBJECTS,
+    FieldDef,
+    FieldType,
+    ObjectDef,
+    custom_metadata_type,
+    custom_object,
+)
+from services.salesforce_emulator.validation import check_values, deserialize, plan_for
 
 Edition = Literal["developer", "professional", "enterprise", "unlimited", "performance"]
 
@@ -40,6 +51,10 @@ class OrgError(Exception):
 
 class UnknownFieldError(OrgError):
     """The object has no such custom field."""
+
+
+class UnknownMetadataTypeError(OrgError):
+    """The org has no such custom metadata type."""
 
 
 def jwt_signing_key(pem: str) -> RSAPublicKey:
@@ -71,6 +86,16 @@ def _usable_certificate(value: str | None) -> str | None:
     return value
 
 
+class PicklistValueSpec(BaseModel):
+    """A picklist value whose label differs from its API value (``cust_direct`` / ``Customer - Direct``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    value: str = Field(min_length=1)
+    # Empty: the label is the value.
+    label: str = ""
+
+
 class FieldSpec(BaseModel):
     """A custom field as the seed file and the admin API describe it."""
 
@@ -91,7 +116,8 @@ class FieldSpec(BaseModel):
     readonly: bool = False
     reference_to: tuple[str, ...] = ()
     relationship_name: str | None = None
-    picklist_values: tuple[str, ...] = ()
+    # Plain strings (the label is the value) or {value, label} objects.
+    picklist_values: tuple[str | PicklistValueSpec, ...] = ()
     default_value: str | bool | int | float | None = None
 
     @field_validator("name")
@@ -102,11 +128,35 @@ class FieldSpec(BaseModel):
             raise ValueError(msg)
         return value
 
+    @field_validator("picklist_values")
+    @classmethod
+    def _distinct_values(cls, values: tuple[str | PicklistValueSpec, ...]) -> tuple[str | PicklistValueSpec, ...]:
+        # Setup refuses a value that is already in the list, whatever its case.
+        seen: set[str] = set()
+        for entry in values:
+            value = entry if isinstance(entry, str) else entry.value
+            if value.lower() in seen:
+                msg = f"picklist value {value!r} is listed twice"
+                raise ValueError(msg)
+            seen.add(value.lower())
+        return values
+
+    @property
+    def picklist_entries(self) -> tuple[tuple[str, str], ...]:
+        """(value, label) of every picklist value."""
+        return tuple(
+            (entry, entry) if isinstance(entry, str) else (entry.value, entry.label or entry.value)
+            for entry in self.picklist_values
+        )
+
     def to_field_def(self) -> FieldDef:
         length = self.length or (255 if self.type in ("string", "picklist", "url") else 0)
         if self.type == "reference":
             length = 18
         writable = not self.readonly and self.formula is None
+        entries = self.picklist_entries
+        labels = tuple(label for _, label in entries)
+        values = tuple(value for value, _ in entries)
         return FieldDef(
             name=self.name,
             type=self.type,
@@ -124,7 +174,10 @@ class FieldSpec(BaseModel):
             unique=self.unique,
             reference_to=self.reference_to,
             relationship_name=self.relationship_name or (self.name[:-3] + "__r" if self.type == "reference" else None),
-            picklist_values=self.picklist_values,
+            picklist_values=values,
+            # Kept empty when every label is its value, so such a field compares equal to one defined
+            # before labels existed.
+            picklist_labels=labels if labels != values else (),
             defaulted_on_create=self.default_value is not None,
             default_value=self.default_value,
         )
@@ -139,6 +192,56 @@ class ObjectSpec(BaseModel):
     # None keeps the current setting (on for every object unless turned off).
     cdc_enabled: bool | None = None
     fields: tuple[FieldSpec, ...] = ()
+
+
+# Field types a custom metadata type can have (Setup offers no lookup, currency, multi-select or
+# formula field on one; its relationships are "Metadata Relationship" fields, not modelled here).
+METADATA_FIELD_TYPES: frozenset[FieldType] = frozenset(
+    {
+        "string",
+        "textarea",
+        "boolean",
+        "int",
+        "double",
+        "percent",
+        "date",
+        "datetime",
+        "email",
+        "phone",
+        "url",
+        "picklist",
+    }
+)
+# DeveloperName: letters, digits and single underscores, starting with a letter, not ending in "_".
+_DEVELOPER_NAME = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|_(?!_))*(?<!_)$")
+MetadataValue = str | bool | int | float | None
+
+
+class MetadataTypeSpec(BaseModel):
+    """A custom metadata type (``Region_Mapping__mdt``) with its custom fields and its records.
+
+    Each record is a flat mapping: ``DeveloperName`` (required), ``MasterLabel`` (defaults to the
+    developer name with spaces) and values of the type's custom fields by API name. Id, Label,
+    QualifiedApiName, NamespacePrefix, Language and IsProtected are derived.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: str | None = None
+    plural_label: str | None = None
+    fields: tuple[FieldSpec, ...] = ()
+    records: tuple[dict[str, MetadataValue], ...] = ()
+
+    @model_validator(mode="after")
+    def _metadata_fields(self) -> MetadataTypeSpec:
+        for f in self.fields:
+            if f.type not in METADATA_FIELD_TYPES:
+                msg = f"custom metadata types have no {f.type} fields ({f.name})"
+                raise ValueError(msg)
+            if f.formula is not None:
+                msg = f"custom metadata types have no formula fields ({f.name})"
+                raise ValueError(msg)
+        return self
 
 
 class UserSpec(BaseModel):
@@ -202,6 +305,7 @@ class OrgSpec(BaseModel):
     users: tuple[UserSpec, ...] = ()
     clients: tuple[ClientSpec, ...] = ()
     objects: Mapping[str, ObjectSpec] = Field(default_factory=dict)
+    metadata_types: Mapping[str, MetadataTypeSpec] = Field(default_factory=dict)
 
     @field_validator("alias")
     @classmethod
@@ -275,6 +379,9 @@ class OrgState(BaseModel):
     users: list[User] = Field(default_factory=list)
     clients: list[OAuthClient] = Field(default_factory=list)
     objects: dict[str, ObjectSpec] = Field(default_factory=dict)
+    # Defaults to empty so org documents persisted before custom metadata types still load.
+    metadata_types: dict[str, MetadataTypeSpec] = Field(default_factory=dict)
+    # Custom objects' and custom metadata types' key prefixes, kept after a type is deleted.
     key_prefixes: dict[str, str] = Field(default_factory=dict)
 
 
@@ -300,10 +407,69 @@ def derived_id(key_prefix: str, *parts: str) -> str:
     return ids.IdFactory(start=int.from_bytes(digest[:8], "big") % 62**10).next(key_prefix)
 
 
-def _custom_prefix(n: int) -> str:
-    # Custom objects get a00, a01, … a0z, a10, … in definition order, as in a fresh org.
+def _custom_prefix(n: int, first: str = "a") -> str:
+    # Custom objects get a00, a01, … a0z, a10, … in definition order, as in a fresh org; custom
+    # metadata types likewise m00, m01, … (a real org's first type's records are m00…).
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
-    return "a" + alphabet[n // len(alphabet) % len(alphabet)] + alphabet[n % len(alphabet)]
+    return first + alphabet[n // len(alphabet) % len(alphabet)] + alphabet[n % len(alphabet)]
+
+
+def _metadata_label(name: str) -> str:
+    return name[: -len("__mdt")].replace("_", " ")
+
+
+def metadata_rows(org: OrgState, name: str, spec: MetadataTypeSpec, obj: ObjectDef) -> tuple[dict[str, JsonValue], ...]:
+    """The records of a custom metadata type as SOQL and REST read them; ValueError for a bad record."""
+    plan = plan_for(obj)
+    custom = [f.name for f in obj.fields if f.custom]
+    required = [f.name for f in obj.fields if f.custom and not f.nillable]
+    checkboxes = [f.name for f in obj.fields if f.custom and f.type == "boolean"]
+    rows: list[dict[str, JsonValue]] = []
+    seen: set[str] = set()
+    for record in spec.records:
+        given = {k.lower(): (k, v) for k, v in record.items()}
+        developer = given.pop("developername", (None, None))[1]
+        if not isinstance(developer, str) or not _DEVELOPER_NAME.match(developer) or len(developer) > 40:
+            msg = f"{name}: each record needs a DeveloperName of letters, digits and single underscores: {record}"
+            raise ValueError(msg)
+        if developer.lower() in seen:
+            msg = f"{name}: DeveloperName {developer!r} is used twice"
+            raise ValueError(msg)
+        seen.add(developer.lower())
+        master = given.pop("masterlabel", (None, developer.replace("_", " ")))[1]
+        if not isinstance(master, str) or not master or len(master) > 40:
+            msg = f"{name}.{developer}: MasterLabel is text of 1 to 40 characters"
+            raise ValueError(msg)
+        stray = [key for key, _ in given.values() if plan.field(key) is None or not plan.by_lower[key.lower()].custom]
+        if stray:
+            msg = f"{name}.{developer}: not custom fields of the type: {', '.join(stray)}"
+            raise ValueError(msg)
+        try:
+            values, _ = deserialize(plan, dict(given.values()))
+            check_values(plan, values)
+        except SalesforceError as exc:
+            raise ValueError(f"{name}.{developer}: {exc.message}") from exc
+        values = {**{k: v for k, v in plan.defaults if k in custom}, **values}
+        # A checkbox is never null in Salesforce: unset is false.
+        values.update({f: False for f in checkboxes if values.get(f) is None})
+        missing = [f for f in required if values.get(f) is None]
+        if missing:
+            msg = f"{name}.{developer}: required fields are missing: {', '.join(missing)}"
+            raise ValueError(msg)
+        rows.append(
+            {
+                "Id": derived_id(obj.key_prefix, "custom-metadata", org.alias, name, developer.lower()),
+                "DeveloperName": developer,
+                "MasterLabel": master,
+                "Language": "en_US",
+                "NamespacePrefix": None,
+                "Label": master,
+                "QualifiedApiName": developer,
+                "IsProtected": False,
+                **{f: values.get(f) for f in custom},
+            }
+        )
+    return tuple(rows)
 
 
 @dataclass
@@ -315,6 +481,8 @@ class Org:
     objects: dict[str, ObjectDef] = field(default_factory=dict)
     # Bumped on every schema change, so describe caches and Avro schemas can be invalidated.
     schema_generation: int = 0
+    # The records of each custom metadata type, derived from the type's spec.
+    metadata_records: dict[str, tuple[dict[str, JsonValue], ...]] = field(default_factory=dict)
 
     @property
     def org_id(self) -> str:
@@ -342,8 +510,23 @@ class Org:
         return next((c for c in self.state.clients if c.client_id == client_id), None)
 
     def rebuild_objects(self) -> None:
-        """Derive every ObjectDef from the standard objects and the org's object specs."""
+        """Derive every ObjectDef (and custom metadata record) from the standard objects and the org's specs.
+
+        Raises ValueError when a spec does not build (a custom metadata record that does not fit its type).
+        """
         built = {o.name: o for o in STANDARD_OBJECTS}
+        records: dict[str, tuple[dict[str, JsonValue], ...]] = {}
+        for name, mdt in self.state.metadata_types.items():
+            label = mdt.label or _metadata_label(name)
+            obj = custom_metadata_type(
+                name,
+                self.state.key_prefixes[name],
+                label,
+                mdt.plural_label or label,
+                [f.to_field_def() for f in mdt.fields],
+            )
+            records[name] = metadata_rows(self.state, name, mdt, obj)
+            built[name] = obj
         for name, spec in self.state.objects.items():
             extra = [f.to_field_def() for f in spec.fields]
             base = built.get(name)
@@ -364,6 +547,7 @@ class Org:
                 )
             built[name] = base
         self.objects = built
+        self.metadata_records = records
         self.schema_generation += 1
 
 
@@ -480,6 +664,10 @@ class OrgRegistry:
         user = self.get(org_id).user(user_id)
         return user.readonly_fields if user is not None else frozenset()
 
+    def metadata_records(self, org_id: str, object_name: str) -> Sequence[Mapping[str, JsonValue]]:
+        """The records of one custom metadata type (none for any other object)."""
+        return self.get(org_id).metadata_records.get(object_name, ())
+
     def on_schema_change(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(org_id)`` after every change to an org's objects."""
         self._listeners.append(listener)
@@ -515,6 +703,8 @@ class OrgRegistry:
                 self._add_user(org, user)
             for client in spec.clients:
                 self._add_client(org, client)
+            for name, mdt in spec.metadata_types.items():
+                self._define_metadata_type(org, name, mdt)
             for name, obj in spec.objects.items():
                 self._define_object(org, name, obj)
             org.rebuild_objects()
@@ -566,6 +756,32 @@ class OrgRegistry:
         for listener in self._listeners:
             listener(org.org_id)
         return result
+
+    def define_metadata_type(self, org_ref: str, name: str, spec: MetadataTypeSpec) -> ObjectDef:
+        """Create or replace a custom metadata type: its fields and records become exactly ``spec``'s,
+        as a metadata deploy of the type and its records would leave them."""
+        with self._lock:
+            org = self.get(org_ref)
+            self._define_metadata_type(org, name, spec)
+            org.rebuild_objects()
+            self._repository.save(org.state)
+            result = org.objects[name]
+        for listener in self._listeners:
+            listener(org.org_id)
+        return result
+
+    def delete_metadata_type(self, org_ref: str, name: str) -> None:
+        """Delete a custom metadata type and its records. Its key prefix stays taken, as in a real org."""
+        with self._lock:
+            org = self.get(org_ref)
+            if name not in org.state.metadata_types:
+                msg = f"no custom metadata type {name!r} in {org.alias}"
+                raise UnknownMetadataTypeError(msg)
+            org.state.metadata_types = {k: v for k, v in org.state.metadata_types.items() if k != name}
+            org.rebuild_objects()
+            self._repository.save(org.state)
+        for listener in self._listeners:
+            listener(org.org_id)
 
     def delete_field(self, org_ref: str, object_name: str, field_name: str) -> ObjectDef:
         """Delete a custom field, as Setup does: it leaves describe, queries, writes and change events.
@@ -646,13 +862,35 @@ class OrgRegistry:
     def _define_object(self, org: Org, name: str, spec: ObjectSpec) -> None:
         standard = {o.name for o in STANDARD_OBJECTS}
         prefixes = dict(org.state.key_prefixes)
+        if name.endswith("__mdt"):
+            msg = f"{name} is a custom metadata type: define it under metadata_types (PUT …/metadata-types/{name})"
+            raise OrgError(msg)
         if name not in standard and name not in prefixes:
             if not name.endswith("__c"):
                 msg = f"no standard object {name!r}; custom objects end in __c"
                 raise OrgError(msg)
-            prefixes[name] = _custom_prefix(len(prefixes))
+            prefixes[name] = _custom_prefix(sum(1 for n in prefixes if not n.endswith("__mdt")))
         objects = {**org.state.objects, name: _merge_object(org.state.objects.get(name), spec)}
         self._replace_objects(org, name, objects, prefixes)
+
+    def _define_metadata_type(self, org: Org, name: str, spec: MetadataTypeSpec) -> None:
+        base = name[: -len("__mdt")] if name.endswith("__mdt") else ""
+        if not _DEVELOPER_NAME.match(base):
+            msg = f"custom metadata type names look like Region_Mapping__mdt, not {name!r}"
+            raise OrgError(msg)
+        prefixes = dict(org.state.key_prefixes)
+        if name not in prefixes:
+            prefixes[name] = _custom_prefix(sum(1 for n in prefixes if n.endswith("__mdt")), "m")
+        candidate = org.state.model_copy(
+            update={"metadata_types": {**org.state.metadata_types, name: spec}, "key_prefixes": prefixes}
+        )
+        try:
+            # Build first, so a record that does not fit its type never reaches the live or persisted state.
+            Org(candidate).rebuild_objects()
+        except ValueError as exc:
+            raise OrgError(str(exc)) from exc
+        org.state.metadata_types = candidate.metadata_types
+        org.state.key_prefixes = prefixes
 
     @staticmethod
     def _replace_objects(org: Org, name: str, objects: dict[str, ObjectSpec], prefixes: dict[str, str]) -> None:

@@ -82,7 +82,8 @@ def resolve_topic(name: str, objects: Mapping[str, ObjectDef]) -> Topic | None:
     if name.startswith("/data/") and name.endswith("ChangeEvent"):
         event_name = name[len("/data/") :]
         for obj in objects.values():
-            if not obj.name.endswith("__e") and obj.change_event_name == event_name:
+            # Custom metadata types have no change event entity at all, selected or not.
+            if not obj.name.endswith("__e") and not obj.custom_metadata and obj.change_event_name == event_name:
                 return Topic(name, "change_event", cdc.change_event_schema(obj))
     return None
 
@@ -92,6 +93,7 @@ def all_schemas(objects: Mapping[str, ObjectDef]) -> list[cdc.EventSchema]:
     return [
         cdc.platform_event_schema(obj) if obj.name.endswith("__e") else cdc.change_event_schema(obj)
         for obj in objects.values()
+        if not obj.custom_metadata
     ]
 
 

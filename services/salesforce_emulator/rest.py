@@ -166,17 +166,23 @@ def _urls(version: str, name: str) -> dict[str, str]:
 
 
 def global_entry(obj: ObjectDef, version: str) -> dict[str, Any]:
-    """One ``sobjects[]`` item of describeGlobal (also ``objectDescribe`` of basic info)."""
+    """One ``sobjects[]`` item of describeGlobal (also ``objectDescribe`` of basic info).
+
+    A custom metadata type supports describe, describeLayout, query and retrieve only (object
+    reference, Custom Metadata Type__mdt): not createable, updateable, deletable, replicateable
+    (getUpdated/getDeleted), searchable or triggerable.
+    """
     readonly = obj.name == "User"
+    metadata = obj.custom_metadata
     return {
         "activateable": False,
         "associateEntityType": None,
         "associateParentEntity": None,
-        "createable": True,
+        "createable": not metadata,
         "custom": obj.custom,
         "customSetting": False,
         "deepCloneable": False,
-        "deletable": not readonly,
+        "deletable": not readonly and not metadata,
         "deprecatedAndHidden": False,
         "feedEnabled": not obj.custom,
         "hasSubtypes": False,
@@ -187,15 +193,15 @@ def global_entry(obj: ObjectDef, version: str) -> dict[str, Any]:
         "labelPlural": obj.label_plural,
         "layoutable": True,
         "mergeable": obj.field("MasterRecordId") is not None,
-        "mruEnabled": True,
+        "mruEnabled": not metadata,
         "name": obj.name,
         "queryable": True,
-        "replicateable": True,
+        "replicateable": not metadata,
         "retrieveable": True,
-        "searchable": True,
-        "triggerable": True,
-        "undeletable": not readonly,
-        "updateable": True,
+        "searchable": not metadata,
+        "triggerable": not metadata,
+        "undeletable": not readonly and not metadata,
+        "updateable": not metadata,
         "urls": _urls(version, obj.name),
     }
 
@@ -222,8 +228,8 @@ def field_describe(f: FieldDef) -> dict[str, Any]:
     long_text = t == "textarea" and f.length > 255
     numeric = t in ("int", "double", "currency", "percent")
     picklist = [
-        {"active": True, "defaultValue": v == f.default_value, "label": v, "validFor": None, "value": v}
-        for v in f.picklist_values
+        {"active": True, "defaultValue": value == f.default_value, "label": label, "validFor": None, "value": value}
+        for value, label in f.picklist_entries
     ]
     default = None if t in ("picklist", "multipicklist") else f.default_value
     return {
@@ -287,6 +293,16 @@ def field_describe(f: FieldDef) -> dict[str, Any]:
     }
 
 
+def _child_lookups(obj: ObjectDef, objects: Mapping[str, ObjectDef]) -> list[tuple[ObjectDef, FieldDef]]:
+    """The lookups of other objects to ``obj``: its describe's childRelationships."""
+    return [
+        (child, f)
+        for child in objects.values()
+        for f in child.fields
+        if f.type == "reference" and obj.name in f.reference_to and not f.system
+    ]
+
+
 def object_describe(obj: ObjectDef, objects: Mapping[str, ObjectDef], version: str) -> dict[str, Any]:
     """The full objectDescribe (``GET /sobjects/{Obj}/describe``)."""
     children: list[dict[str, Any]] = [
@@ -300,9 +316,7 @@ def object_describe(obj: ObjectDef, objects: Mapping[str, ObjectDef], version: s
             "relationshipName": child.label_plural.replace(" ", "") if f.name != "MasterRecordId" else None,
             "restrictedDelete": False,
         }
-        for child in objects.values()
-        for f in child.fields
-        if f.type == "reference" and obj.name in f.reference_to and not f.system
+        for child, f in _child_lookups(obj, objects)
     ]
     urls = _urls(version, obj.name)
     urls.update(
@@ -370,7 +384,8 @@ class DataApi:
     ) -> None:
         self.store = store
         self._query_handler = query_handler
-        self._meta_seen: dict[tuple[str, int], int] = {}
+        # (org, object) -> the describe's inputs when last seen, and their Last-Modified (epoch ms).
+        self._meta_seen: dict[tuple[str, str], tuple[object, int]] = {}
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -414,12 +429,26 @@ class DataApi:
         return f
 
     def _metadata_ms(self, org_id: str, obj: ObjectDef) -> int:
-        key = (org_id, hash(obj))
+        """The describe's Last-Modified: the start of the store, moved on whenever the definition changes.
+
+        What describe shows is the object's definition plus the lookups pointing at it (its
+        childRelationships); the CDC selection is not part of it. A change moves the time to now,
+        and at least one second past the previous value: If-Modified-Since has one-second
+        resolution and a test clock may stand still.
+        """
+        key = (org_id, obj.name)
+        children = tuple((child.name, f.name) for child, f in _child_lookups(obj, self.store.objects(org_id)))
+        shape = (obj.key_prefix, obj.label, obj.label_plural, obj.custom, obj.fields, children)
         seen = self._meta_seen.get(key)
+        if seen is not None and seen[0] == shape:
+            return seen[1]
         if seen is None:
-            seen = self.store.started_ms - self.store.started_ms % 1000
-            self._meta_seen[key] = seen
-        return seen
+            modified = self.store.started_ms - self.store.started_ms % 1000
+        else:
+            now = self.store.now_ms()
+            modified = max(now - now % 1000, seen[1] + 1000)
+        self._meta_seen[key] = (shape, modified)
+        return modified
 
     # --- routing ------------------------------------------------------------------------------------
 

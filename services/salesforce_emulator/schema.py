@@ -60,6 +60,9 @@ class FieldDef:
     reference_to: tuple[str, ...] = ()
     relationship_name: str | None = None
     picklist_values: tuple[str, ...] = ()
+    # Labels in the order of picklist_values; empty when every label is its value (cust_direct can
+    # read "Customer - Direct" in describe while the API keeps writing and returning cust_direct).
+    picklist_labels: tuple[str, ...] = ()
     defaulted_on_create: bool = False
     default_value: str | bool | int | float | None = None
     name_field: bool = False
@@ -75,6 +78,12 @@ class FieldDef:
     def writable(self) -> bool:
         """True when a caller may set this field on create or update."""
         return (self.createable or self.updateable) and not self.calculated and not self.system
+
+    @property
+    def picklist_entries(self) -> tuple[tuple[str, str], ...]:
+        """(value, label) of every picklist value, in order."""
+        labels = self.picklist_labels or self.picklist_values
+        return tuple(zip(self.picklist_values, labels, strict=True))
 
     @property
     def required_on_create(self) -> bool:
@@ -102,6 +111,11 @@ class ObjectDef:
     def field(self, name: str) -> FieldDef | None:
         """Field by API name, case-insensitively (as Salesforce matches them)."""
         return self._by_lower.get(name.lower())
+
+    @property
+    def custom_metadata(self) -> bool:
+        """A custom metadata type (``Region_Mapping__mdt``): its records are metadata, read-only to the API."""
+        return self.name.endswith("__mdt")
 
     @property
     def external_id_fields(self) -> tuple[FieldDef, ...]:
@@ -485,3 +499,31 @@ def custom_object(api_name: str, key_prefix: str, label: str, fields: Iterable[F
         ),
         custom=True,
     )
+
+
+def custom_metadata_type(
+    api_name: str, key_prefix: str, label: str, label_plural: str, fields: Iterable[FieldDef]
+) -> ObjectDef:
+    """A custom metadata type (``Region_Mapping__mdt``): its standard fields, then the given custom ones.
+
+    The standard fields are those the object reference lists for ``Custom Metadata Type__mdt``
+    (DeveloperName, isProtected, Label, Language, MasterLabel, NamespacePrefix, QualifiedApiName)
+    plus Id. Every field is read-only: records change through Setup or a metadata deploy, never
+    through data API writes, and the type is never selected for Change Data Capture.
+    """
+    if not api_name.endswith("__mdt"):
+        msg = f"custom metadata type names end in __mdt: {api_name!r}"
+        raise ValueError(msg)
+    ro = partial(FieldDef, createable=False, updateable=False)
+    standard = (
+        ro("Id", "id", "Custom Metadata Record ID", length=18, nillable=False, system=True),
+        ro("DeveloperName", "string", "Name", length=40, nillable=False, defaulted_on_create=True),
+        ro("MasterLabel", "string", "Label", length=40, nillable=False, name_field=True),
+        ro("Language", "picklist", "Master Language", length=40, nillable=False, picklist_values=("en_US",)),
+        ro("NamespacePrefix", "string", "Namespace Prefix", length=15),
+        ro("Label", "string", "Label", length=40),
+        ro("QualifiedApiName", "string", "Qualified API Name", length=70, nillable=False),
+        ro("IsProtected", "boolean", "Protected Component", nillable=False, defaulted_on_create=True),
+    )
+    readonly = tuple(replace(f, createable=False, updateable=False) for f in fields)
+    return ObjectDef(api_name, key_prefix, label, label_plural, (*standard, *readonly), custom=True, cdc_enabled=False)

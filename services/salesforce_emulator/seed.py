@@ -1,4 +1,19 @@
-"""The seed file: which orgs, users, connected apps and custom objects exist on first start.
+"""The seed file: which orgs, users, connected apps, custom objects and custom metadata types exist on first start.
+
+A picklist value is a plain string (its label is the value) or ``{value, label}``. A custom metadata
+type lists its fields and its records (``DeveloperName``, optional ``MasterLabel``, custom values)::
+
+    objects:
+      Account:
+        fields:
+          - {name: Segment__c, type: picklist, picklist_values: [{value: cust_direct, label: Customer - Direct}, Other]}
+    metadata_types:
+      Region_Mapping__mdt:
+        label: Region Mapping
+        fields:
+          - {name: Country_Code__c, type: string, length: 2, required: true}
+        records:
+          - {DeveloperName: France, MasterLabel: France, Country_Code__c: FR}
 
 The seed creates what is missing and never changes what exists, so it is safe to apply on every
 start: with a data file the orgs (and their sessions) survive restarts; with ``:memory:`` the same

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 SchemaFor = Callable[[str], Mapping[str, ObjectDef]]
 FaultsFor = Callable[[str], OrgFaults]
 ReadonlyFieldsFor = Callable[[str, str], Collection[str]]
+# (org id, custom metadata type) -> its records: metadata kept with the org, not rows of this store.
+MetadataRecordsFor = Callable[[str, str], Sequence[Mapping[str, JsonValue]]]
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS records (
@@ -100,6 +102,15 @@ class MultipleMatchesError(SalesforceError):
 
 def not_found() -> SalesforceError:
     return SalesforceError(404, "NOT_FOUND", "The requested resource does not exist")
+
+
+def entity_cannot_be(verb: str, obj: ObjectDef) -> SalesforceError:
+    """A write to an object no one may write through the data API (a custom metadata type).
+
+    The shape a real org answered to a REST PATCH of a ``__mdt`` record: 400,
+    ``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY``, ``entity type cannot be updated: <type label>``.
+    """
+    return SalesforceError(400, "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", f"entity type cannot be {verb}: {obj.label}")
 
 
 def entity_is_deleted() -> SalesforceError:
@@ -186,6 +197,7 @@ class RecordStore:
         faults_for: FaultsFor,
         sink: ChangeSink,
         readonly_fields_for: ReadonlyFieldsFor | None = None,
+        metadata_records_for: MetadataRecordsFor | None = None,
         id_instance: str = "5g",
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -198,6 +210,7 @@ class RecordStore:
         self._faults_for = faults_for
         self._sink = sink
         self._readonly_fields_for = readonly_fields_for or (lambda _org, _user: ())
+        self._metadata_records_for = metadata_records_for or (lambda _org, _object: ())
         self._id_instance = id_instance
         self._id_factories: dict[str, ids.IdFactory] = {}
         self._clock = clock
@@ -282,6 +295,10 @@ class RecordStore:
         Address compounds (``BillingAddress``) are not scalar; build them with :func:`compound_address`.
         """
         plan = self.plan(org_id, object_name)
+        if plan.obj.custom_metadata:
+            # Every row carries IsDeleted, as expand() gives it; metadata records are never in a recycle bin.
+            yield from ({**row, "IsDeleted": False} for row in self._metadata_records_for(org_id, plan.obj.name))
+            return
         sql = "SELECT data, is_deleted FROM records WHERE org_id = ? AND object = ?"
         if not include_deleted:
             sql += " AND is_deleted = 0"
@@ -295,6 +312,9 @@ class RecordStore:
         plan = self.plan(org_id, object_name)
         if not ids.is_valid(record_id):
             return None
+        if plan.obj.custom_metadata:
+            rows = self._metadata_records_for(org_id, plan.obj.name)
+            return next(({**row, "IsDeleted": False} for row in rows if ids.same(str(row["Id"]), record_id)), None)
         stored = self._load(org_id, ids.to18(record_id))
         if stored is None or stored.object_name != plan.obj.name:
             return None
@@ -486,6 +506,13 @@ class Transaction:
     def plan(self, object_name: str) -> ObjectPlan:
         return self._store.plan(self.org_id, object_name)
 
+    @staticmethod
+    def _writable_entity(plan: ObjectPlan, verb: str) -> None:
+        # Custom metadata records are metadata: every data API write is refused before anything
+        # else is looked at, trusted internal writes included.
+        if plan.obj.custom_metadata:
+            raise entity_cannot_be(verb, plan.obj)
+
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested all-or-none scope: an exception undoes its writes and changes, then propagates."""
@@ -577,6 +604,7 @@ class Transaction:
     def create(self, object_name: str, body: Mapping[str, Any], source: Source = "json") -> str:
         """Create from a request body; returns the new 18-character id."""
         plan = self.plan(object_name)
+        self._writable_entity(plan, "inserted")
         values, body_id = deserialize(plan, body, source)
         if body_id is not None:
             raise SalesforceError(
@@ -586,6 +614,7 @@ class Transaction:
 
     def create_values(self, plan: ObjectPlan, values: dict[str, JsonValue], *, trusted: bool = False) -> str:
         """Create from deserialized values. ``trusted`` skips writability checks (internal writes)."""
+        self._writable_entity(plan, "inserted")
         if not trusted:
             check_writable(plan, values, "create", self.readonly)
         check_values(plan, values)
@@ -625,6 +654,7 @@ class Transaction:
     def update(self, object_name: str | None, record_id: str, body: Mapping[str, Any], source: Source = "json") -> None:
         """Update from a request body (``object_name`` None: taken from the id's key prefix)."""
         plan = self._plan_for_id(object_name, record_id)
+        self._writable_entity(plan, "updated")
         values, body_id = deserialize(plan, body, source)
         if body_id is not None and not (ids.is_valid(body_id) and ids.same(body_id, record_id)):
             raise SalesforceError(400, "INVALID_FIELD", "The Id field should not be specified in the sobject data.")
@@ -641,6 +671,7 @@ class Transaction:
     def update_values(
         self, plan: ObjectPlan, record_id: str, values: dict[str, JsonValue], *, trusted: bool = False
     ) -> None:
+        self._writable_entity(plan, "updated")
         stored = self._record(record_id, plan)
         if stored.is_deleted:
             raise entity_is_deleted()
@@ -702,6 +733,7 @@ class Transaction:
     ) -> tuple[str, bool]:
         """Create or update the record whose ``ext_field`` equals ``ext_value``: (id, created)."""
         plan = self.plan(object_name)
+        self._writable_entity(plan, "inserted")
         values, _ = deserialize(plan, body, source)
         return self.upsert_values(plan, ext_field, ext_value, values)
 
@@ -717,6 +749,8 @@ class Transaction:
     def upsert_values(
         self, plan: ObjectPlan, ext_field: str, ext_value: Any, values: dict[str, JsonValue]
     ) -> tuple[str, bool]:
+        # No custom metadata record is ever stored here to match, so an upsert could only insert.
+        self._writable_entity(plan, "inserted")
         f = self.external_field(plan, ext_field)
         if f.name == "Id":
             if ext_value in (None, ""):
@@ -747,6 +781,7 @@ class Transaction:
     def delete(self, record_id: str, object_name: str | None = None, *, master_id: str | None = None) -> str:
         """Move a record to the recycle bin; returns its 18-character id."""
         plan = self._plan_for_id(object_name, record_id)
+        self._writable_entity(plan, "deleted")
         stored = self._record(record_id, plan)
         if stored.is_deleted:
             raise entity_is_deleted()
@@ -766,6 +801,7 @@ class Transaction:
     def undelete(self, record_id: str, object_name: str | None = None) -> str:
         """Restore a record from the recycle bin."""
         plan = self._plan_for_id(object_name, record_id)
+        self._writable_entity(plan, "undeleted")
         stored = self._record(record_id, plan)
         if not stored.is_deleted:
             raise SalesforceError(400, "UNDELETE_FAILED", "Entity is not in the recycle bin")
@@ -787,6 +823,7 @@ class Transaction:
     def hard_delete(self, record_id: str, object_name: str | None = None) -> str:
         """Erase a record. A live record yields a DELETE change; one already in the recycle bin yields none."""
         plan = self._plan_for_id(object_name, record_id)
+        self._writable_entity(plan, "deleted")
         stored = self._record(record_id, plan)
         if not stored.is_deleted and self._lock_fault(stored.record_id):
             raise lock_error(stored.record_id)
