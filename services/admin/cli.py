@@ -44,6 +44,7 @@ from services.admin.api.backfills import BackfillProgress
 from services.admin.api.dead_letters import Acted, ReplayRequest
 from services.admin.api.models import ApiModel, Applied, CreatedToken, SalesforceConnectionView, TokenRequest
 from services.admin.api.pauses import PauseRequest, PauseState, ResumeRequest
+from services.admin.api.schema import AppSchemaItem, AppSchemaRequest, ChangeItem, WarningItem
 from services.admin.api.sync_log import SyncLogEntry
 from services.admin.api.tokens import token_view
 from services.admin.auth import Role, parse_duration
@@ -115,6 +116,11 @@ dead_letters_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(dead_letters_app, name="dead-letters")
+schema_app = typer.Typer(
+    help="The org's objects and fields as Duplex last read them, schema drift, and the app objects' declared fields.",
+    no_args_is_help=True,
+)
+app.add_typer(schema_app, name="schema")
 
 
 Files = Annotated[
@@ -1151,6 +1157,172 @@ def pauses(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
     """What is paused, and how many writes and updates the pauses hold."""
     with _api(ctx) as api:
         _print_pauses(api.pauses(tenant), as_json)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas
+
+
+def _print_changes(changes: Sequence[ChangeItem], title: str) -> None:
+    if not changes:
+        return
+    table = _table(title, "KIND", "FIELD")
+    for c in changes:
+        table.add_row(_cell(c.message), c.kind, _cell(c.field))
+    _print_table(table)
+
+
+def _print_warnings(warnings: Sequence[WarningItem]) -> None:
+    if not warnings:
+        typer.echo("no rule is touched")
+        return
+    table = _table("PAIR", "RULE", "PAUSED", "WARNING")
+    for w in warnings:
+        rule = w.app_field and f"{w.app_field} -> {w.salesforce_field}"
+        table.add_row(
+            _cell(w.object_pair), _cell(rule or w.salesforce_field), "yes" if w.paused else "no", _cell(w.message)
+        )
+    _print_table(table)
+
+
+@schema_app.command("refresh")
+def schema_refresh(
+    ctx: typer.Context,
+    tenant: Tenant,
+    objects: Annotated[
+        list[str] | None, typer.Option("--object", help="Describe this object too (one API call). Repeatable.")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Read the org's schema again now: what changed since the last read, and the rules it touches."""
+    with _api(ctx) as api:
+        done = api.refresh_schema(tenant, objects or [])
+    if as_json:
+        _print_json(done)
+        return
+    typer.echo(f"described {', '.join(done.objects)} ({done.api_calls} API calls)")
+    for name, why in done.failed.items():
+        typer.echo(f"could not describe {name}: {why}", err=True)
+    if not done.changes:
+        typer.echo("nothing changed since the last read")
+        return
+    _print_changes(done.changes, "CHANGE")
+    _print_warnings(done.warnings)
+
+
+@schema_app.command("objects")
+def schema_objects(
+    ctx: typer.Context,
+    tenant: Tenant,
+    kind: Annotated[
+        str | None, typer.Option(help="standard, custom, metadata, platform_event, external or system.")
+    ] = None,
+    search: Annotated[str | None, typer.Option(help="Name or label contains.")] = None,
+    as_json: Json = False,
+) -> None:
+    """The org's objects as last read (refresh first for today's): kind, flags, CDC selection."""
+    with _api(ctx) as api:
+        found = api.schema_objects(tenant, kind, search)
+    if as_json:
+        _print_json(found)
+        return
+    table = _table("OBJECT", "LABEL", "KIND", "QUERY", "CREATE", "UPDATE", "CDC")
+    flag = {True: "yes", False: "no", None: "-"}
+    for o in found.items:
+        table.add_row(
+            _cell(o.name),
+            _cell(o.label),
+            o.kind,
+            flag[o.queryable],
+            flag[o.createable],
+            flag[o.updateable],
+            flag[o.cdc_selected],
+        )
+    _print_table(table)
+    typer.echo(f"{len(found.items)} objects, read {_when(found.listed_at)}", err=True)
+
+
+@schema_app.command("describe")
+def schema_describe(
+    ctx: typer.Context,
+    tenant: Tenant,
+    name: Annotated[str, typer.Argument(help="The Salesforce object, such as Account.", show_default=False)],
+    version: Annotated[int | None, typer.Option(min=1, help="An older version.")] = None,
+    as_json: Json = False,
+) -> None:
+    """One object's fields as last described: type, length, required, writable, picklist values."""
+    with _api(ctx) as api:
+        found = api.schema_object(tenant, name, version)
+    if as_json:
+        _print_json(found)
+        return
+    typer.echo(f"{found.name} version {found.version}, described {_when(found.described_at)}")
+    table = _table("FIELD", "LABEL", "TYPE", "LENGTH", "REQUIRED", "WRITABLE", "PICKLIST")
+    for f in found.fields:
+        writable = (
+            "create+update"
+            if f.createable and f.updateable
+            else "create"
+            if f.createable
+            else "update"
+            if f.updateable
+            else "no"
+        )
+        values = ", ".join(p.value if p.value == p.label else f"{p.value} ({p.label})" for p in f.picklist)
+        table.add_row(
+            _cell(f.name),
+            _cell(f.label),
+            f.type,
+            str(f.length or "-"),
+            "yes" if f.required else "no",
+            writable,
+            _cell(values),
+        )
+    _print_table(table)
+    _print_changes(found.changes, "CHANGED IN THIS VERSION")
+
+
+@schema_app.command("drift")
+def schema_drift(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
+    """Rules the org's schema breaks now (paused ones say so), and the latest changes."""
+    with _api(ctx) as api:
+        found = api.schema_drift(tenant)
+    if as_json:
+        _print_json(found)
+        return
+    _print_warnings(found.warnings)
+    _print_changes(found.recent, "RECENT CHANGE")
+
+
+@schema_app.command("declare")
+def schema_declare(
+    ctx: typer.Context,
+    tenant: Tenant,
+    file: Annotated[
+        Path,
+        typer.Option(
+            "-f", "--file", help="YAML or JSON: {object: NAME, fields: [{name, label, type, required, picklist}]}."
+        ),
+    ],
+    as_json: Json = False,
+) -> None:
+    """Declare an app object's fields (a new version when they changed), for suggestions and checks."""
+    try:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        _fail(f"{file}: {exc}", EXIT_INVALID)
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("object"), str):
+        _fail(f"{file}: expected a mapping with object (a name) and fields (a list)", EXIT_INVALID)
+    try:
+        request = AppSchemaRequest.model_validate({"fields": loaded.get("fields")})
+    except ValidationError as exc:
+        _fail([f"{file}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()], EXIT_INVALID)
+    with _api(ctx) as api:
+        declared: AppSchemaItem = api.declare_app_object(tenant, loaded["object"], request)
+    if as_json:
+        _print_json(declared)
+        return
+    typer.echo(f"app object {declared.object}: version {declared.version} ({len(declared.fields)} fields)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,16 @@ from services.admin.api.models import (
     VersionList,
 )
 from services.admin.api.pauses import PauseRequest, PauseState, ResumeRequest
+from services.admin.api.schema import (
+    AppSchemaItem,
+    AppSchemaList,
+    AppSchemaRequest,
+    Catalog,
+    DescribedItem,
+    Drift,
+    Refreshed,
+    RefreshRequest,
+)
 from services.admin.api.sync_log import RecordTimeline, SyncLogPage
 
 M = TypeVar("M", bound=BaseModel)
@@ -442,6 +452,31 @@ class AdminClient:
 
     def backfill_progress(self, tenant: str, salesforce_object: str) -> BackfillProgress:
         return self._get(BackfillProgress, f"/tenants/{_segment(tenant)}/backfills/{_segment(salesforce_object)}")
+
+    # --- schemas ------------------------------------------------------------------------------
+
+    def refresh_schema(self, tenant: str, objects: list[str]) -> Refreshed:
+        body = RefreshRequest(objects=objects).model_dump(by_alias=True)
+        return self._parse(Refreshed, self._call("POST", f"/tenants/{_segment(tenant)}/schema:refresh", json_body=body))
+
+    def schema_objects(self, tenant: str, kind: str | None, search: str | None) -> Catalog:
+        params = {k: v for k, v in (("kind", kind), ("q", search)) if v is not None}
+        return self._get(Catalog, f"/tenants/{_segment(tenant)}/schema/objects", params)
+
+    def schema_object(self, tenant: str, name: str, version: int | None) -> DescribedItem:
+        params = {} if version is None else {"version": version}
+        return self._get(DescribedItem, f"/tenants/{_segment(tenant)}/schema/objects/{_segment(name)}", params)
+
+    def schema_drift(self, tenant: str) -> Drift:
+        return self._get(Drift, f"/tenants/{_segment(tenant)}/schema/drift")
+
+    def declare_app_object(self, tenant: str, name: str, request: AppSchemaRequest) -> AppSchemaItem:
+        body = request.model_dump(mode="json", by_alias=True)
+        path = f"/tenants/{_segment(tenant)}/app-schema/{_segment(name)}"
+        return self._parse(AppSchemaItem, self._call("PUT", path, json_body=body))
+
+    def app_objects(self, tenant: str) -> AppSchemaList:
+        return self._get(AppSchemaList, f"/tenants/{_segment(tenant)}/app-schema")
 
 
 def _method_path(response: httpx.Response) -> str:

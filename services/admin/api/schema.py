@@ -267,7 +267,7 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
         try:
             done = await refresh(db, config, ClientSchemaReader(client), extra=body.objects, service="admin-api")
         except (ConnectionUnavailableError, LookupError, VaultError) as exc:
-            raise ApiError(409, detail=f"Duplex cannot sign in to tenant '{tenant}''s org: {exc}") from None
+            raise ApiError(409, detail=f"Duplex cannot sign in to the org of tenant '{tenant}': {exc}") from None
         except SalesforceApiError as exc:
             raise ApiError(502, detail=f"Salesforce refused the refresh: {exc}") from None
         except httpx.HTTPError as exc:

@@ -199,3 +199,55 @@ async def test_backfill(cli: Cli, sample: Path) -> None:
     assert (viewer.exit_code, viewer.stderr) == (3, "error: the viewer role may not control sync runs\n")
     hidden = await cli("backfill", "acme", "Account", token=await cli.token(Role.OPERATOR, ["other"]))
     assert (hidden.exit_code, hidden.stderr) == (3, "error: no tenant 'acme'\n")
+
+
+async def test_schema_commands(connecting: Connecting, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = connecting.cli
+    before = await cli("schema", "objects", "acme")
+    assert before.exit_code == 3
+    assert "schema:refresh first" in before.output
+    unconnected = await cli("schema", "refresh", "acme")
+    assert unconnected.exit_code == 1
+    assert "error: Duplex cannot sign in to the org of tenant 'acme': " in unconnected.output
+
+    loop = asyncio.get_running_loop()
+
+    def open_browser(url: str, *args: Any, **kwargs: Any) -> bool:
+        asyncio.run_coroutine_threadsafe(connecting.play_browser(url), loop)
+        return True
+
+    monkeypatch.setattr(webbrowser, "open", open_browser)
+    assert (await cli("connection", "connect", "acme", "--open")).exit_code == 0
+
+    refreshed = await cli("schema", "refresh", "acme", "--object", "Lead")
+    assert refreshed.exit_code == 0, refreshed.output
+    assert refreshed.stdout.splitlines()[0] == "described Account, Contact, Lead (5 API calls)"
+    assert "nothing changed since the last read" in refreshed.stdout
+
+    objects = await cli("schema", "objects", "acme", "--kind", "standard")
+    assert objects.exit_code == 0, objects.output
+    assert {"Account", "Contact", "Lead", "Opportunity"} <= {
+        line.split()[0] for line in objects.stdout.splitlines()[1:]
+    }
+    lead = await cli("schema", "describe", "acme", "Lead")
+    rows = {line.split()[0]: line for line in lead.stdout.splitlines()[2:] if line.strip()}
+    assert " yes " in rows["Company"]
+    assert json.loads((await cli("schema", "describe", "acme", "Lead", "--json")).stdout)["version"] == 1
+
+    # The new org lacks the sample's custom fields: each such rule is reported, paused.
+    drift = await cli("schema", "drift", "acme", "--json")
+    paused = {w["salesforceField"] for w in json.loads(drift.stdout)["warnings"] if w["paused"]}
+    assert {"Partner_Status__c", "Tier__c", "Portal_User__c"} <= paused
+    assert "paused until the mapping is fixed" in (await cli("schema", "drift", "acme")).stdout
+
+    declared_file = tmp_path / "partners.yaml"
+    declared_file.write_text(
+        yaml.safe_dump({"object": "partners", "fields": [{"name": "name", "required": True}, {"name": "tier"}]})
+    )
+    declared = await cli("schema", "declare", "acme", "-f", str(declared_file))
+    assert (declared.exit_code, declared.stdout) == (0, "app object partners: version 1 (2 fields)\n")
+    declared_file.write_text(yaml.safe_dump({"object": "partners", "fields": [{"name": "n", "type": "text"}]}))
+    bad = await cli("schema", "declare", "acme", "-f", str(declared_file))
+    assert bad.exit_code == 1
+    assert "fields.0.type" in bad.output
+    assert "Traceback" not in bad.output
