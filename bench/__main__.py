@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import cdc_ingest, emulator, isolation, pause, pipeline, quarantine, sync, writer
+from bench import cdc_ingest, emulator, isolation, pause, pipeline, quarantine, suggestions, sync, writer
 from bench.report import Result, machine, render
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, Callable[[], Result]] = {
     "quarantine": quarantine.run,
     "pause": pause.run,
     "pipeline": pipeline.run,
+    "suggestions": suggestions.run,
 }
 
 

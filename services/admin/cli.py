@@ -1294,6 +1294,36 @@ def schema_drift(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> N
     _print_changes(found.recent, "RECENT CHANGE")
 
 
+@schema_app.command("suggest")
+def schema_suggest(
+    ctx: typer.Context,
+    tenant: Tenant,
+    pair: Annotated[str, typer.Argument(help="The object pair, such as partners.", show_default=False)],
+    as_json: Json = False,
+) -> None:
+    """Mapping suggestions for a pair: each app field mapped, ignored, or its best Salesforce fields."""
+    with _api(ctx) as api:
+        found = api.suggestions(tenant, pair)
+    if as_json:
+        _print_json(found)
+        return
+    table = _table("APP FIELD", "STATUS", "SALESFORCE", "CONFIDENCE", "WHY")
+    for f in found.fields:
+        best = f.candidates[0] if f.candidates else None
+        shown = f.mapped_to or (best.salesforce if best else None)
+        status = (
+            f.status if f.agrees is not False else f"{f.status} (best candidate: {best.salesforce if best else '-'})"
+        )
+        table.add_row(
+            _cell(f.app),
+            _cell(status),
+            _cell(shown),
+            f"{best.confidence:.2f}" if best else "-",
+            _cell("; ".join(best.reasons) if best else None),
+        )
+    _print_table(table)
+
+
 @schema_app.command("declare")
 def schema_declare(
     ctx: typer.Context,

@@ -47,6 +47,7 @@ from services.admin.api.schema import (
     Catalog,
     DescribedItem,
     Drift,
+    PairSuggestions,
     Refreshed,
     RefreshRequest,
 )
@@ -474,6 +475,9 @@ class AdminClient:
         body = request.model_dump(mode="json", by_alias=True)
         path = f"/tenants/{_segment(tenant)}/app-schema/{_segment(name)}"
         return self._parse(AppSchemaItem, self._call("PUT", path, json_body=body))
+
+    def suggestions(self, tenant: str, pair: str) -> PairSuggestions:
+        return self._get(PairSuggestions, f"/tenants/{_segment(tenant)}/pairs/{_segment(pair)}/suggestions")
 
     def app_objects(self, tenant: str) -> AppSchemaList:
         return self._get(AppSchemaList, f"/tenants/{_segment(tenant)}/app-schema")

@@ -8,6 +8,10 @@
 - ``GET …/schema/drift`` what is wrong now between the mapping and the org, and what changed lately.
 - ``PUT …/app-schema/{object}`` declares an app object's fields (a new version when they changed);
   suggestions and the required-field check read them.
+- ``GET …/pairs/{pair}/suggestions`` each app field of a pair: mapped (and whether the best
+  candidate agrees), ignored (``ignoredFields``), or open with its best Salesforce candidates and a
+  tier (:mod:`services.admin.suggestions`). Confirming, overriding or ignoring one is an edit of the
+  tenant document, so it is recorded, versioned and audited with the mapping.
 """
 
 # No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime, and
@@ -29,6 +33,7 @@ from services.admin.api.tenants import stored_config
 from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
+from services.admin.suggestions import Suggestion, suggest
 from services.common.connections import ConnectionUnavailableError, Sessions
 from services.common.db import Connection
 from services.common.salesforce import SalesforceApiError, UnlimitedBudget
@@ -44,7 +49,7 @@ from services.common.schema_store import (
     latest_objects,
     object_history,
 )
-from services.common.tenant_config import FieldType
+from services.common.tenant_config import FieldType, ObjectPair
 from services.common.vault import VaultError
 
 ObjectKind = Literal["standard", "custom", "metadata", "platform_event", "external", "system"]
@@ -227,6 +232,84 @@ def _app_item(tenant: str, declared: DeclaredAppObject) -> AppSchemaItem:
             for f in declared.object.fields
         ],
     )
+
+
+class CandidateItem(ApiModel):
+    salesforce: str
+    confidence: float = Field(ge=0, le=1)
+    reasons: list[str]
+
+
+FieldStatus = Literal["mapped", "ignored", "auto", "suggested", "unmapped"]
+
+
+class FieldSuggestion(ApiModel):
+    app: str
+    status: FieldStatus = Field(
+        description="`mapped` by a rule, `ignored` by the pair, or the tier of its best candidate: `auto` (map it"
+        " unless you disagree), `suggested` (confirm or pick another) or `unmapped` (nothing fits)."
+    )
+    mapped_to: str | None = Field(description="The Salesforce field a rule maps it to.")
+    agrees: bool | None = Field(description="For a mapped field: whether the best candidate is the mapped one.")
+    candidates: list[CandidateItem] = Field(description="Best first, at most three.")
+
+
+class PairSuggestions(ApiModel):
+    tenant: str
+    object_pair: str
+    app_object: str
+    salesforce_object: str
+    app_schema_version: int
+    describe_version: int
+    fields: list[FieldSuggestion]
+
+
+def _candidates(suggestion: Suggestion | None) -> list[CandidateItem]:
+    if suggestion is None:
+        return []
+    return [
+        CandidateItem(salesforce=c.salesforce, confidence=c.confidence, reasons=list(c.reasons))
+        for c in suggestion.candidates
+    ]
+
+
+def pair_suggestions(pair: ObjectPair, app: AppObject, crm: CrmObject) -> list[FieldSuggestion]:
+    """Every declared app field of ``pair``: mapped, ignored, or open with its suggestions."""
+    mapped = {rule.app: rule.salesforce for rule in pair.fields}
+    # Open fields compete for what no rule maps; a mapped field is scored against everything.
+    open_fields = AppObject(
+        app.name, tuple(f for f in app.fields if f.name not in mapped and f.name not in pair.ignored_fields)
+    )
+    open_suggestions = {s.app: s for s in suggest(open_fields, crm, taken=mapped.values())}
+    everything = {s.app: s for s in suggest(app, crm)}
+    found: list[FieldSuggestion] = []
+    for field in app.fields:
+        if field.name in mapped:
+            best = everything.get(field.name)
+            top = best.candidates[0].salesforce.lower() if best and best.candidates else None
+            found.append(
+                FieldSuggestion(
+                    app=field.name,
+                    status="mapped",
+                    mapped_to=mapped[field.name],
+                    agrees=top == mapped[field.name].lower(),
+                    candidates=_candidates(best),
+                )
+            )
+        elif field.name in pair.ignored_fields:
+            found.append(FieldSuggestion(app=field.name, status="ignored", mapped_to=None, agrees=None, candidates=[]))
+        else:
+            suggestion = open_suggestions[field.name]
+            found.append(
+                FieldSuggestion(
+                    app=field.name,
+                    status=str(suggestion.tier),
+                    mapped_to=None,
+                    agrees=None,
+                    candidates=_candidates(suggestion),
+                )
+            )
+    return found
 
 
 def _not_described(tenant: str, name: str) -> ApiError:
@@ -419,5 +502,42 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
         if declared is None:
             raise ApiError(404, detail=f"tenant '{tenant}' has declared no app object {object!r}")
         return _app_item(tenant, declared)
+
+    @router.get(
+        "/{tenant}/pairs/{pair}/suggestions",
+        response_model=PairSuggestions,
+        summary="Mapping suggestions for a pair: each app field's best Salesforce fields, with a confidence and a tier",
+        description="Reads the app object's declared schema and the Salesforce object's newest describe; no API call.",
+    )
+    async def suggestions(
+        principal: Annotated[Principal, Depends(read)],
+        tenant: str,
+        pair: str,
+        db: Annotated[Connection, db_dependency],
+    ) -> PairSuggestions:
+        config = (await stored_config(ConfigStore(db), tenant)).config
+        found = next((p for p in config.spec.objects if p.name == pair.lower()), None)
+        if found is None:
+            raise ApiError(404, detail=f"tenant '{tenant}' has no object pair {pair!r}")
+        declared = await app_object(db, tenant, found.app.object)
+        if declared is None:
+            raise ApiError(
+                404,
+                detail=f"tenant '{tenant}' has declared no app object {found.app.object!r}: PUT"
+                f" /api/v1/tenants/{tenant}/app-schema/{found.app.object} (or `duplex schema declare`) first",
+            )
+        described = (await latest_objects(db, tenant, [found.salesforce.object])).values()
+        latest = next(iter(described), None)
+        if latest is None or latest.object is None:
+            raise _not_described(tenant, found.salesforce.object)
+        return PairSuggestions(
+            tenant=tenant,
+            object_pair=found.name,
+            app_object=declared.object.name,
+            salesforce_object=latest.name,
+            app_schema_version=declared.version,
+            describe_version=latest.version,
+            fields=pair_suggestions(found, declared.object, latest.object),
+        )
 
     return router

@@ -386,6 +386,8 @@ class ObjectPair(_Model):
     soft_delete_field: SoftDeleteField | None = None
     filter: RecordFilter | None = None
     fields: tuple[FieldMapping, ...] = Field(min_length=1)
+    # App fields deliberately left unmapped: mapping suggestions list them as ignored, not as open.
+    ignored_fields: tuple[AppName, ...] = ()
 
     def direction_of(self, field: FieldMapping) -> Direction:
         return field.direction or self.direction

@@ -175,6 +175,11 @@ def _pair_issues(pair: ObjectPair, pair_names: set[str], at: IssuePath) -> list[
     )
     for j, field in enumerate(pair.fields):
         issues += _field_issues(pair, field, pair_names, (*fields_at, j))
+    issues += [
+        ConfigIssue((*at, "ignoredFields", k), f"'{name}' is mapped by this pair; it cannot also be ignored")
+        for k, name in enumerate(pair.ignored_fields)
+        if pair.field_by_app(name) is not None
+    ]
     issues += _delete_issues(pair, at)
     if pair.filter is not None:
         issues += _filter_issues(pair, pair.filter, (*at, "filter"))

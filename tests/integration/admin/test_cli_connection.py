@@ -246,6 +246,11 @@ async def test_schema_commands(connecting: Connecting, tmp_path: Path, monkeypat
     )
     declared = await cli("schema", "declare", "acme", "-f", str(declared_file))
     assert (declared.exit_code, declared.stdout) == (0, "app object partners: version 1 (2 fields)\n")
+    suggested = await cli("schema", "suggest", "acme", "partners")
+    assert suggested.exit_code == 0, suggested.output
+    rows = {line.split()[0]: line.split()[1:] for line in suggested.stdout.splitlines()[1:] if line.strip()}
+    assert rows["name"][:2] == ["mapped", "Name"]
+    assert json.loads((await cli("schema", "suggest", "acme", "partners", "--json")).stdout)["objectPair"] == "partners"
     declared_file.write_text(yaml.safe_dump({"object": "partners", "fields": [{"name": "n", "type": "text"}]}))
     bad = await cli("schema", "declare", "acme", "-f", str(declared_file))
     assert bad.exit_code == 1

@@ -76,6 +76,7 @@ TABLE: dict[tuple[str, str], Needs] = {
     ("GET", "/api/v1/tenants/{tenant}/app-schema"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/app-schema/{object}"): Needs.VIEWER,
     ("PUT", "/api/v1/tenants/{tenant}/app-schema/{object}"): Needs.ADMIN,
+    ("GET", "/api/v1/tenants/{tenant}/pairs/{pair}/suggestions"): Needs.VIEWER,
     ("GET", "/api/v1/oauth/callback"): Needs.OAUTH_STATE,
     ("POST", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
     ("GET", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
@@ -150,8 +151,16 @@ async def walk(api: Api, app: FastAPI, callers: list[Caller], table: dict[tuple[
     # An org read once and an app object declared, so the schema routes have something to show.
     await save_catalog(api.db, "acme", [])
     await save_described(api.db, "acme", "Account", CrmObject("Account", "Account"), cdc_selected=None)
-    await declare_app_object(api.db, "acme", AppObject("Account", (AppField("name"),)), "table")
-    values = {"tenant": "acme", "version": "1", "token_id": victim, "record": "a-1", "object": "Account"}
+    for app_object in ("Account", "partners"):
+        await declare_app_object(api.db, "acme", AppObject(app_object, (AppField("name"),)), "table")
+    values = {
+        "tenant": "acme",
+        "version": "1",
+        "token_id": victim,
+        "record": "a-1",
+        "object": "Account",
+        "pair": "partners",
+    }
     wrong = []
     for caller in callers:
         for method, path, operation in operations(app.openapi()):

@@ -55,6 +55,12 @@ def calls_by_duplex(connecting: Connecting, org: Org) -> int:
 
 
 async def test_a_refresh_lists_the_org_and_stores_each_mapped_object(connecting: Connecting, ready: Org) -> None:
+    region = {"name": "Region__c", "type": "picklist", "picklist_values": [{"value": "emea", "label": "EMEA"}]}
+    connecting.emulator.admin(
+        "PUT",
+        f"/orgs/{ready.org_id}/metadata-types/Region_Mapping__mdt",
+        {"label": "Region Mapping", "fields": [region], "records": [{"DeveloperName": "France", "Region__c": "emea"}]},
+    )
     before = calls_by_duplex(connecting, ready)
 
     first = await refresh(connecting)
@@ -71,6 +77,9 @@ async def test_a_refresh_lists_the_org_and_stores_each_mapped_object(connecting:
     account = next(i for i in listed["items"] if i["name"] == "Account")
     assert account["cdcSelected"] is True
     assert [i["name"] for i in (await get(connecting, "schema/objects?q=contact"))["items"]] == ["Contact"]
+    assert kinds["Region_Mapping__mdt"] == "metadata"
+    metadata = next(i for i in listed["items"] if i["name"] == "Region_Mapping__mdt")
+    assert (metadata["queryable"], metadata["createable"], metadata["cdcSelected"]) == (True, False, False)
 
     described = await get(connecting, "schema/objects/account")
     assert (described["name"], described["version"], described["cdcSelected"]) == ("Account", 1, True)
@@ -217,3 +226,62 @@ async def test_a_document_leaving_out_a_field_salesforce_requires_is_refused_onc
         ]
     current = await connecting.api.http.get("/api/v1/tenants/acme", headers=bearer(connecting.admin))
     assert any(f["salesforce"] == "LastName" for f in current.json()["document"]["spec"]["objects"][1]["fields"])
+
+
+async def test_suggestions_for_a_pair_read_both_schemas(connecting: Connecting, document: dict[str, Any]) -> None:
+    url = "/api/v1/tenants/acme/pairs/partners/suggestions"
+    undeclared = await connecting.api.http.get(url, headers=bearer(connecting.admin))
+    assert undeclared.status_code == 404
+    assert "app-schema/partners" in undeclared.json()["detail"]
+    fields = [
+        {"name": "name", "label": "Company name"},
+        {"name": "phone"},
+        {"name": "billing_zip", "label": "Billing ZIP code"},
+        {"name": "favourite_color"},
+    ]
+    declared = await connecting.api.http.put(
+        "/api/v1/tenants/acme/app-schema/partners", json={"fields": fields}, headers=bearer(connecting.admin)
+    )
+    assert declared.status_code == 200, declared.text
+    not_described = await connecting.api.http.get(url, headers=bearer(connecting.admin))
+    assert not_described.status_code == 404
+    assert "schema:refresh" in not_described.json()["detail"]
+    await refresh(connecting)
+
+    suggested = await get(connecting, "pairs/partners/suggestions")
+
+    by_app = {f["app"]: f for f in suggested["fields"]}
+    assert [f["app"] for f in suggested["fields"]] == ["name", "phone", "billing_zip", "favourite_color"]
+    assert (by_app["name"]["status"], by_app["name"]["mappedTo"], by_app["name"]["agrees"]) == ("mapped", "Name", True)
+    assert (by_app["billing_zip"]["status"], by_app["billing_zip"]["candidates"][0]["salesforce"]) == (
+        "auto",
+        "BillingPostalCode",
+    )
+    assert by_app["favourite_color"]["status"] == "unmapped"
+    assert (suggested["appSchemaVersion"], suggested["describeVersion"]) == (1, 1)
+
+    # Ignoring a field is part of the mapping: a new version of the document.
+    document["spec"]["objects"][0]["ignoredFields"] = ["favourite_color"]
+    applied = await connecting.api.http.put("/api/v1/tenants/acme", json=document, headers=bearer(connecting.admin))
+    assert applied.status_code == 200, applied.text
+    again = await get(connecting, "pairs/partners/suggestions")
+    assert {f["app"]: f["status"] for f in again["fields"]}["favourite_color"] == "ignored"
+
+
+async def test_a_custom_metadata_type_is_described_on_demand(connecting: Connecting, ready: Org) -> None:
+    region = {"name": "Region__c", "type": "picklist", "picklist_values": [{"value": "emea", "label": "EMEA"}]}
+    connecting.emulator.admin(
+        "PUT",
+        f"/orgs/{ready.org_id}/metadata-types/Region_Mapping__mdt",
+        {"label": "Region Mapping", "fields": [region]},
+    )
+    done = await refresh(connecting, {"objects": ["Region_Mapping__mdt", "Nope__c"]})
+    assert done["objects"] == ["Account", "Contact", "Region_Mapping__mdt", "Nope__c"]
+    described = await get(connecting, "schema/objects/Region_Mapping__mdt")
+    fields = {f["name"]: f for f in described["fields"]}
+    assert {"DeveloperName", "MasterLabel", "Region__c"} <= set(fields)
+    assert fields["Region__c"]["picklist"] == [{"value": "emea", "label": "EMEA", "active": True}]
+    assert not fields["Region__c"]["createable"]
+    # An object the org does not have is stored as gone, not as an error.
+    gone = await get(connecting, "schema/objects/Nope__c")
+    assert (gone["label"], gone["fields"]) == (None, [])

@@ -962,3 +962,13 @@ def test_key_order_never_changes_the_hash(rng: random.Random, cap: int) -> None:
     expected = config_sha256(parse_tenant_config(doc))
     assert config_sha256(parse_tenant_config(_shuffled(doc, rng))) == expected
     assert isinstance(TenantConfig.model_validate(doc), TenantConfig)
+
+
+def test_an_ignored_app_field_cannot_also_be_mapped() -> None:
+    doc = base_doc()
+    pair = doc["spec"]["objects"][0]
+    mapped = pair["fields"][0]["app"]
+    pair["ignoredFields"] = ["internal_score", mapped]
+    assert issues_of(doc) == [
+        ("spec.objects[0].ignoredFields[1]", f"'{mapped}' is mapped by this pair; it cannot also be ignored")
+    ]
