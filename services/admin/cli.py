@@ -1324,6 +1324,31 @@ def schema_suggest(
     _print_table(table)
 
 
+@schema_app.command("filter")
+def schema_filter(
+    ctx: typer.Context,
+    tenant: Tenant,
+    pair: Annotated[str, typer.Argument(help="The object pair, such as partners.", show_default=False)],
+    soql: Annotated[
+        str | None, typer.Option(help="A WHERE clause to try; the pair's own filter.soql when left out.")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Validate a pair's SOQL filter against the org: how many records it selects, and five of them."""
+    with _api(ctx) as api:
+        preview = api.validate_filter(tenant, pair, soql)
+    if as_json:
+        _print_json(preview)
+        return
+    typer.echo(f"{preview.count:,} {preview.salesforce_object} records match {preview.soql}")
+    if preview.samples:
+        columns = list(dict.fromkeys(k for row in preview.samples for k in row))
+        table = _table(*(c.upper() for c in columns))
+        for row in preview.samples:
+            table.add_row(*(_cell(row.get(c)) for c in columns))
+        _print_table(table)
+
+
 @schema_app.command("declare")
 def schema_declare(
     ctx: typer.Context,

@@ -47,6 +47,8 @@ from services.admin.api.schema import (
     Catalog,
     DescribedItem,
     Drift,
+    FilterPreview,
+    FilterRequest,
     PairSuggestions,
     Refreshed,
     RefreshRequest,
@@ -478,6 +480,11 @@ class AdminClient:
 
     def suggestions(self, tenant: str, pair: str) -> PairSuggestions:
         return self._get(PairSuggestions, f"/tenants/{_segment(tenant)}/pairs/{_segment(pair)}/suggestions")
+
+    def validate_filter(self, tenant: str, pair: str, soql: str | None) -> FilterPreview:
+        body = FilterRequest(soql=soql).model_dump(by_alias=True, exclude_none=True)
+        path = f"/tenants/{_segment(tenant)}/pairs/{_segment(pair)}/filter:validate"
+        return self._parse(FilterPreview, self._call("POST", path, json_body=body))
 
     def app_objects(self, tenant: str) -> AppSchemaList:
         return self._get(AppSchemaList, f"/tenants/{_segment(tenant)}/app-schema")

@@ -1,4 +1,5 @@
-"""Whether each object pair gives every field a create needs on the side it creates records in. Pure.
+"""Whether each object pair fits the schemas: every field a create needs on the side it creates
+records in, and a SOQL filter Salesforce can run. Pure.
 
 Salesforce refuses a create without its required fields (``REQUIRED_FIELD_MISSING``): every
 createable, non-nillable field without a default (Contact ``LastName``; Lead ``LastName`` and
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.schema import AppObject, CrmObject
+from services.common.soql_filter import check_where, parse_where
 from services.common.tenant_config import ObjectPair, TenantConfig
 
 
@@ -65,4 +67,21 @@ def missing_required(
             if lacking:
                 flowing = "the app (direction both or crm_to_app)"
                 found.append(MissingFields(where, _message(pair, f"app {declared.name} records", lacking, flowing)))
+    return found
+
+
+def filter_problems(config: TenantConfig, crm: Mapping[str, CrmObject]) -> list[tuple[str, str]]:
+    """(where, message) for each problem of a pair's SOQL filter against its object's describe."""
+    found: list[tuple[str, str]] = []
+    for index, pair in enumerate(config.spec.objects):
+        obj = crm.get(pair.salesforce.object.lower())
+        soql = pair.filter.soql if pair.filter is not None else None
+        if obj is None or soql is None:
+            continue
+        # The document's own validation refused a clause that does not parse.
+        where = parse_where(soql)
+        types = {f.name: f.type for f in obj.fields}
+        found += [
+            (f"spec.objects[{index}].filter.soql", str(p)) for p in check_where(where, types, object_name=obj.name)
+        ]
     return found

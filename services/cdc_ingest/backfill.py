@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 from services.cdc_ingest.cursor import Cursor
@@ -40,8 +40,11 @@ class Backfiller:
         publisher: Publisher,
         objects: Objects,
         sleep: Callable[[float], Awaitable[None]],
+        filters: Mapping[str, str] | None = None,
     ) -> None:
         self.tenant_id = tenant_id
+        # Each object's pair-filter clause to push into its reads (services.cdc_ingest.filters.pushdown).
+        self._filters = filters or {}
         self._settings = settings
         self._rest = rest
         self._store = store
@@ -76,7 +79,7 @@ class Backfiller:
                 # A requested backfill (services.common.backfills) arrives without a count, and
                 # the count may have crossed the threshold since the last one: choose here, while
                 # nothing has been read and switching method costs nothing.
-                count = await self._rest.count(entity)
+                count = await self._rest.count(entity, self._filters.get(entity))
                 method = "bulk" if count > self._settings.bulk_threshold else "rest"
                 if state is None:
                     await self._store.start_backfill(self.tenant_id, entity, method, count)
@@ -113,7 +116,9 @@ class Backfiller:
                 self.tenant_id, entity, job_id=None, locator=None, cursor=at, emitted=emitted + published
             )
 
-        published = await self._reader.read_window(entity, cursor, "backfill", save=save, all_rows=False, backfill=True)
+        published = await self._reader.read_window(
+            entity, cursor, "backfill", save=save, all_rows=False, backfill=True, where=self._filters.get(entity)
+        )
         return emitted + published
 
     async def _bulk(self, entity: str, job_id: str | None, locator: str | None, emitted: int) -> int:
@@ -131,7 +136,9 @@ class Backfiller:
         types = await self._rest.fields(entity)
         while True:
             if job_id is None:
-                job_id, locator = await self._rest.create_query_job(f"SELECT {', '.join(fields)} FROM {entity}"), None
+                where = self._filters.get(entity)
+                soql = f"SELECT {', '.join(fields)} FROM {entity}" + (f" WHERE {where}" if where else "")
+                job_id, locator = await self._rest.create_query_job(soql), None
                 await self._store.backfill_progress(
                     self.tenant_id, entity, job_id=job_id, locator=None, cursor=None, emitted=emitted
                 )

@@ -38,6 +38,10 @@ def read_message(change: Change, *, cursor: str, channel: str) -> RecordChanged:
     return message
 
 
+def is_update(message: RecordChanged) -> bool:
+    return message.kind == record_changed_pb2.CHANGE_KIND_UPDATE
+
+
 def is_deletion(message: RecordChanged) -> bool:
     return message.kind == record_changed_pb2.CHANGE_KIND_DELETE
 

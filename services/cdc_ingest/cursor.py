@@ -70,12 +70,15 @@ def after_clause(after: Cursor | None) -> str:
     return f"(SystemModstamp > {stamp} OR (SystemModstamp = {stamp} AND Id > {_quote(after.record_id)}))"
 
 
-def read_after_query(entity: str, fields: Iterable[str], after: Cursor | None, limit: int) -> str:
-    """One page of records strictly after ``after``, in cursor order."""
-    where = after_clause(after)
+def read_after_query(
+    entity: str, fields: Iterable[str], after: Cursor | None, limit: int, where: str | None = None
+) -> str:
+    """One page of records strictly after ``after`` (and matching ``where``, if given), in cursor order."""
+    conditions = [c for c in (after_clause(after), where) if c]
+    combined = " AND ".join(f"({c})" for c in conditions) if len(conditions) > 1 else "".join(conditions)
     return (
         f"SELECT {', '.join(fields)} FROM {entity}"
-        + (f" WHERE {where}" if where else "")
+        + (f" WHERE {combined}" if combined else "")
         + f" ORDER BY SystemModstamp, Id LIMIT {limit}"
     )
 

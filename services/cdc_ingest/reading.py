@@ -122,19 +122,20 @@ class RecordReader:
         all_rows: bool = True,
         backfill: bool = False,
         missing_since: datetime | None = None,
+        where: str | None = None,
     ) -> int:
         """Publish every record after ``start`` in (SystemModstamp, Id) order, page by page.
 
         ``save`` is called with the cursor and the count published so far after each page is
-        acknowledged; ``missing_since`` dates the records read (see ``read_change``). Returns the
-        number of changes published.
+        acknowledged; ``missing_since`` dates the records read (see ``read_change``); ``where``
+        narrows the read to a pair filter's records. Returns the number of changes published.
         """
         fields = await self.select(entity)
         types = await self._rest.fields(entity)
         cursor = start
         published = 0
         while True:
-            soql = read_after_query(entity, fields, cursor, self._page_size)
+            soql = read_after_query(entity, fields, cursor, self._page_size, where)
             rows = [row async for row in self._rest.query(soql, all_rows=all_rows, backfill=backfill)]
             changes = []
             for row in rows:

@@ -106,10 +106,9 @@ class SalesforceRest:
                 return
             response = await self.client.request("GET", next_url, backfill=backfill)
 
-    async def count(self, entity: str) -> int:
-        response = await self.client.request(
-            "GET", f"{self.client.api_base}/query", params={"q": f"SELECT COUNT() FROM {entity}"}, backfill=True
-        )
+    async def count(self, entity: str, where: str | None = None) -> int:
+        soql = f"SELECT COUNT() FROM {entity}" + (f" WHERE {where}" if where else "")
+        response = await self.client.request("GET", f"{self.client.api_base}/query", params={"q": soql}, backfill=True)
         return int(response.json()["totalSize"])
 
     # --- Bulk 2.0 query jobs ---------------------------------------------------------------------

@@ -24,6 +24,7 @@ from services.cdc_ingest.contract import ConsumerEvent, FetchResponse, RecordCha
 from services.cdc_ingest.cursor import IDS_PER_QUERY, merge_losers_query
 from services.cdc_ingest.describe import MASTER_RECORD_ID
 from services.cdc_ingest.event_schema import ChangeEventSchema, flat_name
+from services.cdc_ingest.filters import UpdateCompleter
 from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.pubsub import PubSubAuthError, PubSubClient, PubSubError, ReplayIdInvalidError, Start
 from services.cdc_ingest.rejection import UndecodableError, undecodable
@@ -68,8 +69,10 @@ class Stream:
         reconnect: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]],
         metrics: Metrics | None = None,
+        completer: UpdateCompleter | None = None,
     ) -> None:
         self.tenant_id = tenant_id
+        self._completer = completer
         self._settings = settings
         self._rest = rest
         self._pubsub_factory = pubsub_factory
@@ -136,7 +139,7 @@ class Stream:
                 skip = state.skip_before is not None and translated.commit_time < state.skip_before
                 if translated.order is not None and not skip:
                     # Everything before the gap goes out first, so per-record order holds.
-                    await self.add_masters(pending)
+                    await self._complete(pending)
                     await self._publisher.publish(pending, "stream")
                     pending = []
                     await self._repairs.repair(translated.order)
@@ -144,7 +147,7 @@ class Stream:
                     pending.extend(translated.changes)
                 last_commit = translated.commit_time
             last_replay = replay_id
-        await self.add_masters(pending)
+        await self._complete(pending)
         await self._publisher.publish(pending, "stream")
         if last_replay is None and response.latest_replay_id:
             # A keepalive: nothing on this channel up to latest_replay_id, so resuming after it
@@ -194,6 +197,12 @@ class Stream:
                 types = await self._rest.fields(entity, refresh=True)
             self._checked_schemas.add(schema.schema_id)
         return types
+
+    async def _complete(self, changes: Sequence[RecordChanged]) -> None:
+        """What the events leave out that mapping needs: merge masters, and filtered records' state."""
+        await self.add_masters(changes)
+        if self._completer is not None:
+            await self._completer.complete(changes)
 
     async def add_masters(self, changes: Sequence[RecordChanged]) -> None:
         """Set MasterRecordId on the DELETE changes of merge losers.

@@ -38,6 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from services.cdc_ingest.backfill import Backfiller
+from services.cdc_ingest.filters import UpdateCompleter, pushdown
 from services.cdc_ingest.polling import Poller
 from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.pubsub import Start
@@ -111,6 +112,7 @@ class TenantWorker:
             objects=self.objects,
             metrics=metrics,
         )
+        completer = UpdateCompleter(config, rest, reader)
         self.stream = Stream(
             tenant_id=tenant_id,
             settings=settings,
@@ -123,6 +125,7 @@ class TenantWorker:
             reconnect=reconnect,
             sleep=sleep,
             metrics=metrics,
+            completer=completer if completer.needed else None,
         )
         self.poller = Poller(
             tenant_id=tenant_id,
@@ -142,6 +145,7 @@ class TenantWorker:
             publisher=publisher,
             objects=self.objects,
             sleep=sleep,
+            filters=pushdown(config),
         )
 
     async def run(self) -> None:

@@ -38,6 +38,7 @@ def parse_describe(fields: Any) -> dict[str, CrmFieldInfo]:
             createable=bool(entry.get("createable", True)),
             calculated=bool(entry.get("calculated", False)),
             length=int(entry.get("length") or 0),
+            type=str(entry.get("type") or ""),
         )
     return infos
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from services.common.change import Change, ChangeKind, Side
@@ -55,7 +55,7 @@ from services.mapping.storage import (
     OpenLinks,
     SyncLog,
 )
-from services.mapping.translate import MappedField, RejectedChangeError, matches_filter, translate
+from services.mapping.translate import FilterOutcome, MappedField, RejectedChangeError, filter_decision, translate
 
 log = logging.getLogger(__name__)
 
@@ -394,12 +394,11 @@ class Mapper:
         ):
             change, correction = untagged(change)
             corrected.append((change, correction))
-        if change.kind is not ChangeKind.DELETE and not matches_filter(pair.filter, change.side, change.fields):
-            # "Why did this record not sync?" must be answerable from the sync log.
-            linked = await repo.find(change.tenant_id, pair.name, change.side, change.record_id)
-            message = f"{change.side} record does not match the {pair.name} record filter: not synced"
-            await self._note(conn, change, "change.filtered", linked.link_id if linked is not None else None, message)
-            return []
+        if change.kind is not ChangeKind.DELETE and pair.filter is not None:
+            filtered = await self._filtered(repo, conn, pair, change)
+            if filtered is None:
+                return []
+            change = filtered
         link = await self._link(repo, pair, change)
         if link is None or link.merged_into is not None:
             return []
@@ -544,6 +543,44 @@ class Mapper:
             source_event_id=held.source_event_id,
             fields=(field,),
         )
+
+    async def _filtered(self, repo: BatchLinks, conn: Connection, pair: ObjectPair, change: Change) -> Change | None:
+        """``change`` as it passes the pair's record filter, or None (noted in the sync log) when it does not.
+
+        A linked record passed the filter before: a change that does not carry the fields the
+        filter reads left them as they were, so it still passes, unless the record left the filter
+        (``outside_filter``). A record that comes into the filter, never linked or back from
+        outside, is synced whole, as a create: the change then counts every field it carries.
+        """
+        crm_fields = None
+        if change.side is Side.CRM and pair.filter is not None and pair.filter.soql is not None:
+            crm_fields = await self._describes.crm_fields(conn, change.tenant_id, pair.salesforce.object)
+        decision = filter_decision(pair, change.side, change.fields, crm_fields)
+        linked = await repo.find(change.tenant_id, pair.name, change.side, change.record_id)
+        outside = linked is not None and await repo.outside_filter(linked)
+        link_id = linked.link_id if linked is not None else None
+        whole = replace(change, changed=frozenset(change.fields))
+        if decision.outcome is FilterOutcome.MATCHES:
+            if linked is None:
+                return whole if change.kind is ChangeKind.UPDATE else change
+            if outside:
+                await repo.set_outside_filter(linked, False)
+                message = f"{change.side} record matches the {pair.name} record filter again: synced whole"
+                await self._note(conn, change, "change.entered_filter", link_id, message)
+                return whole
+            return change
+        if decision.outcome is FilterOutcome.UNDECIDED and linked is not None and not outside:
+            return change
+        # "Why did this record not sync?" must be answerable from the sync log.
+        if decision.outcome is FilterOutcome.EXCLUDED and linked is not None and not outside:
+            await repo.set_outside_filter(linked, True)
+            message = f"{change.side} record left the {pair.name} record filter ({decision.reason}): no longer synced"
+            await self._note(conn, change, "change.left_filter", link_id, message)
+            return None
+        reason = decision.reason or "it left the filter earlier"
+        message = f"{change.side} record does not match the {pair.name} record filter ({reason}): not synced"
+        await self._note(conn, change, "change.filtered", link_id, message)
+        return None
 
     async def _note(self, conn: Connection, change: Change, event: str, link_id: str | None, message: str) -> None:
         await self._sync_log.record(

@@ -156,6 +156,21 @@ class LinkRepository:
             merged_into,
         )
 
+    async def outside_filter(self, link: Link) -> bool:
+        return bool(
+            await self._conn.fetchval(
+                "SELECT true FROM outside_filter WHERE tenant_id = $1 AND link_id = $2", link.tenant_id, link.link_id
+            )
+        )
+
+    async def set_outside_filter(self, link: Link, outside: bool) -> None:
+        query = (
+            "INSERT INTO outside_filter (tenant_id, link_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            if outside
+            else "DELETE FROM outside_filter WHERE tenant_id = $1 AND link_id = $2"
+        )
+        await self._conn.execute(query, link.tenant_id, link.link_id)
+
     async def other_side_ids(
         self, tenant_id: str, side: Side, wanted: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], str]:

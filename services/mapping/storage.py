@@ -80,6 +80,12 @@ class BatchLinks(Protocol):
     async def retire(self, link: Link, merged_into: str) -> None:
         """Stop syncing ``link`` (it lost to ``merged_into``); its app record is kept."""
 
+    async def outside_filter(self, link: Link) -> bool:
+        """Whether ``link``'s record left its pair's record filter (and has not come back)."""
+
+    async def set_outside_filter(self, link: Link, outside: bool) -> None:
+        """Record that ``link``'s record left its pair's filter (True), or matches it again (False)."""
+
     async def other_side_ids(
         self, tenant_id: str, side: Side, wanted: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], str]:

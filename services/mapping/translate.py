@@ -12,14 +12,24 @@ For each field mapping of the object pair whose source field is part of the chan
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 
 from services.common.change import Change, Side
-from services.common.tenant_config import Direction, FieldMapping, FieldType, ObjectPair, OnUnresolved, RecordFilter
+from services.common.soql_filter import FilterError, MissingFieldError, Where, evaluate, parse_where, validated
+from services.common.tenant_config import (
+    Direction,
+    FieldMapping,
+    FieldType,
+    ObjectPair,
+    OnUnresolved,
+)
+from services.common.tenant_config.model import FilterCondition
 from services.common.values import Reference, Value, int64, is_blank
 
 # (pair name, side the id belongs to, id) -> the linked record's id on the other side, if linked.
@@ -35,6 +45,8 @@ class CrmFieldInfo:
     createable: bool = True
     calculated: bool = False
     length: int = 0
+    # Describe's type (string, picklist, currency …); "" when not known.
+    type: str = ""
 
     @property
     def read_only(self) -> bool:
@@ -90,24 +102,74 @@ def _not_allowed_reason(direction: Direction, mapping: FieldMapping, pair: Objec
     return f"direction is {direction}"
 
 
-def matches_filter(record_filter: RecordFilter | None, side: Side, fields: Mapping[str, Value]) -> bool:
-    """Whether a record passes the pair's filter for its side (conditions on absent fields pass)."""
+class FilterOutcome(StrEnum):
+    MATCHES = "matches"
+    EXCLUDED = "excluded"
+    # A field the filter reads is not in the change: only the record's history can tell.
+    UNDECIDED = "undecided"
+
+
+@dataclass(frozen=True)
+class FilterDecision:
+    outcome: FilterOutcome
+    # Why, for the sync log, when the record does not plainly match.
+    reason: str = ""
+
+
+_MATCHES = FilterDecision(FilterOutcome.MATCHES)
+
+
+@functools.lru_cache(maxsize=256)
+def _where(soql: str, types: tuple[tuple[str, str], ...], object_name: str) -> Where:
+    return validated(soql, dict(types), object_name=object_name)
+
+
+def filter_decision(
+    pair: ObjectPair, side: Side, fields: Mapping[str, Value], crm_fields: Mapping[str, CrmFieldInfo] | None = None
+) -> FilterDecision:
+    """Whether a record with ``fields`` passes the pair's filter for its side.
+
+    A condition on a field the change does not carry decides nothing (an update carries only what
+    changed); the caller then asks whether the record passed before. A condition that fails
+    excludes the record whatever else is unknown, since a filter's conditions must all hold.
+    """
+    record_filter = pair.filter
     if record_filter is None:
-        return True
+        return _MATCHES
     conditions = record_filter.app if side is Side.APP else record_filter.salesforce
     lowered = {name.lower(): value for name, value in fields.items()}
+    absent: list[str] = []
     for condition in conditions:
         key = condition.field.lower()
         if key not in lowered:
+            absent.append(condition.field)
             continue
-        value = lowered[key]
-        if condition.not_null and is_blank(value):
-            return False
-        if condition.equals is not None and value != condition.equals:
-            return False
-        if condition.in_ is not None and value not in condition.in_:
-            return False
-    return True
+        if not _holds(condition, lowered[key]):
+            return FilterDecision(FilterOutcome.EXCLUDED, f"{condition.field} does not match")
+    if side is Side.CRM and record_filter.soql is not None:
+        types = tuple(sorted((n, i.type) for n, i in (crm_fields or {}).items() if i.type))
+        try:
+            where = (
+                _where(record_filter.soql, types, pair.salesforce.object) if types else parse_where(record_filter.soql)
+            )
+            if not evaluate(where, fields):
+                return FilterDecision(FilterOutcome.EXCLUDED, f"does not match {record_filter.soql!r}")
+        except MissingFieldError as missing:
+            absent.append(missing.field)
+        except (FilterError, TypeError) as error:
+            # The org's schema changed under the clause (a field deleted or retyped): nothing passes.
+            return FilterDecision(FilterOutcome.EXCLUDED, f"the filter no longer fits the org's schema: {error}")
+    if absent:
+        return FilterDecision(FilterOutcome.UNDECIDED, f"the change does not carry {', '.join(absent)}")
+    return _MATCHES
+
+
+def _holds(condition: FilterCondition, value: Value) -> bool:
+    if condition.not_null:
+        return not is_blank(value)
+    if condition.equals is not None:
+        return bool(value == condition.equals)
+    return condition.in_ is None or value in condition.in_
 
 
 def translate(

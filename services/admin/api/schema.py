@@ -17,6 +17,7 @@
 # No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime, and
 # the dependencies they name are local to the router factory, out of reach of string annotations.
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -28,7 +29,7 @@ from services.admin.api.access import Access
 from services.admin.api.body import json_body, json_body_schema
 from services.admin.api.models import ApiModel
 from services.admin.api.preflight import tenant_client
-from services.admin.api.problems import ApiError, request_id_of
+from services.admin.api.problems import ApiError, FieldError, request_id_of
 from services.admin.api.tenants import stored_config
 from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
@@ -36,8 +37,8 @@ from services.admin.config_store import ConfigStore
 from services.admin.suggestions import Suggestion, suggest
 from services.common.connections import ConnectionUnavailableError, Sessions
 from services.common.db import Connection
-from services.common.salesforce import SalesforceApiError, UnlimitedBudget
-from services.common.schema import AppField, AppObject, CrmField, CrmObject
+from services.common.salesforce import SalesforceApiError, SalesforceClient, UnlimitedBudget
+from services.common.schema import AppField, AppObject, CrmField, CrmObject, crm_object
 from services.common.schema_drift import RuleWarning, SchemaChange, standing_warnings
 from services.common.schema_refresh import ClientSchemaReader, refresh
 from services.common.schema_store import (
@@ -48,7 +49,9 @@ from services.common.schema_store import (
     declare_app_object,
     latest_objects,
     object_history,
+    save_described,
 )
+from services.common.soql_filter import FilterError, FilterProblem, check_where, fields_of, parse_where, render
 from services.common.tenant_config import FieldType, ObjectPair
 from services.common.vault import VaultError
 
@@ -312,6 +315,55 @@ def pair_suggestions(pair: ObjectPair, app: AppObject, crm: CrmObject) -> list[F
     return found
 
 
+class FilterRequest(ApiModel):
+    model_config = ConfigDict(populate_by_name=False)
+
+    soql: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4000,
+        description="A WHERE clause on the pair's Salesforce object; the pair's own `filter.soql` when left out.",
+    )
+
+
+class FilterPreview(ApiModel):
+    tenant: str
+    object_pair: str
+    salesforce_object: str
+    soql: str = Field(description="The clause as Duplex will send it.")
+    count: int = Field(description="Records the clause selects now.")
+    samples: list[dict[str, Any]] = Field(description="Up to five of them, last modified first: Id and mapped fields.")
+    api_calls: int
+
+
+def _filter_error(problems: Sequence[FilterProblem]) -> ApiError:
+    return ApiError(
+        422,
+        title="Invalid filter",
+        detail="the SOQL filter cannot be used: " + "; ".join(str(p) for p in problems),
+        errors=[FieldError("soql", str(p)) for p in problems],
+    )
+
+
+async def _described(db: Connection, tenant: str, name: str, reader: ClientSchemaReader) -> CrmObject:
+    """The object's newest stored describe, read (one call) and stored when there is none."""
+    stored = next(iter((await latest_objects(db, tenant, [name])).values()), None)
+    if stored is not None and stored.object is not None:
+        return stored.object
+    describe = await reader.describe(name)
+    if describe is None:
+        raise ApiError(422, detail=f"the org has no object {name!r}")
+    obj = crm_object(describe)
+    await save_described(db, tenant, name, obj, cdc_selected=None, describe_fields=describe.get("fields") or ())
+    return obj
+
+
+async def _query(client: SalesforceClient, soql: str) -> dict[str, Any]:
+    response = await client.request("GET", f"{client.api_base}/query", params={"q": soql})
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
 def _not_described(tenant: str, name: str) -> ApiError:
     return ApiError(
         404,
@@ -538,6 +590,69 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
             app_schema_version=declared.version,
             describe_version=latest.version,
             fields=pair_suggestions(found, declared.object, latest.object),
+        )
+
+    @router.post(
+        "/{tenant}/pairs/{pair}/filter:validate",
+        response_model=FilterPreview,
+        summary="Validate a pair's SOQL filter against the org: how many records it selects, and five of them",
+        description="Each problem (syntax, unknown field, operator or literal wrong for the field's type) is a 422"
+        " naming its column. API calls: a COUNT() query and a five-row query (and a describe if none is stored),"
+        " which is why it is an operator's.",
+        openapi_extra=json_body_schema(FilterRequest),
+    )
+    async def validate_filter(
+        principal: Annotated[Principal, Depends(operate)],
+        tenant: str,
+        pair: str,
+        body: Annotated[FilterRequest, Depends(json_body(FilterRequest))],
+        db: Annotated[Connection, db_dependency],
+    ) -> FilterPreview:
+        config = (await stored_config(ConfigStore(db), tenant)).config
+        found = next((p for p in config.spec.objects if p.name == pair.lower()), None)
+        if found is None:
+            raise ApiError(404, detail=f"tenant '{tenant}' has no object pair {pair!r}")
+        soql = body.soql or (found.filter.soql if found.filter is not None else None)
+        if soql is None:
+            raise ApiError(
+                422,
+                detail=f"pair {found.name} has no filter.soql: give one as soql",
+                errors=[FieldError("soql", "required")],
+            )
+        try:
+            where = parse_where(soql)
+        except FilterError as error:
+            raise _filter_error(error.problems) from None
+        if sessions is None:
+            raise ApiError(503, detail="this admin API was started without access to Salesforce")
+        budget = UnlimitedBudget()
+        client = tenant_client(sessions, tenant, config.spec.salesforce, budget)
+        name = found.salesforce.object
+        try:
+            obj = await _described(db, tenant, name, ClientSchemaReader(client))
+            problems = check_where(where, {f.name: f.type for f in obj.fields}, object_name=obj.name)
+            if problems:
+                raise _filter_error(problems)
+            clause = render(where)
+            count = await _query(client, f"SELECT COUNT() FROM {name} WHERE {clause}")
+            shown = {r.salesforce.lower() for r in found.fields} | {f.lower() for f in fields_of(where)}
+            columns = ", ".join(["Id", *(f.name for f in obj.fields if f.name.lower() in shown and f.name != "Id")])
+            latest = f"SELECT {columns} FROM {name} WHERE {clause} ORDER BY LastModifiedDate DESC LIMIT 5"
+            samples = await _query(client, latest)
+        except (ConnectionUnavailableError, LookupError, VaultError) as exc:
+            raise ApiError(409, detail=f"Duplex cannot sign in to the org of tenant '{tenant}': {exc}") from None
+        except SalesforceApiError as exc:
+            raise ApiError(502, detail=f"Salesforce refused the query: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise ApiError(502, detail=f"Salesforce could not be reached: {exc or type(exc).__name__}") from None
+        return FilterPreview(
+            tenant=tenant,
+            object_pair=found.name,
+            salesforce_object=name,
+            soql=clause,
+            count=int(count["totalSize"]),
+            samples=[{k: v for k, v in row.items() if k != "attributes"} for row in samples["records"]],
+            api_calls=budget.calls.get(tenant, 0),
         )
 
     return router

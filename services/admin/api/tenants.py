@@ -26,7 +26,7 @@ from services.admin.auth import Action, Principal, sees
 from services.admin.config_store import ApplyResult, ConfigStore, RefusedByPolicyError
 from services.admin.connect import ConnectFlow
 from services.admin.documents import diff_documents, unified_diff
-from services.admin.required_fields import missing_required
+from services.admin.required_fields import filter_problems, missing_required
 from services.common.db import Connection
 from services.common.schema_store import app_objects, latest_objects
 from services.common.tenant_config import (
@@ -47,6 +47,7 @@ async def check_against_schemas(db: Connection, config: TenantConfig) -> None:
     crm = {d.name.lower(): d.object for d in described.values() if d.object is not None}
     app = {name: declared.object for name, declared in (await app_objects(db, config.tenant_id)).items()}
     errors = [FieldError(m.where, m.message) for m in missing_required(config, crm, app)]
+    errors += [FieldError(where, message) for where, message in filter_problems(config, crm)]
     if errors:
         raise ApiError(
             422,

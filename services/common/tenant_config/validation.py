@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from services.common.soql_filter import FilterError, parse_where
 from services.common.tenant_config.api_versions import known_api_versions
 from services.common.tenant_config.model import (
     AuthMode,
@@ -305,6 +306,12 @@ def _delete_issues(pair: ObjectPair, at: IssuePath) -> list[ConfigIssue]:
 
 def _filter_issues(pair: ObjectPair, record_filter: RecordFilter, at: IssuePath) -> list[ConfigIssue]:
     issues = []
+    if record_filter.soql is not None:
+        # Its fields are checked against describe when the document is applied (the admin API).
+        try:
+            parse_where(record_filter.soql)
+        except FilterError as error:
+            issues += [ConfigIssue((*at, "soql"), str(problem)) for problem in error.problems]
     # Services only ever hold the mapped fields of a record, so only those can be filtered on.
     for k, condition in enumerate(record_filter.app):
         if pair.field_by_app(condition.field) is None:

@@ -240,6 +240,13 @@ async def test_schema_commands(connecting: Connecting, tmp_path: Path, monkeypat
     assert {"Partner_Status__c", "Tier__c", "Portal_User__c"} <= paused
     assert "paused until the mapping is fixed" in (await cli("schema", "drift", "acme")).stdout
 
+    matched = await cli("schema", "filter", "acme", "partners", "--soql", "Type = 'Prospect'")
+    assert matched.exit_code == 0, matched.output
+    assert matched.stdout.startswith("0 Account records match Type = 'Prospect'")
+    unknown = await cli("schema", "filter", "acme", "partners", "--soql", "Tpye = 'Prospect'")
+    assert unknown.exit_code == 1
+    assert "soql: column 1: unknown field 'Tpye' on Account; did you mean Type?" in unknown.output
+
     declared_file = tmp_path / "partners.yaml"
     declared_file.write_text(
         yaml.safe_dump({"object": "partners", "fields": [{"name": "name", "required": True}, {"name": "tier"}]})
@@ -248,8 +255,8 @@ async def test_schema_commands(connecting: Connecting, tmp_path: Path, monkeypat
     assert (declared.exit_code, declared.stdout) == (0, "app object partners: version 1 (2 fields)\n")
     suggested = await cli("schema", "suggest", "acme", "partners")
     assert suggested.exit_code == 0, suggested.output
-    rows = {line.split()[0]: line.split()[1:] for line in suggested.stdout.splitlines()[1:] if line.strip()}
-    assert rows["name"][:2] == ["mapped", "Name"]
+    statuses = {line.split()[0]: line.split()[1:] for line in suggested.stdout.splitlines()[1:] if line.strip()}
+    assert statuses["name"][:2] == ["mapped", "Name"]
     assert json.loads((await cli("schema", "suggest", "acme", "partners", "--json")).stdout)["objectPair"] == "partners"
     declared_file.write_text(yaml.safe_dump({"object": "partners", "fields": [{"name": "n", "type": "text"}]}))
     bad = await cli("schema", "declare", "acme", "-f", str(declared_file))

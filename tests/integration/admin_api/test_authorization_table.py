@@ -77,6 +77,7 @@ TABLE: dict[tuple[str, str], Needs] = {
     ("GET", "/api/v1/tenants/{tenant}/app-schema/{object}"): Needs.VIEWER,
     ("PUT", "/api/v1/tenants/{tenant}/app-schema/{object}"): Needs.ADMIN,
     ("GET", "/api/v1/tenants/{tenant}/pairs/{pair}/suggestions"): Needs.VIEWER,
+    ("POST", "/api/v1/tenants/{tenant}/pairs/{pair}/filter:validate"): Needs.OPERATOR,
     ("GET", "/api/v1/oauth/callback"): Needs.OAUTH_STATE,
     ("POST", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
     ("GET", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
@@ -91,6 +92,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/tenants/{tenant}/pause"): {"json": {"direction": "to_app", "reason": "made by the table"}},
     ("POST", "/api/v1/tenants/{tenant}/resume"): {"json": {"direction": "to_app"}},
     ("POST", "/api/v1/tenants/{tenant}/schema:refresh"): {"json": {}},
+    ("POST", "/api/v1/tenants/{tenant}/pairs/{pair}/filter:validate"): {"json": {"soql": "Name = 'x'"}},
     ("PUT", "/api/v1/tenants/{tenant}/app-schema/{object}"): {"json": {"fields": [{"name": "made_by_the_table"}]}},
     # Nothing there to replay; the dead letter the api fixture put there (discarding it again is a no-op).
     ("POST", "/api/v1/tenants/{tenant}/dead-letters:replay"): {"json": {"all": True, "topic": "crm_changes"}},
@@ -98,8 +100,12 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "json": {"ids": ["app_changes_dlq:0:0"], "reason": "made by the table"}
     },
 }
-# What an allowed caller gets where the table's tenant cannot give more: acme was never connected.
-WHEN_ALLOWED: dict[tuple[str, str], int] = {("POST", "/api/v1/tenants/{tenant}/schema:refresh"): 409}
+# What an allowed caller gets where the table's tenant cannot give more: acme was never connected,
+# and the Account described below has no fields for a filter to name.
+WHEN_ALLOWED: dict[tuple[str, str], int] = {
+    ("POST", "/api/v1/tenants/{tenant}/schema:refresh"): 409,
+    ("POST", "/api/v1/tenants/{tenant}/pairs/{pair}/filter:validate"): 422,
+}
 _METHODS = {"get", "put", "post", "delete", "patch"}
 
 

@@ -10,7 +10,10 @@ import json
 from typing import Any
 
 import pytest
+import requests
+from simple_salesforce.api import Salesforce
 
+from devstack.emulator import API_VERSION
 from services.admin.auth import Role
 from tests.integration.admin_api.connecting import DUPLEX_ID, SAMPLE_FIELDS, TIER, Connecting, Org
 from tests.integration.admin_api.harness import bearer
@@ -285,3 +288,79 @@ async def test_a_custom_metadata_type_is_described_on_demand(connecting: Connect
     # An object the org does not have is stored as gone, not as an error.
     gone = await get(connecting, "schema/objects/Nope__c")
     assert (gone["label"], gone["fields"]) == (None, [])
+
+
+async def test_validate_a_filter_counts_and_samples_or_names_each_problem(
+    connecting: Connecting, document: dict[str, Any], orgs: tuple[Org, Org]
+) -> None:
+    org = orgs[0]
+    alias = org.username.split("@")[1].split(".")[0]
+    with connecting.emulator.http() as http:
+        grant = {"grant_type": "password", "client_id": org.client_id, "client_secret": org.client_secret}
+        answer = http.post(
+            "/services/oauth2/token", data={**grant, "username": org.username, "password": f"{alias}-password"}
+        )
+    assert answer.status_code == 200, answer.text
+    token = answer.json()
+    session = requests.Session()
+    session.trust_env, session.verify = False, connecting.emulator.ca_cert
+    sf: Any = Salesforce(
+        instance_url=token["instance_url"], session_id=token["access_token"], version=API_VERSION, session=session
+    )
+    for i in range(7):
+        sf.Account.create({"Name": f"Customer {i}", "Type": "Customer - Direct", "AnnualRevenue": i})
+    sf.Account.create({"Name": "Prospect", "Type": "Prospect"})
+    url = "/api/v1/tenants/acme/pairs/partners/filter:validate"
+
+    async def validate(soql: str) -> Any:
+        return await connecting.api.http.post(url, json={"soql": soql}, headers=bearer(connecting.admin))
+
+    preview = await validate("Type = 'Customer - Direct' and AnnualRevenue > 0")
+    assert preview.status_code == 200, preview.text
+    body = preview.json()
+    assert (body["count"], len(body["samples"])) == (6, 5)
+    assert body["soql"] == "Type = 'Customer - Direct' AND AnnualRevenue > 0"
+    assert {"Id", "Name", "AnnualRevenue", "Type"} <= set(body["samples"][0])
+    # A describe was read and stored on the way, then two queries.
+    assert body["apiCalls"] == 3
+
+    for soql, column, words in [
+        ("Type = 'Customer' AND (AnnualRevenue > 0", 23, "never closed"),
+        ("Tpye = 'Customer'", 1, "unknown field 'Tpye' on Account; did you mean Type?"),
+        ("AnnualRevenue LIKE '5%'", 15, "LIKE"),
+        ("AnnualRevenue > 'lots'", 17, "AnnualRevenue"),
+        ("Type = 'A' AND Name = 'B' OR Name = 'C'", None, "parentheses"),
+    ]:
+        refused = await validate(soql)
+        assert refused.status_code == 422, (soql, refused.text)
+        (error,) = refused.json()["errors"]
+        assert error["field"] == "soql"
+        assert words in error["message"], error["message"]
+        if column is not None:
+            assert error["message"].startswith(f"column {column}: "), error["message"]
+
+    # The pair's own filter is what is validated when none is given; it has none yet.
+    none = await connecting.api.http.post(url, json={}, headers=bearer(connecting.admin))
+    assert none.status_code == 422
+
+
+async def test_a_document_whose_filter_does_not_fit_the_org_is_refused(
+    connecting: Connecting, document: dict[str, Any]
+) -> None:
+    await refresh(connecting)
+    document["spec"]["objects"][0]["filter"] = {"soql": "Type = 'Customer' AND Tier = 'Gold'"}
+    refused = await connecting.api.http.put("/api/v1/tenants/acme", json=document, headers=bearer(connecting.admin))
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"] == [
+        {
+            "field": "spec.objects[0].filter.soql",
+            "message": "column 23: unknown field 'Tier' on Account",
+        }
+    ]
+    document["spec"]["objects"][0]["filter"] = {"soql": "Type = 'Customer' AND (Tier__c = 'Gold'"}
+    malformed = await connecting.api.http.put("/api/v1/tenants/acme", json=document, headers=bearer(connecting.admin))
+    assert malformed.status_code == 422
+    assert malformed.json()["errors"][0]["field"] == "spec.objects[0].filter.soql"
+    document["spec"]["objects"][0]["filter"] = {"soql": "Type = 'Customer' AND Tier__c = 'Gold'"}
+    applied = await connecting.api.http.put("/api/v1/tenants/acme", json=document, headers=bearer(connecting.admin))
+    assert applied.status_code == 200, applied.text

@@ -274,7 +274,13 @@ async def test_a_new_mapping_version_and_describe_are_used_once_re_checked(fresh
             fresh_database,
             "INSERT INTO crm_object_fields (tenant_id, object_name, fields) VALUES ($1, 'account', $2::jsonb)",
             TENANT,
-            json.dumps({"Phone": {"type": "phone", "length": 40, "calculated": True, "updateable": False}}),
+            json.dumps(
+                {
+                    "Name": {"type": "string", "length": 255},
+                    "Website": {"type": "url", "length": 255},
+                    "Phone": {"type": "phone", "length": 40, "calculated": True, "updateable": False},
+                }
+            ),
         )
         now[0] = 29.0
         assert await m.handle_batch(changes_of([change(1)])) == {}

@@ -21,12 +21,12 @@ from services.admin.preflight import (
     OrgFacts,
     ReadError,
     SignedIn,
-    change_event_name,
     preflight_checks,
     read_org,
 )
 from services.common.connections import ConnectionUnavailableError
 from services.common.salesforce import SalesforceApiError, UnlimitedBudget
+from services.common.schema_refresh import change_event_name
 from services.common.tenant_config import TenantConfig, parse_tenant_config
 from services.common.vault import VaultError
 

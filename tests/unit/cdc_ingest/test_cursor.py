@@ -51,6 +51,14 @@ def test_read_after_query_orders_by_the_tuple_and_limits() -> None:
     assert read_after_query("Account", ["Id"], Cursor(T, "001"), 5).endswith(
         "AND Id > '001')) ORDER BY SystemModstamp, Id LIMIT 5"
     )
+    # A pair filter's clause narrows the read; each part keeps its own parentheses.
+    assert read_after_query("Account", ["Id"], None, 5, "Type = 'A' OR Type = 'B'") == (
+        "SELECT Id FROM Account WHERE Type = 'A' OR Type = 'B' ORDER BY SystemModstamp, Id LIMIT 5"
+    )
+    assert " WHERE ((SystemModstamp > " in read_after_query("Account", ["Id"], Cursor(T, "001"), 5, "Type = 'A'")
+    assert read_after_query("Account", ["Id"], Cursor(T, "001"), 5, "Type = 'A'").endswith(
+        "AND Id > '001'))) AND (Type = 'A') ORDER BY SystemModstamp, Id LIMIT 5"
+    )
 
 
 def test_by_ids_query() -> None:

@@ -32,6 +32,7 @@ class FakeDatabase:
     log: list[Entry] = field(default_factory=list)
     configs: dict[str, StoredConfig] = field(default_factory=dict)  # each tenant's current one
     describes: dict[tuple[str, str], Mapping[str, CrmFieldInfo]] = field(default_factory=dict)
+    outside: set[tuple[str, str]] = field(default_factory=set)  # (tenant, link id) outside their filter
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[FakeDatabase]:
@@ -144,6 +145,13 @@ class FakeLinks:
     async def retire(self, link: Link, merged_into: str) -> None:
         current = self._db.links[(link.tenant_id, link.link_id)]
         self._db.add_link(replace(current, crm_record_id=None, merged_into=merged_into))
+
+    async def outside_filter(self, link: Link) -> bool:
+        return (link.tenant_id, link.link_id) in self._db.outside
+
+    async def set_outside_filter(self, link: Link, outside: bool) -> None:
+        key = (link.tenant_id, link.link_id)
+        self._db.outside.add(key) if outside else self._db.outside.discard(key)
 
     async def other_side_ids(
         self, tenant_id: str, side: Side, wanted: Iterable[tuple[str, str]]

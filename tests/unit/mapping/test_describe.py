@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
     [
         (
             {"Name": {"type": "string", "length": 255, "createable": True, "updateable": True, "calculated": False}},
-            {"Name": CrmFieldInfo("Name", length=255)},
+            {"Name": CrmFieldInfo("Name", length=255, type="string")},
         ),
         (
             {
@@ -29,15 +29,19 @@ pytestmark = pytest.mark.unit
                     "calculated": True,
                 }
             },
-            {"Upper__c": CrmFieldInfo("Upper__c", updateable=False, createable=False, calculated=True, length=80)},
+            {
+                "Upper__c": CrmFieldInfo(
+                    "Upper__c", updateable=False, createable=False, calculated=True, length=80, type="string"
+                )
+            },
         ),
         # Flags and lengths a describe leaves out never make a field read-only or reject a value.
-        ({"Phone": {"type": "phone"}}, {"Phone": CrmFieldInfo("Phone")}),
-        ({"Phone": {"type": "phone", "length": None}}, {"Phone": CrmFieldInfo("Phone")}),
+        ({"Phone": {"type": "phone"}}, {"Phone": CrmFieldInfo("Phone", type="phone")}),
+        ({"Phone": {"type": "phone", "length": None}}, {"Phone": CrmFieldInfo("Phone", type="phone")}),
         # The jsonb column comes as text from a connection without a jsonb codec.
         (
             '{"Id": {"type": "id", "length": 18, "createable": false, "updateable": false}}',
-            {"Id": CrmFieldInfo("Id", updateable=False, createable=False, length=18)},
+            {"Id": CrmFieldInfo("Id", updateable=False, createable=False, length=18, type="id")},
         ),
         ({"Odd": "not an object"}, {}),
         ({}, {}),

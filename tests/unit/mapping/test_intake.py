@@ -17,6 +17,7 @@ from services.common.codec import record_key
 from services.common.contract import to_proto
 from services.common.metrics import Metrics
 from services.common.tenant_config import StoredConfig, parse_tenant_config
+from services.common.values import Value
 from services.mapping.contract import changes_of
 from services.mapping.events import Unreadable
 from services.mapping.intake import clamp_commit_time, refusal
@@ -82,7 +83,8 @@ def h() -> Harness:
 
 
 def partner(tenant: str, n: int, name: str = "Acme", **options: Any) -> Change:
-    return change(Side.APP, "partners", f"a{n}", {"name": name}, event_id=f"{tenant}-{n}", tenant=tenant, **options)
+    fields: dict[str, Value] = {"name": name, "status": "active"}
+    return change(Side.APP, "partners", f"a{n}", fields, event_id=f"{tenant}-{n}", tenant=tenant, **options)
 
 
 # ----------------------------------------------------------------------------- tenant and side

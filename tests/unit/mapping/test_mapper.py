@@ -163,7 +163,12 @@ async def test_the_echo_of_a_record_duplex_created_binds_to_its_link_and_release
     mapper: Mapper, db: FakeDatabase, outbox: Outbox
 ) -> None:
     founded = link_id_for(TENANT, "partners", Side.APP, "a1")
-    assert await mapper.handle_batch([change(Side.APP, "partners", "a1", {"name": "Acme"}, event_id="a")]) == {}
+    assert (
+        await mapper.handle_batch(
+            [change(Side.APP, "partners", "a1", {"name": "Acme", "status": "active"}, event_id="a")]
+        )
+        == {}
+    )
     # A contact referencing the partner before it has a Salesforce id: the reference is held.
     contact = change(Side.APP, "contacts", "c1", {"last_name": "Doe", "partner_id": "a1"}, event_id="c")
     assert await mapper.handle_batch([contact]) == {}
@@ -195,7 +200,7 @@ async def test_a_record_outside_the_filter_is_not_linked_and_the_sync_log_says_w
             TENANT,
             "change.filtered",
             record_id="p1",
-            message="app record does not match the partners record filter: not synced",
+            message="app record does not match the partners record filter (status does not match): not synced",
             detail={"source_event_id": "f1", "object": "partners"},
         )
     ]
@@ -245,9 +250,9 @@ async def test_changes_of_unknown_tenants_or_objects_and_unreadable_ones_are_ref
     batch: list[Change | Unreadable] = [
         change(Side.APP, "partners", "a1", {"name": "Acme"}, event_id="e0", tenant="nobody"),
         change(Side.APP, "invoices", "i1", {"n": 1}, event_id="e1"),
-        change(Side.APP, "partners", "a2", {"name": "Fine"}, event_id="e2"),
+        change(Side.APP, "partners", "a2", {"name": "Fine", "status": "active"}, event_id="e2"),
         Unreadable("e3", TENANT, "a3", "missing origin_commit_time"),
-        change(Side.APP, "partners", "a4", {"name": "x" * 41}, event_id="e4"),
+        change(Side.APP, "partners", "a4", {"name": "x" * 41, "status": "active"}, event_id="e4"),
     ]
     refused = await mapper.handle_batch(batch)
 
@@ -287,7 +292,14 @@ async def test_a_new_configuration_version_is_used_from_the_next_batch(
     mapper: Mapper, db: FakeDatabase, outbox: Outbox
 ) -> None:
     def update(n: int) -> Change:
-        return change(Side.APP, "partners", "a1", {"name": "Acme", "website": "acme.example"}, event_id=f"e{n}", at=n)
+        return change(
+            Side.APP,
+            "partners",
+            "a1",
+            {"name": "Acme", "website": "acme.example", "status": "active"},
+            event_id=f"e{n}",
+            at=n,
+        )
 
     assert await mapper.handle_batch([update(0)]) == {}
     document = copy.deepcopy(DOCUMENT)
@@ -296,6 +308,59 @@ async def test_a_new_configuration_version_is_used_from_the_next_batch(
     assert await mapper.handle_batch([update(1)]) == {}
 
     assert [(e.mapping_version, list(crm_names(e))) for e in outbox.sent] == [
-        (1, ["Name"]),
-        (2, ["Name", "Website"]),
+        (1, ["Name", "Status__c"]),
+        (2, ["Name", "Status__c", "Website"]),
     ]
+
+
+async def test_the_filter_leak_is_closed_a_record_passes_on_what_it_is_known_to_be(
+    mapper: Mapper, db: FakeDatabase, outbox: Outbox
+) -> None:
+    # Before: an update without the filter's field passed, so an excluded record was linked and
+    # synced on its next edit of any other field.
+    prospect = change(Side.APP, "partners", "p1", {"name": "Maybe", "status": "prospect"}, event_id="f1")
+    renamed = change(Side.APP, "partners", "p1", {"name": "Maybe Inc"}, event_id="f2", at=1)
+    assert await mapper.handle_batch([prospect, renamed]) == {}
+    assert (outbox.sent, db.links) == ([], {})
+    assert [r.message for r in db.log][1] == (
+        "app record does not match the partners record filter (the change does not carry status): not synced"
+    )
+
+
+async def test_a_linked_record_leaves_the_filter_stays_out_and_comes_back_whole(
+    mapper: Mapper, db: FakeDatabase, outbox: Outbox
+) -> None:
+    linked = db.add_link(link("L1", "a1", "001A"))
+    # A linked record passed before: a change without the filter's field still does.
+    assert await mapper.handle_batch([change(Side.APP, "partners", "a1", {"name": "Acme"}, event_id="e1")]) == {}
+    assert len(outbox.sent) == 1
+
+    left = change(Side.APP, "partners", "a1", {"status": "suspended"}, event_id="e2", at=1)
+    later = change(Side.APP, "partners", "a1", {"name": "Acme 2"}, event_id="e3", at=2)
+    assert await mapper.handle_batch([left, later]) == {}
+    assert len(outbox.sent) == 1
+    assert [(r.event, r.link_id) for r in db.log] == [("change.left_filter", "L1"), ("change.filtered", "L1")]
+    assert db.outside == {(TENANT, "L1")}
+
+    fields: dict[str, Value] = {"name": "Acme 3", "status": "active", "phone": "555"}
+    at = T0 + timedelta(seconds=3)
+    only_status = frozenset({"status"})
+    back = Change("e4", TENANT, Side.APP, "partners", "a1", ChangeKind.UPDATE, fields, at, changed=only_status)
+    assert await mapper.handle_batch([back]) == {}
+    synced = outbox.sent[-1]
+    assert synced.link == linked
+    assert {f.app_field: f.changed for f in synced.fields} == {"name": True, "status": True, "phone": True}
+    assert db.log[-1].event == "change.entered_filter"
+    assert db.outside == set()
+
+
+async def test_an_unlinked_update_that_matches_is_synced_whole(
+    mapper: Mapper, db: FakeDatabase, outbox: Outbox
+) -> None:
+    update = Change(
+        "e1", TENANT, Side.APP, "partners", "a9", ChangeKind.UPDATE,
+        {"name": "New", "status": "active"}, T0, changed=frozenset({"status"}),
+    )  # fmt: skip
+    assert await mapper.handle_batch([update]) == {}
+    (event,) = outbox.sent
+    assert all(f.changed for f in event.fields)

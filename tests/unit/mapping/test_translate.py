@@ -12,14 +12,16 @@ import pytest
 
 from services.common.change import Change, ChangeKind, Side
 from services.common.tenant_config import FieldMapping, FieldType, ObjectPair
+from services.common.tenant_config.model import RecordFilter
 from services.common.values import Reference, Value
 from services.mapping.translate import (
     CrmFieldInfo,
     Dropped,
+    FilterOutcome,
     MappedField,
     RejectedChangeError,
     coerce,
-    matches_filter,
+    filter_decision,
     translate,
 )
 
@@ -252,16 +254,56 @@ def test_changed_flags_follow_the_change_kind() -> None:
 
 
 @pytest.mark.parametrize(
-    ("side", "fields", "passes"),
+    ("side", "fields", "outcome"),
     [
-        (Side.APP, {"status": "active"}, True),
-        (Side.APP, {"status": "suspended"}, False),
-        (Side.APP, {"name": "no status in this change"}, True),
-        (Side.CRM, {"Status__c": "Whatever"}, True),  # the filter only constrains the app side here
+        (Side.APP, {"status": "active"}, FilterOutcome.MATCHES),
+        (Side.APP, {"status": "suspended"}, FilterOutcome.EXCLUDED),
+        # Not "passes": an update carries only what changed, so only the record's history can tell.
+        (Side.APP, {"name": "no status in this change"}, FilterOutcome.UNDECIDED),
+        (Side.CRM, {"Status__c": "Whatever"}, FilterOutcome.MATCHES),  # the filter only constrains the app side here
     ],
 )
-def test_record_filter(side: Side, fields: dict[str, Value], passes: bool) -> None:
-    assert matches_filter(PAIR.filter, side, fields) is passes
+def test_record_filter(side: Side, fields: dict[str, Value], outcome: FilterOutcome) -> None:
+    assert filter_decision(PAIR, side, fields).outcome is outcome
+
+
+SOQL_PAIR = PAIR.model_copy(
+    update={"filter": RecordFilter(soql="Type = 'Customer' AND (AnnualRevenue > 0 OR Tier__c = 'Gold')")}
+)
+SOQL_TYPES = {
+    "Type": CrmFieldInfo("Type", type="picklist"),
+    "AnnualRevenue": CrmFieldInfo("AnnualRevenue", type="currency"),
+    "Tier__c": CrmFieldInfo("Tier__c", type="picklist"),
+}
+
+
+@pytest.mark.parametrize(
+    ("fields", "outcome"),
+    [
+        ({"Type": "Customer", "AnnualRevenue": 5, "Tier__c": None}, FilterOutcome.MATCHES),
+        ({"Type": "customer", "AnnualRevenue": 0, "Tier__c": "Gold"}, FilterOutcome.MATCHES),
+        ({"Type": "Prospect", "AnnualRevenue": 5, "Tier__c": "Gold"}, FilterOutcome.EXCLUDED),
+        ({"Type": "Customer", "AnnualRevenue": None, "Tier__c": None}, FilterOutcome.EXCLUDED),
+        # The leak: a change without the filter's fields never passes on its own.
+        ({"Name": "Acme"}, FilterOutcome.UNDECIDED),
+        ({"Type": "Customer"}, FilterOutcome.UNDECIDED),
+    ],
+)
+def test_a_soql_filter_is_evaluated_on_what_the_change_carries(
+    fields: dict[str, Value], outcome: FilterOutcome
+) -> None:
+    assert filter_decision(SOQL_PAIR, Side.CRM, fields, SOQL_TYPES).outcome is outcome
+    # The app side is not what a SOQL clause is about.
+    assert filter_decision(SOQL_PAIR, Side.APP, {"name": "x"}).outcome is FilterOutcome.MATCHES
+
+
+def test_a_soql_filter_the_schema_no_longer_fits_lets_nothing_through() -> None:
+    retyped = {**SOQL_TYPES, "AnnualRevenue": CrmFieldInfo("AnnualRevenue", type="string")}
+    decision = filter_decision(
+        SOQL_PAIR, Side.CRM, {"Type": "Customer", "AnnualRevenue": "5", "Tier__c": None}, retyped
+    )
+    assert decision.outcome is FilterOutcome.EXCLUDED
+    assert "no longer fits" in decision.reason
 
 
 @pytest.mark.parametrize(

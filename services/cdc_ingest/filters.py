@@ -1,0 +1,95 @@
+"""Pair filters (``filter.soql``) where cdc-ingest reads: pushed into backfill queries, and the
+record's current state added to stream updates so that mapping decides on the whole record.
+
+- **Push-down**: a backfill of an object every pair of which filters with SOQL reads only what
+  one of the clauses selects (``WHERE (a) OR (b)``), by REST and by Bulk, and counts only that.
+  Polls and gap repairs read without the clause: they read what changed, and a record that changed
+  so as to leave the filter must be seen to be left.
+- **Whole state for updates**: a CDC update carries only the fields that changed, so a clause on
+  other fields cannot be decided from it (``services/mapping/translate.py`` refuses to guess). For
+  each streamed batch, the records updated of a filtered object are read again (one query per
+  object and 200 records: the clause's fields and the pairs' mapped fields), and every value the
+  event lacks is added, not marked changed. A record gone meanwhile gets nothing added; mapping
+  then decides on what it knows of the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.cdc_ingest.contract import RecordChanged, is_update
+from services.cdc_ingest.cursor import IDS_PER_QUERY, by_ids_query
+from services.cdc_ingest.reading import RecordReader
+from services.cdc_ingest.rest import SalesforceRest
+from services.common.change import ChangeKind
+from services.common.soql_filter import fields_of, parse_where, render
+from services.common.tenant_config import TenantConfig
+
+# What row_change needs of every row besides the values.
+_ALWAYS = ("Id", "SystemModstamp", "IsDeleted")
+
+
+def pushdown(config: TenantConfig) -> dict[str, str]:
+    """The clause each object's backfill can carry: only where every pair on the object has one."""
+    clauses: dict[str, list[str | None]] = {}
+    for pair in config.spec.objects:
+        soql = pair.filter.soql if pair.filter is not None else None
+        clauses.setdefault(pair.salesforce.object, []).append(None if soql is None else render(parse_where(soql)))
+    return {
+        entity: " OR ".join(f"({c})" for c in dict.fromkeys(c for c in found if c is not None))
+        for entity, found in clauses.items()
+        if None not in found
+    }
+
+
+def wanted_fields(config: TenantConfig) -> dict[str, frozenset[str]]:
+    """For each object some pair filters with SOQL: the fields its updates are completed with."""
+    wanted: dict[str, set[str]] = {}
+    for pair in config.spec.objects:
+        if pair.filter is None or pair.filter.soql is None:
+            continue
+        fields = wanted.setdefault(pair.salesforce.object, set())
+        fields |= fields_of(parse_where(pair.filter.soql))
+        fields |= {rule.salesforce for rule in pair.fields}
+    return {entity: frozenset(fields) for entity, fields in wanted.items()}
+
+
+class UpdateCompleter:
+    """Adds the current values of the fields filters and mappings need to streamed updates."""
+
+    def __init__(self, config: TenantConfig, rest: SalesforceRest, reader: RecordReader) -> None:
+        self._wanted = wanted_fields(config)
+        self._rest = rest
+        self._reader = reader
+
+    @property
+    def needed(self) -> bool:
+        return bool(self._wanted)
+
+    async def complete(self, changes: Sequence[RecordChanged]) -> None:
+        updated: dict[str, list[RecordChanged]] = {}
+        for change in changes:
+            if change.object_type in self._wanted and is_update(change):
+                updated.setdefault(change.object_type, []).append(change)
+        for entity, found in updated.items():
+            await self._complete(entity, found)
+
+    async def _complete(self, entity: str, changes: list[RecordChanged]) -> None:
+        types = await self._rest.fields(entity)
+        lowered = {name.lower(): name for name in types}
+        wanted = [lowered[f.lower()] for f in sorted(self._wanted[entity]) if f.lower() in lowered]
+        fields = list(dict.fromkeys([*_ALWAYS, *wanted]))
+        ids = list(dict.fromkeys(c.record_id for c in changes))
+        current: dict[str, RecordChanged] = {}
+        for start in range(0, len(ids), IDS_PER_QUERY):
+            query = by_ids_query(entity, fields, ids[start : start + IDS_PER_QUERY])
+            async for row in self._rest.query(query):
+                read = self._reader.row_change(entity, row, types, ChangeKind.SNAPSHOT, "filter")
+                current[read.record_id] = read
+        for change in changes:
+            whole = current.get(change.record_id)
+            if whole is None:
+                continue
+            for name, value in whole.fields.items():
+                if name not in change.fields:
+                    change.fields[name].CopyFrom(value)
