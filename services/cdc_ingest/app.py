@@ -144,7 +144,7 @@ async def run(
                         cdc_selected=None,
                         describe_fields=describe["fields"],
                     )
-                    await record_drift(db, config, changes, service=settings.service_name)
+                    await record_drift(db, config, changes, service=settings.service_name, metrics=metrics)
 
             worker = TenantWorker(
                 tenant_id=tenant_id,
@@ -155,7 +155,9 @@ async def run(
                 store=store,
                 sink=sink,
                 metrics=metrics,
-                schema_schedule=SchemaSchedule(pool, config, ClientSchemaReader(client), service=settings.service_name),
+                schema_schedule=SchemaSchedule(
+                    pool, config, ClientSchemaReader(client), service=settings.service_name, metrics=metrics
+                ),
             )
             workers[tenant_id] = worker
             await worker.run()

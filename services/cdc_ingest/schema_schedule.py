@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from services.common.db import Pool
+from services.common.metrics import Metrics
 from services.common.schema_refresh import SchemaReader, refresh
 from services.common.schema_store import last_refresh
 from services.common.tenant_config import TenantConfig
@@ -39,6 +40,7 @@ class SchemaSchedule:
         reader: SchemaReader,
         *,
         service: str,
+        metrics: Metrics | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -46,6 +48,7 @@ class SchemaSchedule:
         self._config = config
         self._reader = reader
         self._service = service
+        self._metrics = metrics
         self._sleep = sleep
         self._clock = clock
         self._every = timedelta(hours=config.spec.sync.schema_refresh_hours)
@@ -61,7 +64,7 @@ class SchemaSchedule:
                 continue
             try:
                 async with self._pool.acquire() as db:
-                    done = await refresh(db, self._config, self._reader, service=self._service)
+                    done = await refresh(db, self._config, self._reader, service=self._service, metrics=self._metrics)
             except Exception as exc:  # a failed refresh must never stop the tenant's syncing
                 log.warning("schema refresh failed; will try again", extra={"tenant_id": tenant_id, "err": repr(exc)})
                 await self._sleep(RETRY_AFTER.total_seconds())

@@ -211,6 +211,15 @@ class Store:
 
     # --- leases --------------------------------------------------------------------------------
 
+    async def config_versions(self, tenant_ids: list[str]) -> dict[str, int]:
+        """Each tenant's current configuration version."""
+        rows = await self.pool.fetch(
+            "SELECT tenant_id, max(version) AS version FROM config_versions WHERE tenant_id = ANY($1::text[])"
+            " GROUP BY tenant_id",
+            tenant_ids,
+        )
+        return {row["tenant_id"]: row["version"] for row in rows}
+
     async def configured_tenants(self) -> list[str]:
         rows = await self.pool.fetch("SELECT DISTINCT tenant_id FROM config_versions ORDER BY tenant_id")
         return [row["tenant_id"] for row in rows]

@@ -6,7 +6,9 @@ Every ``lease_renew_seconds`` the supervisor
 3. aims for its fair share, ``ceil(tenants / live replicas)``: it takes free or expired leases
    (a dead replica's tenants, once their lease expires) up to the share, and hands back leases
    above it (stopping the worker first), so that a replica that joins gets work;
-4. (re)starts a worker for each held tenant without a running one (a worker that crashed is
+4. restarts the worker of a tenant whose configuration has a new version since it started (it
+   resumes from its checkpoint, now syncing what the new version says);
+5. (re)starts a worker for each held tenant without a running one (a worker that crashed is
    restarted on the next round, which also paces crash loops; one that stopped because the
    governor has no API budget for the tenant waits until the governor said budget returns; one
    that stopped because the tenant's Salesforce connection is unusable is restarted every round:
@@ -57,6 +59,8 @@ class Supervisor:
         self.out_of_budget: dict[str, datetime] = {}
         # Tenants whose worker stopped because their connection is unusable, and why (said once).
         self.unconnected: dict[str, str] = {}
+        # The configuration version current when each worker was started.
+        self.versions: dict[str, int] = {}
 
     async def run(self) -> None:
         try:
@@ -90,6 +94,11 @@ class Supervisor:
             await self._hand_back(tenant_id, held)
         for tenant_id in sorted(held)[share:]:
             await self._hand_back(tenant_id, held)
+        versions = await self.store.config_versions(sorted(held))
+        for tenant_id, version in versions.items():
+            if tenant_id in self.workers and self.versions.get(tenant_id, version) != version:
+                log.info("configuration changed, restarting tenant", extra={"tenant_id": tenant_id, "version": version})
+                await self._stop(tenant_id)
         for tenant_id in sorted(held):
             task = self.workers.get(tenant_id)
             if task is not None and not task.done():
@@ -121,6 +130,8 @@ class Supervisor:
             resume = self.out_of_budget.get(tenant_id)
             if (task is None or task.done()) and (resume is None or self._clock() >= resume):
                 self.out_of_budget.pop(tenant_id, None)
+                if tenant_id in versions:
+                    self.versions[tenant_id] = versions[tenant_id]
                 self.workers[tenant_id] = asyncio.create_task(self._run_tenant(tenant_id), name=f"tenant-{tenant_id}")
 
     async def _hand_back(self, tenant_id: str, held: set[str]) -> None:

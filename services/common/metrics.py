@@ -41,6 +41,7 @@ MetricName = Literal[
     "duplex_quarantined_pairs",
     "duplex_quarantined_events_total",
     "duplex_producer_fields_corrected_total",
+    "duplex_schema_drift_warnings_total",
 ]
 METRIC_NAMES: tuple[MetricName, ...] = get_args(MetricName)
 
@@ -158,6 +159,13 @@ class Metrics:
             _name("duplex_cdc_reconnects_total"),
             "Pub/Sub subscriptions re-opened after an error, per tenant and reason.",
             ["tenant", "reason"],
+            registry=registry,
+        )
+        # cdc-ingest (and the admin API's refreshes): mapping rules a Salesforce schema change touched.
+        self.schema_drift_warnings = Counter(
+            _name("duplex_schema_drift_warnings_total"),
+            "Mapping rules a Salesforce schema change touched, per tenant, change kind and whether the rule paused.",
+            ["tenant", "kind", "paused"],
             registry=registry,
         )
         # cdc-ingest: gaps caught up by reading (gap, overflow, replay_expired).

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.common.db import Connection
+from services.common.metrics import Metrics
 from services.common.salesforce import SalesforceApiError, SalesforceClient
 from services.common.schema import crm_object
 from services.common.schema_drift import RuleWarning, SchemaChange, rule_warnings
@@ -120,6 +121,7 @@ async def refresh(
     *,
     extra: Sequence[str] = (),
     service: str,
+    metrics: Metrics | None = None,
 ) -> Refreshed:
     """Read the org's schema as the module says and store it; the changes and the warnings they raise."""
     tenant_id = config.tenant_id
@@ -142,7 +144,7 @@ async def refresh(
         obj = None if outcome is None else crm_object(outcome)
         fields = () if outcome is None else outcome.get("fields") or ()
         changes += await save_described(db, tenant_id, name, obj, cdc_selected=cdc, describe_fields=fields)
-    warnings = await record_drift(db, config, changes, service=service)
+    warnings = await record_drift(db, config, changes, service=service, metrics=metrics)
     if changes:
         log.info("schema changed", extra={"tenant": tenant_id, "changes": len(changes), "warnings": len(warnings)})
     calls = 1 + int(streams) + len(names)
@@ -150,11 +152,23 @@ async def refresh(
 
 
 async def record_drift(
-    db: Connection, config: TenantConfig, changes: Sequence[SchemaChange], *, service: str
+    db: Connection,
+    config: TenantConfig,
+    changes: Sequence[SchemaChange],
+    *,
+    service: str,
+    metrics: Metrics | None = None,
 ) -> list[RuleWarning]:
-    """Log a ``schema.drift`` row for each rule ``changes`` touch; the warnings."""
+    """Log a ``schema.drift`` row (and count it) for each rule ``changes`` touch; the warnings."""
     warnings = rule_warnings(config, changes)
     for warning in warnings:
+        if metrics is not None:
+            labels = {
+                "tenant": config.tenant_id,
+                "kind": str(warning.change.kind),
+                "paused": str(warning.paused).lower(),
+            }
+            metrics.schema_drift_warnings.labels(**labels).inc()
         await record(
             db,
             tenant_id=config.tenant_id,

@@ -547,39 +547,48 @@ class Mapper:
     async def _filtered(self, repo: BatchLinks, conn: Connection, pair: ObjectPair, change: Change) -> Change | None:
         """``change`` as it passes the pair's record filter, or None (noted in the sync log) when it does not.
 
-        A linked record passed the filter before: a change that does not carry the fields the
-        filter reads left them as they were, so it still passes, unless the record left the filter
-        (``outside_filter``). A record that comes into the filter, never linked or back from
-        outside, is synced whole, as a create: the change then counts every field it carries.
+        A change tells only of its own side's conditions. A linked record passed the filter before:
+        a change that does not carry the fields its side's conditions read left them as they were,
+        so it still passes, unless the record stopped meeting some side's conditions
+        (``outside_filter``, by side). A record that comes into the filter, never linked or back
+        from outside on every side, is synced whole, as a create: the change then counts every
+        field it carries.
         """
         crm_fields = None
         if change.side is Side.CRM and pair.filter is not None and pair.filter.soql is not None:
             crm_fields = await self._describes.crm_fields(conn, change.tenant_id, pair.salesforce.object)
         decision = filter_decision(pair, change.side, change.fields, crm_fields)
         linked = await repo.find(change.tenant_id, pair.name, change.side, change.record_id)
-        outside = linked is not None and await repo.outside_filter(linked)
-        link_id = linked.link_id if linked is not None else None
-        whole = replace(change, changed=frozenset(change.fields))
-        if decision.outcome is FilterOutcome.MATCHES:
-            if linked is None:
-                return whole if change.kind is ChangeKind.UPDATE else change
-            if outside:
-                await repo.set_outside_filter(linked, False)
-                message = f"{change.side} record matches the {pair.name} record filter again: synced whole"
-                await self._note(conn, change, "change.entered_filter", link_id, message)
-                return whole
-            return change
-        if decision.outcome is FilterOutcome.UNDECIDED and linked is not None and not outside:
-            return change
+        if linked is None:
+            if decision.outcome is FilterOutcome.MATCHES:
+                whole = change.kind is ChangeKind.UPDATE
+                return replace(change, changed=frozenset(change.fields)) if whole else change
+            reason = decision.reason
+        else:
+            outside = await repo.outside_filter(linked)
+            if decision.outcome is FilterOutcome.EXCLUDED and change.side not in outside:
+                await repo.set_outside_filter(linked, change.side, True)
+                if not outside:
+                    message = (
+                        f"{change.side} record left the {pair.name} record filter ({decision.reason}): no longer synced"
+                    )
+                    await self._note(conn, change, "change.left_filter", linked.link_id, message)
+                    return None
+            elif decision.outcome is FilterOutcome.MATCHES and change.side in outside:
+                await repo.set_outside_filter(linked, change.side, False)
+                if outside == {change.side}:
+                    message = f"{change.side} record matches the {pair.name} record filter again: synced whole"
+                    await self._note(conn, change, "change.entered_filter", linked.link_id, message)
+                    return replace(change, changed=frozenset(change.fields))
+                outside = outside - {change.side}
+            elif decision.outcome is not FilterOutcome.EXCLUDED and not outside:
+                return change
+            reason = decision.reason if decision.outcome is FilterOutcome.EXCLUDED else ""
+            if not reason:
+                reason = f"it left the filter on the {' and '.join(sorted(outside))} side"
         # "Why did this record not sync?" must be answerable from the sync log.
-        if decision.outcome is FilterOutcome.EXCLUDED and linked is not None and not outside:
-            await repo.set_outside_filter(linked, True)
-            message = f"{change.side} record left the {pair.name} record filter ({decision.reason}): no longer synced"
-            await self._note(conn, change, "change.left_filter", link_id, message)
-            return None
-        reason = decision.reason or "it left the filter earlier"
         message = f"{change.side} record does not match the {pair.name} record filter ({reason}): not synced"
-        await self._note(conn, change, "change.filtered", link_id, message)
+        await self._note(conn, change, "change.filtered", linked.link_id if linked else None, message)
         return None
 
     async def _note(self, conn: Connection, change: Change, event: str, link_id: str | None, message: str) -> None:

@@ -156,20 +156,19 @@ class LinkRepository:
             merged_into,
         )
 
-    async def outside_filter(self, link: Link) -> bool:
-        return bool(
-            await self._conn.fetchval(
-                "SELECT true FROM outside_filter WHERE tenant_id = $1 AND link_id = $2", link.tenant_id, link.link_id
-            )
+    async def outside_filter(self, link: Link) -> frozenset[Side]:
+        rows = await self._conn.fetch(
+            "SELECT side FROM outside_filter WHERE tenant_id = $1 AND link_id = $2", link.tenant_id, link.link_id
         )
+        return frozenset(Side(row["side"]) for row in rows)
 
-    async def set_outside_filter(self, link: Link, outside: bool) -> None:
+    async def set_outside_filter(self, link: Link, side: Side, outside: bool) -> None:
         query = (
-            "INSERT INTO outside_filter (tenant_id, link_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            "INSERT INTO outside_filter (tenant_id, link_id, side) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
             if outside
-            else "DELETE FROM outside_filter WHERE tenant_id = $1 AND link_id = $2"
+            else "DELETE FROM outside_filter WHERE tenant_id = $1 AND link_id = $2 AND side = $3"
         )
-        await self._conn.execute(query, link.tenant_id, link.link_id)
+        await self._conn.execute(query, link.tenant_id, link.link_id, str(side))
 
     async def other_side_ids(
         self, tenant_id: str, side: Side, wanted: Iterable[tuple[str, str]]

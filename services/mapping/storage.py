@@ -80,11 +80,11 @@ class BatchLinks(Protocol):
     async def retire(self, link: Link, merged_into: str) -> None:
         """Stop syncing ``link`` (it lost to ``merged_into``); its app record is kept."""
 
-    async def outside_filter(self, link: Link) -> bool:
-        """Whether ``link``'s record left its pair's record filter (and has not come back)."""
+    async def outside_filter(self, link: Link) -> frozenset[Side]:
+        """The sides whose filter conditions ``link``'s record stopped meeting (and has not met again)."""
 
-    async def set_outside_filter(self, link: Link, outside: bool) -> None:
-        """Record that ``link``'s record left its pair's filter (True), or matches it again (False)."""
+    async def set_outside_filter(self, link: Link, side: Side, outside: bool) -> None:
+        """Record that ``link``'s record stopped meeting ``side``'s conditions (True), or meets them again."""
 
     async def other_side_ids(
         self, tenant_id: str, side: Side, wanted: Iterable[tuple[str, str]]

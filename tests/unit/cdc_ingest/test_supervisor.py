@@ -26,9 +26,13 @@ class Leases:
 
     def __init__(self) -> None:
         self.leases: set[str] = set()
+        self.versions: dict[str, int] = {}
 
     async def heartbeat(self, ttl_seconds: float) -> int:
         return 1
+
+    async def config_versions(self, tenant_ids: list[str]) -> dict[str, int]:
+        return {t: self.versions.get(t, 1) for t in tenant_ids}
 
     async def held(self) -> list[str]:
         return sorted(self.leases)
@@ -118,6 +122,9 @@ class ReplicaLeases:
     def __init__(self, table: LeaseTable, holder: str) -> None:
         self.table = table
         self.holder = holder
+
+    async def config_versions(self, tenant_ids: list[str]) -> dict[str, int]:
+        return dict.fromkeys(tenant_ids, 1)
 
     async def heartbeat(self, ttl_seconds: float) -> int:
         self.table.replicas[self.holder] = self.table.now + ttl_seconds
@@ -246,6 +253,39 @@ async def test_a_tenant_without_a_usable_connection_is_retried_every_round_and_r
         await supervisor.rebalance()
         assert supervisor.unconnected == {}
         assert len(runs) == 4
+    finally:
+        for task in supervisor.workers.values():
+            task.cancel()
+        await asyncio.gather(*supervisor.workers.values(), return_exceptions=True)
+
+
+async def test_a_new_configuration_version_restarts_the_tenant_worker() -> None:
+    started: list[str] = []
+
+    async def run_tenant(tenant_id: str) -> None:
+        started.append(tenant_id)
+        await asyncio.Event().wait()
+
+    settings = CdcIngestSettings(
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+        postgres=PostgresSettings(dsn="postgresql://127.0.0.1:9/duplex"),
+        tenants=("acme", "globex"),
+    )
+    leases = Leases()
+    supervisor = Supervisor(settings, cast(Store, leases), run_tenant, clock=lambda: T0)
+    try:
+        await supervisor.rebalance()
+        await asyncio.sleep(0)
+        first = supervisor.workers["acme"]
+        await supervisor.rebalance()
+        assert supervisor.workers["acme"] is first
+
+        leases.versions["acme"] = 2
+        await supervisor.rebalance()
+        await asyncio.sleep(0)
+        assert first.cancelled()
+        assert supervisor.workers["acme"] is not first
+        assert sorted(started) == ["acme", "acme", "globex"]
     finally:
         for task in supervisor.workers.values():
             task.cancel()

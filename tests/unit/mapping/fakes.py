@@ -32,7 +32,7 @@ class FakeDatabase:
     log: list[Entry] = field(default_factory=list)
     configs: dict[str, StoredConfig] = field(default_factory=dict)  # each tenant's current one
     describes: dict[tuple[str, str], Mapping[str, CrmFieldInfo]] = field(default_factory=dict)
-    outside: set[tuple[str, str]] = field(default_factory=set)  # (tenant, link id) outside their filter
+    outside: set[tuple[str, str, Side]] = field(default_factory=set)  # (tenant, link id, side) outside their filter
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[FakeDatabase]:
@@ -146,11 +146,13 @@ class FakeLinks:
         current = self._db.links[(link.tenant_id, link.link_id)]
         self._db.add_link(replace(current, crm_record_id=None, merged_into=merged_into))
 
-    async def outside_filter(self, link: Link) -> bool:
-        return (link.tenant_id, link.link_id) in self._db.outside
+    async def outside_filter(self, link: Link) -> frozenset[Side]:
+        return frozenset(
+            side for tenant, link_id, side in self._db.outside if (tenant, link_id) == (link.tenant_id, link.link_id)
+        )
 
-    async def set_outside_filter(self, link: Link, outside: bool) -> None:
-        key = (link.tenant_id, link.link_id)
+    async def set_outside_filter(self, link: Link, side: Side, outside: bool) -> None:
+        key = (link.tenant_id, link.link_id, side)
         self._db.outside.add(key) if outside else self._db.outside.discard(key)
 
     async def other_side_ids(

@@ -340,7 +340,7 @@ async def test_a_linked_record_leaves_the_filter_stays_out_and_comes_back_whole(
     assert await mapper.handle_batch([left, later]) == {}
     assert len(outbox.sent) == 1
     assert [(r.event, r.link_id) for r in db.log] == [("change.left_filter", "L1"), ("change.filtered", "L1")]
-    assert db.outside == {(TENANT, "L1")}
+    assert db.outside == {(TENANT, "L1", Side.APP)}
 
     fields: dict[str, Value] = {"name": "Acme 3", "status": "active", "phone": "555"}
     at = T0 + timedelta(seconds=3)
@@ -364,3 +364,17 @@ async def test_an_unlinked_update_that_matches_is_synced_whole(
     assert await mapper.handle_batch([update]) == {}
     (event,) = outbox.sent
     assert all(f.changed for f in event.fields)
+
+
+async def test_a_record_outside_on_the_salesforce_side_is_not_let_back_by_an_app_change(
+    mapper: Mapper, db: FakeDatabase, outbox: Outbox
+) -> None:
+    db.add_link(link("L1", "a1", "001A"))
+    db.outside.add((TENANT, "L1", Side.CRM))
+    matching = change(Side.APP, "partners", "a1", {"name": "Acme", "status": "active"}, event_id="e1")
+    assert await mapper.handle_batch([matching]) == {}
+    assert outbox.sent == []
+    assert db.log[-1].message == (
+        "app record does not match the partners record filter (it left the filter on the crm side): not synced"
+    )
+    assert db.outside == {(TENANT, "L1", Side.CRM)}
