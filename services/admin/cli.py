@@ -44,6 +44,7 @@ from services.admin.api.backfills import BackfillProgress
 from services.admin.api.dead_letters import Acted, ReplayRequest
 from services.admin.api.models import ApiModel, Applied, CreatedToken, SalesforceConnectionView, TokenRequest
 from services.admin.api.pauses import PauseRequest, PauseState, ResumeRequest
+from services.admin.api.plan import Plan
 from services.admin.api.schema import AppSchemaItem, AppSchemaRequest, ChangeItem, WarningItem
 from services.admin.api.sync_log import SyncLogEntry
 from services.admin.api.tokens import token_view
@@ -368,6 +369,58 @@ def apply(ctx: typer.Context, files: Files, as_json: Json = False) -> None:
             _print_applied(results, as_json)
             _fail(_problem_lines(exc, _located(failed, docs)), _exit_code(exc.status))
     _print_applied(results, as_json)
+
+
+@app.command("plan")
+def plan(ctx: typer.Context, files: Files, as_json: Json = False) -> None:
+    """Dry-run documents: the rules each would change, the records entering or leaving each filter.
+
+    Nothing is stored or written anywhere; the org is only read (counts and five samples).
+    """
+    docs = _load(files)
+    plans: list[Plan] = []
+    with _api(ctx) as api:
+        for doc in docs:
+            try:
+                plans.append(api.plan(doc.config.tenant_id, to_document(doc.config)))
+            except ApiProblemError as exc:
+                _fail(_problem_lines(exc, _located(doc, docs)), _exit_code(exc.status))
+    if as_json:
+        _print_json(plans)
+        return
+    for found in plans:
+        against = f"version {found.current_version}" if found.current_version else "nothing (a new tenant)"
+        typer.echo(f"tenant/{found.tenant}: compared with {against}; {found.api_calls} API calls to read the org")
+        if not found.changes:
+            typer.echo("no rule changes")
+        else:
+            table = _table("PAIR", "FIELD", "CHANGE", "BEFORE", "AFTER")
+            for c in found.changes:
+                table.add_row(_cell(c.object_pair), _cell(c.app_field), c.change, _short(c.before), _short(c.after))
+            _print_table(table)
+        for w in found.warnings:
+            typer.echo(f"warning: {w.field}: {w.message}")
+        if found.filters:
+            table = _table("PAIR", "OBJECT", "ENTERING", "LEAVING", "BACKFILL CALLS", "E.G. ENTERING", "E.G. LEAVING")
+            for f in found.filters:
+                leaving = f.leaving.count if f.leaving else None
+                table.add_row(
+                    _cell(f.object_pair),
+                    _cell(f.salesforce_object),
+                    f"{f.entering.count:,}",
+                    "-" if leaving is None else f"{leaving:,}",
+                    _cell(f.backfill_api_calls),
+                    _cell(", ".join(str(s.get("Id")) for s in f.entering.samples)),
+                    _cell(", ".join(str(s.get("Id")) for s in f.leaving.samples) if f.leaving else None),
+                )
+            _print_table(table)
+
+
+def _short(value: object) -> str:
+    if value is None:
+        return "-"
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True) if not isinstance(value, str) else value
+    return _cell(text if len(text) <= 60 else text[:57] + "...")
 
 
 def _print_applied(results: list[Applied], as_json: bool) -> None:

@@ -40,6 +40,7 @@ from services.admin.api.models import (
     VersionList,
 )
 from services.admin.api.pauses import PauseRequest, PauseState, ResumeRequest
+from services.admin.api.plan import Plan
 from services.admin.api.schema import (
     AppSchemaItem,
     AppSchemaList,
@@ -480,6 +481,9 @@ class AdminClient:
 
     def suggestions(self, tenant: str, pair: str) -> PairSuggestions:
         return self._get(PairSuggestions, f"/tenants/{_segment(tenant)}/pairs/{_segment(pair)}/suggestions")
+
+    def plan(self, tenant: str, document: Mapping[str, Any]) -> Plan:
+        return self._parse(Plan, self._call("POST", f"/tenants/{_segment(tenant)}/plan", json_body=document))
 
     def validate_filter(self, tenant: str, pair: str, soql: str | None) -> FilterPreview:
         body = FilterRequest(soql=soql).model_dump(by_alias=True, exclude_none=True)

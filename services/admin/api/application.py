@@ -12,6 +12,7 @@ from services.admin.api.dead_letters import dead_letters_router
 from services.admin.api.edge import BodyTooLargeError, LimitBody, RequestId, too_large
 from services.admin.api.health import health_router
 from services.admin.api.pauses import pauses_router
+from services.admin.api.plan import plan_router
 from services.admin.api.preflight import preflight_router
 from services.admin.api.problems import (
     PROBLEM_RESPONSES,
@@ -100,5 +101,6 @@ def build_api(
     app.include_router(dead_letters_router(access, dead_letters))
     app.include_router(pauses_router(access))
     app.include_router(schema_router(access, sessions))
+    app.include_router(plan_router(access, policy, sessions))
     app.include_router(tokens_router(access))
     return app

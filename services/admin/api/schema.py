@@ -345,8 +345,10 @@ def _filter_error(problems: Sequence[FilterProblem]) -> ApiError:
     )
 
 
-async def _described(db: Connection, tenant: str, name: str, reader: ClientSchemaReader) -> CrmObject:
-    """The object's newest stored describe, read (one call) and stored when there is none."""
+async def described_object(
+    db: Connection, tenant: str, name: str, reader: ClientSchemaReader, *, store: bool = True
+) -> CrmObject:
+    """The object's newest stored describe, read (one call) when there is none, and then stored if ``store``."""
     stored = next(iter((await latest_objects(db, tenant, [name])).values()), None)
     if stored is not None and stored.object is not None:
         return stored.object
@@ -354,11 +356,12 @@ async def _described(db: Connection, tenant: str, name: str, reader: ClientSchem
     if describe is None:
         raise ApiError(422, detail=f"the org has no object {name!r}")
     obj = crm_object(describe)
-    await save_described(db, tenant, name, obj, cdc_selected=None, describe_fields=describe.get("fields") or ())
+    if store:
+        await save_described(db, tenant, name, obj, cdc_selected=None, describe_fields=describe.get("fields") or ())
     return obj
 
 
-async def _query(client: SalesforceClient, soql: str) -> dict[str, Any]:
+async def query(client: SalesforceClient, soql: str) -> dict[str, Any]:
     response = await client.request("GET", f"{client.api_base}/query", params={"q": soql})
     answer: dict[str, Any] = response.json()
     return answer
@@ -629,16 +632,16 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
         client = tenant_client(sessions, tenant, config.spec.salesforce, budget)
         name = found.salesforce.object
         try:
-            obj = await _described(db, tenant, name, ClientSchemaReader(client))
+            obj = await described_object(db, tenant, name, ClientSchemaReader(client))
             problems = check_where(where, {f.name: f.type for f in obj.fields}, object_name=obj.name)
             if problems:
                 raise _filter_error(problems)
             clause = render(where)
-            count = await _query(client, f"SELECT COUNT() FROM {name} WHERE {clause}")
+            count = await query(client, f"SELECT COUNT() FROM {name} WHERE {clause}")
             shown = {r.salesforce.lower() for r in found.fields} | {f.lower() for f in fields_of(where)}
             columns = ", ".join(["Id", *(f.name for f in obj.fields if f.name.lower() in shown and f.name != "Id")])
             latest = f"SELECT {columns} FROM {name} WHERE {clause} ORDER BY LastModifiedDate DESC LIMIT 5"
-            samples = await _query(client, latest)
+            samples = await query(client, latest)
         except (ConnectionUnavailableError, LookupError, VaultError) as exc:
             raise ApiError(409, detail=f"Duplex cannot sign in to the org of tenant '{tenant}': {exc}") from None
         except SalesforceApiError as exc:

@@ -247,6 +247,18 @@ async def test_schema_commands(connecting: Connecting, tmp_path: Path, monkeypat
     assert unknown.exit_code == 1
     assert "soql: column 1: unknown field 'Tpye' on Account; did you mean Type?" in unknown.output
 
+    proposed = yaml.safe_load((tmp_path / "acme.yaml").read_text())
+    proposed["spec"]["objects"][0]["filter"] = {"soql": "Type = 'Prospect'"}
+    proposed_file = tmp_path / "proposed.yaml"
+    proposed_file.write_text(yaml.safe_dump(proposed))
+    planned = await cli("plan", "-f", str(proposed_file))
+    assert planned.exit_code == 0, planned.output
+    assert planned.stdout.startswith("tenant/acme: compared with version 1; ")
+    assert "LEAVING" in planned.stdout
+    plans = json.loads((await cli("plan", "-f", str(proposed_file), "--json")).stdout)
+    assert [(c["objectPair"], c["change"]) for c in plans[0]["changes"]] == [("partners", "changed")]
+    assert json.loads((await cli("config", "show", "acme", "--json")).stdout)["version"] == 1
+
     declared_file = tmp_path / "partners.yaml"
     declared_file.write_text(
         yaml.safe_dump({"object": "partners", "fields": [{"name": "name", "required": True}, {"name": "tier"}]})

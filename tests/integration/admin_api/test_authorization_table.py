@@ -78,6 +78,7 @@ TABLE: dict[tuple[str, str], Needs] = {
     ("PUT", "/api/v1/tenants/{tenant}/app-schema/{object}"): Needs.ADMIN,
     ("GET", "/api/v1/tenants/{tenant}/pairs/{pair}/suggestions"): Needs.VIEWER,
     ("POST", "/api/v1/tenants/{tenant}/pairs/{pair}/filter:validate"): Needs.OPERATOR,
+    ("POST", "/api/v1/tenants/{tenant}/plan"): Needs.OPERATOR,
     ("GET", "/api/v1/oauth/callback"): Needs.OAUTH_STATE,
     ("POST", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
     ("GET", "/api/v1/tokens"): Needs.GLOBAL_ADMIN,
@@ -87,6 +88,7 @@ TABLE: dict[tuple[str, str], Needs] = {
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/tenants:validate"): {"content": tenant_yaml(), "headers": YAML},
     ("PUT", "/api/v1/tenants/{tenant}"): {"content": tenant_yaml(), "headers": YAML},
+    ("POST", "/api/v1/tenants/{tenant}/plan"): {"content": tenant_yaml(), "headers": YAML},
     ("POST", "/api/v1/tokens"): {"json": {"name": "made by the table", "role": "viewer"}},
     ("POST", "/api/v1/tenants/{tenant}/backfills"): {"json": {"object": "Account"}},
     ("POST", "/api/v1/tenants/{tenant}/pause"): {"json": {"direction": "to_app", "reason": "made by the table"}},

@@ -52,6 +52,23 @@ async def get(connecting: Connecting, path: str) -> Any:
     return answer.json()
 
 
+def org_client(connecting: Connecting, org: Org) -> Any:
+    """simple-salesforce as the org's admin, through the org's own connected app."""
+    alias = org.username.split("@")[1].split(".")[0]
+    with connecting.emulator.http() as http:
+        grant = {"grant_type": "password", "client_id": org.client_id, "client_secret": org.client_secret}
+        answer = http.post(
+            "/services/oauth2/token", data={**grant, "username": org.username, "password": f"{alias}-password"}
+        )
+    assert answer.status_code == 200, answer.text
+    token = answer.json()
+    session = requests.Session()
+    session.trust_env, session.verify = False, connecting.emulator.ca_cert
+    return Salesforce(
+        instance_url=token["instance_url"], session_id=token["access_token"], version=API_VERSION, session=session
+    )
+
+
 def calls_by_duplex(connecting: Connecting, org: Org) -> int:
     usage = connecting.emulator.admin("GET", f"/orgs/{org.org_id}/usage").json()
     return int(usage["by_client"].get(CALL_OPTIONS_CLIENT, 0))
@@ -293,20 +310,7 @@ async def test_a_custom_metadata_type_is_described_on_demand(connecting: Connect
 async def test_validate_a_filter_counts_and_samples_or_names_each_problem(
     connecting: Connecting, document: dict[str, Any], orgs: tuple[Org, Org]
 ) -> None:
-    org = orgs[0]
-    alias = org.username.split("@")[1].split(".")[0]
-    with connecting.emulator.http() as http:
-        grant = {"grant_type": "password", "client_id": org.client_id, "client_secret": org.client_secret}
-        answer = http.post(
-            "/services/oauth2/token", data={**grant, "username": org.username, "password": f"{alias}-password"}
-        )
-    assert answer.status_code == 200, answer.text
-    token = answer.json()
-    session = requests.Session()
-    session.trust_env, session.verify = False, connecting.emulator.ca_cert
-    sf: Any = Salesforce(
-        instance_url=token["instance_url"], session_id=token["access_token"], version=API_VERSION, session=session
-    )
+    sf = org_client(connecting, orgs[0])
     for i in range(7):
         sf.Account.create({"Name": f"Customer {i}", "Type": "Customer - Direct", "AnnualRevenue": i})
     sf.Account.create({"Name": "Prospect", "Type": "Prospect"})
@@ -364,3 +368,68 @@ async def test_a_document_whose_filter_does_not_fit_the_org_is_refused(
     document["spec"]["objects"][0]["filter"] = {"soql": "Type = 'Customer' AND Tier__c = 'Gold'"}
     applied = await connecting.api.http.put("/api/v1/tenants/acme", json=document, headers=bearer(connecting.admin))
     assert applied.status_code == 200, applied.text
+
+
+async def test_a_plan_tells_what_a_document_would_change_and_writes_nothing(
+    connecting: Connecting, document: dict[str, Any], orgs: tuple[Org, Org]
+) -> None:
+    sf = org_client(connecting, orgs[0])
+    for i in range(3):
+        sf.Account.create({"Name": f"Customer {i}", "Type": "Customer - Direct"})
+    sf.Account.create({"Name": "Prospect", "Type": "Prospect"})
+    others = sf.query("SELECT COUNT() FROM Account WHERE Type != 'Customer - Direct'")["totalSize"]
+    partners = document["spec"]["objects"][0]
+    partners["filter"] = {"soql": "Type = 'Customer - Direct'"}
+    partners["fields"].append({"app": "rating", "salesforce": "Rating"})
+    partners["fields"] = [f for f in partners["fields"] if f["app"] != "website"]
+    document["spec"]["objects"].append(
+        {
+            "name": "leads",
+            "app": {"object": "leads"},
+            "salesforce": {"object": "Lead", "externalIdField": "Duplex_Id__c"},
+            "direction": "crm_to_app",
+            "fields": [{"app": "last_name", "salesforce": "LastName"}, {"app": "company", "salesforce": "Company"}],
+        }
+    )
+
+    async def state() -> tuple[Any, ...]:
+        db = connecting.api.db
+        tables = ("config_versions", "sync_log", "audit_log", "crm_schema_objects", "crm_object_fields")
+        counts = [await db.fetchval(f"SELECT count(*) FROM {t}") for t in tables]
+        records = sf.query("SELECT COUNT() FROM Account")["totalSize"]
+        latest = sf.query("SELECT SystemModstamp FROM Account ORDER BY SystemModstamp DESC LIMIT 1")["records"]
+        return (*counts, records, latest[0]["SystemModstamp"])
+
+    before = await state()
+    answer = await connecting.api.http.post(
+        "/api/v1/tenants/acme/plan", json=document, headers=bearer(connecting.admin)
+    )
+    assert answer.status_code == 200, answer.text
+    plan = answer.json()
+    assert await state() == before
+
+    assert plan["currentVersion"] == 1
+    assert {(c["objectPair"], c["appField"], c["change"]) for c in plan["changes"]} == {
+        ("partners", None, "changed"),
+        ("partners", "rating", "added"),
+        ("partners", "website", "removed"),
+        ("leads", None, "added"),
+    }
+    filters = {f["objectPair"]: f for f in plan["filters"]}
+    assert filters["partners"]["entering"] == {"count": 0, "samples": []}
+    leaving = filters["partners"]["leaving"]
+    assert leaving["count"] == others
+    assert {s["Name"] for s in leaving["samples"]} >= {"Prospect"}
+    assert (filters["leads"]["newPair"], filters["leads"]["entering"]["count"]) == (True, 0)
+    assert filters["leads"]["backfillApiCalls"] == 2
+    # Two describes (neither object described yet) and two queries for each non-empty selection.
+    assert plan["apiCalls"] == 2 + 2 + 2
+
+    operator = await connecting.api.token(Role.OPERATOR, ["acme"])
+    viewer = await connecting.api.token(Role.VIEWER, ["acme"])
+    assert (
+        await connecting.api.http.post("/api/v1/tenants/acme/plan", json=document, headers=bearer(operator))
+    ).status_code == 200
+    assert (
+        await connecting.api.http.post("/api/v1/tenants/acme/plan", json=document, headers=bearer(viewer))
+    ).status_code == 403
