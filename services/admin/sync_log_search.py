@@ -30,7 +30,7 @@ STATUS_EVENTS: Final[Mapping[str, frozenset[str]]] = {
     "rejected": frozenset(
         {"change.rejected", "write.rejected", "cdc.undecodable", "cdc.unreadable_record", "cdc.record_too_large"}
     ),
-    "skipped": frozenset({"change.filtered", "change.dropped", "write.superseded"}),
+    "skipped": frozenset({"change.filtered", "change.left_filter", "change.dropped", "write.superseded"}),
     "conflict": frozenset({"conflict.decided"}),
     # Counted per batch since migration 0018's release; a row per echo before.
     "echo": frozenset({"echoes.dropped", "echo.dropped"}),
