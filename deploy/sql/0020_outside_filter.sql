@@ -1,7 +1,8 @@
 -- Linked records that left their pair's record filter (services/mapping/mapper.py), by the side
--- whose conditions they stopped meeting: not synced while any row is here, whatever later changes
--- carry. A change from that side that meets its conditions again takes the row away; once none
--- is left, the record is synced whole, as a create would be.
+-- whose conditions they stopped meeting: their changes are not synced while any row is here
+-- (deletes, undeletes and Duplex's own writes coming back excepted). A change from that side that
+-- meets its conditions again takes the row away; once none is left, the record is synced whole,
+-- as a create would be.
 CREATE TABLE outside_filter (
     tenant_id  text        NOT NULL,
     link_id    text        NOT NULL,

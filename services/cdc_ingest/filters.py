@@ -8,22 +8,28 @@ record's current state added to stream updates so that mapping decides on the wh
 - **Whole state for updates**: a CDC update carries only the fields that changed, so a clause on
   other fields cannot be decided from it (``services/mapping/translate.py`` refuses to guess). For
   each streamed batch, the records updated of a filtered object are read again (one query per
-  object and 200 records: the clause's fields and the pairs' mapped fields), and every value the
-  event lacks is added, not marked changed. A record gone meanwhile gets nothing added; mapping
-  then decides on what it knows of the record.
+  object and 200 records: the clause's and the conditions' fields and the pairs' mapped fields),
+  and every value the event lacks is added, not marked changed. A record gone meanwhile gets
+  nothing added, nor do the batch's updates when the read fails (after describing the object again,
+  in case a field was deleted): mapping then decides on what it knows of the record.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from services.cdc_ingest.contract import RecordChanged, is_update
 from services.cdc_ingest.cursor import IDS_PER_QUERY, by_ids_query
 from services.cdc_ingest.reading import RecordReader
+from services.cdc_ingest.rejection import UndecodableError
 from services.cdc_ingest.rest import SalesforceRest
 from services.common.change import ChangeKind
+from services.common.salesforce import SalesforceApiError
 from services.common.soql_filter import fields_of, parse_where, render
 from services.common.tenant_config import TenantConfig
+
+log = logging.getLogger(__name__)
 
 # What row_change needs of every row besides the values.
 _ALWAYS = ("Id", "SystemModstamp", "IsDeleted")
@@ -43,13 +49,16 @@ def pushdown(config: TenantConfig) -> dict[str, str]:
 
 
 def wanted_fields(config: TenantConfig) -> dict[str, frozenset[str]]:
-    """For each object some pair filters with SOQL: the fields its updates are completed with."""
+    """For each object some pair filters on the Salesforce side: the fields its updates are completed with."""
     wanted: dict[str, set[str]] = {}
     for pair in config.spec.objects:
-        if pair.filter is None or pair.filter.soql is None:
+        record_filter = pair.filter
+        if record_filter is None or (record_filter.soql is None and not record_filter.salesforce):
             continue
         fields = wanted.setdefault(pair.salesforce.object, set())
-        fields |= fields_of(parse_where(pair.filter.soql))
+        if record_filter.soql is not None:
+            fields |= fields_of(parse_where(record_filter.soql))
+        fields |= {condition.field for condition in record_filter.salesforce}
         fields |= {rule.salesforce for rule in pair.fields}
     return {entity: frozenset(fields) for entity, fields in wanted.items()}
 
@@ -75,7 +84,27 @@ class UpdateCompleter:
             await self._complete(entity, found)
 
     async def _complete(self, entity: str, changes: list[RecordChanged]) -> None:
-        types = await self._rest.fields(entity)
+        try:
+            current = await self._read(entity, changes, refresh=False)
+        except SalesforceApiError as error:
+            # A field deleted since describe was cached (INVALID_FIELD): describe again, once.
+            log.warning("completing updates failed; describing again", extra={"entity": entity, "err": str(error)})
+            try:
+                current = await self._read(entity, changes, refresh=True)
+            except SalesforceApiError as again:
+                # Never a reason to stop the stream: mapping decides on what the events carry.
+                log.warning("updates left as they came", extra={"entity": entity, "err": str(again)})
+                return
+        for change in changes:
+            whole = current.get(change.record_id)
+            if whole is None:
+                continue
+            for name, value in whole.fields.items():
+                if name not in change.fields:
+                    change.fields[name].CopyFrom(value)
+
+    async def _read(self, entity: str, changes: list[RecordChanged], *, refresh: bool) -> dict[str, RecordChanged]:
+        types = await self._rest.fields(entity, refresh=refresh)
         lowered = {name.lower(): name for name in types}
         wanted = [lowered[f.lower()] for f in sorted(self._wanted[entity]) if f.lower() in lowered]
         fields = list(dict.fromkeys([*_ALWAYS, *wanted]))
@@ -84,12 +113,10 @@ class UpdateCompleter:
         for start in range(0, len(ids), IDS_PER_QUERY):
             query = by_ids_query(entity, fields, ids[start : start + IDS_PER_QUERY])
             async for row in self._rest.query(query):
-                read = self._reader.row_change(entity, row, types, ChangeKind.SNAPSHOT, "filter")
+                try:
+                    read = self._reader.row_change(entity, row, types, ChangeKind.SNAPSHOT, "filter")
+                except UndecodableError:
+                    # That record's events stay as they came; the stream itself refuses what it cannot carry.
+                    continue
                 current[read.record_id] = read
-        for change in changes:
-            whole = current.get(change.record_id)
-            if whole is None:
-                continue
-            for name, value in whole.fields.items():
-                if name not in change.fields:
-                    change.fields[name].CopyFrom(value)
+        return current

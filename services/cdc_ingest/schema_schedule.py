@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.common.db import Pool
 from services.common.metrics import Metrics
-from services.common.schema_refresh import SchemaReader, refresh
+from services.common.schema_refresh import SchemaReader, read_schema, store_schema
 from services.common.schema_store import last_refresh
 from services.common.tenant_config import TenantConfig
 
@@ -57,14 +57,15 @@ class SchemaSchedule:
         tenant_id = self._config.tenant_id
         started = self._clock()
         while True:
-            async with self._pool.acquire() as db:
-                wait = wait_before_refresh(await last_refresh(db, tenant_id), started, self._every, self._clock())
-            if wait > timedelta(0):
-                await self._sleep(wait.total_seconds())
-                continue
             try:
                 async with self._pool.acquire() as db:
-                    done = await refresh(db, self._config, self._reader, service=self._service, metrics=self._metrics)
+                    wait = wait_before_refresh(await last_refresh(db, tenant_id), started, self._every, self._clock())
+                if wait > timedelta(0):
+                    await self._sleep(wait.total_seconds())
+                    continue
+                read = await read_schema(self._config, self._reader)
+                async with self._pool.acquire() as db:
+                    done = await store_schema(db, self._config, read, service=self._service, metrics=self._metrics)
             except Exception as exc:  # a failed refresh must never stop the tenant's syncing
                 log.warning("schema refresh failed; will try again", extra={"tenant_id": tenant_id, "err": repr(exc)})
                 await self._sleep(RETRY_AFTER.total_seconds())

@@ -30,16 +30,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from services.common.schema_refresh import change_event_name
+
 STANDARD_CHANNEL = "/data/ChangeEvents"
-SELECTED_ENTITIES_QUERY = "SELECT SelectedEntity FROM PlatformEventChannelMember WHERE EventChannel = 'ChangeEvents'"
-_CUSTOM_SUFFIX = "__c"
-
-
-def change_event_name(entity: str) -> str:
-    """``Account`` → ``AccountChangeEvent``; ``Employee__c`` → ``Employee__ChangeEvent``."""
-    if entity.lower().endswith(_CUSTOM_SUFFIX):
-        return f"{entity[: -len(_CUSTOM_SUFFIX)]}__ChangeEvent"
-    return f"{entity}ChangeEvent"
 
 
 def checks_selection(channel: str) -> bool:

@@ -96,7 +96,11 @@ class Supervisor:
             await self._hand_back(tenant_id, held)
         versions = await self.store.config_versions(sorted(held))
         for tenant_id, version in versions.items():
-            if tenant_id in self.workers and self.versions.get(tenant_id, version) != version:
+            task = self.workers.get(tenant_id)
+            # A finished worker is restarted (and its end reported) below; one waiting for budget waits on.
+            if task is None or task.done() or tenant_id in self.out_of_budget:
+                continue
+            if self.versions.get(tenant_id, version) != version:
                 log.info("configuration changed, restarting tenant", extra={"tenant_id": tenant_id, "version": version})
                 await self._stop(tenant_id)
         for tenant_id in sorted(held):

@@ -46,14 +46,7 @@ from services.cdc_ingest.reading import RecordReader
 from services.cdc_ingest.repair import Repairs
 from services.cdc_ingest.rest import SalesforceRest
 from services.cdc_ingest.schema_schedule import SchemaSchedule
-from services.cdc_ingest.selection import (
-    SELECTED_ENTITIES_QUERY,
-    Objects,
-    change_event_name,
-    checks_selection,
-    selection_refused,
-    serving,
-)
+from services.cdc_ingest.selection import Objects, checks_selection, selection_refused, serving
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.sink import ChangeSink
 from services.cdc_ingest.store import Store
@@ -61,6 +54,7 @@ from services.cdc_ingest.stream import PubSubFactory, Stream, StreamState
 from services.common.metrics import Metrics
 from services.common.retry import RetryPolicy
 from services.common.salesforce import SalesforceApiError
+from services.common.schema_refresh import SELECTED_ENTITIES_QUERY, change_event_name
 from services.common.tenant_config import TenantConfig
 
 log = logging.getLogger(__name__)

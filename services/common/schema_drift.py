@@ -162,7 +162,7 @@ def _paused_by(change: SchemaChange, pair: ObjectPair, app_field: str) -> bool:
 
     This mirrors :func:`services.mapping.translate.translate`, which decides from describe alone.
     """
-    if change.kind in (ChangeKind.FIELD_REMOVED, ChangeKind.OBJECT_REMOVED):
+    if change.kind is ChangeKind.FIELD_REMOVED:
         return True
     field = pair.field_by_app(app_field)
     return change.kind is ChangeKind.BECAME_READ_ONLY and field is not None and not pair.direction_of(field).to_app
@@ -189,10 +189,9 @@ def rule_warnings(config: TenantConfig, changes: Iterable[SchemaChange]) -> list
             if pair.salesforce.object.lower() != change.object.lower():
                 continue
             if change.field is None:
-                paused = change.kind is ChangeKind.OBJECT_REMOVED
-                warnings.append(
-                    RuleWarning(pair.name, None, None, change, paused, _rule_message(change, paused, pair.name, None))
-                )
+                # A whole object gone pauses nothing: its writes fail, each with Salesforce's error.
+                message = _rule_message(change, False, pair.name, None)
+                warnings.append(RuleWarning(pair.name, None, None, change, False, message))
                 continue
             if change.kind is ChangeKind.BECAME_REQUIRED:
                 mapped = pair.field_by_salesforce(change.field) is not None

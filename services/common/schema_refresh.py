@@ -111,7 +111,63 @@ class Refreshed:
 
 
 def objects_to_describe(config: TenantConfig, extra: Iterable[str] = ()) -> list[str]:
-    return list(dict.fromkeys([*(p.salesforce.object for p in config.spec.objects), *extra]))
+    """The mapped objects and ``extra``, each once (Salesforce names are case-insensitive)."""
+    names: dict[str, str] = {}
+    for name in [*(p.salesforce.object for p in config.spec.objects), *extra]:
+        names.setdefault(name.lower(), name)
+    return list(names.values())
+
+
+@dataclass(frozen=True)
+class OrgSchema:
+    """What one refresh read, before anything is stored."""
+
+    names: tuple[str, ...]
+    catalog: Sequence[Mapping[str, Any]]
+    # Lowercase change-event names selected for CDC; None when not read (the tenant does not stream).
+    selected: frozenset[str] | None
+    # Per name: its describe, None (no such object) or why it could not be read.
+    described: Sequence[Mapping[str, Any] | str | None]
+
+    @property
+    def calls(self) -> int:
+        return 1 + int(self.selected is not None) + len(self.names)
+
+
+async def read_schema(config: TenantConfig, reader: SchemaReader, extra: Sequence[str] = ()) -> OrgSchema:
+    """The refresh's reads, together: no database connection is held while Salesforce answers."""
+    names = objects_to_describe(config, extra)
+    entries, selection, *described = await asyncio.gather(
+        reader.catalog(),
+        reader.cdc_selection() if config.spec.sync.cdc else _none(),
+        *(_attempt(reader.describe(name)) for name in names),
+    )
+    selected = None if selection is None else frozenset(s.lower() for s in selection)
+    return OrgSchema(tuple(names), entries, selected, described)
+
+
+async def store_schema(
+    db: Connection, config: TenantConfig, read: OrgSchema, *, service: str, metrics: Metrics | None = None
+) -> Refreshed:
+    """Store what :func:`read_schema` read; the changes and the warnings they raise."""
+    tenant_id = config.tenant_id
+    await save_catalog(db, tenant_id, [catalog_entry(e, read.selected) for e in read.catalog])
+    changes: list[SchemaChange] = []
+    failed: dict[str, str] = {}
+    for name, outcome in zip(read.names, read.described, strict=True):
+        if isinstance(outcome, str):
+            failed[name] = outcome
+            continue
+        obj = None if outcome is None else crm_object(outcome)
+        # Stored under describe's spelling, whatever case it was asked for in.
+        stored = name if obj is None else obj.name
+        cdc = None if read.selected is None else change_event_name(stored).lower() in read.selected
+        fields = () if outcome is None else outcome.get("fields") or ()
+        changes += await save_described(db, tenant_id, stored, obj, cdc_selected=cdc, describe_fields=fields)
+    warnings = await record_drift(db, config, changes, service=service, metrics=metrics)
+    if changes:
+        log.info("schema changed", extra={"tenant": tenant_id, "changes": len(changes), "warnings": len(warnings)})
+    return Refreshed(read.names, tuple(changes), tuple(warnings), failed, read.calls)
 
 
 async def refresh(
@@ -124,31 +180,8 @@ async def refresh(
     metrics: Metrics | None = None,
 ) -> Refreshed:
     """Read the org's schema as the module says and store it; the changes and the warnings they raise."""
-    tenant_id = config.tenant_id
-    names = objects_to_describe(config, extra)
-    streams = config.spec.sync.cdc
-    entries, selection, *described = await asyncio.gather(
-        reader.catalog(),
-        reader.cdc_selection() if streams else _none(),
-        *(_attempt(reader.describe(name)) for name in names),
-    )
-    selected = None if selection is None else frozenset(s.lower() for s in selection)
-    await save_catalog(db, tenant_id, [catalog_entry(e, selected) for e in entries])
-    changes: list[SchemaChange] = []
-    failed: dict[str, str] = {}
-    for name, outcome in zip(names, described, strict=True):
-        if isinstance(outcome, str):
-            failed[name] = outcome
-            continue
-        cdc = None if selected is None else change_event_name(name).lower() in selected
-        obj = None if outcome is None else crm_object(outcome)
-        fields = () if outcome is None else outcome.get("fields") or ()
-        changes += await save_described(db, tenant_id, name, obj, cdc_selected=cdc, describe_fields=fields)
-    warnings = await record_drift(db, config, changes, service=service, metrics=metrics)
-    if changes:
-        log.info("schema changed", extra={"tenant": tenant_id, "changes": len(changes), "warnings": len(warnings)})
-    calls = 1 + int(streams) + len(names)
-    return Refreshed(tuple(names), tuple(changes), tuple(warnings), failed, calls)
+    read = await read_schema(config, reader, extra)
+    return await store_schema(db, config, read, service=service, metrics=metrics)
 
 
 async def record_drift(

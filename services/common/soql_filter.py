@@ -3,7 +3,7 @@
 One clause serves three purposes, and each shapes what is accepted:
 
 * it is checked when a configuration is applied, every problem named with its position;
-* it is appended to backfill and polling queries (``WHERE (<render>)``), so anything accepted must be
+* it is appended to backfill queries (``WHERE (<render>)``), so anything accepted must be
   SOQL that Salesforce itself accepts;
 * Duplex evaluates it on a record's full current state (CDC changes), so it must select exactly the
   records Salesforce's query would select.

@@ -60,6 +60,11 @@ class CrmDescribes:
         self._clock = clock
         self._describes: dict[tuple[str, str], _Describe] = {}
 
+    def described_at(self, tenant_id: str, crm_object: str) -> datetime | None:
+        """When the describe :meth:`crm_fields` last answered with was taken (None: none known)."""
+        entry = self._describes.get((tenant_id, crm_object))
+        return entry.described_at if entry is not None else None
+
     async def crm_fields(self, conn: Connection, tenant_id: str, crm_object: str) -> Mapping[str, CrmFieldInfo] | None:
         """What Salesforce's describe says about ``crm_object``'s fields, or None when cdc-ingest
         has not described it for this tenant (then no describe checks apply)."""

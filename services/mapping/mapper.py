@@ -129,6 +129,17 @@ def _unmapped(change: Change) -> str:
     return f"{change.side}:{change.object_type}"
 
 
+# Never held back by a record filter: a delete or undelete of a synced record follows the pair's
+# delete policy whatever its fields hold.
+_NOT_FILTERED = frozenset({ChangeKind.DELETE, ChangeKind.UNDELETE})
+
+
+def _changed_only(change: Change) -> Change:
+    if change.kind.carries_full_record:
+        return change
+    return replace(change, fields={name: v for name, v in change.fields.items() if change.was_changed(name)})
+
+
 class Mapper:
     """Maps batches of changes over the storage it is given (see :mod:`services.mapping.storage`)."""
 
@@ -394,7 +405,8 @@ class Mapper:
         ):
             change, correction = untagged(change)
             corrected.append((change, correction))
-        if change.kind is not ChangeKind.DELETE and pair.filter is not None:
+        own_write = claims_echo(change, stored.config.spec.salesforce.call_options_client)
+        if change.kind not in _NOT_FILTERED and pair.filter is not None and not own_write:
             filtered = await self._filtered(repo, conn, pair, change)
             if filtered is None:
                 return []
@@ -408,7 +420,15 @@ class Mapper:
             change.tenant_id, change.side, [(n.target_pair, n.record_id) for n in needs]
         )
         crm_fields = await self._describes.crm_fields(conn, change.tenant_id, pair.salesforce.object)
-        mapped = translate(pair, change, resolve=lambda p, _side, rid: resolved.get((p, rid)), crm_fields=crm_fields)
+        # A field missing from a describe older than the mapping may just be new: not known deleted.
+        described = self._describes.described_at(change.tenant_id, pair.salesforce.object)
+        mapped = translate(
+            pair,
+            change,
+            resolve=lambda p, _side, rid: resolved.get((p, rid)),
+            crm_fields=crm_fields,
+            absent_is_deleted=described is not None and described >= stored.applied_at,
+        )
         source_names = [f.app_field if change.side is Side.APP else f.crm_field for f in mapped.fields]
         await repo.unhold(change.tenant_id, link.link_id, source_names)
         for need in needs:
@@ -547,25 +567,29 @@ class Mapper:
     async def _filtered(self, repo: BatchLinks, conn: Connection, pair: ObjectPair, change: Change) -> Change | None:
         """``change`` as it passes the pair's record filter, or None (noted in the sync log) when it does not.
 
-        A change tells only of its own side's conditions. A linked record passed the filter before:
-        a change that does not carry the fields its side's conditions read left them as they were,
-        so it still passes, unless the record stopped meeting some side's conditions
-        (``outside_filter``, by side). A record that comes into the filter, never linked or back
-        from outside on every side, is synced whole, as a create: the change then counts every
-        field it carries.
+        A change tells only of its own side's conditions. A linked record passed the filter before,
+        so its change is decided on what it changed alone: a field it did not change still holds
+        what passed (the values cdc-ingest adds are the record's current ones, maybe newer than the
+        change). A record that stopped meeting some side's conditions is outside (``outside_filter``,
+        by side) until a change from that side meets them again. A record that comes into the
+        filter, never linked or back from outside on every side, is decided on everything the change
+        carries and synced whole, as a create: the change then counts every field it carries.
+        Duplex's own writes coming back, deletes and undeletes are never held back by a filter.
         """
         crm_fields = None
-        if change.side is Side.CRM and pair.filter is not None and pair.filter.soql is not None:
+        record_filter = pair.filter
+        if change.side is Side.CRM and record_filter is not None and record_filter.soql is not None:
             crm_fields = await self._describes.crm_fields(conn, change.tenant_id, pair.salesforce.object)
-        decision = filter_decision(pair, change.side, change.fields, crm_fields)
         linked = await repo.find(change.tenant_id, pair.name, change.side, change.record_id)
         if linked is None:
+            decision = filter_decision(pair, change, crm_fields)
             if decision.outcome is FilterOutcome.MATCHES:
                 whole = change.kind is ChangeKind.UPDATE
                 return replace(change, changed=frozenset(change.fields)) if whole else change
             reason = decision.reason
         else:
             outside = await repo.outside_filter(linked)
+            decision = filter_decision(pair, change if outside else _changed_only(change), crm_fields)
             if decision.outcome is FilterOutcome.EXCLUDED and change.side not in outside:
                 await repo.set_outside_filter(linked, change.side, True)
                 if not outside:

@@ -157,6 +157,13 @@ class LinkRepository:
         )
 
     async def outside_filter(self, link: Link) -> frozenset[Side]:
+        # The app's and Salesforce's consumers may decide on one record at once: one at a time, so
+        # two re-entries (each taking its side's row away) cannot both see the other's row.
+        await self._conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('outside_filter:' || $1 || ':' || $2, 0))",
+            link.tenant_id,
+            link.link_id,
+        )
         rows = await self._conn.fetch(
             "SELECT side FROM outside_filter WHERE tenant_id = $1 AND link_id = $2", link.tenant_id, link.link_id
         )

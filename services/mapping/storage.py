@@ -117,6 +117,9 @@ class Describes(Protocol):
     async def crm_fields(self, conn: Connection, tenant_id: str, crm_object: str) -> Mapping[str, CrmFieldInfo] | None:
         """What Salesforce's describe says about ``crm_object``'s fields, None when it was not described."""
 
+    def described_at(self, tenant_id: str, crm_object: str) -> datetime | None:
+        """When the describe ``crm_fields`` last answered with was taken."""
+
 
 class SyncLog(Protocol):
     async def record(self, db: Connection, entry: Entry) -> None:

@@ -125,9 +125,9 @@ def _where(soql: str, types: tuple[tuple[str, str], ...], object_name: str) -> W
 
 
 def filter_decision(
-    pair: ObjectPair, side: Side, fields: Mapping[str, Value], crm_fields: Mapping[str, CrmFieldInfo] | None = None
+    pair: ObjectPair, change: Change, crm_fields: Mapping[str, CrmFieldInfo] | None = None
 ) -> FilterDecision:
-    """Whether a record with ``fields`` passes the pair's filter for its side.
+    """Whether the record ``change`` carries passes the pair's filter for its side.
 
     A condition on a field the change does not carry decides nothing (an update carries only what
     changed); the caller then asks whether the record passed before. A condition that fails
@@ -136,6 +136,11 @@ def filter_decision(
     record_filter = pair.filter
     if record_filter is None:
         return _MATCHES
+    side = change.side
+    fields: Mapping[str, Value] = change.fields
+    if side is Side.CRM and change.record_id:
+        # A change event carries the record's Id in its header, not among the fields.
+        fields = {"Id": change.record_id, **fields}
     conditions = record_filter.app if side is Side.APP else record_filter.salesforce
     lowered = {name.lower(): value for name, value in fields.items()}
     absent: list[str] = []
@@ -178,8 +183,13 @@ def translate(
     *,
     resolve: ResolveReference,
     crm_fields: Mapping[str, CrmFieldInfo] | None = None,
+    absent_is_deleted: bool = True,
 ) -> Mapped:
-    """``change`` in both sides' terms. Raises RejectedChangeError when a value is invalid."""
+    """``change`` in both sides' terms. Raises RejectedChangeError when a value is invalid.
+
+    ``absent_is_deleted``: ``crm_fields`` was described after the mapping was written, so a mapped
+    field it lacks was deleted in Salesforce (its rule is paused) rather than created since.
+    """
     crm_info = {name.lower(): info for name, info in (crm_fields or {}).items()}
     source = {name.lower(): (name, value) for name, value in change.fields.items()}
     if change.side is Side.CRM and change.record_id:
@@ -196,7 +206,7 @@ def translate(
             continue
         _, raw = found
         crm = crm_info.get(mapping.salesforce.lower())
-        if crm_info and crm is None:
+        if absent_is_deleted and crm_info and crm is None:
             # Deleted in Salesforce since the mapping was written: this rule waits for a mapping fix
             # (services/common/schema_drift.py warns of it) while the pair's other rules sync on.
             dropped.append(Dropped(source_name, f"{mapping.salesforce} no longer exists in Salesforce: rule paused"))

@@ -8,7 +8,8 @@ does not fit the stored schemas); then it reads the org (:mod:`services.admin.pl
 - the rules added, removed or changed, pair by pair, and the document's warnings;
 - for each pair whose Salesforce filter changes, how many records would enter and leave it, with
   five of each; for a new pair, how many records its first backfill would read, with five, and
-  the API calls that backfill would cost;
+  the API calls that backfill would cost. The org is read with the tenant's stored connection and
+  credentials only, whatever the document says: a new tenant's org is not read;
 - the API calls the plan itself made.
 
 What records each side would then be written with is not told: Duplex syncs a record when it
@@ -63,7 +64,10 @@ class FilterPlan(ApiModel):
     salesforce_object: str
     new_pair: bool = Field(description="The pair is new: `entering` is what its first backfill reads.")
     entering: Selection
-    leaving: Selection | None = Field(description="Linked records that would stop being synced; null for a new pair.")
+    leaving: Selection | None = Field(
+        description="Records the old filter selects and the new one does not (synced ones stop being synced at"
+        " their next Salesforce change); null for a new pair."
+    )
     backfill_api_calls: int | None = Field(description="A new pair's first backfill, estimated; null otherwise.")
 
 
@@ -140,10 +144,16 @@ def plan_router(access: Access, policy: SalesforcePolicy, sessions: Sessions | N
         questions = filter_questions(current.config if current else None, proposed)
         budget = UnlimitedBudget()
         filters: list[FilterPlan] = []
-        if questions:
+        warnings = [Issue(field=w.where, message=w.message) for w in config_warnings(proposed)]
+        if questions and current is None:
+            # The org is read only with what is stored: a document cannot point a plan at another
+            # org, or name other credentials, to read its records.
+            unread = "a new tenant: its org is not read before it is applied"
+            warnings.append(Issue(field="spec.objects", message=unread))
+        elif questions and current is not None:
             if sessions is None:
                 raise ApiError(503, detail="this admin API was started without access to Salesforce")
-            client = tenant_client(sessions, tenant, proposed.spec.salesforce, budget)
+            client = tenant_client(sessions, tenant, current.config.spec.salesforce, budget)
             try:
                 filters = [await _filter_plan(db, tenant, q, proposed, client) for q in questions]
             except (ConnectionUnavailableError, LookupError, VaultError) as exc:
@@ -159,7 +169,7 @@ def plan_router(access: Access, policy: SalesforcePolicy, sessions: Sessions | N
                 RuleChangeItem(object_pair=c.pair, app_field=c.app_field, change=c.kind, before=c.before, after=c.after)
                 for c in rule_changes(current.config if current else None, proposed)
             ],
-            warnings=[Issue(field=w.where, message=w.message) for w in config_warnings(proposed)],
+            warnings=warnings,
             filters=filters,
             api_calls=budget.calls.get(tenant, 0),
         )

@@ -17,6 +17,7 @@
 # No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime, and
 # the dependencies they name are local to the router factory, out of reach of string annotations.
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -55,6 +56,7 @@ from services.common.soql_filter import FilterError, FilterProblem, check_where,
 from services.common.tenant_config import FieldType, ObjectPair
 from services.common.vault import VaultError
 
+_APP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 ObjectKind = Literal["standard", "custom", "metadata", "platform_event", "external", "system"]
 
 
@@ -514,6 +516,10 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
         db: Annotated[Connection, db_dependency],
     ) -> AppSchemaItem:
         await stored_config(ConfigStore(db), tenant)
+        if not _APP_NAME.fullmatch(object):
+            raise ApiError(
+                422, detail=f"{object!r} is not an app object name (letters, digits and '_', not starting with a digit)"
+            )
         names = [f.name for f in body.fields]
         if len(set(names)) != len(names):
             twice = sorted({n for n in names if names.count(n) > 1})

@@ -331,7 +331,7 @@ class RecordFilter(_Model):
     app: tuple[FilterCondition, ...] = ()
     salesforce: tuple[FilterCondition, ...] = ()
     # A SOQL WHERE clause on the Salesforce object (services/common/soql_filter.py): pushed into
-    # backfill and polling queries, and evaluated on each changed record's full current state.
+    # backfill queries, and evaluated on each changed record's whole current state.
     soql: str | None = Field(default=None, min_length=1, max_length=4000)
 
 

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.cdc_ingest.selection import (
-    SELECTED_ENTITIES_QUERY,
-    Serving,
-    change_event_name,
-    checks_selection,
-    selection_refused,
-    serving,
-)
+from services.cdc_ingest.selection import Serving, checks_selection, selection_refused, serving
+from services.common.schema_refresh import SELECTED_ENTITIES_QUERY, change_event_name
 
 pytestmark = pytest.mark.unit
 

@@ -290,3 +290,27 @@ async def test_a_new_configuration_version_restarts_the_tenant_worker() -> None:
         for task in supervisor.workers.values():
             task.cancel()
         await asyncio.gather(*supervisor.workers.values(), return_exceptions=True)
+
+
+async def test_a_new_version_does_not_restart_a_tenant_waiting_for_budget() -> None:
+    runs: list[str] = []
+
+    async def run_tenant(tenant_id: str) -> None:
+        runs.append(tenant_id)
+        raise refusal()
+
+    settings = CdcIngestSettings(
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+        postgres=PostgresSettings(dsn="postgresql://127.0.0.1:9/duplex"),
+        tenants=("acme",),
+    )
+    leases = Leases()
+    supervisor = Supervisor(settings, cast(Store, leases), run_tenant, clock=lambda: T0)
+    await supervisor.rebalance()
+    await asyncio.sleep(0)
+    await supervisor.rebalance()
+    assert "acme" in supervisor.out_of_budget
+    leases.versions["acme"] = 2
+    await supervisor.rebalance()
+    await asyncio.sleep(0)
+    assert runs == ["acme"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from services.common.change import Side
 from services.common.db import Connection
@@ -32,6 +33,7 @@ class FakeDatabase:
     log: list[Entry] = field(default_factory=list)
     configs: dict[str, StoredConfig] = field(default_factory=dict)  # each tenant's current one
     describes: dict[tuple[str, str], Mapping[str, CrmFieldInfo]] = field(default_factory=dict)
+    described: dict[tuple[str, str], datetime] = field(default_factory=dict)
     outside: set[tuple[str, str, Side]] = field(default_factory=set)  # (tenant, link id, side) outside their filter
 
     @asynccontextmanager
@@ -58,6 +60,10 @@ class FakeDatabase:
         return next(
             (f for (t, o), f in self.describes.items() if t == tenant_id and o.lower() == crm_object.lower()), None
         )
+
+    def described_at(self, tenant_id: str, crm_object: str) -> datetime | None:
+        # Taken after any mapping the tests apply, unless a test says otherwise.
+        return self.described.get((tenant_id, crm_object.lower()), datetime.max.replace(tzinfo=UTC))
 
     async def record(self, db: Connection, entry: Entry) -> None:
         self.log.append(entry)

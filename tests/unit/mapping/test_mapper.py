@@ -45,7 +45,10 @@ DOCUMENT: dict[str, Any] = {
                     {
                         "app": "status",
                         "salesforce": "Status__c",
-                        "transform": {"type": "picklist", "valueMap": {"active": "Active", "closed": "Closed"}},
+                        "transform": {
+                            "type": "picklist",
+                            "valueMap": {"active": "Active", "closed": "Closed", "suspended": "Suspended"},
+                        },
                     },
                     {"app": "phone", "salesforce": "Phone"},
                     {"app": "revenue", "salesforce": "AnnualRevenue", "direction": "crm_to_app"},
@@ -378,3 +381,41 @@ async def test_a_record_outside_on_the_salesforce_side_is_not_let_back_by_an_app
         "app record does not match the partners record filter (it left the filter on the crm side): not synced"
     )
     assert db.outside == {(TENANT, "L1", Side.CRM)}
+
+
+async def test_a_linked_record_is_decided_on_what_its_change_changed(
+    mapper: Mapper, db: FakeDatabase, outbox: Outbox
+) -> None:
+    db.add_link(link("L1", "a1", "001A"))
+    # status came along unchanged (as cdc-ingest adds current values): newer than this edit, it decides nothing.
+    fields: dict[str, Value] = {"name": "Renamed", "status": "suspended"}
+    renamed = Change(
+        "e1", TENANT, Side.APP, "partners", "a1", ChangeKind.UPDATE, fields, T0, changed=frozenset({"name"})
+    )
+    assert await mapper.handle_batch([renamed]) == {}
+    assert len(outbox.sent) == 1
+    assert db.outside == set()
+
+
+async def test_undeletes_and_duplex_own_writes_are_not_held_back_by_the_filter(
+    mapper: Mapper, db: FakeDatabase, outbox: Outbox
+) -> None:
+    db.add_link(link("L1", "a1", "001A"))
+    db.outside.add((TENANT, "L1", Side.APP))
+    undelete = change(
+        Side.APP, "partners", "a1", {"name": "Back", "status": "suspended"}, event_id="u", kind=ChangeKind.UNDELETE
+    )
+    assert await mapper.handle_batch([undelete]) == {}
+    assert [e.kind for e in outbox.sent] == [ChangeKind.UNDELETE]
+
+
+async def test_a_field_missing_from_a_describe_older_than_the_mapping_is_not_taken_for_deleted(
+    mapper: Mapper, db: FakeDatabase, outbox: Outbox
+) -> None:
+    db.add_link(link("L1", "a1", "001A"))
+    db.describes[(TENANT, "account")] = {k: v for k, v in ACCOUNT_FIELDS.items() if k != "Phone"}
+    db.described[(TENANT, "account")] = T0 - timedelta(days=1)
+    batch = [change(Side.APP, "partners", "a1", {"name": "Acme", "phone": "555"}, event_id="e1")]
+    assert await mapper.handle_batch(batch) == {}
+    (event,) = outbox.sent
+    assert crm_names(event) == {"Name": "Acme", "Phone": "555"}

@@ -264,7 +264,7 @@ def test_changed_flags_follow_the_change_kind() -> None:
     ],
 )
 def test_record_filter(side: Side, fields: dict[str, Value], outcome: FilterOutcome) -> None:
-    assert filter_decision(PAIR, side, fields).outcome is outcome
+    assert filter_decision(PAIR, change(side, fields)).outcome is outcome
 
 
 SOQL_PAIR = PAIR.model_copy(
@@ -292,16 +292,15 @@ SOQL_TYPES = {
 def test_a_soql_filter_is_evaluated_on_what_the_change_carries(
     fields: dict[str, Value], outcome: FilterOutcome
 ) -> None:
-    assert filter_decision(SOQL_PAIR, Side.CRM, fields, SOQL_TYPES).outcome is outcome
+    assert filter_decision(SOQL_PAIR, change(Side.CRM, fields), SOQL_TYPES).outcome is outcome
     # The app side is not what a SOQL clause is about.
-    assert filter_decision(SOQL_PAIR, Side.APP, {"name": "x"}).outcome is FilterOutcome.MATCHES
+    assert filter_decision(SOQL_PAIR, change(Side.APP, {"name": "x"})).outcome is FilterOutcome.MATCHES
 
 
 def test_a_soql_filter_the_schema_no_longer_fits_lets_nothing_through() -> None:
     retyped = {**SOQL_TYPES, "AnnualRevenue": CrmFieldInfo("AnnualRevenue", type="string")}
-    decision = filter_decision(
-        SOQL_PAIR, Side.CRM, {"Type": "Customer", "AnnualRevenue": "5", "Tier__c": None}, retyped
-    )
+    fields: dict[str, Value] = {"Type": "Customer", "AnnualRevenue": "5", "Tier__c": None}
+    decision = filter_decision(SOQL_PAIR, change(Side.CRM, fields), retyped)
     assert decision.outcome is FilterOutcome.EXCLUDED
     assert "no longer fits" in decision.reason
 
@@ -389,3 +388,12 @@ def test_a_rule_whose_salesforce_field_is_gone_from_describe_is_skipped_both_way
     # Before any describe, nothing is known to be gone.
     unknown = translate(PAIR, change(Side.APP, {"tier": "gold"}), resolve=resolve, crm_fields={})
     assert [f.crm_field for f in unknown.fields] == ["Tier__c"]
+
+
+def test_a_soql_filter_may_name_the_record_id_which_events_carry_in_their_header() -> None:
+    by_id = PAIR.model_copy(update={"filter": RecordFilter(soql="Id != '001000000000001AAA'")})
+    types = {"Id": CrmFieldInfo("Id", type="id")}
+    kept = change(Side.CRM, {"Name": "A"})
+    assert filter_decision(by_id, kept, types).outcome is FilterOutcome.MATCHES
+    excluded = Change("e2", "acme", Side.CRM, "Account", "001000000000001AAA", ChangeKind.UPDATE, {"Name": "B"}, AT)
+    assert filter_decision(by_id, excluded, types).outcome is FilterOutcome.EXCLUDED
