@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import cdc_ingest, emulator, isolation, pause, pipeline, quarantine, suggestions, sync, writer
+from bench import cdc_ingest, emulator, filters, isolation, pause, pipeline, quarantine, suggestions, sync, writer
 from bench.report import Result, machine, render
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
     "emulator": emulator.run,
     "cdc_ingest": cdc_ingest.run,
+    "filters": filters.run,
     "sync": sync.run,
     "writer": writer.run,
     "isolation": isolation.run,
