@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from services.common.soql_filter import parse_where, render
+from services.common.pair_filters import pair_clause
 from services.common.tenant_config import FieldMapping, ObjectPair, TenantConfig
 
 Kind = Literal["added", "removed", "changed"]
@@ -79,8 +79,7 @@ class FilterQuestion:
 
 
 def _clause(pair: ObjectPair | None) -> str | None:
-    soql = pair.filter.soql if pair is not None and pair.filter is not None else None
-    return None if soql is None else render(parse_where(soql))
+    return None if pair is None else pair_clause(pair)
 
 
 def filter_questions(current: TenantConfig | None, proposed: TenantConfig) -> list[FilterQuestion]:

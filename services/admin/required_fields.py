@@ -71,17 +71,21 @@ def missing_required(
 
 
 def filter_problems(config: TenantConfig, crm: Mapping[str, CrmObject]) -> list[tuple[str, str]]:
-    """(where, message) for each problem of a pair's SOQL filter against its object's describe."""
+    """(where, message) for each problem of a pair's SOQL filter or typed filters against its object's describe."""
     found: list[tuple[str, str]] = []
     for index, pair in enumerate(config.spec.objects):
         obj = crm.get(pair.salesforce.object.lower())
-        soql = pair.filter.soql if pair.filter is not None else None
-        if obj is None or soql is None:
+        if obj is None:
             continue
-        # The document's own validation refused a clause that does not parse.
-        where = parse_where(soql)
+        clauses: list[tuple[str, str]] = []
+        if pair.filter is not None and pair.filter.soql is not None:
+            clauses.append((f"spec.objects[{index}].filter.soql", pair.filter.soql))
+        for j, rule in enumerate(pair.fields):
+            for k, case in enumerate(rule.classify or ()):
+                clauses.append((f"spec.objects[{index}].fields[{j}].classify[{k}].soql", case.soql))
         types = {f.name: f.type for f in obj.fields}
-        found += [
-            (f"spec.objects[{index}].filter.soql", str(p)) for p in check_where(where, types, object_name=obj.name)
-        ]
+        for where, soql in clauses:
+            # The document's own validation refused a clause that does not parse.
+            problems = check_where(parse_where(soql), types, object_name=obj.name)
+            found += [(where, str(p)) for p in problems]
     return found

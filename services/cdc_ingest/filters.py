@@ -25,8 +25,9 @@ from services.cdc_ingest.reading import RecordReader
 from services.cdc_ingest.rejection import UndecodableError
 from services.cdc_ingest.rest import SalesforceRest
 from services.common.change import ChangeKind
+from services.common.pair_filters import pair_clause
 from services.common.salesforce import SalesforceApiError
-from services.common.soql_filter import fields_of, parse_where, render
+from services.common.soql_filter import fields_of, parse_where
 from services.common.tenant_config import TenantConfig
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,7 @@ def pushdown(config: TenantConfig) -> dict[str, str]:
     """The clause each object's backfill can carry: only where every pair on the object has one."""
     clauses: dict[str, list[str | None]] = {}
     for pair in config.spec.objects:
-        soql = pair.filter.soql if pair.filter is not None else None
-        clauses.setdefault(pair.salesforce.object, []).append(None if soql is None else render(parse_where(soql)))
+        clauses.setdefault(pair.salesforce.object, []).append(pair_clause(pair))
     return {
         entity: " OR ".join(f"({c})" for c in dict.fromkeys(c for c in found if c is not None))
         for entity, found in clauses.items()
@@ -52,13 +52,14 @@ def wanted_fields(config: TenantConfig) -> dict[str, frozenset[str]]:
     """For each object some pair filters on the Salesforce side: the fields its updates are completed with."""
     wanted: dict[str, set[str]] = {}
     for pair in config.spec.objects:
-        record_filter = pair.filter
-        if record_filter is None or (record_filter.soql is None and not record_filter.salesforce):
+        clause = pair_clause(pair)
+        conditions = pair.filter.salesforce if pair.filter is not None else ()
+        if clause is None and not conditions:
             continue
         fields = wanted.setdefault(pair.salesforce.object, set())
-        if record_filter.soql is not None:
-            fields |= fields_of(parse_where(record_filter.soql))
-        fields |= {condition.field for condition in record_filter.salesforce}
+        if clause is not None:
+            fields |= fields_of(parse_where(clause))
+        fields |= {condition.field for condition in conditions}
         fields |= {rule.salesforce for rule in pair.fields}
     return {entity: frozenset(fields) for entity, fields in wanted.items()}
 

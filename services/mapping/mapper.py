@@ -406,7 +406,7 @@ class Mapper:
             change, correction = untagged(change)
             corrected.append((change, correction))
         own_write = claims_echo(change, stored.config.spec.salesforce.call_options_client)
-        if change.kind not in _NOT_FILTERED and pair.filter is not None and not own_write:
+        if change.kind not in _NOT_FILTERED and pair.filtered and not own_write:
             filtered = await self._filtered(repo, conn, pair, change)
             if filtered is None:
                 return []
@@ -577,8 +577,7 @@ class Mapper:
         Duplex's own writes coming back, deletes and undeletes are never held back by a filter.
         """
         crm_fields = None
-        record_filter = pair.filter
-        if change.side is Side.CRM and record_filter is not None and record_filter.soql is not None:
+        if change.side is Side.CRM:
             crm_fields = await self._describes.crm_fields(conn, change.tenant_id, pair.salesforce.object)
         linked = await repo.find(change.tenant_id, pair.name, change.side, change.record_id)
         if linked is None:

@@ -21,7 +21,15 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
 from services.common.change import Change, Side
-from services.common.soql_filter import FilterError, MissingFieldError, Where, evaluate, parse_where, validated
+from services.common.soql_filter import (
+    FilterError,
+    MissingFieldError,
+    Where,
+    evaluate,
+    fields_of,
+    parse_where,
+    validated,
+)
 from services.common.tenant_config import (
     Direction,
     FieldMapping,
@@ -29,7 +37,7 @@ from services.common.tenant_config import (
     ObjectPair,
     OnUnresolved,
 )
-from services.common.tenant_config.model import FilterCondition
+from services.common.tenant_config.model import FilterCondition, RecordFilter
 from services.common.values import Reference, Value, int64, is_blank
 
 # (pair name, side the id belongs to, id) -> the linked record's id on the other side, if linked.
@@ -119,9 +127,33 @@ class FilterDecision:
 _MATCHES = FilterDecision(FilterOutcome.MATCHES)
 
 
+_NO_FILTER = RecordFilter()
+Types = tuple[tuple[str, str], ...]
+
+
+def _types(crm_fields: Mapping[str, CrmFieldInfo] | None) -> Types:
+    return tuple(sorted((name, info.type) for name, info in (crm_fields or {}).items() if info.type))
+
+
 @functools.lru_cache(maxsize=256)
-def _where(soql: str, types: tuple[tuple[str, str], ...], object_name: str) -> Where:
+def _where(soql: str, types: Types, object_name: str) -> Where:
     return validated(soql, dict(types), object_name=object_name)
+
+
+def _clause(soql: str, types: Types, object_name: str) -> Where:
+    # Describe's types make comparisons exact (ids, multi-select picklists); without, as written.
+    return _where(soql, types, object_name) if types else parse_where(soql)
+
+
+def classified(rule: FieldMapping, fields: Mapping[str, Value], types: Types, object_name: str) -> str | None:
+    """The value of ``rule``'s first typed filter the record matches; None when it matches none.
+
+    Raises MissingFieldError when a clause reads a field ``fields`` lacks (first match needs each).
+    """
+    for case in rule.classify or ():
+        if evaluate(_clause(case.soql, types, object_name), fields):
+            return case.value
+    return None
 
 
 def filter_decision(
@@ -133,9 +165,9 @@ def filter_decision(
     changed); the caller then asks whether the record passed before. A condition that fails
     excludes the record whatever else is unknown, since a filter's conditions must all hold.
     """
-    record_filter = pair.filter
-    if record_filter is None:
+    if not pair.filtered:
         return _MATCHES
+    record_filter = pair.filter or _NO_FILTER
     side = change.side
     fields: Mapping[str, Value] = change.fields
     if side is Side.CRM and change.record_id:
@@ -151,14 +183,15 @@ def filter_decision(
             continue
         if not _holds(condition, lowered[key]):
             return FilterDecision(FilterOutcome.EXCLUDED, f"{condition.field} does not match")
-    if side is Side.CRM and record_filter.soql is not None:
-        types = tuple(sorted((n, i.type) for n, i in (crm_fields or {}).items() if i.type))
+    if side is Side.CRM:
+        types = _types(crm_fields)
         try:
-            where = (
-                _where(record_filter.soql, types, pair.salesforce.object) if types else parse_where(record_filter.soql)
-            )
-            if not evaluate(where, fields):
-                return FilterDecision(FilterOutcome.EXCLUDED, f"does not match {record_filter.soql!r}")
+            soql = record_filter.soql
+            if soql is not None and not evaluate(_clause(soql, types, pair.salesforce.object), fields):
+                return FilterDecision(FilterOutcome.EXCLUDED, f"does not match {soql!r}")
+            for rule in pair.fields:
+                if rule.classify is not None and classified(rule, fields, types, pair.salesforce.object) is None:
+                    return FilterDecision(FilterOutcome.EXCLUDED, f"matches none of {rule.app}'s typed filters")
         except MissingFieldError as missing:
             absent.append(missing.field)
         except (FilterError, TypeError) as error:
@@ -219,6 +252,13 @@ def translate(
             as_configured = not (configured.to_crm if change.side is Side.APP else configured.to_app)
             dropped.append(Dropped(source_name, reason, as_configured=as_configured))
             continue
+        if mapping.classify is not None:
+            typed = _typed(pair, mapping, change, crm_fields)
+            if isinstance(typed, Dropped):
+                dropped.append(typed)
+            elif typed is not None:
+                mapped.append(MappedField(mapping.app, mapping.salesforce, typed[0], raw, changed=typed[1]))
+            continue
         try:
             app_value, crm_value = _both_sides(pair, mapping, change.side, raw, crm_info, resolve)
         except _UnresolvedReferenceError as unresolved:
@@ -233,6 +273,23 @@ def translate(
             MappedField(mapping.app, mapping.salesforce, app_value, crm_value, changed=change.was_changed(source_name))
         )
     return Mapped(pair.name, tuple(mapped), tuple(dropped), tuple(held))
+
+
+def _typed(
+    pair: ObjectPair, rule: FieldMapping, change: Change, crm_fields: Mapping[str, CrmFieldInfo] | None
+) -> tuple[str, bool] | Dropped | None:
+    """A typed-filter rule's app value and whether it changed; None when no filter matches."""
+    fields: Mapping[str, Value] = {"Id": change.record_id, **change.fields}
+    try:
+        value = classified(rule, fields, _types(crm_fields), pair.salesforce.object)
+    except MissingFieldError as missing:
+        return Dropped(rule.salesforce, f"typed filters undecided: the change does not carry {missing.field}")
+    except (FilterError, TypeError) as error:
+        return Dropped(rule.salesforce, f"typed filters no longer fit the org's schema: {error}")
+    if value is None:
+        return None
+    read = {rule.salesforce, *(f for case in rule.classify or () for f in fields_of(parse_where(case.soql)))}
+    return value, any(change.was_changed(name) for name in read)
 
 
 class _UnresolvedReferenceError(LookupError):

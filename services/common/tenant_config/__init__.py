@@ -30,6 +30,7 @@ from services.common.tenant_config.loading import (
 from services.common.tenant_config.model import (
     AuthMode,
     BackfillIngestion,
+    Classification,
     ConflictPolicy,
     DeletePolicy,
     Direction,
@@ -60,6 +61,7 @@ __all__ = [
     "ApiVersions",
     "AuthMode",
     "BackfillIngestion",
+    "Classification",
     "ConfigFileError",
     "ConfigInvalidError",
     "ConfigIssue",

@@ -365,6 +365,13 @@ class Reference(_Model):
     on_unresolved: OnUnresolved = OnUnresolved.HOLD
 
 
+class Classification(_Model):
+    """One typed filter: records the clause selects get ``value`` in the rule's app field."""
+
+    soql: str = Field(min_length=1, max_length=4000)
+    value: NonEmptyStr
+
+
 class FieldMapping(_Model):
     app: AppName
     salesforce: SalesforceName
@@ -375,6 +382,9 @@ class FieldMapping(_Model):
     allow_nulls: bool = False
     transform: Transform | None = None
     reference: Reference | None = None
+    # Typed filters (crm_to_app only): the app field gets the value of the first clause the
+    # Salesforce record matches, and a record matching none is not synced.
+    classify: tuple[Classification, ...] | None = Field(default=None, min_length=1, max_length=50)
 
 
 class ObjectPair(_Model):
@@ -391,6 +401,11 @@ class ObjectPair(_Model):
     fields: tuple[FieldMapping, ...] = Field(min_length=1)
     # App fields deliberately left unmapped: mapping suggestions list them as ignored, not as open.
     ignored_fields: tuple[AppName, ...] = ()
+
+    @property
+    def filtered(self) -> bool:
+        """Some records may not be synced: the pair has a record filter or typed filters."""
+        return self.filter is not None or any(f.classify is not None for f in self.fields)
 
     def direction_of(self, field: FieldMapping) -> Direction:
         return field.direction or self.direction

@@ -212,6 +212,8 @@ def _field_issues(pair: ObjectPair, field: FieldMapping, pair_names: set[str], a
                 f"only applies to fields that sync in both directions (direction is {direction})",
             )
         )
+    if field.classify is not None:
+        issues += _classify_issues(field, direction, (*at, "classify"))
     transform = field.transform
     if transform is not None:
         issues += _transform_issues(transform, direction, (*at, "transform"))
@@ -301,6 +303,26 @@ def _delete_issues(pair: ObjectPair, at: IssuePath) -> list[ConfigIssue]:
                 (*at, "softDeleteField", "app"), f"required: deletes flow to the app (direction is {pair.direction})"
             )
         )
+    return issues
+
+
+def _classify_issues(field: FieldMapping, direction: Direction, at: IssuePath) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    if direction is not Direction.CRM_TO_APP:
+        issues.append(
+            ConfigIssue(
+                at, f"typed filters write the app field only: the direction must be crm_to_app (is {direction})"
+            )
+        )
+    if field.transform is not None and field.transform.type not in (FieldType.STRING, FieldType.PICKLIST):
+        issues.append(
+            ConfigIssue((*at[:-1], "transform", "type"), "must be string or picklist for a field with typed filters")
+        )
+    for k, case in enumerate(field.classify or ()):
+        try:
+            parse_where(case.soql)
+        except FilterError as error:
+            issues += [ConfigIssue((*at, k, "soql"), str(problem)) for problem in error.problems]
     return issues
 
 

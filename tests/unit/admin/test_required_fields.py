@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.admin.required_fields import MissingFields, missing_required
+from services.admin.required_fields import MissingFields, filter_problems, missing_required
 from services.common.schema import AppField, AppObject, CrmObject, crm_object
 from services.common.tenant_config import TenantConfig
 from services.salesforce_emulator.rest import object_describe
@@ -115,3 +115,22 @@ def test_the_app_schema_required_fields_bind_pairs_that_create_app_records() -> 
 def test_describe_reads_required_as_salesforce_defines_it() -> None:
     contact: CrmObject = DESCRIBED["contact"]
     assert sorted(f.name for f in contact.fields if f.required) == ["LastName"]
+
+
+def test_each_typed_filter_clause_is_checked_against_describe() -> None:
+    typed = pair("Account", {"name": "Name"})
+    typed["fields"].append(
+        {
+            "app": "kind",
+            "salesforce": "Type",
+            "direction": "crm_to_app",
+            "classify": [{"soql": "Type = 'Partner'", "value": "p"}, {"soql": "Tpye = 'Prospect'", "value": "q"}],
+        }
+    )
+    typed["filter"] = {"soql": "AnnualRevenue > 'big'"}
+    found = filter_problems(config([typed]), DESCRIBED)
+    assert [where for where, _ in found] == [
+        "spec.objects[0].filter.soql",
+        "spec.objects[0].fields[1].classify[1].soql",
+    ]
+    assert found[1][1] == "column 1: unknown field 'Tpye' on Account; did you mean Type?"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,9 @@ from services.cdc_ingest.cursor import (
     selectable_fields,
     soql_datetime,
 )
+from services.cdc_ingest.filters import pushdown, wanted_fields
 from services.cdc_ingest.typed import FieldInfo
+from services.common.tenant_config import TenantConfig
 
 pytestmark = pytest.mark.unit
 
@@ -99,3 +102,49 @@ def test_merge_losers_query_reads_deleted_records_by_id_with_their_master() -> N
     assert merge_losers_query("Account", ["001A", "a'b"]) == (
         "SELECT Id, MasterRecordId FROM Account WHERE Id IN ('001A', 'a\\'b') AND IsDeleted = true"
     )
+
+
+def test_a_backfill_carries_every_pair_filter_of_its_object_or_none() -> None:
+    document: dict[str, Any] = {
+        "apiVersion": "duplex.dev/v1",
+        "kind": "Tenant",
+        "metadata": {"name": "acme"},
+        "spec": {
+            "salesforce": {
+                "instanceUrl": "https://acme.my.salesforce.com",
+                "auth": {"mode": "oauth_pkce", "clientId": "c"},
+                "dailyApiCap": 1000,
+            },
+            "objects": [
+                {
+                    "name": "customers",
+                    "app": {"object": "customers"},
+                    "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+                    "filter": {"soql": "AnnualRevenue > 0"},
+                    "fields": [
+                        {"app": "name", "salesforce": "Name"},
+                        {
+                            "app": "kind",
+                            "salesforce": "Type",
+                            "direction": "crm_to_app",
+                            "classify": [
+                                {"soql": "Type = 'Customer - Direct'", "value": "customer"},
+                                {"soql": "Type = 'Partner'", "value": "partner"},
+                            ],
+                        },
+                    ],
+                },
+                {
+                    "name": "contacts",
+                    "app": {"object": "contacts"},
+                    "salesforce": {"object": "Contact", "externalIdField": "Duplex_Id__c"},
+                    "fields": [{"app": "last", "salesforce": "LastName"}],
+                },
+            ],
+        },
+    }
+    config = TenantConfig.model_validate(document)
+    assert pushdown(config) == {
+        "Account": "((AnnualRevenue > 0) AND ((Type = 'Customer - Direct') OR (Type = 'Partner')))"
+    }
+    assert wanted_fields(config) == {"Account": frozenset({"AnnualRevenue", "Type", "Name"})}

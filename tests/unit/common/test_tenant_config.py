@@ -972,3 +972,22 @@ def test_an_ignored_app_field_cannot_also_be_mapped() -> None:
     assert issues_of(doc) == [
         ("spec.objects[0].ignoredFields[1]", f"'{mapped}' is mapped by this pair; it cannot also be ignored")
     ]
+
+
+def test_typed_filters_flow_to_the_app_only_and_each_clause_must_parse() -> None:
+    doc = base_doc()
+    pair = doc["spec"]["objects"][0]
+    pair["fields"].append(
+        {
+            "app": "kind",
+            "salesforce": "Type",
+            "classify": [{"soql": "Type = 'Partner'", "value": "partner"}, {"soql": "Type = (", "value": "x"}],
+        }
+    )
+    where = f"spec.objects[0].fields[{len(pair['fields']) - 1}].classify"
+    found = issues_of(doc)
+    assert (where, "typed filters write the app field only: the direction must be crm_to_app (is both)") in found
+    assert any(w == f"{where}[1].soql" and m.startswith("column 8: ") for w, m in found)
+    pair["fields"][-1]["direction"] = "crm_to_app"
+    pair["fields"][-1]["classify"].pop()
+    parse_tenant_config(doc)

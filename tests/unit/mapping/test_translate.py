@@ -397,3 +397,62 @@ def test_a_soql_filter_may_name_the_record_id_which_events_carry_in_their_header
     assert filter_decision(by_id, kept, types).outcome is FilterOutcome.MATCHES
     excluded = Change("e2", "acme", Side.CRM, "Account", "001000000000001AAA", ChangeKind.UPDATE, {"Name": "B"}, AT)
     assert filter_decision(by_id, excluded, types).outcome is FilterOutcome.EXCLUDED
+
+
+TYPED = PAIR.model_copy(
+    update={
+        "filter": None,
+        "fields": (
+            *PAIR.fields,
+            FieldMapping.model_validate(
+                {
+                    "app": "kind",
+                    "salesforce": "Type",
+                    "direction": "crm_to_app",
+                    "classify": [
+                        {"soql": "Type = 'Customer - Direct' AND AnnualRevenue > 0", "value": "customer"},
+                        {"soql": "Type LIKE 'Customer%'", "value": "prospect"},
+                        {"soql": "Type = 'Partner'", "value": "partner"},
+                    ],
+                }
+            ),
+        ),
+    }
+)
+TYPED_DESCRIBE = {
+    **DESCRIBE,
+    "Type": CrmFieldInfo("Type", type="picklist"),
+    "AnnualRevenue": CrmFieldInfo("AnnualRevenue", type="currency"),
+}
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        ({"Type": "Customer - Direct", "AnnualRevenue": 10}, "customer"),
+        ({"Type": "Customer - Direct", "AnnualRevenue": 0}, "prospect"),
+        ({"Type": "Partner", "AnnualRevenue": None}, "partner"),
+    ],
+)
+def test_typed_filters_write_the_first_match_into_the_app_field(fields: dict[str, Value], kind: str) -> None:
+    update = change(Side.CRM, fields, changed={"Type"})
+    assert filter_decision(TYPED, update, TYPED_DESCRIBE).outcome is FilterOutcome.MATCHES
+    mapped = translate(TYPED, update, resolve=resolve, crm_fields=TYPED_DESCRIBE)
+    (typed,) = [f for f in mapped.fields if f.app_field == "kind"]
+    assert (typed.app_value, typed.crm_value, typed.changed) == (kind, fields["Type"], True)
+
+
+def test_a_record_matching_no_typed_filter_is_not_synced_and_an_unknown_one_is_undecided() -> None:
+    other = change(Side.CRM, {"Type": "Other", "AnnualRevenue": 5})
+    decision = filter_decision(TYPED, other, TYPED_DESCRIBE)
+    assert (decision.outcome, decision.reason) == (FilterOutcome.EXCLUDED, "matches none of kind's typed filters")
+    # The first filter reads AnnualRevenue: without it, which one matches first cannot be told.
+    assert (
+        filter_decision(TYPED, change(Side.CRM, {"Type": "Partner"}), TYPED_DESCRIBE).outcome is FilterOutcome.UNDECIDED
+    )
+    # Only AnnualRevenue changed: the value is sent again, not as a change of Type.
+    revenue = change(Side.CRM, {"Type": "Partner", "AnnualRevenue": 3}, changed={"AnnualRevenue"})
+    (typed,) = [
+        f for f in translate(TYPED, revenue, resolve=resolve, crm_fields=TYPED_DESCRIBE).fields if f.app_field == "kind"
+    ]
+    assert (typed.app_value, typed.changed) == ("partner", True)
