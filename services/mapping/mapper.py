@@ -579,6 +579,7 @@ class Mapper:
         crm_fields = None
         if change.side is Side.CRM:
             crm_fields = await self._describes.crm_fields(conn, change.tenant_id, pair.salesforce.object)
+        record_filter = pair.filter
         linked = await repo.find(change.tenant_id, pair.name, change.side, change.record_id)
         if linked is None:
             decision = filter_decision(pair, change, crm_fields)
@@ -589,20 +590,25 @@ class Mapper:
         else:
             outside = await repo.outside_filter(linked)
             decision = filter_decision(pair, change if outside else _changed_only(change), crm_fields)
+            deleting = record_filter is not None and record_filter.on_leave == "delete"
             if decision.outcome is FilterOutcome.EXCLUDED and change.side not in outside:
                 await repo.set_outside_filter(linked, change.side, True)
                 if not outside:
-                    message = (
-                        f"{change.side} record left the {pair.name} record filter ({decision.reason}): no longer synced"
+                    then = (
+                        "deleted on the other side as the pair's deletePolicy says" if deleting else "no longer synced"
                     )
+                    message = f"{change.side} record left the {pair.name} record filter ({decision.reason}): {then}"
                     await self._note(conn, change, "change.left_filter", linked.link_id, message)
-                    return None
+                    # As a delete from this side, the other side's record goes the way deletes go.
+                    return replace(change, kind=ChangeKind.DELETE, fields={}, changed=frozenset()) if deleting else None
             elif decision.outcome is FilterOutcome.MATCHES and change.side in outside:
                 await repo.set_outside_filter(linked, change.side, False)
                 if outside == {change.side}:
                     message = f"{change.side} record matches the {pair.name} record filter again: synced whole"
                     await self._note(conn, change, "change.entered_filter", linked.link_id, message)
-                    return replace(change, changed=frozenset(change.fields))
+                    # After a delete, an undelete: the other side's record comes back with every field.
+                    kind = ChangeKind.UNDELETE if deleting else change.kind
+                    return replace(change, kind=kind, changed=frozenset(change.fields))
                 outside = outside - {change.side}
             elif decision.outcome is not FilterOutcome.EXCLUDED and not outside:
                 return change

@@ -333,6 +333,10 @@ class RecordFilter(_Model):
     # A SOQL WHERE clause on the Salesforce object (services/common/soql_filter.py): pushed into
     # backfill queries, and evaluated on each changed record's whole current state.
     soql: str | None = Field(default=None, min_length=1, max_length=4000)
+    # What becomes of a synced record that stops matching: it stops being synced ("stop"), or it is
+    # also deleted on the other side, or archived, as the pair's deletePolicy says ("delete"), and
+    # brought back when it matches again.
+    on_leave: Literal["stop", "delete"] = "stop"
 
 
 class AppObject(_Model):

@@ -419,3 +419,22 @@ async def test_a_field_missing_from_a_describe_older_than_the_mapping_is_not_tak
     assert await mapper.handle_batch(batch) == {}
     (event,) = outbox.sent
     assert crm_names(event) == {"Name": "Acme", "Phone": "555"}
+
+
+async def test_with_on_leave_delete_a_record_leaving_is_deleted_across_and_comes_back_undeleted(
+    mapper: Mapper, db: FakeDatabase, outbox: Outbox
+) -> None:
+    document = copy.deepcopy(DOCUMENT)
+    document["spec"]["objects"][0]["filter"]["onLeave"] = "delete"
+    db.configs[TENANT] = stored(document)
+    db.add_link(link("L1", "a1", "001A"))
+    left = change(Side.APP, "partners", "a1", {"status": "suspended"}, event_id="e1")
+    assert await mapper.handle_batch([left]) == {}
+    (deleted,) = outbox.sent
+    assert (deleted.kind, deleted.fields) == (ChangeKind.DELETE, ())
+    back = change(Side.APP, "partners", "a1", {"name": "Back", "status": "active"}, event_id="e2", at=1)
+    assert await mapper.handle_batch([back]) == {}
+    undeleted = outbox.sent[-1]
+    assert undeleted.kind is ChangeKind.UNDELETE
+    assert {f.app_field for f in undeleted.fields if f.changed} == {"name", "status"}
+    assert [r.event for r in db.log] == ["change.left_filter", "change.entered_filter"]
