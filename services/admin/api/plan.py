@@ -21,27 +21,25 @@ changes or when it enters a filter, and the counts above are those records.
 
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, Depends
 from pydantic import Field
 
 from services.admin.api.access import Access
 from services.admin.api.body import TENANT_DOCUMENT_SCHEMA, tenant_document
 from services.admin.api.models import ApiModel, Issue
-from services.admin.api.preflight import tenant_client
+from services.admin.api.preflight import salesforce_answers, tenant_client
 from services.admin.api.problems import INVALID_DOCUMENT, ApiError, FieldError
 from services.admin.api.schema import described_object, query
 from services.admin.api.tenants import check_against_schemas
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
 from services.admin.plan import FilterQuestion, backfill_calls, filter_questions, rule_changes
-from services.common.connections import ConnectionUnavailableError, Sessions
+from services.common.connections import Sessions
 from services.common.db import Connection
-from services.common.salesforce import SalesforceApiError, SalesforceClient, UnlimitedBudget
+from services.common.salesforce import SalesforceClient, UnlimitedBudget
 from services.common.schema_refresh import ClientSchemaReader
 from services.common.tenant_config import TenantConfig, config_warnings
 from services.common.tenant_config.policy import SalesforcePolicy
-from services.common.vault import VaultError
 
 SAMPLES = 5
 
@@ -154,14 +152,8 @@ def plan_router(access: Access, policy: SalesforcePolicy, sessions: Sessions | N
             if sessions is None:
                 raise ApiError(503, detail="this admin API was started without access to Salesforce")
             client = tenant_client(sessions, tenant, current.config.spec.salesforce, budget)
-            try:
+            with salesforce_answers(tenant, "a query of the plan"):
                 filters = [await _filter_plan(db, tenant, q, proposed, client) for q in questions]
-            except (ConnectionUnavailableError, LookupError, VaultError) as exc:
-                raise ApiError(409, detail=f"Duplex cannot sign in to the org of tenant '{tenant}': {exc}") from None
-            except SalesforceApiError as exc:
-                raise ApiError(502, detail=f"Salesforce refused a query of the plan: {exc}") from None
-            except httpx.HTTPError as exc:
-                raise ApiError(502, detail=f"Salesforce could not be reached: {exc or type(exc).__name__}") from None
         return Plan(
             tenant=tenant,
             current_version=current.version if current else None,

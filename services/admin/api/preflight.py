@@ -15,8 +15,11 @@ reports how many there were.
 # No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime, and
 # the dependencies they name are local to the router factory, out of reach of string annotations.
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
+import httpx
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
@@ -28,10 +31,11 @@ from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
 from services.admin.preflight import ClientReader, failed_names, preflight_checks, read_org
-from services.common.connections import Sessions
+from services.common.connections import ConnectionUnavailableError, Sessions
 from services.common.db import Connection
-from services.common.salesforce import CallBudget, SalesforceClient, UnlimitedBudget
+from services.common.salesforce import CallBudget, SalesforceApiError, SalesforceClient, UnlimitedBudget
 from services.common.tenant_config import SalesforceSpec, SecretValue
+from services.common.vault import VaultError
 
 
 def tenant_client(sessions: Sessions, tenant_id: str, spec: SalesforceSpec, budget: CallBudget) -> SalesforceClient:
@@ -44,6 +48,19 @@ def tenant_client(sessions: Sessions, tenant_id: str, spec: SalesforceSpec, budg
     return SalesforceClient(
         tenant_id, spec, secrets=resolve, budget=budget, http=sessions.http, sessions=sessions, policy=sessions.policy
     )
+
+
+@contextmanager
+def salesforce_answers(tenant_id: str, what: str) -> Iterator[None]:
+    """Salesforce's failures during ``what`` as the problems a route answers with."""
+    try:
+        yield
+    except (ConnectionUnavailableError, LookupError, VaultError) as exc:
+        raise ApiError(409, detail=f"Duplex cannot sign in to the org of tenant '{tenant_id}': {exc}") from None
+    except SalesforceApiError as exc:
+        raise ApiError(502, detail=f"Salesforce refused {what}: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise ApiError(502, detail=f"Salesforce could not be reached: {exc or type(exc).__name__}") from None
 
 
 class CheckItem(ApiModel):

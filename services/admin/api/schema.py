@@ -22,23 +22,22 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import httpx
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ConfigDict, Field
 
 from services.admin.api.access import Access
 from services.admin.api.body import json_body, json_body_schema
 from services.admin.api.models import ApiModel
-from services.admin.api.preflight import tenant_client
+from services.admin.api.preflight import salesforce_answers, tenant_client
 from services.admin.api.problems import ApiError, FieldError, request_id_of
 from services.admin.api.tenants import stored_config
 from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
 from services.admin.suggestions import Suggestion, suggest
-from services.common.connections import ConnectionUnavailableError, Sessions
+from services.common.connections import Sessions
 from services.common.db import Connection
-from services.common.salesforce import SalesforceApiError, SalesforceClient, UnlimitedBudget
+from services.common.salesforce import SalesforceClient, UnlimitedBudget
 from services.common.schema import AppField, AppObject, CrmField, CrmObject, crm_object
 from services.common.schema_drift import RuleWarning, SchemaChange, standing_warnings
 from services.common.schema_refresh import ClientSchemaReader, refresh
@@ -54,7 +53,6 @@ from services.common.schema_store import (
 )
 from services.common.soql_filter import FilterError, FilterProblem, check_where, fields_of, parse_where, render
 from services.common.tenant_config import FieldType, ObjectPair
-from services.common.vault import VaultError
 
 _APP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 ObjectKind = Literal["standard", "custom", "metadata", "platform_event", "external", "system"]
@@ -404,14 +402,8 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
         if sessions is None:
             raise ApiError(503, detail="this admin API was started without access to Salesforce")
         client = tenant_client(sessions, tenant, config.spec.salesforce, UnlimitedBudget())
-        try:
+        with salesforce_answers(tenant, "the refresh"):
             done = await refresh(db, config, ClientSchemaReader(client), extra=body.objects, service="admin-api")
-        except (ConnectionUnavailableError, LookupError, VaultError) as exc:
-            raise ApiError(409, detail=f"Duplex cannot sign in to the org of tenant '{tenant}': {exc}") from None
-        except SalesforceApiError as exc:
-            raise ApiError(502, detail=f"Salesforce refused the refresh: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise ApiError(502, detail=f"Salesforce could not be reached: {exc or type(exc).__name__}") from None
         await write_audit(
             db,
             actor=principal.actor,
@@ -637,7 +629,7 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
         budget = UnlimitedBudget()
         client = tenant_client(sessions, tenant, config.spec.salesforce, budget)
         name = found.salesforce.object
-        try:
+        with salesforce_answers(tenant, "the query"):
             obj = await described_object(db, tenant, name, ClientSchemaReader(client))
             problems = check_where(where, {f.name: f.type for f in obj.fields}, object_name=obj.name)
             if problems:
@@ -648,12 +640,6 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
             columns = ", ".join(["Id", *(f.name for f in obj.fields if f.name.lower() in shown and f.name != "Id")])
             latest = f"SELECT {columns} FROM {name} WHERE {clause} ORDER BY LastModifiedDate DESC LIMIT 5"
             samples = await query(client, latest)
-        except (ConnectionUnavailableError, LookupError, VaultError) as exc:
-            raise ApiError(409, detail=f"Duplex cannot sign in to the org of tenant '{tenant}': {exc}") from None
-        except SalesforceApiError as exc:
-            raise ApiError(502, detail=f"Salesforce refused the query: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise ApiError(502, detail=f"Salesforce could not be reached: {exc or type(exc).__name__}") from None
         return FilterPreview(
             tenant=tenant,
             object_pair=found.name,

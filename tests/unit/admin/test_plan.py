@@ -7,34 +7,23 @@ from typing import Any
 
 from services.admin.plan import FilterQuestion, backfill_calls, filter_questions, rule_changes
 from services.common.tenant_config import TenantConfig
+from tests.fixtures.documents import tenant_config
 
-BASE: dict[str, Any] = {
-    "apiVersion": "duplex.dev/v1",
-    "kind": "Tenant",
-    "metadata": {"name": "acme"},
-    "spec": {
-        "salesforce": {
-            "instanceUrl": "https://acme.my.salesforce.com",
-            "auth": {"mode": "oauth_pkce", "clientId": "c"},
-            "dailyApiCap": 1000,
-        },
-        "objects": [
-            {
-                "name": "partners",
-                "app": {"object": "partners"},
-                "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
-                "fields": [{"app": "name", "salesforce": "Name"}, {"app": "phone", "salesforce": "Phone"}],
-            }
-        ],
-    },
-}
+PAIRS: list[dict[str, Any]] = [
+    {
+        "name": "partners",
+        "app": {"object": "partners"},
+        "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+        "fields": [{"app": "name", "salesforce": "Name"}, {"app": "phone", "salesforce": "Phone"}],
+    }
+]
 
 
 def config(edit: Any = None) -> TenantConfig:
-    document = copy.deepcopy(BASE)
+    pairs = copy.deepcopy(PAIRS)
     if edit is not None:
-        edit(document["spec"]["objects"])
-    return TenantConfig.model_validate(document)
+        edit(pairs)
+    return tenant_config(pairs)
 
 
 def test_rules_are_compared_by_name_not_by_position() -> None:

@@ -13,6 +13,7 @@ from services.common.schema import AppField, AppObject, CrmObject, crm_object
 from services.common.tenant_config import TenantConfig
 from services.salesforce_emulator.rest import object_describe
 from services.salesforce_emulator.schema import STANDARD_OBJECTS
+from tests.fixtures.documents import tenant_config
 
 DESCRIBED = {
     o.name.lower(): crm_object(object_describe(o, {s.name: s for s in STANDARD_OBJECTS}, "62.0"))
@@ -21,21 +22,7 @@ DESCRIBED = {
 
 
 def config(pairs: list[dict[str, Any]]) -> TenantConfig:
-    return TenantConfig.model_validate(
-        {
-            "apiVersion": "duplex.dev/v1",
-            "kind": "Tenant",
-            "metadata": {"name": "acme"},
-            "spec": {
-                "salesforce": {
-                    "instanceUrl": "https://acme.my.salesforce.com",
-                    "auth": {"mode": "oauth_pkce", "clientId": "c"},
-                    "dailyApiCap": 1000,
-                },
-                "objects": pairs,
-            },
-        }
-    )
+    return tenant_config(pairs)
 
 
 def pair(sobject: str, fields: dict[str, str], direction: str = "both", **rules: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -19,7 +18,7 @@ from services.cdc_ingest.cursor import (
 )
 from services.cdc_ingest.filters import pushdown, wanted_fields
 from services.cdc_ingest.typed import FieldInfo
-from services.common.tenant_config import TenantConfig
+from tests.fixtures.documents import tenant_config
 
 pytestmark = pytest.mark.unit
 
@@ -105,45 +104,34 @@ def test_merge_losers_query_reads_deleted_records_by_id_with_their_master() -> N
 
 
 def test_a_backfill_carries_every_pair_filter_of_its_object_or_none() -> None:
-    document: dict[str, Any] = {
-        "apiVersion": "duplex.dev/v1",
-        "kind": "Tenant",
-        "metadata": {"name": "acme"},
-        "spec": {
-            "salesforce": {
-                "instanceUrl": "https://acme.my.salesforce.com",
-                "auth": {"mode": "oauth_pkce", "clientId": "c"},
-                "dailyApiCap": 1000,
+    config = tenant_config(
+        [
+            {
+                "name": "customers",
+                "app": {"object": "customers"},
+                "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+                "filter": {"soql": "AnnualRevenue > 0"},
+                "fields": [
+                    {"app": "name", "salesforce": "Name"},
+                    {
+                        "app": "kind",
+                        "salesforce": "Type",
+                        "direction": "crm_to_app",
+                        "classify": [
+                            {"soql": "Type = 'Customer - Direct'", "value": "customer"},
+                            {"soql": "Type = 'Partner'", "value": "partner"},
+                        ],
+                    },
+                ],
             },
-            "objects": [
-                {
-                    "name": "customers",
-                    "app": {"object": "customers"},
-                    "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
-                    "filter": {"soql": "AnnualRevenue > 0"},
-                    "fields": [
-                        {"app": "name", "salesforce": "Name"},
-                        {
-                            "app": "kind",
-                            "salesforce": "Type",
-                            "direction": "crm_to_app",
-                            "classify": [
-                                {"soql": "Type = 'Customer - Direct'", "value": "customer"},
-                                {"soql": "Type = 'Partner'", "value": "partner"},
-                            ],
-                        },
-                    ],
-                },
-                {
-                    "name": "contacts",
-                    "app": {"object": "contacts"},
-                    "salesforce": {"object": "Contact", "externalIdField": "Duplex_Id__c"},
-                    "fields": [{"app": "last", "salesforce": "LastName"}],
-                },
-            ],
-        },
-    }
-    config = TenantConfig.model_validate(document)
+            {
+                "name": "contacts",
+                "app": {"object": "contacts"},
+                "salesforce": {"object": "Contact", "externalIdField": "Duplex_Id__c"},
+                "fields": [{"app": "last", "salesforce": "LastName"}],
+            },
+        ]
+    )
     assert pushdown(config) == {
         "Account": "((AnnualRevenue > 0) AND ((Type = 'Customer - Direct') OR (Type = 'Partner')))"
     }

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from services.common.schema import CrmField, CrmObject, PicklistValue, object_document, stored_object
 from services.common.schema_drift import ChangeKind, object_changes, rule_warnings, standing_warnings
 from services.common.tenant_config import TenantConfig
+from tests.fixtures.documents import tenant_config
 
 TIER = CrmField(
     "Tier__c", "Tier", "picklist", 255, picklist=(PicklistValue("Gold", "Gold"), PicklistValue("Silver", "Silver"))
@@ -31,32 +30,21 @@ def changed(**fields: CrmField | None) -> CrmObject:
 
 
 def config() -> TenantConfig:
-    document: dict[str, Any] = {
-        "apiVersion": "duplex.dev/v1",
-        "kind": "Tenant",
-        "metadata": {"name": "acme"},
-        "spec": {
-            "salesforce": {
-                "instanceUrl": "https://acme.my.salesforce.com",
-                "auth": {"mode": "oauth_pkce", "clientId": "c"},
-                "dailyApiCap": 1000,
-            },
-            "objects": [
-                {
-                    "name": "partners",
-                    "app": {"object": "partners"},
-                    "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
-                    "fields": [
-                        {"app": "name", "salesforce": "Name"},
-                        {"app": "code", "salesforce": "Code__c", "transform": {"type": "string", "maxLength": 20}},
-                        {"app": "since", "salesforce": "Since__c", "direction": "app_to_crm"},
-                        {"app": "tier", "salesforce": "Tier__c"},
-                    ],
-                }
-            ],
-        },
-    }
-    return TenantConfig.model_validate(document)
+    return tenant_config(
+        [
+            {
+                "name": "partners",
+                "app": {"object": "partners"},
+                "salesforce": {"object": "Account", "externalIdField": "Duplex_Id__c"},
+                "fields": [
+                    {"app": "name", "salesforce": "Name"},
+                    {"app": "code", "salesforce": "Code__c", "transform": {"type": "string", "maxLength": 20}},
+                    {"app": "since", "salesforce": "Since__c", "direction": "app_to_crm"},
+                    {"app": "tier", "salesforce": "Tier__c"},
+                ],
+            }
+        ]
+    )
 
 
 def test_each_kind_of_change_is_named() -> None:
