@@ -890,7 +890,7 @@ def backfills(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None
 
 @app.command("health")
 def health(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
-    """Quarantined object pairs, pauses and the last 24 hours' problems of a tenant (exit 0 either way)."""
+    """A tenant's quarantines, pauses, problems, last syncs, API budget, objects and drift (exit 0 either way)."""
     with _api(ctx) as api:
         report = api.health(tenant)
     if as_json:
@@ -914,6 +914,18 @@ def health(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
         _print_table(table)
     else:
         typer.echo(f"no problems since {_when(report.problems_since)}")
+    typer.echo(
+        f"last sync: to Salesforce {_when(report.last_sync.to_crm)}, to the app {_when(report.last_sync.to_app)}"
+    )
+    if report.budget is not None:
+        b = report.budget
+        org = f"; org {b.org_used:,} of {b.org_max:,} used" if b.org_used is not None and b.org_max else ""
+        warning = " (LOW: under 10 % left)" if b.low else ""
+        typer.echo(f"API calls: {b.calls_last_day:,} of {b.daily_api_cap:,} in 24 h{org}{warning}")
+    if report.objects:
+        typer.echo("objects: " + ", ".join(f"{o.object} ({o.mode})" for o in report.objects))
+    if report.drift:
+        _print_warnings(report.drift)
 
 
 _CSV_COLUMNS = ("id", "at", "service", "event", "status", "link_id", "record_id", "code", "message", "detail")

@@ -1,4 +1,5 @@
-"""A tenant's health at a glance, from its sync log: quarantined object pairs and recent problems.
+"""A tenant's health at a glance: quarantined object pairs, recent problems, the last sync each way,
+the API budget, how each object is read and what the org's schema breaks.
 
 Mapping quarantines a pair whose input is mostly bad (:mod:`services.mapping.quarantine`) and says
 so in the sync log: ``pair.quarantined`` when it begins, ``pair.released`` when it ends. A
@@ -19,6 +20,8 @@ from services.common.db import Connection
 
 QUARANTINE_EVENTS = ("pair.quarantined", "pair.released")
 PROBLEM_WINDOW = timedelta(hours=24)
+# Under this share of an allowance left, the budget needs attention (the governor warns at the same).
+LOW_BUDGET = 0.10
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,65 @@ def _detail(value: Any) -> dict[str, Any]:
     # asyncpg hands jsonb over as text unless a codec is set on the connection.
     parsed = json.loads(value) if isinstance(value, str) else value
     return parsed if isinstance(parsed, dict) else {}
+
+
+@dataclass(frozen=True)
+class LastSyncs:
+    """The last record written to Salesforce, and the last update published to the app, if any recent."""
+
+    to_crm: datetime | None
+    to_app: datetime | None
+
+
+async def last_syncs(conn: Connection, tenant_id: str, since: datetime) -> LastSyncs:
+    to_crm = await conn.fetchval(
+        "SELECT max(at) FROM sync_log WHERE tenant_id = $1 AND at >= $2 AND event = 'write.succeeded'", tenant_id, since
+    )
+    # A resolved change that sent the app an update (not one a pause held).
+    to_app = await conn.fetchval(
+        "SELECT max(at) FROM sync_log WHERE tenant_id = $1 AND at >= $2 AND event = 'change.resolved'"
+        " AND detail->'writes' ? 'app' AND NOT (detail->'writes'->'app' ? 'held')",
+        tenant_id,
+        since,
+    )
+    return LastSyncs(to_crm, to_app)
+
+
+@dataclass(frozen=True)
+class ApiBudget:
+    daily_cap: int
+    # API calls the governor granted the tenant in the last 24 hours.
+    duplex_calls: int
+    # The org's own count and allocation, as Salesforce last reported them (None: never yet).
+    org_used: int | None
+    org_max: int | None
+    org_observed_at: datetime | None
+
+    @property
+    def low(self) -> bool:
+        """Under 10 % left of the tenant's cap or of the org's daily allocation."""
+        if self.duplex_calls >= self.daily_cap * (1 - LOW_BUDGET):
+            return True
+        if not self.org_max:
+            return False
+        return self.org_max - (self.org_used or 0) < self.org_max * LOW_BUDGET
+
+
+def api_budget(state: Any, daily_cap: int, now: datetime) -> ApiBudget:
+    """The governor's stored budget (``governor_budgets.state``) as seen at ``now``."""
+    stored = _detail(state)
+    since = now - timedelta(hours=24)
+    calls = sum(int(n) for start, n in (stored.get("ledger") or {}).items() if datetime.fromisoformat(start) > since)
+    org = stored.get("org") or {}
+    observed = org.get("observedAt")
+    return ApiBudget(
+        daily_cap=daily_cap,
+        duplex_calls=calls,
+        org_used=int(org["used"]) if "used" in org else None,
+        org_max=int(org["max"]) if "max" in org else None,
+        org_observed_at=datetime.fromisoformat(observed) if observed else None,
+    )
+
+
+async def budget_state(conn: Connection, tenant_id: str) -> Any:
+    return await conn.fetchval("SELECT state FROM governor_budgets WHERE tenant_id = $1", tenant_id)

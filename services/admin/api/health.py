@@ -1,8 +1,10 @@
-"""``/api/v1/tenants/{tenant}/health``: quarantined object pairs, pauses and the last day's problems."""
+"""``/api/v1/tenants/{tenant}/health``: quarantined object pairs, pauses, the last day's problems, the
+last sync each way, the API budget, how each object is read and the rules the org's schema breaks."""
 
 # No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime, and
 # the dependencies they name are local to the router factory, out of reach of string annotations.
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -12,11 +14,23 @@ from pydantic import Field
 from services.admin.api.access import Access
 from services.admin.api.models import ApiModel
 from services.admin.api.pauses import PauseEntry, pause_state
+from services.admin.api.schema import WarningItem, warning_item
 from services.admin.api.tenants import stored_config
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
-from services.admin.health import PROBLEM_WINDOW, problem_counts, quarantine_events, quarantined
+from services.admin.health import (
+    PROBLEM_WINDOW,
+    api_budget,
+    budget_state,
+    last_syncs,
+    problem_counts,
+    quarantine_events,
+    quarantined,
+)
 from services.common.db import Connection
+from services.common.schema_drift import standing_warnings
+from services.common.schema_store import DescribedObject, latest_objects
+from services.common.tenant_config import TenantConfig
 
 
 class QuarantinedPair(ApiModel):
@@ -35,10 +49,34 @@ class Problems(ApiModel):
     last_at: datetime
 
 
+class LastSync(ApiModel):
+    to_crm: datetime | None = Field(description="The last record written to Salesforce in the last 24 hours.")
+    to_app: datetime | None = Field(description="The last update published to the app in the last 24 hours.")
+
+
+class Budget(ApiModel):
+    daily_api_cap: int = Field(description="The tenant's `dailyApiCap`.")
+    calls_last_day: int = Field(description="API calls the governor granted the tenant in the last 24 hours.")
+    org_used: int | None = Field(description="The org's DailyApiRequests used, as Salesforce last reported it.")
+    org_max: int | None
+    org_observed_at: datetime | None
+    low: bool = Field(description="Under 10 % left of the cap or of the org's allocation.")
+
+
+class ObjectReading(ApiModel):
+    object: str
+    mode: Literal["cdc", "polling", "unknown"] = Field(
+        description="`polling` when the tenant does not stream or the org does not select the object for CDC;"
+        " `unknown` until the selection was read (a schema refresh)."
+    )
+    described_at: datetime | None
+
+
 class TenantHealth(ApiModel):
     tenant: str
     status: Literal["ok", "attention"] = Field(
-        description="`attention` when a pair is quarantined or problems occurred."
+        description="`attention` when a pair is quarantined, problems occurred, a rule is paused by schema drift"
+        " or the API budget is low."
     )
     configuration_version: int
     quarantined_pairs: list[QuarantinedPair] = Field(
@@ -47,6 +85,24 @@ class TenantHealth(ApiModel):
     pauses: list[PauseEntry] = Field(description="Directions paused (`duplex resume` ends them).")
     problems_since: datetime
     problems: list[Problems] = Field(description="Sync-log rows with an error code in the last 24 hours.")
+    last_sync: LastSync
+    budget: Budget | None = Field(description="Null until the governor has granted the tenant a call.")
+    objects: list[ObjectReading]
+    drift: list[WarningItem] = Field(description="Rules the org's schema breaks now (`GET .../schema/drift`).")
+
+
+def _mapped(config: TenantConfig) -> list[str]:
+    return list(dict.fromkeys(pair.salesforce.object for pair in config.spec.objects))
+
+
+def _reading(config: TenantConfig, name: str, described: Mapping[str, DescribedObject]) -> ObjectReading:
+    found = next((d for d in described.values() if d.name.lower() == name.lower()), None)
+    selected = found.cdc_selected if found is not None else None
+    if not config.spec.sync.cdc or selected is False:
+        mode: Literal["cdc", "polling", "unknown"] = "polling"
+    else:
+        mode = "unknown" if selected is None else "cdc"
+    return ObjectReading(object=name, mode=mode, described_at=found.described_at if found is not None else None)
 
 
 def health_router(access: Access) -> APIRouter:
@@ -54,7 +110,9 @@ def health_router(access: Access) -> APIRouter:
     read = access.require(Action.READ)
 
     @router.get(
-        "/{tenant}/health", response_model=TenantHealth, summary="Quarantined pairs, pauses and the last day's problems"
+        "/{tenant}/health",
+        response_model=TenantHealth,
+        summary="Quarantined pairs, pauses, the last day's problems, last sync each way, API budget, objects, drift",
     )
     async def health(
         principal: Annotated[Principal, Depends(read)],
@@ -62,12 +120,21 @@ def health_router(access: Access) -> APIRouter:
         db: Annotated[Connection, Depends(access.connection)],
     ) -> TenantHealth:
         stored = await stored_config(ConfigStore(db), tenant)
-        since = datetime.now(UTC) - PROBLEM_WINDOW
+        now = datetime.now(UTC)
+        since = now - PROBLEM_WINDOW
         pairs = quarantined(await quarantine_events(db, tenant), stored.version)
         problems = await problem_counts(db, tenant, since)
+        synced = await last_syncs(db, tenant, since)
+        state = await budget_state(db, tenant)
+        budget = None if state is None else api_budget(state, stored.config.spec.salesforce.daily_api_cap, now)
+        described = await latest_objects(db, tenant)
+        objects = {d.name.lower(): d.object for d in described.values()}
+        cdc = {d.name.lower(): d.cdc_selected for d in described.values()}
+        drift = standing_warnings(stored.config, objects, cdc)
+        attention = bool(pairs or problems or any(w.paused for w in drift) or (budget is not None and budget.low))
         return TenantHealth(
             tenant=tenant,
-            status="attention" if pairs or problems else "ok",
+            status="attention" if attention else "ok",
             configuration_version=stored.version,
             quarantined_pairs=[
                 QuarantinedPair(
@@ -78,6 +145,19 @@ def health_router(access: Access) -> APIRouter:
             pauses=(await pause_state(db, tenant)).pauses,
             problems_since=since,
             problems=[Problems(event=p.event, code=p.code, count=p.count, last_at=p.last_at) for p in problems],
+            last_sync=LastSync(to_crm=synced.to_crm, to_app=synced.to_app),
+            budget=None
+            if budget is None
+            else Budget(
+                daily_api_cap=budget.daily_cap,
+                calls_last_day=budget.duplex_calls,
+                org_used=budget.org_used,
+                org_max=budget.org_max,
+                org_observed_at=budget.org_observed_at,
+                low=budget.low,
+            ),
+            objects=[_reading(stored.config, name, described) for name in _mapped(stored.config)],
+            drift=[warning_item(w) for w in drift],
         )
 
     return router

@@ -87,7 +87,7 @@ def _change(change: SchemaChange) -> ChangeItem:
     )
 
 
-def _warning(warning: RuleWarning) -> WarningItem:
+def warning_item(warning: RuleWarning) -> WarningItem:
     return WarningItem(
         object_pair=warning.pair,
         app_field=warning.app_field,
@@ -416,7 +416,7 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
             tenant=tenant,
             objects=list(done.objects),
             changes=[_change(c) for c in done.changes],
-            warnings=[_warning(w) for w in done.warnings],
+            warnings=[warning_item(w) for w in done.warnings],
             failed=dict(done.failed),
             api_calls=done.api_calls,
         )
@@ -488,7 +488,7 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
         newest_first = sorted(latest.values(), key=lambda d: d.described_at, reverse=True)
         return Drift(
             tenant=tenant,
-            warnings=[_warning(w) for w in standing_warnings(config, objects, cdc)],
+            warnings=[warning_item(w) for w in standing_warnings(config, objects, cdc)],
             recent=[_change(c) for d in newest_first for c in d.changes],
             described_at={d.name: d.described_at for d in latest.values() if d.name.lower() in mapped},
         )

@@ -11,6 +11,8 @@ import pytest
 
 from services.admin.auth import Role
 from services.common import sync_log
+from services.common.schema import CrmField, CrmObject
+from services.common.schema_store import save_described
 from tests.integration.admin.conftest import Cli, sample_with
 from tests.integration.admin_api.harness import bearer, problem
 
@@ -80,3 +82,36 @@ async def test_health_is_tenant_scoped_and_authenticated(cli: Cli, sample: Path)
     other = bearer(await cli.token(Role.ADMIN, ["other"]))
     assert problem(await cli.api.http.get("/api/v1/tenants/acme/health", headers=other), 404)
     assert problem(await cli.api.http.get("/api/v1/tenants/nobody/health", headers=bearer(cli.admin)), 404)
+
+
+async def test_health_tells_the_last_sync_each_way_the_budget_the_objects_and_the_drift(cli: Cli, sample: Path) -> None:
+    assert (await cli("config", "apply", "-f", str(sample))).exit_code == 0
+    body = json.loads((await cli("health", "acme", "--json")).stdout)
+    assert body["lastSync"] == {"toCrm": None, "toApp": None}
+    assert body["budget"] is None
+    assert {o["object"]: o["mode"] for o in body["objects"]} == {"Account": "unknown", "Contact": "unknown"}
+    assert body["drift"] == []
+
+    await log(cli, "write.succeeded")
+    await log(cli, "change.resolved", writes={"app": {"kind": "update", "fields": ["name"]}})
+    await log(cli, "change.resolved", writes={"app": {"kind": "update", "fields": ["name"], "held": True}})
+    now = datetime.now(UTC)
+    ledger = {(now - timedelta(minutes=m)).isoformat(): 2_300 for m in (1, 2)}
+    state = {"ledger": ledger, "org": {"used": 14_000, "max": 15_000, "observedAt": now.isoformat()}}
+    await cli.api.db.execute(
+        "INSERT INTO governor_budgets (tenant_id, state) VALUES ('acme', $1::jsonb)", json.dumps(state)
+    )
+    # Account is described without a field the sample maps, and not selected for CDC.
+    account = CrmObject("Account", "Account", fields=(CrmField("Name", "Account Name", "string", 255),))
+    await save_described(cli.api.db, "acme", "Account", account, cdc_selected=False)
+
+    body = json.loads((await cli("health", "acme", "--json")).stdout)
+    assert body["lastSync"]["toCrm"] is not None
+    assert body["lastSync"]["toApp"] is not None
+    assert (body["budget"]["callsLastDay"], body["budget"]["orgUsed"], body["budget"]["low"]) == (4_600, 14_000, True)
+    assert {o["object"]: o["mode"] for o in body["objects"]} == {"Account": "polling", "Contact": "unknown"}
+    assert any(w["paused"] and w["salesforceField"] == "Website" for w in body["drift"])
+    assert body["status"] == "attention"
+    shown = (await cli("health", "acme")).stdout
+    assert "API calls: 4,600 of 5,000 in 24 h; org 14,000 of 15,000 used (LOW: under 10 % left)" in shown
+    assert "objects: Account (polling), Contact (unknown)" in shown
