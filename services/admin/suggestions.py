@@ -25,6 +25,7 @@ from rapidfuzz.distance import Prefix
 
 from services.common.schema import AppField, AppObject, CrmField, CrmObject
 from services.common.tenant_config import FieldType
+from services.common.tenant_config.validation import SALESFORCE_READ_ONLY_FIELDS
 
 AUTO_CONFIDENCE = 0.9
 AUTO_MARGIN = 0.1
@@ -56,23 +57,6 @@ PICKLIST_ALONE_SHARE = 0.3
 # Both sides list values and none agree: strong evidence of two different things with similar names.
 PICKLIST_DISJOINT_PENALTY = 0.15
 
-# Maintained by Salesforce on every object; never an app's to write, whatever describe says of them.
-SYSTEM_FIELDS = frozenset(
-    name.lower()
-    for name in (
-        "Id",
-        "IsDeleted",
-        "CreatedDate",
-        "CreatedById",
-        "LastModifiedDate",
-        "LastModifiedById",
-        "SystemModstamp",
-        "LastActivityDate",
-        "LastViewedDate",
-        "LastReferencedDate",
-        "MasterRecordId",
-    )
-)
 
 # Generic CRM vocabulary: a concept and the phrases either side names it by. Names and labels on both
 # sides are rewritten through it before they are compared, so "zip", "Zip/Postal Code" and
@@ -383,7 +367,11 @@ def _token(value: str) -> str:
 
 
 def _is_candidate(app_field: AppField, crm_field: CrmField, taken: Collection[str]) -> bool:
-    if not crm_field.writable or crm_field.name.lower() in SYSTEM_FIELDS or crm_field.name.lower() in taken:
+    if (
+        not crm_field.writable
+        or crm_field.name.lower() in SALESFORCE_READ_ONLY_FIELDS
+        or crm_field.name.lower() in taken
+    ):
         return False
     if crm_field.external_id:
         # An external id identifies records for upserts; a field maps to it only when it says so.
