@@ -140,9 +140,15 @@ def _where(soql: str, types: Types, object_name: str) -> Where:
     return validated(soql, dict(types), object_name=object_name)
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed(soql: str) -> Where:
+    return parse_where(soql)
+
+
 def _clause(soql: str, types: Types, object_name: str) -> Where:
     # Describe's types make comparisons exact (ids, multi-select picklists); without, as written.
-    return _where(soql, types, object_name) if types else parse_where(soql)
+    # Both are cached: a pair's clauses are the same for every change.
+    return _where(soql, types, object_name) if types else _parsed(soql)
 
 
 def classified(rule: FieldMapping, fields: Mapping[str, Value], types: Types, object_name: str) -> str | None:
@@ -288,7 +294,7 @@ def _typed(
         return Dropped(rule.salesforce, f"typed filters no longer fit the org's schema: {error}")
     if value is None:
         return None
-    read = {rule.salesforce, *(f for case in rule.classify or () for f in fields_of(parse_where(case.soql)))}
+    read = {rule.salesforce, *(f for case in rule.classify or () for f in fields_of(_parsed(case.soql)))}
     return value, any(change.was_changed(name) for name in read)
 
 
