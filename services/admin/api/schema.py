@@ -52,7 +52,7 @@ from services.common.schema_store import (
     save_described,
 )
 from services.common.soql_filter import FilterError, FilterProblem, check_where, fields_of, parse_where, render
-from services.common.tenant_config import FieldType, ObjectPair
+from services.common.tenant_config import FieldType, ObjectPair, TenantConfig
 
 _APP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 ObjectKind = Literal["standard", "custom", "metadata", "platform_event", "external", "system"]
@@ -367,6 +367,13 @@ async def query(client: SalesforceClient, soql: str) -> dict[str, Any]:
     return answer
 
 
+def _pair_of(config: TenantConfig, tenant: str, name: str) -> ObjectPair:
+    found = next((p for p in config.spec.objects if p.name == name.lower()), None)
+    if found is None:
+        raise ApiError(404, detail=f"tenant '{tenant}' has no object pair {name!r}")
+    return found
+
+
 def _not_described(tenant: str, name: str) -> ApiError:
     return ApiError(
         404,
@@ -569,9 +576,7 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
         db: Annotated[Connection, db_dependency],
     ) -> PairSuggestions:
         config = (await stored_config(ConfigStore(db), tenant)).config
-        found = next((p for p in config.spec.objects if p.name == pair.lower()), None)
-        if found is None:
-            raise ApiError(404, detail=f"tenant '{tenant}' has no object pair {pair!r}")
+        found = _pair_of(config, tenant, pair)
         declared = await app_object(db, tenant, found.app.object)
         if declared is None:
             raise ApiError(
@@ -610,9 +615,7 @@ def schema_router(access: Access, sessions: Sessions | None) -> APIRouter:
         db: Annotated[Connection, db_dependency],
     ) -> FilterPreview:
         config = (await stored_config(ConfigStore(db), tenant)).config
-        found = next((p for p in config.spec.objects if p.name == pair.lower()), None)
-        if found is None:
-            raise ApiError(404, detail=f"tenant '{tenant}' has no object pair {pair!r}")
+        found = _pair_of(config, tenant, pair)
         soql = body.soql or (found.filter.soql if found.filter is not None else None)
         if soql is None:
             raise ApiError(
