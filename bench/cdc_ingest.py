@@ -27,14 +27,13 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from duplex.change.v1 import record_changed_pb2
 
 from bench.report import Figure, Result
-from bench.stack import bench_stack, percentile
+from bench.stack import bench_stack, configure_tenant, percentile
 from devstack.emulator import API_VERSION, EmulatorProcess, start_emulator
 from services.cdc_ingest.app import run as run_cdc_ingest
 from services.cdc_ingest.app import unlimited_budgets
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
 from services.common.settings import KafkaSettings, PostgresSettings
-from services.common.tenant_config import canonical_json, config_sha256, parse_tenant_config
 from services.common.tenant_config.policy import PolicySettings
 from services.common.topic_admin import topic_configs
 from services.common.topics import Topic, TopicNames
@@ -79,19 +78,7 @@ def _tenant(emulator: EmulatorProcess) -> dict[str, Any]:
 
 async def _configure(dsn: str, emulator: EmulatorProcess) -> None:
     await migrate(dsn)
-    config = parse_tenant_config(_tenant(emulator))
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute("INSERT INTO tenants (id, created_by) VALUES ($1, 'bench')", TENANT)
-        await connection.execute(
-            "INSERT INTO config_versions (tenant_id, version, document, sha256, applied_by)"
-            " VALUES ($1, 1, $2::jsonb, $3, 'bench')",
-            TENANT,
-            canonical_json(config),
-            config_sha256(config),
-        )
-    finally:
-        await connection.close()
+    await configure_tenant(dsn, _tenant(emulator))
 
 
 async def _wait_backfilled(dsn: str) -> None:

@@ -18,14 +18,13 @@ import asyncpg
 import httpx
 
 from bench.report import Figure, Result
-from bench.stack import bench_stack
+from bench.stack import bench_stack, configure_tenant
 from devstack.emulator import API_VERSION, EmulatorProcess, start_emulator
 from services.cdc_ingest.app import run as run_cdc_ingest
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.common.db import migrate
 from services.common.salesforce import CallBudget, UnlimitedBudget
 from services.common.settings import KafkaSettings, PostgresSettings
-from services.common.tenant_config import canonical_json, config_sha256, parse_tenant_config
 from services.common.tenant_config.policy import PolicySettings
 
 RECORDS = 20_000
@@ -65,22 +64,6 @@ def _tenant(name: str, emulator: EmulatorProcess, soql: str | None) -> dict[str,
             "objects": [pair],
         },
     }
-
-
-async def _configure(dsn: str, document: dict[str, Any]) -> None:
-    config = parse_tenant_config(document)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute("INSERT INTO tenants (id, created_by) VALUES ($1, 'bench')", config.tenant_id)
-        await connection.execute(
-            "INSERT INTO config_versions (tenant_id, version, document, sha256, applied_by)"
-            " VALUES ($1, 1, $2::jsonb, $3, 'bench')",
-            config.tenant_id,
-            canonical_json(config),
-            config_sha256(config),
-        )
-    finally:
-        await connection.close()
 
 
 async def _write(emulator: EmulatorProcess) -> None:
@@ -131,8 +114,8 @@ async def _run() -> Result:
         emulator = start_emulator(servers.root / "emulator")
         try:
             await migrate(servers.dsn)
-            await _configure(servers.dsn, _tenant("everything", emulator, None))
-            await _configure(servers.dsn, _tenant("customers", emulator, CLAUSE))
+            await configure_tenant(servers.dsn, _tenant("everything", emulator, None))
+            await configure_tenant(servers.dsn, _tenant("customers", emulator, CLAUSE))
             await _write(emulator)
             settings = CdcIngestSettings(
                 kafka=KafkaSettings(bootstrap_servers=servers.bootstrap_servers, topic_prefix=servers.names.prefix),

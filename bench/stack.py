@@ -8,10 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import asyncpg
 
 from devstack.kafka import KafkaPorts, KafkaServer
 from devstack.ports import pick_free_ports
 from devstack.postgres import PostgresServer
+from services.common.tenant_config import canonical_json, config_sha256, parse_tenant_config
 from services.common.topic_admin import ensure_topics
 from services.common.topics import TopicNames, load_topic_table
 
@@ -50,3 +54,20 @@ def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0 to 1) by nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def configure_tenant(dsn: str, document: dict[str, Any]) -> None:
+    """Store ``document`` as its tenant's first configuration version, as ``duplex config apply`` would."""
+    config = parse_tenant_config(document)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("INSERT INTO tenants (id, created_by) VALUES ($1, 'bench')", config.tenant_id)
+        await connection.execute(
+            "INSERT INTO config_versions (tenant_id, version, document, sha256, applied_by)"
+            " VALUES ($1, 1, $2::jsonb, $3, 'bench')",
+            config.tenant_id,
+            canonical_json(config),
+            config_sha256(config),
+        )
+    finally:
+        await connection.close()
