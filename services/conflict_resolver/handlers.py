@@ -51,6 +51,7 @@ from services.common.kafka import oversize
 from services.common.metrics import Metrics
 from services.common.pauses import Way
 from services.common.tenant_config import ObjectPair
+from services.common.value_codec import storable_json, storable_text, unstorable
 from services.conflict_resolver.contract import (
     ChangeMapped,
     WriteSettled,
@@ -70,7 +71,6 @@ from services.conflict_resolver.resolve import (
     resolve,
     settle_rejected,
 )
-from services.conflict_resolver.state_codec import storable_json, storable_text, unstorable
 from services.conflict_resolver.store import (
     FieldKey,
     HeldOutput,

@@ -21,9 +21,10 @@ from services.common.config_provider import TenantConfigs
 from services.common.db import Connection, Pool
 from services.common.pauses import EVERY_PAIR, Way
 from services.common.tenant_config import StoredConfig
+from services.common.value_codec import decode_value, encode_value
 from services.common.values import Value
 from services.conflict_resolver.resolve import FieldRecord, LinkState
-from services.conflict_resolver.state_codec import decode_record, decode_value, encode_record, encode_value
+from services.conflict_resolver.state_codec import decode_record, encode_record
 from services.conflict_resolver.store import EventKey, FieldKey, HeldOutput, HoldKey, LinkKey, LogRow, SentWrite
 
 _LINK_COLUMNS = "link_id, object_pair, external_id, app_record_id, crm_record_id, version, app_deleted, crm_deleted"

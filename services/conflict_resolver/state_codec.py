@@ -1,133 +1,24 @@
-"""Field records as JSON (the ``field_states.state`` jsonb column), with every value type kept exact,
-and the texts the resolver stores made storable.
+"""Field records as JSON (the ``field_states.state`` jsonb column), with every value kept exact by
+:mod:`services.common.value_codec`.
 
-JSON has no decimals, dates or references, and a float would silently round big ints, so every
-value is tagged: ``{"d": "12.50"}`` is a Decimal, ``{"r": "001..."}`` a reference, and so on.
-
-Hostile text. PostgreSQL refuses U+0000 in ``text`` and ``jsonb`` alike, and cannot store a
-surrogate code point as UTF-8 (a lone one is refused; a pair would come back as the one character
-it encodes). One such value used to fail the whole batch, which was retried until the resolver
-halted for every tenant. The rules:
-
-- a field value (string, reference, multi-value) holding either is stored escaped under its own tag
-  (``"se"``, ``"re"``, ``"me"``): ``\\`` becomes ``\\\\``, U+0000 ``\\0`` and a surrogate
-  ``\\udxxx``. The escape round-trips exactly, so the value is resolved and written on like any
-  other; whether a side accepts it is that side's decision, reported through its write outcome;
-- an identifier the resolver keys its rows by (tenant, event, link, record ids, object pair,
-  external id, command id) holding either is refused: :func:`unstorable` names it, and the handler
-  dead-letters that event alone with the reason, in the sync log too;
-- texts that only explain (sync log messages and details) are stored with the same escape,
-  :func:`storable_text` and :func:`storable_json`, readable rather than exact.
+Hostile text (U+0000, surrogates) in a field value is stored escaped there. One such value used to
+fail the whole batch, which was retried until the resolver halted for every tenant. An identifier
+the resolver keys its rows by (tenant, event, link, record ids, object pair, external id, command
+id) holding either is refused instead: :func:`services.common.value_codec.unstorable` names it, and
+the handler dead-letters that event alone with the reason, in the sync log too.
 """
 
 from __future__ import annotations
 
-import re
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 from services.common.change import Side
-from services.common.values import Reference, Value
+from services.common.value_codec import decode_value, encode_value
 from services.conflict_resolver.policy import Edit, FieldState
 from services.conflict_resolver.resolve import FieldRecord
 
 Json = Any
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-_ESCAPED_CHARS = re.compile("[\\\\\x00\ud800-\udfff]")
-_ESCAPE_SEQUENCE = re.compile(r"\\(\\|0|u[0-9a-f]{4})")
-
-
-def unstorable(text: str) -> bool:
-    """Whether PostgreSQL refuses ``text`` (or would not give it back as it was)."""
-    return _UNSTORABLE.search(text) is not None
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    char = match.group()
-    if char == "\\":
-        return "\\\\"
-    return "\\0" if char == "\x00" else f"\\u{ord(char):04x}"
-
-
-def _unescape_sequence(match: re.Match[str]) -> str:
-    code = match.group(1)
-    if code == "\\":
-        return "\\"
-    return "\x00" if code == "0" else chr(int(code[1:], 16))
-
-
-def escape(text: str) -> str:
-    return _ESCAPED_CHARS.sub(_escape_char, text)
-
-
-def unescape(text: str) -> str:
-    return _ESCAPE_SEQUENCE.sub(_unescape_sequence, text)
-
-
-def storable_text(text: str) -> str:
-    """``text`` itself when PostgreSQL can store it, else escaped (for texts that only explain)."""
-    return escape(text) if unstorable(text) else text
-
-
-def storable_json(data: Json) -> Json:
-    """``data`` with every string in it (keys included) made storable by :func:`storable_text`."""
-    if isinstance(data, str):
-        return storable_text(data)
-    if isinstance(data, dict):
-        return {storable_json(k): storable_json(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [storable_json(v) for v in data]
-    return data
-
-
-def encode_value(value: Value) -> Json:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return {"b": value}
-    if isinstance(value, Reference):
-        return {"re": escape(value)} if unstorable(value) else {"r": str(value)}
-    if isinstance(value, str):
-        return {"se": escape(value)} if unstorable(value) else {"s": value}
-    if isinstance(value, int):
-        return {"i": str(value)}
-    if isinstance(value, Decimal):
-        return {"d": str(value)}
-    if isinstance(value, float):
-        return {"f": repr(value)}
-    if isinstance(value, datetime):
-        return {"dt": value.isoformat()}
-    if isinstance(value, date):
-        return {"da": value.isoformat()}
-    if any(unstorable(v) for v in value):
-        return {"me": [escape(v) for v in value]}
-    return {"m": list(value)}
-
-
-_DECODERS: dict[str, Any] = {
-    "b": bool,
-    "r": Reference,
-    "re": lambda raw: Reference(unescape(raw)),
-    "s": str,
-    "se": unescape,
-    "i": int,
-    "d": Decimal,
-    "f": float,
-    "dt": datetime.fromisoformat,
-    "da": date.fromisoformat,
-    "m": tuple,
-    "me": lambda raw: tuple(unescape(v) for v in raw),
-}
-
-
-def decode_value(data: Json) -> Value:
-    if data is None:
-        return None
-    (tag, raw), *_ = data.items()
-    value: Value = _DECODERS[tag](raw)
-    return value
 
 
 def _edit(edit: Edit | None) -> Json:

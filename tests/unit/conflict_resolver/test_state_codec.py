@@ -10,13 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.change import Side
-from services.common.values import Reference, Value
-from services.conflict_resolver.policy import Edit, FieldState
-from services.conflict_resolver.resolve import FieldRecord
-from services.conflict_resolver.state_codec import (
-    decode_record,
+from services.common.value_codec import (
     decode_value,
-    encode_record,
     encode_value,
     escape,
     storable_json,
@@ -24,6 +19,10 @@ from services.conflict_resolver.state_codec import (
     unescape,
     unstorable,
 )
+from services.common.values import Reference, Value
+from services.conflict_resolver.policy import Edit, FieldState
+from services.conflict_resolver.resolve import FieldRecord
+from services.conflict_resolver.state_codec import decode_record, encode_record
 
 pytestmark = pytest.mark.unit
 

@@ -88,10 +88,11 @@ from services.common.kafka import RECORD_HEADROOM
 from services.common.salesforce import SalesforceClient, Session, UnlimitedBudget, env_secrets
 from services.common.schema import field_summary
 from services.common.tenant_config import FieldType, ObjectPair, StoredConfig, parse_tenant_config
+from services.common.value_codec import encode_value, unstorable
 from services.common.values import Value, is_blank, same_value
 from services.conflict_resolver.handlers import Resolver
 from services.conflict_resolver.resolve import LinkState
-from services.conflict_resolver.state_codec import decode_record, encode_record, encode_value, unstorable
+from services.conflict_resolver.state_codec import decode_record, encode_record
 from services.mapping.contract import changes_of, keyed
 from services.mapping.describes import parse_describe
 from services.mapping.events import MappedEvent, Unreadable
