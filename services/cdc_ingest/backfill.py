@@ -1,16 +1,18 @@
 """Backfills: a snapshot of every record of an object, by REST (paged, tuple cursor) or by a Bulk 2.0
 query job above ``bulk_threshold`` records, resumable after a stop from its saved progress.
 
-They run on the first connection (before the stream starts) and whenever one is requested while
-the tenant is served (services.common.backfills).
+They run on the first connection (before the stream starts) and whenever one is asked for while
+the tenant is served, as jobs (services.cdc_ingest.jobs). Two pairs of one object share its
+backfill: a second run waits for the first and finds it done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import datetime
 
 from services.cdc_ingest.cursor import Cursor
 from services.cdc_ingest.publisher import Publisher
@@ -39,7 +41,6 @@ class Backfiller:
         reader: RecordReader,
         publisher: Publisher,
         objects: Objects,
-        sleep: Callable[[float], Awaitable[None]],
         filters: Mapping[str, str] | None = None,
     ) -> None:
         self.tenant_id = tenant_id
@@ -51,32 +52,14 @@ class Backfiller:
         self._reader = reader
         self._publisher = publisher
         self._objects = objects
-        self._sleep = sleep
-        self._running: set[str] = set()
-
-    async def backfill_all(self) -> datetime:
-        """Backfill every configured object not yet done; the earliest start among them."""
-        starts = [await self.backfill(entity) for entity in self._objects.every]
-        return min(starts, default=datetime.now(UTC))
-
-    async def on_demand(self) -> None:
-        """Run backfills requested while the tenant is served (status 'running', not ours yet)."""
-        while True:
-            await self._sleep(self._settings.lease_renew_seconds)
-            for entity in self._objects.every:
-                if entity in self._running:
-                    continue
-                state = await self._store.backfill(self.tenant_id, entity)
-                if state is not None and state.status == "running":
-                    await self.backfill(entity)
+        self._running: dict[str, asyncio.Lock] = {}
 
     async def backfill(self, entity: str) -> datetime:
         """Snapshot every record of ``entity`` (resuming an interrupted run); its start time."""
-        self._running.add(entity)
-        try:
+        async with self._running.setdefault(entity, asyncio.Lock()):
             state = await self._store.backfill(self.tenant_id, entity)
             if state is None or (state.status == "running" and not _begun(state)):
-                # A requested backfill (services.common.backfills) arrives without a count, and
+                # A backfill asked for (a job) arrives without a count, and
                 # the count may have crossed the threshold since the last one: choose here, while
                 # nothing has been read and switching method costs nothing.
                 count = await self._rest.count(entity, self._filters.get(entity))
@@ -107,8 +90,6 @@ class Backfiller:
                 detail={"entity": entity, "published": emitted, "method": state.method},
             )
             return state.started_at
-        finally:
-            self._running.discard(entity)
 
     async def _rest_pages(self, entity: str, cursor: Cursor | None, emitted: int) -> int:
         async def save(at: Cursor, published: int) -> None:

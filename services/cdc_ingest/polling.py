@@ -4,13 +4,17 @@ Each is read every interval with the tuple cursor from the saved cursor less the
 cursor is saved after each page is acknowledged. After a backfill the first poll starts from the
 backfill's start (less the overlap); without one, from the first run's start, saved before
 anything is read.
+
+The interval is the pair's ``schedule.pollIntervalSeconds`` (the shortest among the pairs of one
+object), else the tenant's ``spec.sync.pollIntervalSeconds``. A poll asked for now (a job) waits
+for a running one of the same object to end, so the two never move one cursor at the same time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from services.cdc_ingest.cursor import Cursor, RecentlyEmitted
@@ -33,9 +37,12 @@ class Poller:
         reader: RecordReader,
         reconnect: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]],
+        intervals: Mapping[str, float] | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self._interval_seconds = interval_seconds
+        self._intervals = intervals or {}
+        self._running: dict[str, asyncio.Lock] = {}
         self._overlap = overlap
         self._store = store
         self._reader = reader
@@ -49,7 +56,7 @@ class Poller:
             try:
                 await self.poll_once(entity, recent)
                 failures = 0
-                await self._sleep(self._interval_seconds)
+                await self._sleep(self.interval(entity))
             except (LeaseLostError, ConnectionUnavailableError, asyncio.CancelledError):
                 # Both end the worker (see Stream.run).
                 raise
@@ -58,7 +65,14 @@ class Poller:
                 log.exception("poll failed", extra={"tenant_id": self.tenant_id, "entity": entity})
                 await self._sleep(self._reconnect.delay(failures))
 
+    def interval(self, entity: str) -> float:
+        return self._intervals.get(entity, self._interval_seconds)
+
     async def poll_once(self, entity: str, recent: RecentlyEmitted | None = None) -> int:
+        async with self._running.setdefault(entity, asyncio.Lock()):
+            return await self._poll(entity, recent)
+
+    async def _poll(self, entity: str, recent: RecentlyEmitted | None) -> int:
         saved = await self._store.poll_cursor(self.tenant_id, entity)
         if saved is None:
             backfill = await self._store.backfill(self.tenant_id, entity)

@@ -9,16 +9,24 @@ row to the sync log and moves on.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from services.cdc_ingest.contract import RecordChanged
-from services.cdc_ingest.cursor import Cursor, RecentlyEmitted, read_after_query, selectable_fields
+from services.cdc_ingest.cursor import (
+    IDS_PER_QUERY,
+    Cursor,
+    RecentlyEmitted,
+    by_ids_query,
+    read_after_query,
+    selectable_fields,
+)
 from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.rejection import UNDECODABLE, Rejection, UndecodableError, reading
 from services.cdc_ingest.rest import SalesforceRest
-from services.cdc_ingest.translate import read_change
+from services.cdc_ingest.translate import EVENT_ID_NAMESPACE, read_change
 from services.cdc_ingest.typed import FieldTypes, typed, typed_from_csv
 from services.common.change import ChangeKind
 
@@ -110,6 +118,63 @@ class RecordReader:
         except UndecodableError as error:
             await self._publisher.reject(unreadable_record(entity, row, error, source), b"")
             return None
+
+    async def read_ids(
+        self,
+        entity: str,
+        record_ids: Iterable[str],
+        source: str,
+        *,
+        kind: ChangeKind,
+        stamp: datetime,
+        tag: str,
+        event_salt: str | None = None,
+    ) -> int:
+        """Re-read records by id (queryAll, so deletes show) and publish their current state as
+        ``kind``: a DELETE for one in the recycle bin, and for one gone even from there (dated
+        ``stamp``, its cursor ``tag``). ``stamp`` also dates the records read (``missing_since``).
+
+        ``event_salt`` gives the changes event ids of their own: a record re-read unchanged would
+        otherwise carry the id of its last snapshot, which consumers already applied and skip.
+        Returns the number of changes published.
+        """
+        fields = await self.select(entity)
+        types = await self._rest.fields(entity)
+        published = 0
+        wanted = list(dict.fromkeys(record_ids))
+        for start in range(0, len(wanted), IDS_PER_QUERY):
+            chunk = wanted[start : start + IDS_PER_QUERY]
+            found: dict[str, dict[str, Any]] = {}
+            async for read in self._rest.query(by_ids_query(entity, fields, chunk), all_rows=True):
+                found[str(read["Id"])] = read
+            changes = []
+            for record_id in chunk:
+                row = found.get(record_id)
+                if row is None:
+                    # Gone even from the recycle bin: all that is left to say is that it was deleted.
+                    changes.append(
+                        read_change(
+                            tenant_id=self.tenant_id,
+                            entity=entity,
+                            record_id=record_id,
+                            values={},
+                            modstamp=stamp,
+                            kind=ChangeKind.DELETE,
+                            cursor=tag,
+                            channel=f"{source}:{entity}",
+                        )
+                    )
+                    continue
+                convert = functools.partial(self.row_change, entity, row, types, kind, source, stamp)
+                change = await self.carried(entity, row, source, convert)
+                if change is not None:
+                    changes.append(change)
+            if event_salt is not None:
+                for change in changes:
+                    change.event_id = str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{event_salt}/{change.event_id}"))
+            await self._publisher.publish(changes, source)
+            published += len(changes)
+        return published
 
     async def read_window(
         self,

@@ -16,19 +16,17 @@ between its start and the EARLIEST subscription.)
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from services.cdc_ingest.contract import RecordChanged
-from services.cdc_ingest.cursor import IDS_PER_QUERY, Cursor, by_ids_query
+from services.cdc_ingest.cursor import Cursor
 from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.pubsub import ReplayIdInvalidError, Start
 from services.cdc_ingest.reading import RecordReader
 from services.cdc_ingest.rest import SalesforceRest
 from services.cdc_ingest.selection import Objects
 from services.cdc_ingest.store import Store
-from services.cdc_ingest.translate import GapOrder, OverflowOrder, read_change
+from services.cdc_ingest.translate import GapOrder, OverflowOrder
 from services.common.change import ChangeKind
 from services.common.metrics import Metrics
 
@@ -104,43 +102,13 @@ class Repairs:
 
     async def _refetch(self, order: GapOrder) -> int:
         """Re-read the gap's records by id; publish their current state (or their deletion)."""
-        fields = await self._reader.select(order.entity)
-        types = await self._rest.fields(order.entity)
-        published = 0
-        wanted = list(dict.fromkeys(order.record_ids))
-        for start in range(0, len(wanted), IDS_PER_QUERY):
-            chunk = wanted[start : start + IDS_PER_QUERY]
-            found: dict[str, dict[str, Any]] = {}
-            async for row in self._rest.query(by_ids_query(order.entity, fields, chunk), all_rows=True):
-                found[str(row["Id"])] = row
-            changes = []
-            for record_id in chunk:
-                found_row = found.get(record_id)
-                if found_row is None:
-                    # Gone even from the recycle bin: all that is left to say is that it was deleted.
-                    changes.append(self._deleted(order, record_id))
-                    continue
-                kind = _GAP_KIND.get(order.change_type, ChangeKind.SNAPSHOT)
-                convert = functools.partial(
-                    self._reader.row_change, order.entity, found_row, types, kind, "gap", order.commit_time
-                )
-                change = await self._reader.carried(order.entity, found_row, "gap", convert)
-                if change is not None:
-                    changes.append(change)
-            await self._publisher.publish(changes, "gap")
-            published += len(changes)
-        return published
-
-    def _deleted(self, order: GapOrder, record_id: str) -> RecordChanged:
-        return read_change(
-            tenant_id=self.tenant_id,
-            entity=order.entity,
-            record_id=record_id,
-            values={},
-            modstamp=order.commit_time,
-            kind=ChangeKind.DELETE,
-            cursor=f"gap:{order.replay_id.hex()}",
-            channel=f"gap:{order.entity}",
+        return await self._reader.read_ids(
+            order.entity,
+            order.record_ids,
+            "gap",
+            kind=_GAP_KIND.get(order.change_type, ChangeKind.SNAPSHOT),
+            stamp=order.commit_time,
+            tag=f"gap:{order.replay_id.hex()}",
         )
 
     async def catch_up_expired(self, state: StreamState, error: ReplayIdInvalidError) -> None:

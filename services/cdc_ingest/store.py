@@ -9,6 +9,7 @@ that the tenant's new owner relies on; it learns of the loss from :class:`LeaseL
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,9 @@ from typing import Any
 import asyncpg
 
 from services.cdc_ingest.cursor import Cursor
-from services.common import sync_log
+from services.common import jobs, sync_log
+from services.common.value_codec import decode_value
+from services.common.values import Value
 
 SERVICE = "cdc-ingest"
 
@@ -46,6 +49,8 @@ class Backfill:
     cursor: Cursor | None
     emitted: int
     started_at: datetime
+    # Salesforce's count when reading began (None while only requested).
+    estimated: int | None = None
 
 
 _FENCE = "EXISTS (SELECT 1 FROM tenant_leases l WHERE l.tenant_id = $1 AND l.holder = $2 AND l.expires_at > now())"
@@ -127,6 +132,7 @@ class Store:
             cursor,
             row["emitted"],
             row["started_at"],
+            row["estimated"],
         )
 
     async def start_backfill(self, tenant_id: str, entity: str, method: str, estimated: int) -> None:
@@ -185,6 +191,48 @@ class Store:
             f" WHERE tenant_id = $1 AND object = $3 AND {_FENCE}",
             entity,
         )
+
+    # --- jobs (services.common.jobs) ------------------------------------------------------------
+
+    async def claim_jobs(self, tenant_id: str) -> list[jobs.Job]:
+        """The tenant's requested jobs, now running here, while this replica holds its lease."""
+        return await jobs.claim(self.pool, tenant_id, _FENCE, self.holder)
+
+    # --- what Duplex holds, for a reconcile -----------------------------------------------------
+
+    # Read-only views of the conflict-resolver's state (deploy/sql/0006_conflict_resolver.sql):
+    # the Salesforce form of each field's current truth is what Duplex believes Salesforce holds.
+    # Records outside the pair's filter are not synced, so not compared.
+    _HELD = (
+        " FROM link_states s WHERE s.tenant_id = $1 AND s.object_pair = $2 AND s.crm_record_id IS NOT NULL"
+        " AND NOT s.crm_deleted AND NOT EXISTS"
+        " (SELECT 1 FROM outside_filter o WHERE o.tenant_id = s.tenant_id AND o.link_id = s.link_id)"
+    )
+
+    async def linked_records(self, tenant_id: str, object_pair: str) -> set[str]:
+        """The Salesforce ids of the pair's records Duplex syncs and believes live."""
+        rows = await self.pool.fetch("SELECT s.crm_record_id" + self._HELD, tenant_id, object_pair)
+        return {row["crm_record_id"] for row in rows}
+
+    async def held_values(
+        self, tenant_id: str, object_pair: str, record_ids: list[str]
+    ) -> dict[str, dict[str, Value]]:
+        """For those of ``record_ids`` Duplex syncs: app field -> the Salesforce form of its truth."""
+        rows = await self.pool.fetch(
+            "SELECT s.crm_record_id, f.field, f.state -> 'crm_form' AS crm_form FROM (SELECT s.tenant_id, s.link_id,"
+            " s.crm_record_id" + self._HELD + " AND s.crm_record_id = ANY($3::text[])) s"
+            " LEFT JOIN field_states f ON f.tenant_id = s.tenant_id AND f.link_id = s.link_id",
+            tenant_id,
+            object_pair,
+            record_ids,
+        )
+        held: dict[str, dict[str, Value]] = {}
+        for row in rows:
+            values = held.setdefault(row["crm_record_id"], {})
+            if row["field"] is not None:
+                raw = row["crm_form"]
+                values[row["field"]] = decode_value(json.loads(raw) if isinstance(raw, str) else raw)
+        return held
 
     # --- sync log ------------------------------------------------------------------------------
 

@@ -39,10 +39,12 @@ from collections.abc import Awaitable, Callable
 
 from services.cdc_ingest.backfill import Backfiller
 from services.cdc_ingest.filters import UpdateCompleter, pushdown
+from services.cdc_ingest.jobs import JobRunner
 from services.cdc_ingest.polling import Poller
 from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.pubsub import Start
 from services.cdc_ingest.reading import RecordReader
+from services.cdc_ingest.reconcile import Reconciler
 from services.cdc_ingest.repair import Repairs
 from services.cdc_ingest.rest import SalesforceRest
 from services.cdc_ingest.schema_schedule import SchemaSchedule
@@ -58,6 +60,17 @@ from services.common.schema_refresh import SELECTED_ENTITIES_QUERY, change_event
 from services.common.tenant_config import TenantConfig
 
 log = logging.getLogger(__name__)
+
+
+def poll_intervals(config: TenantConfig) -> dict[str, float]:
+    """Each object's poll interval set by its pairs' schedules (the shortest, when pairs disagree)."""
+    intervals: dict[str, float] = {}
+    for pair in config.spec.objects:
+        seconds = pair.poll_interval_seconds
+        if seconds is not None:
+            entity = pair.salesforce.object
+            intervals[entity] = min(seconds, intervals.get(entity, seconds))
+    return intervals
 
 
 class TenantWorker:
@@ -129,6 +142,7 @@ class TenantWorker:
             reader=reader,
             reconnect=reconnect,
             sleep=sleep,
+            intervals=poll_intervals(config),
         )
         self.backfiller = Backfiller(
             tenant_id=tenant_id,
@@ -138,8 +152,20 @@ class TenantWorker:
             reader=reader,
             publisher=publisher,
             objects=self.objects,
-            sleep=sleep,
             filters=pushdown(config),
+        )
+        self.jobs = JobRunner(
+            tenant_id=tenant_id,
+            config=config,
+            store=store,
+            objects=self.objects,
+            poller=self.poller,
+            backfiller=self.backfiller,
+            reconciler=Reconciler(
+                tenant_id=tenant_id, rest=rest, reader=reader, store=store, page_size=settings.poll_page_size
+            ),
+            every_seconds=settings.lease_renew_seconds,
+            sleep=sleep,
         )
 
     async def run(self) -> None:
@@ -149,11 +175,12 @@ class TenantWorker:
             # Mapping reads every synced object's describe from Postgres (written on each
             # describe), and a restart is when field changes made in Setup are picked up.
             await self.rest.fields(entity, refresh=True)
+        await self.jobs.requeue_interrupted()
         checkpoint = await self.store.checkpoint(self.tenant_id, self.settings.channel)
         if checkpoint is not None:
             state = StreamState(Start.after(checkpoint.replay_id))
         elif self.settings.backfill_on_first_connect:
-            started = await self.backfiller.backfill_all()
+            started = await self.jobs.first_backfills()
             state = StreamState(Start.earliest(), started - self.settings.poll_overlap)
         else:
             state = StreamState(Start.latest())
@@ -162,7 +189,7 @@ class TenantWorker:
                 group.create_task(self.stream.run(state), name=f"stream-{self.tenant_id}")
             for entity in self.objects.polled:
                 group.create_task(self.poller.poll_forever(entity), name=f"poll-{self.tenant_id}-{entity}")
-            group.create_task(self.backfiller.on_demand(), name=f"backfills-{self.tenant_id}")
+            group.create_task(self.jobs.run_forever(), name=f"jobs-{self.tenant_id}")
             if self.schema_schedule is not None:
                 group.create_task(self.schema_schedule.run_forever(), name=f"schema-{self.tenant_id}")
 
@@ -188,7 +215,7 @@ class TenantWorker:
                 self.tenant_id,
                 "cdc.not_enabled",
                 message=f"{entity} is not selected for Change Data Capture in the org ({event} is not on the"
-                f" ChangeEvents channel); polling it every {self.config.spec.sync.poll_interval_seconds} s instead",
+                f" ChangeEvents channel); polling it every {self.poller.interval(entity):g} s instead",
                 code="CDC_NOT_ENABLED",
                 detail={"entity": entity, "change_event": event, "channel": self.settings.channel},
             )

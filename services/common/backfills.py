@@ -1,5 +1,5 @@
-"""Backfills as the control plane sees them (``backfills`` in ``deploy/sql/0004_cdc_ingest.sql``):
-asking cdc-ingest for one, and how far each has come."""
+"""Backfills as the control plane sees them (``backfills`` in ``deploy/sql/0004_cdc_ingest.sql``): how
+far each object's latest has come. Asking for one is a job (:mod:`services.common.jobs`)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,8 @@ from typing import Any, Literal, Protocol
 Status = Literal["requested", "running", "done"]
 
 
-class Executor(Protocol):
-    async def execute(self, query: str, *args: Any) -> Any: ...
-
-
 class Reader(Protocol):
     async def fetch(self, query: str, *args: Any) -> Any: ...
-
-
-async def request_backfill(db: Executor, tenant_id: str, salesforce_object: str) -> None:
-    """Mark a full re-read of one object as wanted; the replica serving the tenant starts it shortly."""
-    await db.execute(
-        "INSERT INTO backfills (tenant_id, object, status, method) VALUES ($1, $2, 'running', 'rest')"
-        " ON CONFLICT (tenant_id, object) DO UPDATE SET status = 'running', job_id = NULL, locator = NULL,"
-        " cursor_modstamp = NULL, cursor_id = NULL, emitted = 0, estimated = NULL, started_at = now(),"
-        " updated_at = now()",
-        tenant_id,
-        salesforce_object,
-    )
 
 
 @dataclass(frozen=True)

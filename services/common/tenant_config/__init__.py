@@ -28,6 +28,7 @@ from services.common.tenant_config.loading import (
     parse_tenant_config,
 )
 from services.common.tenant_config.model import (
+    RECONCILE_EVERY,
     AuthMode,
     BackfillIngestion,
     Classification,
@@ -40,6 +41,7 @@ from services.common.tenant_config.model import (
     OnUnresolved,
     RecordFilter,
     SalesforceSpec,
+    Schedule,
     SecretRef,
     SecretValue,
     TenantConfig,
@@ -57,6 +59,7 @@ from services.common.tenant_config.storage import (
 from services.common.tenant_config.validation import ConfigIssue, config_warnings, semantic_issues
 
 __all__ = [
+    "RECONCILE_EVERY",
     "ApiRelease",
     "ApiVersions",
     "AuthMode",
@@ -76,6 +79,7 @@ __all__ = [
     "QueryConnection",
     "RecordFilter",
     "SalesforceSpec",
+    "Schedule",
     "SecretRef",
     "SecretValue",
     "StoredConfig",

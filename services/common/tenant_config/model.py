@@ -391,6 +391,20 @@ class FieldMapping(_Model):
     classify: tuple[Classification, ...] | None = Field(default=None, min_length=1, max_length=50)
 
 
+class Schedule(_Model):
+    """When cdc-ingest reads the pair without being asked (services/cdc_ingest/jobs.py)."""
+
+    # Seconds between polls of the pair's object when it is polled (CDC off for the tenant or not
+    # selected for the object); spec.sync.pollIntervalSeconds when unset.
+    poll_interval_seconds: int | None = Field(default=None, ge=5, le=86_400)
+    # How often to reconcile: compare Salesforce with what Duplex holds and repair what differs
+    # (changes no event reports). Never when unset; a reconcile can always be asked for.
+    reconcile: Literal["hourly", "daily", "weekly"] | None = None
+
+
+RECONCILE_EVERY: Mapping[str, int] = {"hourly": 3_600, "daily": 86_400, "weekly": 604_800}
+
+
 class ObjectPair(_Model):
     name: PairName
     app: AppObject
@@ -405,6 +419,16 @@ class ObjectPair(_Model):
     fields: tuple[FieldMapping, ...] = Field(min_length=1)
     # App fields deliberately left unmapped: mapping suggestions list them as ignored, not as open.
     ignored_fields: tuple[AppName, ...] = ()
+    schedule: Schedule | None = None
+
+    @property
+    def poll_interval_seconds(self) -> int | None:
+        return self.schedule.poll_interval_seconds if self.schedule else None
+
+    @property
+    def reconcile_every_seconds(self) -> int | None:
+        reconcile = self.schedule.reconcile if self.schedule else None
+        return RECONCILE_EVERY[reconcile] if reconcile else None
 
     @property
     def filtered(self) -> bool:
