@@ -48,7 +48,12 @@ async def migrate(conn: Any) -> None:
 
 
 async def _outbox(
-    conn: Any, record_id: str, kind: str, changed: list[str], origin_client: str = contract.CLIENT
+    conn: Any,
+    record_id: str,
+    kind: str,
+    changed: list[str],
+    origin_client: str = contract.CLIENT,
+    committed_at: datetime | None = None,
 ) -> None:
     """Record a change in the outbox, in the caller's transaction, with the values it made.
 
@@ -56,7 +61,7 @@ async def _outbox(
     altered the row, and publishing those later values with this change's commit time would
     make Duplex's newest-wins policies compare the wrong edits. The tenant is filled in by the relay.
     """
-    event_id, committed_at = uuid.uuid4().hex, datetime.now(UTC)
+    event_id, committed_at = uuid.uuid4().hex, committed_at or datetime.now(UTC)
     row = None
     if kind != "delete":
         row = await conn.fetchrow("SELECT * FROM partners_app.partners WHERE id = $1", record_id)
@@ -142,6 +147,23 @@ async def delete_partner(conn: Any, record_id: str, *, origin: str = contract.CL
         await _outbox(conn, record_id, "delete", [], origin)
 
 
+async def resend_partner(conn: Any, record_id: str) -> None:
+    """Publish a partner's whole current state again (a snapshot), as Duplex's resend request asks.
+
+    Stamped with the partner's last change, not now: it is no new edit, and must not win a
+    newest-wins conflict against a Salesforce edit made since. Not tagged with the request's
+    ``origin_client``: it is this app's own state, not the echo of a value Duplex wrote.
+    """
+    async with conn.transaction():
+        # Locked, so that no edit commits between reading the time of the last change and the values.
+        last_change = await conn.fetchval(
+            "SELECT COALESCE((SELECT max(committed_at) FROM partners_app.outbox WHERE record_id = p.id), p.updated_at)"
+            " FROM partners_app.partners p WHERE p.id = $1 FOR UPDATE OF p",
+            record_id,
+        )
+        await _outbox(conn, record_id, "snapshot", list(COLUMNS), origin_client="", committed_at=last_change)
+
+
 async def relay_once(conn: Any, producer: AIOKafkaProducer, settings: Settings, batch: int = 500) -> int:
     """Publish unpublished outbox rows in order; returns how many were published."""
     async with conn.transaction():
@@ -195,7 +217,15 @@ async def apply_update(conn: Any, update: rc.RecordChanged, settings: Settings) 
         )
         exists = record_id and await conn.fetchval("SELECT true FROM partners_app.partners WHERE id = $1", record_id)
         origin = update.origin_client or "duplex"
-        if update.kind == rc.CHANGE_KIND_DELETE:
+        if update.kind == rc.CHANGE_KIND_RESEND:
+            if exists:
+                await resend_partner(conn, record_id)
+            else:
+                # Not answered with a delete: the partner's delete went out through the outbox when it
+                # was deleted, and settles it in Duplex; a delete sent on the strength of a lookup that
+                # found nothing could only delete a record in Salesforce by mistake.
+                log.info("resend request for a partner this app does not have, ignored", extra={"record_id": record_id})
+        elif update.kind == rc.CHANGE_KIND_DELETE:
             if exists:
                 await delete_partner(conn, record_id, origin=origin)
         elif exists:

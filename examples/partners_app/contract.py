@@ -52,7 +52,11 @@ KINDS = {
     "create": rc.CHANGE_KIND_CREATE,
     "update": rc.CHANGE_KIND_UPDATE,
     "delete": rc.CHANGE_KIND_DELETE,
+    # A partner's whole current state, published when Duplex asks for it again (a resend request).
+    "snapshot": rc.CHANGE_KIND_SNAPSHOT,
 }
+# The kinds whose message carries every column, not only those changed.
+WHOLE = frozenset({"create", "snapshot"})
 
 
 class ContractError(ValueError):
@@ -138,7 +142,7 @@ def record_changed(
         external_id=link_id or "",
     )
     if row is not None:
-        names = COLUMNS if kind == "create" else [c for c in changed if c in COLUMNS]
+        names = COLUMNS if kind in WHOLE else [c for c in changed if c in COLUMNS]
         for column in names:
             message.fields[column].CopyFrom(to_field_value(COLUMNS[column], row[column]))
         message.nulled_fields.extend(c for c in names if row[c] is None)

@@ -156,7 +156,8 @@ class DeadLetter:
 
 
 class DeadLetterTopics:
-    """The dead-letter topics of one deployment, read and replayed through short-lived clients."""
+    """The dead-letter topics of one deployment, read and replayed through short-lived clients; and
+    the deployment's other topics, for what the admin API itself publishes (:meth:`publish`)."""
 
     def __init__(self, kafka: KafkaSettings, names: TopicNames) -> None:
         self._kafka = kafka
@@ -211,6 +212,14 @@ class DeadLetterTopics:
     async def replay(self, letters: Sequence[DeadLetter]) -> None:
         """Send each entry's record to its source topic (same key, its own headers), acknowledged
         by every in-sync replica; in the given order."""
+        await self._send([(letter.source, letter.key, letter.value, letter.replay_headers()) for letter in letters])
+
+    async def publish(self, topic: Topic, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Send ``records`` (key, value) to ``topic`` (logical name) as a replay is sent: acknowledged
+        by every in-sync replica, in the given order. What else the admin API sends (resend requests)."""
+        await self._send([(topic, key, value, []) for key, value in records])
+
+    async def _send(self, records: Sequence[tuple[Topic, bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
         producer = AIOKafkaProducer(
             bootstrap_servers=self._kafka.bootstrap_servers,
             client_id=f"{self._kafka.client_id}-admin",
@@ -222,10 +231,8 @@ class DeadLetterTopics:
         try:
             await producer.start()
             acks = [
-                await producer.send(
-                    self._names(letter.source), letter.value, key=letter.key, headers=letter.replay_headers()
-                )
-                for letter in letters
+                await producer.send(self._names(topic), value, key=key, headers=headers)
+                for topic, key, value, headers in records
             ]
             await asyncio.gather(*acks)
         except (KafkaError, OSError) as exc:

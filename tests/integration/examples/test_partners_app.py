@@ -171,3 +171,40 @@ async def test_the_consumer_applies_updates_and_skips_bad_ones(setup: tuple[Any,
             await runner
 
     assert await conn.fetchval("SELECT count(*) FROM partners_app.applied_updates") == 1
+
+
+async def test_a_resend_request_publishes_the_partner_whole_once_as_of_its_last_change(
+    setup: tuple[Any, Any],
+) -> None:
+    settings, conn = setup
+    record = await partners.create_partner(conn, {"name": "Acme", "notes": None})
+    await partners.edit_partner(conn, record, {"phone": "555"})
+    _, edit = await published(settings, conn)
+    # Tagged as an app-update would be: the answer must not carry the tag (it is no echo).
+    resend = update(record, rc.CHANGE_KIND_RESEND, "r1")
+
+    assert await partners.apply_update(conn, resend, settings)
+    assert not await partners.apply_update(conn, resend, settings)
+    [snapshot] = await published(settings, conn)
+
+    assert snapshot.kind == rc.CHANGE_KIND_SNAPSHOT
+    assert (snapshot.record_id, snapshot.origin_client) == (record, "")
+    assert snapshot.event_id not in {"r1", edit.event_id}
+    assert set(snapshot.fields) == set(partners.COLUMNS)
+    assert (snapshot.fields["name"].string_value, snapshot.fields["phone"].string_value) == ("Acme", "555")
+    assert "notes" in snapshot.nulled_fields
+    assert list(snapshot.changed_fields) == []
+    # Its last change's time, not the time of the request: a snapshot is no new edit.
+    assert snapshot.origin_commit_time == edit.origin_commit_time
+
+
+async def test_a_resend_request_for_a_partner_the_app_does_not_have_is_not_answered(setup: tuple[Any, Any]) -> None:
+    settings, conn = setup
+    record = await partners.create_partner(conn, {"name": "Acme"})
+    await partners.delete_partner(conn, record)
+    await published(settings, conn)
+
+    assert await partners.apply_update(conn, update(record, rc.CHANGE_KIND_RESEND, "r2"), settings)
+
+    assert await published(settings, conn) == []
+    assert await conn.fetchval("SELECT count(*) FROM partners_app.partners") == 0
