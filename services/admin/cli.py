@@ -27,6 +27,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -40,11 +41,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from services.admin.api.backfills import BackfillProgress
 from services.admin.api.dead_letters import Acted, ReplayRequest
+from services.admin.api.jobs import JobView
 from services.admin.api.models import ApiModel, Applied, CreatedToken, SalesforceConnectionView, TokenRequest
 from services.admin.api.pauses import PauseRequest, PauseState, ResumeRequest
 from services.admin.api.plan import Plan
+from services.admin.api.retries import RetryRequest
 from services.admin.api.schema import AppSchemaItem, AppSchemaRequest, ChangeItem, WarningItem
 from services.admin.api.sync_log import SyncLogEntry
 from services.admin.api.tokens import token_view
@@ -139,6 +141,13 @@ Dsn = Annotated[
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the API's answer as JSON, for scripts.")]
 Tenant = Annotated[str, typer.Argument(help="Tenant name (metadata.name).", show_default=False)]
+
+
+class JobKind(StrEnum):
+    POLL = "poll"
+    BACKFILL = "backfill"
+    RECONCILE = "reconcile"
+
 
 T = TypeVar("T")
 M = TypeVar("M", bound=ApiModel)
@@ -808,8 +817,9 @@ def connection_check(ctx: typer.Context, tenant: Tenant, as_json: Json = False) 
 # run control
 
 
-# How often --wait asks how far a backfill has come (cdc-ingest saves progress once per page).
-_BACKFILL_POLL_SECONDS = 1.0
+# How often --wait asks how far a job has come (cdc-ingest saves progress once per page).
+_JOB_POLL_SECONDS = 1.0
+_ENDED = ("succeeded", "failed")
 
 
 @app.command("backfill")
@@ -824,21 +834,96 @@ def backfill(
     with _api(ctx) as api:
         requested = api.backfill(tenant, salesforce_object)
         if not as_json:
-            typer.echo(f"backfill of {requested.object} requested for tenant/{requested.tenant}")
+            where = f"tenant/{requested.tenant}"
+            typer.echo(f"backfill of {requested.object} for {where}: job {requested.job} ({requested.status})")
         if not wait:
             if as_json:
                 _print_json(requested)
             return
-        done = _follow(api, tenant, requested.object)
+        _finish_job(_follow(api, tenant, requested.job), as_json)
+
+
+@app.command("run")
+def run_job(
+    ctx: typer.Context,
+    tenant: Tenant,
+    kind: Annotated[JobKind, typer.Argument(help="poll, backfill or reconcile.")],
+    pair: Annotated[str, typer.Argument(metavar="PAIR", help="An object pair of the tenant.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Show its progress until it ends.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Poll, backfill or reconcile one object pair now (or follow the one already under way)."""
+    with _api(ctx) as api:
+        job = api.run_job(tenant, kind.value, pair)
+        if not as_json:
+            typer.echo(f"{job.kind} of {job.object_pair} for tenant/{job.tenant}: job {job.id} ({job.status})")
+        if not wait:
+            if as_json:
+                _print_json(job)
+            return
+        _finish_job(_follow(api, tenant, job.id), as_json)
+
+
+@app.command("job")
+def show_job(
+    ctx: typer.Context,
+    tenant: Tenant,
+    job_id: Annotated[int, typer.Argument(metavar="JOB", help="The job's id.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Show its progress until it ends.")] = False,
+    as_json: Json = False,
+) -> None:
+    """One job: its state, progress and what it found."""
+    with _api(ctx) as api:
+        job = _follow(api, tenant, job_id) if wait else api.job(tenant, job_id)
     if as_json:
-        _print_json(done)
-    else:
-        rate = f" ({done.records_per_second:,.0f} records/s)" if done.records_per_second else ""
-        typer.echo(f"backfill of {done.object} done: {done.published:,} records published{rate}")
+        _print_json(job)
+        return
+    typer.echo(f"job {job.id}: {job.kind} of {job.object_pair} ({job.object}), {job.status}, by {job.trigger}")
+    typer.echo(f"  done {job.done:,}" + ("" if job.estimated is None else f" of {job.estimated:,}"))
+    if job.error:
+        typer.echo(f"  error: {job.error}")
+    for name, value in job.result.items():
+        if not isinstance(value, list):
+            typer.echo(f"  {name}: {value}")
+    _exit_if_failed(job)
 
 
-def _follow(api: AdminClient, tenant: str, salesforce_object: str) -> BackfillProgress:
-    """Poll one backfill with a progress bar (on stderr) until it is done."""
+@app.command("jobs")
+def list_jobs(
+    ctx: typer.Context,
+    tenant: Tenant,
+    kind: Annotated[JobKind | None, typer.Option("--kind", help="Only this kind.")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="requested, running, succeeded or failed.")] = None,
+    pair: Annotated[str | None, typer.Option("--pair", help="Only this object pair's.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 50,
+    as_json: Json = False,
+) -> None:
+    """The tenant's jobs, newest first: polls, backfills and reconciles with their progress."""
+    with _api(ctx) as api:
+        found = api.jobs(tenant, kind=kind.value if kind else None, status=status, pair=pair, limit=limit).jobs
+    if as_json:
+        _print_json(found)
+        return
+    table = _table("JOB", "KIND", "PAIR", "STATUS", "BY", "DONE", "ESTIMATED", "%", "RATE/S", "LEFT", "CREATED")
+    for j in found:
+        table.add_row(
+            str(j.id),
+            j.kind,
+            _cell(j.object_pair),
+            j.status,
+            j.trigger,
+            f"{j.done:,}",
+            _cell(None if j.estimated is None else f"{j.estimated:,}"),
+            _cell(j.percent),
+            _cell(None if j.records_per_second is None else f"{j.records_per_second:,.0f}"),
+            _cell(None if j.seconds_left is None else f"{j.seconds_left:,.0f}s"),
+            _when(j.created_at),
+        )
+    _print_table(table)
+
+
+def _follow(api: AdminClient, tenant: str, job_id: int) -> JobView:
+    """Poll one job with a progress bar (on stderr) until it ends."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -847,21 +932,41 @@ def _follow(api: AdminClient, tenant: str, salesforce_object: str) -> BackfillPr
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"{salesforce_object}: requested", total=None, rate="")
+        task = bar.add_task(f"job {job_id}", total=None, rate="")
         while True:
-            progress = api.backfill_progress(tenant, salesforce_object)
-            rate = f"{progress.records_per_second:,.0f}/s" if progress.records_per_second else ""
-            total = max(progress.estimated, progress.published) if progress.estimated is not None else None
+            job = api.job(tenant, job_id)
+            rate = f"{job.records_per_second:,.0f}/s" if job.records_per_second else ""
+            total = max(job.estimated, job.done) if job.estimated is not None else None
             bar.update(
                 task,
-                description=f"{salesforce_object}: {progress.status} ({progress.method})",
-                completed=progress.published,
+                description=f"{job.kind} of {job.object_pair}: {job.status}",
+                completed=job.done,
                 total=total,
                 rate=rate,
             )
-            if progress.status == "done":
-                return progress
-            time.sleep(_BACKFILL_POLL_SECONDS)
+            if job.status in _ENDED:
+                return job
+            time.sleep(_JOB_POLL_SECONDS)
+
+
+def _finish_job(job: JobView, as_json: bool) -> None:
+    if as_json:
+        _print_json(job)
+    elif job.status == "succeeded":
+        rate = f" ({job.records_per_second:,.0f} records/s)" if job.records_per_second else ""
+        found = ""
+        if job.kind == "reconcile":
+            differences = sum(
+                int(job.result.get(k, 0)) for k in ("missingInDuplex", "valuesDiffer", "missingInSalesforce")
+            )
+            found = f", {differences:,} difference(s), {int(job.result.get('published', 0)):,} re-read and published"
+        typer.echo(f"{job.kind} of {job.object_pair} done: {job.done:,} records{rate}{found}")
+    _exit_if_failed(job)
+
+
+def _exit_if_failed(job: JobView) -> None:
+    if job.status == "failed":
+        _fail(f"{job.kind} job {job.id} of {job.object_pair} failed: {job.error}", EXIT_INVALID)
 
 
 @app.command("backfills")
@@ -890,7 +995,7 @@ def backfills(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None
 
 @app.command("health")
 def health(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
-    """A tenant's quarantines, pauses, problems, last syncs, API budget, objects and drift (exit 0 either way)."""
+    """A tenant's quarantines, pauses, problems, last syncs, API budget, objects, drift and jobs under way (exit 0)."""
     with _api(ctx) as api:
         report = api.health(tenant)
     if as_json:
@@ -926,6 +1031,9 @@ def health(ctx: typer.Context, tenant: Tenant, as_json: Json = False) -> None:
         typer.echo("objects: " + ", ".join(f"{o.object} ({o.mode})" for o in report.objects))
     if report.drift:
         _print_warnings(report.drift)
+    for job in report.jobs:
+        progress = "" if job.percent is None else f", {job.percent:g} %"
+        typer.echo(f"job {job.id}: {job.kind} of {job.object_pair} {job.status}{progress}")
 
 
 _CSV_COLUMNS = ("id", "at", "service", "event", "status", "link_id", "record_id", "code", "message", "detail")
@@ -1153,6 +1261,60 @@ def dead_letters_discard(
     with _api(ctx) as api:
         acted = api.discard(tenant, ids, reason)
     _acted(acted, "discarded", as_json)
+
+
+@app.command("retry")
+def retry_rejected(
+    ctx: typer.Context,
+    tenant: Tenant,
+    record: RecordOption = None,
+    pair: Annotated[
+        str | None, typer.Option("--pair", help="The rejected records of one object pair.", show_default=False)
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Rejected since: 12h, 30d, 8w ago, or an ISO time; alone, every record rejected since.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Retry the records whose latest write Salesforce rejected, once the mapping is fixed: the app is
+    asked to publish each again, and the mapping in force maps it."""
+    if (record, pair, since) == (None, None, None):
+        _fail("say which records: --record, --pair or --since (--since alone: every record rejected since)", EXIT_USAGE)
+    try:
+        request = RetryRequest.model_validate(
+            {"record": record, "objectPair": pair, "since": _moment("--since", since)}
+        )
+    except ValidationError as exc:
+        _fail([str(e["msg"]) for e in exc.errors()], EXIT_USAGE)
+    with _api(ctx) as api:
+        retries = api.retry(tenant, request)
+    if as_json:
+        _print_json(retries)
+        return
+    noun = "record" if retries.requested == 1 else "records"
+    typer.echo(f"tenant/{retries.tenant}: the app was asked to publish {retries.requested} {noun} again")
+    if retries.records:
+        table = _table("APP ID", "SALESFORCE ID", "PAIR", "REJECTED", "CODE")
+        for r in retries.records:
+            table.add_row(
+                _cell(r.app_record_id),
+                _cell(r.salesforce_id),
+                _cell(r.object_pair),
+                _when(r.rejected_at),
+                _cell(r.code),
+            )
+        _print_table(table)
+    if retries.skipped:
+        table = _table("APP ID", "SALESFORCE ID", "LINK", "PAIR", "SKIPPED BECAUSE")
+        for s in retries.skipped:
+            table.add_row(
+                _cell(s.app_record_id), _cell(s.salesforce_id), _cell(s.link_id), _cell(s.object_pair), _cell(s.reason)
+            )
+        _print_table(table)
 
 
 PairOption = Annotated[

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.admin.api.backfills import Backfill, BackfillList, BackfillProgress, BackfillRequest
 from services.admin.api.dead_letters import Acted, DeadLetterList, DiscardRequest, ReplayRequest
 from services.admin.api.health import TenantHealth
+from services.admin.api.jobs import JobList, JobRequest, JobView
 from services.admin.api.models import (
     Applied,
     ConnectionAuthorization,
@@ -41,6 +42,7 @@ from services.admin.api.models import (
 )
 from services.admin.api.pauses import PauseRequest, PauseState, ResumeRequest
 from services.admin.api.plan import Plan
+from services.admin.api.retries import Retries, RetryRequest
 from services.admin.api.schema import (
     AppSchemaItem,
     AppSchemaList,
@@ -440,6 +442,10 @@ class AdminClient:
         path = f"/tenants/{_segment(tenant)}/dead-letters:discard"
         return self._parse(Acted, self._call("POST", path, json_body=body))
 
+    def retry(self, tenant: str, request: RetryRequest) -> Retries:
+        body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return self._parse(Retries, self._call("POST", f"/tenants/{_segment(tenant)}/retries", json_body=body))
+
     def pauses(self, tenant: str) -> PauseState:
         return self._get(PauseState, f"/tenants/{_segment(tenant)}/pauses")
 
@@ -450,6 +456,25 @@ class AdminClient:
     def resume(self, tenant: str, request: ResumeRequest) -> PauseState:
         body = request.model_dump(by_alias=True, exclude_none=True)
         return self._parse(PauseState, self._call("POST", f"/tenants/{_segment(tenant)}/resume", json_body=body))
+
+    def run_job(self, tenant: str, kind: str, pair: str) -> JobView:
+        body = JobRequest.model_validate({"kind": kind, "objectPair": pair}).model_dump(by_alias=True)
+        return self._parse(JobView, self._call("POST", f"/tenants/{_segment(tenant)}/jobs", json_body=body))
+
+    def jobs(
+        self,
+        tenant: str,
+        *,
+        kind: str | None = None,
+        status: str | None = None,
+        pair: str | None = None,
+        limit: int = 50,
+    ) -> JobList:
+        params = {k: v for k, v in {"kind": kind, "status": status, "pair": pair, "limit": limit}.items() if v}
+        return self._get(JobList, f"/tenants/{_segment(tenant)}/jobs", params=params)
+
+    def job(self, tenant: str, job_id: int) -> JobView:
+        return self._get(JobView, f"/tenants/{_segment(tenant)}/jobs/{job_id}")
 
     def backfills(self, tenant: str) -> BackfillList:
         return self._get(BackfillList, f"/tenants/{_segment(tenant)}/backfills")

@@ -14,9 +14,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from services.common.db import Connection
+from services.common.schema_store import DescribedObject
+from services.common.tenant_config import TenantConfig
 
 QUARANTINE_EVENTS = ("pair.quarantined", "pair.released")
 PROBLEM_WINDOW = timedelta(hours=24)
@@ -149,3 +151,12 @@ def api_budget(state: Any, daily_cap: int, now: datetime) -> ApiBudget:
 
 async def budget_state(conn: Connection, tenant_id: str) -> Any:
     return await conn.fetchval("SELECT state FROM governor_budgets WHERE tenant_id = $1", tenant_id)
+
+
+def reading_mode(config: TenantConfig, described: DescribedObject | None) -> Literal["cdc", "polling", "unknown"]:
+    """How cdc-ingest reads an object: polled when the tenant does not stream or the org does not select
+    it for CDC; ``unknown`` until a schema refresh has read the selection."""
+    selected = described.cdc_selected if described is not None else None
+    if not config.spec.sync.cdc or selected is False:
+        return "polling"
+    return "unknown" if selected is None else "cdc"

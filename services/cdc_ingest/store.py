@@ -214,9 +214,7 @@ class Store:
         rows = await self.pool.fetch("SELECT s.crm_record_id" + self._HELD, tenant_id, object_pair)
         return {row["crm_record_id"] for row in rows}
 
-    async def held_values(
-        self, tenant_id: str, object_pair: str, record_ids: list[str]
-    ) -> dict[str, dict[str, Value]]:
+    async def held_values(self, tenant_id: str, object_pair: str, record_ids: list[str]) -> dict[str, dict[str, Value]]:
         """For those of ``record_ids`` Duplex syncs: app field -> the Salesforce form of its truth."""
         rows = await self.pool.fetch(
             "SELECT s.crm_record_id, f.field, f.state -> 'crm_form' AS crm_form FROM (SELECT s.tenant_id, s.link_id,"

@@ -178,13 +178,16 @@ async def jobs_of(
     kind: Kind | None = None,
     status: JobStatus | None = None,
     object_pair: str | None = None,
+    active: bool = False,
     before: int | None = None,
     limit: int = 50,
 ) -> list[Job]:
-    """The tenant's jobs, newest first (``before``: only those with a smaller id, for paging)."""
+    """The tenant's jobs, newest first (``active``: only those waiting or running; ``before``: only
+    those with a smaller id, for paging)."""
     rows = await db.fetch(
         _SELECT + " WHERE j.tenant_id = $1 AND ($2::text IS NULL OR j.kind = $2)"
         " AND ($3::text IS NULL OR j.status = $3) AND ($4::text IS NULL OR j.object_pair = $4)"
+        " AND (NOT $7 OR j.status IN ('requested', 'running'))"
         " AND ($5::bigint IS NULL OR j.id < $5) ORDER BY j.id DESC LIMIT $6",
         tenant_id,
         kind,
@@ -192,6 +195,7 @@ async def jobs_of(
         object_pair,
         before,
         limit,
+        active,
     )
     return [_job(r) for r in rows]
 

@@ -11,6 +11,7 @@ from services.admin.api.connections import connections_router
 from services.admin.api.dead_letters import dead_letters_router
 from services.admin.api.edge import BodyTooLargeError, LimitBody, RequestId, too_large
 from services.admin.api.health import health_router
+from services.admin.api.jobs import jobs_router
 from services.admin.api.pauses import pauses_router
 from services.admin.api.plan import plan_router
 from services.admin.api.preflight import preflight_router
@@ -21,6 +22,7 @@ from services.admin.api.problems import (
     problem_response,
     request_id_of,
 )
+from services.admin.api.retries import retries_router
 from services.admin.api.schema import schema_router
 from services.admin.api.sync_log import sync_log_router
 from services.admin.api.tenants import tenants_router
@@ -52,7 +54,7 @@ def build_api(
 ) -> FastAPI:
     """The API over ``pool``; without ``connect`` (no vault), connecting tenants answers 503, and
     without ``sessions`` (no access to Salesforce) so does checking a tenant's connection, and
-    without ``dead_letters`` (no Kafka) so do the dead-letter routes.
+    without ``dead_letters`` (no Kafka) so do the dead-letter and retry routes.
 
     Tenant documents must name only the secrets and hosts ``policy`` allows (the deployment's
     ``AdminSettings.policy``).
@@ -96,9 +98,11 @@ def build_api(
     app.include_router(connections_router(access, connect))
     app.include_router(preflight_router(access, sessions))
     app.include_router(backfills_router(access))
+    app.include_router(jobs_router(access))
     app.include_router(health_router(access))
     app.include_router(sync_log_router(access))
     app.include_router(dead_letters_router(access, dead_letters))
+    app.include_router(retries_router(access, dead_letters))
     app.include_router(pauses_router(access))
     app.include_router(schema_router(access, sessions))
     app.include_router(plan_router(access, policy, sessions))

@@ -2,9 +2,9 @@
 and see how far each object's latest backfill has come.
 
 Asking is run control, so an operator's job (``Action.OPERATE``); any role in scope may look. The
-request is a row of ``backfills`` (:func:`services.common.backfills.request_backfill`); the replica
-serving the tenant starts it within seconds, counts the object's records and saves its progress
-page by page.
+request is a backfill job (``/jobs``, :mod:`services.admin.api.jobs`) of the first pair syncing the
+object; the replica serving the tenant starts it within seconds, counts the object's records and
+saves its progress page by page.
 """
 
 # No `from __future__ import annotations` here: FastAPI resolves route annotations at runtime, and
@@ -13,18 +13,18 @@ page by page.
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ConfigDict, Field
 
 from services.admin.api.access import Access
 from services.admin.api.body import json_body, json_body_schema
+from services.admin.api.jobs import file_job
 from services.admin.api.models import ApiModel
-from services.admin.api.problems import INVALID_REQUEST, ApiError, FieldError, request_id_of
+from services.admin.api.problems import INVALID_REQUEST, ApiError, FieldError
 from services.admin.api.tenants import stored_config
-from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
-from services.common.backfills import Progress, Status, backfills_of, request_backfill
+from services.common.backfills import Progress, Status, backfills_of
 from services.common.db import Connection
 
 
@@ -42,7 +42,11 @@ class BackfillRequest(ApiModel):
 class Backfill(ApiModel):
     tenant: str
     object: str = Field(description="The object as the tenant's configuration names it.")
-    status: str = Field(description="Always `requested`: cdc-ingest picks it up within seconds.")
+    status: str = Field(
+        description="`requested` (cdc-ingest picks it up within seconds), or the state of the backfill job already"
+        " waiting or running (answered with 200)."
+    )
+    job: int = Field(description="The backfill's job (`GET .../jobs/{job}`).")
 
 
 class BackfillProgress(ApiModel):
@@ -111,7 +115,7 @@ def backfills_router(access: Access) -> APIRouter:
         "/{tenant}/backfills",
         status_code=202,
         response_model=Backfill,
-        summary="Re-read every record of one object from Salesforce (a running backfill starts over)",
+        summary="Re-read every record of one object from Salesforce (200 with the backfill already under way)",
         openapi_extra=json_body_schema(BackfillRequest),
     )
     async def backfill(
@@ -119,13 +123,14 @@ def backfills_router(access: Access) -> APIRouter:
         tenant: str,
         body: Annotated[BackfillRequest, Depends(json_body(BackfillRequest))],
         request: Request,
+        response: Response,
         db: Annotated[Connection, Depends(access.connection)],
     ) -> Backfill:
         stored = await stored_config(ConfigStore(db), tenant)
-        configured = {pair.salesforce.object.lower(): pair.salesforce.object for pair in stored.config.spec.objects}
-        name = configured.get(body.object.lower())
-        if name is None:
-            synced = ", ".join(sorted(configured.values())) or "nothing"
+        pairs = stored.config.spec.objects
+        found = next((p for p in pairs if p.salesforce.object.lower() == body.object.lower()), None)
+        if found is None:
+            synced = ", ".join(sorted({p.salesforce.object for p in pairs})) or "nothing"
             raise ApiError(
                 422,
                 title="Invalid request",
@@ -133,16 +138,7 @@ def backfills_router(access: Access) -> APIRouter:
                 type=INVALID_REQUEST,
                 errors=[FieldError("object", f"tenant '{tenant}' does not sync {body.object} (it syncs {synced})")],
             )
-        async with db.transaction():
-            await request_backfill(db, tenant, name)
-            await write_audit(
-                db,
-                actor=principal.actor,
-                tenant_id=tenant,
-                action="backfill.requested",
-                detail={"object": name, "version": stored.version},
-                request_id=request_id_of(request),
-            )
-        return Backfill(tenant=tenant, object=name, status="requested")
+        job = await file_job(db, stored, "backfill", found, principal, request, response)
+        return Backfill(tenant=tenant, object=found.salesforce.object, status=job.status, job=job.id)
 
     return router

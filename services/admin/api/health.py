@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends
 from pydantic import Field
 
 from services.admin.api.access import Access
+from services.admin.api.jobs import JobView, job_view
 from services.admin.api.models import ApiModel
 from services.admin.api.pauses import PauseEntry, pause_state
 from services.admin.api.schema import WarningItem, warning_item
@@ -26,8 +27,10 @@ from services.admin.health import (
     problem_counts,
     quarantine_events,
     quarantined,
+    reading_mode,
 )
 from services.common.db import Connection
+from services.common.jobs import jobs_of
 from services.common.schema_drift import standing_warnings
 from services.common.schema_store import DescribedObject, latest_objects
 from services.common.tenant_config import TenantConfig
@@ -89,20 +92,20 @@ class TenantHealth(ApiModel):
     budget: Budget | None = Field(description="Null until the governor has granted the tenant a call.")
     objects: list[ObjectReading]
     drift: list[WarningItem] = Field(description="Rules the org's schema breaks now (`GET .../schema/drift`).")
+    jobs: list[JobView] = Field(description="Polls, backfills and reconciles waiting or running, oldest first.")
 
 
 def _mapped(config: TenantConfig) -> list[str]:
     return list(dict.fromkeys(pair.salesforce.object for pair in config.spec.objects))
 
 
-def _reading(config: TenantConfig, name: str, described: Mapping[str, DescribedObject]) -> ObjectReading:
+def object_reading(config: TenantConfig, name: str, described: Mapping[str, DescribedObject]) -> ObjectReading:
     found = next((d for d in described.values() if d.name.lower() == name.lower()), None)
-    selected = found.cdc_selected if found is not None else None
-    if not config.spec.sync.cdc or selected is False:
-        mode: Literal["cdc", "polling", "unknown"] = "polling"
-    else:
-        mode = "unknown" if selected is None else "cdc"
-    return ObjectReading(object=name, mode=mode, described_at=found.described_at if found is not None else None)
+    return ObjectReading(
+        object=name,
+        mode=reading_mode(config, found),
+        described_at=found.described_at if found is not None else None,
+    )
 
 
 def health_router(access: Access) -> APIRouter:
@@ -156,8 +159,9 @@ def health_router(access: Access) -> APIRouter:
                 org_observed_at=budget.org_observed_at,
                 low=budget.low,
             ),
-            objects=[_reading(stored.config, name, described) for name in _mapped(stored.config)],
+            objects=[object_reading(stored.config, name, described) for name in _mapped(stored.config)],
             drift=[warning_item(w) for w in drift],
+            jobs=[job_view(j) for j in reversed(await jobs_of(db, tenant, active=True))],
         )
 
     return router

@@ -1,5 +1,6 @@
 """``GET /api/v1/tenants/{tenant}/backfills[/{object}]``, ``duplex backfills`` and ``duplex backfill
---wait``: how far each object's latest backfill has come, from the progress cdc-ingest saves."""
+--wait``: how far each object's latest backfill has come, from the progress cdc-ingest saves (the
+backfill's job shows the same progress while it runs)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ async def test_wait_follows_a_backfill_until_it_is_done(cli: Cli, sample: Path) 
         # page by page and finishes.
         while await cli.api.db.fetchval("SELECT count(*) FROM backfills WHERE object = 'Account'") == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        await cli.api.db.execute("UPDATE jobs SET status = 'running', started_at = now() WHERE object = 'Account'")
         await cli.api.db.execute("UPDATE backfills SET estimated = 3000, method = 'bulk' WHERE object = 'Account'")
         for published in (1000, 2000, 3000):
             await asyncio.sleep(0.3)
@@ -86,6 +88,10 @@ async def test_wait_follows_a_backfill_until_it_is_done(cli: Cli, sample: Path) 
                 "UPDATE backfills SET emitted = $1, updated_at = now() WHERE object = 'Account'", published
             )
         await cli.api.db.execute("UPDATE backfills SET status = 'done', updated_at = now() WHERE object = 'Account'")
+        await cli.api.db.execute(
+            "UPDATE jobs SET status = 'succeeded', done = 3000, estimated = 3000, finished_at = now()"
+            " WHERE object = 'Account'"
+        )
 
     operator = await cli.token(Role.OPERATOR)  # before the worker shares the test's connection
     worker = asyncio.create_task(cdc_ingest())
@@ -93,8 +99,9 @@ async def test_wait_follows_a_backfill_until_it_is_done(cli: Cli, sample: Path) 
     assert waited.exit_code == 0, waited.output
     await worker
     lines = waited.stdout.splitlines()
-    assert lines[0] == "backfill of Account requested for tenant/acme"
-    assert lines[1].startswith("backfill of Account done: 3,000 records published (")
+    job = await cli.api.db.fetchval("SELECT id FROM jobs WHERE object = 'Account'")
+    assert lines[0] == f"backfill of Account for tenant/acme: job {job} (requested)"
+    assert lines[1].startswith("backfill of partners done: 3,000 records (")
 
 
 async def test_scoped_and_unknown(cli: Cli, sample: Path) -> None:

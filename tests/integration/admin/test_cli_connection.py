@@ -181,16 +181,25 @@ async def test_backfill(cli: Cli, sample: Path) -> None:
     operator = await cli.token(Role.OPERATOR, name="night shift")
 
     requested = await cli("backfill", "acme", "account", token=operator)
-    assert (requested.exit_code, requested.stdout) == (0, "backfill of Account requested for tenant/acme\n")
+    job = await cli.api.db.fetchval("SELECT id FROM jobs WHERE tenant_id = 'acme' AND kind = 'backfill'")
+    assert (requested.exit_code, requested.stdout) == (
+        0,
+        f"backfill of Account for tenant/acme: job {job} (requested)\n",
+    )
     row = await cli.api.db.fetchrow("SELECT object, status FROM backfills WHERE tenant_id = 'acme'")
     assert tuple(row) == ("Account", "running")
-    audit = await cli.api.db.fetchrow("SELECT actor, detail FROM audit_log WHERE action = 'backfill.requested'")
+    audit = await cli.api.db.fetchrow("SELECT actor, detail FROM audit_log WHERE action = 'job.requested'")
     operator_id = await cli.api.db.fetchval("SELECT id::text FROM api_tokens WHERE name = 'night shift'")
     assert audit["actor"] == f"night shift (token {operator_id})"
-    assert json.loads(audit["detail"]) == {"object": "Account", "version": 1}
+    assert json.loads(audit["detail"]) == {"job": job, "kind": "backfill", "object_pair": "partners", "version": 1}
+    # Asked again while it waits: the same job, not a second one.
+    again = await cli("backfill", "acme", "account")
+    assert again.stdout == requested.stdout
+    assert await cli.api.db.fetchval("SELECT count(*) FROM audit_log WHERE action = 'job.requested'") == 1
 
     scripted = await cli("backfill", "acme", "Contact", "--json")
-    assert json.loads(scripted.stdout) == {"tenant": "acme", "object": "Contact", "status": "requested"}
+    answer = json.loads(scripted.stdout)
+    assert answer == {"tenant": "acme", "object": "Contact", "status": "requested", "job": answer["job"]} != job
 
     unknown = await cli("backfill", "acme", "Lead")
     assert (unknown.exit_code, unknown.stdout) == (1, "")

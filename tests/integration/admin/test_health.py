@@ -91,6 +91,7 @@ async def test_health_tells_the_last_sync_each_way_the_budget_the_objects_and_th
     assert body["budget"] is None
     assert {o["object"]: o["mode"] for o in body["objects"]} == {"Account": "unknown", "Contact": "unknown"}
     assert body["drift"] == []
+    assert body["jobs"] == []
 
     await log(cli, "write.succeeded")
     await log(cli, "change.resolved", writes={"app": {"kind": "update", "fields": ["name"]}})
@@ -104,8 +105,17 @@ async def test_health_tells_the_last_sync_each_way_the_budget_the_objects_and_th
     # Account is described without a field the sample maps, and not selected for CDC.
     account = CrmObject("Account", "Account", fields=(CrmField("Name", "Account Name", "string", 255),))
     await save_described(cli.api.db, "acme", "Account", account, cdc_selected=False)
+    # A poll under way (Account is polled) and one finished: only the first is shown.
+    polling = await cli("run", "acme", "poll", "partners")
+    assert polling.exit_code == 0, polling.output
+    await cli.api.db.execute("UPDATE jobs SET status = 'running', started_at = now(), done = 5, estimated = 20")
+    await cli.api.db.execute(
+        "INSERT INTO jobs (tenant_id, kind, object_pair, object, status, trigger, finished_at)"
+        " VALUES ('acme', 'backfill', 'partners', 'Account', 'succeeded', 'start', now())"
+    )
 
     body = json.loads((await cli("health", "acme", "--json")).stdout)
+    assert [(j["kind"], j["status"], j["percent"]) for j in body["jobs"]] == [("poll", "running", 25.0)]
     assert body["lastSync"]["toCrm"] is not None
     assert body["lastSync"]["toApp"] is not None
     assert (body["budget"]["callsLastDay"], body["budget"]["orgUsed"], body["budget"]["low"]) == (4_600, 14_000, True)
@@ -115,3 +125,4 @@ async def test_health_tells_the_last_sync_each_way_the_budget_the_objects_and_th
     shown = (await cli("health", "acme")).stdout
     assert "API calls: 4,600 of 5,000 in 24 h; org 14,000 of 15,000 used (LOW: under 10 % left)" in shown
     assert "objects: Account (polling), Contact (unknown)" in shown
+    assert shown.rstrip().endswith("of partners running, 25 %")

@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 
 from services.admin.auth import Role
 from services.common import sync_log
-from services.common.backfills import request_backfill
+from services.common.jobs import ActiveJobError, request_job
 from services.common.schema import AppField, AppObject, CrmObject
 from services.common.schema_store import declare_app_object, save_catalog, save_described
 from services.common.settings import KafkaSettings
@@ -60,12 +60,16 @@ TABLE: dict[tuple[str, str], Needs] = {
     ("POST", "/api/v1/tenants/{tenant}/backfills"): Needs.OPERATOR,
     ("GET", "/api/v1/tenants/{tenant}/backfills"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/backfills/{object}"): Needs.VIEWER,
+    ("POST", "/api/v1/tenants/{tenant}/jobs"): Needs.OPERATOR,
+    ("GET", "/api/v1/tenants/{tenant}/jobs"): Needs.VIEWER,
+    ("GET", "/api/v1/tenants/{tenant}/jobs/{job_id}"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/health"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/sync-log"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/records/{record}/timeline"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/dead-letters"): Needs.VIEWER,
     ("POST", "/api/v1/tenants/{tenant}/dead-letters:replay"): Needs.OPERATOR,
     ("POST", "/api/v1/tenants/{tenant}/dead-letters:discard"): Needs.OPERATOR,
+    ("POST", "/api/v1/tenants/{tenant}/retries"): Needs.OPERATOR,
     ("GET", "/api/v1/tenants/{tenant}/pauses"): Needs.VIEWER,
     ("POST", "/api/v1/tenants/{tenant}/pause"): Needs.OPERATOR,
     ("POST", "/api/v1/tenants/{tenant}/resume"): Needs.OPERATOR,
@@ -91,6 +95,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/tenants/{tenant}/plan"): {"content": tenant_yaml(), "headers": YAML},
     ("POST", "/api/v1/tokens"): {"json": {"name": "made by the table", "role": "viewer"}},
     ("POST", "/api/v1/tenants/{tenant}/backfills"): {"json": {"object": "Account"}},
+    ("POST", "/api/v1/tenants/{tenant}/jobs"): {"json": {"kind": "reconcile", "objectPair": "partners"}},
     ("POST", "/api/v1/tenants/{tenant}/pause"): {"json": {"direction": "to_app", "reason": "made by the table"}},
     ("POST", "/api/v1/tenants/{tenant}/resume"): {"json": {"direction": "to_app"}},
     ("POST", "/api/v1/tenants/{tenant}/schema:refresh"): {"json": {}},
@@ -101,6 +106,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/tenants/{tenant}/dead-letters:discard"): {
         "json": {"ids": ["app_changes_dlq:0:0"], "reason": "made by the table"}
     },
+    # Nothing rejected to retry: 202, none requested.
+    ("POST", "/api/v1/tenants/{tenant}/retries"): {"json": {"since": "2026-01-01T00:00:00Z"}},
 }
 # What an allowed caller gets where the table's tenant cannot give more: acme was never connected,
 # and the Account described below has no fields for a filter to name.
@@ -155,7 +162,10 @@ async def walk(api: Api, app: FastAPI, callers: list[Caller], table: dict[tuple[
     victim = await api.db.fetchval("SELECT id::text FROM api_tokens WHERE name = 'victim'")
     # A record the timeline finds and a backfill there is (unknown ones are a 404 for everyone).
     await sync_log.record(api.db, tenant_id="acme", service="mapping", event="change.rejected", record_id="a-1")
-    await request_backfill(api.db, "acme", "Account")
+    try:
+        job = await request_job(api.db, "acme", "backfill", "partners", "Account", "operator", "table")
+    except ActiveJobError as active:  # a second walk over the same tenant
+        job = active.job
     # An org read once and an app object declared, so the schema routes have something to show.
     await save_catalog(api.db, "acme", [])
     await save_described(api.db, "acme", "Account", CrmObject("Account", "Account"), cdc_selected=None)
@@ -168,6 +178,7 @@ async def walk(api: Api, app: FastAPI, callers: list[Caller], table: dict[tuple[
         "record": "a-1",
         "object": "Account",
         "pair": "partners",
+        "job_id": str(job.id),
     }
     wrong = []
     for caller in callers:
