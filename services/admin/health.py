@@ -122,6 +122,8 @@ class ApiBudget:
     org_used: int | None
     org_max: int | None
     org_observed_at: datetime | None
+    # Calls granted in each of the last 24 hours, oldest first (the last one is the current hour).
+    hourly: tuple[int, ...] = ()
 
     @property
     def low(self) -> bool:
@@ -137,7 +139,12 @@ def api_budget(state: Any, daily_cap: int, now: datetime) -> ApiBudget:
     """The governor's stored budget (``governor_budgets.state``) as seen at ``now``."""
     stored = _detail(state)
     since = now - timedelta(hours=24)
-    calls = sum(int(n) for start, n in (stored.get("ledger") or {}).items() if datetime.fromisoformat(start) > since)
+    hourly = [0] * 24
+    for start, n in (stored.get("ledger") or {}).items():
+        at = datetime.fromisoformat(start)
+        if at > since:
+            hourly[min(23, int((at - since).total_seconds() // 3600))] += int(n)
+    calls = sum(hourly)
     org = stored.get("org") or {}
     observed = org.get("observedAt")
     return ApiBudget(
@@ -146,6 +153,7 @@ def api_budget(state: Any, daily_cap: int, now: datetime) -> ApiBudget:
         org_used=int(org["used"]) if "used" in org else None,
         org_max=int(org["max"]) if "max" in org else None,
         org_observed_at=datetime.fromisoformat(observed) if observed else None,
+        hourly=tuple(hourly),
     )
 
 

@@ -26,16 +26,18 @@ StateDir = Annotated[
 
 @app.command()
 def install() -> None:
-    """Fetch Kafka's jars (once) and make sure PostgreSQL 15 is installed."""
+    """Fetch Kafka's jars (once) and make sure PostgreSQL 15 and Chromium (for the console's tests) are installed."""
     try:
         libs = installer.install_kafka()
         installer.ensure_java()
         installer.ensure_postgres()
+        chromium = installer.ensure_chromium()
     except installer.InstallError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
     typer.echo(f"kafka jars: {libs}")
     typer.echo(f"postgresql: {POSTGRES_BIN_DIR}")
+    typer.echo(f"chromium: {chromium}")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Fetching what the local stack runs: Kafka's jars (Maven) and PostgreSQL 15 (apt)."""
+"""Fetching what the local stack and its tests run: Kafka's jars (Maven), PostgreSQL 15 and Chromium (apt)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 from devstack.paths import CACHE_DIR, KAFKA_POM, POSTGRES_BIN_DIR
@@ -15,6 +16,9 @@ _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 _COMPLETE_MARKER = ".complete"
 POSTGRES_PACKAGE = "postgresql-15"
 POSTGRES_BINARIES = ("initdb", "postgres", "pg_isready")
+# The console's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+CHROMIUM_PACKAGE = "chromium"
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 class InstallError(RuntimeError):
@@ -79,17 +83,29 @@ def postgres_installed(bin_dir: Path = POSTGRES_BIN_DIR) -> bool:
 
 def ensure_postgres(bin_dir: Path = POSTGRES_BIN_DIR) -> None:
     """Make sure PostgreSQL 15's server binaries exist, installing them with apt when root."""
-    if postgres_installed(bin_dir):
+    _ensure_package(
+        POSTGRES_PACKAGE, lambda: postgres_installed(bin_dir), f"{bin_dir} lacks {', '.join(POSTGRES_BINARIES)}"
+    )
+
+
+def ensure_chromium(binary: Path = CHROMIUM) -> Path:
+    """Make sure Debian's Chromium is installed (with apt when root); its path."""
+    _ensure_package(CHROMIUM_PACKAGE, binary.is_file, f"{binary} is missing")
+    return binary
+
+
+def _ensure_package(package: str, installed: Callable[[], bool], missing: str) -> None:
+    if installed():
         return
-    command = f"apt-get update && apt-get install -y {POSTGRES_PACKAGE}"
+    command = f"apt-get update && apt-get install -y {package}"
     if os.geteuid() != 0:
-        msg = f"PostgreSQL 15 is missing from {bin_dir}; install it with: sudo sh -c '{command}'"
+        msg = f"{missing}; install it with: sudo sh -c '{command}'"
         raise InstallError(msg)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", POSTGRES_PACKAGE], check=True, env=env)
-    if not postgres_installed(bin_dir):
-        msg = f"`{command}` ran but {bin_dir} still lacks {', '.join(POSTGRES_BINARIES)}"
+    subprocess.run(["apt-get", "install", "-y", package], check=True, env=env)
+    if not installed():
+        msg = f"`{command}` ran but {missing}"
         raise InstallError(msg)
 
 

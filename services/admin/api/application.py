@@ -12,6 +12,7 @@ from services.admin.api.dead_letters import dead_letters_router
 from services.admin.api.edge import BodyTooLargeError, LimitBody, RequestId, too_large
 from services.admin.api.health import health_router
 from services.admin.api.jobs import jobs_router
+from services.admin.api.me import me_router
 from services.admin.api.pauses import pauses_router
 from services.admin.api.plan import plan_router
 from services.admin.api.preflight import preflight_router
@@ -28,6 +29,7 @@ from services.admin.api.sync_log import sync_log_router
 from services.admin.api.tenants import tenants_router
 from services.admin.api.tokens import tokens_router
 from services.admin.connect import ConnectFlow
+from services.admin.console import install_console
 from services.admin.dead_letters import DeadLetterTopics
 from services.admin.oidc import OidcVerifier
 from services.common.connections import Sessions
@@ -94,6 +96,7 @@ def build_api(
         return {"status": "ok"}
 
     access = Access(pool, oidc)
+    app.include_router(me_router(access))
     app.include_router(tenants_router(access, policy, connect))
     app.include_router(connections_router(access, connect))
     app.include_router(preflight_router(access, sessions))
@@ -107,4 +110,5 @@ def build_api(
     app.include_router(schema_router(access, sessions))
     app.include_router(plan_router(access, policy, sessions))
     app.include_router(tokens_router(access))
+    install_console(app)
     return app

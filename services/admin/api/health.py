@@ -64,6 +64,9 @@ class Budget(ApiModel):
     org_max: int | None
     org_observed_at: datetime | None
     low: bool = Field(description="Under 10 % left of the cap or of the org's allocation.")
+    calls_by_hour: list[int] = Field(
+        description="Calls granted in each of the last 24 hours, oldest first (the last is the hour to now)."
+    )
 
 
 class ObjectReading(ApiModel):
@@ -158,6 +161,7 @@ def health_router(access: Access) -> APIRouter:
                 org_max=budget.org_max,
                 org_observed_at=budget.org_observed_at,
                 low=budget.low,
+                calls_by_hour=list(budget.hourly),
             ),
             objects=[object_reading(stored.config, name, described) for name in _mapped(stored.config)],
             drift=[warning_item(w) for w in drift],

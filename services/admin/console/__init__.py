@@ -1,0 +1,41 @@
+"""The Duplex console: web pages over the admin API, served by the admin service under ``/console``.
+
+Server-rendered HTML (Jinja2) with a little progressive enhancement, every asset inside the package
+(no CDN, no Node build), so it works on an air-gapped cluster. Each page calls the admin API as the
+signed-in user (:mod:`services.admin.console.web`), so the console can see and do exactly what that
+user's credential can over the API. Pages are grouped by what people do: tenants and their health,
+jobs and pauses (:mod:`~services.admin.console.tenants`).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from services.admin.console import tenants
+from services.admin.console.session import session_router
+from services.admin.console.web import PREFIX, STATIC, ApiProblemError, SignInRequired, Web, sign_in_redirect
+
+
+def install_console(app: FastAPI) -> None:
+    """Serve the console from ``app``, over ``app``'s own API."""
+    web = Web(app)
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
+    app.include_router(session_router(web), include_in_schema=False)
+    app.include_router(tenants.router(web), include_in_schema=False)
+
+    async def sign_in(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, SignInRequired)
+        return sign_in_redirect(request, exc.reason)
+
+    async def problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiProblemError)
+        return web.problem_page(request, exc)
+
+    app.add_exception_handler(SignInRequired, sign_in)
+    app.add_exception_handler(ApiProblemError, problem)
+
+    @app.get(PREFIX, include_in_schema=False)
+    async def home() -> Response:
+        return RedirectResponse(f"{PREFIX}/tenants", status_code=303)

@@ -1,0 +1,175 @@
+"""What every console page shares: the session cookie, the calls to the admin API on the signed-in
+user's behalf, rendering, and the answers to the API's problems.
+
+The console holds no authority of its own. A page calls the admin API in-process (an ASGI transport
+to the same app) with the user's credential as its bearer token, so every page sees and may do
+exactly what that credential may over the API, with the same validation and the same audit trail;
+anything done here can be done with ``curl`` too.
+
+The credential lives in an HttpOnly, SameSite=Strict cookie scoped to the console's path (Secure
+over HTTPS), so no other site can make the browser send it, and a form that changes anything is
+also refused unless its Origin (or Referer) is this server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.types import ASGIApp
+
+from services.admin.console import charts
+
+PREFIX = "/console"
+COOKIE = "duplex_console"
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+_API = "/api/v1"
+
+
+def segment(value: str) -> str:
+    """A value as one path segment of an API URL."""
+    return quote(value, safe="")
+
+
+@dataclass
+class ApiProblemError(Exception):
+    """A problem document the API answered (status >= 400)."""
+
+    status: int
+    detail: str
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.detail
+
+    def field_errors(self) -> dict[str, str]:
+        """Each field's message, by the field's name (the API's camelCase)."""
+        return {e.get("field", ""): e.get("message", "") for e in self.errors}
+
+
+class SignInRequired(Exception):  # noqa: N818 (a redirect, not an error)
+    """The page needs a signed-in user: send the browser to the sign-in page."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason or "")
+        self.reason = reason
+
+
+class Api:
+    """The admin API as one signed-in user calls it."""
+
+    def __init__(self, client: httpx.AsyncClient, credential: str) -> None:
+        self._client = client
+        self._headers = {"authorization": f"Bearer {credential}"}
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: str | None = None,
+        content_type: str | None = None,
+    ) -> Any:
+        headers = dict(self._headers)
+        if content_type is not None:
+            headers["content-type"] = content_type
+        query = {k: v for k, v in (params or {}).items() if v not in (None, "", [])}
+        response = await self._client.request(
+            method, f"{_API}{path}", params=query, json=json, content=content, headers=headers
+        )
+        if response.status_code == 401:
+            raise SignInRequired("your session has ended (the credential is no longer valid); sign in again")
+        if response.status_code >= 400:
+            body = _problem_body(response)
+            raise ApiProblemError(
+                response.status_code,
+                str(body.get("detail") or body.get("title") or "failed"),
+                list(body.get("errors") or []),
+            )
+        return response.json() if response.content else None
+
+    async def get(self, path: str, **params: Any) -> Any:
+        return await self.call("GET", path, params=params)
+
+    async def post(self, path: str, json: Any = None) -> Any:
+        return await self.call("POST", path, json=json if json is not None else {})
+
+
+def _problem_body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"detail": f"HTTP {response.status_code}"}
+    return body if isinstance(body, dict) else {"detail": str(body)}
+
+
+class Web:
+    """Templates, the in-process API client, and the session."""
+
+    def __init__(self, api_app: ASGIApp) -> None:
+        self.templates = Jinja2Templates(directory=HERE / "templates")
+        self.templates.env.globals.update(prefix=PREFIX, charts=charts, segment=segment)
+        self.templates.env.filters["when"] = charts.when
+        self.templates.env.filters["number"] = charts.number
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=api_app), base_url="http://console.internal")
+
+    def api(self, request: Request) -> Api:
+        credential = request.cookies.get(COOKIE)
+        if not credential:
+            raise SignInRequired()
+        return Api(self._client, credential)
+
+    def anonymous_api(self, credential: str) -> Api:
+        return Api(self._client, credential)
+
+    def render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("me", getattr(request.state, "me", None))
+        context.setdefault("flash", request.query_params.get("done"))
+        return self.templates.TemplateResponse(request, template, context, status_code=status_code)
+
+    def problem_page(self, request: Request, problem: ApiProblemError) -> HTMLResponse:
+        return self.render(request, "problem.html", status_code=problem.status, problem=problem)
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a state-changing form was posted from this server's own pages."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source:
+        return False
+    parts = urlsplit(source)
+    return f"{parts.scheme}://{parts.netloc}" == f"{request.url.scheme}://{request.url.netloc}"
+
+
+def back(path: str, done: str | None = None) -> RedirectResponse:
+    """Post/redirect/get: back to a console page, with what was done shown there once."""
+    target = f"{PREFIX}{path}" + (f"?done={quote(done)}" if done else "")
+    return RedirectResponse(target, status_code=303)
+
+
+def sign_in_redirect(request: Request, reason: str | None) -> Response:
+    target = f"{PREFIX}/sign-in?next={quote(request.url.path)}" + (f"&reason={quote(reason)}" if reason else "")
+    response = RedirectResponse(target, status_code=303)
+    if reason:
+        response.delete_cookie(COOKIE, path=PREFIX)
+    return response
+
+
+def set_session(response: Response, request: Request, credential: str) -> None:
+    response.set_cookie(
+        COOKIE,
+        credential,
+        path=PREFIX,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )

@@ -1,0 +1,116 @@
+"""The console's sign-in, tenant cards, tenant page, run-now, pause and resume, in Chromium."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from playwright.async_api import expect
+
+from services.admin.auth import Role
+from tests.integration.console.conftest import Console
+
+pytestmark = pytest.mark.integration
+
+
+async def test_signing_in_and_the_tenant_cards(console: Console) -> None:
+    page = console.page
+    # Signed out, a page sends the browser to the sign-in page and back after it.
+    await page.goto(f"{console.base}/console/tenants/acme")
+    await expect(page).to_have_url(f"{console.base}/console/sign-in?next=/console/tenants/acme")
+    await console.sign_in("dpx_not-a-real-token", here=True)
+    await expect(page.get_by_role("alert")).to_have_text("that credential is invalid, expired or revoked")
+
+    now = datetime.now(UTC)
+    ledger = {(now - timedelta(minutes=m)).isoformat(): 2_300 for m in (1, 90)}
+    await console.api.db.execute(
+        "INSERT INTO governor_budgets (tenant_id, state) VALUES ('acme', $1::jsonb)", json.dumps({"ledger": ledger})
+    )
+    await console.sign_in(await console.api.token(Role.OPERATOR, name="night shift"), here=True)
+    await expect(page).to_have_url(f"{console.base}/console/tenants/acme")
+    await page.get_by_role("link", name="Tenants").click()
+    card = page.locator("li.card[data-tenant=acme]")
+    await expect(card.get_by_role("link", name="acme")).to_be_visible()
+    await expect(card).to_contain_text("not connected")
+    await expect(card).to_contain_text("4,600 of 5,000 — under 10 % left")
+    await expect(
+        card.get_by_role("img", name="API calls of the daily cap: 4,600 of 5,000 used, 8% left (low)")
+    ).to_be_visible()
+    await expect(page.get_by_text("night shift (operator)")).to_be_visible()
+    await console.shot("tenants")
+
+    # The keyboard reaches the skip link first.
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_role("status")).to_have_text("signed out")
+    await page.goto(f"{console.base}/console/tenants")
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+
+async def test_run_now_pause_and_resume_from_the_tenant_page(console: Console) -> None:
+    page = console.page
+    await console.sign_in(await console.api.token(Role.OPERATOR, name="night shift"))
+    await page.goto(f"{console.base}/console/tenants/acme")
+    await expect(
+        page.get_by_role("img", name="API calls per hour: 0 calls in the last 24 hours, most in one hour 0")
+    ).to_have_count(0)
+    row = page.locator("tr[data-pair=partners]")
+    await row.get_by_label("Job for partners").select_option("reconcile")
+    await row.get_by_role("button", name="Run now").click()
+    await expect(page.get_by_role("heading", name="reconcile of partners")).to_be_visible()
+    await expect(page.get_by_role("status")).to_have_text("reconcile of partners: requested")
+    job = await console.api.db.fetchrow("SELECT kind, object_pair, status, requested_by FROM jobs")
+    assert (job["kind"], job["object_pair"], job["status"]) == ("reconcile", "partners", "requested")
+    assert job["requested_by"].startswith("night shift (token ")
+    await console.shot("job")
+
+    await page.get_by_role("link", name="← acme").click()
+    await expect(page.locator("section", has=page.get_by_role("heading", name="Jobs"))).to_contain_text("reconcile")
+    await row.get_by_label("Direction to pause for partners").select_option("to_app")
+    await row.get_by_role("button", name="Pause partners").click()
+    await expect(page.get_by_role("status")).to_have_text("paused partners, to the app")
+    await expect(row).to_contain_text("paused to_app")
+    assert await console.api.db.fetchval("SELECT count(*) FROM sync_pauses WHERE tenant_id = 'acme'") == 1
+    await console.shot("tenant")
+    await row.get_by_role("button", name="Resume partners").click()
+    await expect(page.get_by_role("status")).to_have_text("resumed partners, both ways")
+    assert await console.api.db.fetchval("SELECT count(*) FROM sync_pauses WHERE tenant_id = 'acme'") == 0
+
+
+async def test_what_the_credential_may_not_do_the_console_may_not_either(console: Console) -> None:
+    page = console.page
+    await console.sign_in(await console.api.token(Role.VIEWER))
+    await page.goto(f"{console.base}/console/tenants/acme")
+    await page.locator("tr[data-pair=partners]").get_by_role("button", name="Run now").click()
+    await expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+    await expect(page.get_by_role("alert")).to_have_text("the viewer role may not control sync runs")
+    assert await console.api.db.fetchval("SELECT count(*) FROM jobs") == 0
+
+    # A tenant out of scope is not found, as over the API.
+    await console.sign_in(await console.api.token(Role.ADMIN, ["other"]))
+    response = await page.goto(f"{console.base}/console/tenants/acme")
+    assert response is not None
+    assert response.status == 404
+    await expect(page.get_by_role("alert")).to_have_text("no tenant 'acme'")
+
+    # A form posted from another site is refused, however valid the session.
+    refused = await page.request.post(
+        f"{console.base}/console/tenants/acme/pause",
+        form={"direction": "both"},
+        headers={"origin": "https://elsewhere.example"},
+    )
+    assert refused.status == 403
+    assert "not sent from this console" in await refused.text()
+
+
+async def test_readable_on_a_narrow_window(console: Console) -> None:
+    page = console.page
+    await page.set_viewport_size({"width": 390, "height": 800})
+    await console.sign_in(await console.api.token(Role.ADMIN))
+    await page.goto(f"{console.base}/console/tenants/acme")
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width} px wide on a 390 px window"
+    await expect(page.locator("tr[data-pair=partners]").get_by_role("button", name="Run now")).to_be_visible()
