@@ -119,6 +119,8 @@ async def test_health_tells_the_last_sync_each_way_the_budget_the_objects_and_th
     assert body["lastSync"]["toCrm"] is not None
     assert body["lastSync"]["toApp"] is not None
     assert (body["budget"]["callsLastDay"], body["budget"]["orgUsed"], body["budget"]["low"]) == (4_600, 14_000, True)
+    # Both minutes fall in the current hour, the last of the 24.
+    assert body["budget"]["callsByHour"] == [0] * 23 + [4_600]
     assert {o["object"]: o["mode"] for o in body["objects"]} == {"Account": "polling", "Contact": "unknown"}
     assert any(w["paused"] and w["salesforceField"] == "Website" for w in body["drift"])
     assert body["status"] == "attention"
