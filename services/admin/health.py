@@ -114,6 +114,37 @@ async def last_syncs(conn: Connection, tenant_id: str, since: datetime) -> LastS
 
 
 @dataclass(frozen=True)
+class Throughput:
+    """Records synced each way in each of the last hours, oldest first (the last is the hour to now)."""
+
+    to_crm: tuple[int, ...]
+    to_app: tuple[int, ...]
+
+
+async def throughput(conn: Connection, tenant_id: str, now: datetime, hours: int = 24) -> Throughput:
+    """Counted from the sync log as :func:`last_syncs` reads it: records written to Salesforce, and
+    resolved changes that sent the app an update (not held by a pause)."""
+    since = now - timedelta(hours=hours)
+    rows = await conn.fetch(
+        "SELECT floor(extract(epoch FROM at - $2::timestamptz) / 3600)::int AS hour,"
+        " count(*) FILTER (WHERE event = 'write.succeeded') AS to_crm,"
+        " count(*) FILTER (WHERE event = 'change.resolved' AND detail->'writes' ? 'app'"
+        " AND NOT (detail->'writes'->'app' ? 'held')) AS to_app"
+        " FROM sync_log WHERE tenant_id = $1 AND at > $2 AND at <= $3"
+        " AND event IN ('write.succeeded', 'change.resolved') GROUP BY 1",
+        tenant_id,
+        since,
+        now,
+    )
+    to_crm, to_app = [0] * hours, [0] * hours
+    for row in rows:
+        hour = min(hours - 1, max(0, row["hour"]))
+        to_crm[hour] += row["to_crm"]
+        to_app[hour] += row["to_app"]
+    return Throughput(tuple(to_crm), tuple(to_app))
+
+
+@dataclass(frozen=True)
 class ApiBudget:
     daily_cap: int
     # API calls the governor granted the tenant in the last 24 hours.

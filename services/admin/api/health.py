@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import Field
 
 from services.admin.api.access import Access
@@ -28,6 +28,7 @@ from services.admin.health import (
     quarantine_events,
     quarantined,
     reading_mode,
+    throughput,
 )
 from services.common.db import Connection
 from services.common.jobs import jobs_of
@@ -67,6 +68,13 @@ class Budget(ApiModel):
     calls_by_hour: list[int] = Field(
         description="Calls granted in each of the last 24 hours, oldest first (the last is the hour to now)."
     )
+
+
+class ThroughputView(ApiModel):
+    tenant: str
+    hours: int
+    to_crm: list[int] = Field(description="Records written to Salesforce in each hour, oldest first.")
+    to_app: list[int] = Field(description="Updates published to the app in each hour, oldest first.")
 
 
 class ObjectReading(ApiModel):
@@ -167,5 +175,20 @@ def health_router(access: Access) -> APIRouter:
             drift=[warning_item(w) for w in drift],
             jobs=[job_view(j) for j in reversed(await jobs_of(db, tenant, active=True))],
         )
+
+    @router.get(
+        "/{tenant}/throughput",
+        response_model=ThroughputView,
+        summary="Records synced each way in each of the last hours (from the sync log)",
+    )
+    async def hourly(
+        principal: Annotated[Principal, Depends(read)],
+        tenant: str,
+        db: Annotated[Connection, Depends(access.connection)],
+        hours: Annotated[int, Query(ge=1, le=168, description="How many hours back, to now.")] = 24,
+    ) -> ThroughputView:
+        await stored_config(ConfigStore(db), tenant)
+        counted = await throughput(db, tenant, datetime.now(UTC), hours)
+        return ThroughputView(tenant=tenant, hours=hours, to_crm=list(counted.to_crm), to_app=list(counted.to_app))
 
     return router

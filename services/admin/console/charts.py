@@ -46,28 +46,28 @@ def gauge(used: int, total: int, label: str) -> Markup:
     )
 
 
-def hourly_bars(counts: Sequence[int], budget_per_hour: float | None, label: str) -> Markup:
-    """Bars of the last hours' counts, oldest first, with the even share of the daily budget as a line."""
-    peak = max([*counts, budget_per_hour or 0, 1])
+def hourly_bars(counts: Sequence[int], label: str, *, unit: str = "calls", line: float | None = None) -> Markup:
+    """Bars of the last hours' counts, oldest first, with ``line`` (say, an even share of a daily
+    budget) drawn across."""
+    peak = max([*counts, line or 0, 1])
     width, height, gap = 12, 60, 2
     bars = []
     for i, count in enumerate(counts):
         h = round(count / peak * height, 1)
         hours_ago = len(counts) - 1 - i
-        tip = f"{count:,} calls, {hours_ago} h ago" if hours_ago else f"{count:,} calls this hour"
+        tip = f"{count:,} {unit}, {hours_ago} h ago" if hours_ago else f"{count:,} {unit} this hour"
         bars.append(
             f'<rect class="bar" x="{i * (width + gap)}" y="{height - h}" width="{width}" height="{h}">'
             f"<title>{escape(tip)}</title></rect>"
         )
     total_width = len(counts) * (width + gap)
-    line = ""
-    if budget_per_hour:
-        y = round(height - budget_per_hour / peak * height, 1)
-        line = f'<line class="budget-line" x1="0" x2="{total_width}" y1="{y}" y2="{y}"/>'
-    text = (
-        f"{label}: {sum(counts):,} calls in the last {len(counts)} hours, most in one hour {max(counts, default=0):,}"
-    )
+    drawn = ""
+    if line:
+        y = round(height - line / peak * height, 1)
+        drawn = f'<line class="budget-line" x1="0" x2="{total_width}" y1="{y}" y2="{y}"/>'
+    most = max(counts, default=0)
+    text = f"{label}: {sum(counts):,} {unit} in the last {len(counts)} hours, most in one hour {most:,}"
     return Markup(
         f'<svg class="bars" viewBox="0 0 {total_width} {height}" width="{total_width}" height="{height}"'
-        f' role="img" aria-label="{escape(text)}"><title>{escape(text)}</title>{"".join(bars)}{line}</svg>'
+        f' role="img" aria-label="{escape(text)}"><title>{escape(text)}</title>{"".join(bars)}{drawn}</svg>'
     )

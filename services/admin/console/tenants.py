@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from services.admin.console.web import PREFIX, Api, ApiProblemError, Web, back, same_origin, segment
+from services.admin.console.web import PREFIX, Api, Web, back, form_of, segment
 
 KINDS = ("poll", "backfill", "reconcile")
 DIRECTIONS = {"both": "both ways", "to_crm": "to Salesforce", "to_app": "to the app"}
@@ -29,12 +29,6 @@ async def _card(api: Api, name: str) -> dict[str, Any]:
     return {"name": name, "health": health, "connection": connection, "errors": errors}
 
 
-async def _form(request: Request) -> dict[str, str]:
-    if not same_origin(request):
-        raise ApiProblemError(403, "the form was not sent from this console's page; reload the page and try again")
-    return {k: str(v) for k, v in (await request.form()).items()}
-
-
 def router(web: Web) -> APIRouter:
     pages = APIRouter(prefix=PREFIX)
 
@@ -49,12 +43,13 @@ def router(web: Web) -> APIRouter:
     async def tenant(request: Request, tenant: str) -> Response:
         api = await signed_in(web, request)
         t = segment(tenant)
-        health, connection, current, jobs, pauses = await asyncio.gather(
+        health, connection, current, jobs, pauses, throughput = await asyncio.gather(
             api.get(f"/tenants/{t}/health"),
             api.get(f"/tenants/{t}/connection"),
             api.get(f"/tenants/{t}"),
             api.get(f"/tenants/{t}/jobs", limit=10),
             api.get(f"/tenants/{t}/pauses"),
+            api.get(f"/tenants/{t}/throughput"),
         )
         pairs = current["document"]["spec"].get("objects", [])
         return web.render(
@@ -67,13 +62,14 @@ def router(web: Web) -> APIRouter:
             pairs=pairs,
             jobs=jobs["jobs"],
             pauses=pauses,
+            throughput=throughput,
             kinds=KINDS,
             directions=DIRECTIONS,
         )
 
     @pages.post("/tenants/{tenant}/jobs")
     async def run_job(request: Request, tenant: str) -> Response:
-        form = await _form(request)
+        form = await form_of(request)
         api = web.api(request)
         job = await api.post(
             f"/tenants/{segment(tenant)}/jobs", {"kind": form.get("kind"), "objectPair": form.get("objectPair")}
@@ -97,7 +93,7 @@ def router(web: Web) -> APIRouter:
         return await _pause_or_resume(request, tenant, "resume")
 
     async def _pause_or_resume(request: Request, tenant: str, action: str) -> Response:
-        form = await _form(request)
+        form = await form_of(request)
         body: dict[str, Any] = {"direction": form.get("direction", "both")}
         if form.get("objectPair"):
             body["objectPair"] = form["objectPair"]

@@ -25,7 +25,7 @@ def test_the_gauge_turns_to_a_warning_under_ten_percent_left() -> None:
 
 
 def test_hourly_bars_scale_to_the_peak_and_draw_the_budget_line() -> None:
-    svg = hourly_bars([0] * 22 + [50, 100], 25.0, "API calls per hour")
+    svg = hourly_bars([0] * 22 + [50, 100], "API calls per hour", line=25.0)
     assert svg.count('class="bar"') == 24
     assert 'height="60.0"' in svg  # the peak fills the chart
     assert 'height="30.0"' in svg
@@ -33,6 +33,9 @@ def test_hourly_bars_scale_to_the_peak_and_draw_the_budget_line() -> None:
     assert 'y1="45.0"' in svg  # 25 of a 100 peak
     assert "150 calls in the last 24 hours, most in one hour 100" in svg
     assert "100 calls this hour" in svg
+    records = hourly_bars([3, 0], "To Salesforce", unit="records")
+    assert "To Salesforce: 3 records in the last 2 hours" in records
+    assert "budget-line" not in records
 
 
 def test_text_cannot_break_out_of_the_markup() -> None:
