@@ -18,7 +18,8 @@ CREATE TABLE jobs (
     trigger       text        NOT NULL CHECK (trigger IN ('operator', 'schedule', 'start')),
     requested_by  text        NOT NULL DEFAULT '',
     -- Records done so far, of `estimated` (Salesforce's count when the job began, NULL until then).
-    -- A running backfill's own progress is in `backfills`; its figures are copied here at the end.
+    -- A running backfill's own progress is in `backfills` (saved fenced, page by page); the job
+    -- shows it from there and keeps its figures at the end.
     done          bigint      NOT NULL DEFAULT 0 CHECK (done >= 0),
     estimated     bigint      CHECK (estimated >= 0),
     -- What the job found (a reconcile's windows, differences and repairs); shown as it is.
@@ -32,6 +33,9 @@ CREATE TABLE jobs (
 
 -- At most one job of a kind per pair waits or runs: asking again answers with the one there is.
 CREATE UNIQUE INDEX jobs_active ON jobs (tenant_id, kind, object_pair) WHERE status IN ('requested', 'running');
+-- Pairs of one object share its backfill (one row of `backfills`): one backfill job per object.
+CREATE UNIQUE INDEX jobs_active_backfill ON jobs (tenant_id, object)
+    WHERE kind = 'backfill' AND status IN ('requested', 'running');
 CREATE INDEX jobs_by_tenant ON jobs (tenant_id, id DESC);
 -- The schedule asks for the newest job of a kind per pair.
 CREATE INDEX jobs_latest ON jobs (tenant_id, kind, object_pair, created_at DESC);

@@ -896,11 +896,13 @@ def list_jobs(
     status: Annotated[str | None, typer.Option("--status", help="requested, running, succeeded or failed.")] = None,
     pair: Annotated[str | None, typer.Option("--pair", help="Only this object pair's.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=200)] = 50,
+    before: Annotated[int | None, typer.Option("--before", help="Only jobs older than this one (paging).")] = None,
     as_json: Json = False,
 ) -> None:
     """The tenant's jobs, newest first: polls, backfills and reconciles with their progress."""
     with _api(ctx) as api:
-        found = api.jobs(tenant, kind=kind.value if kind else None, status=status, pair=pair, limit=limit).jobs
+        kind_name = kind.value if kind else None
+        found = api.jobs(tenant, kind=kind_name, status=status, pair=pair, limit=limit, before=before).jobs
     if as_json:
         _print_json(found)
         return
@@ -960,7 +962,8 @@ def _finish_job(job: JobView, as_json: bool) -> None:
                 int(job.result.get(k, 0)) for k in ("missingInDuplex", "valuesDiffer", "missingInSalesforce")
             )
             found = f", {differences:,} difference(s), {int(job.result.get('published', 0)):,} re-read and published"
-        typer.echo(f"{job.kind} of {job.object_pair} done: {job.done:,} records{rate}{found}")
+        what = job.object if job.kind == "backfill" else job.object_pair
+        typer.echo(f"{job.kind} of {what} done: {job.done:,} records{rate}{found}")
     _exit_if_failed(job)
 
 

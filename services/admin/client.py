@@ -23,7 +23,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.admin.api.backfills import Backfill, BackfillList, BackfillProgress, BackfillRequest
+from services.admin.api.backfills import Backfill, BackfillList, BackfillRequest
 from services.admin.api.dead_letters import Acted, DeadLetterList, DiscardRequest, ReplayRequest
 from services.admin.api.health import TenantHealth
 from services.admin.api.jobs import JobList, JobRequest, JobView
@@ -469,8 +469,10 @@ class AdminClient:
         status: str | None = None,
         pair: str | None = None,
         limit: int = 50,
+        before: int | None = None,
     ) -> JobList:
-        params = {k: v for k, v in {"kind": kind, "status": status, "pair": pair, "limit": limit}.items() if v}
+        asked = {"kind": kind, "status": status, "pair": pair, "limit": limit, "before": before}
+        params = {k: v for k, v in asked.items() if v}
         return self._get(JobList, f"/tenants/{_segment(tenant)}/jobs", params=params)
 
     def job(self, tenant: str, job_id: int) -> JobView:
@@ -478,9 +480,6 @@ class AdminClient:
 
     def backfills(self, tenant: str) -> BackfillList:
         return self._get(BackfillList, f"/tenants/{_segment(tenant)}/backfills")
-
-    def backfill_progress(self, tenant: str, salesforce_object: str) -> BackfillProgress:
-        return self._get(BackfillProgress, f"/tenants/{_segment(tenant)}/backfills/{_segment(salesforce_object)}")
 
     # --- schemas ------------------------------------------------------------------------------
 

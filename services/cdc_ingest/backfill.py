@@ -2,8 +2,8 @@
 query job above ``bulk_threshold`` records, resumable after a stop from its saved progress.
 
 They run on the first connection (before the stream starts) and whenever one is asked for while
-the tenant is served, as jobs (services.cdc_ingest.jobs). Two pairs of one object share its
-backfill: a second run waits for the first and finds it done.
+the tenant is served, as jobs (services.cdc_ingest.jobs; one backfill job per object, which the
+pairs of the object share). A lock per object keeps two runs of one object from overlapping.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -43,7 +43,7 @@ from services.cdc_ingest.rest import SalesforceRest
 from services.cdc_ingest.store import Store
 from services.cdc_ingest.typed import FieldInfo, typed
 from services.common.change import ChangeKind
-from services.common.pair_filters import pair_clause
+from services.common.pair_filters import meets, pair_clause
 from services.common.tenant_config import ObjectPair
 from services.common.values import Value, is_blank
 
@@ -70,7 +70,8 @@ def canonical(value: Value) -> str:
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, tuple):
-        return ";".join(value)
+        # Salesforce keeps a multi-select's values in picklist order, the app in its own.
+        return ";".join(sorted(set(value)))
     return str(value)
 
 
@@ -87,11 +88,11 @@ class WindowSum:
 
 
 def window_sum(digests: Mapping[str, str]) -> WindowSum:
-    """A window's record count and checksum: SHA-256 over its records' 15-character ids and digests
-    in id order (so the same records give the same sum, whichever side listed them)."""
+    """A window's record count and checksum: SHA-256 over its records' ids and digests in id order
+    (so the same records give the same sum, whichever side listed them)."""
     hashed = hashlib.sha256()
-    for record_id in sorted(digests, key=lambda i: i[:15]):
-        hashed.update(f"{record_id[:15]}:{digests[record_id]}\n".encode())
+    for record_id in sorted(digests):
+        hashed.update(f"{record_id}:{digests[record_id]}\n".encode())
     return WindowSum(len(digests), hashed.hexdigest())
 
 
@@ -100,6 +101,11 @@ def differing(salesforce: Mapping[str, str], duplex: Mapping[str, str]) -> tuple
     missing = [i for i in salesforce if i not in duplex]
     changed = [i for i in salesforce if i in duplex and duplex[i] != salesforce[i]]
     return missing, changed
+
+
+def _type(described: Mapping[str, FieldInfo], name: str) -> str | None:
+    info = described.get(name)
+    return info.type if info is not None else None
 
 
 def compared_fields(pair: ObjectPair, described: Mapping[str, FieldInfo]) -> dict[str, str]:
@@ -118,6 +124,7 @@ def compared_fields(pair: ObjectPair, described: Mapping[str, FieldInfo]) -> dic
 class Findings:
     """What a reconcile found so far (the job's result)."""
 
+    read: int = 0
     windows: int = 0
     windows_differing: int = 0
     salesforce_records: int = 0
@@ -131,6 +138,7 @@ class Findings:
 
     def as_result(self) -> dict[str, Any]:
         return {
+            "read": self.read,
             "windows": self.windows,
             "windowsDiffering": self.windows_differing,
             "salesforceRecords": self.salesforce_records,
@@ -146,41 +154,64 @@ class Findings:
 
 class Reconciler:
     def __init__(
-        self, *, tenant_id: str, rest: SalesforceRest, reader: RecordReader, store: Store, page_size: int
+        self,
+        *,
+        tenant_id: str,
+        rest: SalesforceRest,
+        reader: RecordReader,
+        store: Store,
+        page_size: int,
+        settle: timedelta,
     ) -> None:
         self.tenant_id = tenant_id
         self._rest = rest
         self._reader = reader
         self._store = store
         self._page_size = page_size
+        self._settle = settle
 
     async def reconcile(self, pair: ObjectPair, job_id: int, progress: Progress) -> Findings:
         entity = pair.salesforce.object
         described = await self._rest.fields(entity)
         compared = compared_fields(pair, described)
+        conditions = pair.filter.salesforce if pair.filter is not None else ()
         where = pair_clause(pair)
         estimated = await self._rest.count(entity, where)
-        linked = await self._store.linked_records(self.tenant_id, pair.name)
-        found = Findings(duplex_records=len(linked))
+        # What Duplex holds and Salesforce has not returned yet; what is left at the end is gone.
+        unseen = await self._store.linked_records(self.tenant_id, pair.name)
+        found = Findings(duplex_records=len(unseen))
         salt = f"reconcile/{job_id}"
-        select = ["Id", "SystemModstamp", *(n for n in compared if n not in ("Id", "SystemModstamp"))]
-        seen: set[str] = set()
+        # A record edited this recently may still have its change event on the way: the next
+        # reconcile compares it, rather than this one re-reading what is about to arrive anyway.
+        settled = datetime.now(UTC) - self._settle
+        named = {"Id", "SystemModstamp", *compared, *(c.field for c in conditions)}
+        select = ["Id", "SystemModstamp", *sorted(n for n in named if n not in ("Id", "SystemModstamp"))]
         cursor: Cursor | None = None
         while True:
             soql = read_after_query(entity, select, cursor, self._page_size, where)
             rows = [row async for row in self._rest.query(soql, backfill=True)]
-            if rows:
-                window = {str(row["Id"]): self._digest(row, compared, described) for row in rows}
-                seen.update(window)
+            found.read += len(rows)
+            window: dict[str, str] = {}
+            for row in rows:
+                record_id = str(row["Id"])
+                unseen.discard(record_id)
+                values = {name: typed(_type(described, name), row.get(name)) for name in named}
+                stamp = values["SystemModstamp"]
+                assert isinstance(stamp, datetime)
+                # Mapping leaves records outside the structured conditions unsynced: not Duplex's.
+                if stamp <= settled and meets(conditions, values):
+                    window[record_id] = record_digest({name: canonical(values[name]) for name in compared})
+            if window:
                 await self._compare(pair, compared, window, rows, found, salt)
+            if rows:
                 last = rows[-1]
                 stamp = typed("datetime", last["SystemModstamp"])
                 assert isinstance(stamp, datetime)
                 cursor = Cursor(stamp, str(last["Id"]))
-            await progress(found.salesforce_records, estimated, found.as_result())
+            await progress(found.read, estimated, found.as_result())
             if len(rows) < self._page_size:
                 break
-        gone = sorted(linked - seen)
+        gone = sorted(unseen)
         if gone:
             found.missing_in_salesforce = len(gone)
             self._name(found, gone, "missing in Salesforce")
@@ -189,9 +220,6 @@ class Reconciler:
             )
         await self._log(pair, found)
         return found
-
-    def _digest(self, row: Mapping[str, Any], compared: Mapping[str, str], described: Mapping[str, FieldInfo]) -> str:
-        return record_digest({name: canonical(typed(described[name].type, row.get(name))) for name in compared})
 
     async def _compare(
         self,
@@ -202,7 +230,10 @@ class Reconciler:
         found: Findings,
         salt: str,
     ) -> None:
-        held = await self._store.held_values(self.tenant_id, pair.name, list(window))
+        held, outside = await self._store.held_values(self.tenant_id, pair.name, list(window))
+        # Records that left the pair's filter are deliberately not synced: on neither side.
+        for record_id in outside:
+            window.pop(record_id, None)
         duplex = {
             record_id: record_digest({name: canonical(values.get(app)) for name, app in compared.items()})
             for record_id, values in held.items()
@@ -227,16 +258,15 @@ class Reconciler:
             )
         self._name(found, missing, "missing in Duplex")
         self._name(found, changed, "values differ")
-        if missing or changed:
-            found.published += await self._reader.read_ids(
-                pair.salesforce.object,
-                [*missing, *changed],
-                "reconcile",
-                kind=ChangeKind.SNAPSHOT,
-                stamp=datetime.now(UTC),
-                tag=salt,
-                event_salt=salt,
-            )
+        found.published += await self._reader.read_ids(
+            pair.salesforce.object,
+            [*missing, *changed],
+            "reconcile",
+            kind=ChangeKind.SNAPSHOT,
+            stamp=datetime.now(UTC),
+            tag=salt,
+            event_salt=salt,
+        )
 
     @staticmethod
     def _name(found: Findings, record_ids: Iterable[str], why: str) -> None:

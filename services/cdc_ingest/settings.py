@@ -59,6 +59,9 @@ class CdcIngestSettings(KafkaServiceSettings):
     bulk_poll_seconds: float = Field(default=1.0, gt=0)
     # Run a full backfill for a tenant that has no checkpoint yet (its first connection).
     backfill_on_first_connect: bool = True
+    # A reconcile leaves out records edited this recently: their change events may still be on the
+    # way, and the next reconcile compares them.
+    reconcile_settle_seconds: float = Field(default=60.0, ge=0)
 
     lease_ttl_seconds: float = Field(default=30.0, gt=0)
     lease_renew_seconds: float = Field(default=10.0, gt=0)
@@ -76,6 +79,10 @@ class CdcIngestSettings(KafkaServiceSettings):
     @property
     def poll_overlap(self) -> timedelta:
         return timedelta(seconds=self.poll_overlap_seconds)
+
+    @property
+    def reconcile_settle(self) -> timedelta:
+        return timedelta(seconds=self.reconcile_settle_seconds)
 
     def polls(self, tenant_id: str, entity: str) -> bool:
         return entity in self.polled_objects or f"{tenant_id}/{entity}" in self.polled_objects

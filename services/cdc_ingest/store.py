@@ -184,6 +184,19 @@ class Store:
             estimated,
         )
 
+    async def want_backfill(self, tenant_id: str, entity: str) -> None:
+        """Mark a full re-read of ``entity`` as wanted, from the start: :meth:`Backfiller.backfill`
+        then counts the records and chooses the method."""
+        await self._fenced(
+            tenant_id,
+            "INSERT INTO backfills (tenant_id, object, status, method)"
+            f" SELECT $1, $3::text, 'running', 'rest' WHERE {_FENCE}"
+            " ON CONFLICT (tenant_id, object) DO UPDATE SET status = 'running', job_id = NULL, locator = NULL,"
+            " cursor_modstamp = NULL, cursor_id = NULL, emitted = 0, estimated = NULL, started_at = now(),"
+            " updated_at = now()",
+            entity,
+        )
+
     async def finish_backfill(self, tenant_id: str, entity: str) -> None:
         await self._fenced(
             tenant_id,
@@ -202,35 +215,45 @@ class Store:
 
     # Read-only views of the conflict-resolver's state (deploy/sql/0006_conflict_resolver.sql):
     # the Salesforce form of each field's current truth is what Duplex believes Salesforce holds.
-    # Records outside the pair's filter are not synced, so not compared.
-    _HELD = (
+    _LINKED = (
         " FROM link_states s WHERE s.tenant_id = $1 AND s.object_pair = $2 AND s.crm_record_id IS NOT NULL"
-        " AND NOT s.crm_deleted AND NOT EXISTS"
-        " (SELECT 1 FROM outside_filter o WHERE o.tenant_id = s.tenant_id AND o.link_id = s.link_id)"
+        " AND NOT s.crm_deleted"
     )
+    # Linked records that left the pair's filter are deliberately not synced (services/mapping).
+    _OUTSIDE = "EXISTS (SELECT 1 FROM outside_filter o WHERE o.tenant_id = s.tenant_id AND o.link_id = s.link_id)"
 
     async def linked_records(self, tenant_id: str, object_pair: str) -> set[str]:
         """The Salesforce ids of the pair's records Duplex syncs and believes live."""
-        rows = await self.pool.fetch("SELECT s.crm_record_id" + self._HELD, tenant_id, object_pair)
+        rows = await self.pool.fetch(
+            f"SELECT s.crm_record_id{self._LINKED} AND NOT {self._OUTSIDE}", tenant_id, object_pair
+        )
         return {row["crm_record_id"] for row in rows}
 
-    async def held_values(self, tenant_id: str, object_pair: str, record_ids: list[str]) -> dict[str, dict[str, Value]]:
-        """For those of ``record_ids`` Duplex syncs: app field -> the Salesforce form of its truth."""
+    async def held_values(
+        self, tenant_id: str, object_pair: str, record_ids: list[str]
+    ) -> tuple[dict[str, dict[str, Value]], set[str]]:
+        """Of ``record_ids``: those Duplex syncs, each with app field -> the Salesforce form of its
+        truth; and those it links but does not sync (outside the pair's filter)."""
         rows = await self.pool.fetch(
-            "SELECT s.crm_record_id, f.field, f.state -> 'crm_form' AS crm_form FROM (SELECT s.tenant_id, s.link_id,"
-            " s.crm_record_id" + self._HELD + " AND s.crm_record_id = ANY($3::text[])) s"
-            " LEFT JOIN field_states f ON f.tenant_id = s.tenant_id AND f.link_id = s.link_id",
+            f"SELECT s.crm_record_id, s.outside, f.field, f.state -> 'crm_form' AS crm_form FROM"
+            f" (SELECT s.tenant_id, s.link_id, s.crm_record_id, {self._OUTSIDE} AS outside{self._LINKED}"
+            " AND s.crm_record_id = ANY($3::text[])) s"
+            " LEFT JOIN field_states f ON f.tenant_id = s.tenant_id AND f.link_id = s.link_id AND NOT s.outside",
             tenant_id,
             object_pair,
             record_ids,
         )
         held: dict[str, dict[str, Value]] = {}
+        outside: set[str] = set()
         for row in rows:
+            if row["outside"]:
+                outside.add(row["crm_record_id"])
+                continue
             values = held.setdefault(row["crm_record_id"], {})
             if row["field"] is not None:
                 raw = row["crm_form"]
                 values[row["field"]] = decode_value(json.loads(raw) if isinstance(raw, str) else raw)
-        return held
+        return held, outside
 
     # --- sync log ------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ per start. When the selection cannot be read (the integration user lacks View Se
 Configuration), the configuration stands and one warning is logged. The selection is read at start
 only: an object selected while the tenant runs stays polled until the next start, and the stream
 checkpoints past its events meanwhile, so changes after its last poll before that start are not
-read again; requesting a backfill of the object (services.common.backfills) covers them. One
+read again; asking for a backfill of the object (a job: services.cdc_ingest.jobs) covers them. One
 deselected while the tenant runs is silent until the next start, whose first poll reads it from its
 backfill's start: re-read, not lost (an object never backfilled is polled from that start on).
 """
@@ -162,7 +162,12 @@ class TenantWorker:
             poller=self.poller,
             backfiller=self.backfiller,
             reconciler=Reconciler(
-                tenant_id=tenant_id, rest=rest, reader=reader, store=store, page_size=settings.poll_page_size
+                tenant_id=tenant_id,
+                rest=rest,
+                reader=reader,
+                store=store,
+                page_size=settings.poll_page_size,
+                settle=settings.reconcile_settle,
             ),
             every_seconds=settings.lease_renew_seconds,
             sleep=sleep,

@@ -56,21 +56,28 @@ class Progress:
 
 
 async def backfills_of(db: Reader, tenant_id: str) -> list[Progress]:
-    """Each object's latest backfill for the tenant, by object."""
+    """Each object's latest backfill for the tenant, by object. One asked for (a backfill job
+    waiting, or claimed but not begun over an older run) shows as requested."""
     rows = await db.fetch(
-        "SELECT object, status, method, emitted, estimated, started_at, updated_at FROM backfills"
-        " WHERE tenant_id = $1 ORDER BY object",
+        "SELECT b.object, b.status, b.method, b.emitted, b.estimated, b.started_at, b.updated_at, a.created_at AS asked"
+        " FROM backfills b LEFT JOIN jobs a ON a.tenant_id = b.tenant_id AND a.kind = 'backfill'"
+        " AND a.object = b.object AND a.status IN ('requested', 'running') AND a.created_at > b.started_at"
+        " WHERE b.tenant_id = $1"
+        " UNION ALL SELECT j.object, 'running', 'rest', 0, NULL, j.created_at, j.created_at, j.created_at FROM jobs j"
+        " WHERE j.tenant_id = $1 AND j.kind = 'backfill' AND j.status IN ('requested', 'running')"
+        " AND NOT EXISTS (SELECT 1 FROM backfills b WHERE b.tenant_id = j.tenant_id AND b.object = j.object)"
+        " ORDER BY 1",
         tenant_id,
     )
     return [
         Progress(
             object=r["object"],
-            running=r["status"] == "running",
+            running=r["asked"] is not None or r["status"] == "running",
             method=r["method"],
-            emitted=r["emitted"],
-            estimated=r["estimated"],
-            started_at=r["started_at"],
-            updated_at=r["updated_at"],
+            emitted=0 if r["asked"] is not None else r["emitted"],
+            estimated=None if r["asked"] is not None else r["estimated"],
+            started_at=r["asked"] or r["started_at"],
+            updated_at=r["asked"] or r["updated_at"],
         )
         for r in rows
     ]

@@ -121,14 +121,11 @@ def _job(row: Any) -> Job:
 async def request_job(
     db: Db, tenant_id: str, kind: Kind, object_pair: str, salesforce_object: str, trigger: Trigger, requested_by: str
 ) -> Job:
-    """File a job; :class:`ActiveJobError` when one of the kind already waits or runs for the pair.
-
-    Run it in a transaction: a backfill's request also marks the object's re-read as wanted.
-    """
+    """File a job; :class:`ActiveJobError` when one of the kind already waits or runs for the pair
+    (for a backfill: for any pair of the object, which share its backfill)."""
     row = await db.fetchrow(
         "INSERT INTO jobs (tenant_id, kind, object_pair, object, trigger, requested_by) VALUES ($1, $2, $3, $4, $5, $6)"
-        " ON CONFLICT (tenant_id, kind, object_pair) WHERE status IN ('requested', 'running') DO NOTHING"
-        " RETURNING id",
+        " ON CONFLICT DO NOTHING RETURNING id",
         tenant_id,
         kind,
         object_pair,
@@ -137,33 +134,25 @@ async def request_job(
         requested_by,
     )
     if row is None:
-        active = await db.fetchrow(
-            _SELECT + " WHERE j.tenant_id = $1 AND j.kind = $2 AND j.object_pair = $3"
-            " AND j.status IN ('requested', 'running')",
-            tenant_id,
-            kind,
-            object_pair,
-        )
+        active = await _active(db, tenant_id, kind, object_pair, salesforce_object)
         if active is None:  # finished in between: ask again
             return await request_job(db, tenant_id, kind, object_pair, salesforce_object, trigger, requested_by)
-        raise ActiveJobError(_job(active))
-    if kind == "backfill":
-        await _want_backfill(db, tenant_id, salesforce_object)
+        raise ActiveJobError(active)
     found = await job_of(db, tenant_id, row["id"])
     assert found is not None
     return found
 
 
-async def _want_backfill(db: Db, tenant_id: str, salesforce_object: str) -> None:
-    """Mark a full re-read of the object as wanted, from the start (cdc-ingest counts and chooses the method)."""
-    await db.execute(
-        "INSERT INTO backfills (tenant_id, object, status, method) VALUES ($1, $2, 'running', 'rest')"
-        " ON CONFLICT (tenant_id, object) DO UPDATE SET status = 'running', job_id = NULL, locator = NULL,"
-        " cursor_modstamp = NULL, cursor_id = NULL, emitted = 0, estimated = NULL, started_at = now(),"
-        " updated_at = now()",
+async def _active(db: Db, tenant_id: str, kind: Kind, object_pair: str, salesforce_object: str) -> Job | None:
+    row = await db.fetchrow(
+        _SELECT + " WHERE j.tenant_id = $1 AND j.kind = $2 AND j.status IN ('requested', 'running')"
+        " AND (j.object_pair = $3 OR (j.kind = 'backfill' AND j.object = $4))",
         tenant_id,
+        kind,
+        object_pair,
         salesforce_object,
     )
+    return _job(row) if row else None
 
 
 async def job_of(db: Db, tenant_id: str, job_id: int) -> Job | None:
@@ -216,24 +205,19 @@ async def open_job(
     db: Db, tenant_id: str, kind: Kind, object_pair: str, salesforce_object: str, trigger: Trigger, requested_by: str
 ) -> Job:
     """The job of ``kind`` for the pair that waits or runs (an interrupted one), or a new one, running."""
-    row = await db.fetchrow(
-        "WITH active AS (UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, now()),"
-        " updated_at = now() WHERE tenant_id = $1 AND kind = $2 AND object_pair = $3"
-        " AND status IN ('requested', 'running') RETURNING id),"
-        " created AS (INSERT INTO jobs"
-        " (tenant_id, kind, object_pair, object, trigger, requested_by, status, started_at)"
-        " SELECT $1, $2, $3, $4, $5, $6, 'running', now() WHERE NOT EXISTS (SELECT 1 FROM active) RETURNING id)"
-        " SELECT id FROM active UNION ALL SELECT id FROM created",
-        tenant_id,
-        kind,
-        object_pair,
-        salesforce_object,
-        trigger,
-        requested_by,
-    )
-    found = await job_of(db, tenant_id, row["id"])
-    assert found is not None
-    return found
+    while True:
+        try:
+            job = await request_job(db, tenant_id, kind, object_pair, salesforce_object, trigger, requested_by)
+        except ActiveJobError as active:
+            job = active.job
+        await db.execute(
+            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, now()), updated_at = now()"
+            " WHERE id = $1 AND status IN ('requested', 'running')",
+            job.id,
+        )
+        running = await job_of(db, tenant_id, job.id)
+        if running is not None and running.status == "running":
+            return running
 
 
 async def claim(db: Db, tenant_id: str, fence: str, holder: str) -> list[Job]:
@@ -271,7 +255,7 @@ async def finish(
     error: str | None = None,
 ) -> None:
     await db.execute(
-        "UPDATE jobs SET status = $2, done = $3, estimated = COALESCE($4, estimated),"
+        "UPDATE jobs SET status = $2, done = GREATEST(done, $3), estimated = COALESCE($4, estimated),"
         " result = COALESCE($5::jsonb, result), error = $6, finished_at = now(), updated_at = now()"
         " WHERE id = $1 AND status = 'running'",
         job_id,
@@ -283,15 +267,21 @@ async def finish(
     )
 
 
-async def last_requested(db: Db, tenant_id: str, kind: Kind, object_pair: str) -> datetime | None:
-    """When the newest job of ``kind`` for the pair was asked for (a schedule's reference point)."""
+async def last_reconciled(db: Db, tenant_id: str, object_pair: str) -> datetime | None:
+    """When the pair's newest reconcile ended, or was asked for while it waits or runs (a schedule's
+    reference point: measured from the end, a long reconcile is not followed at once by the next)."""
     value: datetime | None = await db.fetchval(
-        "SELECT max(created_at) FROM jobs WHERE tenant_id = $1 AND kind = $2 AND object_pair = $3",
+        "SELECT COALESCE(finished_at, created_at) FROM jobs WHERE tenant_id = $1 AND kind = 'reconcile'"
+        " AND object_pair = $2 ORDER BY id DESC LIMIT 1",
         tenant_id,
-        kind,
         object_pair,
     )
     return value
+
+
+async def note_error(db: Db, job_id: int, error: str) -> None:
+    """Show why an attempt of a job that is tried again failed (the job goes on running)."""
+    await db.execute("UPDATE jobs SET error = $2, updated_at = now() WHERE id = $1", job_id, error)
 
 
 async def prune(db: Db, tenant_id: str, now: datetime) -> int:

@@ -21,6 +21,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
 from services.common.change import Change, Side
+from services.common.pair_filters import holds
 from services.common.soql_filter import (
     FilterError,
     MissingFieldError,
@@ -37,7 +38,7 @@ from services.common.tenant_config import (
     ObjectPair,
     OnUnresolved,
 )
-from services.common.tenant_config.model import FilterCondition, RecordFilter
+from services.common.tenant_config.model import RecordFilter
 from services.common.values import Reference, Value, int64, is_blank
 
 # (pair name, side the id belongs to, id) -> the linked record's id on the other side, if linked.
@@ -187,7 +188,7 @@ def filter_decision(
         if key not in lowered:
             absent.append(condition.field)
             continue
-        if not _holds(condition, lowered[key]):
+        if not holds(condition, lowered[key]):
             return FilterDecision(FilterOutcome.EXCLUDED, f"{condition.field} does not match")
     if side is Side.CRM:
         types = _types(crm_fields)
@@ -206,14 +207,6 @@ def filter_decision(
     if absent:
         return FilterDecision(FilterOutcome.UNDECIDED, f"the change does not carry {', '.join(absent)}")
     return _MATCHES
-
-
-def _holds(condition: FilterCondition, value: Value) -> bool:
-    if condition.not_null:
-        return not is_blank(value)
-    if condition.equals is not None:
-        return bool(value == condition.equals)
-    return condition.in_ is None or value in condition.in_
 
 
 def translate(

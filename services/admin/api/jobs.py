@@ -13,7 +13,7 @@ for the pair answers that job (200, not 202): the work asked for is under way, f
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import ConfigDict, Field
 
 from services.admin.api.access import Access
@@ -31,6 +31,8 @@ from services.common.schema_store import latest_objects
 from services.common.tenant_config import ObjectPair, StoredConfig
 
 MAX_LIMIT = 200
+# Ids are bigserial: a larger number names no job (and must not reach the database as one).
+MAX_ID = 2**63 - 1
 
 
 class JobRequest(ApiModel):
@@ -151,11 +153,13 @@ def jobs_router(access: Access) -> APIRouter:
         kind: Annotated[Kind | None, Query(description="Only this kind.")] = None,
         status: Annotated[JobStatus | None, Query(description="Only this status.")] = None,
         pair: Annotated[str | None, Query(description="Only this object pair's.")] = None,
-        before: Annotated[int | None, Query(ge=1, description="`nextBefore` of the previous page.")] = None,
+        before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="`nextBefore` of the previous page.")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     ) -> JobList:
         stored = await stored_config(ConfigStore(db), tenant)
-        name = pair_named(stored, pair, ("query", "pair")).name if pair is not None else None
+        # A pair since removed from the configuration still has its jobs: matched by name as given.
+        known = {p.name.lower(): p.name for p in stored.config.spec.objects}
+        name = known.get(pair.lower(), pair) if pair is not None else None
         found = await jobs_of(db, tenant, kind=kind, status=status, object_pair=name, before=before, limit=limit + 1)
         page = found[:limit]
         return JobList(
@@ -166,7 +170,7 @@ def jobs_router(access: Access) -> APIRouter:
     async def job(
         principal: Annotated[Principal, Depends(read)],
         tenant: str,
-        job_id: int,
+        job_id: Annotated[int, Path(ge=1, le=MAX_ID)],
         db: Annotated[Connection, Depends(access.connection)],
     ) -> JobView:
         await stored_config(ConfigStore(db), tenant)

@@ -57,6 +57,10 @@ class RetryRequest(ApiModel):
     )
 
 
+# One request asks the app for at most this many records: one transaction, one audit row, one burst.
+MAX_RECORDS = 1_000
+
+
 class RejectedRecord(ApiModel):
     object_pair: str
     app_record_id: str | None
@@ -75,6 +79,10 @@ class Retries(ApiModel):
     requested: int = Field(description="How many records the app was asked to publish again.")
     records: list[RejectedRecord] = Field(description="Those records, oldest rejection first.")
     skipped: list[SkippedRecord] = Field(description="Rejected records the app cannot be asked for.")
+    remaining: int = Field(
+        description=f"Records beyond the {MAX_RECORDS:,} one request asks for; ask again with `nextSince`."
+    )
+    next_since: datetime | None = Field(description="`since` for the next request while records remain.")
 
 
 def _fields(rejection: Rejection) -> dict[str, Any]:
@@ -139,7 +147,8 @@ def retries_router(access: Access, topics: DeadLetterTopics | None) -> APIRouter
         chosen = select(found, pairs)
         if body.record is not None and not chosen.resend and not chosen.skipped:
             raise ApiError(404, detail=nothing_to_retry(tenant, body.record, found, body.since))
-        requests = resend_requests(chosen.resend, pairs)
+        requests = resend_requests(chosen.resend[:MAX_RECORDS], pairs)
+        remaining = len(chosen.resend) - len(requests)
         async with db.transaction():
             # Logged before sending: a send that fails rolls the rows back, and a request whose
             # answer is lost after Kafka took it is still in the record's timeline.
@@ -155,8 +164,10 @@ def retries_router(access: Access, topics: DeadLetterTopics | None) -> APIRouter
                     "record": body.record,
                     "object_pair": pair,
                     "since": body.since.isoformat() if body.since else None,
-                    "links": [r.rejection.link_id for r in requests],
-                    "skipped": [s.rejection.link_id for s in chosen.skipped],
+                    "requested": len(requests),
+                    "remaining": remaining,
+                    "links": [r.rejection.link_id for r in requests[:100]],
+                    "skipped": [s.rejection.link_id for s in chosen.skipped[:100]],
                 },
                 request_id=request_id_of(request),
             )
@@ -165,6 +176,8 @@ def retries_router(access: Access, topics: DeadLetterTopics | None) -> APIRouter
             requested=len(requests),
             records=[RejectedRecord(**_fields(r.rejection)) for r in requests],
             skipped=[SkippedRecord(**_fields(s.rejection), reason=s.reason) for s in chosen.skipped],
+            remaining=remaining,
+            next_since=requests[-1].rejection.at if remaining else None,
         )
 
     return router

@@ -76,12 +76,15 @@ async def test_wait_follows_a_backfill_until_it_is_done(cli: Cli, sample: Path) 
     assert (await cli("config", "apply", "-f", str(sample))).exit_code == 0
 
     async def cdc_ingest() -> None:
-        # Counts once the request is there (the CLI writes it from its thread: polled), then publishes
-        # page by page and finishes.
-        while await cli.api.db.fetchval("SELECT count(*) FROM backfills WHERE object = 'Account'") == 0:  # noqa: ASYNC110
+        # Claims the job once it is there (the CLI asks from its thread: polled), starts the
+        # object's backfill, publishes page by page and finishes.
+        while await cli.api.db.fetchval("SELECT count(*) FROM jobs WHERE object = 'Account'") == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await cli.api.db.execute("UPDATE jobs SET status = 'running', started_at = now() WHERE object = 'Account'")
-        await cli.api.db.execute("UPDATE backfills SET estimated = 3000, method = 'bulk' WHERE object = 'Account'")
+        await cli.api.db.execute(
+            "INSERT INTO backfills (tenant_id, object, status, method, estimated)"
+            " VALUES ('acme', 'Account', 'running', 'bulk', 3000)"
+        )
         for published in (1000, 2000, 3000):
             await asyncio.sleep(0.3)
             await cli.api.db.execute(
@@ -101,7 +104,7 @@ async def test_wait_follows_a_backfill_until_it_is_done(cli: Cli, sample: Path) 
     lines = waited.stdout.splitlines()
     job = await cli.api.db.fetchval("SELECT id FROM jobs WHERE object = 'Account'")
     assert lines[0] == f"backfill of Account for tenant/acme: job {job} (requested)"
-    assert lines[1].startswith("backfill of partners done: 3,000 records (")
+    assert lines[1].startswith("backfill of Account done: 3,000 records (")
 
 
 async def test_scoped_and_unknown(cli: Cli, sample: Path) -> None:

@@ -186,8 +186,8 @@ async def test_backfill(cli: Cli, sample: Path) -> None:
         0,
         f"backfill of Account for tenant/acme: job {job} (requested)\n",
     )
-    row = await cli.api.db.fetchrow("SELECT object, status FROM backfills WHERE tenant_id = 'acme'")
-    assert tuple(row) == ("Account", "running")
+    row = await cli.api.db.fetchrow("SELECT object, object_pair, status FROM jobs WHERE tenant_id = 'acme'")
+    assert tuple(row) == ("Account", "partners", "requested")
     audit = await cli.api.db.fetchrow("SELECT actor, detail FROM audit_log WHERE action = 'job.requested'")
     operator_id = await cli.api.db.fetchval("SELECT id::text FROM api_tokens WHERE name = 'night shift'")
     assert audit["actor"] == f"night shift (token {operator_id})"

@@ -8,11 +8,13 @@ from decimal import Decimal
 
 import pytest
 
-from services.cdc_ingest.jobs import reconcile_due
+from services.cdc_ingest.jobs import next_reconcile
 from services.cdc_ingest.reconcile import canonical, compared_fields, differing, record_digest, window_sum
 from services.cdc_ingest.typed import FieldInfo
 from services.cdc_ingest.worker import poll_intervals
+from services.common.pair_filters import meets
 from services.common.tenant_config import ObjectPair
+from services.common.tenant_config.model import FilterCondition
 from services.common.values import Reference
 from tests.fixtures.documents import tenant_config
 
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.unit
         (Reference("001000000000001AAA"), "001000000000001AAA"),
         (datetime(2026, 12, 7, 10, 0, tzinfo=UTC), datetime(2026, 12, 7, 11, 0, tzinfo=timezone(timedelta(hours=1)))),
         (("a", "b"), "a;b"),
+        (("b", "a"), ("a", "b")),  # Salesforce keeps picklist order, the app its own
     ],
 )
 def test_values_equal_for_both_sides_compare_equal(a: object, b: object) -> None:
@@ -61,9 +64,9 @@ def test_a_record_digest_depends_on_every_value_and_not_on_field_order() -> None
     assert record_digest({"a": "b\x1fc"}) != record_digest({"a": "b", "c": ""})
 
 
-def test_a_window_sum_counts_and_sums_whatever_the_order_and_the_id_length() -> None:
+def test_a_window_sum_counts_and_sums_whatever_the_order() -> None:
     salesforce = {"001000000000001AAA": "d1", "001000000000002AAA": "d2"}
-    duplex = {"001000000000002": "d2", "001000000000001": "d1"}
+    duplex = {"001000000000002AAA": "d2", "001000000000001AAA": "d1"}
     assert window_sum(salesforce) == window_sum(duplex)
     assert window_sum(salesforce).count == 2
     assert window_sum(salesforce) != window_sum({**salesforce, "001000000000002AAA": "other"})
@@ -99,14 +102,12 @@ def test_compared_are_the_fields_salesforce_sends_to_the_app_that_the_object_sti
     assert compared_fields(_pair(), described) == {"Name": "name", "Website": "site"}
 
 
-def test_a_scheduled_reconcile_is_due_an_interval_after_the_last_or_after_the_start() -> None:
-    start = datetime(2026, 12, 7, tzinfo=UTC)
+def test_a_scheduled_reconcile_is_due_an_interval_after_the_last_or_after_the_objects_backfill() -> None:
+    backfilled = datetime(2026, 12, 7, tzinfo=UTC)
     hour = timedelta(hours=1)
-    assert not reconcile_due(None, start, hour, start + timedelta(minutes=59))
-    assert reconcile_due(None, start, hour, start + hour)
-    last = start + timedelta(hours=5)
-    assert not reconcile_due(last, start, hour, last + timedelta(minutes=30))
-    assert reconcile_due(last, start, hour, last + hour)
+    assert next_reconcile(None, backfilled, hour) == backfilled + hour
+    last = backfilled + timedelta(hours=5)
+    assert next_reconcile(last, backfilled, hour) == last + hour
 
 
 def test_each_object_polls_at_its_pairs_shortest_interval() -> None:
@@ -123,3 +124,18 @@ def test_each_object_polls_at_its_pairs_shortest_interval() -> None:
     assert poll_intervals(config) == {"Account": 60}
     assert config.spec.objects[0].reconcile_every_seconds == 86_400
     assert config.spec.objects[2].reconcile_every_seconds is None
+
+
+def test_records_outside_the_structured_salesforce_conditions_are_not_compared() -> None:
+    conditions = (
+        FilterCondition(field="Type", equals="Partner"),
+        FilterCondition.model_validate({"field": "Rating", "in": ["Hot", "Warm"]}),
+        FilterCondition(field="Website", not_null=True),
+    )
+    partner = {"type": "Partner", "RATING": "Hot", "Website": "https://a.example"}
+    assert meets(conditions, partner)
+    assert not meets(conditions, {**partner, "Type": "Customer"})
+    assert not meets(conditions, {**partner, "RATING": "Cold"})
+    assert not meets(conditions, {**partner, "Website": ""})
+    assert not meets(conditions, {"Type": "Partner", "Rating": "Hot"})  # a field the record lacks
+    assert meets((), {})
