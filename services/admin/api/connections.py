@@ -11,6 +11,7 @@ coming back from Salesforce cannot carry one. The ``state`` it brings authentica
 
 import html
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
@@ -67,11 +68,20 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def _page(status: int, heading: str, text: str) -> HTMLResponse:
+def _console_link(page: str) -> str:
+    """A link from the callback's page to a console page, relative to the callback's URL so that it
+    also works behind a public URL with a path prefix. It is a link, not a redirect: the callback's
+    answer stays the same for every client, and with no-referrer the console never sees the code."""
+    up = "../" * (CALLBACK_PATH.count("/") - 1)  # from the callback's folder up to the API's root
+    return f'<p><a href="{html.escape(up + "console" + page)}">Back to the Duplex console</a></p>'
+
+
+def _page(status: int, heading: str, text: str, console_page: str = "/tenants") -> HTMLResponse:
     body = (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(heading)} · Duplex</title></head>\n"
-        f"<body><h1>{html.escape(heading)}</h1>\n<p>{html.escape(text)}</p></body></html>\n"
+        f"<body><h1>{html.escape(heading)}</h1>\n<p>{html.escape(text)}</p>\n"
+        f"{_console_link(console_page)}</body></html>\n"
     )
     return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
 
@@ -165,6 +175,7 @@ def connections_router(access: Access, flow: ConnectFlow | None) -> APIRouter:
                 "Salesforce connected",
                 f"Tenant {connected.tenant_id} is connected to org {connected.org_id} as {connected.username}."
                 " You can close this window.",
+                f"/tenants/{quote(connected.tenant_id, safe='')}/connection",
             )
         response.headers.update(_CALLBACK_HEADERS)
         # The callback completes only oauth_pkce authorizations.

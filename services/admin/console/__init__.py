@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from services.admin.console import tenants
+from services.admin.console import connection, dead_letters, history, mappings, sync_log, tenants
 from services.admin.console.session import session_router
 from services.admin.console.web import PREFIX, STATIC, ApiProblemError, SignInRequired, Web, sign_in_redirect
 
@@ -24,6 +24,11 @@ def install_console(app: FastAPI) -> None:
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
     app.include_router(session_router(web), include_in_schema=False)
     app.include_router(tenants.router(web), include_in_schema=False)
+    app.include_router(mappings.router(web), include_in_schema=False)
+    app.include_router(sync_log.router(web), include_in_schema=False)
+    app.include_router(dead_letters.router(web), include_in_schema=False)
+    app.include_router(history.router(web), include_in_schema=False)
+    app.include_router(connection.router(web), include_in_schema=False)
 
     async def sign_in(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, SignInRequired)

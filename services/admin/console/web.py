@@ -150,6 +150,13 @@ def same_origin(request: Request) -> bool:
     return f"{parts.scheme}://{parts.netloc}" == f"{request.url.scheme}://{request.url.netloc}"
 
 
+async def form_of(request: Request) -> dict[str, str]:
+    """A state-changing form's fields, refused (403) unless it was posted from this console's pages."""
+    if not same_origin(request):
+        raise ApiProblemError(403, "the form was not sent from this console's page; reload the page and try again")
+    return {k: str(v) for k, v in (await request.form()).items()}
+
+
 def back(path: str, done: str | None = None) -> RedirectResponse:
     """Post/redirect/get: back to a console page, with what was done shown there once."""
     target = f"{PREFIX}{path}" + (f"?done={quote(done)}" if done else "")
