@@ -528,6 +528,7 @@ def run(state_dir: Path) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     say("2.", f"admin API {pipeline.admin_url}, token in {token_file.relative_to(ROOT)}; connected app {app.client_id}")
+    say("", f"console {pipeline.admin_url}/console (sign in with that token)")
     tenant_file = state_dir / "demo" / "tenant-acme.yaml"
     tenant_file.write_text(yaml.safe_dump(tenant_document(info, app), sort_keys=False))
     cli = Cli(pipeline.admin_url, token_file)
