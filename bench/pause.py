@@ -3,9 +3,10 @@
 A private Kafka broker and PostgreSQL; the conflict-resolver runs in this process, the load is sent
 from another. Tenant "busy" sends a burst of mapped partner creates alone; then tenant "paused" is
 paused (both ways) and busy sends the same burst again interleaved with as many of paused's, whose
-Salesforce writes the resolver holds in PostgreSQL. The figures are busy's writes per second beside
-the paused tenant over alone, both measured in this run, and how fast paused's held writes go out
-once it is resumed.
+changes the resolver holds in PostgreSQL undecided (held_inputs; a pause of one way would hold the
+decided writes in held_outputs instead). The figures are busy's writes per second beside the paused
+tenant over alone, both measured in this run, and how fast paused's held changes are decided and
+their writes go out once it is resumed.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ async def _run() -> Result:
         notes=[
             "beside: the paused tenant sends one change per busy change, interleaved (twice the input)",
             "the load is sent by a process of its own; the conflict-resolver runs in this one",
+            "CPU figures: process time over a burst, per change; the machine's other processes (Kafka,"
+            " PostgreSQL, anything else running) share its cores and are not counted",
         ],
     )
 
@@ -139,6 +142,9 @@ async def _measure(servers: BenchStack) -> list[Figure]:
             while await end_offset(offsets, writes) < count:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
 
+    async def loader_cpu() -> float:
+        return await asyncio.get_running_loop().run_in_executor(loader, time.process_time)
+
     async def send(count: int, beside_paused: bool, per_second: float | None = None) -> float:
         """Seconds from the first send of ``count`` busy changes (each followed by a paused
         tenant's with ``beside_paused``, both at ``per_second`` each) to busy's last write published."""
@@ -147,9 +153,15 @@ async def _measure(servers: BenchStack) -> list[Figure]:
         if beside_paused:
             load = [item for n, busy in enumerate(load) for item in (busy, ("paused", n))]
         rate = None if per_second is None else per_second * (2 if beside_paused else 1)
+        cpu, sent_cpu = time.process_time(), await loader_cpu()
         started = time.perf_counter()
         await asyncio.gather(publish(load, rate), until_written(target))
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        cpu_seconds[(count, beside_paused)] = (time.process_time() - cpu, await loader_cpu() - sent_cpu)
+        return seconds
+
+    # (changes, beside) -> CPU seconds of this process (the resolver's) and of the load's, over a send.
+    cpu_seconds: dict[tuple[int, bool], tuple[float, float]] = {}
 
     try:
         await publish([])  # the loader process starts (and imports) before anything is timed
@@ -159,7 +171,13 @@ async def _measure(servers: BenchStack) -> list[Figure]:
             await pause(db, "paused", [EVERY_PAIR], tuple(Way), "bench", "bench")
             beside = BURST / await send(BURST, beside_paused=True)
             steady_beside = await send(STEADY, beside_paused=True, per_second=STEADY_RATE)
-            held = int(await db.fetchval("SELECT count(*) FROM held_outputs WHERE tenant_id = 'paused'"))
+            # Each held change, decided on release, is one write (none is decided while paused both ways).
+            held = int(
+                await db.fetchval(
+                    "SELECT (SELECT count(*) FROM held_inputs WHERE tenant_id = 'paused')"
+                    " + (SELECT count(*) FROM held_outputs WHERE tenant_id = 'paused')"
+                )
+            )
             target = await end_offset(offsets, writes) + held
             started = time.perf_counter()
             await resume(db, "paused", None, tuple(Way))
@@ -173,6 +191,10 @@ async def _measure(servers: BenchStack) -> list[Figure]:
     def tail(seconds: float) -> float:
         return 1000 * (seconds - STEADY / STEADY_RATE)
 
+    def per_change(count: int, beside: bool, process: int) -> float:
+        """Microseconds of CPU per busy change of a send, in this process (0) or the load's (1)."""
+        return 1e6 * cpu_seconds[(count, beside)][process] / count
+
     return [
         Figure("busy alone: writes published (changes/s)", alone, "changes/s"),
         Figure("busy beside a paused tenant's equal stream (changes/s)", beside, "changes/s"),
@@ -180,6 +202,15 @@ async def _measure(servers: BenchStack) -> list[Figure]:
         Figure(f"steady {STEADY_RATE:,}/s each: busy's last write after its send, alone", tail(steady_alone), "ms"),
         Figure("steady: the same beside the paused tenant's stream", tail(steady_beside), "ms"),
         Figure("steady: busy's writes/s beside / alone", steady_alone / steady_beside, "ratio", target=0.9),
-        Figure("paused tenant's writes held", held, "writes", target=BURST + STEADY),
-        Figure("held writes released after resume (writes/s)", released, "writes/s"),
+        # Where the paused tenant's cost goes: CPU this process (the resolver, and the bench's polling)
+        # and the load's process spent over each burst (the broker's and PostgreSQL's are not counted).
+        Figure("burst CPU of the resolver's process per busy change, alone", per_change(BURST, False, 0), "µs"),
+        Figure(
+            "burst CPU of the resolver's process per paused change, beside (the beside burst's, less alone's)",
+            per_change(BURST, True, 0) - per_change(BURST, False, 0),
+            "µs",
+        ),
+        Figure("burst CPU of the load's process per change sent", per_change(BURST, True, 1) / 2, "µs"),
+        Figure("paused tenant's changes held", held, "changes", target=BURST + STEADY),
+        Figure("held changes decided and written after resume (changes/s)", released, "changes/s"),
     ]

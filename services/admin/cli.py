@@ -1344,6 +1344,11 @@ def _print_pauses(state: PauseState, as_json: bool) -> None:
         for h in state.held:
             table.add_row(_cell(h.object_pair), h.direction, f"{h.outputs:,}", _when(h.oldest))
         _print_table(table)
+    if state.held_inputs:
+        table = _table("HELD PAIR", "CHANGES UNDECIDED", "OLDEST")
+        for i in state.held_inputs:
+            table.add_row(_cell(i.object_pair), f"{i.changes:,}", _when(i.oldest))
+        _print_table(table)
 
 
 def _request(model: type[M], **fields: Any) -> M:

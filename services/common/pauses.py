@@ -48,6 +48,20 @@ class Held:
     oldest: datetime
 
 
+@dataclass(frozen=True)
+class HeldInputs:
+    """The changes a pair paused both ways keeps undecided: how many, and since when."""
+
+    object_pair: str
+    changes: int
+    oldest: datetime
+
+
+def stopped(paused: Collection[Way]) -> bool:
+    """Whether a pair paused these ways syncs nothing at all (so its changes wait undecided)."""
+    return set(Way) <= set(paused)
+
+
 class Executor(Protocol):
     async def execute(self, query: str, *args: Any) -> Any: ...
     async def fetch(self, query: str, *args: Any) -> Any: ...
@@ -111,3 +125,14 @@ async def held_of(db: Executor, tenant_id: str) -> list[Held]:
         Held(object_pair=r["object_pair"], way=Way(r["direction"]), outputs=r["outputs"], oldest=r["oldest"])
         for r in rows
     ]
+
+
+async def held_inputs_of(db: Executor, tenant_id: str) -> list[HeldInputs]:
+    """The tenant's pairs with changes held undecided (paused both ways, or resumed and being
+    released); their outputs, once decided, may be held too (:func:`held_of`)."""
+    rows = await db.fetch(
+        "SELECT object_pair, count(*) AS changes, min(held_at) AS oldest FROM held_inputs"
+        " WHERE tenant_id = $1 GROUP BY object_pair ORDER BY object_pair",
+        tenant_id,
+    )
+    return [HeldInputs(object_pair=r["object_pair"], changes=r["changes"], oldest=r["oldest"]) for r in rows]

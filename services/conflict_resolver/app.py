@@ -1,9 +1,9 @@
 """Composition root: settings in, a running conflict-resolver out.
 
 Opened in order on one exit stack: the pool, the resolver over its PostgreSQL store, its two
-batch subscribers, the broker, then the housekeeping (the release of outputs held by pauses, the
-sync log's partitions kept to its retention, the pruning of applied event ids); closed in
-reverse, so the broker has stopped before the pool closes under a batch.
+batch subscribers, the broker, then the housekeeping (the release of changes and outputs held by
+pauses, the sync log's partitions kept to its retention, the pruning of applied event ids); closed
+in reverse, so the broker has stopped before the pool closes under a batch.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ async def run(settings: ResolverSettings, telemetry: Telemetry | None = None) ->
         kafka.batch_subscriber(Topic.MAPPED_CHANGES, message_type=ChangeMapped, handler=resolver.on_mapped_batch)
         kafka.batch_subscriber(Topic.WRITE_OUTCOMES, message_type=WriteSettled, handler=resolver.on_settled_batch)
         running = await stack.enter_async_context(consuming(kafka, ready=(database_ready(pool),)))
-        release = releasing(pool, publish, settings.service_name, settings.release_interval_seconds)
-        in_background(stack, release, "release-held-outputs")
+        release = releasing(
+            pool, publish, settings.service_name, settings.release_interval_seconds, resolver.release_held
+        )
+        in_background(stack, release, "release-held")
         retention = keeping(pool, settings.sync_log_retention_days, settings.sync_log_maintenance_interval_seconds)
         in_background(stack, retention, "sync-log-retention")
         keep = keep_for(topic_names.table)

@@ -45,8 +45,11 @@ _STATUSES = {
 }
 
 
-def mapped_from_proto(event: change_mapped_pb2.ChangeMapped) -> MappedChange:
-    """The domain form of a ChangeMapped; InvalidEvent when it breaks the contract."""
+def checked_shape(event: change_mapped_pb2.ChangeMapped) -> tuple[Side, ChangeKind]:
+    """The side and kind of a ChangeMapped whose shape keeps the contract; InvalidEvent otherwise.
+
+    All :func:`mapped_from_proto` checks but its values': what a change held by a pause is checked
+    for before it is kept (its values are read, and checked, when it is decided)."""
     if not event.link_id or not event.object_pair:
         raise InvalidEvent("ChangeMapped without link_id or object_pair")
     side = SIDE_FROM_PB.get(event.origin_side)
@@ -56,6 +59,12 @@ def mapped_from_proto(event: change_mapped_pb2.ChangeMapped) -> MappedChange:
         raise InvalidEvent(f"ChangeMapped with origin_side {event.origin_side}, kind {event.kind}")
     if not event.HasField("origin_commit_time"):
         raise InvalidEvent("ChangeMapped without origin_commit_time")
+    return side, kind
+
+
+def mapped_from_proto(event: change_mapped_pb2.ChangeMapped) -> MappedChange:
+    """The domain form of a ChangeMapped; InvalidEvent when it breaks the contract."""
+    side, kind = checked_shape(event)
     try:
         fields = tuple(
             FieldChange(f.app_field, f.crm_field, to_value(f.app_value), to_value(f.crm_value), f.changed)

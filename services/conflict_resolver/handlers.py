@@ -13,6 +13,13 @@ derive from the input and the state it found, the second run publishes the same 
 which the writer and the app deduplicate by id. The other order (commit, then publish) could
 lose the outputs for good once the events are marked processed.
 
+Pauses (:mod:`holding`): what the batch's pairs hold is read first in its transaction. The changes
+of a pair paused both ways, or still releasing changes held so, are checked (but for their values)
+and stored as they came instead of being decided: nothing is claimed, locked or logged for them,
+and their offsets move on with the rest. :meth:`Resolver.release_held` decides them later through
+this same path, page by page. For a pair paused one way, or still releasing outputs held so, the
+changes are decided and that way's outputs stored instead of sent.
+
 Metrics are recorded once the batch committed: echoes dropped, conflicts decided, and for every
 app update the end-to-end latency from the change's origin commit to the moment the update was
 published (``stage="app_update_published"``; the app applies it outside Duplex).
@@ -37,8 +44,8 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -56,6 +63,7 @@ from services.conflict_resolver.contract import (
     ChangeMapped,
     WriteSettled,
     app_update,
+    checked_shape,
     mapped_from_proto,
     outcome_from_proto,
     write_records,
@@ -73,11 +81,14 @@ from services.conflict_resolver.resolve import (
 )
 from services.conflict_resolver.store import (
     FieldKey,
+    HeldInput,
     HeldOutput,
     HoldKey,
     LinkKey,
     LogRow,
+    PairKey,
     SentWrite,
+    Session,
     Store,
     TenantLinks,
     Transaction,
@@ -88,8 +99,8 @@ log = logging.getLogger(__name__)
 # Publishes (event, key) pairs in order; returns once the broker acknowledged all (acks=all).
 Publish = Callable[[Sequence[tuple[Message, bytes]]], Awaitable[None]]
 
-# A mapped change, its pair and the tenant's client id.
-_Item = tuple[MappedChange, ObjectPair, str]
+# A mapped change, its pair, the tenant's client id and the event it came as.
+_Item = tuple[MappedChange, ObjectPair, str, ChangeMapped]
 
 # The end_to_end_latency stage at which Duplex's part of a Salesforce → app change ends.
 STAGE_APP_UPDATE_PUBLISHED = "app_update_published"
@@ -118,60 +129,164 @@ class Resolver:
 
     async def on_mapped_batch(self, events: Sequence[ChangeMapped]) -> dict[int, InvalidEvent]:
         """Apply ``events`` in order; returns the refused ones by index (see the module doc)."""
-        refused: dict[int, InvalidEvent] = {}
-        logs: list[LogRow] = []
-        items: list[_Item] = []
-        positions: list[int] = []  # each item's index in ``events``
+        # Refused because an output is over its topic's limit, by index: found by a try rolled back.
+        too_large: dict[int, tuple[LogRow, InvalidEvent]] = {}
         async with self._store.session() as session:
-            for index, event in enumerate(events):
-                try:
-                    change = mapped_from_proto(event)
-                except InvalidEvent as error:
-                    refused[index] = error
-                    continue
-                unfit = _unfit_change(change)
-                if unfit is not None:
-                    code, reason = unfit
-                    row = self._row(change.tenant_id, "change.rejected", change.link_id, code=code, message=reason)
-                    logs.append(row)
-                    refused[index] = InvalidEvent(reason)
-                    continue
-                stored = await session.mapping(change.tenant_id, change.mapping_version)
-                pair = stored.config.object_pair(change.object_pair) if stored is not None else None
-                if stored is None or pair is None:
-                    reason = f"no object pair {change.object_pair!r} in mapping version {change.mapping_version}"
-                    logs.append(
-                        self._row(
-                            change.tenant_id, "change.rejected", change.link_id, code="UNKNOWN_PAIR", message=reason
-                        )
-                    )
-                    refused[index] = InvalidEvent(reason)
-                    continue
-                items.append((change, pair, stored.config.spec.salesforce.call_options_client))
-                positions.append(index)
             while True:
+                admitted = _Admitted()
                 try:
                     async with session.transaction() as transaction:
-                        resolved, published_at = await self._apply(transaction, items, list(logs))
-                    break
-                except _OutputTooLarge as too_large:
-                    # Rolled back, nothing of it sent: refuse that change alone and resolve the rest.
-                    change = items.pop(too_large.item)[0]
-                    reason = f"{RECORD_TOO_LARGE}: {too_large.output} for this change is {too_large.reason}"
-                    logs.append(
-                        self._row(
-                            change.tenant_id, "change.rejected", change.link_id, code=RECORD_TOO_LARGE, message=reason
+                        # Why a change never overtakes a held one of its record, although this
+                        # check and a release deleting the pair's last held changes run at once
+                        # (READ COMMITTED: each statement sees what was committed when it began):
+                        # - A release deletes a page's rows in the transaction that decides them. So
+                        #   when this statement sees no held change for a pair, every change ever
+                        #   held for it is decided and committed, and deciding this batch's comes
+                        #   after them (their links are ours only once they committed). While it
+                        #   still sees rows (deleted, not committed), the batch appends its changes;
+                        #   should the release then commit its last page, they are simply the next
+                        #   rows, for the next round, behind everything released before.
+                        # - A record's changes come through one partition, one batch after another,
+                        #   each committed before the next is read: its earlier held changes are
+                        #   visible when its next batch looks, and its ids rise in its order. A
+                        #   batch of another partition whose appended rows are not committed yet
+                        #   may be missed here, but those are other records' changes.
+                        # A pause set just after this check is honoured from the next batch.
+                        holds = await transaction.holding(_pairs(events))
+                        admitted = await self._admit(session, events, holds.inputs, too_large)
+                        await transaction.hold_inputs(admitted.held)
+                        resolved, published_at = await self._apply(
+                            transaction, admitted.items, admitted.logs, holds.outputs
                         )
-                    )
-                    refused[positions.pop(too_large.item)] = InvalidEvent(reason)
+                    break
+                except _OutputTooLarge as error:
+                    # Rolled back, nothing of it sent: refuse that change alone and resolve the rest.
+                    change = admitted.items[error.item][0]
+                    too_large[admitted.positions[error.item]] = self._too_large(change, error)
         if self._metrics is not None:
             count_resolved(self._metrics, resolved, published_at)
-        return refused
+        return admitted.refused
+
+    async def release_held(self, tenant_id: str, object_pair: str, page: int) -> int:
+        """Decide the changes a pause held for the pair, oldest first and ``page`` per transaction,
+        exactly as they would have been decided live; how many were (see :mod:`holding`).
+
+        Each page's claims, decisions, outputs (published and acked, or held for a way still
+        paused) and the deletion of its rows commit together: a crash before the commit decides
+        the page again, publishing the same outputs with the same ids; after it nothing of the page
+        is left to decide. Stops when nothing is left, the pair is paused both ways again, or
+        another replica is releasing it."""
+        released = 0
+        async with self._store.session() as session:
+            while True:
+                count = await self._release_page(session, tenant_id, object_pair, page)
+                released += count
+                if count < page:
+                    return released
+
+    async def _release_page(self, session: Session, tenant_id: str, object_pair: str, page: int) -> int:
+        """Up to ``page`` of the pair's held changes decided (or refused, or skipped as duplicates)
+        and deleted in one transaction; how many."""
+        # Held changes refused because an output is over its topic's limit, by row id: dropped with
+        # the sync log row a live one gets (there is no dead-letter topic to hand them to from here).
+        dropped: dict[int, tuple[LogRow, InvalidEvent]] = {}
+        while True:
+            admitted, ids = _Admitted(), list[int]()
+            try:
+                async with session.transaction() as transaction:
+                    rows = await transaction.held_inputs(tenant_id, object_pair, page) or []
+                    if not rows:
+                        return 0
+                    ids = [row_id for row_id, _ in rows]
+                    events = [ChangeMapped.FromString(message) for _, message in rows]
+                    holds = await transaction.holding({(tenant_id, object_pair)})
+                    # Not held again (they are the held changes), but decided against the holds of
+                    # outputs: a way still paused keeps its outputs, queued behind any held before.
+                    skip = {index: dropped[row_id] for index, row_id in enumerate(ids) if row_id in dropped}
+                    admitted = await self._admit(session, events, frozenset(), skip, log_invalid=True)
+                    resolved, published_at = await self._apply(
+                        transaction, admitted.items, admitted.logs, holds.outputs
+                    )
+                    await transaction.release_inputs(ids)
+            except _OutputTooLarge as error:
+                change = admitted.items[error.item][0]
+                dropped[ids[admitted.positions[error.item]]] = self._too_large(change, error)
+                continue
+            if self._metrics is not None:
+                # An app update's origin → published latency would count the pause: like a held
+                # output's, it is left out, so the latency shows how fast Duplex syncs.
+                undelayed = [(change, replace(r, app_update=None)) for change, r in resolved]
+                count_resolved(self._metrics, undelayed, published_at)
+            return len(rows)
+
+    async def _admit(
+        self,
+        session: Session,
+        events: Sequence[ChangeMapped],
+        waiting: Collection[PairKey],
+        refusals: Mapping[int, tuple[LogRow, InvalidEvent]],
+        *,
+        log_invalid: bool = False,
+    ) -> _Admitted:
+        """Sort ``events`` out: to decide, to hold (their pair is in ``waiting``) or refused (those
+        in ``refusals`` as said there), with the sync log rows of the refused (of events that break
+        the contract too with ``log_invalid``: the dead-letter topic tells of them otherwise).
+
+        A change to hold is checked as one to decide is, but for its values: converting them is
+        most of what a paused change would cost here, and they are converted and checked when it is
+        decided. So an invalid value of a held change is refused on release (in the sync log), not
+        dead-lettered on arrival; any other fault is refused on arrival either way."""
+        admitted = _Admitted()
+        for index, event in enumerate(events):
+            refusal = refusals.get(index)
+            if refusal is not None:
+                admitted.logs.append(refusal[0])
+                admitted.refused[index] = refusal[1]
+                continue
+            held = (event.tenant_id, event.object_pair) in waiting
+            change: MappedChange | None = None
+            try:
+                if held:
+                    checked_shape(event)
+                else:
+                    change = mapped_from_proto(event)
+            except InvalidEvent as error:
+                admitted.refused[index] = error
+                if log_invalid:
+                    admitted.logs.append(
+                        self._row(event.tenant_id, "change.rejected", event.link_id or None, message=error.reason)
+                    )
+                continue
+            unfit = _unfit_ids(event) if change is None else _unfit_change(change)
+            stored = None if unfit else await session.mapping(event.tenant_id, event.mapping_version)
+            pair = stored.config.object_pair(event.object_pair) if stored is not None else None
+            if stored is None or pair is None:
+                code, reason = unfit or (
+                    "UNKNOWN_PAIR",
+                    f"no object pair {event.object_pair!r} in mapping version {event.mapping_version}",
+                )
+                admitted.logs.append(
+                    self._row(event.tenant_id, "change.rejected", event.link_id, code=code, message=reason)
+                )
+                admitted.refused[index] = InvalidEvent(reason)
+            elif change is None:
+                admitted.held.append(((event.tenant_id, event.object_pair), event.event_id, event.SerializeToString()))
+            else:
+                admitted.items.append((change, pair, stored.config.spec.salesforce.call_options_client, event))
+                admitted.positions.append(index)
+        return admitted
+
+    def _too_large(self, change: MappedChange, too_large: _OutputTooLarge) -> tuple[LogRow, InvalidEvent]:
+        """The sync log row and the refusal of a change whose output is over the topic's limit."""
+        reason = f"{RECORD_TOO_LARGE}: {too_large.output} for this change is {too_large.reason}"
+        row = self._row(change.tenant_id, "change.rejected", change.link_id, code=RECORD_TOO_LARGE, message=reason)
+        return row, InvalidEvent(reason)
 
     async def _apply(
-        self, repo: Transaction, items: Sequence[_Item], logs: list[LogRow]
+        self, repo: Transaction, items: Sequence[_Item], logs: list[LogRow], holding: Collection[HoldKey]
     ) -> tuple[list[tuple[MappedChange, Resolution]], datetime]:
-        """Resolve ``items`` in order inside the caller's transaction, publish their outputs (acked).
+        """Resolve ``items`` in order inside the caller's transaction, publish their outputs (acked)
+        but those of the ``holding`` pairs and ways, which are held.
 
         Returns the resolutions and the moment every output was acknowledged.
         """
@@ -192,7 +307,6 @@ class Resolver:
             )
         links = await repo.lock_or_create_links(initial)
         fields = await repo.fields(list(initial))
-        holding = await repo.holding({(item[0].tenant_id, item[0].object_pair) for _, item in fresh})
         held: list[HeldOutput] = []
         echoes: Counter[tuple[str, str, str, str]] = Counter()
         changed_fields: dict[FieldKey, FieldRecord] = {}
@@ -219,7 +333,7 @@ class Resolver:
             origins.append(position)
             return False
 
-        for position, (change, pair, client_id) in fresh:
+        for position, (change, pair, client_id, _) in fresh:
             key = (change.tenant_id, change.link_id)
             resolution = resolve(pair, client_id, links[key], fields[key], change)
             held_ways: set[Way] = set()
@@ -435,6 +549,26 @@ class Resolver:
         return (storable_text(tenant_id), self._service, event, link, record, code, message, details)
 
 
+@dataclass
+class _Admitted:
+    """A batch's events sorted out (:meth:`Resolver._admit`)."""
+
+    # The changes to decide, and each one's index in the batch.
+    items: list[_Item] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    # The changes to hold undecided, in the batch's order.
+    held: list[HeldInput] = field(default_factory=list)
+    refused: dict[int, InvalidEvent] = field(default_factory=dict)
+    # The sync log rows of the refused.
+    logs: list[LogRow] = field(default_factory=list)
+
+
+def _pairs(events: Sequence[ChangeMapped]) -> set[PairKey]:
+    """The (tenant, object pair)s of ``events`` that PostgreSQL can look up; the others' events are
+    refused (UNSTORABLE_TEXT) without being held."""
+    return {(e.tenant_id, e.object_pair) for e in events if not (unstorable(e.tenant_id) or unstorable(e.object_pair))}
+
+
 def _only_echo(resolution: Resolution) -> bool:
     """Duplex's own write come back, leading to no write and no update."""
     return resolution.echo is not None and resolution.crm_write is None and resolution.app_update is None
@@ -476,8 +610,9 @@ def _unstorable(message: str, **ids: str) -> str | None:
     return f"{message} with U+0000 or a surrogate in {', '.join(names)}, which PostgreSQL cannot store"
 
 
-def _unfit_change(change: MappedChange) -> tuple[str, str] | None:
-    """(code, reason) for a mapped change the resolver cannot apply without failing its batch."""
+def _unfit_ids(change: MappedChange | ChangeMapped) -> tuple[str, str] | None:
+    """(code, reason) for a mapped change (or the event it comes as) whose identifiers PostgreSQL
+    cannot store: held or decided, it would fail its batch."""
     reason = _unstorable(
         "ChangeMapped",
         tenant_id=change.tenant_id,
@@ -488,8 +623,14 @@ def _unfit_change(change: MappedChange) -> tuple[str, str] | None:
         crm_record_id=change.crm_record_id,
         external_id=change.external_id,
     )
-    if reason is not None:
-        return UNSTORABLE, reason
+    return None if reason is None else (UNSTORABLE, reason)
+
+
+def _unfit_change(change: MappedChange) -> tuple[str, str] | None:
+    """(code, reason) for a mapped change the resolver cannot apply without failing its batch."""
+    unfit = _unfit_ids(change)
+    if unfit is not None:
+        return unfit
     # Comparing a signaling NaN raises, which would fail the batch again on every redelivery.
     signaling = sorted(
         f.app_field

@@ -23,9 +23,21 @@ from services.common.pauses import EVERY_PAIR, Way
 from services.common.tenant_config import StoredConfig
 from services.common.value_codec import decode_value, encode_value
 from services.common.values import Value
+from services.conflict_resolver.holding import paused_both_ways
 from services.conflict_resolver.resolve import FieldRecord, LinkState
 from services.conflict_resolver.state_codec import decode_record, encode_record
-from services.conflict_resolver.store import EventKey, FieldKey, HeldOutput, HoldKey, LinkKey, LogRow, SentWrite
+from services.conflict_resolver.store import (
+    EventKey,
+    FieldKey,
+    HeldInput,
+    HeldOutput,
+    Holds,
+    LinkKey,
+    LogRow,
+    PairKey,
+    SentWrite,
+    holds_of,
+)
 
 _LINK_COLUMNS = "link_id, object_pair, external_id, app_record_id, crm_record_id, version, app_deleted, crm_deleted"
 
@@ -268,24 +280,29 @@ class BatchRepository:
                 *([row[i] for row in rows] for i in range(8)),
             )
 
-    async def holding(self, pairs: Collection[tuple[str, str]]) -> set[HoldKey]:
-        """Which ways of these (tenant, object pair)s are paused or still releasing held outputs."""
+    async def holding(self, pairs: Collection[PairKey]) -> Holds:
+        """What is held of these (tenant, object pair)s: their pauses and waiting holds, one statement."""
         if not pairs:
-            return set()
+            return Holds()
         wanted = sorted(pairs)
         rows = await self._conn.fetch(
-            "SELECT k.t, k.p, w.way FROM unnest($1::text[], $2::text[]) AS k(t, p)"
-            " CROSS JOIN unnest($3::text[]) AS w(way)"
-            " WHERE EXISTS (SELECT 1 FROM sync_pauses s WHERE s.tenant_id = k.t AND s.direction = w.way"
-            " AND s.object_pair IN (k.p, $4))"
-            " OR EXISTS (SELECT 1 FROM held_outputs h WHERE h.tenant_id = k.t AND h.object_pair = k.p"
-            " AND h.direction = w.way)",
+            "SELECT k.t, k.p, w.way,"
+            " EXISTS (SELECT 1 FROM sync_pauses s WHERE s.tenant_id = k.t AND s.direction = w.way"
+            " AND s.object_pair IN (k.p, $4)) AS paused,"
+            " EXISTS (SELECT 1 FROM held_outputs h WHERE h.tenant_id = k.t AND h.object_pair = k.p"
+            " AND h.direction = w.way) AS outputs,"
+            " EXISTS (SELECT 1 FROM held_inputs i WHERE i.tenant_id = k.t AND i.object_pair = k.p) AS inputs"
+            " FROM unnest($1::text[], $2::text[]) AS k(t, p) CROSS JOIN unnest($3::text[]) AS w(way)",
             [k[0] for k in wanted],
             [k[1] for k in wanted],
             [str(w) for w in Way],
             EVERY_PAIR,
         )
-        return {(row["t"], row["p"], Way(row["way"])) for row in rows}
+        return holds_of(
+            paused={(r["t"], r["p"], Way(r["way"])) for r in rows if r["paused"]},
+            inputs_waiting={(r["t"], r["p"]) for r in rows if r["inputs"]},
+            outputs_waiting={(r["t"], r["p"], Way(r["way"])) for r in rows if r["outputs"]},
+        )
 
     async def hold(self, outputs: Sequence[HeldOutput]) -> None:
         """Store ``outputs``; ids rise in their order, which is the order they are released in."""
@@ -300,6 +317,46 @@ class BatchRepository:
                 [o[1] for o in outputs],
                 [o[2] for o in outputs],
             )
+
+    async def hold_inputs(self, inputs: Sequence[HeldInput]) -> None:
+        """Store ``inputs`` (ids rise in their order, the order they are decided in), one statement.
+
+        A crash after this commits and before the input offsets do delivers them again: the unique
+        (tenant, event id) keeps a change held once, and one already released and decided is
+        known by its claim in processed_events (a second decision would skip it anyway, but it
+        would show as held meanwhile)."""
+        if inputs:
+            await self._conn.execute(
+                "INSERT INTO held_inputs (tenant_id, object_pair, event_id, message)"
+                " SELECT t, p, e, m FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])"
+                " WITH ORDINALITY AS o(t, p, e, m, n)"
+                " WHERE NOT EXISTS (SELECT 1 FROM processed_events d WHERE d.tenant_id = o.t AND d.event_id = o.e)"
+                " ORDER BY n ON CONFLICT (tenant_id, event_id) DO NOTHING",
+                [i[0][0] for i in inputs],
+                [i[0][1] for i in inputs],
+                [i[1] for i in inputs],
+                [i[2] for i in inputs],
+            )
+
+    async def held_inputs(self, tenant_id: str, object_pair: str, limit: int) -> list[tuple[int, bytes]] | None:
+        """The pair's oldest held changes, its release locked to this transaction (see the protocol)."""
+        if not await self._conn.fetchval(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", f"held_inputs/{tenant_id}/{object_pair}"
+        ):
+            return None
+        rows = await self._conn.fetch(
+            "SELECT id, message FROM held_inputs WHERE tenant_id = $2 AND object_pair = $3"
+            f" AND NOT {paused_both_ways('$2', '$3')} ORDER BY id LIMIT $4",
+            EVERY_PAIR,
+            tenant_id,
+            object_pair,
+            limit,
+        )
+        return [(r["id"], bytes(r["message"])) for r in rows]
+
+    async def release_inputs(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._conn.execute("DELETE FROM held_inputs WHERE id = ANY($1::bigint[])", list(ids))
 
 
 class PostgresSession:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
-from services.common.pauses import Way
+from services.common.pauses import Way, stopped
 from services.common.tenant_config import StoredConfig
 from services.common.values import Value
 from services.conflict_resolver.resolve import FieldRecord, LinkState
@@ -30,6 +31,38 @@ LogRow = tuple[str, str, str, str | None, str | None, str | None, str | None, st
 HoldKey = tuple[str, str, Way]
 # An output held: its hold, its record key and the encoded message
 HeldOutput = tuple[HoldKey, bytes, bytes]
+# (tenant, object pair)
+PairKey = tuple[str, str]
+# A change held undecided: its (tenant, object pair), its event id and the encoded ChangeMapped
+HeldInput = tuple[PairKey, str, bytes]
+
+
+@dataclass(frozen=True)
+class Holds:
+    """What pauses hold of some (tenant, object pair)s (:mod:`services.conflict_resolver.holding`)."""
+
+    # The pairs whose changes are kept undecided in ``held_inputs``.
+    inputs: frozenset[PairKey] = frozenset()
+    # The pairs and ways whose outputs are kept in ``held_outputs`` instead of being published.
+    outputs: frozenset[HoldKey] = frozenset()
+
+
+def holds_of(
+    paused: Collection[HoldKey], inputs_waiting: Collection[PairKey], outputs_waiting: Collection[HoldKey]
+) -> Holds:
+    """What is held, from the ways ``paused`` (a pause of every pair already counted for each pair)
+    and the pairs and ways that still have held inputs or outputs waiting to be released.
+
+    A pair paused both ways has nothing to send, so deciding its changes now would only cost what
+    a live change costs for outputs that wait anyway: its changes wait instead. A pair still
+    releasing held changes keeps holding its new ones (even resumed): decided now they would
+    overtake older changes of the same records. Outputs are held likewise, per way.
+    """
+    ways: dict[PairKey, set[Way]] = {}
+    for tenant, pair, way in paused:
+        ways.setdefault((tenant, pair), set()).add(way)
+    inputs = {key for key, paused_ways in ways.items() if stopped(paused_ways)} | set(inputs_waiting)
+    return Holds(inputs=frozenset(inputs), outputs=frozenset(paused) | frozenset(outputs_waiting))
 
 
 class TenantLinks(Protocol):
@@ -93,13 +126,29 @@ class Transaction(Protocol):
         """Append sync log rows."""
         ...
 
-    async def holding(self, pairs: Collection[tuple[str, str]]) -> set[HoldKey]:
-        """Which ways of these (tenant, object pair)s hold their outputs: those paused, and those
-        resumed whose held outputs are not all released yet (later ones queue behind them)."""
+    async def holding(self, pairs: Collection[PairKey]) -> Holds:
+        """What is held of these (tenant, object pair)s (:func:`holds_of`): the changes of those
+        paused both ways or still releasing held changes, the outputs of the ways paused or still
+        releasing held outputs."""
         ...
 
     async def hold(self, outputs: Sequence[HeldOutput]) -> None:
         """Keep ``outputs``, in this order, until their hold is released."""
+        ...
+
+    async def hold_inputs(self, inputs: Sequence[HeldInput]) -> None:
+        """Keep ``inputs``, in this order, undecided until their pair is released; one held or
+        decided already (the same tenant and event id) is not kept again."""
+        ...
+
+    async def held_inputs(self, tenant_id: str, object_pair: str, limit: int) -> list[tuple[int, bytes]] | None:
+        """The oldest ``limit`` changes held for the pair (id, encoded ChangeMapped), oldest first,
+        once this transaction has the pair's release to itself: None when another has it, none
+        when the pair is paused both ways (again)."""
+        ...
+
+    async def release_inputs(self, ids: Sequence[int]) -> None:
+        """Forget held changes, decided in this transaction."""
         ...
 
     def tenant(self, tenant_id: str) -> TenantLinks:

@@ -2,9 +2,10 @@
 of a tenant's syncing, for one object pair or all of them, and start it again
 (:mod:`services.common.pauses`).
 
-The conflict-resolver honours a pause from its next batch on: what it decides for a paused pair
-and direction is held in PostgreSQL instead of sent, other tenants flow on through the same
-partitions, and on resume the held writes and updates are released in the order they were decided.
+The conflict-resolver honours a pause from its next batch on, and other tenants flow on through the
+same partitions. A pair paused both ways has its changes held undecided (one insert each) and
+decided in order on resume; a pair paused one way has its changes decided as they come, what it
+would send that way held and released on resume in the order it was decided.
 Pausing and resuming are run control, an operator's job, and audited; any role may look.
 """
 
@@ -26,7 +27,7 @@ from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
 from services.common.db import Connection
-from services.common.pauses import EVERY_PAIR, Way, held_of, pause, pauses_of, resume
+from services.common.pauses import EVERY_PAIR, Way, held_inputs_of, held_of, pause, pauses_of, resume
 from services.common.tenant_config import StoredConfig
 
 Direction = Literal["to_crm", "to_app", "both"]
@@ -67,11 +68,22 @@ class HeldEntry(ApiModel):
     oldest: datetime
 
 
+class HeldInputsEntry(ApiModel):
+    object_pair: str
+    changes: int = Field(
+        description="Changes waiting undecided (the pair is paused both ways), decided in order on resume."
+    )
+    oldest: datetime
+
+
 class PauseState(ApiModel):
     tenant: str
     pauses: list[PauseEntry]
     held: list[HeldEntry] = Field(
-        description="What the pauses hold (and, just after a resume, what is still releasing)."
+        description="Outputs the pauses hold (and, just after a resume, what is still releasing)."
+    )
+    held_inputs: list[HeldInputsEntry] = Field(
+        description="Changes held undecided for pairs paused both ways (and, after a resume, still being decided)."
     )
 
 
@@ -87,6 +99,10 @@ async def pause_state(db: Connection, tenant: str) -> PauseState:
         held=[
             HeldEntry(object_pair=h.object_pair, direction=h.way, outputs=h.outputs, oldest=h.oldest)
             for h in await held_of(db, tenant)
+        ],
+        held_inputs=[
+            HeldInputsEntry(object_pair=h.object_pair, changes=h.changes, oldest=h.oldest)
+            for h in await held_inputs_of(db, tenant)
         ],
     )
 

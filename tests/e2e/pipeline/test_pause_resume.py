@@ -4,9 +4,10 @@ in order, while a tenant sharing every topic and partition with it syncs as usua
 Two tenants, each with an org of its own, share every service process and topic. Alpha is paused
 both ways (the row the admin API writes); then both tenants' users edit both sides, several edits
 per record. Beta must converge while alpha holds every one of its edits back: no app edit of alpha
-reaches Salesforce and no Salesforce edit reaches its app, and the writes and updates wait in
-``held_outputs``. After the resume every record of alpha must hold its last edit on both sides (an
-output released out of order would leave an older value), with nothing held and no dead letter.
+reaches Salesforce and no Salesforce edit reaches its app, and its changes wait undecided in
+``held_inputs`` (nothing of them is decided, so no output waits in ``held_outputs``). After the
+resume every record of alpha must hold its last edit on both sides (a change decided out of order
+would leave an older value), with nothing held and no dead letter.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ CAP = 5_000
 EDITS = 40
 
 
-async def _held(dsn: str, tenant: str) -> int:
+async def _held(dsn: str, tenant: str) -> tuple[int, int]:
+    """How many of the tenant's changes and outputs are held."""
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM held_outputs WHERE tenant_id = $1", tenant))
+        counts = [
+            int(await conn.fetchval(f"SELECT count(*) FROM {table} WHERE tenant_id = $1", tenant))
+            for table in ("held_inputs", "held_outputs")
+        ]
+        return counts[0], counts[1]
     finally:
         await conn.close()
 
@@ -86,20 +92,21 @@ async def test_a_paused_tenant_keeps_its_changes_in_order_while_its_neighbour_sy
             await alpha.edit(rng)
             await beta.edit(rng)
 
-        # Beta converges while alpha's outputs are held, and none of alpha's edits crosses over.
+        # Beta converges while alpha's changes are held, and none of alpha's edits crosses over.
         deadline = time.monotonic() + 180
         while True:
             beta_problems, _ = await problems_of(beta)
-            held = await _held(fresh_database, "alpha")
-            if not beta_problems and held >= EDITS:
+            changes, outputs = await _held(fresh_database, "alpha")
+            if not beta_problems and changes >= EDITS:
                 break
-            assert time.monotonic() < deadline, f"beta: {beta_problems[:5]}; alpha holds {held}"
+            assert time.monotonic() < deadline, f"beta: {beta_problems[:5]}; alpha holds {changes} changes"
             await asyncio.sleep(1)
+        assert outputs == 0, "alpha's changes were decided while it was paused both ways"
         assert _leaks(alpha, await alpha.app.rows(), await alpha.crm.accounts()) == []
         alpha_problems, _ = await problems_of(alpha)
         assert alpha_problems, "alpha converged while paused"
 
         await _paused(fresh_database, "alpha", False)
         assert not await converged(run, "after alpha resumed")
-        assert await _held(fresh_database, "alpha") == 0
+        assert await _held(fresh_database, "alpha") == (0, 0)
         assert await dead_letters(run) == []

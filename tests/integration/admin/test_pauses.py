@@ -30,7 +30,15 @@ async def test_pause_resume_and_look(cli: Cli, sample: Path) -> None:
 
     state = json.loads((await cli("pauses", "acme", "--json")).output)
     assert [(p["objectPair"], p["direction"]) for p in state["pauses"]] == [("*", "to_app"), ("partners", "to_crm")]
-    assert state["held"] == []
+    assert (state["held"], state["heldInputs"]) == ([], [])
+    # What the conflict-resolver keeps of a pair paused both ways (services/conflict_resolver/holding.py).
+    await cli.api.db.execute(
+        "INSERT INTO held_inputs (tenant_id, object_pair, event_id, message) VALUES ('acme', 'partners', 'e1', '')"
+    )
+    held = json.loads((await cli("pauses", "acme", "--json")).output)["heldInputs"]
+    assert [(h["objectPair"], h["changes"]) for h in held] == [("partners", 1)]
+    assert "CHANGES UNDECIDED" in (await cli("pauses", "acme")).output
+    await cli.api.db.execute("DELETE FROM held_inputs")
     health = json.loads((await cli("health", "acme", "--json")).output)
     assert len(health["pauses"]) == 2
     assert "PAUSED PAIR" in (await cli("health", "acme")).output

@@ -19,7 +19,19 @@ from services.common.pauses import EVERY_PAIR, Way
 from services.common.tenant_config import StoredConfig
 from services.common.values import Value
 from services.conflict_resolver.resolve import FieldRecord, LinkState
-from services.conflict_resolver.store import EventKey, FieldKey, HeldOutput, HoldKey, LinkKey, LogRow, SentWrite
+from services.conflict_resolver.store import (
+    EventKey,
+    FieldKey,
+    HeldInput,
+    HeldOutput,
+    HoldKey,
+    Holds,
+    LinkKey,
+    LogRow,
+    PairKey,
+    SentWrite,
+    holds_of,
+)
 
 
 @dataclass
@@ -35,6 +47,9 @@ class Tables:
     # (tenant, pair or EVERY_PAIR, way) paused, and the outputs held, in order.
     pauses: set[HoldKey] = field(default_factory=set)
     held: list[HeldOutput] = field(default_factory=list)
+    # The changes held undecided, by row id (rising in the order they were held).
+    held_inputs: dict[int, HeldInput] = field(default_factory=dict)
+    next_held_id: int = 1
 
 
 class FakeTenantLinks:
@@ -103,16 +118,42 @@ class FakeTransaction:
     async def log(self, rows: Sequence[LogRow]) -> None:
         self._tables.log.extend(rows)
 
-    async def holding(self, pairs: Collection[tuple[str, str]]) -> set[HoldKey]:
-        holding = {hold for hold, _, _ in self._tables.held}
-        for tenant, pair in pairs:
-            for way in Way:
-                if (tenant, pair, way) in self._tables.pauses or (tenant, EVERY_PAIR, way) in self._tables.pauses:
-                    holding.add((tenant, pair, way))
-        return {h for h in holding if h[:2] in pairs}
+    async def holding(self, pairs: Collection[PairKey]) -> Holds:
+        paused = {
+            (tenant, pair, way)
+            for tenant, pair in pairs
+            for way in Way
+            if {(tenant, pair, way), (tenant, EVERY_PAIR, way)} & self._tables.pauses
+        }
+        inputs = {key for key, _, _ in self._tables.held_inputs.values()}
+        outputs = {hold for hold, _, _ in self._tables.held}
+        return holds_of(
+            paused=paused,
+            inputs_waiting={p for p in pairs if p in inputs},
+            outputs_waiting={(*p, way) for p in pairs for way in Way if (*p, way) in outputs},
+        )
 
     async def hold(self, outputs: Sequence[HeldOutput]) -> None:
         self._tables.held.extend(outputs)
+
+    async def hold_inputs(self, inputs: Sequence[HeldInput]) -> None:
+        for held in inputs:
+            key = (held[0][0], held[1])
+            if key in self._tables.processed or key in {(h[0][0], h[1]) for h in self._tables.held_inputs.values()}:
+                continue
+            self._tables.held_inputs[self._tables.next_held_id] = held
+            self._tables.next_held_id += 1
+
+    async def held_inputs(self, tenant_id: str, object_pair: str, limit: int) -> list[tuple[int, bytes]] | None:
+        paused = {way for t, p, way in self._tables.pauses if t == tenant_id and p in (object_pair, EVERY_PAIR)}
+        if paused >= set(Way):
+            return []
+        rows = sorted((i, h[2]) for i, h in self._tables.held_inputs.items() if h[0] == (tenant_id, object_pair))
+        return rows[:limit]
+
+    async def release_inputs(self, ids: Sequence[int]) -> None:
+        for row_id in ids:
+            self._tables.held_inputs.pop(row_id, None)
 
     def tenant(self, tenant_id: str) -> FakeTenantLinks:
         return FakeTenantLinks(self._tables, tenant_id)
