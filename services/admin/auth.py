@@ -73,8 +73,14 @@ def sees(principal: Principal, tenant_id: str) -> bool:
     return principal.tenants is None or tenant_id in principal.tenants
 
 
+def role_may(role: Role, action: Action) -> bool:
+    """Whether ``role`` ranks high enough for ``action``; :func:`may` is the whole rule (tokens also
+    need every tenant in scope)."""
+    return _RANK[role] >= _RANK[_REQUIRED_ROLE[action]]
+
+
 def may(principal: Principal, action: Action) -> bool:
-    if _RANK[principal.role] < _RANK[_REQUIRED_ROLE[action]]:
+    if not role_may(principal.role, action):
         return False
     return action is not Action.MANAGE_TOKENS or principal.tenants is None
 

@@ -4,7 +4,8 @@ user's behalf, rendering, and the answers to the API's problems.
 The console holds no authority of its own. A page calls the admin API in-process (an ASGI transport
 to the same app) with the user's credential as its bearer token, so every page sees and may do
 exactly what that credential may over the API, with the same validation and the same audit trail;
-anything done here can be done with ``curl`` too.
+anything done here can be done with ``curl`` too. A page offers only the buttons the user's role may
+use (:func:`abilities`), but that is a courtesy: a form sent anyway is still the API's to refuse.
 
 The credential lives in an HttpOnly, SameSite=Strict cookie scoped to the console's path (Secure
 over HTTPS), so no other site can make the browser send it, and a form that changes anything is
@@ -25,6 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
+from services.admin.auth import Action, Role, role_may
 from services.admin.console import charts
 
 PREFIX = "/console"
@@ -113,6 +115,25 @@ def _problem_body(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"detail": str(body)}
 
 
+def abilities(me: object) -> dict[str, bool]:
+    """What the signed-in user's role may do, for a page to offer only that: ``me`` is the API's
+    ``GET /me`` (None before signing in). Only what is offered: the API decides, and refuses the rest.
+
+    ``can_operate``: run control (run a job, pause and resume, retry a record, replay or discard dead
+    letters, check the connection, plan, validate a filter). ``can_configure``: changing the
+    configuration (save a draft, restore a version, connect, reconnect or revoke the connection)."""
+    role = None
+    if isinstance(me, Mapping):
+        try:
+            role = Role(str(me.get("role")))
+        except ValueError:
+            role = None
+    return {
+        "can_operate": role is not None and role_may(role, Action.OPERATE),
+        "can_configure": role is not None and role_may(role, Action.CONFIGURE),
+    }
+
+
 class Web:
     """Templates, the in-process API client, and the session."""
 
@@ -133,7 +154,9 @@ class Web:
         return Api(self._client, credential)
 
     def render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        context.setdefault("me", getattr(request.state, "me", None))
+        me = context.setdefault("me", getattr(request.state, "me", None))
+        for name, allowed in abilities(me).items():
+            context.setdefault(name, allowed)
         context.setdefault("flash", request.query_params.get("done"))
         return self.templates.TemplateResponse(request, template, context, status_code=status_code)
 

@@ -86,7 +86,9 @@ async def test_an_unconnected_tenant_and_its_failing_check(console: Console) -> 
     state = page.locator("dl.facts")
     await expect(state).to_contain_text("not connected — It was never connected: connect it.")
     await expect(state).to_contain_text("oauth_pkce")
-    await expect(page.get_by_role("button", name="Connect", exact=True)).to_be_visible()
+    # Connecting is an admin's: an operator may check, not connect.
+    await expect(page.get_by_role("button", name="Connect", exact=True)).to_have_count(0)
+    await expect(page.get_by_text("Only admins can connect or reconnect a tenant.")).to_be_visible()
     # Nothing to revoke yet.
     await expect(page.get_by_role("button", name="Revoke")).to_have_count(0)
 
@@ -109,9 +111,21 @@ async def test_what_the_role_may_not_do_and_a_server_side_tenant(console: Consol
     page = console.page
     await console.sign_in(await console.api.token(Role.VIEWER))
     await page.goto(f"{console.base}/console/tenants/acme/connection")
-    await page.get_by_role("button", name="Connect", exact=True).click()
-    await expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
-    await expect(page.get_by_role("alert")).to_have_text("the viewer role may not change configuration")
+    # A viewer is offered neither connecting nor the check...
+    await expect(page.get_by_role("button", name="Connect", exact=True)).to_have_count(0)
+    await expect(page.get_by_role("button", name="Check")).to_have_count(0)
+    await expect(page.get_by_text("Only admins can connect or reconnect a tenant.")).to_be_visible()
+    await expect(page.get_by_text("Only operators and admins can run the check.")).to_be_visible()
+    # ... and the forms sent anyway are the API's to refuse.
+    for action, refusal in (
+        ("connect", "the viewer role may not change configuration"),
+        ("check", "the viewer role may not control sync runs"),
+    ):
+        refused = await page.request.post(
+            f"{console.base}/console/tenants/acme/connection/{action}", form={}, headers={"origin": console.base}
+        )
+        assert refused.status == 403
+        assert refusal in await refused.text()
     assert await console.api.db.fetchval("SELECT count(*) FROM oauth_authorizations") == 0
 
     server_side = SAMPLE_TEXT.replace("mode: oauth_pkce", "mode: client_credentials", 1)

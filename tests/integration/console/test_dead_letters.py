@@ -1,6 +1,7 @@
 """The console's dead letters page in Chromium, against a real broker: entries listed with their
 reasons and payloads, replayed and discarded (a selection, or every pending one of a topic), a
-discard without a reason refused, a viewer refused on replay, each answer shown on the page."""
+discard without a reason refused, a viewer offered neither and refused on replay anyway, each answer
+shown on the page."""
 
 from __future__ import annotations
 
@@ -166,11 +167,21 @@ async def test_a_viewer_sees_them_but_may_not_replay(kafka_console: Console) -> 
     assert response is not None
     assert response.status == 200
     await expect(page.locator("table.letters tbody tr")).to_have_count(1)
-    await page.get_by_label("Select app_changes_dlq:0:1").check()
-    await page.get_by_role("button", name="Replay selected").click()
-    await expect(page.get_by_role("alert")).to_contain_text("the viewer role may not control sync runs")
-    await expect(page.get_by_role("heading", name="Dead letters of acme")).to_be_visible()
-    await expect(page.locator("table.letters tbody tr")).to_have_count(1)
+    # A viewer is offered nothing to tick and no button that acts...
+    await expect(page.get_by_text("Only operators and admins can replay or discard dead letters.")).to_be_visible()
+    await expect(page.get_by_role("checkbox")).to_have_count(0)
+    for name in ("Replay selected", "Discard selected", "Replay all pending of app_changes"):
+        await expect(page.get_by_role("button", name=name)).to_have_count(0)
+    # ... and the form sent anyway is the API's to refuse, on the listing.
+    refused = await page.request.post(
+        f"{console.base}/console/tenants/acme/dead-letters/replay",
+        form={"id": "app_changes_dlq:0:1", "view": "record=p-2"},
+        headers={"origin": console.base},
+    )
+    assert refused.status == 403
+    answer = await refused.text()
+    assert "the viewer role may not control sync runs" in answer
+    assert "Dead letters of acme" in answer
     assert await states(console) == {}
 
     # A form posted from another site is refused before the API is asked.

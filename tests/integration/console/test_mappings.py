@@ -5,6 +5,7 @@ Salesforce), except in the last test, which counts a filter's records in an emul
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -249,9 +250,17 @@ async def test_a_filter_that_does_not_parse_is_shown_at_its_column_and_nothing_i
     await page.get_by_role("button", name="Plan", exact=True).click()
     await expect(page.locator("#plan-problem")).to_be_visible()
     await expect(problems).to_contain_text("column 23: unbalanced parentheses")
-    # An operator may plan, not save.
-    await page.get_by_role("button", name="Save", exact=True).click()
-    await expect(page.locator("#plan-problem")).to_have_text("the operator role may not change configuration")
+    # An operator may plan, not save: Save is not offered, and the draft saved anyway is refused.
+    await expect(page.get_by_role("button", name="Save", exact=True)).to_have_count(0)
+    await expect(page.get_by_text("Only admins can save a draft.")).to_be_visible()
+    draft = await page.locator("form.mapping").evaluate("form => Object.fromEntries(new FormData(form))")
+    refused = await page.request.post(
+        f"{console.base}/console/tenants/acme/pairs/partners",
+        form={**draft, "op": "save"},
+        headers={"origin": console.base},
+    )
+    assert refused.status == 403
+    assert "the operator role may not change configuration" in await refused.text()
     assert (await current(console))["version"] == 1
 
     # A clause that parses names fields the stored describe checks, without calling Salesforce.
@@ -295,16 +304,33 @@ async def test_a_draft_leaving_out_a_required_salesforce_field_is_refused_and_ke
 async def test_a_viewer_may_look_but_not_plan_or_save(described: Console) -> None:
     console = described
     page = await open_pair(console, Role.VIEWER)
-    await (
-        page.locator("tr[data-suggestion=favourite_color]").get_by_role("button", name="Ignore favourite_color").click()
-    )
-    await expect(page.locator("tr[data-suggestion=favourite_color]")).to_contain_text("ignored")
+    # The saved pair, read-only: no button, every control disabled.
+    await expect(page.locator("tr[data-suggestion=favourite_color]")).to_contain_text("unmapped")
+    await expect(page.locator("tr[data-rule=tier]")).to_be_visible()
+    await expect(page.get_by_role("button")).to_have_text(["Sign out"])
+    await expect(page.get_by_label("Direction", exact=True)).to_be_disabled()
+    await expect(page.get_by_label("Direction of tier")).to_be_disabled()
+    await expect(page.get_by_label("SOQL filter on Account (a WHERE clause)")).to_be_disabled()
+    await expect(
+        page.get_by_text("Only operators and admins can change and plan a draft, and only admins can save it.")
+    ).to_be_visible()
+    await expect(page.get_by_text("Only operators and admins can validate the filter.")).to_be_visible()
 
-    await page.get_by_role("button", name="Save", exact=True).click()
-    await expect(page.locator("#plan-problem")).to_have_text("the viewer role may not change configuration")
-    await expect(page.locator("tr[data-suggestion=favourite_color]")).to_contain_text("ignored")
-    await page.get_by_role("button", name="Plan", exact=True).click()
-    await expect(page.locator("#plan-problem")).to_have_text("the viewer role may not control sync runs")
+    # Sent anyway, a draft (the saved document, a field ignored) is refused by the API, each button's way.
+    document = (await current(console))["document"]
+    (partners,) = [p for p in document["spec"]["objects"] if p["name"] == "partners"]
+    partners["ignoredFields"] = ["favourite_color"]
+    for op, refusal in (
+        ("save", "the viewer role may not change configuration"),
+        ("plan", "the viewer role may not control sync runs"),
+    ):
+        refused = await page.request.post(
+            f"{console.base}/console/tenants/acme/pairs/partners",
+            form={"draft": json.dumps(document), "base": "1", "op": op},
+            headers={"origin": console.base},
+        )
+        assert refused.status == 403
+        assert refusal in await refused.text()
     assert (await current(console))["version"] == 1
 
     # Posted from another site, the form is refused before anything is read.

@@ -205,13 +205,16 @@ async def test_the_timeline_shows_each_decision_in_order(console: Console) -> No
     await expect(rejected).to_contain_text("Rolled back to what Salesforce holds: Name.")
     await rejected.get_by_text("Everything the entry holds").click()
     await expect(rejected.locator("pre")).to_contain_text('"version": 1')
-    await expect(page.get_by_role("button", name="Retry")).to_be_visible()
+    # A rejected write could be retried, by an operator: a viewer is told so, with no button.
+    await expect(page.get_by_role("heading", name="Retry")).to_be_visible()
+    await expect(page.get_by_text("Only operators and admins can retry a record.")).to_be_visible()
+    await expect(page.get_by_role("button", name="Retry")).to_have_count(0)
     await console.shot("timeline")
 
     # A record without a rejected write has nothing to retry.
     await page.goto(f"{console.base}/console/tenants/acme/records/p-8")
     await expect(page.locator("ol.timeline > li")).to_have_count(1)
-    await expect(page.get_by_role("button", name="Retry")).to_have_count(0)
+    await expect(page.get_by_role("heading", name="Retry")).to_have_count(0)
 
     # Unknown records are the API's 404.
     response = await page.goto(f"{console.base}/console/tenants/acme/records/nobody")
@@ -236,11 +239,18 @@ async def test_retry_from_the_timeline_asks_the_api(kafka_console: Console) -> N
     await link(console, "l-3", "partners", None, "001000000000003AAA")
     await resolved_then_rejected(console, "l-3")
 
+    # A viewer is offered no Retry, and one sent anyway is the API's to refuse, on the record's page.
     await console.sign_in(await console.api.token(Role.VIEWER))
     await page.goto(f"{console.base}/console/tenants/acme/records/pc-1")
-    await page.get_by_role("button", name="Retry").click()
-    await expect(page.get_by_role("alert")).to_have_text("the viewer role may not control sync runs")
-    await expect(page.get_by_role("heading", name="Record pc-1")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Retry")).to_be_visible()
+    await expect(page.get_by_role("button", name="Retry")).to_have_count(0)
+    refused = await page.request.post(
+        f"{console.base}/console/tenants/acme/retries", form={"record": "pc-1"}, headers={"origin": console.base}
+    )
+    assert refused.status == 403
+    answer = await refused.text()
+    assert "the viewer role may not control sync runs" in answer
+    assert "Record pc-1" in answer
 
     await console.sign_in(await console.api.token(Role.OPERATOR, name="night shift"))
     await page.goto(f"{console.base}/console/tenants/acme/records/pc-1")

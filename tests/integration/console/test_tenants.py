@@ -84,9 +84,21 @@ async def test_what_the_credential_may_not_do_the_console_may_not_either(console
     page = console.page
     await console.sign_in(await console.api.token(Role.VIEWER))
     await page.goto(f"{console.base}/console/tenants/acme")
-    await page.locator("tr[data-pair=partners]").get_by_role("button", name="Run now").click()
-    await expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
-    await expect(page.get_by_role("alert")).to_have_text("the viewer role may not control sync runs")
+    # A viewer is offered no run control...
+    row = page.locator("tr[data-pair=partners]")
+    await expect(row).to_contain_text("not paused")
+    await expect(row.get_by_role("button", name="Run now")).to_have_count(0)
+    await expect(row.get_by_role("button", name="Pause partners")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Pause every pair")).to_have_count(0)
+    await expect(page.get_by_text("Only operators and admins can run jobs, pause or resume syncing.")).to_be_visible()
+    # ... and the form sent anyway is the API's to refuse.
+    refused = await page.request.post(
+        f"{console.base}/console/tenants/acme/jobs",
+        form={"kind": "poll", "objectPair": "partners"},
+        headers={"origin": console.base},
+    )
+    assert refused.status == 403
+    assert "the viewer role may not control sync runs" in await refused.text()
     assert await console.api.db.fetchval("SELECT count(*) FROM jobs") == 0
 
     # A tenant out of scope is not found, as over the API.

@@ -18,6 +18,7 @@ from services.admin.auth import (
     may,
     new_token,
     parse_duration,
+    role_may,
     sees,
     token_digest,
     token_usable,
@@ -43,6 +44,11 @@ def principal(role: Role, tenants: set[str] | None = None) -> Principal:
 )
 def test_each_role_may_what_its_rank_allows(role: Role, allowed: set[Action]) -> None:
     assert {a for a in Action if may(principal(role), a)} == allowed
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_a_role_may_what_a_principal_of_every_tenant_with_it_may(role: Role) -> None:
+    assert {a for a in Action if role_may(role, a)} == {a for a in Action if may(principal(role), a)}
 
 
 def test_only_an_admin_of_every_tenant_manages_tokens() -> None:
