@@ -5,7 +5,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import cdc_ingest, emulator, filters, isolation, pause, pipeline, quarantine, suggestions, sync, writer
+from bench import (
+    cdc_ingest,
+    console,
+    emulator,
+    filters,
+    isolation,
+    pause,
+    pipeline,
+    quarantine,
+    suggestions,
+    sync,
+    writer,
+)
 from bench.report import Result, machine, render
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
@@ -19,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[], Result]] = {
     "pause": pause.run,
     "pipeline": pipeline.run,
     "suggestions": suggestions.run,
+    "console": console.run,
 }
 
 

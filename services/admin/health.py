@@ -127,7 +127,8 @@ async def throughput(conn: Connection, tenant_id: str, now: datetime, hours: int
     since = now - timedelta(hours=hours)
     rows = await conn.fetch(
         "SELECT floor(extract(epoch FROM at - $2::timestamptz) / 3600)::int AS hour,"
-        " count(*) FILTER (WHERE event = 'write.succeeded') AS to_crm,"
+        # The writer logs one write.succeeded row per batch, with how many records it wrote.
+        " COALESCE(sum(COALESCE((detail->>'count')::int, 1)) FILTER (WHERE event = 'write.succeeded'), 0) AS to_crm,"
         " count(*) FILTER (WHERE event = 'change.resolved' AND detail->'writes' ? 'app'"
         " AND NOT (detail->'writes'->'app' ? 'held')) AS to_app"
         " FROM sync_log WHERE tenant_id = $1 AND at > $2 AND at <= $3"

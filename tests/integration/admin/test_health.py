@@ -93,7 +93,7 @@ async def test_health_tells_the_last_sync_each_way_the_budget_the_objects_and_th
     assert body["drift"] == []
     assert body["jobs"] == []
 
-    await log(cli, "write.succeeded")
+    await log(cli, "write.succeeded", count=3)
     await log(cli, "change.resolved", writes={"app": {"kind": "update", "fields": ["name"]}})
     await log(cli, "change.resolved", writes={"app": {"kind": "update", "fields": ["name"], "held": True}})
     now = datetime.now(UTC)
@@ -121,9 +121,9 @@ async def test_health_tells_the_last_sync_each_way_the_budget_the_objects_and_th
     assert (body["budget"]["callsLastDay"], body["budget"]["orgUsed"], body["budget"]["low"]) == (4_600, 14_000, True)
     viewer = bearer(await cli.token(Role.VIEWER))
     hourly = (await cli.api.http.get("/api/v1/tenants/acme/throughput", headers=viewer)).json()
-    # One write, one update published (the held one is not).
-    assert (hourly["hours"], hourly["toCrm"][-1], hourly["toApp"][-1]) == (24, 1, 1)
-    assert sum(hourly["toCrm"]) + sum(hourly["toApp"]) == 2
+    # A batch of three records written, one update published (the held one is not).
+    assert (hourly["hours"], hourly["toCrm"][-1], hourly["toApp"][-1]) == (24, 3, 1)
+    assert sum(hourly["toCrm"]) + sum(hourly["toApp"]) == 4
     week = await cli.api.http.get("/api/v1/tenants/acme/throughput", params={"hours": 169}, headers=viewer)
     assert [e["field"] for e in problem(week, 422)["errors"]] == ["query.hours"]
     # Both minutes fall in the current hour, the last of the 24.
