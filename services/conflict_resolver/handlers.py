@@ -96,6 +96,9 @@ from services.conflict_resolver.store import (
 
 log = logging.getLogger(__name__)
 
+# Held changes one pair may have decided in one round of the releaser (services/conflict_resolver/holding.py).
+RELEASE_ROUND = 10_000
+
 # Publishes (event, key) pairs in order; returns once the broker acknowledged all (acks=all).
 Publish = Callable[[Sequence[tuple[Message, bytes]]], Awaitable[None]]
 
@@ -174,15 +177,18 @@ class Resolver:
         Each page's claims, decisions, outputs (published and acked, or held for a way still
         paused) and the deletion of its rows commit together: a crash before the commit decides
         the page again, publishing the same outputs with the same ids; after it nothing of the page
-        is left to decide. Stops when nothing is left, the pair is paused both ways again, or
-        another replica is releasing it."""
+        is left to decide. Stops when nothing is left, the pair is paused both ways again, another
+        replica is releasing it, or :data:`RELEASE_ROUND` changes were decided: one pair's backlog
+        (a weekend's changes) then waits for the next round behind every other pair's and every
+        held output, rather than holding them all up until it is drained."""
         released = 0
         async with self._store.session() as session:
-            while True:
+            while released < RELEASE_ROUND:
                 count = await self._release_page(session, tenant_id, object_pair, page)
                 released += count
                 if count < page:
-                    return released
+                    break
+        return released
 
     async def _release_page(self, session: Session, tenant_id: str, object_pair: str, page: int) -> int:
         """Up to ``page`` of the pair's held changes decided (or refused, or skipped as duplicates)

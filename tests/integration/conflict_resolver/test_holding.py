@@ -29,6 +29,7 @@ from services.common.errors import RecordTooLargeError
 from services.common.metrics import Metrics
 from services.common.pauses import EVERY_PAIR, Way, held_inputs_of, held_of, pause, resume
 from services.common.settings import PostgresSettings
+from services.conflict_resolver import handlers
 from services.conflict_resolver.handlers import Resolver
 from services.conflict_resolver.holding import release, release_inputs
 from services.conflict_resolver.repository import PostgresStore
@@ -536,3 +537,25 @@ async def test_a_held_change_whose_output_is_too_large_is_dropped_on_release_wit
     assert await _held_inputs(fresh_database) == []
     rejected = await _with(fresh_database, ("SELECT link_id, code FROM sync_log WHERE event = 'change.rejected'", ()))
     assert [(r["link_id"], r["code"]) for r in rejected] == [("L9", "RECORD_TOO_LARGE")]
+
+
+async def test_one_round_decides_a_bounded_share_of_a_pairs_held_changes(
+    fresh_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await prepare_database(fresh_database)
+    events = list(stream())
+    assert len(events) > 4
+    await _pause(fresh_database, [EVERY_PAIR], BOTH)
+    async with resolver(fresh_database, Outbox(), Outbox()) as r:
+        assert await r.on_mapped_batch(events) == {}
+    await _resume(fresh_database, [EVERY_PAIR], BOTH)
+
+    # A backlog is decided round by round, leaving the releaser to other pairs and outputs between.
+    monkeypatch.setattr(handlers, "RELEASE_ROUND", 4)
+    crm, app = Outbox(), Outbox()
+    assert await _release_inputs(fresh_database, crm, app, page=2) == 4
+    assert await _held_inputs(fresh_database) == [e.event_id for e in events[4:]]
+    decided = 4
+    while decided < len(events):
+        decided += await _release_inputs(fresh_database, crm, app, page=2)
+    assert await _held_inputs(fresh_database) == []
