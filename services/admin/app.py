@@ -87,6 +87,7 @@ async def run(
             connect=connect,
             sessions=sessions,
             policy=policy,
+            public_url=settings.public_url,
             dead_letters=None
             if settings.kafka is None
             else DeadLetterTopics(settings.kafka, TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)),

@@ -53,6 +53,7 @@ def build_api(
     sessions: Sessions | None = None,
     policy: SalesforcePolicy = _DEFAULT_POLICY,
     dead_letters: DeadLetterTopics | None = None,
+    public_url: str | None = None,
 ) -> FastAPI:
     """The API over ``pool``; without ``connect`` (no vault), connecting tenants answers 503, and
     without ``sessions`` (no access to Salesforce) so does checking a tenant's connection, and
@@ -110,5 +111,5 @@ def build_api(
     app.include_router(schema_router(access, sessions))
     app.include_router(plan_router(access, policy, sessions))
     app.include_router(tokens_router(access))
-    install_console(app)
+    install_console(app, public_url)
     return app

@@ -92,6 +92,20 @@ def pair_of(document: Document, name: str) -> dict[str, Any]:
     return found
 
 
+def spliced(current: Document, draft: Document, name: str) -> Document:
+    """The current document with the draft's pair in place of its own: the page edits one pair, so
+    what others applied meanwhile to the rest of the tenant is kept, not replaced by the draft's copy."""
+    merged = copy.deepcopy(current)
+    objects = merged["spec"].setdefault("objects", [])
+    pair = copy.deepcopy(pair_of(draft, name))
+    names = [p.get("name") for p in objects]
+    if name in names:
+        objects[names.index(name)] = pair
+    else:
+        objects.append(pair)
+    return merged
+
+
 def _edited(document: Document, name: str, change: Callable[[dict[str, Any]], None]) -> Document:
     edited = copy.deepcopy(document)
     change(pair_of(edited, name))
@@ -733,12 +747,14 @@ def router(web: Web) -> APIRouter:
                 outcome.refused(problem, PLAN)
         elif op == "save":
             current = reads.current["version"]
+            # Saved over the newest version, whatever the draft began from: other pairs' changes stay.
+            draft = spliced(reads.current["document"], draft, pair)
             if base != current:
                 outcome.status = 409
                 outcome.notes[PLAN] = (
                     f"version {current} was applied by {reads.current['appliedBy']} since this draft was started"
-                    f" from version {base}: Plan shows what the draft would change against it; Save again to"
-                    " replace it"
+                    f" from version {base}: the draft now sits on it (its other pairs as they are now); Plan shows"
+                    f" what it would change, Save again to replace {pair} with the draft's"
                 )
                 base = current
             else:

@@ -13,9 +13,13 @@ from services.admin.console.web import (
     SignInRequired,
     Web,
     back,
+    form_of,
     same_origin,
     set_session,
 )
+
+# Far longer than an API token or an access token a provider issues; a bound on what is sent on.
+MAX_CREDENTIAL = 8192
 
 
 def _next(target: str | None) -> str:
@@ -47,6 +51,9 @@ def session_router(web: Web) -> APIRouter:
             error = "the form was not sent from this console's page; open the sign-in page and try again"
         elif not credential:
             error = "enter an API token (dpx_...) or an OpenID Connect access token"
+        elif not (credential.isascii() and credential.isprintable()) or len(credential) > MAX_CREDENTIAL:
+            # A paste that picked up a typographic quote or a non-breaking space: no token looks so.
+            error = "that credential is invalid, expired or revoked"
         else:
             try:
                 await web.anonymous_api(credential).get("/me")
@@ -62,6 +69,7 @@ def session_router(web: Web) -> APIRouter:
 
     @router.post("/sign-out")
     async def sign_out(request: Request) -> Response:
+        await form_of(request)  # another site may not sign the user out either
         response = back("/sign-in", "signed out")
         response.delete_cookie(COOKIE, path=PREFIX)
         return response

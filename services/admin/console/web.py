@@ -86,9 +86,13 @@ class Api:
         if content_type is not None:
             headers["content-type"] = content_type
         query = {k: v for k, v in (params or {}).items() if v not in (None, "", [])}
-        response = await self._client.request(
-            method, f"{_API}{path}", params=query, json=json, content=content, headers=headers
-        )
+        try:
+            response = await self._client.request(
+                method, f"{_API}{path}", params=query, json=json, content=content, headers=headers
+            )
+        except UnicodeError:
+            # Only a credential can carry what an HTTP header cannot (values go in the URL, encoded).
+            raise SignInRequired("that credential holds characters no token has; sign in again") from None
         if response.status_code == 401:
             raise SignInRequired("your session has ended (the credential is no longer valid); sign in again")
         if response.status_code >= 400:
@@ -137,7 +141,10 @@ def abilities(me: object) -> dict[str, bool]:
 class Web:
     """Templates, the in-process API client, and the session."""
 
-    def __init__(self, api_app: ASGIApp) -> None:
+    def __init__(self, api_app: ASGIApp, public_url: str | None = None) -> None:
+        parts = urlsplit(public_url) if public_url else None
+        # Behind a proxy that ends TLS the request arrives as http: the browser's origin is the public one.
+        self.public_origin = f"{parts.scheme}://{parts.netloc}" if parts else None
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self.templates.env.globals.update(prefix=PREFIX, charts=charts, segment=segment)
         self.templates.env.filters["when"] = charts.when
@@ -164,13 +171,19 @@ class Web:
         return self.render(request, "problem.html", status_code=problem.status, problem=problem)
 
 
+def _origins(request: Request) -> set[str]:
+    """This server's origins: the one the request reached, and the public one (behind a proxy)."""
+    public: str | None = getattr(request.app.state, "console_public_origin", None)
+    return {f"{request.url.scheme}://{request.url.netloc}", *([public] if public else [])}
+
+
 def same_origin(request: Request) -> bool:
     """Whether a state-changing form was posted from this server's own pages."""
     source = request.headers.get("origin") or request.headers.get("referer")
     if not source:
         return False
     parts = urlsplit(source)
-    return f"{parts.scheme}://{parts.netloc}" == f"{request.url.scheme}://{request.url.netloc}"
+    return f"{parts.scheme}://{parts.netloc}" in _origins(request)
 
 
 async def form_of(request: Request) -> dict[str, str]:
@@ -201,5 +214,5 @@ def set_session(response: Response, request: Request, credential: str) -> None:
         path=PREFIX,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=any(origin.startswith("https://") for origin in _origins(request)),
     )

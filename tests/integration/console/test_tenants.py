@@ -9,6 +9,8 @@ import pytest
 from playwright.async_api import expect
 
 from services.admin.auth import Role
+from tests.integration.admin.conftest import migrated  # noqa: F401 (fixture)
+from tests.integration.admin_api.harness import serving
 from tests.integration.console.conftest import Console
 
 pytestmark = pytest.mark.integration
@@ -126,3 +128,21 @@ async def test_readable_on_a_narrow_window(console: Console) -> None:
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page is {width} px wide on a 390 px window"
     await expect(page.locator("tr[data-pair=partners]").get_by_role("button", name="Run now")).to_be_visible()
+
+
+async def test_a_credential_no_token_looks_like_is_refused_not_a_server_error(console: Console) -> None:
+    await console.sign_in("dpx_“pasted”\u00a0token")
+    await expect(console.page.get_by_role("alert")).to_have_text("that credential is invalid, expired or revoked")
+
+
+async def test_behind_a_proxy_that_ends_tls_the_public_origin_is_this_servers(migrated: str) -> None:  # noqa: F811
+    async with serving(migrated, public_url="https://duplex.example") as api:
+        token = await api.token(Role.VIEWER)
+        form = {"credential": token, "next": "/console/tenants"}
+        public = await api.http.post("/console/sign-in", data=form, headers={"origin": "https://duplex.example"})
+        assert public.status_code == 303, public.text
+        # The browser reached it over https: the session cookie is only ever sent back that way.
+        assert "secure" in public.headers["set-cookie"].lower()
+        elsewhere = await api.http.post("/console/sign-in", data=form, headers={"origin": "https://evil.example"})
+        assert elsewhere.status_code == 401
+        assert "not sent from this console" in elsewhere.text

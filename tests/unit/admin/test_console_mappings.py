@@ -27,6 +27,7 @@ from services.admin.console.mappings import (
     rule_rows,
     sample_columns,
     schedule_of,
+    spliced,
     suggestion_rows,
     transform_text,
     with_rule,
@@ -388,3 +389,27 @@ def test_a_plan_in_words() -> None:
     assert lines[1].details == [("direction", "—", "crm_to_app"), ("conflictPolicy", "app_wins", "—")]
     assert lines[2].details == []
     assert sample_columns([{"Id": "1", "Name": "a"}, {"Id": "2", "Type": "b"}]) == ["Id", "Name", "Type"]
+
+
+def test_a_saved_draft_replaces_its_own_pair_only() -> None:
+    def document(contacts_cap: str, partners_direction: str) -> dict[str, Any]:
+        return {
+            "spec": {
+                "objects": [
+                    {"name": "partners", "direction": partners_direction},
+                    {"name": "contacts", "direction": contacts_cap},
+                ]
+            }
+        }
+
+    draft = document("both", "app_to_crm")  # the page changed partners
+    current = document("crm_to_app", "both")  # someone changed contacts meanwhile
+    merged = spliced(current, draft, "partners")
+    assert merged["spec"]["objects"] == [
+        {"name": "partners", "direction": "app_to_crm"},
+        {"name": "contacts", "direction": "crm_to_app"},
+    ]
+    assert current["spec"]["objects"][0]["direction"] == "both"  # not changed in place
+    # A pair removed meanwhile comes back with the draft.
+    gone = {"spec": {"objects": [{"name": "contacts", "direction": "crm_to_app"}]}}
+    assert [p["name"] for p in spliced(gone, draft, "partners")["spec"]["objects"]] == ["contacts", "partners"]
