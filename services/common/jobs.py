@@ -18,7 +18,6 @@ JobStatus = Literal["requested", "running", "succeeded", "failed"]
 Trigger = Literal["operator", "schedule", "start"]
 
 KINDS: tuple[Kind, ...] = get_args(Kind)
-ACTIVE: tuple[JobStatus, ...] = ("requested", "running")
 # Finished jobs are kept this long (the newest of each kind and pair always, for schedules).
 KEPT_FOR = timedelta(days=90)
 

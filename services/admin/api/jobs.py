@@ -19,8 +19,8 @@ from pydantic import ConfigDict, Field
 from services.admin.api.access import Access
 from services.admin.api.body import json_body, json_body_schema
 from services.admin.api.models import ApiModel
-from services.admin.api.problems import ApiError, invalid_request, request_id_of
-from services.admin.api.tenants import stored_config
+from services.admin.api.problems import ApiError, request_id_of
+from services.admin.api.tenants import pair_named, stored_config
 from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
@@ -100,16 +100,6 @@ def job_view(job: Job) -> JobView:
         updated_at=job.updated_at,
         finished_at=job.finished_at,
     )
-
-
-def pair_named(stored: StoredConfig, name: str, loc: tuple[str, str]) -> ObjectPair:
-    """The pair named (any case); a 422 at ``loc`` listing the tenant's pairs when there is none."""
-    found = next((p for p in stored.config.spec.objects if p.name.lower() == name.lower()), None)
-    if found is None:
-        known = ", ".join(sorted(p.name for p in stored.config.spec.objects)) or "none"
-        message = f"tenant '{stored.tenant_id}' has no object pair {name!r} (its pairs: {known})"
-        raise invalid_request([{"loc": loc, "msg": message}])
-    return found
 
 
 async def file_job(

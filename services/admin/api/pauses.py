@@ -21,8 +21,8 @@ from pydantic import ConfigDict, Field
 from services.admin.api.access import Access
 from services.admin.api.body import json_body, json_body_schema
 from services.admin.api.models import ApiModel
-from services.admin.api.problems import ApiError, invalid_request, request_id_of
-from services.admin.api.tenants import stored_config
+from services.admin.api.problems import ApiError, request_id_of
+from services.admin.api.tenants import pair_named, stored_config
 from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
@@ -109,15 +109,7 @@ async def pause_state(db: Connection, tenant: str) -> PauseState:
 
 def _pair(stored: StoredConfig, name: str | None) -> str:
     """The pair named, as the configuration spells it (``*`` for none); a 422 when it has no such pair."""
-    if name is None:
-        return EVERY_PAIR
-    pairs = {pair.name.lower(): pair.name for pair in stored.config.spec.objects}
-    found = pairs.get(name.lower())
-    if found is None:
-        known = ", ".join(sorted(pairs.values())) or "none"
-        message = f"tenant '{stored.tenant_id}' has no object pair {name!r} (its pairs: {known})"
-        raise invalid_request([{"loc": ("body", "objectPair"), "msg": message}])
-    return found
+    return EVERY_PAIR if name is None else pair_named(stored, name, ("body", "objectPair")).name
 
 
 def pauses_router(access: Access) -> APIRouter:

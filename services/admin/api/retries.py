@@ -20,7 +20,7 @@ from services.admin.api.access import Access
 from services.admin.api.body import json_body, json_body_schema
 from services.admin.api.models import ApiModel
 from services.admin.api.problems import ApiError, invalid_request, request_id_of
-from services.admin.api.tenants import stored_config
+from services.admin.api.tenants import pair_named, stored_config
 from services.admin.audit import write_audit
 from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
@@ -36,7 +36,6 @@ from services.admin.retries import (
     select,
 )
 from services.common.db import Connection
-from services.common.tenant_config import StoredConfig
 from services.common.topics import Topic
 
 SELECTORS = ("record", "objectPair", "since")
@@ -96,17 +95,6 @@ def _fields(rejection: Rejection) -> dict[str, Any]:
     }
 
 
-def _pair(stored: StoredConfig, name: str) -> str:
-    """The pair named, as the configuration spells it; a 422 naming ``objectPair`` when there is none."""
-    pairs = {pair.name.lower(): pair.name for pair in stored.config.spec.objects}
-    found = pairs.get(name.lower())
-    if found is None:
-        known = ", ".join(sorted(pairs.values())) or "none"
-        message = f"tenant '{stored.tenant_id}' has no object pair {name!r} (its pairs: {known})"
-        raise invalid_request([{"loc": ("body", "objectPair"), "msg": message}])
-    return found
-
-
 def retries_router(access: Access, topics: DeadLetterTopics | None) -> APIRouter:
     router = APIRouter(prefix="/api/v1/tenants", tags=["retries"])
     operate = access.require(Action.OPERATE)
@@ -141,7 +129,7 @@ def retries_router(access: Access, topics: DeadLetterTopics | None) -> APIRouter
             raise invalid_request([{"loc": ("body", name), "msg": message} for name in SELECTORS])
         stored = await stored_config(ConfigStore(db), tenant)
         sender = kafka()
-        pair = None if body.object_pair is None else _pair(stored, body.object_pair)
+        pair = None if body.object_pair is None else pair_named(stored, body.object_pair, ("body", "objectPair")).name
         found = await rejections_of(db, tenant, record=body.record, pair=pair, since=body.since)
         pairs = {p.name: p for p in stored.config.spec.objects}
         chosen = select(found, pairs)

@@ -21,7 +21,7 @@ from services.admin.api.models import (
     VersionDiff,
     VersionList,
 )
-from services.admin.api.problems import INVALID_DOCUMENT, ApiError, FieldError, request_id_of
+from services.admin.api.problems import INVALID_DOCUMENT, ApiError, FieldError, invalid_request, request_id_of
 from services.admin.auth import Action, Principal, sees
 from services.admin.config_store import ApplyResult, ConfigStore, RefusedByPolicyError
 from services.admin.connect import ConnectFlow
@@ -31,6 +31,7 @@ from services.common.db import Connection
 from services.common.schema_store import app_objects, latest_objects
 from services.common.tenant_config import (
     ConfigInvalidError,
+    ObjectPair,
     StoredConfig,
     TenantConfig,
     config_warnings,
@@ -100,6 +101,16 @@ async def stored_config(store: ConfigStore, tenant_id: str, version: int | None 
     if stored is None:
         raise tenant_not_found(tenant_id) if version is None else _no_version(tenant_id, version)
     return stored
+
+
+def pair_named(stored: StoredConfig, name: str, loc: tuple[str, str]) -> ObjectPair:
+    """The pair named (any case); a 422 at ``loc`` listing the tenant's pairs when there is none."""
+    found = next((p for p in stored.config.spec.objects if p.name.lower() == name.lower()), None)
+    if found is None:
+        known = ", ".join(sorted(p.name for p in stored.config.spec.objects)) or "none"
+        message = f"tenant '{stored.tenant_id}' has no object pair {name!r} (its pairs: {known})"
+        raise invalid_request([{"loc": loc, "msg": message}])
+    return found
 
 
 def tenants_router(access: Access, policy: SalesforcePolicy, connect: ConnectFlow | None = None) -> APIRouter:

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.admin.console.web import PREFIX, Api, Web, back, form_of, segment
+from services.common.jobs import KINDS
 
-KINDS = ("poll", "backfill", "reconcile")
 DIRECTIONS = {"both": "both ways", "to_crm": "to Salesforce", "to_app": "to the app"}
 
 
