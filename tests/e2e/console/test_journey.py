@@ -10,9 +10,7 @@ repair.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,20 +22,11 @@ from devstack.postgres import PostgresServer
 from services.admin.auth import Role
 from services.common.settings import KafkaSettings
 from services.common.topics import TopicNames
-from tests.e2e.pipeline.harness import TenantSpec, running, synced
+from tests.e2e.pipeline.harness import TenantSpec, eventually, running, synced
 from tests.integration.admin_api.harness import serving
 from tests.integration.console.conftest import browser  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.5)
-    return False
 
 
 @pytest.fixture

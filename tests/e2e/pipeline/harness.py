@@ -8,7 +8,7 @@ import dataclasses
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -428,3 +428,13 @@ async def edit_until(stop: asyncio.Event, tenant: Tenant, rng: random.Random, in
         else:
             await tenant.edit(rng)
         await asyncio.sleep(interval)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> bool:
+    """Whether ``check()`` holds within ``within`` seconds (asked every half second)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.5)
+    return False

@@ -10,9 +10,6 @@ each difference in its windows and bring all three to the app.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +22,9 @@ from devstack.postgres import PostgresServer
 from services.common.jobs import Job, job_of, request_job
 from services.common.pauses import EVERY_PAIR, Way, pause, resume
 from services.common.topics import TopicNames
-from tests.e2e.pipeline.harness import TenantSpec, running, synced
+from tests.e2e.pipeline.harness import TenantSpec, eventually, running, synced
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.5)
-    return False
 
 
 async def reconciled(conn: Any, tenant: str) -> Job:

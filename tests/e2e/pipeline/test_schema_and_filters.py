@@ -13,7 +13,6 @@ meanwhile included.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -30,7 +29,7 @@ from services.admin.config_store import ConfigStore
 from services.common.schema_refresh import refresh
 from services.common.tenant_config import parse_tenant_config
 from services.common.topics import Topic, TopicNames
-from tests.e2e.pipeline.harness import TenantSpec, read_topic, running, synced
+from tests.e2e.pipeline.harness import TenantSpec, eventually, read_topic, running, synced
 from tests.e2e.pipeline.world import API, SalesforceSide, partner_object, tenant_document
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -65,15 +64,6 @@ async def until(what: str, attempt: Callable[[int], Awaitable[bool]], within: fl
     while not await attempt(n):
         assert time.monotonic() < deadline, f"{what}: not within {within:.0f}s"
         n += 1
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.5)
-    return False
 
 
 async def test_drift_pauses_one_rule_and_a_filter_lets_a_record_leave_and_come_back(
