@@ -494,6 +494,12 @@ class Resolver:
                 "kind": str(resolution.app_update.kind),
                 "fields": sorted(resolution.app_update.fields),
             } | ({"held": True} if Way.TO_APP in held else {})
+        # Origin commit → decided, for an update the app gets now: the health's lag towards the app.
+        lag = (
+            {"lag_ms": max(0, int((self._clock() - change.at).total_seconds() * 1000))}
+            if "app" in writes and Way.TO_APP not in held
+            else {}
+        )
         detail = {
             "source_event_id": change.source_event_id,
             "side": str(change.side),
@@ -506,6 +512,7 @@ class Resolver:
             "notes": list(resolution.notes),
             "writes": writes,
             "dropped": dict(change.dropped),
+            **lag,
         }
         row = self._row(change.tenant_id, "change.resolved", change.link_id, detail=detail)
         return [row, *self._conflicts(change, resolution)]

@@ -107,7 +107,7 @@ class Settlement:
                 for delivery, result, attempts in outcomes
             ]
         )
-        await self._log(tenant_id, settled)
+        await self._log(tenant_id, settled, now)
         done = [park_id for delivery, _, _ in outcomes if (park_id := self._inflight.settled(delivery)) is not None]
         await self._unpark(done)
         if self._metrics is not None:
@@ -155,7 +155,7 @@ class Settlement:
             ]
             await asyncio.gather(*pending)
 
-    async def _log(self, tenant_id: str, settled: list[tuple[WriteResult, int]]) -> None:
+    async def _log(self, tenant_id: str, settled: list[tuple[WriteResult, int]], now: datetime) -> None:
         rejected = [(r, a) for r, a in settled if r.outcome is Outcome.REJECTED]
         succeeded = [r for r, _ in settled if r.outcome is Outcome.SUCCEEDED]
         superseded = [r.write for r, _ in settled if r.outcome is Outcome.SUPERSEDED]
@@ -196,6 +196,7 @@ class Settlement:
                         "count": len(succeeded),
                         "created": sum(1 for r in succeeded if r.created),
                         "objects": objects,
+                        **self._lag(succeeded, now),
                     },
                 )
             if superseded:
@@ -211,6 +212,17 @@ class Settlement:
                         "command_ids": [d.command_id for w in superseded for d in self._inflight.deliveries_of(w)],
                     },
                 )
+
+    def _lag(self, succeeded: Sequence[WriteResult], now: datetime) -> dict[str, int]:
+        """``lag_ms``: the slowest record's origin commit → written, so the health and the console can
+        show lag per tenant without a metrics stack."""
+        origins = [
+            d.origin_commit_time
+            for r in succeeded
+            for d in self._inflight.deliveries_of(r.write)
+            if d.origin_commit_time is not None
+        ]
+        return {"lag_ms": max(0, int((now - min(origins)).total_seconds() * 1000))} if origins else {}
 
 
 def observe_written(

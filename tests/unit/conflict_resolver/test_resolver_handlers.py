@@ -196,6 +196,7 @@ async def test_a_salesforce_edit_becomes_an_app_update() -> None:
         {"app": {"kind": "update", "fields": ["name"]}}
     ]
     # From Salesforce's commit at T0+10s to the update's publication at T0+60s.
+    assert [row["detail"]["lag_ms"] for row in world.log("change.resolved")] == [50_000]
     assert world.sample("duplex_end_to_end_latency_seconds_sum", stage="app_update_published") == 50.0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -91,7 +92,9 @@ def write(*tokens: str) -> RecordWrite:
 REJECTED = (ItemError("REQUIRED_FIELD_MISSING", "Required fields are missing: [Name]"),)
 
 
-def settling(origins: dict[str, float | None], metrics: Metrics | None) -> tuple[Settlement, InFlight]:
+def settling(
+    origins: dict[str, float | None], metrics: Metrics | None, database: Database | None = None
+) -> tuple[Settlement, InFlight]:
     """A settlement of one command per token (its origin that many seconds ago), and what is in flight."""
     inflight = InFlight()
     for token, ago in origins.items():
@@ -100,7 +103,7 @@ def settling(origins: dict[str, float | None], metrics: Metrics | None) -> tuple
         publish=publish,
         outcomes_topic="write-outcomes",
         dead_letter_topic="crm-writes.dlq",
-        database=Database(),
+        database=database or Database(),
         inflight=inflight,
         clock=lambda: NOW,
         metrics=metrics,
@@ -144,3 +147,24 @@ async def test_without_metrics_a_write_still_settles() -> None:
     settlement, inflight = settling({"0": 1.0}, None)
     await settlement.settle("acme", [(WriteResult(write("0"), Outcome.SUCCEEDED, record_id="001A"), 1)])
     assert inflight.committable([P]) == {P: 1}
+
+
+@pytest.mark.parametrize(
+    ("origins", "lag_ms"),
+    [
+        pytest.param({"0": 2.5, "1": 0.25}, 2500, id="the slowest record of the batch"),
+        pytest.param({"0": None}, None, id="no origin time: no lag"),
+        pytest.param({"0": -3.0}, 0, id="origin in the future"),
+    ],
+)
+async def test_the_batch_row_carries_the_slowest_records_lag(
+    origins: dict[str, float | None], lag_ms: int | None
+) -> None:
+    database = Database()
+    settlement, _ = settling(origins, None, database)
+    results = [(WriteResult(write(token), Outcome.SUCCEEDED, record_id=f"001{token}"), 1) for token in origins]
+
+    await settlement.settle("acme", results)
+
+    (row,) = [args for args in database.conn.rows if args[2] == "write.succeeded"]
+    assert json.loads(row[-1]).get("lag_ms") == lag_ms
