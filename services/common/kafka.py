@@ -99,7 +99,7 @@ from services.common.codec import (
 )
 from services.common.dlq import ConsumerGuard, DeadLetterPublisher, DlqLimit, Halt, Sleep
 from services.common.errors import InvalidEvent, RecordTooLargeError
-from services.common.kafka_security import security
+from services.common.kafka_security import security, token_provider
 from services.common.retry import RetryPolicy
 from services.common.service import Check, Health, Running
 from services.common.settings import KafkaSettings
@@ -165,6 +165,7 @@ def make_broker(
     return KafkaBroker(
         settings.bootstrap_servers,
         security=security(settings),
+        sasl_oauth_token_provider=token_provider(settings),
         client_id=f"{settings.client_id}-{service_name}",
         max_request_size=settings.max_request_size,
         acks="all",

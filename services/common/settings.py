@@ -20,7 +20,10 @@ class KafkaSettings(BaseSettings):
     """How to reach Kafka, how to prove who we are, and how topics are named physically.
 
     ``security_protocol`` is Kafka's own (``SSL`` and ``SASL_SSL`` encrypt; ``SASL_*`` sign in with
-    ``sasl_mechanism``, ``sasl_username`` and ``sasl_password``). TLS checks the brokers'
+    ``sasl_mechanism``: PLAIN and SCRAM with ``sasl_username`` and ``sasl_password``; OAUTHBEARER
+    with a token from ``sasl_oauth_token_url`` (the OAuth client-credentials grant, as
+    ``sasl_oauth_client_id`` with ``sasl_oauth_client_secret``) or read from
+    ``sasl_oauth_token_file``, which a platform keeps fresh). TLS checks the brokers'
     certificates against ``ssl_ca_file`` (PEM; the system's CAs when unset) and their host names;
     ``ssl_cert_file`` and ``ssl_key_file`` add a client certificate (mutual TLS).
     :func:`services.common.kafka.security` turns these into what the clients take.
@@ -38,9 +41,14 @@ class KafkaSettings(BaseSettings):
     # records the producer let through.
     max_request_size: int = Field(default=1024 * 1024, gt=0)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = "SCRAM-SHA-512"
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_oauth_token_url: str | None = None
+    sasl_oauth_client_id: str | None = None
+    sasl_oauth_client_secret: SecretStr | None = None
+    sasl_oauth_scope: str | None = None
+    sasl_oauth_token_file: str | None = None
     ssl_ca_file: str | None = None
     ssl_cert_file: str | None = None
     ssl_key_file: str | None = None
@@ -48,9 +56,16 @@ class KafkaSettings(BaseSettings):
     @model_validator(mode="after")
     def _complete(self) -> Self:
         sasl = self.security_protocol.startswith("SASL_")
-        if sasl and not (self.sasl_username and self.sasl_password):
+        oauth = self.sasl_mechanism == "OAUTHBEARER"
+        if sasl and not oauth and not (self.sasl_username and self.sasl_password):
             raise ValueError(
                 f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        granted = bool(self.sasl_oauth_token_url and self.sasl_oauth_client_id and self.sasl_oauth_client_secret)
+        if sasl and oauth and granted == bool(self.sasl_oauth_token_file):
+            raise ValueError(
+                "KAFKA_SASL_MECHANISM=OAUTHBEARER needs either KAFKA_SASL_OAUTH_TOKEN_URL, KAFKA_SASL_OAUTH_CLIENT_ID"
+                " and KAFKA_SASL_OAUTH_CLIENT_SECRET, or KAFKA_SASL_OAUTH_TOKEN_FILE"
             )
         if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
             raise ValueError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together (mutual TLS)")

@@ -33,6 +33,9 @@ LEAN_JVM = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 DEFAULT_JVM_OPTIONS = ("-Xms256m", "-Xmx512m", *LEAN_JVM)
 
 
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 class KafkaStartError(RuntimeError):
     """The broker did not become ready; the message carries the end of its log."""
 
@@ -53,25 +56,83 @@ def new_cluster_id() -> str:
 
 
 @dataclass(frozen=True)
+class OAuthValidation:
+    """How the listener checks OAUTHBEARER tokens: signed by a key of the JWKS in ``jwks_file``, for
+    ``audience``, from ``issuer`` (Kafka's own validator, as a cluster behind an identity provider
+    runs it; a file instead of the provider's JWKS URL, so the broker starts without one)."""
+
+    jwks_file: Path
+    audience: str
+    issuer: str
+
+    @property
+    def jwks_url(self) -> str:
+        return self.jwks_file.resolve().as_uri()
+
+
+@dataclass(frozen=True)
 class SecuredListener:
     """A SASL_SSL listener beside the plaintext one: TLS with ``keystore`` (one PEM file: the
-    server's PKCS#8 key, then its certificate chain), and SASL/PLAIN sign-in as one of ``users``
-    ((name, password) pairs). What a secured production cluster asks of Duplex's clients."""
+    server's PKCS#8 key, then its certificate chain), and sign-in with SASL/PLAIN as one of ``users``
+    ((name, password) pairs), with SCRAM-SHA-256 or -512 as one of them too (their credentials are
+    stored at format time), and, with ``oauth``, OAUTHBEARER. What a secured production cluster asks
+    of Duplex's clients."""
 
     port: int
     keystore: Path
     users: tuple[tuple[str, str], ...]
+    oauth: OAuthValidation | None = None
+
+    @property
+    def mechanisms(self) -> tuple[str, ...]:
+        return ("PLAIN", *SCRAM_MECHANISMS, *(("OAUTHBEARER",) if self.oauth else ()))
 
     def properties(self) -> dict[str, str]:
         users = " ".join(f'user_{name}="{password}"' for name, password in self.users)
-        return {
+        prefix = "listener.name.sasl_ssl"
+        properties = {
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(self.keystore),
-            "listener.name.sasl_ssl.sasl.enabled.mechanisms": "PLAIN",
-            "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+            f"{prefix}.sasl.enabled.mechanisms": ",".join(self.mechanisms),
+            f"{prefix}.plain.sasl.jaas.config": (
                 f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
             ),
         }
+        for mechanism in SCRAM_MECHANISMS:
+            properties[f"{prefix}.{mechanism.lower()}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+        if self.oauth is not None:
+            properties |= {
+                f"{prefix}.oauthbearer.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
+                ),
+                f"{prefix}.oauthbearer.sasl.server.callback.handler.class": (
+                    "org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler"
+                ),
+                # Broker-wide, not under the listener: Kafka 4.1 reads these there. Its default
+                # validator only parses a token, checking no signature, audience or issuer, so a
+                # broker must name the one that does.
+                "sasl.oauthbearer.jwt.validator.class": "org.apache.kafka.common.security.oauthbearer.BrokerJwtValidator",
+                "sasl.oauthbearer.jwks.endpoint.url": self.oauth.jwks_url,
+                "sasl.oauthbearer.expected.audience": self.oauth.audience,
+                "sasl.oauthbearer.expected.issuer": self.oauth.issuer,
+            }
+        return properties
+
+    def scram_credentials(self) -> tuple[str, ...]:
+        """``kafka-storage format --add-scram`` arguments: every user, for both SCRAM mechanisms."""
+        return tuple(
+            f"{mechanism}=[name={name},password={password}]"
+            for mechanism in SCRAM_MECHANISMS
+            for name, password in self.users
+        )
+
+    def jvm_options(self) -> tuple[str, ...]:
+        # Kafka fetches JWKS only from URLs this system property allows.
+        return (
+            () if self.oauth is None else (f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={self.oauth.jwks_url}",)
+        )
 
 
 def server_properties(ports: KafkaPorts, data_dir: Path, secured: SecuredListener | None = None) -> dict[str, str]:
@@ -237,6 +298,7 @@ class KafkaServer(LocalServer):
                 "--config",
                 str(self.config_file),
                 "--ignore-formatted",
+                *(arg for credential in self._scram() for arg in ("--add-scram", credential)),
                 jvm_options=("-Xmx256m", *LEAN_JVM),
             ),
             capture_output=True,
@@ -246,6 +308,9 @@ class KafkaServer(LocalServer):
         if result.returncode != 0:
             msg = f"formatting {self.data_dir} failed:\n{result.stdout}{result.stderr}"
             raise KafkaStartError(msg)
+
+    def _scram(self) -> tuple[str, ...]:
+        return self.secured.scram_credentials() if self.secured else ()
 
     def start(self) -> None:
         """Write the config, format storage once, and launch the JVM; a running broker is kept."""
@@ -265,6 +330,7 @@ class KafkaServer(LocalServer):
                     "-XX:+ExitOnOutOfMemoryError",
                     "-Djava.awt.headless=true",
                     f"-Dkafka.logs.dir={self.log_file.parent}",
+                    *(self.secured.jvm_options() if self.secured else ()),
                 ),
             ),
             log_file=self.out_file,
