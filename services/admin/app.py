@@ -1,7 +1,9 @@
 """Composition root of the admin API (``duplex serve``): settings in, a serving API out.
 
 Opens, on one exit stack: the listening socket, the PostgreSQL pool, the HTTP client for
-Salesforce (the connect flow), then uvicorn serving the FastAPI app; closes them in reverse order.
+Salesforce (the connect flow), then uvicorn serving the FastAPI app and, with Kafka configured, the
+loop exporting the consumer groups' lag measured at the broker (``consumer_lag.py``); closes them in
+reverse order.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi import FastAPI
 
 from services.admin.api.application import build_api
 from services.admin.connect import CALLBACK_PATH, ConnectFlow
+from services.admin.consumer_lag import ConsumerLagMonitor
 from services.admin.dead_letters import DeadLetterTopics
 from services.admin.oidc import OidcVerifier
 from services.admin.settings import AdminSettings
@@ -24,7 +27,7 @@ from services.common.connections import SecretLookup, Sessions
 from services.common.db import create_pool, database_ready
 from services.common.http_server import Listener
 from services.common.salesforce import env_secrets
-from services.common.service import Health, Running
+from services.common.service import Health, Running, in_background
 from services.common.settings import environment
 from services.common.telemetry import Telemetry
 from services.common.topics import TopicNames, load_topic_table
@@ -49,8 +52,6 @@ async def run(
     ``secrets`` resolve the tenants' connected-app secrets (default: from the environment, where
     Kubernetes Secrets arrive).
     """
-    # The API records no metrics of its own yet; the process's /metrics comes from main().
-    del telemetry
     async with AsyncExitStack() as stack:
         listener = Listener(settings.host, settings.port)
         stack.callback(listener.close)
@@ -93,5 +94,10 @@ async def run(
             else DeadLetterTopics(settings.kafka, TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)),
         )
         await stack.enter_async_context(listener.serve(app))
+        # Beside the API, not part of its readiness: the API serves while Kafka is away.
+        if settings.kafka is not None and settings.consumer_lag_enabled and telemetry is not None:
+            names = TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)
+            lag = ConsumerLagMonitor(settings.kafka, names, telemetry.metrics.consumer_group_lag)
+            in_background(stack, lag.run_forever(settings.consumer_lag_interval_seconds), "consumer-lag")
         log.info("admin API serving", extra={"host": settings.host, "port": listener.port})
         yield RunningAdmin(health=health, port=listener.port, app=app)

@@ -78,7 +78,7 @@ from services.common.settings import KafkaSettings
 from services.common.tenant_config import ConfigFileError, LoadedDocument, parse_config_sources, to_document
 from services.common.tenant_config.policy import PolicySettings, SalesforcePolicy
 from services.common.topic_admin import ensure_topics
-from services.common.topics import load_topic_table
+from services.common.topics import Topic, TopicTable, load_topic_table, sized
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -1658,8 +1658,31 @@ def apply_topics(
     ] = None,
     prefix: Annotated[str | None, typer.Option(help="Physical-name prefix; defaults to $KAFKA_TOPIC_PREFIX.")] = None,
     replication_factor: Annotated[int, typer.Option(min=1, help="3 on a production cluster.")] = 1,
+    partitions: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Partitions of every topic but the DLQs (N), or of one (TOPIC=N, the table's key, "
+            "e.g. crm_writes=24); repeatable. Default: the table's.",
+            show_default=False,
+        ),
+    ] = None,
+    retention_ms: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Retention of every topic but the DLQs and compacted ones (MS, -1: forever), or of one "
+            "(TOPIC=MS); repeatable. Default: the table's.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Create every topic of the topic table that is missing (partitions, retention, compaction, DLQs)."""
+    """Create every topic of the topic table that is missing (partitions, retention, compaction, DLQs).
+
+    Partitions and retention apply when a topic is created; existing topics are left as they are.
+    """
+    try:
+        table = _sized_table(partitions or [], retention_ms or [])
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
     try:
         given = {"bootstrap_servers": bootstrap, "topic_prefix": prefix}
         # The rest (security above all) from KAFKA_*, as the services read it.
@@ -1674,7 +1697,7 @@ def apply_topics(
         created = asyncio.run(
             ensure_topics(
                 kafka.bootstrap_servers,
-                load_topic_table(),
+                table,
                 kafka.topic_prefix,
                 replication_factor,
                 options=client_options(kafka),
@@ -1683,6 +1706,38 @@ def apply_topics(
     except (KafkaError, OSError) as exc:
         _fail(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}", EXIT_UNREACHABLE)
     typer.echo(f"created {', '.join(created)}" if created else "every topic exists")
+
+
+def _sized_table(partitions: list[str], retention_ms: list[str]) -> TopicTable:
+    """The topic table with ``--partitions`` and ``--retention-ms`` applied; ValueError saying what is wrong."""
+
+    def parse(option: str, given: list[str]) -> tuple[int | None, dict[Topic, int]]:
+        every: int | None = None
+        each: dict[Topic, int] = {}
+        for text in given:
+            name, _, number = text.rpartition("=")
+            try:
+                value = int(number)
+            except ValueError:
+                raise ValueError(f"{option} {text!r}: expected a number, or TOPIC=number") from None
+            if not name:
+                every = value
+                continue
+            if name not in Topic.__members__.values():
+                known = ", ".join(sorted(Topic))
+                raise ValueError(f"{option} {text!r}: no topic {name!r} in the topic table (one of {known})")
+            each[Topic(name)] = value
+        return every, each
+
+    every_count, counts = parse("--partitions", partitions)
+    every_retention, retentions = parse("--retention-ms", retention_ms)
+    return sized(
+        load_topic_table(),
+        partitions=every_count,
+        retention_ms=every_retention,
+        topic_partitions=counts,
+        topic_retention_ms=retentions,
+    )
 
 
 @app.command("serve")

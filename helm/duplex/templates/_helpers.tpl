@@ -7,10 +7,13 @@ pydantic-settings class reads (services/<package>/settings.py, services/common/s
   salesforce: calls Salesforce, so it needs the tenants' secrets (env vars named by their secretRefs).
   vault:      reads or writes tenants' secrets in the vault, so it needs VAULT_KEYS (VaultSettings).
   governorTargetEnv: the setting holding the governor's host:port.
+  consumes:   the topics (the topic table's keys) its consumer group <kafka.topicPrefix><name> reads
+              (services/admin/consumer_lag.py's CONSUMER_GROUPS): those are autoscaled on lag.
 */}}
 {{- define "duplex.catalogue" -}}
 cdcIngest:
   name: cdc-ingest
+  consumes: []
   module: services.cdc_ingest
   args: []
   kafka: true
@@ -19,6 +22,7 @@ cdcIngest:
   governorTargetEnv: CDC_INGEST_GOVERNOR_TARGET
 mapping:
   name: mapping
+  consumes: [app_changes, crm_changes]
   module: services.mapping
   args: []
   kafka: true
@@ -27,6 +31,7 @@ mapping:
   governorTargetEnv: ""
 conflictResolver:
   name: conflict-resolver
+  consumes: [mapped_changes, write_outcomes]
   module: services.conflict_resolver
   args: []
   kafka: true
@@ -35,6 +40,7 @@ conflictResolver:
   governorTargetEnv: ""
 writer:
   name: writer
+  consumes: [crm_writes]
   module: services.writer
   args: []
   kafka: true
@@ -43,6 +49,7 @@ writer:
   governorTargetEnv: WRITER_GOVERNOR_TARGET
 rateLimitGovernor:
   name: rate-limit-governor
+  consumes: []
   module: services.rate_limit_governor
   args: []
   kafka: false
@@ -51,6 +58,7 @@ rateLimitGovernor:
   governorTargetEnv: ""
 admin:
   name: admin
+  consumes: []
   module: services.admin
   args: [serve]
   kafka: true
@@ -192,7 +200,15 @@ kafka.tls.caSecret / clientSecret mounted read-only (the root file system is rea
 {{- define "duplex.kafkaSecurityCheck" -}}
 {{- $kafka := .Values.kafka -}}
 {{- $protocol := $kafka.securityProtocol -}}
-{{- if and (hasPrefix "SASL_" $protocol) (not $kafka.sasl.existingSecret) -}}
+{{- $oauth := $kafka.sasl.oauth -}}
+{{- if and (hasPrefix "SASL_" $protocol) (eq $kafka.sasl.mechanism "OAUTHBEARER") -}}
+{{- if eq (empty $oauth.tokenUrl) (empty $oauth.serviceAccountTokenAudience) -}}
+{{- fail "kafka.sasl.mechanism OAUTHBEARER needs one of kafka.sasl.oauth.tokenUrl (with kafka.sasl.existingSecret holding the OAuth client) and kafka.sasl.oauth.serviceAccountTokenAudience" -}}
+{{- end -}}
+{{- if and $oauth.tokenUrl (not $kafka.sasl.existingSecret) -}}
+{{- fail (printf "kafka.sasl.oauth.tokenUrl needs kafka.sasl.existingSecret: a Secret holding the OAuth client's id (key %s) and secret (key %s)" $kafka.sasl.usernameKey $kafka.sasl.passwordKey) -}}
+{{- end -}}
+{{- else if and (hasPrefix "SASL_" $protocol) (not $kafka.sasl.existingSecret) -}}
 {{- fail (printf "kafka.securityProtocol %s needs kafka.sasl.existingSecret: a Secret holding the SASL username (key %s) and password (key %s)" $protocol $kafka.sasl.usernameKey $kafka.sasl.passwordKey) -}}
 {{- end -}}
 {{- if and (or $kafka.tls.caSecret $kafka.tls.clientSecret) (not (hasSuffix "SSL" $protocol)) -}}
@@ -216,22 +232,49 @@ kafka.tls.caSecret / clientSecret mounted read-only (the root file system is rea
 {{- $_ := set $data "KAFKA_SSL_CERT_FILE" (printf "%s/client/%s" $dir $kafka.tls.certKey) -}}
 {{- $_ := set $data "KAFKA_SSL_KEY_FILE" (printf "%s/client/%s" $dir $kafka.tls.keyKey) -}}
 {{- end -}}
+{{- if include "duplex.kafkaOAuth" . -}}
+{{- $oauth := $kafka.sasl.oauth -}}
+{{- if $oauth.tokenUrl -}}
+{{- $_ := set $data "KAFKA_SASL_OAUTH_TOKEN_URL" $oauth.tokenUrl -}}
+{{- with $oauth.scope -}}
+{{- $_ := set $data "KAFKA_SASL_OAUTH_SCOPE" . -}}
+{{- end -}}
+{{- else -}}
+{{- $_ := set $data "KAFKA_SASL_OAUTH_TOKEN_FILE" (include "duplex.kafkaTokenFile" .) -}}
+{{- end -}}
+{{- end -}}
 {{- toYaml $data -}}
 {{- end -}}
 
-{{/* KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD env entries (a YAML list), empty unless the protocol is SASL_*. */}}
+{{/* "yes" when the services sign in to Kafka with OAUTHBEARER, else empty. */}}
+{{- define "duplex.kafkaOAuth" -}}
+{{- if and (hasPrefix "SASL_" .Values.kafka.securityProtocol) (eq .Values.kafka.sasl.mechanism "OAUTHBEARER") -}}yes{{- end -}}
+{{- end -}}
+
+{{/* Where the projected ServiceAccount token (kafka.sasl.oauth.serviceAccountTokenAudience) is read from. */}}
+{{- define "duplex.kafkaTokenFile" -}}/var/run/secrets/duplex/kafka/token{{- end -}}
+
+{{/* The SASL credentials' env entries (a YAML list) from kafka.sasl.existingSecret: KAFKA_SASL_USERNAME /
+KAFKA_SASL_PASSWORD, or the OAuth client's KAFKA_SASL_OAUTH_CLIENT_ID / _SECRET; empty unless the
+protocol is SASL_* (and for a ServiceAccount token). */}}
 {{- define "duplex.kafkaSaslEnv" -}}
 {{- include "duplex.kafkaSecurityCheck" . -}}
 {{- $kafka := .Values.kafka -}}
-{{- if hasPrefix "SASL_" $kafka.securityProtocol -}}
-{{- $username := dict "name" "KAFKA_SASL_USERNAME" "valueFrom" (dict "secretKeyRef" (dict "name" $kafka.sasl.existingSecret "key" $kafka.sasl.usernameKey)) -}}
-{{- $password := dict "name" "KAFKA_SASL_PASSWORD" "valueFrom" (dict "secretKeyRef" (dict "name" $kafka.sasl.existingSecret "key" $kafka.sasl.passwordKey)) -}}
+{{- if and (hasPrefix "SASL_" $kafka.securityProtocol) $kafka.sasl.existingSecret -}}
+{{- $names := list "KAFKA_SASL_USERNAME" "KAFKA_SASL_PASSWORD" -}}
+{{- if include "duplex.kafkaOAuth" . -}}
+{{- $names = list "KAFKA_SASL_OAUTH_CLIENT_ID" "KAFKA_SASL_OAUTH_CLIENT_SECRET" -}}
+{{- end -}}
+{{- if or (not (include "duplex.kafkaOAuth" .)) $kafka.sasl.oauth.tokenUrl -}}
+{{- $username := dict "name" (index $names 0) "valueFrom" (dict "secretKeyRef" (dict "name" $kafka.sasl.existingSecret "key" $kafka.sasl.usernameKey)) -}}
+{{- $password := dict "name" (index $names 1) "valueFrom" (dict "secretKeyRef" (dict "name" $kafka.sasl.existingSecret "key" $kafka.sasl.passwordKey)) -}}
 {{- toYaml (list $username $password) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
 
-{{/* The pod volumes of the TLS Secrets (a YAML list), only the keys the settings point at; empty without any. */}}
-{{- define "duplex.kafkaTlsVolumes" -}}
+{{/* The pod volumes of the TLS Secrets (only the keys the settings point at) and of a projected Kafka token (a YAML list); empty without any. */}}
+{{- define "duplex.kafkaVolumes" -}}
 {{- include "duplex.kafkaSecurityCheck" . -}}
 {{- $tls := .Values.kafka.tls -}}
 {{- $volumes := list -}}
@@ -242,13 +285,18 @@ kafka.tls.caSecret / clientSecret mounted read-only (the root file system is rea
 {{- $items := list (dict "key" $tls.certKey "path" $tls.certKey) (dict "key" $tls.keyKey "path" $tls.keyKey) -}}
 {{- $volumes = append $volumes (dict "name" "kafka-tls-client" "secret" (dict "secretName" $tls.clientSecret "items" $items)) -}}
 {{- end -}}
+{{- $oauth := .Values.kafka.sasl.oauth -}}
+{{- if and (include "duplex.kafkaOAuth" .) $oauth.serviceAccountTokenAudience -}}
+{{- $token := dict "audience" $oauth.serviceAccountTokenAudience "expirationSeconds" (int $oauth.serviceAccountTokenExpirationSeconds) "path" "token" -}}
+{{- $volumes = append $volumes (dict "name" "kafka-token" "projected" (dict "sources" (list (dict "serviceAccountToken" $token)))) -}}
+{{- end -}}
 {{- with $volumes -}}
 {{- toYaml . -}}
 {{- end -}}
 {{- end -}}
 
 {{/* The container's read-only mounts of those volumes (a YAML list); empty without any. */}}
-{{- define "duplex.kafkaTlsVolumeMounts" -}}
+{{- define "duplex.kafkaVolumeMounts" -}}
 {{- $tls := .Values.kafka.tls -}}
 {{- $dir := include "duplex.kafkaTlsDir" . -}}
 {{- $mounts := list -}}
@@ -257,6 +305,9 @@ kafka.tls.caSecret / clientSecret mounted read-only (the root file system is rea
 {{- end -}}
 {{- if $tls.clientSecret -}}
 {{- $mounts = append $mounts (dict "name" "kafka-tls-client" "mountPath" (printf "%s/client" $dir) "readOnly" true) -}}
+{{- end -}}
+{{- if and (include "duplex.kafkaOAuth" .) .Values.kafka.sasl.oauth.serviceAccountTokenAudience -}}
+{{- $mounts = append $mounts (dict "name" "kafka-token" "mountPath" (dir (include "duplex.kafkaTokenFile" .)) "readOnly" true) -}}
 {{- end -}}
 {{- with $mounts -}}
 {{- toYaml . -}}
@@ -415,6 +466,8 @@ Names are exactly the env names the settings classes read; values.<service>.conf
 {{- with .values.salesforce.timeoutSeconds -}}
 {{- $_ := set $data "DUPLEX_ADMIN_SALESFORCE_TIMEOUT_SECONDS" (toString .) -}}
 {{- end -}}
+{{- $_ := set $data "DUPLEX_ADMIN_CONSUMER_LAG_ENABLED" (toString .values.consumerLag.enabled) -}}
+{{- $_ := set $data "DUPLEX_ADMIN_CONSUMER_LAG_INTERVAL_SECONDS" (toString .values.consumerLag.intervalSeconds) -}}
 {{- $oidc := .values.oidc -}}
 {{- if or $oidc.issuer $oidc.audience $oidc.jwksUrl -}}
 {{- if not (and $oidc.issuer $oidc.audience $oidc.jwksUrl) -}}
@@ -460,4 +513,106 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The topic table (files/topics.yaml, a copy of deploy/kafka/topics.yaml that tests keep equal) with
+topics.partitions, topics.retentionMs and topics.overrides applied as `duplex topics apply`
+applies them (services.common.topics.sized): a YAML map of the table's key to
+{name (physical, prefixed), partitions, retentionMs, cleanupPolicy, deadLetter}.
+*/}}
+{{- define "duplex.topicTable" -}}
+{{- $table := (.Files.Get "files/topics.yaml" | fromYaml).topics -}}
+{{- $topics := .Values.topics -}}
+{{- $overrides := $topics.overrides | default dict -}}
+{{- $deadLetters := dict -}}
+{{- range $key, $spec := $table -}}
+{{- with $spec.dlq -}}
+{{- $_ := set $deadLetters . true -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $_ := $overrides -}}
+{{- if not (hasKey $table $key) -}}
+{{- fail (printf "topics.overrides.%s: no such topic in the topic table (%s)" $key (keys $table | sortAlpha | join ", ")) -}}
+{{- end -}}
+{{- end -}}
+{{- $out := dict -}}
+{{- range $key, $spec := $table -}}
+{{- $deadLetter := hasKey $deadLetters $key -}}
+{{- $partitions := int $spec.partitions -}}
+{{- $retention := int64 $spec.retention_ms -}}
+{{- if and (not $deadLetter) (not (kindIs "invalid" $topics.partitions)) -}}
+{{- $partitions = int $topics.partitions -}}
+{{- end -}}
+{{- if and (not $deadLetter) (eq $spec.cleanup_policy "delete") (not (kindIs "invalid" $topics.retentionMs)) -}}
+{{- $retention = int64 $topics.retentionMs -}}
+{{- end -}}
+{{- with index $overrides $key -}}
+{{- if hasKey . "partitions" -}}
+{{- $partitions = int .partitions -}}
+{{- end -}}
+{{- if hasKey . "retentionMs" -}}
+{{- $retention = int64 .retentionMs -}}
+{{- end -}}
+{{- end -}}
+{{- $name := printf "%s%s" $.Values.kafka.topicPrefix $spec.name -}}
+{{- $_ := set $out $key (dict "name" $name "partitions" $partitions "retentionMs" $retention "cleanupPolicy" $spec.cleanup_policy "deadLetter" $deadLetter) -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+Which autoscaler owns the consumers' replicas: "keda", "hpa" or "" (neither). Fails when both are enabled.
+*/}}
+{{- define "duplex.autoscaler" -}}
+{{- $scaling := .Values.autoscaling | default dict -}}
+{{- $keda := and $scaling.keda $scaling.keda.enabled -}}
+{{- $hpa := and $scaling.hpa $scaling.hpa.enabled -}}
+{{- if and $keda $hpa -}}
+{{- fail "autoscaling.keda.enabled and autoscaling.hpa.enabled are both set: enable one (KEDA scales on lag, the HPA on CPU)" -}}
+{{- end -}}
+{{- if $keda -}}keda{{- else if $hpa -}}hpa{{- end -}}
+{{- end -}}
+
+{{/*
+A consumer's replica bounds when autoscaled, as YAML {min, max, partitions}; call with
+(dict "root" $ "key" <values key> "meta" <catalogue entry> "values" <its values>). Fails when
+maxReplicas exceeds the partitions of the service's largest topic, or is below minReplicas.
+*/}}
+{{- define "duplex.replicaBounds" -}}
+{{- $table := include "duplex.topicTable" .root | fromYaml -}}
+{{- $partitions := 0 -}}
+{{- range .meta.consumes -}}
+{{- $partitions = max $partitions (int (index $table .).partitions) -}}
+{{- end -}}
+{{- $bounds := .values.autoscaling | default dict -}}
+{{- $min := int ($bounds.minReplicas | default 1) -}}
+{{- $max := int ($bounds.maxReplicas | default $partitions) -}}
+{{- if gt $max (int $partitions) -}}
+{{- fail (printf "%s.autoscaling.maxReplicas is %d, above the %d partitions of its topics (%s): replicas beyond them would get no partition; lower it or raise topics.partitions" .key $max (int $partitions) (join ", " .meta.consumes)) -}}
+{{- end -}}
+{{- if lt $max $min -}}
+{{- fail (printf "%s.autoscaling.maxReplicas (%d) is below its minReplicas (%d)" .key $max $min) -}}
+{{- end -}}
+{{- toYaml (dict "min" $min "max" $max "partitions" (int $partitions)) -}}
+{{- end -}}
+
+{{/* Whether the service's replicas belong to an autoscaler ("true" or ""); call as for duplex.replicaBounds. */}}
+{{- define "duplex.autoscaled" -}}
+{{- if and .meta.consumes (include "duplex.autoscaler" .root) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Name of the metrics Service a ServiceMonitor scrapes; call with (dict "root" $ "meta" <catalogue entry>). */}}
+{{- define "duplex.metricsServiceName" -}}
+{{- printf "%s-%s-metrics" (include "duplex.fullname" .root) .meta.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* KEDA's Kafka scaler's name for kafka.sasl.mechanism; fails on one it does not speak. */}}
+{{- define "duplex.kedaSaslMode" -}}
+{{- $modes := dict "PLAIN" "plaintext" "SCRAM-SHA-256" "scram_sha256" "SCRAM-SHA-512" "scram_sha512" -}}
+{{- $mechanism := .Values.kafka.sasl.mechanism -}}
+{{- if not (hasKey $modes $mechanism) -}}
+{{- fail (printf "autoscaling.keda cannot sign in to Kafka with kafka.sasl.mechanism %s (KEDA's Kafka scaler takes %s): use autoscaling.hpa" $mechanism (keys $modes | sortAlpha | join ", ")) -}}
+{{- end -}}
+{{- index $modes $mechanism -}}
 {{- end -}}

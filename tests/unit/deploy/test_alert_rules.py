@@ -75,3 +75,11 @@ def test_commands_the_alerts_name_exist(command: str) -> None:
     words = re.sub(r"\{\{.*?\}\}", "", command).split()
     result = CliRunner().invoke(cli, [*words, "--help"])
     assert result.exit_code == 0, result.output
+
+
+def test_lag_alerts_read_the_lag_measured_at_the_broker() -> None:
+    # The consumers' own duplex_consumer_lag_messages freezes when a consumer stalls, which is when
+    # an alert must fire.
+    exprs = [rule["expr"] for rule in RULES]
+    assert not [expr for expr in exprs if "duplex_consumer_lag_messages" in expr]
+    assert [expr for expr in exprs if "duplex_consumer_group_lag_messages" in expr]
