@@ -8,12 +8,16 @@
   checkpoint their replay id. No response at all within the idle timeout means a dead stream.
 * Errors become :class:`ReplayIdInvalidError` (expired/corrupted replay id: catch up),
   :class:`PubSubAuthError` (log in again) or :class:`PubSubUnavailableError` (reconnect).
+* Tracing: each response carrying events starts a trace of its own, one span per batch (not per
+  event), current while the caller handles it, so what the caller publishes for the batch
+  continues that trace into Kafka.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,9 +25,12 @@ from typing import Any, Protocol
 import grpc
 from eventbus.v1 import pubsub_api_pb2 as pb
 from eventbus.v1 import pubsub_api_pb2_grpc as pb_grpc
+from opentelemetry import context, trace
 
 from services.cdc_ingest.event_schema import ChangeEventSchema, parse_schema
 from services.common.salesforce import SalesforceClient, Session
+
+_tracer = trace.get_tracer(__name__)
 
 REPLAY_ERROR_CODES = frozenset(
     {
@@ -129,6 +136,41 @@ def open_channel(target: str, ca_file: str | None) -> grpc.aio.Channel:
     )
 
 
+@contextmanager
+def _batch_span(topic: str, events: int) -> Iterator[None]:
+    """The span of one received batch, current while :meth:`PubSubClient.subscribe` is suspended
+    at its ``yield``, that is while the caller handles the batch (an async generator runs in its
+    caller's context); taken off when the caller asks for the next response. A caller that leaves
+    the loop on an error does not come back: the span is ended, as failed, when the generator is
+    closed."""
+    attributes: dict[str, str | int] = {
+        "rpc.system": "grpc",
+        "rpc.service": "eventbus.v1.PubSub",
+        "rpc.method": "Subscribe",
+        "messaging.destination.name": topic,
+        "messaging.batch.message_count": events,
+    }
+    # A root: a batch of Salesforce changes starts their trace, whatever the worker ran under.
+    span = _tracer.start_span(
+        "eventbus.v1.PubSub/Subscribe receive",
+        context=context.Context(),
+        kind=trace.SpanKind.CONSUMER,
+        attributes=attributes,
+    )
+    token = context.attach(trace.set_span_in_context(span))
+    handled = False
+    try:
+        yield
+        handled = True
+    finally:
+        if not handled:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "batch not handled"))
+        span.end()
+        # Closed from elsewhere (the loop's finaliser), the caller's context is not ours to reset.
+        if trace.get_current_span() is span:
+            context.detach(token)
+
+
 class PubSubClient:
     """One tenant's Pub/Sub access over a shared channel; caches schemas by id."""
 
@@ -187,7 +229,11 @@ class PubSubClient:
                     raise PubSubUnavailableError(f"no response on {topic} for {idle_timeout:.0f} s") from exc
                 if not isinstance(response, pb.FetchResponse):  # grpc.aio.EOF
                     raise PubSubUnavailableError(f"the server ended the stream on {topic}")
-                yield response
+                if response.events:
+                    with _batch_span(topic, len(response.events)):
+                        yield response
+                else:
+                    yield response
                 if response.pending_num_requested == 0:
                     await call.write(pb.FetchRequest(topic_name=topic, num_requested=batch))
         except grpc.aio.AioRpcError as error:

@@ -5,13 +5,19 @@ is applied once, in version order, in its own transaction, and recorded in ``sch
 with its SHA-256, so an edited file that already ran is caught instead of silently diverging
 between environments. Replicas may all call :func:`migrate` at start-up: a session advisory lock
 serialises them, and every one after the first finds nothing left to do.
+
+When the process traces (:func:`services.common.telemetry.tracing_enabled`), every statement run
+on a pool's connections becomes a client span named by its first keyword and table
+(``SELECT links``), a child of the span current when it ran; never its text or parameters.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -19,10 +25,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
+from opentelemetry import trace
 
 from services.common.package_data import data_path
 from services.common.service import Check
 from services.common.settings import PostgresSettings
+from services.common.telemetry import tracing_enabled
 
 MIGRATIONS_DIR = data_path("sql", "deploy/sql")
 # Any fixed 64-bit number works; this one is the first 8 bytes of sha256("duplex.schema_migrations").
@@ -38,6 +46,11 @@ _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 log = logging.getLogger(__name__)
+
+_tracer = trace.get_tracer(__name__)
+_KEYWORD = re.compile(r"^\s*([A-Za-z]+)")
+# The first table a statement names: what it reads from, inserts into or updates.
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|TABLE|JOIN)\s+(?:ONLY\s+)?([A-Za-z_][A-Za-z0-9_.]*)", re.IGNORECASE)
 
 
 class MigrationError(RuntimeError):
@@ -83,11 +96,45 @@ async def create_pool(settings: PostgresSettings) -> AsyncIterator[asyncpg.Pool]
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         server_settings=SESSION_SETTINGS,
+        # Decided once: with tracing off, asyncpg's statements stay free of any logging hook.
+        init=_traced_connection if tracing_enabled() else None,
     )
     try:
         yield pool
     finally:
         await pool.close()
+
+
+@functools.lru_cache(maxsize=1024)
+def statement_summary(query: str) -> tuple[str, str | None]:
+    """A statement's first keyword (upper-cased) and the first table it names, if any: all of a
+    statement a span may carry (its text can hold values, its parameters always do)."""
+    keyword = _KEYWORD.match(query)
+    table = _TABLE.search(query)
+    return (keyword.group(1).upper() if keyword else "SQL"), (table.group(1) if table else None)
+
+
+async def _traced_connection(connection: asyncpg.Connection) -> None:
+    connection.add_query_logger(_statement_span)
+
+
+def _statement_span(record: Any) -> None:
+    # asyncpg calls this soon after the statement, in a copy of the context it ran in: the span
+    # gets the parent it ran under, and its measured duration.
+    end = time.time_ns()
+    operation, table = statement_summary(record.query)
+    attributes = {"db.system": "postgresql", "db.operation.name": operation}
+    if table is not None:
+        attributes["db.collection.name"] = table
+    span = _tracer.start_span(
+        f"{operation} {table}" if table else operation,
+        kind=trace.SpanKind.CLIENT,
+        attributes=attributes,
+        start_time=end - int(record.elapsed * 1e9),
+    )
+    if record.exception is not None:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(record.exception).__name__))
+    span.end(end_time=end)
 
 
 @dataclass(frozen=True)

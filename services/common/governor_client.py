@@ -14,6 +14,9 @@ is a plain ``asyncio.sleep``, so cancelling the caller cancels it.
 Usage reports are advisory: a report that cannot be delivered is logged and dropped, because the
 Salesforce call it describes already happened, and failing it would make the caller repeat work.
 The next response's ``Sforce-Limit-Info`` carries the newer figure anyway.
+
+Every call is a client span (``rpc.method``, ``duplex.tenant_id``) whose W3C trace context travels
+in the call's metadata, so the governor's own span (and its PostgreSQL work) joins the caller's trace.
 """
 
 from __future__ import annotations
@@ -28,14 +31,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import propagate, trace
 
 from services.common.errors import RetryableError
 from services.common.settings import GovernorLinkSettings
+from services.common.telemetry import client_span
 
 if TYPE_CHECKING:
     Stub = governor_service_pb2_grpc.RateLimitGovernorServiceAsyncStub
 
 log = logging.getLogger(__name__)
+
+_tracer = trace.get_tracer(__name__)
+GOVERNOR_SERVICE = "duplex.governor.v1.RateLimitGovernorService"
 
 R = TypeVar("R")
 Sleep = Callable[[float], Awaitable[None]]
@@ -104,7 +112,11 @@ class GovernorBudget:
         )
         give_up_at = self._clock() + self._max_wait
         while True:
-            response = await self._call(tenant_id, self._stub.AcquireCalls(request, timeout=self._rpc_timeout))
+            response = await self._call(
+                tenant_id,
+                "AcquireCalls",
+                lambda metadata: self._stub.AcquireCalls(request, timeout=self._rpc_timeout, metadata=metadata),
+            )
             if response.granted:
                 return
             now = self._clock()
@@ -125,23 +137,46 @@ class GovernorBudget:
             tenant_id=tenant_id, used=used, max=limit, observed_at=observed
         )
         try:
-            await self._call(tenant_id, self._stub.ReportUsage(request, timeout=self._rpc_timeout))
+            await self._call(
+                tenant_id,
+                "ReportUsage",
+                lambda metadata: self._stub.ReportUsage(request, timeout=self._rpc_timeout, metadata=metadata),
+            )
         except (GovernorUnavailable, UnknownTenant) as exc:
             log.warning("usage report dropped", extra={"tenant_id": tenant_id, "reason": str(exc)})
 
     async def budget(self, tenant_id: str) -> governor_pb2.Budget:
         """The tenant's budget as the governor sees it."""
         request = governor_service_pb2.GetBudgetRequest(tenant_id=tenant_id)
-        response = await self._call(tenant_id, self._stub.GetBudget(request, timeout=self._rpc_timeout))
+        response = await self._call(
+            tenant_id,
+            "GetBudget",
+            lambda metadata: self._stub.GetBudget(request, timeout=self._rpc_timeout, metadata=metadata),
+        )
         return response.budget
 
-    async def _call(self, tenant_id: str, call: Awaitable[R]) -> R:
-        try:
-            return await call
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise UnknownTenant(f"tenant {tenant_id}: {exc.details()}") from exc
-            raise GovernorUnavailable(f"governor: {exc.code().name}: {exc.details()}") from exc
+    async def _call(
+        self, tenant_id: str, method: str, call: Callable[[tuple[tuple[str, str], ...] | None], Awaitable[R]]
+    ) -> R:
+        attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": GOVERNOR_SERVICE,
+            "rpc.method": method,
+            "duplex.tenant_id": tenant_id,
+        }
+        with client_span(_tracer, f"{GOVERNOR_SERVICE}/{method}", attributes) as span:
+            metadata = None
+            if span.is_recording():
+                carrier: dict[str, str] = {}
+                propagate.inject(carrier)
+                metadata = tuple(carrier.items())
+            try:
+                return await call(metadata)
+            except grpc.aio.AioRpcError as exc:
+                span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise UnknownTenant(f"tenant {tenant_id}: {exc.details()}") from exc
+                raise GovernorUnavailable(f"governor: {exc.code().name}: {exc.details()}") from exc
 
 
 # The metadata key a client's token travels under (a bearer token, as HTTP's Authorization).

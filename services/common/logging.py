@@ -206,6 +206,8 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # httpx logs every request's whole URL at INFO: a SOQL query's WHERE clause carries record values.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     return handler
 
 

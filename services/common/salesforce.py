@@ -14,7 +14,9 @@ Every call:
   have a session (never connected, revoked, a sign-in refused by Salesforce or by the deployment's
   policy), before any budget is asked for;
 - is counted in ``duplex_api_calls_total`` by API family (:func:`api_family`) and priority;
-- raises :class:`SalesforceApiError` with Salesforce's own errorCode on failure.
+- raises :class:`SalesforceApiError` with Salesforce's own errorCode on failure;
+- is traced: one client span per HTTP request (:func:`path_template` names it, so no record id or
+  query text reaches a trace), with its status and Salesforce's errorCode.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import httpx
+from opentelemetry import trace
 
 from services.common.connections import (
     ConnectionStatus,
@@ -37,6 +40,7 @@ from services.common.connections import (
     vault_not_configured,
 )
 from services.common.metrics import Metrics
+from services.common.telemetry import client_span
 from services.common.tenant_config import SalesforceSpec, SecretValue
 from services.common.tenant_config.policy import SalesforcePolicy
 from services.common.vault import SessionToken
@@ -48,6 +52,38 @@ _DATA_RESOURCE = re.compile(r"^/services/data/v[^/]+/([^/?#]+)")
 
 ApiFamily = Literal["rest", "composite", "bulk"]
 CallPriority = Literal["live", "backfill"]
+
+_tracer = trace.get_tracer(__name__)
+_VERSION = re.compile(r"^v\d+(\.\d+)?$")
+_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Path segments that name an API resource, never a record: everything else in a path (record and
+# job ids, external id values, query locators) is replaced by ``{id}`` in a span's name.
+_RESOURCES = frozenset(
+    {
+        "services", "data", "oauth2", "token", "revoke", "userinfo", "introspect", "sobjects", "describe",
+        "updated", "deleted", "composite", "batch", "tree", "collections", "graph", "query", "queryAll",
+        "search", "tooling", "jobs", "ingest", "batches", "results", "successfulResults", "failedResults",
+        "unprocessedrecords", "limits", "layouts", "recordTypes",
+    }
+)  # fmt: skip
+
+
+def path_template(path: str) -> str:
+    """``path`` with its query dropped and every segment but API words replaced by ``{id}``:
+    ``/services/data/v62.0/sobjects/Account/001…`` → ``/services/data/v62.0/sobjects/Account/{id}``.
+
+    An object's API name is kept right after ``sobjects``, and a field's before an external id
+    value (``sobjects/Account/Ext__c/{id}``).
+    """
+    parts = path.split("?", 1)[0].split("#", 1)[0].strip("/").split("/")
+    kept: list[str] = []
+    for index, part in enumerate(parts):
+        after_sobjects = kept[-1:] == ["sobjects"] or (kept[-2:-1] == ["sobjects"] and index + 1 < len(parts))
+        if part in _RESOURCES or _VERSION.match(part) or (after_sobjects and _API_NAME.match(part)):
+            kept.append(part)
+        else:
+            kept.append("{id}")
+    return "/" + "/".join(kept)
 
 
 def api_family(path: str) -> ApiFamily:
@@ -240,7 +276,18 @@ class SalesforceClient:
             "Sforce-Call-Options": f"client={self.spec.call_options_client}",
             **(kwargs.pop("headers") or {}),
         }
-        return await self._http.request(method, session.instance_url + path, headers=headers, **kwargs)
+        template = path_template(path)
+        attributes = {
+            "http.request.method": method,
+            "url.template": template,
+            "salesforce.api": api_family(path),
+            "duplex.tenant_id": self.tenant_id,
+        }
+        with client_span(_tracer, f"{method} {template}", attributes) as span:
+            response = await self._http.request(method, session.instance_url + path, headers=headers, **kwargs)
+            if span.is_recording():
+                traced_status(span, response)
+            return response
 
     async def _current_session(self) -> Session:
         if self._session is None:
@@ -281,6 +328,14 @@ class SalesforceClient:
                 self.tenant_id, str(ConnectionStatus.ERROR), message, code=exc.code
             ) from None
         return Session(token.access_token, token.instance_url)
+
+
+def traced_status(span: trace.Span, response: httpx.Response) -> None:
+    """A Salesforce response's status (and errorCode, on failure) on its span."""
+    span.set_attribute("http.response.status_code", response.status_code)
+    if response.status_code >= 400:
+        span.set_attribute("salesforce.error_code", _api_error(response).error_code)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, str(response.status_code)))
 
 
 def _json(response: httpx.Response) -> Any:

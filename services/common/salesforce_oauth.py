@@ -26,6 +26,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,8 +36,10 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from opentelemetry import trace
 
 from services.common.logging import register_secret
+from services.common.telemetry import client_span
 
 PRODUCTION_LOGIN_URL = "https://login.salesforce.com"
 SANDBOX_LOGIN_URL = "https://test.salesforce.com"
@@ -49,6 +52,10 @@ _RANDOM_BYTES = 32
 _IDENTITY_PATH = re.compile(r"/id/([A-Za-z0-9]{15,18})/([A-Za-z0-9]{15,18})/?$")
 
 Clock = Callable[[], datetime]
+
+_tracer = trace.get_tracer(__name__)
+# The grant types a token span may name; any other (a typo, a future one) is traced as "other".
+_GRANTS = frozenset({"authorization_code", "refresh_token", JWT_BEARER_GRANT, "password", "client_credentials"})
 
 
 def _now() -> datetime:
@@ -312,9 +319,12 @@ class SalesforceOAuth:
 
     async def identity(self, token: Token) -> Identity:
         """The org id, user id and username behind ``token``, from its identity URL."""
-        response = await self._http.get(
-            token.identity_url, headers={"Authorization": f"Bearer {token.access_token}", "Accept": "application/json"}
-        )
+        with self._span("GET", "/id/{org}/{user}") as span:
+            response = await self._http.get(
+                token.identity_url,
+                headers={"Authorization": f"Bearer {token.access_token}", "Accept": "application/json"},
+            )
+            _traced(span, response)
         if response.status_code != 200:
             raise oauth_error(response)
         body = response.json()
@@ -332,7 +342,9 @@ class SalesforceOAuth:
 
     async def revoke(self, token: str) -> None:
         """Revoke an access or refresh token (revoking a refresh token ends its access tokens too)."""
-        response = await self._http.post(self.app.endpoint("revoke"), data={"token": token})
+        with self._span("POST", "/services/oauth2/revoke") as span:
+            response = await self._http.post(self.app.endpoint("revoke"), data={"token": token})
+            _traced(span, response)
         if response.status_code != 200:
             raise oauth_error(response)
 
@@ -341,7 +353,32 @@ class SalesforceOAuth:
             form["client_id"] = self.app.client_id
             if self.app.client_secret is not None:
                 form["client_secret"] = self.app.client_secret
-        response = await self._http.post(self.app.endpoint("token"), data=form, headers={"Accept": "application/json"})
+        grant = form.get("grant_type", "")
+        with self._span(
+            "POST", "/services/oauth2/token", {"oauth.grant_type": grant if grant in _GRANTS else "other"}
+        ) as span:
+            response = await self._http.post(
+                self.app.endpoint("token"), data=form, headers={"Accept": "application/json"}
+            )
+            _traced(span, response)
         if response.status_code != 200:
             raise oauth_error(response)
         return parse_token(response.json())
+
+    def _span(
+        self, method: str, template: str, extra: dict[str, Any] | None = None
+    ) -> AbstractContextManager[trace.Span]:
+        # The template, not the URL: an identity URL names the org and the user.
+        attributes = {"http.request.method": method, "url.template": template, **(extra or {})}
+        return client_span(_tracer, f"{method} {template}", attributes)
+
+
+def _traced(span: trace.Span, response: httpx.Response) -> None:
+    """A response's status, and OAuth's error code on failure (never its description, which can
+    quote what was sent), on its span."""
+    if not span.is_recording():
+        return
+    span.set_attribute("http.response.status_code", response.status_code)
+    if response.status_code != 200:
+        span.set_attribute("oauth.error", oauth_error(response).error)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, str(response.status_code)))

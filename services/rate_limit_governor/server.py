@@ -1,4 +1,9 @@
-"""The governor's gRPC service: thin handlers over the budget arithmetic and the ledger."""
+"""The governor's gRPC service: thin handlers over the budget arithmetic and the ledger.
+
+Each call is a server span continuing the caller's trace (its W3C context comes in the call's
+metadata, :mod:`services.common.governor_client`), so a grant shows inside the Salesforce call it
+was asked for, with the ledger's PostgreSQL statements under it.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +19,22 @@ import grpc
 from duplex.governor.v1 import governor_pb2, governor_service_pb2, governor_service_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry import propagate, trace
 
 from services.common import sync_log
-from services.common.governor_client import TOKEN_METADATA
+from services.common.governor_client import GOVERNOR_SERVICE, TOKEN_METADATA
 from services.common.metrics import Metrics
 from services.common.settings import GovernorLinkSettings
+from services.common.telemetry import TRACE_HEADERS, tracing_enabled
 from services.common.tenant_config import TenantNotFoundError
 from services.rate_limit_governor import budget as b
 from services.rate_limit_governor.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+_tracer = trace.get_tracer(__name__)
+
+
 SERVICE = "rate-limit-governor"
 
 _PRIORITY = {
@@ -200,6 +211,44 @@ class TokenCheck(_Interceptor):
 
 
 _HEALTH_METHODS = "/grpc.health.v1.Health/"
+_GOVERNOR_METHODS = f"/{GOVERNOR_SERVICE}/"
+
+
+class Traced(_Interceptor):
+    """Runs each governor call (not health checks) in a server span continuing the caller's trace."""
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or handler.unary_unary is None or not method.startswith(_GOVERNOR_METHODS):
+            return handler
+        metadata = handler_call_details.invocation_metadata or ()
+        carrier = {key: str(value) for key, value in metadata if key in TRACE_HEADERS}
+        name = method.removeprefix("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": GOVERNOR_SERVICE, "rpc.method": name.rsplit("/", 1)[1]}
+        serve = handler.unary_unary
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            with _tracer.start_as_current_span(
+                name,
+                context=propagate.extract(carrier) if carrier else None,
+                kind=trace.SpanKind.SERVER,
+                attributes=attributes,
+                # A refusal's details can quote a tenant's configuration: the span keeps its type only.
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
+                try:
+                    return await serve(request, context)
+                except BaseException as exc:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                    raise
+
+        return grpc.unary_unary_rpc_method_handler(
+            traced,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -215,8 +264,11 @@ async def start_server(
     """Start a grpc.aio server with the governor and the standard health service, secured as
     ``link`` says (TLS with its certificate, the token checked); returns it and its port."""
     link = link or GovernorLinkSettings()
-    interceptors = [TokenCheck(link.token.get_secret_value())] if link.token else None
-    server = grpc.aio.server(interceptors=interceptors)
+    interceptors: list[_Interceptor] = [TokenCheck(link.token.get_secret_value())] if link.token else []
+    # Only when this process traces: otherwise every call would pay for a wrapped handler.
+    if tracing_enabled():
+        interceptors.append(Traced())
+    server = grpc.aio.server(interceptors=interceptors or None)
     governor_service_pb2_grpc.add_RateLimitGovernorServiceServicer_to_server(governor, server)
     # grpc_health exposes the asyncio servicer as health.aio; its stubs do not know it yet.
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,14 +35,19 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from opentelemetry import trace
+
 from services.common.retry import RetryPolicy
+from services.common.telemetry import batch_span, tracing_enabled
 from services.common.tenant_config import TenantNotFoundError
 from services.writer.batching import Batch, Batcher, Ingestion, RecordWrite
+from services.writer.commands import Delivery
 from services.writer.executor import CallFailure, retry_all
 from services.writer.payload import ItemError, Outcome, WriteResult
 from services.writer.versions import AppliedVersions, unapplied
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 RecordKey = tuple[str, str, str]
 Clock = Callable[[], datetime]
@@ -63,6 +69,7 @@ class Deliveries(Protocol):
     def is_backfill(self, write: RecordWrite) -> bool: ...
     def revoked(self, write: RecordWrite) -> bool: ...
     def drop(self, write: RecordWrite) -> None: ...
+    def deliveries_of(self, write: RecordWrite) -> list[Delivery]: ...
 
 
 class Settler(Protocol):
@@ -279,6 +286,15 @@ class TenantWriter:
             self._queue(later, now)
 
     async def _run_batch(self, batch: Batch) -> None:
+        if not tracing_enabled():
+            await self._send_batch(batch)
+            return
+        # The call continues the trace of the (first) command it writes, and links the others'.
+        headers = [d.headers for w in batch.writes for d in self._deliveries.deliveries_of(w)]
+        with batch_span(_tracer, "writer send", headers, kind=trace.SpanKind.INTERNAL):
+            await self._send_batch(batch)
+
+    async def _send_batch(self, batch: Batch) -> None:
         backfill = all(self._deliveries.is_backfill(w) for w in batch.writes)
         try:
             resources = await self._resources()
@@ -406,7 +422,11 @@ class TenantWriters:
                 options=self._options,
             )
             self._writers[tenant_id] = writer
-            self._tasks[tenant_id] = asyncio.get_running_loop().create_task(writer.run(), name=f"writer-{tenant_id}")
+            # A context of its own: the loop outlives the command that started it, whose span it
+            # would otherwise carry into every later call.
+            self._tasks[tenant_id] = asyncio.get_running_loop().create_task(
+                writer.run(), name=f"writer-{tenant_id}", context=contextvars.Context()
+            )
         return writer
 
     async def revoke(self, *, within: float) -> None:

@@ -7,45 +7,21 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from concurrent import futures
-from typing import Any
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from services.common.logging import JsonFormatter
 from services.common.settings import TelemetrySettings
 from services.common.telemetry import setup_telemetry
+from tests.fixtures.otlp import Receiver, otlp_receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP trace receiver, as a collector would be: keeps every export request."""
-
-    def __init__(self) -> None:
-        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
-
-    def Export(  # noqa: N802 (the gRPC method's name)
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        self.requests.append(request)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, int]]:
-    # A thread-pool server: the exporter is synchronous and sends from the thread that ends a span.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    found = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(found, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield found, port
-    finally:
-        server.stop(None)
+    with otlp_receiver() as running:
+        yield running
 
 
 def test_spans_reach_the_collector_and_log_lines_name_them(receiver: tuple[Receiver, int]) -> None:
@@ -67,17 +43,9 @@ def test_spans_reach_the_collector_and_log_lines_name_them(receiver: tuple[Recei
         logger.removeHandler(handler)
         telemetry.shutdown()
 
-    spans = [
-        (resource.resource, s)
-        for request in found.requests
-        for resource in request.resource_spans
-        for scope in resource.scope_spans
-        for s in scope.spans
-    ]
-    assert [s.name for _, s in spans] == ["salesforce.composite"]
-    resource, exported = spans[0]
-    assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == "writer"
-    assert exported.trace_id.hex() == format(context.trace_id, "032x")
+    (exported,) = found.spans()
+    assert (exported.name, exported.service) == ("salesforce.composite", "writer")
+    assert exported.trace_id == format(context.trace_id, "032x")
 
     inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
     assert (inside["trace_id"], inside["span_id"]) == (

@@ -165,6 +165,22 @@ def test_configure_logging_routes_the_root_logger() -> None:
     assert line == line | {"service": "mapping", "logger": "some.library", "message": f"leaked {MASK}"}
 
 
+def test_request_urls_with_query_values_stay_out_of_the_log_at_info() -> None:
+    stream = io.StringIO()
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    saved = (list(root.handlers), root.level, httpx_logger.level)
+    try:
+        configure_logging(TelemetrySettings(log_level="info"), service_name="cdc-ingest", stream=stream)
+        # What httpx logs for each request: a SOQL query's WHERE clause carries record values.
+        httpx_logger.info('HTTP Request: GET https://x.my.salesforce.com/query?q=WHERE+Email%3D%27a%40b.c%27 "200 OK"')
+        httpx_logger.warning("kept")
+    finally:
+        root.handlers = saved[0]
+        root.setLevel(saved[1])
+        httpx_logger.setLevel(saved[2])
+    assert [json.loads(x)["message"] for x in stream.getvalue().splitlines()] == ["kept"]
+
+
 TOKEN_ALPHABET = string.ascii_letters + string.digits + "-_.~+/=!$%^*()[]{}\\\"'@#:;,?é€"
 
 
