@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from services.admin.api.application import build_api
 from services.admin.connect import CALLBACK_PATH, ConnectFlow
+from services.admin.console.sso import single_sign_on
 from services.admin.consumer_lag import ConsumerLagMonitor
 from services.admin.dead_letters import DeadLetterTopics
 from services.admin.oidc import OidcVerifier
@@ -79,6 +80,8 @@ async def run(
                 policy=policy,
             )
         oidc = settings.oidc()
+        # The console's sign-in through the provider (DUPLEX_ADMIN_OIDC_CLIENT_ID); None without it.
+        sso = await stack.enter_async_context(single_sign_on(settings, settings.public_base_url(listener.port)))
         health = Health(ready=(database_ready(pool), listener.serving))
         app = build_api(
             pool=pool,
@@ -89,6 +92,7 @@ async def run(
             sessions=sessions,
             policy=policy,
             public_url=settings.public_url,
+            sso=sso,
             dead_letters=None
             if settings.kafka is None
             else DeadLetterTopics(settings.kafka, TopicNames(load_topic_table(), prefix=settings.kafka.topic_prefix)),

@@ -34,7 +34,8 @@ class AdminSettings(ServiceSettings):
     # The first fields below are read under their aliases; the prefix names the API's own
     # (DUPLEX_ADMIN_PORT, ...) and keeps the inherited service_name and telemetry from picking up
     # unrelated SERVICE_NAME or TELEMETRY variables.
-    model_config = SettingsConfigDict(env_prefix="DUPLEX_ADMIN_")
+    # A refused setting must not echo the others (the database password, the OIDC client secret).
+    model_config = SettingsConfigDict(env_prefix="DUPLEX_ADMIN_", hide_input_in_errors=True)
 
     service_name: str = "admin"
 
@@ -72,6 +73,12 @@ class AdminSettings(ServiceSettings):
     oidc_tenants_claim: str = "tenants"
     # A token signed with a key id not in the cached JWKS re-reads it at most this often (rotation).
     oidc_jwks_refetch_seconds: float = Field(default=30.0, ge=0)
+    # The console's single sign-on (authorization code flow with PKCE) with the same provider: the
+    # client registered for the console, its secret (none: a public client) and the scopes asked for.
+    # The console signs users in with the access token, which the API verifies as above.
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid"
 
     # The connect flow. The API's address as users' browsers reach it (behind a proxy or an ingress:
     # its public https URL); Salesforce sends them back to <public_url>/api/v1/oauth/callback, the
@@ -112,6 +119,26 @@ class AdminSettings(ServiceSettings):
                 "OIDC needs all of DUPLEX_ADMIN_OIDC_ISSUER, DUPLEX_ADMIN_OIDC_AUDIENCE and DUPLEX_ADMIN_OIDC_JWKS_URL"
             )
             raise ValueError(msg)
+        if self.oidc_client_secret is not None and not self.oidc_client_id:
+            msg = "DUPLEX_ADMIN_OIDC_CLIENT_SECRET is set without DUPLEX_ADMIN_OIDC_CLIENT_ID"
+            raise ValueError(msg)
+        if self.oidc_client_id is not None:
+            if not self.oidc_client_id.strip():
+                msg = "DUPLEX_ADMIN_OIDC_CLIENT_ID is empty: unset it, or name the client registered for the console"
+                raise ValueError(msg)
+            if not all(given):
+                # The console signs users in with the access token: only a verifying API can accept it.
+                msg = (
+                    "single sign-on (DUPLEX_ADMIN_OIDC_CLIENT_ID) needs the API to verify OIDC tokens: "
+                    "set DUPLEX_ADMIN_OIDC_ISSUER, DUPLEX_ADMIN_OIDC_AUDIENCE and DUPLEX_ADMIN_OIDC_JWKS_URL too"
+                )
+                raise ValueError(msg)
+            if "openid" not in self.oidc_scopes.split():
+                msg = f"DUPLEX_ADMIN_OIDC_SCOPES must include openid (space-separated), not {self.oidc_scopes!r}"
+                raise ValueError(msg)
+            if urlsplit(self.oidc_issuer or "").scheme not in ("http", "https"):
+                msg = "single sign-on needs DUPLEX_ADMIN_OIDC_ISSUER to be the provider's http(s) URL"
+                raise ValueError(msg)
         return self
 
     def postgres(self) -> PostgresSettings:

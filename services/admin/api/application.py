@@ -30,6 +30,7 @@ from services.admin.api.tenants import tenants_router
 from services.admin.api.tokens import tokens_router
 from services.admin.connect import ConnectFlow
 from services.admin.console import install_console
+from services.admin.console.sso import SingleSignOn
 from services.admin.dead_letters import DeadLetterTopics
 from services.admin.oidc import OidcVerifier
 from services.common.connections import Sessions
@@ -54,6 +55,7 @@ def build_api(
     policy: SalesforcePolicy = _DEFAULT_POLICY,
     dead_letters: DeadLetterTopics | None = None,
     public_url: str | None = None,
+    sso: SingleSignOn | None = None,
 ) -> FastAPI:
     """The API over ``pool``; without ``connect`` (no vault), connecting tenants answers 503, and
     without ``sessions`` (no access to Salesforce) so does checking a tenant's connection, and
@@ -111,5 +113,5 @@ def build_api(
     app.include_router(schema_router(access, sessions))
     app.include_router(plan_router(access, policy, sessions))
     app.include_router(tokens_router(access))
-    install_console(app, public_url)
+    install_console(app, public_url, sso)
     return app

@@ -15,16 +15,18 @@ from fastapi.staticfiles import StaticFiles
 
 from services.admin.console import connection, dead_letters, history, mappings, sync_log, tenants
 from services.admin.console.session import session_router
+from services.admin.console.sso import SingleSignOn
 from services.admin.console.web import PREFIX, STATIC, ApiProblemError, SignInRequired, Web, sign_in_redirect
 
 
-def install_console(app: FastAPI, public_url: str | None = None) -> None:
+def install_console(app: FastAPI, public_url: str | None = None, sso: SingleSignOn | None = None) -> None:
     """Serve the console from ``app``, over ``app``'s own API; ``public_url`` is where browsers reach
-    it (``DUPLEX_ADMIN_PUBLIC_URL``: behind a proxy that ends TLS, this server sees http)."""
+    it (``DUPLEX_ADMIN_PUBLIC_URL``: behind a proxy that ends TLS, this server sees http); ``sso``
+    signs users in through the identity provider (DUPLEX_ADMIN_OIDC_CLIENT_ID)."""
     web = Web(app, public_url)
     app.state.console_public_origin = web.public_origin
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")
-    app.include_router(session_router(web), include_in_schema=False)
+    app.include_router(session_router(web, sso), include_in_schema=False)
     app.include_router(tenants.router(web), include_in_schema=False)
     app.include_router(mappings.router(web), include_in_schema=False)
     app.include_router(sync_log.router(web), include_in_schema=False)

@@ -207,12 +207,10 @@ def sign_in_redirect(request: Request, reason: str | None) -> Response:
     return response
 
 
+def is_secure(request: Request) -> bool:
+    """Whether the console's cookies must be Secure: it is reached (or published) over HTTPS."""
+    return any(origin.startswith("https://") for origin in _origins(request))
+
+
 def set_session(response: Response, request: Request, credential: str) -> None:
-    response.set_cookie(
-        COOKIE,
-        credential,
-        path=PREFIX,
-        httponly=True,
-        samesite="strict",
-        secure=any(origin.startswith("https://") for origin in _origins(request)),
-    )
+    response.set_cookie(COOKIE, credential, path=PREFIX, httponly=True, samesite="strict", secure=is_secure(request))
