@@ -431,9 +431,13 @@ class Resolver:
         # tells us the id of a record Duplex created.
         if outcome.operation is Operation.DELETE or not outcome.record_id:
             return
-        if outcome.record_id != link.crm_record_id and (outcome.created or link.crm_record_id is None):
+        new_id = outcome.record_id != link.crm_record_id and (outcome.created or link.crm_record_id is None)
+        if new_id:
             await repo.save(replace(link, crm_record_id=outcome.record_id), {})
             await repo.store_crm_id(link, outcome.record_id)
+        # Salesforce's echo of the create may have linked the id first; the record was still created
+        # by this write, and its timeline says so (each outcome is handled once).
+        if new_id or outcome.created:
             await transaction.log(
                 [self._row(outcome.tenant_id, "record.created", link.link_id, record_id=outcome.record_id)]
             )

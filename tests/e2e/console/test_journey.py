@@ -10,11 +10,10 @@ repair.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Page, expect
 
 from devstack.emulator import EmulatorProcess
 from devstack.kafka import KafkaServer
@@ -22,22 +21,11 @@ from devstack.postgres import PostgresServer
 from services.admin.auth import Role
 from services.common.settings import KafkaSettings
 from services.common.topics import TopicNames
+from tests.e2e.console.conftest import sign_in
 from tests.e2e.pipeline.harness import TenantSpec, eventually, running, synced
 from tests.integration.admin_api.harness import serving
-from tests.integration.console.conftest import browser  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-
-@pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:  # noqa: F811
-    context = await browser.new_context(viewport={"width": 1280, "height": 800})
-    opened = await context.new_page()
-    opened.set_default_timeout(20_000)
-    try:
-        yield opened
-    finally:
-        await context.close()
 
 
 async def test_an_operator_watches_pauses_resumes_and_reconciles_in_the_console(
@@ -62,10 +50,7 @@ async def test_an_operator_watches_pauses_resumes_and_reconciles_in_the_console(
         expect.set_options(timeout=15_000)
         (alpha,) = run.tenants
         base = f"http://127.0.0.1:{api.running.port}/console"
-        await page.goto(f"{base}/sign-in")
-        await page.get_by_label("API token or OpenID Connect access token").fill(await api.token(Role.OPERATOR))
-        await page.get_by_role("button", name="Sign in").click()
-        await expect(page.locator("li.card[data-tenant=alpha]")).to_contain_text("Errors, 24 h")
+        await sign_in(page, base, await api.token(Role.OPERATOR))
 
         # A partner created in the app arrives in Salesforce; the sync log finds it by its Salesforce id.
         app_id = await alpha.app.create({"name": "Console journey", "phone": "+1 555 0100", "notes": None})

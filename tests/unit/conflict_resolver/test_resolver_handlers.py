@@ -288,6 +288,22 @@ async def test_write_outcomes_apply_by_version() -> None:
     assert rejected["detail"]["rolled_back"] == ["name"]
 
 
+async def test_a_create_whose_echo_linked_the_id_first_still_says_created() -> None:
+    world = World(LinkState("L1", "partners", "dx-L1", app_record_id="app-L1"))
+    create = mapped("c1", {"name": "n0"}, at=0, kind=record_changed_pb2.CHANGE_KIND_CREATE)
+    await world.resolver.on_mapped_batch([create])
+    (upsert,) = world.commands()
+    # Salesforce's change event of the create overtakes the writer's outcome and links the id.
+    echo = mapped("e1", {"name": "n0"}, at=1, side=Side.CRM, client=CLIENT, kind=record_changed_pb2.CHANGE_KIND_CREATE)
+    await world.resolver.on_mapped_batch([echo])
+    assert world.store.link(TENANT, "L1").crm_record_id == "001L1"
+
+    assert await world.resolver.on_settled_batch([settled(upsert, record_id="001L1", created=True)]) == {}
+
+    # The timeline still shows the write that created it, once.
+    assert [row["link"] for row in world.log("record.created")] == ["L1"]
+
+
 async def test_a_redelivered_event_changes_nothing_twice() -> None:
     world = World(LINKED)
     events = [
