@@ -104,7 +104,12 @@ image-emulator: $(VENV)/.synced ## Build the Salesforce emulator's image (for st
 image-test: setup ## Build the image, then run it against the local Kafka and PostgreSQL (tests/image; .ci/run runs it)
 	$(PY) -m pytest -m image tests/image
 
-.PHONY: image image-emulator image-test
+chart-install: $(VENV)/.synced gen/python/.stamp ## Install, upgrade and uninstall helm/duplex (every ci/ values file) on a real local Kubernetes API server; the first run builds it from the Go module proxy
+	$(PY) -m devstack.helm install
+	$(PY) -m devstack.kube build
+	$(PY) -m pytest -m kube tests/kube
+
+.PHONY: image image-emulator image-test chart-install
 
 clean: stack-down ## Remove generated code and local state (keeps downloaded jars)
 	rm -rf gen var .mypy_cache .ruff_cache .pytest_cache
