@@ -9,9 +9,10 @@ sync log gets 1,000,000 rows over the last 30 days, in time order, every tenant'
 the services append them, in the day partitions retention keeps (``deploy/sql/0018``). Tenants are
 not equally busy: tenant k's share goes as 1/sqrt(k + 1), so the busiest holds about 8 % of the
 rows and the quietest about 1 %. Rows are what the services write, in shares assumed for a busy
-deployment (``EVENTS``): resolved changes with their field decisions and writes (some held by a pause),
-conflicts, the writer's per-batch successes and supersessions, rejected writes with Salesforce's
-codes (logged by the writer and by the conflict-resolver), echoes counted per batch, changes
+deployment (``EVENTS``): resolved changes with their field decisions and writes (some held by a pause;
+an update to the app with its lag), conflicts, the writer's per-batch successes (with their lag) and
+supersessions, rejected writes with Salesforce's codes (logged by the writer and by the
+conflict-resolver), echoes counted per batch, changes
 refused, dropped or leaving a filter, and the tenant's news (quarantines, budget warnings,
 connection errors). A record's rows go as the square of a uniform draw over the tenant's links,
 so a few records are busy and most are quiet. Then ANALYZE.
@@ -214,12 +215,17 @@ SELECT r.at, r.tenant_id, r.service, r.event,
                                THEN '{{"held": true}}'::jsonb ELSE '{{}}'::jsonb END)
                    END,
                'dropped', '{{}}'::jsonb)
+               -- The decision's lag, logged with an update sent to the app (not with a held one).
+               || CASE WHEN r.y <= 0.95 AND r.side = 'crm'
+                            AND NOT (r.paused_since IS NOT NULL AND r.at > r.paused_since AND r.pair = 'partners')
+                       THEN jsonb_build_object('lag_ms', (20 + floor(r.x * r.x * 4000))::int)
+                       ELSE '{{}}'::jsonb END
            WHEN 'conflict.decided' THEN jsonb_build_object(
                'field', CASE WHEN r.pair = 'partners' THEN 'name' ELSE 'email' END,
                'winner', CASE WHEN r.x < 0.5 THEN 'app' ELSE 'crm' END, 'outcome', 'accepted')
            WHEN 'write.succeeded' THEN jsonb_build_object(
                'count', (1 + floor(r.x * 200))::int, 'created', floor(r.x * r.y * 20)::int,
-               'objects', jsonb_build_array(r.crm_object))
+               'objects', jsonb_build_array(r.crm_object), 'lag_ms', (150 + floor(r.y * r.y * 6000))::int)
            WHEN 'write.rejected' THEN CASE WHEN r.service = 'writer' THEN jsonb_build_object(
                    'crm_object', r.crm_object, 'operation', 'upsert', 'external_id_value', 'dx-' || r.link_id,
                    'fields', CASE WHEN r.reject_field = '' THEN '[]'::jsonb ELSE jsonb_build_array(r.reject_field) END,
@@ -711,7 +717,7 @@ async def measure(dsn: str, loaded: Loaded) -> tuple[list[Timed], int]:
     record = quote(loaded.record, safe="")
     console = [
         ("console: tenants (50 cards)", "/console/tenants", "acme-49"),
-        ("console: tenant", f"/console/tenants/{t}", "partner_contacts"),
+        ("console: tenant", f"/console/tenants/{t}", "Lag to Salesforce: largest lag"),
         ("console: sync log", f"/console/tenants/{t}/sync-log", None),
         ("console: sync log, rejected", f"/console/tenants/{t}/sync-log?status=rejected", None),
         ("console: sync log, one record", f"/console/tenants/{t}/sync-log?record={record}", None),

@@ -5,18 +5,29 @@ Mapping quarantines a pair whose input is mostly bad (:mod:`services.mapping.qua
 so in the sync log: ``pair.quarantined`` when it begins, ``pair.released`` when it ends. A
 quarantine also ends when the tenant's configuration version changes, so one begun under an older
 version is over even before mapping wrote its release (it writes it with the pair's next change).
-Problems are the sync-log rows carrying an error code (Salesforce's, or Duplex's own reason).
+Problems are the sync-log rows carrying an error code (Salesforce's, or Duplex's own reason), but
+for two kinds of row: a ``conflict.decided`` row carries the policy that decided in ``code`` (a
+decision, not an error), and a write Salesforce rejected is logged twice, by the writer and again by
+the conflict-resolver when it rolls the link back; only the writer's row is counted.
+
+Every read takes a list of tenants and answers for all of them in one query, so the tenants'
+overview costs the same few queries for fifty tenants as one tenant's health does for one.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from services.common.connections import ConnectionStatus
 from services.common.db import Connection
+from services.common.schema import CrmObject, stored_object
+from services.common.schema_drift import RuleWarning
 from services.common.schema_store import DescribedObject
 from services.common.tenant_config import TenantConfig
 
@@ -64,25 +75,51 @@ def quarantined(events: Sequence[QuarantineEvent], current_version: int) -> list
     ]
 
 
-async def quarantine_events(conn: Connection, tenant_id: str) -> list[QuarantineEvent]:
+def _by_tenant(tenants: Collection[str]) -> list[str]:
+    return sorted(set(tenants))
+
+
+async def quarantine_events(conn: Connection, tenants: Collection[str]) -> dict[str, list[QuarantineEvent]]:
+    """Each tenant's quarantine events, oldest first (a tenant with none is absent)."""
+    # The events spelt out, not a parameter: the partial index sync_log_quarantine is only usable
+    # when the planner can see the query's events are the index's.
     rows = await conn.fetch(
-        "SELECT event, at, message, detail FROM sync_log WHERE tenant_id = $1 AND event = ANY($2::text[]) ORDER BY id",
-        tenant_id,
-        list(QUARANTINE_EVENTS),
+        "SELECT tenant_id, event, at, message, detail FROM sync_log WHERE tenant_id = ANY($1::text[])"
+        f" AND event IN ({', '.join(repr(e) for e in QUARANTINE_EVENTS)}) ORDER BY tenant_id, id",
+        _by_tenant(tenants),
     )
-    return [QuarantineEvent(r["event"], r["at"], r["message"] or "", _detail(r["detail"])) for r in rows]
+    found: dict[str, list[QuarantineEvent]] = {}
+    for r in rows:
+        found.setdefault(r["tenant_id"], []).append(
+            QuarantineEvent(r["event"], r["at"], r["message"] or "", _detail(r["detail"]))
+        )
+    return found
 
 
-async def problem_counts(conn: Connection, tenant_id: str, since: datetime) -> list[ProblemCount]:
-    """Sync-log rows with an error code since ``since``, counted per event and code, most first."""
+# Rows with a code that are not problems: a conflict's decision carries the policy in ``code``, and
+# the conflict-resolver's row of a rejected write (the one carrying the write's version, as
+# services.admin.retries tells them apart) repeats the writer's row of the same rejection.
+_PROBLEM = (
+    "code IS NOT NULL AND event <> 'conflict.decided'"
+    # IS DISTINCT FROM: a row without a version (null here) must stay in, not vanish in a null.
+    " AND (event <> 'write.rejected' OR jsonb_typeof(detail->'version') IS DISTINCT FROM 'number')"
+)
+
+
+async def problem_counts(conn: Connection, tenants: Collection[str], since: datetime) -> dict[str, list[ProblemCount]]:
+    """Each tenant's problems since ``since``, counted per event and code, most first (a tenant with
+    none is absent)."""
     rows = await conn.fetch(
-        "SELECT event, code, count(*) AS n, max(at) AS last_at FROM sync_log"
-        " WHERE tenant_id = $1 AND at >= $2 AND code IS NOT NULL"
-        " GROUP BY event, code ORDER BY n DESC, event, code",
-        tenant_id,
+        "SELECT tenant_id, event, code, count(*) AS n, max(at) AS last_at FROM sync_log"
+        f" WHERE tenant_id = ANY($1::text[]) AND at >= $2 AND {_PROBLEM}"
+        " GROUP BY tenant_id, event, code ORDER BY tenant_id, n DESC, event, code",
+        _by_tenant(tenants),
         since,
     )
-    return [ProblemCount(r["event"], r["code"], r["n"], r["last_at"]) for r in rows]
+    found: dict[str, list[ProblemCount]] = {}
+    for r in rows:
+        found.setdefault(r["tenant_id"], []).append(ProblemCount(r["event"], r["code"], r["n"], r["last_at"]))
+    return found
 
 
 def _detail(value: Any) -> dict[str, Any]:
@@ -91,34 +128,64 @@ def _detail(value: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
+# The last sync each way, as the sync log tells it: the writer's row of a batch written to
+# Salesforce, and the conflict-resolver's row of a change that sent the app an update (not one a
+# pause held). Both carry ``detail.lag_ms`` since they were taught to: from the origin's commit to
+# the write (the batch's largest) or to the decision.
+_TO_CRM = "event = 'write.succeeded'"
+_TO_APP = "event = 'change.resolved' AND detail->'writes' ? 'app' AND NOT (detail->'writes'->'app' ? 'held')"
+_LAG_SECONDS = "(CASE WHEN jsonb_typeof(detail->'lag_ms') = 'number' THEN (detail->>'lag_ms')::float8 / 1000 END)"
+
+
 @dataclass(frozen=True)
 class LastSyncs:
-    """The last record written to Salesforce, and the last update published to the app, if any recent."""
+    """The last record written to Salesforce, and the last update published to the app, if any recent;
+    with how long after the origin's commit each happened (None: not logged, as before lags were)."""
 
     to_crm: datetime | None
     to_app: datetime | None
+    to_crm_lag: float | None = None
+    to_app_lag: float | None = None
 
 
-async def last_syncs(conn: Connection, tenant_id: str, since: datetime) -> LastSyncs:
-    to_crm = await conn.fetchval(
-        "SELECT max(at) FROM sync_log WHERE tenant_id = $1 AND at >= $2 AND event = 'write.succeeded'", tenant_id, since
-    )
-    # A resolved change that sent the app an update (not one a pause held).
-    to_app = await conn.fetchval(
-        "SELECT max(at) FROM sync_log WHERE tenant_id = $1 AND at >= $2 AND event = 'change.resolved'"
-        " AND detail->'writes' ? 'app' AND NOT (detail->'writes'->'app' ? 'held')",
-        tenant_id,
-        since,
-    )
-    return LastSyncs(to_crm, to_app)
+_NEWEST = (
+    "SELECT t.tenant_id, s.at, s.lag FROM unnest($1::text[]) AS t (tenant_id)"
+    " CROSS JOIN LATERAL (SELECT at, {lag} AS lag FROM sync_log WHERE tenant_id = t.tenant_id AND at >= $2"
+    " AND {event} ORDER BY at DESC, id DESC LIMIT 1) s"
+)
+
+
+async def last_syncs(conn: Connection, tenants: Collection[str], since: datetime) -> dict[str, LastSyncs]:
+    """Each tenant's last sync each way since ``since`` (every tenant asked for has an entry)."""
+    names = _by_tenant(tenants)
+    # Newest first along (tenant_id, at) for each tenant: the first row of the event found ends the scan.
+    to_crm = {
+        r["tenant_id"]: r for r in await conn.fetch(_NEWEST.format(lag=_LAG_SECONDS, event=_TO_CRM), names, since)
+    }
+    to_app = {
+        r["tenant_id"]: r for r in await conn.fetch(_NEWEST.format(lag=_LAG_SECONDS, event=_TO_APP), names, since)
+    }
+    found = {}
+    for name in names:
+        crm, app = to_crm.get(name), to_app.get(name)
+        found[name] = LastSyncs(
+            to_crm=crm["at"] if crm else None,
+            to_app=app["at"] if app else None,
+            to_crm_lag=crm["lag"] if crm else None,
+            to_app_lag=app["lag"] if app else None,
+        )
+    return found
 
 
 @dataclass(frozen=True)
 class Throughput:
-    """Records synced each way in each of the last hours, oldest first (the last is the hour to now)."""
+    """Records synced each way in each of the last hours, oldest first (the last is the hour to now),
+    and each hour's largest lag each way in seconds (None: no row of the hour logged one)."""
 
     to_crm: tuple[int, ...]
     to_app: tuple[int, ...]
+    to_crm_lag: tuple[float | None, ...] = ()
+    to_app_lag: tuple[float | None, ...] = ()
 
 
 async def throughput(conn: Connection, tenant_id: str, now: datetime, hours: int = 24) -> Throughput:
@@ -128,9 +195,10 @@ async def throughput(conn: Connection, tenant_id: str, now: datetime, hours: int
     rows = await conn.fetch(
         "SELECT floor(extract(epoch FROM at - $2::timestamptz) / 3600)::int AS hour,"
         # The writer logs one write.succeeded row per batch, with how many records it wrote.
-        " COALESCE(sum(COALESCE((detail->>'count')::int, 1)) FILTER (WHERE event = 'write.succeeded'), 0) AS to_crm,"
-        " count(*) FILTER (WHERE event = 'change.resolved' AND detail->'writes' ? 'app'"
-        " AND NOT (detail->'writes'->'app' ? 'held')) AS to_app"
+        f" COALESCE(sum(COALESCE((detail->>'count')::int, 1)) FILTER (WHERE {_TO_CRM}), 0) AS to_crm,"
+        f" count(*) FILTER (WHERE {_TO_APP}) AS to_app,"
+        f" max({_LAG_SECONDS}) FILTER (WHERE {_TO_CRM}) AS to_crm_lag,"
+        f" max({_LAG_SECONDS}) FILTER (WHERE {_TO_APP}) AS to_app_lag"
         " FROM sync_log WHERE tenant_id = $1 AND at > $2 AND at <= $3"
         " AND event IN ('write.succeeded', 'change.resolved') GROUP BY 1",
         tenant_id,
@@ -138,11 +206,19 @@ async def throughput(conn: Connection, tenant_id: str, now: datetime, hours: int
         now,
     )
     to_crm, to_app = [0] * hours, [0] * hours
+    crm_lag: list[float | None] = [None] * hours
+    app_lag: list[float | None] = [None] * hours
     for row in rows:
         hour = min(hours - 1, max(0, row["hour"]))
         to_crm[hour] += row["to_crm"]
         to_app[hour] += row["to_app"]
-    return Throughput(tuple(to_crm), tuple(to_app))
+        crm_lag[hour] = _larger(crm_lag[hour], row["to_crm_lag"])
+        app_lag[hour] = _larger(app_lag[hour], row["to_app_lag"])
+    return Throughput(tuple(to_crm), tuple(to_app), tuple(crm_lag), tuple(app_lag))
+
+
+def _larger(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 @dataclass(frozen=True)
@@ -170,12 +246,13 @@ class ApiBudget:
 def api_budget(state: Any, daily_cap: int, now: datetime) -> ApiBudget:
     """The governor's stored budget (``governor_budgets.state``) as seen at ``now``."""
     stored = _detail(state)
-    since = now - timedelta(hours=24)
+    since = _microseconds(now - timedelta(hours=24))
     hourly = [0] * 24
     for start, n in (stored.get("ledger") or {}).items():
-        at = datetime.fromisoformat(start)
-        if at > since:
-            hourly[min(23, int((at - since).total_seconds() // 3600))] += int(n)
+        offset = _moment(start) - since
+        if offset > 0:
+            # A bucket ahead of now (a clock ahead) counts in the last hour.
+            hourly[offset // _HOUR if offset < _DAY else 23] += int(n)
     calls = sum(hourly)
     org = stored.get("org") or {}
     observed = org.get("observedAt")
@@ -189,11 +266,144 @@ def api_budget(state: Any, daily_cap: int, now: datetime) -> ApiBudget:
     )
 
 
-async def budget_state(conn: Connection, tenant_id: str) -> Any:
-    return await conn.fetchval("SELECT state FROM governor_budgets WHERE tenant_id = $1", tenant_id)
+# The ledger's keys are minute buckets: the same day of keys in every tenant's ledger, request
+# after request, so each is parsed once (a day of fifty tenants' buckets is 72,000 keys).
+@functools.lru_cache(maxsize=4 * 24 * 60)
+def _moment(iso: str) -> int:
+    return _microseconds(datetime.fromisoformat(iso))
 
 
-def reading_mode(config: TenantConfig, described: DescribedObject | None) -> Literal["cdc", "polling", "unknown"]:
+# Whole microseconds, so that comparing and bucketing are exact, as on datetimes.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_HOUR = 3600 * 1_000_000
+_DAY = 24 * _HOUR
+
+
+def _microseconds(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+async def budget_states(conn: Connection, tenants: Collection[str]) -> dict[str, Any]:
+    """The governor's stored budget of each tenant it has granted a call (others are absent)."""
+    rows = await conn.fetch(
+        "SELECT tenant_id, jsonb_build_object('ledger', state->'ledger', 'org', state->'org') AS state"
+        " FROM governor_budgets WHERE tenant_id = ANY($1::text[])",
+        _by_tenant(tenants),
+    )
+    return {r["tenant_id"]: r["state"] for r in rows}
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """The newest describe of an object, as far as health needs it."""
+
+    name: str
+    described_at: datetime
+    # None once the object left the org.
+    object: CrmObject | None
+    cdc_selected: bool | None
+
+
+# A described object's version never changes once stored; with its time it names one describe even
+# across a tenant deleted and made again. Parsed once each (parsing them took a quarter of the overview).
+_Describe = tuple[str, str, int, datetime]
+_PARSED: OrderedDict[_Describe, CrmObject | None] = OrderedDict()
+_PARSED_SIZE = 4096
+
+
+async def described_objects(
+    conn: Connection, objects: Mapping[str, Collection[str]]
+) -> dict[str, dict[str, ObjectState]]:
+    """The newest describe of each tenant's objects named (any case): by tenant, then by lowercase name."""
+    wanted = sorted({(tenant, name.lower()) for tenant, names in objects.items() for name in names})
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (o.tenant_id, lower(o.object_name)) o.tenant_id, o.object_name, o.version,"
+        " o.described_at, o.cdc_selected FROM crm_schema_objects o"
+        " JOIN unnest($1::text[], $2::text[]) AS w (tenant_id, name)"
+        " ON o.tenant_id = w.tenant_id AND lower(o.object_name) = w.name"
+        " ORDER BY o.tenant_id, lower(o.object_name), o.version DESC",
+        [t for t, _ in wanted],
+        [n for _, n in wanted],
+    )
+    keys: list[_Describe] = [(r["tenant_id"], r["object_name"], r["version"], r["described_at"]) for r in rows]
+    missing = [key for key in keys if key not in _PARSED]
+    if missing:
+        described = await conn.fetch(
+            "SELECT o.tenant_id, o.object_name, o.version, o.describe FROM crm_schema_objects o"
+            " JOIN unnest($1::text[], $2::text[], $3::int[]) AS w (tenant_id, name, version)"
+            " ON o.tenant_id = w.tenant_id AND o.object_name = w.name AND o.version = w.version",
+            [k[0] for k in missing],
+            [k[1] for k in missing],
+            [k[2] for k in missing],
+        )
+        documents = {(d["tenant_id"], d["object_name"], d["version"]): d["describe"] for d in described}
+        for key in missing:
+            if key[:3] in documents:  # not when its tenant was deleted in between
+                document = documents[key[:3]]
+                _PARSED[key] = None if document is None else stored_object(_detail(document))
+    found: dict[str, dict[str, ObjectState]] = {}
+    for r, key in zip(rows, keys, strict=True):
+        if key not in _PARSED:
+            continue
+        _PARSED.move_to_end(key)
+        found.setdefault(r["tenant_id"], {})[r["object_name"].lower()] = ObjectState(
+            name=r["object_name"], described_at=r["described_at"], object=_PARSED[key], cdc_selected=r["cdc_selected"]
+        )
+    while len(_PARSED) > _PARSED_SIZE:
+        _PARSED.popitem(last=False)
+    return found
+
+
+async def active_jobs(conn: Connection, tenants: Collection[str]) -> dict[str, int]:
+    """How many jobs each tenant has waiting or running (a tenant with none is absent)."""
+    rows = await conn.fetch(
+        "SELECT tenant_id, count(*) AS n FROM jobs WHERE tenant_id = ANY($1::text[])"
+        " AND status IN ('requested', 'running') GROUP BY tenant_id",
+        _by_tenant(tenants),
+    )
+    return {r["tenant_id"]: r["n"] for r in rows}
+
+
+async def pause_counts(conn: Connection, tenants: Collection[str]) -> dict[str, int]:
+    """How many pauses (a pair, or every pair, one way) each tenant has (a tenant with none is absent)."""
+    rows = await conn.fetch(
+        "SELECT tenant_id, count(*) AS n FROM sync_pauses WHERE tenant_id = ANY($1::text[]) GROUP BY tenant_id",
+        _by_tenant(tenants),
+    )
+    return {r["tenant_id"]: r["n"] for r in rows}
+
+
+@dataclass(frozen=True)
+class ConnectionState:
+    status: ConnectionStatus
+    org_id: str | None
+
+
+async def connection_states(conn: Connection, tenants: Collection[str]) -> dict[str, ConnectionState]:
+    """Each tenant's Salesforce connection status and org; without a row, not connected (as
+    :func:`services.common.connections.read_connection` has it). Every tenant asked for has an entry."""
+    names = _by_tenant(tenants)
+    rows = await conn.fetch(
+        "SELECT tenant_id, status, org_id FROM salesforce_connections WHERE tenant_id = ANY($1::text[])", names
+    )
+    found = {r["tenant_id"]: ConnectionState(ConnectionStatus(r["status"]), r["org_id"]) for r in rows}
+    return {name: found.get(name, ConnectionState(ConnectionStatus.NOT_CONNECTED, None)) for name in names}
+
+
+def needs_attention(
+    quarantines: Sequence[Quarantine],
+    problems: Sequence[ProblemCount],
+    drift: Sequence[RuleWarning],
+    budget: ApiBudget | None,
+) -> bool:
+    """A tenant's status is ``attention`` when a pair is quarantined, problems occurred, a rule is
+    paused by schema drift or the API budget is low; ``ok`` otherwise."""
+    return bool(quarantines or problems or any(w.paused for w in drift) or (budget is not None and budget.low))
+
+
+def reading_mode(
+    config: TenantConfig, described: DescribedObject | ObjectState | None
+) -> Literal["cdc", "polling", "unknown"]:
     """How cdc-ingest reads an object: polled when the tenant does not stream or the org does not select
     it for CDC; ``unknown`` until a schema refresh has read the selection."""
     selected = described.cdc_selected if described is not None else None

@@ -13,6 +13,7 @@ from services.admin.api.edge import BodyTooLargeError, LimitBody, RequestId, too
 from services.admin.api.health import health_router
 from services.admin.api.jobs import jobs_router
 from services.admin.api.me import me_router
+from services.admin.api.overview import overview_router
 from services.admin.api.pauses import pauses_router
 from services.admin.api.plan import plan_router
 from services.admin.api.preflight import preflight_router
@@ -106,6 +107,7 @@ def build_api(
     app.include_router(backfills_router(access))
     app.include_router(jobs_router(access))
     app.include_router(health_router(access))
+    app.include_router(overview_router(access))
     app.include_router(sync_log_router(access))
     app.include_router(dead_letters_router(access, dead_letters))
     app.include_router(retries_router(access, dead_letters))

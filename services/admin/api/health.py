@@ -21,9 +21,14 @@ from services.admin.auth import Action, Principal
 from services.admin.config_store import ConfigStore
 from services.admin.health import (
     PROBLEM_WINDOW,
+    ApiBudget,
+    LastSyncs,
+    ObjectState,
     api_budget,
-    budget_state,
+    budget_states,
+    described_objects,
     last_syncs,
+    needs_attention,
     problem_counts,
     quarantine_events,
     quarantined,
@@ -32,8 +37,7 @@ from services.admin.health import (
 )
 from services.common.db import Connection
 from services.common.jobs import jobs_of
-from services.common.schema_drift import standing_warnings
-from services.common.schema_store import DescribedObject, latest_objects
+from services.common.schema_drift import RuleWarning, standing_warnings
 from services.common.tenant_config import TenantConfig
 
 
@@ -56,6 +60,22 @@ class Problems(ApiModel):
 class LastSync(ApiModel):
     to_crm: datetime | None = Field(description="The last record written to Salesforce in the last 24 hours.")
     to_app: datetime | None = Field(description="The last update published to the app in the last 24 hours.")
+    to_crm_lag_seconds: float | None = Field(
+        description="How long after its origin's commit that write happened (the batch's slowest record);"
+        " null when unknown."
+    )
+    to_app_lag_seconds: float | None = Field(
+        description="How long after its origin's commit that update was decided; null when unknown."
+    )
+
+
+def last_sync(synced: LastSyncs) -> LastSync:
+    return LastSync(
+        to_crm=synced.to_crm,
+        to_app=synced.to_app,
+        to_crm_lag_seconds=synced.to_crm_lag,
+        to_app_lag_seconds=synced.to_app_lag,
+    )
 
 
 class Budget(ApiModel):
@@ -75,6 +95,14 @@ class ThroughputView(ApiModel):
     hours: int
     to_crm: list[int] = Field(description="Records written to Salesforce in each hour, oldest first.")
     to_app: list[int] = Field(description="Updates published to the app in each hour, oldest first.")
+    to_crm_lag_seconds: list[float | None] = Field(
+        description="The largest lag, origin commit to write, of each hour's writes to Salesforce, oldest first;"
+        " null for an hour that logged none."
+    )
+    to_app_lag_seconds: list[float | None] = Field(
+        description="The largest lag, origin commit to decision, of each hour's updates to the app, oldest first;"
+        " null for an hour that logged none."
+    )
 
 
 class ObjectReading(ApiModel):
@@ -98,7 +126,10 @@ class TenantHealth(ApiModel):
     )
     pauses: list[PauseEntry] = Field(description="Directions paused (`duplex resume` ends them).")
     problems_since: datetime
-    problems: list[Problems] = Field(description="Sync-log rows with an error code in the last 24 hours.")
+    problems: list[Problems] = Field(
+        description="Sync-log rows with an error code in the last 24 hours (a conflict's decision is not one;"
+        " a rejected write counts once)."
+    )
     last_sync: LastSync
     budget: Budget | None = Field(description="Null until the governor has granted the tenant a call.")
     objects: list[ObjectReading]
@@ -106,17 +137,30 @@ class TenantHealth(ApiModel):
     jobs: list[JobView] = Field(description="Polls, backfills and reconciles waiting or running, oldest first.")
 
 
-def _mapped(config: TenantConfig) -> list[str]:
+def mapped_objects(config: TenantConfig) -> list[str]:
+    """The Salesforce objects the tenant's pairs map, each once, in the configuration's order."""
     return list(dict.fromkeys(pair.salesforce.object for pair in config.spec.objects))
 
 
-def object_reading(config: TenantConfig, name: str, described: Mapping[str, DescribedObject]) -> ObjectReading:
-    found = next((d for d in described.values() if d.name.lower() == name.lower()), None)
+def object_reading(config: TenantConfig, name: str, described: Mapping[str, ObjectState]) -> ObjectReading:
+    """How ``name`` is read; ``described`` is by lowercase name (:func:`described_objects`)."""
+    found = described.get(name.lower())
     return ObjectReading(
         object=name,
         mode=reading_mode(config, found),
         described_at=found.described_at if found is not None else None,
     )
+
+
+def drift_of(config: TenantConfig, described: Mapping[str, ObjectState]) -> list[RuleWarning]:
+    objects = {key: d.object for key, d in described.items()}
+    cdc = {key: d.cdc_selected for key, d in described.items()}
+    return standing_warnings(config, objects, cdc)
+
+
+def tenant_budget(state: object, config: TenantConfig, now: datetime) -> ApiBudget | None:
+    """None until the governor has granted the tenant a call."""
+    return None if state is None else api_budget(state, config.spec.salesforce.daily_api_cap, now)
 
 
 def health_router(access: Access) -> APIRouter:
@@ -136,19 +180,16 @@ def health_router(access: Access) -> APIRouter:
         stored = await stored_config(ConfigStore(db), tenant)
         now = datetime.now(UTC)
         since = now - PROBLEM_WINDOW
-        pairs = quarantined(await quarantine_events(db, tenant), stored.version)
-        problems = await problem_counts(db, tenant, since)
-        synced = await last_syncs(db, tenant, since)
-        state = await budget_state(db, tenant)
-        budget = None if state is None else api_budget(state, stored.config.spec.salesforce.daily_api_cap, now)
-        described = await latest_objects(db, tenant)
-        objects = {d.name.lower(): d.object for d in described.values()}
-        cdc = {d.name.lower(): d.cdc_selected for d in described.values()}
-        drift = standing_warnings(stored.config, objects, cdc)
-        attention = bool(pairs or problems or any(w.paused for w in drift) or (budget is not None and budget.low))
+        config = stored.config
+        pairs = quarantined((await quarantine_events(db, [tenant])).get(tenant, []), stored.version)
+        problems = (await problem_counts(db, [tenant], since)).get(tenant, [])
+        synced = (await last_syncs(db, [tenant], since))[tenant]
+        budget = tenant_budget((await budget_states(db, [tenant])).get(tenant), config, now)
+        described = (await described_objects(db, {tenant: mapped_objects(config)})).get(tenant, {})
+        drift = drift_of(config, described)
         return TenantHealth(
             tenant=tenant,
-            status="attention" if attention else "ok",
+            status="attention" if needs_attention(pairs, problems, drift, budget) else "ok",
             configuration_version=stored.version,
             quarantined_pairs=[
                 QuarantinedPair(
@@ -159,7 +200,7 @@ def health_router(access: Access) -> APIRouter:
             pauses=(await pause_state(db, tenant)).pauses,
             problems_since=since,
             problems=[Problems(event=p.event, code=p.code, count=p.count, last_at=p.last_at) for p in problems],
-            last_sync=LastSync(to_crm=synced.to_crm, to_app=synced.to_app),
+            last_sync=last_sync(synced),
             budget=None
             if budget is None
             else Budget(
@@ -171,7 +212,7 @@ def health_router(access: Access) -> APIRouter:
                 low=budget.low,
                 calls_by_hour=list(budget.hourly),
             ),
-            objects=[object_reading(stored.config, name, described) for name in _mapped(stored.config)],
+            objects=[object_reading(config, name, described) for name in mapped_objects(config)],
             drift=[warning_item(w) for w in drift],
             jobs=[job_view(j) for j in reversed(await jobs_of(db, tenant, active=True))],
         )
@@ -189,6 +230,13 @@ def health_router(access: Access) -> APIRouter:
     ) -> ThroughputView:
         await stored_config(ConfigStore(db), tenant)
         counted = await throughput(db, tenant, datetime.now(UTC), hours)
-        return ThroughputView(tenant=tenant, hours=hours, to_crm=list(counted.to_crm), to_app=list(counted.to_app))
+        return ThroughputView(
+            tenant=tenant,
+            hours=hours,
+            to_crm=list(counted.to_crm),
+            to_app=list(counted.to_app),
+            to_crm_lag_seconds=list(counted.to_crm_lag),
+            to_app_lag_seconds=list(counted.to_app_lag),
+        )
 
     return router

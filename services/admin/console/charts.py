@@ -71,3 +71,69 @@ def hourly_bars(counts: Sequence[int], label: str, *, unit: str = "calls", line:
         f'<svg class="bars" viewBox="0 0 {total_width} {height}" width="{total_width}" height="{height}"'
         f' role="img" aria-label="{escape(text)}"><title>{escape(text)}</title>{"".join(bars)}{drawn}</svg>'
     )
+
+
+def duration(seconds: float | None) -> str:
+    """A lag as people say it: tenths of a second while they matter, then seconds, minutes, hours."""
+    if seconds is None:
+        return "—"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def ago(value: str | datetime | None, now: datetime | None = None) -> Markup:
+    """An API time as how long ago it was, the exact time kept in the element for whoever needs it."""
+    if value is None or value == "":
+        return Markup("—")
+    at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    elapsed = max(0.0, ((now or datetime.now(UTC)) - at).total_seconds())
+    if elapsed < 60:
+        said = f"{elapsed:.0f} s ago"
+    elif elapsed < 3600:
+        said = f"{elapsed // 60:.0f} min ago"
+    elif elapsed < 86400:
+        said = f"{elapsed // 3600:.0f} h ago"
+    else:
+        said = f"{elapsed // 86400:.0f} d ago"
+    exact = when(at)
+    return Markup(f'<time datetime="{escape(at.isoformat())}" title="{escape(exact)}">{escape(said)}</time>')
+
+
+def lag_bars(lags: Sequence[float | None], label: str) -> Markup:
+    """Bars of the last hours' largest lag, oldest first; an hour that logged none has no bar (and
+    says so), which is not the same as a lag of nothing."""
+    known = [lag for lag in lags if lag is not None]
+    peak = max([*known, 0.001])
+    width, height, gap = 12, 60, 2
+    bars = []
+    for i, lag in enumerate(lags):
+        hours_ago = len(lags) - 1 - i
+        when_said = f"{hours_ago} h ago" if hours_ago else "this hour"
+        if lag is None:
+            bars.append(
+                f'<rect class="bar-none" x="{i * (width + gap)}" y="{height - 1}" width="{width}" height="1">'
+                f"<title>{escape(f'no lag logged, {when_said}')}</title></rect>"
+            )
+            continue
+        h = round(lag / peak * height, 1)
+        bars.append(
+            f'<rect class="bar lag" x="{i * (width + gap)}" y="{height - h}" width="{width}" height="{h}">'
+            f"<title>{escape(f'largest lag {duration(lag)}, {when_said}')}</title></rect>"
+        )
+    total_width = len(lags) * (width + gap)
+    if known:
+        text = (
+            f"{label}: largest lag {duration(max(known))} in the last {len(lags)} hours,"
+            f" latest hour with a lag {duration(known[-1])}; {len(lags) - len(known)} hours without one"
+        )
+    else:
+        text = f"{label}: no lag logged in the last {len(lags)} hours"
+    return Markup(
+        f'<svg class="bars" viewBox="0 0 {total_width} {height}" width="{total_width}" height="{height}"'
+        f' role="img" aria-label="{escape(text)}"><title>{escape(text)}</title>{"".join(bars)}</svg>'
+    )

@@ -87,7 +87,7 @@ async def test_health_is_tenant_scoped_and_authenticated(cli: Cli, sample: Path)
 async def test_health_tells_the_last_sync_each_way_the_budget_the_objects_and_the_drift(cli: Cli, sample: Path) -> None:
     assert (await cli("config", "apply", "-f", str(sample))).exit_code == 0
     body = json.loads((await cli("health", "acme", "--json")).stdout)
-    assert body["lastSync"] == {"toCrm": None, "toApp": None}
+    assert body["lastSync"] == {"toCrm": None, "toApp": None, "toCrmLagSeconds": None, "toAppLagSeconds": None}
     assert body["budget"] is None
     assert {o["object"]: o["mode"] for o in body["objects"]} == {"Account": "unknown", "Contact": "unknown"}
     assert body["drift"] == []

@@ -65,6 +65,7 @@ TABLE: dict[tuple[str, str], Needs] = {
     ("GET", "/api/v1/tenants/{tenant}/jobs/{job_id}"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/health"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/throughput"): Needs.VIEWER,
+    ("GET", "/api/v1/overview"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/sync-log"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/records/{record}/timeline"): Needs.VIEWER,
     ("GET", "/api/v1/tenants/{tenant}/dead-letters"): Needs.VIEWER,

@@ -52,6 +52,56 @@ async def test_signing_in_and_the_tenant_cards(console: Console) -> None:
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
 
 
+async def test_the_last_sync_each_way_with_its_lag_on_the_card_and_the_tenant_page(console: Console) -> None:
+    page = console.page
+    now = datetime.now(UTC)
+    resolved = {"writes": {"app": {"kind": "update", "fields": ["name"]}}}
+    rows = [
+        # Two hours ago, logged before lags were: an hour with no lag.
+        ("writer", "write.succeeded", now - timedelta(hours=2), {"count": 5}),
+        ("writer", "write.succeeded", now - timedelta(minutes=3, seconds=10), {"count": 2, "lag_ms": 1_200}),
+        (
+            "conflict-resolver",
+            "change.resolved",
+            now - timedelta(minutes=4, seconds=10),
+            {**resolved, "lag_ms": 42_000},
+        ),
+    ]
+    for service, event, at, detail in rows:
+        await console.api.db.execute(
+            "INSERT INTO sync_log (at, tenant_id, service, event, detail) VALUES ($1, 'acme', $2, $3, $4::jsonb)",
+            at,
+            service,
+            event,
+            json.dumps(detail),
+        )
+    await console.sign_in(await console.api.token(Role.VIEWER))
+    await page.goto(f"{console.base}/console/tenants")
+    card = page.locator("li.card[data-tenant=acme]")
+    await expect(card.locator("[data-way=to_crm]")).to_have_text("to Salesforce 3 min ago · lag 1.2 s")
+    await expect(card.locator("[data-way=to_app]")).to_have_text("to the app 4 min ago · lag 42 s")
+
+    await card.get_by_role("link", name="acme").click()
+    await expect(
+        page.get_by_role(
+            "img",
+            name="Lag to Salesforce: largest lag 1.2 s in the last 24 hours, latest hour with a lag 1.2 s;"
+            " 23 hours without one",
+        )
+    ).to_be_visible()
+    await expect(
+        page.get_by_role(
+            "img",
+            name="Lag to the app: largest lag 42 s in the last 24 hours, latest hour with a lag 42 s;"
+            " 23 hours without one",
+        )
+    ).to_be_visible()
+    await expect(
+        page.get_by_text("Last sync to Salesforce 3 min ago · lag 1.2 s; to the app 4 min ago · lag 42 s.")
+    ).to_be_visible()
+    await console.shot("tenant-lag")
+
+
 async def test_run_now_pause_and_resume_from_the_tenant_page(console: Console) -> None:
     page = console.page
     await console.sign_in(await console.api.token(Role.OPERATOR, name="night shift"))
