@@ -43,7 +43,12 @@ _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 # backfill) or for a small tenant keeps serving a large one (mapping's link lookups kept such a plan
 # until migration 0013; with custom plans bench quarantine maps about 20 % more changes a second).
 # Planning each execution costs a fraction of a millisecond; the busy paths run once per batch.
-SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+#
+# JIT off: PostgreSQL compiles a query once its estimated cost passes jit_above_cost, and a search of
+# the day-partitioned sync log is estimated that costly though it returns one page: compiling took
+# 220 ms of the console's 370 ms sync-log search by pair (bench console). Duplex runs no query long
+# enough to win that back.
+SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan", "jit": "off"}
 
 log = logging.getLogger(__name__)
 
