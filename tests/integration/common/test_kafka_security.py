@@ -60,7 +60,7 @@ def oauth(kafka: SecuredKafka, prefix: str, endpoint: TokenEndpoint, **overrides
 
 
 def token_endpoint(kafka: SecuredKafka, **fields: Any) -> TokenEndpoint:
-    trusted = {"key": kafka.oauth_key, "issuer": kafka.oauth_issuer, "audience": kafka.oauth_audience}
+    trusted: dict[str, Any] = {"key": kafka.oauth_key, "issuer": kafka.oauth_issuer, "audience": kafka.oauth_audience}
     return TokenEndpoint(**(trusted | fields))
 
 
