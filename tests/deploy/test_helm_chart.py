@@ -186,6 +186,12 @@ def one_of_kind(docs: list[Doc], kind: str, name: str) -> Doc:
     return found[0]
 
 
+def api_service(docs: list[Doc], name: str) -> Doc:
+    """The service's own Service (its API), not the headless one over its metrics port."""
+    services = [doc for doc in of_kind(docs, "Service") if not doc["metadata"]["name"].endswith("-metrics")]
+    return one_of_kind(services, "Service", name)
+
+
 def deployment(docs: list[Doc], name: str) -> Doc:
     return one_of_kind(docs, "Deployment", name)
 
@@ -566,7 +572,7 @@ def test_clients_reach_the_governor_through_its_service(
     rendered: dict[str, list[Doc]], render_name: str, client: str
 ) -> None:
     docs = rendered[render_name]
-    service = one_of_kind(docs, "Service", GOVERNOR.name)
+    service = api_service(docs, GOVERNOR.name)
     governor = deployment(docs, GOVERNOR.name)
     assert service["spec"]["selector"].items() <= pod_labels(governor).items()
     (grpc,) = [port for port in service["spec"]["ports"] if port["name"] == "grpc"]
@@ -1337,7 +1343,7 @@ def test_the_chart_refuses_an_inconsistent_governor_link(args: tuple[str, ...], 
 @pytest.mark.parametrize("render_name", RENDERS)
 def test_the_admin_api_is_served_through_its_service(rendered: dict[str, list[Doc]], render_name: str) -> None:
     docs = rendered[render_name]
-    service = one_of_kind(docs, "Service", ADMIN.name)
+    service = api_service(docs, ADMIN.name)
     admin = deployment(docs, ADMIN.name)
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"].items() <= pod_labels(admin).items()
@@ -1374,7 +1380,7 @@ def test_the_admin_ingress_routes_its_host_to_the_admin_service(rendered: dict[s
     assert rule["host"] == "duplex.example.com"
     (path,) = rule["http"]["paths"]
     assert (path["path"], path["pathType"]) == ("/", "Prefix")
-    service = one_of_kind(docs, "Service", ADMIN.name)
+    service = api_service(docs, ADMIN.name)
     assert path["backend"]["service"] == {"name": service["metadata"]["name"], "port": {"name": "http"}}
 
 

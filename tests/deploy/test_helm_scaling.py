@@ -11,7 +11,10 @@ KafkaTopics render, and values the chart cannot honour fail rendering with a mes
 from __future__ import annotations
 
 import subprocess
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 from typing import Any
 
 import pytest
@@ -256,7 +259,64 @@ def test_service_monitors_scrape_every_services_metrics_port() -> None:
 def test_no_service_monitors_unless_enabled() -> None:
     docs = render("-f", str(ALL_OPTIONS))
     assert of_kind(docs, "ServiceMonitor") == []
-    assert not [svc for svc in of_kind(docs, "Service") if svc["metadata"]["name"].endswith("-metrics")]
+    # The metrics Services stay: helm test reads every service's readiness through them.
+    assert len([svc for svc in of_kind(docs, "Service") if svc["metadata"]["name"].endswith("-metrics")]) == len(
+        BY_NAME
+    )
+
+
+def readiness_test(docs: list[Doc]) -> Doc:
+    (pod,) = [doc for doc in of_kind(docs, "Pod") if doc["metadata"]["annotations"]["helm.sh/hook"] == "test"]
+    return pod
+
+
+def test_helm_test_asks_every_enabled_service_for_readiness_through_its_metrics_service() -> None:
+    docs = render("-n", "sync", "--set", "cdcIngest.enabled=false")
+    pod = readiness_test(docs)
+    assert pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    (checker,) = pod["spec"]["containers"]
+    assert checker["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    urls = checker["command"][3:]
+    services = {svc["metadata"]["name"]: svc for svc in of_kind(docs, "Service")}
+    asked = set()
+    for url in urls:
+        host, port = url.removeprefix("http://").removesuffix("/readyz").split(":")
+        name, namespace, _ = host.split(".")
+        assert namespace == "sync"
+        service = services[name]
+        (workload,) = [
+            w for w in of_kind(docs, "Deployment") if service["spec"]["selector"].items() <= pod_labels(w).items()
+        ]
+        assert int(port) == container_ports(workload)["metrics"]
+        asked.add(component(workload))
+    assert asked == set(BY_NAME) - {"cdc-ingest"}
+
+
+@pytest.mark.parametrize(("statuses", "code"), [((200, 200), 0), ((200, 503), 1)], ids=["all ready", "one not"])
+def test_the_readiness_check_fails_unless_every_service_answers_ready(
+    statuses: tuple[int, ...], code: int, tmp_path: Path
+) -> None:
+    class Probe(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(statuses[int(self.path.strip("/").split("/")[0])])
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Probe)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        script = readiness_test(render())["spec"]["containers"][0]["command"][2]
+        port = server.server_address[1]
+        urls = [f"http://127.0.0.1:{port}/{n}/readyz" for n in range(len(statuses))]
+        result = subprocess.run([sys.executable, "-c", script, *urls], capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == code, result.stdout
+    assert ("NOT READY: " + urls[-1] in result.stdout) is bool(code)
 
 
 # ---------------------------------------------------------------- topics: the Job's flags and Strimzi
