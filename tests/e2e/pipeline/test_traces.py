@@ -112,7 +112,7 @@ async def test_one_change_is_one_trace_from_either_side_to_the_other(
     otlp: tuple[Receiver, int],
 ) -> None:
     receiver, port = otlp
-    specs = [TenantSpec("alpha", "org-alpha", CAP)]
+    specs = [TenantSpec("alpha", "org-traces", CAP)]
     async with running(
         emulator,
         kafka_server,

@@ -126,10 +126,11 @@ async def state(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
                 tuple(r) for r in await conn.fetch("SELECT link_id, field, state FROM field_states ORDER BY 1, 2")
             ],
             "sent": [tuple(r) for r in await conn.fetch("SELECT link_id, version, operation, fields FROM sent_writes")],
+            # The lag is when a change was decided, not what was decided: left out.
             "log": [
                 tuple(r)
                 for r in await conn.fetch(
-                    "SELECT event, link_id, code, message, detail FROM sync_log"
+                    "SELECT event, link_id, code, message, detail - 'lag_ms' AS detail FROM sync_log"
                     " WHERE event <> 'echoes.dropped' ORDER BY id"
                 )
             ],
