@@ -4,8 +4,9 @@ what arrived on a topic."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -50,3 +51,25 @@ async def end_offset(consumer: AIOKafkaConsumer, topic: str) -> int:
     """How many records ``topic`` holds in all (a sum of end offsets)."""
     partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
     return sum((await consumer.end_offsets(partitions)).values())
+
+
+async def interleaved(rounds: int, cases: dict[str, Callable[[], Awaitable[float]]]) -> dict[str, list[float]]:
+    """Each case's figure in each of ``rounds`` rounds, the cases' order rotated by one every round.
+
+    A ratio of two cases is only as good as the conditions they ran under: on a shared 2-core
+    machine a later burst often runs faster than an earlier one (caches, the broker's page cache,
+    the JIT-less planner settling), so cases measured one after the other carry that order in
+    their ratio. Rotating puts every case in every position equally often; the median of the
+    per-round ratios (see ``median_ratio``) then leaves the outlying rounds out."""
+    figures: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
+    for turn in range(rounds):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            figures[name].append(await cases[name]())
+    return figures
+
+
+def median_ratio(over: list[float], under: list[float]) -> tuple[float, float, float]:
+    """The median, lowest and highest of the per-round ratios ``over[i] / under[i]``."""
+    ratios = [a / b for a, b in zip(over, under, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)

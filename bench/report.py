@@ -75,3 +75,8 @@ def render(result: Result) -> str:
     ]
     lines += result.notes
     return "\n".join(lines)
+
+
+def spread(ratio: tuple[float, float, float]) -> str:
+    """A median ratio's name suffix giving its rounds' range, from ``bench.load.median_ratio``."""
+    return f" (median; rounds {ratio[1]:.2f}-{ratio[2]:.2f})"
