@@ -157,21 +157,23 @@ def stored_app_object(document: Mapping[str, Any]) -> AppObject:
 
 
 # Describe's per-field keys mapping reads; the JSON shape of crm_object_fields.fields.
-SUMMARY_KEYS = ("type", "length", "createable", "updateable", "calculated", "nillable")
+SUMMARY_KEYS = ("type", "length", "precision", "scale", "digits", "createable", "updateable", "calculated", "nillable")
+# Sizes: a text field's length, a number's precision and scale, an int's digits.
+_SIZES = ("length", "precision", "scale", "digits")
 _FLAGS = ("createable", "updateable", "calculated", "nillable")
 
 
 def field_summary(fields: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{name: {type, length, createable, updateable, calculated, nillable}}`` of describe's fields.
+    """``{name: {type, length, precision, scale, digits, createable, updateable, calculated,
+    nillable}}`` of describe's fields.
 
     This is mapping's contract (``deploy/sql/0007_crm_describe.sql``). Salesforce's describe always
-    has all six; the rule for a missing one is for anything else.
+    has all nine; the rule for a missing one is for anything else.
     """
     summary: dict[str, dict[str, Any]] = {}
     for entry_in in fields:
         entry: dict[str, Any] = {"type": str(entry_in["type"])}
-        if entry_in.get("length") is not None:
-            entry["length"] = int(entry_in["length"])
+        entry.update({size: int(entry_in[size]) for size in _SIZES if entry_in.get(size) is not None})
         # A key describe left out stays out rather than turn false: mapping's reader then takes
         # its permissive default (writable, no length limit) instead of refusing the field.
         entry.update({flag: bool(entry_in[flag]) for flag in _FLAGS if entry_in.get(flag) is not None})

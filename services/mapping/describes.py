@@ -25,7 +25,7 @@ def parse_describe(fields: Any) -> dict[str, CrmFieldInfo]:
     """``crm_object_fields.fields`` (JSON text or its decoded form) as what translate checks.
 
     Keys a describe leaves out take the permissive default: a missing flag must not make a field
-    read-only, and a missing length must not reject values.
+    read-only, and a missing length, precision or digits must not reject values.
     """
     data = json.loads(fields) if isinstance(fields, str | bytes) else fields
     infos: dict[str, CrmFieldInfo] = {}
@@ -39,6 +39,9 @@ def parse_describe(fields: Any) -> dict[str, CrmFieldInfo]:
             calculated=bool(entry.get("calculated", False)),
             length=int(entry.get("length") or 0),
             type=str(entry.get("type") or ""),
+            precision=int(entry.get("precision") or 0),
+            scale=int(entry.get("scale") or 0),
+            digits=int(entry.get("digits") or 0),
         )
     return infos
 

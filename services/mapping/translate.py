@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from enum import StrEnum
 
 from services.common.change import Change, Side
@@ -41,6 +41,9 @@ from services.common.tenant_config import (
 from services.common.tenant_config.model import RecordFilter
 from services.common.values import Reference, Value, int64, is_blank
 
+# Describe's number types whose precision and scale bound a value (int has digits instead).
+_FRACTIONAL_TYPES = frozenset({"double", "currency", "percent"})
+
 # (pair name, side the id belongs to, id) -> the linked record's id on the other side, if linked.
 ResolveReference = Callable[[str, Side, str], str | None]
 
@@ -56,6 +59,19 @@ class CrmFieldInfo:
     length: int = 0
     # Describe's type (string, picklist, currency …); "" when not known.
     type: str = ""
+    # Describe's precision and scale (double, currency, percent) and digits (int); 0 when not known.
+    precision: int = 0
+    scale: int = 0
+    digits: int = 0
+
+    @property
+    def integer_digits(self) -> int:
+        """The digits Salesforce holds before the decimal point; 0 when describe does not say."""
+        if self.type == "int":
+            return self.digits
+        if self.type in _FRACTIONAL_TYPES and self.precision:
+            return max(self.precision - self.scale, 0)
+        return 0
 
     @property
     def read_only(self) -> bool:
@@ -335,7 +351,66 @@ def _both_sides(
         raise RejectedChangeError(
             "STRING_TOO_LONG", f"{len(crm_value)} characters, at most {limit} allowed", mapping.salesforce
         )
-    return app_value, crm_value
+    info = crm_info.get(mapping.salesforce.lower())
+    _check_digits(crm_value, info, mapping.salesforce)
+    return _to_scale(app_value, info), _to_scale(crm_value, info)
+
+
+def _check_digits(crm_value: Value, info: CrmFieldInfo | None, field: str) -> None:
+    """NUMBER_OUTSIDE_VALID_RANGE for a number with more integer digits than Salesforce's field holds.
+
+    Salesforce rounds to the field's scale (half away from zero) before it checks, so 999.5 in a
+    field of precision 3 and scale 0 is 1000 there, and refused.
+    """
+    if info is None or not info.integer_digits or isinstance(crm_value, bool):
+        return
+    allowed = info.integer_digits
+    try:
+        if isinstance(crm_value, float):
+            # Its shortest repr is the number that was typed, and what Salesforce rounds.
+            number = Decimal(repr(crm_value))
+        elif isinstance(crm_value, int | Decimal):
+            number = Decimal(crm_value)
+        elif isinstance(crm_value, str):
+            number = Decimal(crm_value.strip())
+        else:
+            return
+    except InvalidOperation:
+        # Not a number: Salesforce's binder refuses it with its own error.
+        return
+    if not number.is_finite():
+        return
+    digits = _integer_digits(number)
+    if digits <= allowed:
+        scale = info.scale if info.type in _FRACTIONAL_TYPES else 0
+        exact = Context(prec=digits + scale + 2)
+        digits = _integer_digits(number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP, context=exact))
+    if digits > allowed:
+        raise RejectedChangeError(
+            "NUMBER_OUTSIDE_VALID_RANGE", f"{digits} integer digits, at most {allowed} allowed", field
+        )
+
+
+def _to_scale(crm_value: Value, info: CrmFieldInfo | None) -> Value:
+    """A fractional number rounded to its Salesforce field's scale, half away from zero, as
+    Salesforce stores it. Both forms of the change carry the rounded value, because that is the
+    value the two sides can agree on: the conflict-resolver then sees its own write when Salesforce
+    reports it back, where 2.345 sent and 2.35 stored would look like somebody else's edit. The
+    app's own row keeps what was typed (Duplex does not write a change back to its author)."""
+    if info is None or info.type not in _FRACTIONAL_TYPES or not info.precision:
+        return crm_value
+    if not isinstance(crm_value, float | Decimal) or isinstance(crm_value, bool):
+        return crm_value
+    number = Decimal(repr(crm_value)) if isinstance(crm_value, float) else crm_value
+    if not number.is_finite() or -number.as_tuple().exponent <= info.scale:  # type: ignore[operator]
+        return crm_value
+    exact = Context(prec=max(number.adjusted() + 1, 0) + info.scale + 2)
+    rounded = number.quantize(Decimal(1).scaleb(-info.scale), rounding=ROUND_HALF_UP, context=exact)
+    return float(rounded) if isinstance(crm_value, float) else rounded
+
+
+def _integer_digits(number: Decimal) -> int:
+    return 0 if number.is_zero() else max(number.adjusted() + 1, 0)
 
 
 def _max_length(mapping: FieldMapping, crm_info: Mapping[str, CrmFieldInfo]) -> int:

@@ -20,13 +20,14 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any, Literal
 
 from services.salesforce_emulator import ids
 from services.salesforce_emulator.changes import JsonValue
 from services.salesforce_emulator.errors import SalesforceError
 from services.salesforce_emulator.formula import Formula, compile_cached
-from services.salesforce_emulator.schema import TEXT_TYPES, FieldDef, FieldType, ObjectDef
+from services.salesforce_emulator.schema import NUMBER_TYPES, TEXT_TYPES, FieldDef, FieldType, ObjectDef
 
 Operation = Literal["create", "update"]
 Source = Literal["json", "csv"]
@@ -263,13 +264,57 @@ def _int_out_of_range(f: FieldDef, num: int, source: Source) -> SalesforceError:
     )
 
 
+def _java_number(value: float) -> str:
+    """``value`` as Java's Double.toString shows it in Salesforce's messages (``1.0E19``, ``1250.5``)."""
+    if isinstance(value, int) or not math.isfinite(value):
+        return str(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e7:
+        return repr(value)
+    exact = Decimal(repr(abs(value)))
+    digits = "".join(map(str, exact.as_tuple().digits)).rstrip("0") or "0"
+    return f"{'-' if value < 0 else ''}{digits[0]}.{digits[1:] or '0'}E{exact.adjusted()}"
+
+
 def number_outside_range(f: FieldDef, value: float) -> SalesforceError:
     return SalesforceError(
         400,
         "NUMBER_OUTSIDE_VALID_RANGE",
-        f"{f.label or f.name}: value outside of valid range on numeric field: {value}",
+        f"{f.label or f.name}: value outside of valid range on numeric field: {_java_number(value)}",
         [f.name],
     )
+
+
+def integer_digits(value: float) -> int:
+    """How many digits ``value`` has before its decimal point (none for a magnitude below 1)."""
+    if value == 0:
+        return 0
+    return max(Decimal(repr(value)).adjusted() + 1, 0)
+
+
+def integer_digits_allowed(f: FieldDef) -> int | None:
+    """The integer digits number field ``f`` holds (an int's ``digits``, else precision - scale);
+    None when its definition sets no precision (a custom int field, whose bound is 32 bits)."""
+    if not f.precision:
+        return None
+    return f.precision if f.type == "int" else f.precision - f.scale
+
+
+def to_scale(f: FieldDef, value: float) -> float:
+    """``value`` rounded to ``f``'s scale, half away from zero, as Salesforce stores it.
+
+    The shortest repr is what the client wrote (2.345, not the double just below it), so rounding
+    it as a decimal gives 2.35 where ``round`` gives 2.34 (and rounds halves to even). A value with
+    more integer digits than the field holds is returned as it is: check_values refuses it for its
+    record only, where a deserialization error would fail a whole sObject Collections request.
+    """
+    allowed = integer_digits_allowed(f)
+    digits = integer_digits(value) if math.isfinite(value) else 0
+    if not math.isfinite(value) or (allowed is not None and digits > allowed):
+        return value
+    # Enough digits for the rounded value: the default context (28) is short of precision 18 at
+    # scale 17 plus a carry, and of a large double in a field without a precision.
+    exact = Context(prec=digits + f.scale + 2)
+    return float(Decimal(repr(value)).quantize(Decimal(1).scaleb(-f.scale), rounding=ROUND_HALF_UP, context=exact))
 
 
 def coerce(f: FieldDef, value: Any, source: Source = "json") -> JsonValue:
@@ -321,7 +366,7 @@ def coerce(f: FieldDef, value: Any, source: Source = "json") -> JsonValue:
         except OverflowError:
             # Beyond a double, as Salesforce's binder reads it; check_values refuses it.
             result = math.inf if num > 0 else -math.inf
-        return round(result, f.scale) if f.scale else result
+        return to_scale(f, result)
     if t == "date":
         if isinstance(value, str):
             if value == "":
@@ -432,6 +477,10 @@ def check_values(plan: ObjectPlan, values: Mapping[str, JsonValue]) -> None:
             raise SalesforceError(400, "INVALID_EMAIL_ADDRESS", f"{name}: invalid email address: {value}", [name])
         if t in _FRACTIONAL_TYPES and isinstance(value, float) and not math.isfinite(value):
             raise number_outside_range(f, value)
+        if t in NUMBER_TYPES and isinstance(value, int | float) and not isinstance(value, bool):
+            allowed = integer_digits_allowed(f)
+            if allowed is not None and integer_digits(value) > allowed:
+                raise number_outside_range(f, value)
 
 
 def required_missing(names: list[str]) -> SalesforceError:

@@ -43,6 +43,19 @@ pytestmark = pytest.mark.unit
             '{"Id": {"type": "id", "length": 18, "createable": false, "updateable": false}}',
             {"Id": CrmFieldInfo("Id", updateable=False, createable=False, length=18, type="id")},
         ),
+        # Numbers: precision and scale for double, currency and percent; digits for int.
+        (
+            {
+                "Amount": {"type": "currency", "precision": 16, "scale": 2, "digits": 0, "length": 0},
+                "NumberOfEmployees": {"type": "int", "precision": 0, "scale": 0, "digits": 8},
+            },
+            {
+                "Amount": CrmFieldInfo("Amount", type="currency", precision=16, scale=2),
+                "NumberOfEmployees": CrmFieldInfo("NumberOfEmployees", type="int", digits=8),
+            },
+        ),
+        # Left out (a summary written before they were kept), they never reject a value.
+        ({"Amount": {"type": "currency", "precision": None}}, {"Amount": CrmFieldInfo("Amount", type="currency")}),
         ({"Odd": "not an object"}, {}),
         ({}, {}),
     ],

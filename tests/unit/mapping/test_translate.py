@@ -456,3 +456,129 @@ def test_a_record_matching_no_typed_filter_is_not_synced_and_an_unknown_one_is_u
         f for f in translate(TYPED, revenue, resolve=resolve, crm_fields=TYPED_DESCRIBE).fields if f.app_field == "kind"
     ]
     assert (typed.app_value, typed.changed) == ("partner", True)
+
+
+# --- numbers beyond a Salesforce field's precision ----------------------------------------------------
+
+NUMBERS = ObjectPair.model_validate(
+    {
+        "name": "deals",
+        "app": {"object": "deals"},
+        "salesforce": {"object": "Opportunity", "externalIdField": "Duplex_Id__c"},
+        "fields": [
+            {"app": "amount", "salesforce": "Amount", "transform": {"type": "decimal"}},
+            {"app": "probability", "salesforce": "Probability", "transform": {"type": "double"}},
+            {"app": "employees", "salesforce": "Employees__c", "transform": {"type": "int"}},
+            # No transform: the app's value travels as it is, numeric text included.
+            {"app": "raw", "salesforce": "Raw__c"},
+            {"app": "free", "salesforce": "Free__c", "transform": {"type": "double"}},
+            {"app": "rate", "salesforce": "Rate__c", "transform": {"type": "double"}},
+        ],
+    }
+)
+# As Salesforce describes them: Opportunity's Amount and Probability, and an int with 8 digits.
+NUMBER_DESCRIBE = {
+    "Amount": CrmFieldInfo("Amount", type="currency", precision=16, scale=2),
+    "Probability": CrmFieldInfo("Probability", type="percent", precision=3, scale=0),
+    "Employees__c": CrmFieldInfo("Employees__c", type="int", digits=8),
+    "Raw__c": CrmFieldInfo("Raw__c", type="currency", precision=18, scale=0),
+    # A describe without precision (an older summary): no digits check.
+    "Free__c": CrmFieldInfo("Free__c", type="double"),
+    "Rate__c": CrmFieldInfo("Rate__c", type="double", precision=3, scale=2),
+}
+
+
+@pytest.mark.parametrize(
+    ("info", "digits"),
+    [
+        (CrmFieldInfo("A", type="currency", precision=16, scale=2), 14),
+        (CrmFieldInfo("A", type="double", precision=18, scale=15), 3),
+        (CrmFieldInfo("A", type="percent", precision=3), 3),
+        # An int's bound is its digits; precision is 0 in its describe.
+        (CrmFieldInfo("A", type="int", digits=8), 8),
+        (CrmFieldInfo("A", type="double"), 0),
+        (CrmFieldInfo("A", type="string", length=80, precision=18), 0),
+    ],
+)
+def test_integer_digits_come_from_precision_and_scale_or_digits(info: CrmFieldInfo, digits: int) -> None:
+    assert info.integer_digits == digits
+
+
+@pytest.mark.parametrize(
+    ("app_field", "value", "crm_value"),
+    [
+        # Rounded to the scale, half away from zero, as Salesforce stores them (the resolver then
+        # recognises its own write when Salesforce reports it back), the synced value of both forms.
+        ("amount", Decimal("2.345"), Decimal("2.35")),
+        ("amount", Decimal("-2.345"), Decimal("-2.35")),
+        ("amount", Decimal("99999999999999.99"), Decimal("99999999999999.99")),
+        ("amount", Decimal("-99999999999999.994"), Decimal("-99999999999999.99")),
+        ("amount", Decimal("1E-400"), Decimal("0.00")),
+        ("amount", Decimal("7"), Decimal("7")),
+        ("probability", 999.4, 999.0),
+        ("probability", 2.5, 3.0),
+        ("probability", -999.0, -999.0),
+        ("employees", 99_999_999, 99_999_999),
+        ("employees", -99_999_999, -99_999_999),
+        ("raw", 1e17, 1e17),
+        ("raw", "999999999999999999", "999999999999999999"),
+        ("raw", "not a number", "not a number"),
+        # No precision in the describe: nothing known to round to.
+        ("free", 1e300, 1e300),
+        ("free", 2.345, 2.345),
+        ("rate", 9.994, 9.99),
+        ("rate", 1.005, 1.01),
+    ],
+)
+def test_numbers_within_the_fields_integer_digits_travel_rounded_to_the_scale(
+    app_field: str, value: Value, crm_value: Value
+) -> None:
+    mapped = translate(NUMBERS, change(Side.APP, {app_field: value}), resolve=resolve, crm_fields=NUMBER_DESCRIBE)
+
+    (field,) = mapped.fields
+    assert field.crm_value == crm_value
+    assert type(field.crm_value) is type(crm_value)
+    assert field.app_value == crm_value
+
+
+@pytest.mark.parametrize(
+    ("app_field", "value", "message"),
+    [
+        ("amount", Decimal("100000000000000"), "15 integer digits, at most 14 allowed"),
+        ("amount", Decimal("-100000000000000.00"), "15 integer digits, at most 14 allowed"),
+        # Salesforce rounds half away from zero before it checks: this is 100000000000000.00 there.
+        ("amount", Decimal("99999999999999.995"), "15 integer digits, at most 14 allowed"),
+        ("amount", Decimal("-99999999999999.995"), "15 integer digits, at most 14 allowed"),
+        ("amount", Decimal("1E+400"), "401 integer digits, at most 14 allowed"),
+        ("probability", 999.5, "4 integer digits, at most 3 allowed"),
+        ("probability", 1000.0, "4 integer digits, at most 3 allowed"),
+        ("employees", 100_000_000, "9 integer digits, at most 8 allowed"),
+        ("employees", -123_456_789, "9 integer digits, at most 8 allowed"),
+        ("raw", 1e19, "20 integer digits, at most 18 allowed"),
+        ("raw", " 1e18 ", "19 integer digits, at most 18 allowed"),
+        ("raw", 10**18, "19 integer digits, at most 18 allowed"),
+        # The double nearest 9.995 is just below it; Salesforce rounds what was typed (its repr).
+        ("rate", 9.995, "2 integer digits, at most 1 allowed"),
+    ],
+)
+def test_numbers_beyond_the_fields_integer_digits_reject_the_change(app_field: str, value: Value, message: str) -> None:
+    with pytest.raises(RejectedChangeError) as raised:
+        translate(NUMBERS, change(Side.APP, {app_field: value}), resolve=resolve, crm_fields=NUMBER_DESCRIBE)
+
+    crm_field = NUMBERS.fields[[f.app for f in NUMBERS.fields].index(app_field)].salesforce
+    assert (raised.value.code, raised.value.field) == ("NUMBER_OUTSIDE_VALID_RANGE", crm_field)
+    assert str(raised.value) == f"{crm_field}: {message}"
+
+
+def test_without_a_describe_numbers_are_not_checked() -> None:
+    mapped = translate(NUMBERS, change(Side.APP, {"amount": Decimal("1E+20")}), resolve=resolve)
+
+    assert [f.crm_value for f in mapped.fields] == [Decimal("1E+20")]
+
+
+def test_a_huge_exponent_is_refused_without_expanding_it() -> None:
+    started = time.process_time()
+    with pytest.raises(RejectedChangeError) as raised:
+        translate(NUMBERS, change(Side.APP, {"amount": "1e40000000"}), resolve=resolve, crm_fields=NUMBER_DESCRIBE)
+    assert raised.value.code == "NUMBER_OUTSIDE_VALID_RANGE"
+    assert time.process_time() - started < 0.5

@@ -35,9 +35,13 @@ throughout, since Salesforce stores empty text as null):
 * no transform: Salesforce's text form of the value (``payload.to_salesforce``, then the text
   field's coercion: booleans as ``true``/``false``, integral floats without ``.0``);
 * int: the integer (numeric text and integral decimals coerced), within protobuf's int64;
-* decimal (a currency field, scale 2): Salesforce keeps a double rounded to the scale, which comes
-  back as the Decimal of its shortest repr; non-finite is INVALID_VALUE;
-* double: the same finite double;
+* decimal (a currency field, precision 18, scale 2): Salesforce keeps a double rounded to the scale
+  (its shortest repr, half away from zero), which comes back as the Decimal of its shortest repr;
+  non-finite is INVALID_VALUE;
+* double (precision 18, scale 6): the same finite double, rounded to the scale the same way;
+* numbers (int, decimal, double): more integer digits than the field holds (an int's digits, else
+  precision - scale), counted after that rounding, is NUMBER_OUTSIDE_VALID_RANGE, refused by
+  mapping when the describe it reads gives the field's precision, else by Salesforce;
 * bool, date, picklist: the same value (``true``/``false`` and ISO text coerced);
 * datetime: the same instant in UTC, truncated to milliseconds (Salesforce's precision);
 * picklist with a value map: mapped out and back; a value the map lacks is INVALID_PICKLIST_VALUE;
@@ -61,7 +65,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any, TypeVar, cast
 
 import httpx
@@ -91,7 +95,7 @@ from services.common.tenant_config import FieldType, ObjectPair, StoredConfig, p
 from services.common.value_codec import encode_value, unstorable
 from services.common.values import Value, is_blank, same_value
 from services.conflict_resolver.handlers import Resolver
-from services.conflict_resolver.resolve import LinkState
+from services.conflict_resolver.resolve import FieldRecord, LinkState
 from services.conflict_resolver.state_codec import decode_record, encode_record
 from services.mapping.contract import changes_of, keyed
 from services.mapping.describes import parse_describe
@@ -151,7 +155,9 @@ EXPECTED_CODES: Mapping[str, frozenset[str]] = {
     # The app's own producer: the RecordChanged does not fit in a Kafka record.
     "app producer": frozenset({"RECORD_TOO_LARGE"}),
     "mapping intake": frozenset({"INVALID_CHANGE"}),
-    "mapping": frozenset({"INVALID_VALUE", "STRING_TOO_LONG", "INVALID_PICKLIST_VALUE", "RECORD_TOO_LARGE"}),
+    "mapping": frozenset(
+        {"INVALID_VALUE", "STRING_TOO_LONG", "NUMBER_OUTSIDE_VALID_RANGE", "INVALID_PICKLIST_VALUE", "RECORD_TOO_LARGE"}
+    ),
     "resolver": frozenset({"UNSTORABLE_TEXT", "INCOMPARABLE_VALUE"}),
     # Refused before any call (a code the writer gives a value it cannot send belongs here too).
     "writer": frozenset({"MISSING_ARGUMENT", "INVALID_VALUE"}),
@@ -176,7 +182,7 @@ HOSTILE = custom_object(
         FieldDef("Memo__c", "textarea", "Memo", length=131_072, custom=True),
         FieldDef("Count__c", "int", "Count", precision=9, custom=True),
         FieldDef("Amount__c", "currency", "Amount", precision=18, scale=2, custom=True),
-        FieldDef("Score__c", "double", "Score", precision=18, custom=True),
+        FieldDef("Score__c", "double", "Score", precision=18, scale=6, custom=True),
         FieldDef(
             "Active__c",
             "boolean",
@@ -253,6 +259,9 @@ class Spec:
     max_length: int
     value_map: Mapping[str, str] | None
     crm_type: str
+    # The digits a number field holds before its decimal point, and after it (0, 0: not a number).
+    integer_digits: int = 0
+    scale: int = 0
 
 
 def _spec(app: str) -> Spec:
@@ -269,6 +278,8 @@ def _spec(app: str) -> Spec:
         max_length=min(limits) if limits and crm.type in {"string", "textarea"} else 0,
         value_map=transform.value_map if transform else None,
         crm_type=crm.type,
+        integer_digits=crm.precision if crm.type == "int" else crm.precision - crm.scale,
+        scale=crm.scale,
     )
 
 
@@ -740,9 +751,11 @@ def _both_nan(a: Value, b: Value) -> bool:
     return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
 
 
-async def app_to_salesforce(trip: Trip, spec: Spec, value: Value) -> Arrived:
-    """An app edit of ``spec``'s field to ``value``, into Salesforce and back to the app side."""
-    change = Change(
+APP_KEY = record_key(TENANT, APP_OBJECT, APP_RECORD_ID)
+
+
+def _app_edit(spec: Spec, value: Value) -> Change:
+    return Change(
         event_id="app-event-1",
         tenant_id=TENANT,
         side=Side.APP,
@@ -754,15 +767,18 @@ async def app_to_salesforce(trip: Trip, spec: Spec, value: Value) -> Arrived:
         changed=frozenset({spec.app}),
         nulled=frozenset({spec.app}) if value is None else frozenset(),
     )
+
+
+async def app_to_salesforce(trip: Trip, spec: Spec, value: Value) -> Arrived:
+    """An app edit of ``spec``'s field to ``value``, into Salesforce and back to the app side."""
     # The app's producer: protobuf, then Kafka's record limit.
-    message = to_proto(change)
-    key = record_key(TENANT, APP_OBJECT, APP_RECORD_ID)
-    if record_size(message, key) > MAX_RECORD:
-        raise Rejected("app producer", "RECORD_TOO_LARGE", f"{record_size(message, key):,} bytes")
+    message = to_proto(_app_edit(spec, value))
+    if record_size(message, APP_KEY) > MAX_RECORD:
+        raise Rejected("app producer", "RECORD_TOO_LARGE", f"{record_size(message, APP_KEY):,} bytes")
 
     with hop("cdc-ingest describe"):
         await trip.rest.fields(CRM_OBJECT)
-    mapped = trip.translate(trip.map_change(encode_event(message), key, Side.APP))
+    mapped = trip.translate(trip.map_change(encode_event(message), APP_KEY, Side.APP))
     await trip.resolve(trip.publish_mapped(mapped))
     if trip.crm_writes.sent:
         await trip.write()
@@ -839,6 +855,19 @@ def _finite(number: float) -> float:
     return number
 
 
+def _to_scale(spec: Spec, number: float) -> Decimal:
+    """What Salesforce holds for ``number``: its shortest repr rounded to the scale, half away from
+    zero, refused when more integer digits than the field holds remain."""
+    exact = Decimal(repr(_finite(number)))
+    # Checked before rounding too: quantizing 1e300 to six places needs hundreds of digits.
+    for candidate in (exact, exact.quantize(Decimal(1).scaleb(-spec.scale), ROUND_HALF_UP, Context(prec=400))):
+        digits = 0 if candidate.is_zero() else max(candidate.adjusted() + 1, 0)
+        if digits > spec.integer_digits:
+            raise Invalid(f"{digits} integer digits, at most {spec.integer_digits}")
+        exact = candidate
+    return exact
+
+
 def _text_limit(spec: Spec, text: str) -> str:
     if spec.max_length and len(text) > spec.max_length:
         raise Invalid(f"{len(text)} characters, at most {spec.max_length}")
@@ -878,13 +907,15 @@ def app_to_crm_rule(spec: Spec, value: Value) -> Value:
         assert isinstance(typed, int)
         if not -(2**63) <= typed < 2**63:
             raise Invalid("beyond protobuf's int64")
+        if len(str(abs(typed))) > spec.integer_digits:
+            raise Invalid(f"{len(str(abs(typed)))} digits, at most {spec.integer_digits}")
         return typed
     if spec.kind is FieldType.DECIMAL:
         assert isinstance(typed, Decimal)
-        return Decimal(repr(_finite(round(float(typed), 2))))
+        return Decimal(repr(float(_to_scale(spec, float(typed)))))
     if spec.kind is FieldType.DOUBLE:
         assert isinstance(typed, float)
-        return _finite(typed)
+        return float(_to_scale(spec, typed))
     if spec.kind is FieldType.DATETIME:
         assert isinstance(typed, datetime)
         return typed.replace(microsecond=typed.microsecond // 1000 * 1000)
@@ -1033,6 +1064,28 @@ SPECIAL_DECIMALS = [
     Decimal("0E-1000"),
     Decimal("-0"),
 ]
+# Numbers at the edges of the fields' precision and scale: amount holds 16 integer digits and 2
+# decimals, score 12 and 6, count 9 digits. Halves round away from zero; a carry can add a digit.
+PRECISION_EDGES: list[Value] = [
+    Decimal("2.345"),
+    Decimal("-2.345"),
+    Decimal("0.005"),
+    Decimal("999999999999999.99"),
+    Decimal("9999999999999999.995"),
+    Decimal("1E+16"),
+    Decimal("-12345678901234567"),
+    2.5e-7,
+    -0.0000005,
+    999999999999.9999,
+    999999999999.99999999,
+    1e12,
+    -1e12,
+    999_999_999,
+    1_000_000_000,
+    -1_000_000_000,
+    "1e12",
+    "99999999999999999.5",
+]
 OFFSETS = st.sampled_from(
     [UTC, timezone(timedelta(hours=14)), timezone(-timedelta(hours=12, minutes=30)), timezone(timedelta(minutes=1))]
 )
@@ -1048,6 +1101,7 @@ any_value: st.SearchStrategy[Value] = st.one_of(
     st.floats(),
     st.decimals(),
     st.sampled_from(SPECIAL_DECIMALS),
+    st.sampled_from(PRECISION_EDGES),
     st.booleans(),
     st.dates(),
     # A protobuf Timestamp holds years 1 to 9999 in UTC; naive datetimes are taken as UTC.
@@ -1069,7 +1123,8 @@ ORDINARY: Mapping[str, st.SearchStrategy[Value]] = {
     "memo": st.text(st.characters(categories=("L", "N", "P", "S", "Zs")), max_size=200),
     "count": st.integers(min_value=-999_999_999, max_value=999_999_999),
     "amount": st.decimals(min_value=-(10**12), max_value=10**12, places=2),
-    "score": st.floats(min_value=-1e300, max_value=1e300, allow_nan=False),
+    # Twelve integer digits (precision 18, scale 6).
+    "score": st.floats(min_value=-1e11, max_value=1e11, allow_nan=False),
     "active": st.booleans(),
     "since": ordinary_dates,
     "seen_at": ordinary_datetimes,
@@ -1095,6 +1150,7 @@ json_scalars = st.one_of(
     st.booleans(),
     st.integers(),
     st.sampled_from([2**31, 2**63, 2**70, -(2**70), 10**400]),
+    st.sampled_from([1e12, -1e16, 1e17, 999999999999.9999995, 0.0000005, 2.345, 1_000_000_000, 999_999_999]),
     st.floats(),
     json_texts,
     st.sampled_from(["\ud800", "a\udfffb", "\x00", *DATE_TEXTS, *DATETIME_TEXTS, *NUMERIC_TEXTS, "Gold", "A;B;;C"]),
@@ -1167,6 +1223,13 @@ PROPERTY = settings(
 @example(("count", (float(2**63), False)))
 @example(("count", (2**31, False)))
 @example(("amount", (Decimal("1E+400"), False)))
+# A number beyond its field's integer digits, and halves that round away from zero.
+@example(("amount", (Decimal("1E+16"), False)))
+@example(("amount", (Decimal("9999999999999999.995"), False)))
+@example(("amount", (Decimal("-2.345"), False)))
+@example(("score", (1e12, False)))
+@example(("score", (-0.0000005, False)))
+@example(("count", (1_000_000_000, False)))
 @example(("score", ("1E400", False)))
 @example(("memo", (math.nan, False)))
 @example(("seen_at", (datetime(2515, 1, 1, 0, 0, 0, 51_000, tzinfo=UTC), True)))
@@ -1201,6 +1264,10 @@ def test_an_app_value_reaches_salesforce_and_comes_back_by_its_rule_or_one_hop_r
 @example(("Amount__c", (str(10**400), False)))
 @example(("Count__c", ("2147483648", False)))
 @example(("Count__c", (str(10**30), False)))
+@example(("Count__c", ("1000000000", False)))
+@example(("Amount__c", ("1e17", False)))
+@example(("Amount__c", ("-2.345", False)))
+@example(("Score__c", ("999999999999.9999995", False)))
 @example(("Title__c", ('"\\ud800"', False)))
 @example(("Active__c", ('"\\ud800"', False)))
 @example(("Active__c", (DEEP_ARRAY, False)))
@@ -1229,6 +1296,97 @@ def test_a_salesforce_value_reaches_the_app_by_its_rule_or_one_hop_refuses_it(
         sent = json.loads(token)
         assert outcome.stored == (sent or None), f"Salesforce holds {outcome.stored!r:.100} for {sent!r:.100}"
     check(spec, outcome, expect(crm_to_app_rule, spec, outcome.stored), must_arrive)
+
+
+BEYOND_PRECISION: list[tuple[str, Value]] = [
+    ("amount", Decimal("1E+16")),
+    # 16 integer digits as typed, 17 once rounded to cents: Salesforce rounds before it checks.
+    ("amount", Decimal("9999999999999999.995")),
+    ("amount", Decimal("-123456789012345678")),
+    ("score", 1e12),
+    ("score", -999999999999.9999999),
+    ("count", 1_000_000_000),
+    ("count", -1_000_000_000),
+]
+
+
+@pytest.mark.parametrize(("app_field", "value"), BEYOND_PRECISION)
+def test_a_number_beyond_its_fields_precision_is_refused_for_its_record_only(app_field: str, value: Value) -> None:
+    """NUMBER_OUTSIDE_VALID_RANGE at mapping, which reads the field's precision from the describe
+    summary cdc-ingest stores, with the reason in the sync log and no write sent."""
+    spec = SPECS[app_field]
+    assert isinstance(expect(app_to_crm_rule, spec, value), Invalid)
+    trip = Trip()
+    try:
+        with pytest.raises(Rejected) as refused:
+            run(app_to_salesforce(trip, spec, value))
+        assert trip.org.read().get(spec.crm) is None, "Salesforce holds a value it should have refused"
+    finally:
+        trip.org.close()
+    assert (refused.value.code, refused.value.hop) == ("NUMBER_OUTSIDE_VALID_RANGE", "mapping")
+    assert "integer digits, at most" in refused.value.reason
+    assert not trip.crm_writes.sent, "mapping refused the change, yet a write went out"
+
+
+@pytest.mark.parametrize(
+    ("app_field", "value", "held", "arrives"),
+    [
+        ("amount", Decimal("2.345"), 2.35, Decimal("2.35")),
+        ("amount", Decimal("-2.345"), -2.35, Decimal("-2.35")),
+        ("amount", Decimal("9999999999999999.99"), 1e16, None),
+        ("score", 0.0000025, 0.000003, 0.000003),
+        ("score", -2.5e-7, -0.0, -0.0),
+        ("score", 999999999999.5, 999999999999.5, 999999999999.5),
+        ("count", 999_999_999, 999_999_999, 999_999_999),
+    ],
+)
+def test_a_number_with_more_decimals_than_the_scale_is_rounded_half_away_from_zero(
+    app_field: str, value: Value, held: float, arrives: Value
+) -> None:
+    """Salesforce rounds to the field's scale, and its change event carries the rounded value back."""
+    spec = SPECS[app_field]
+    trip = Trip()
+    try:
+        if arrives is None:
+            # The double nearest 9999999999999999.99 is 1e16: 17 integer digits where 16 fit.
+            with pytest.raises(Rejected) as refused:
+                run(app_to_salesforce(trip, spec, value))
+            assert (refused.value.hop, refused.value.code) == ("salesforce", "NUMBER_OUTSIDE_VALID_RANGE")
+            return
+        outcome = run(app_to_salesforce(trip, spec, value))
+    finally:
+        trip.org.close()
+    assert outcome.stored == held
+    assert outcome.carried
+    assert same_value(outcome.app_value, arrives), outcome.app_value
+    assert same_value(cast(Value, expect(app_to_crm_rule, spec, value)), arrives)
+
+
+async def _echo_confirmed(trip: Trip, spec: Spec, value: Value) -> FieldRecord:
+    """The field's resolver state after an app edit to ``value`` was written and its echo decided."""
+    await trip.rest.fields(CRM_OBJECT)
+    mapped = trip.translate(trip.map_change(encode_event(to_proto(_app_edit(spec, value))), APP_KEY, Side.APP))
+    await trip.resolve(trip.publish_mapped(mapped))
+    await trip.write()
+    for data in await trip.ingest():
+        echo = trip.map_change(data, record_key(TENANT, CRM_OBJECT, trip.org.record_id), Side.CRM)
+        await trip.resolve(trip.publish_mapped(trip.translate(echo)))
+    return trip.store.tables.fields[(TENANT, LINK_ID)][spec.app]
+
+
+def test_a_write_salesforce_rounded_is_confirmed_by_its_echo() -> None:
+    """Mapping sends the value rounded as Salesforce stores it, so its change event confirms the
+    write: sent 2.345 and stored 2.35 would leave the write pending for ever, and the next person's
+    edit of the field would count as a conflict with it (and lose under app-wins, silently)."""
+    spec = SPECS["amount"]
+    trip = Trip()
+    try:
+        record = run(_echo_confirmed(trip, spec, Decimal("2.345")))
+        assert trip.org.read().get(spec.crm) == 2.35
+    finally:
+        trip.org.close()
+    assert record.state.pending_crm == ()
+    assert not [m for m, _ in trip.app_updates.sent], "Duplex's own write came back as an edit"
 
 
 def test_an_int_with_a_huge_exponent_is_refused_before_it_is_expanded() -> None:
