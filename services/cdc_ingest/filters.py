@@ -11,7 +11,8 @@ record's current state added to stream updates so that mapping decides on the wh
   object and 200 records: the clause's and the conditions' fields and the pairs' mapped fields),
   and every value the event lacks is added, not marked changed. A record gone meanwhile gets
   nothing added, nor do the batch's updates when the read fails (after describing the object again,
-  in case a field was deleted): mapping then decides on what it knows of the record.
+  in case a field was deleted), or the tenant has no API budget for it (said once until a read
+  succeeds again): mapping then decides on what it knows of the record.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from services.cdc_ingest.contract import RecordChanged, is_update
 from services.cdc_ingest.cursor import IDS_PER_QUERY, by_ids_query
 from services.cdc_ingest.reading import RecordReader
 from services.cdc_ingest.rejection import UndecodableError
-from services.cdc_ingest.rest import SalesforceRest
+from services.cdc_ingest.rest import BudgetEpisode, SalesforceRest
 from services.common.change import ChangeKind
+from services.common.governor_client import BudgetUnavailable
 from services.common.pair_filters import pair_clause
 from services.common.salesforce import SalesforceApiError
 from services.common.soql_filter import fields_of, parse_where
@@ -71,6 +73,7 @@ class UpdateCompleter:
         self._wanted = wanted_fields(config)
         self._rest = rest
         self._reader = reader
+        self._budget = BudgetEpisode(config.tenant_id, "streamed updates of filtered objects left as they came")
 
     @property
     def needed(self) -> bool:
@@ -86,16 +89,22 @@ class UpdateCompleter:
 
     async def _complete(self, entity: str, changes: list[RecordChanged]) -> None:
         try:
-            current = await self._read(entity, changes, refresh=False)
-        except SalesforceApiError as error:
-            # A field deleted since describe was cached (INVALID_FIELD): describe again, once.
-            log.warning("completing updates failed; describing again", extra={"entity": entity, "err": str(error)})
             try:
-                current = await self._read(entity, changes, refresh=True)
-            except SalesforceApiError as again:
-                # Never a reason to stop the stream: mapping decides on what the events carry.
-                log.warning("updates left as they came", extra={"entity": entity, "err": str(again)})
-                return
+                current = await self._read(entity, changes, refresh=False)
+            except SalesforceApiError as error:
+                # A field deleted since describe was cached (INVALID_FIELD): describe again, once.
+                log.warning("completing updates failed; describing again", extra={"entity": entity, "err": str(error)})
+                try:
+                    current = await self._read(entity, changes, refresh=True)
+                except SalesforceApiError as again:
+                    # Never a reason to stop the stream: mapping decides on what the events carry.
+                    log.warning("updates left as they came", extra={"entity": entity, "err": str(again)})
+                    return
+        except BudgetUnavailable as refusal:
+            # Nor is a refusal for budget; waiting for it would hold up every event after these.
+            self._budget.note(refusal, entity=entity)
+            return
+        self._budget.granted()
         for change in changes:
             whole = current.get(change.record_id)
             if whole is None:

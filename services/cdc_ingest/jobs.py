@@ -14,6 +14,9 @@ operator or due by a pair's schedule, run by the worker holding the tenant's lea
 - *Schedules*: a pair's ``schedule.reconcile`` files a reconcile once the interval has passed since
   the newest one ended (or was asked for, while it runs). A pair never reconciled counts from its
   object's last backfill, so restarts and moved leases neither skip nor repeat one.
+- *Budget*: a job refused for API budget waits until the governor expects some and goes on
+  (a backfill from where it stopped, a reconcile from the start), a warning when the refusals
+  begin and no traceback; it stays running meanwhile.
 - *Failures*: a job that fails is marked failed with the error, in the sync log too; it does not
   stop the tenant. A lost lease or connection ends the worker as everywhere else, and the job is
   taken up again by the next owner.
@@ -30,10 +33,12 @@ from typing import Any
 from services.cdc_ingest.backfill import Backfiller
 from services.cdc_ingest.polling import Poller
 from services.cdc_ingest.reconcile import Reconciler
+from services.cdc_ingest.rest import BudgetEpisode
 from services.cdc_ingest.selection import Objects
 from services.cdc_ingest.store import LeaseLostError, Store
 from services.common import jobs
 from services.common.connections import ConnectionUnavailableError
+from services.common.governor_client import BudgetUnavailable
 from services.common.jobs import Job
 from services.common.retry import RetryPolicy
 from services.common.tenant_config import ObjectPair, TenantConfig
@@ -122,7 +127,7 @@ class JobRunner:
         failures = 0
         while True:
             try:
-                done, estimated, result = await self._work(job, pair)
+                done, estimated, result = await self._budgeted(job, pair)
             except (LeaseLostError, ConnectionUnavailableError, asyncio.CancelledError):
                 raise
             except Exception as exc:
@@ -176,7 +181,7 @@ class JobRunner:
                     f"object pair {job.object_pair} is not in the configuration this worker serves; a pair just"
                     " added is served once cdc-ingest has taken up the new version (within seconds): ask again"
                 )
-            done, estimated, result = await self._work(job, pair)
+            done, estimated, result = await self._budgeted(job, pair)
         except (LeaseLostError, ConnectionUnavailableError, asyncio.CancelledError):
             raise  # the job stays running; the tenant's next owner takes it up again
         except Exception as exc:
@@ -192,6 +197,18 @@ class JobRunner:
             )
             return
         await jobs.finish(self._store.pool, job.id, "succeeded", done=done, estimated=estimated, result=result)
+
+    async def _budgeted(self, job: Job, pair: ObjectPair) -> tuple[int, int | None, dict[str, Any]]:
+        """The job's work, waiting for budget (as long as the governor says) whenever it is refused."""
+        budget = BudgetEpisode(self.tenant_id, f"{job.kind} job {job.id} waits for budget", sleep=self._sleep)
+        while True:
+            try:
+                found = await self._work(job, pair)
+            except BudgetUnavailable as refusal:
+                await budget.wait(refusal, job=job.id)
+                continue
+            budget.granted()
+            return found
 
     async def _work(self, job: Job, pair: ObjectPair) -> tuple[int, int | None, dict[str, Any]]:
         entity = pair.salesforce.object

@@ -8,6 +8,9 @@ anything is read.
 The interval is the pair's ``schedule.pollIntervalSeconds`` (the shortest among the pairs of one
 object), else the tenant's ``spec.sync.pollIntervalSeconds``. A poll asked for now (a job) waits
 for a running one of the same object to end, so the two never move one cursor at the same time.
+
+A poll refused for API budget waits until the governor expects some and then goes on from its
+saved cursor: a warning when the refusals begin, no traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from datetime import UTC, datetime, timedelta
 
 from services.cdc_ingest.cursor import Cursor, RecentlyEmitted
 from services.cdc_ingest.reading import RecordReader
+from services.cdc_ingest.rest import BudgetEpisode
 from services.cdc_ingest.store import LeaseLostError, Store
 from services.common.connections import ConnectionUnavailableError
+from services.common.governor_client import BudgetUnavailable
 from services.common.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -51,12 +56,16 @@ class Poller:
 
     async def poll_forever(self, entity: str) -> None:
         recent = RecentlyEmitted(self._overlap)
+        budget = BudgetEpisode(self.tenant_id, f"polls of {entity} wait for budget", sleep=self._sleep)
         failures = 0
         while True:
             try:
                 await self.poll_once(entity, recent)
                 failures = 0
+                budget.granted()
                 await self._sleep(self.interval(entity))
+            except BudgetUnavailable as refusal:
+                await budget.wait(refusal, entity=entity)
             except (LeaseLostError, ConnectionUnavailableError, asyncio.CancelledError):
                 # Both end the worker (see Stream.run).
                 raise

@@ -11,15 +11,21 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from services.cdc_ingest.describe import is_mergeable
+from services.cdc_ingest.describe import MASTER_RECORD_ID, is_mergeable
 from services.cdc_ingest.typed import FieldInfo
+from services.common.governor_client import BudgetUnavailable
 from services.common.salesforce import SalesforceApiError, SalesforceClient
+from services.common.schema import CrmObject
+
+log = logging.getLogger(__name__)
 
 BULK_DONE = "JobComplete"
 BULK_FAILED = frozenset({"Failed", "Aborted"})
@@ -34,6 +40,55 @@ class BulkPage:
     rows: list[dict[str, str]]
     # The locator of the page after this one; None when this was the last.
     next_locator: str | None
+
+
+# Even a not_before already past waits this long, so a refusal is never retried in a tight loop.
+LEAST_BUDGET_WAIT_SECONDS = 0.1
+
+
+def seconds_until(not_before: datetime, now: datetime) -> float:
+    """How long to wait for budget the governor expects at ``not_before``."""
+    return max(LEAST_BUDGET_WAIT_SECONDS, (not_before - now).total_seconds())
+
+
+class BudgetEpisode:
+    """A tenant's budget refusals as one part of cdc-ingest meets them: an episode begins with the
+    first refusal and ends with the next call granted, and is logged once (a warning, no traceback:
+    being out of budget is expected, and a line per event or retry would bury everything else)."""
+
+    def __init__(
+        self,
+        tenant_id: str,
+        what: str,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.tenant_id = tenant_id
+        self._what = what
+        self._sleep = sleep
+        self._clock = clock
+        self.refused = False
+
+    def note(self, refusal: BudgetUnavailable, **extra: Any) -> None:
+        """A refusal: warned about if it begins an episode."""
+        if not self.refused:
+            log.warning(
+                f"tenant out of API budget: {self._what}",
+                extra={"tenant_id": self.tenant_id, "not_before": refusal.not_before.isoformat(), **extra},
+            )
+        self.refused = True
+
+    def granted(self) -> None:
+        """A call went through: the episode, if any, is over."""
+        if self.refused:
+            log.info(f"API budget back: {self._what}", extra={"tenant_id": self.tenant_id})
+        self.refused = False
+
+    async def wait(self, refusal: BudgetUnavailable, **extra: Any) -> None:
+        """Note the refusal, then wait until the governor expects budget."""
+        self.note(refusal, **extra)
+        await self._sleep(seconds_until(refusal.not_before, self._clock()))
 
 
 # Called with (object, describe JSON) after every describe.
@@ -70,6 +125,20 @@ class SalesforceRest:
             if self._on_describe is not None:
                 await self._on_describe(entity, describe)
         return self._describes[entity]
+
+    def knows(self, entity: str) -> bool:
+        """Whether ``entity``'s describe is cached."""
+        return entity in self._describes
+
+    def adopt_stored(self, entity: str, stored: CrmObject) -> None:
+        """Use the describe stored in PostgreSQL (``crm_schema_objects``) for ``entity`` until the
+        next describe: a stand-in while the tenant has no budget to describe it again. (It keeps no
+        compoundFieldName, which nothing here reads.)"""
+        self._describes[entity] = {
+            f.name: FieldInfo(name=f.name, type=f.type, calculated=f.calculated) for f in stored.fields
+        }
+        # The stored form drops describe's flag; the field is what a merge writes (see is_mergeable).
+        self._mergeable[entity] = any(f.name == MASTER_RECORD_ID for f in stored.fields)
 
     async def mergeable(self, entity: str) -> bool:
         """Whether describe says ``entity``'s records can be merged."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.cdc_ingest.contract import ConsumerEvent, FetchResponse, RecordChanged, is_deletion
@@ -29,13 +29,21 @@ from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.pubsub import PubSubAuthError, PubSubClient, PubSubError, ReplayIdInvalidError, Start
 from services.cdc_ingest.rejection import UndecodableError, undecodable
 from services.cdc_ingest.repair import Repairs
-from services.cdc_ingest.rest import SalesforceRest
+from services.cdc_ingest.rest import BudgetEpisode, SalesforceRest
 from services.cdc_ingest.selection import Objects
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.store import LeaseLostError, Store
-from services.cdc_ingest.translate import Translated, event_origin, set_master_records, translate_event
+from services.cdc_ingest.translate import (
+    GapOrder,
+    OverflowOrder,
+    Translated,
+    event_origin,
+    set_master_records,
+    translate_event,
+)
 from services.cdc_ingest.typed import FieldTypes
 from services.common.connections import ConnectionUnavailableError
+from services.common.governor_client import BudgetUnavailable
 from services.common.metrics import Metrics
 from services.common.retry import RetryPolicy
 
@@ -43,6 +51,15 @@ log = logging.getLogger(__name__)
 
 # The tenant's Pub/Sub client for its org id.
 PubSubFactory = Callable[[str], Awaitable[PubSubClient]]
+
+
+@dataclass
+class _Event:
+    """One event of a FetchResponse: what it publishes, and what checkpointing past it saves."""
+
+    replay_id: bytes
+    commit_time: datetime | None
+    changes: list[RecordChanged] = field(default_factory=list)
 
 
 @dataclass
@@ -84,6 +101,12 @@ class Stream:
         self._sleep = sleep
         self._metrics = metrics
         self._checked_schemas: set[str] = set()
+        self._masters_budget = BudgetEpisode(tenant_id, "merge masters wait for budget", sleep=sleep)
+        self._repair_budget = BudgetEpisode(tenant_id, "gap repairs and catch-ups wait for budget", sleep=sleep)
+        self._describe_budget = BudgetEpisode(
+            tenant_id, "new event schemas decoded with the describe at hand", sleep=sleep
+        )
+        self._stream_budget = BudgetEpisode(tenant_id, "the stream waits for budget", sleep=sleep)
 
     async def run(self, state: StreamState) -> None:
         """Subscribe, handle, checkpoint; reconnect with capped, jittered backoff; never returns."""
@@ -100,10 +123,11 @@ class Stream:
                 ):
                     failures = 0
                     await self._handle(pubsub, response, state)
+                    self._stream_budget.granted()
             except ReplayIdInvalidError as error:
                 if self._metrics is not None:
                     self._metrics.cdc_reconnects.labels(tenant=self.tenant_id, reason="replay_expired").inc()
-                await self._repairs.catch_up_expired(state, error)
+                await self._catch_up(state, error)
                 continue
             except PubSubAuthError as error:
                 reason = "auth"
@@ -111,9 +135,18 @@ class Stream:
                     "pubsub auth refused, logging in again", extra={"tenant_id": self.tenant_id, "err": str(error)}
                 )
                 await pubsub.reauthenticate()
-            except PubSubError as error:
+            except (PubSubError, asyncio.InvalidStateError) as error:
+                # InvalidStateError: the server ended the call while this side was busy (waiting for
+                # budget, say); grpc says so only when the next FetchRequest is written.
                 reason = "unavailable"
                 log.warning("pubsub stream failed", extra={"tenant_id": self.tenant_id, "err": str(error)})
+            except BudgetUnavailable as refusal:
+                # Merge masters, repairs and catch-ups wait in place; a refusal anywhere else starts
+                # again from the last checkpoint once the governor expects budget, without a traceback.
+                if self._metrics is not None:
+                    self._metrics.cdc_reconnects.labels(tenant=self.tenant_id, reason="budget").inc()
+                await self._stream_budget.wait(refusal)
+                continue
             except (LeaseLostError, ConnectionUnavailableError, asyncio.CancelledError):
                 # A lost lease ends the worker; so does an unusable connection, which only an admin
                 # can mend (the supervisor restarts the worker until then).
@@ -129,33 +162,96 @@ class Stream:
             await self._sleep(self._reconnect.delay(failures))
 
     async def _handle(self, pubsub: PubSubClient, response: FetchResponse, state: StreamState) -> None:
-        pending: list[RecordChanged] = []
-        last_replay: bytes | None = None
-        last_commit: datetime | None = None
+        pending: list[_Event] = []
         for consumer_event in response.events:
             replay_id = bytes(consumer_event.replay_id)
             translated = await self._translate(pubsub, consumer_event, replay_id)
+            event = _Event(replay_id, None)
             if translated is not None and translated.entity in self._objects.streamed:
+                event.commit_time = translated.commit_time
                 skip = state.skip_before is not None and translated.commit_time < state.skip_before
                 if translated.order is not None and not skip:
-                    # Everything before the gap goes out first, so per-record order holds.
-                    await self._complete(pending)
-                    await self._publisher.publish(pending, "stream")
+                    # Everything before the gap goes out (and is checkpointed, should the repair
+                    # have to wait for budget) first, so per-record order holds.
+                    await self._flush(pending, state)
                     pending = []
-                    await self._repairs.repair(translated.order)
+                    await self._repair(translated.order)
                 elif not skip:
-                    pending.extend(translated.changes)
-                last_commit = translated.commit_time
-            last_replay = replay_id
-        await self._complete(pending)
-        await self._publisher.publish(pending, "stream")
-        if last_replay is None and response.latest_replay_id:
+                    event.changes.extend(translated.changes)
+            pending.append(event)
+        await self._flush(pending, state)
+        if not pending and response.latest_replay_id:
             # A keepalive: nothing on this channel up to latest_replay_id, so resuming after it
             # skips nothing and saves replaying a long quiet stretch.
-            last_replay = bytes(response.latest_replay_id)
-        if last_replay is not None:
-            await self._store.save_checkpoint(self.tenant_id, self._settings.channel, last_replay, last_commit)
-            state.start = Start.after(last_replay)
+            await self._checkpoint([_Event(bytes(response.latest_replay_id), None)], state)
+
+    async def _flush(self, events: Sequence[_Event], state: StreamState) -> None:
+        """Complete, publish and checkpoint ``events``, in order.
+
+        Out of budget, an event whose completion needs a REST call (a deletion that may be a merge
+        loser's) waits for budget in place, everything before it published and checkpointed first.
+        """
+        waiting = list(events)
+        while waiting:
+            refused: BudgetUnavailable | None = None
+            try:
+                await self._complete([change for event in waiting for change in event.changes])
+                ready, waiting = waiting, []
+            except BudgetUnavailable as refusal:
+                refused = refusal
+                first = await self._first_needing_rest(waiting)
+                ready, waiting = waiting[:first], waiting[first:]
+                # Nothing in these needs a call the completer cannot do without.
+                await self._complete([change for event in ready for change in event.changes])
+            else:
+                self._masters_budget.granted()
+            await self._publisher.publish([change for event in ready for change in event.changes], "stream")
+            await self._checkpoint(ready, state)
+            if refused is not None and waiting:
+                await self._masters_budget.wait(refused)
+
+    async def _first_needing_rest(self, events: Sequence[_Event]) -> int:
+        """The index of the first event with a deletion whose merge master must be read (len if none)."""
+        for index, event in enumerate(events):
+            for change in event.changes:
+                if not is_deletion(change) or MASTER_RECORD_ID in change.fields:
+                    continue
+                # Whether it can merge is described; an object not described yet may.
+                if not self._rest.knows(change.object_type) or await self._rest.mergeable(change.object_type):
+                    return index
+        return len(events)
+
+    async def _checkpoint(self, events: Sequence[_Event], state: StreamState) -> None:
+        if not events:
+            return
+        commits = [event.commit_time for event in events if event.commit_time is not None]
+        last_replay = events[-1].replay_id
+        await self._store.save_checkpoint(
+            self.tenant_id, self._settings.channel, last_replay, commits[-1] if commits else None
+        )
+        state.start = Start.after(last_replay)
+
+    async def _catch_up(self, state: StreamState, error: ReplayIdInvalidError) -> None:
+        """The catch-up after an expired replay id, waiting in place for budget (it reads everything again)."""
+        while True:
+            try:
+                await self._repairs.catch_up_expired(state, error)
+            except BudgetUnavailable as refusal:
+                await self._repair_budget.wait(refusal)
+                continue
+            self._repair_budget.granted()
+            return
+
+    async def _repair(self, order: GapOrder | OverflowOrder) -> None:
+        """A gap's or an overflow's re-read, waiting in place for budget as long as the governor says."""
+        while True:
+            try:
+                await self._repairs.repair(order)
+            except BudgetUnavailable as refusal:
+                await self._repair_budget.wait(refusal, entity=order.entity)
+                continue
+            self._repair_budget.granted()
+            return
 
     async def _translate(
         self, pubsub: PubSubClient, consumer_event: ConsumerEvent, replay_id: bytes
@@ -187,14 +283,28 @@ class Stream:
             return None
 
     async def _types(self, entity: str, schema: ChangeEventSchema) -> FieldTypes:
-        types = await self._rest.fields(entity)
+        while True:
+            try:
+                types = await self._rest.fields(entity)
+                break
+            except BudgetUnavailable as refusal:
+                # Never described (the worker's start describes every object, or stands the stored
+                # describe in): nothing to decode with but what the call would return.
+                await self._describe_budget.wait(refusal, entity=entity)
         if schema.schema_id not in self._checked_schemas:
             # A new schema may carry fields added since describe was cached.
             names = [flat_name(f.name, c) for f in schema.fields[1:] for c in f.children] + [
                 f.name for f in schema.fields[1:] if not f.is_compound
             ]
             if any(name not in types for name in names):
-                types = await self._rest.fields(entity, refresh=True)
+                try:
+                    types = await self._rest.fields(entity, refresh=True)
+                except BudgetUnavailable as refusal:
+                    # A field describe does not know keeps its wire type; the schema is checked
+                    # again on its next event.
+                    self._describe_budget.note(refusal, entity=entity)
+                    return types
+                self._describe_budget.granted()
             self._checked_schemas.add(schema.schema_id)
         return types
 

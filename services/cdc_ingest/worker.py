@@ -23,12 +23,21 @@ PlatformEventChannelMember; see :mod:`services.cdc_ingest.selection`) through th
 Every object configured for streaming whose change event is not selected is served as a polled
 object from then on (same cursors, same backfill), and ``cdc.not_enabled`` is logged for it, once
 per start. When the selection cannot be read (the integration user lacks View Setup and
-Configuration), the configuration stands and one warning is logged. The selection is read at start
+Configuration), or the tenant has no API budget for it, the configuration stands and one warning is
+logged; a refusal for budget is read again at the worker's next start. The selection is read at start
 only: an object selected while the tenant runs stays polled until the next start, and the stream
 checkpoints past its events meanwhile, so changes after its last poll before that start are not
 read again; asking for a backfill of the object (a job: services.cdc_ingest.jobs) covers them. One
 deselected while the tenant runs is silent until the next start, whose first poll reads it from its
 backfill's start: re-read, not lost (an object never backfilled is polled from that start on).
+
+*Out of API budget* (the governor refuses the tenant's REST calls; Pub/Sub streaming costs none):
+the worker starts anyway where it can, so that the stream keeps publishing what needs no REST call.
+A describe refused at start is replaced by the one stored in PostgreSQL at the last describe (only
+an object never described fails the start, and the supervisor waits for budget before the next);
+in the stream, updates whose completion is refused go out as they came, and a merge master or a gap
+repair, which need the call, wait for budget in place, everything before them published and
+checkpointed first; polls and jobs wait for budget and carry on.
 """
 
 from __future__ import annotations
@@ -53,10 +62,12 @@ from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.sink import ChangeSink
 from services.cdc_ingest.store import Store
 from services.cdc_ingest.stream import PubSubFactory, Stream, StreamState
+from services.common.governor_client import BudgetUnavailable
 from services.common.metrics import Metrics
 from services.common.retry import RetryPolicy
 from services.common.salesforce import SalesforceApiError
 from services.common.schema_refresh import SELECTED_ENTITIES_QUERY, change_event_name
+from services.common.schema_store import latest_objects
 from services.common.tenant_config import TenantConfig
 
 log = logging.getLogger(__name__)
@@ -176,10 +187,7 @@ class TenantWorker:
     async def run(self) -> None:
         """Serve the tenant until cancelled or the lease is lost (LeaseLostError)."""
         await self.poll_what_cdc_does_not_send()
-        for entity in self.objects.every:
-            # Mapping reads every synced object's describe from Postgres (written on each
-            # describe), and a restart is when field changes made in Setup are picked up.
-            await self.rest.fields(entity, refresh=True)
+        await self.describe_all()
         await self.jobs.requeue_interrupted()
         checkpoint = await self.store.checkpoint(self.tenant_id, self.settings.channel)
         if checkpoint is not None:
@@ -198,6 +206,40 @@ class TenantWorker:
             if self.schema_schedule is not None:
                 group.create_task(self.schema_schedule.run_forever(), name=f"schema-{self.tenant_id}")
 
+    async def describe_all(self) -> None:
+        """Describe every synced object again; the stored describe of one refused for budget.
+
+        Mapping reads every synced object's describe from Postgres (written on each describe), and a
+        restart is when field changes made in Setup are picked up. Without budget, the stored one
+        is what this worker last knew: the stream decodes with it (a field added since keeps its
+        wire type) and describes again once a new event schema names a field it lacks.
+        """
+        refused: list[str] = []
+        last: BudgetUnavailable | None = None
+        for entity in self.objects.every:
+            try:
+                await self.rest.fields(entity, refresh=True)
+            except BudgetUnavailable as refusal:
+                refused.append(entity)
+                last = refusal
+        if last is None:
+            return
+        async with self.store.pool.acquire() as db:
+            stored = await latest_objects(db, self.tenant_id, refused)
+        by_name = {name.lower(): described.object for name, described in stored.items()}
+        missing = [entity for entity in refused if by_name.get(entity.lower()) is None]
+        if missing:
+            # Nothing to stand in for them: the supervisor starts the worker again at not_before.
+            raise BudgetUnavailable(self.tenant_id, last.not_before, f"{last.reason}; never described: {missing}")
+        for entity in refused:
+            stored_object = by_name[entity.lower()]
+            assert stored_object is not None
+            self.rest.adopt_stored(entity, stored_object)
+        log.warning(
+            "tenant out of API budget at start; using the stored describes",
+            extra={"tenant_id": self.tenant_id, "objects": refused, "not_before": last.not_before.isoformat()},
+        )
+
     async def poll_what_cdc_does_not_send(self) -> None:
         """Move streamed objects whose change events the org does not select to polling (see the module docstring)."""
         if not self.objects.streamed or not checks_selection(self.settings.channel):
@@ -210,6 +252,13 @@ class TenantWorker:
             log.warning(
                 "cannot read the org's CDC selection; every object configured for streaming is streamed",
                 extra={"tenant_id": self.tenant_id, "err": str(error)},
+            )
+            return
+        except BudgetUnavailable as refusal:
+            log.warning(
+                "no API budget to read the org's CDC selection; every object configured for streaming is"
+                " streamed until the worker's next start",
+                extra={"tenant_id": self.tenant_id, "not_before": refusal.not_before.isoformat()},
             )
             return
         decided = serving(self.objects.streamed, self.objects.polled, selected)

@@ -189,10 +189,18 @@ async def test_every_synced_object_is_described_into_postgres_for_mapping_at_sta
     assert account["Name"] == {
         "type": "string",
         "length": 255,
+        "precision": 0,
+        "scale": 0,
+        "digits": 0,
         "createable": True,
         "updateable": True,
         "calculated": False,
         "nillable": False,
+    }
+    assert {k: account["AnnualRevenue"][k] for k in ("type", "precision", "scale")} == {
+        "type": "currency",
+        "precision": 18,
+        "scale": 0,
     }
     assert account["Is_Key_Account__c"]["calculated"] is True
     assert account["Is_Key_Account__c"]["createable"] is False
