@@ -69,6 +69,26 @@ one record (attempts counted on the batch's first record; halting once the polic
 then ``NACK_ON_ERROR`` seeks every partition of the batch back to its first record: the whole
 batch comes again, and every effect of it must be idempotent, exactly as for a record
 redelivered alone.
+
+Batches whose handler commits itself
+------------------------------------
+A handler that keeps work past its return (the writer's commands wait for their tenant's batch)
+cannot have faststream commit the batch: given :class:`ManualOffsets`, the subscriber uses
+``AckPolicy.MANUAL`` and nothing is committed by faststream; the handler's owner commits the
+offsets it knows to be finished. Steps 1 to 4 stay, with the handler also given each event's
+record (``Batch.records``), and the subscriber's owner told of every record it dead-letters:
+
+* an undecodable record is :meth:`ManualOffsets.hold` before the handler sees the batch, and a
+  record the handler refuses is held by the handler itself before it returns (so that no later
+  record of its partition, once finished, lets a commit pass it);
+* once the dead letters of the batch are acknowledged (acks=all), the records are
+  :meth:`ManualOffsets.release`; until then their offsets are not committed past.
+
+A dead letter that cannot be sent is sent again after the redelivery backoff, until the
+redelivery policy gives up and the consumer halts (there is no seek back: the rest of the batch
+is already with the handler). A halt (the breaker tripped) leaves the record held, never
+committed, exactly as for one record. A handler that raises halts the consumer at once: part of
+its batch may be with it already, and the rest can neither come again nor be passed over.
 """
 
 from __future__ import annotations
@@ -78,7 +98,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from aiokafka import ConsumerRecord  # at run time: the batch handler's annotation is resolved by faststream
 from faststream import AckPolicy
@@ -98,7 +118,7 @@ from services.common.codec import (
     event_headers,
 )
 from services.common.dlq import ConsumerGuard, DeadLetterPublisher, DlqLimit, Halt, Sleep
-from services.common.errors import InvalidEvent, RecordTooLargeError
+from services.common.errors import ConsumerHalted, InvalidEvent, RecordTooLargeError
 from services.common.kafka_security import security, token_provider
 from services.common.retry import RetryPolicy
 from services.common.service import Check, Health, Running
@@ -113,6 +133,8 @@ if TYPE_CHECKING:
     from faststream.message import StreamMessage
 
     from services.common.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
 
 AFTER_EFFECTS: Final = AckPolicy.NACK_ON_ERROR
 """Commit after the handler's effects are durable; on error, redeliver (see the module doc)."""
@@ -141,11 +163,30 @@ M = TypeVar("M", bound=Message)
 
 class Batch(list[M]):
     """A batch handler's decoded events in their records' order, with ``keys[i]`` the record key
-    ``self[i]`` came with (a handler may check what the key says against what the event says)."""
+    ``self[i]`` came with (a handler may check what the key says against what the event says)
+    and ``records[i]`` the record itself (partition, offset, headers: for handlers that commit
+    themselves)."""
 
-    def __init__(self, events: Iterable[M], keys: Iterable[bytes | None]) -> None:
+    def __init__(
+        self,
+        events: Iterable[M],
+        keys: Iterable[bytes | None],
+        records: Iterable[ConsumerRecord[Any, Any]] = (),
+    ) -> None:
         super().__init__(events)
         self.keys: list[bytes | None] = list(keys)
+        self.records: list[ConsumerRecord[Any, Any]] = list(records)
+
+
+class ManualOffsets(Protocol):
+    """The offsets of a batch subscriber whose handler commits itself (module doc, "Batches
+    whose handler commits itself"): told which records are being dead-lettered."""
+
+    def hold(self, record: ConsumerRecord[Any, Any]) -> None:
+        """``record`` is to be dead-lettered: nothing may be committed past it until released."""
+
+    def release(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        """The dead letters of ``records`` are acknowledged: their offsets may be committed past."""
 
 
 BatchHandler = Callable[[Batch[M]], Awaitable[Mapping[int, InvalidEvent]]]
@@ -249,18 +290,21 @@ class ServiceKafka:
         max_records: int = DEFAULT_MAX_RECORDS,
         batch_timeout_ms: int = DEFAULT_BATCH_TIMEOUT_MS,
         group_id: str | None = None,
+        offsets: ManualOffsets | None = None,
         **options: Any,
     ) -> BatchSubscriber:
         """Declare ``handler`` for batches of ``topic``'s events, guarded record by record.
 
         The commit protocol is :data:`AFTER_EFFECTS`, once per batch (module doc, "Batch
-        subscribers"). Group and offset reset as for :meth:`subscriber`.
+        subscribers"); with ``offsets``, the handler's owner commits instead, and ``offsets``
+        holds the records being dead-lettered (module doc, "Batches whose handler commits
+        itself"). Group and offset reset as for :meth:`subscriber`.
         """
         options.setdefault("auto_offset_reset", "earliest")
         subscriber = self.broker.subscriber(
             self.topic(topic),
             group_id=group_id or self.group,
-            ack_policy=AFTER_EFFECTS,
+            ack_policy=AFTER_EFFECTS if offsets is None else AckPolicy.MANUAL,
             batch=True,
             max_records=max_records,
             batch_timeout_ms=batch_timeout_ms,
@@ -276,7 +320,7 @@ class ServiceKafka:
         async def consume(records: NoCast[list[ConsumerRecord[Any, Any]]], message: KafkaMessage) -> None:
             consumer = getattr(message, "consumer", None)
             if tracer is None or not records:
-                await _consume_batch(guard, records, message_type, handler, consumer)
+                await _consume_batch(guard, records, message_type, handler, consumer, offsets)
                 return
             attributes = {
                 "messaging.system": "kafka",
@@ -285,7 +329,7 @@ class ServiceKafka:
                 "messaging.batch.message_count": len(records),
             }
             with batch_span(tracer, f"{name} process", [r.headers for r in records], attributes=attributes):
-                await _consume_batch(guard, records, message_type, handler, consumer)
+                await _consume_batch(guard, records, message_type, handler, consumer, offsets)
 
         return subscriber
 
@@ -456,6 +500,7 @@ async def _consume_batch(
     message_type: type[M],
     handler: BatchHandler[M],
     consumer: Any,
+    offsets: ManualOffsets | None = None,
 ) -> None:
     """One batch through decoding, the handler and the guard (module doc, "Batch subscribers")."""
     if not records:
@@ -472,13 +517,44 @@ async def _consume_batch(
             events.append(decode_event(message_type, record.value or b"", declared_type=declared))
         except InvalidEvent as error:
             invalid[index] = error
+            if offsets is not None:
+                offsets.hold(record)
             continue
         events.keys.append(record.key)
+        events.records.append(record)
         positions.append(index)
     # An exception from here on (the handler's, or a dead letter that cannot be sent) fails the
-    # whole batch: the guard middleware backs off, then it comes again.
-    refused = await handler(events) if events else {}
+    # whole batch: the guard middleware backs off, then it comes again (given ``offsets``, see the
+    # module doc, "Batches whose handler commits itself").
+    if offsets is None:
+        refused = await handler(events) if events else {}
+    else:
+        refused = await _handled_or_halted(guard, records, events, handler, consumer)
     invalid.update({positions[i]: reason for i, reason in refused.items()})
+    if offsets is None:
+        await _book(guard, records, invalid, consumer)
+        return
+    dead = [(records[index], invalid[index]) for index in sorted(invalid)]
+    try:
+        await _book(guard, records, invalid, consumer)
+    except ConsumerHalted:
+        raise  # what is held stays held: never committed past
+    except Exception as error:
+        if not dead:
+            raise
+        await _dead_letter_again(guard, dead, consumer, error)
+    if dead:
+        offsets.release([record for record, _ in dead])
+
+
+async def _book(
+    guard: ConsumerGuard,
+    records: Sequence[ConsumerRecord[Any, Any]],
+    invalid: Mapping[int, InvalidEvent],
+    consumer: Any,
+) -> None:
+    """Each record of a batch booked with the guard in offset order; returns once every dead
+    letter is acknowledged (module doc, "Batch subscribers", step 4)."""
     # The lag gauge keeps only its latest value: set it once per partition, from its last record.
     last = {(r.topic, r.partition): r.offset for r in records}
     # Dead letters are sent one after another and their acknowledgements awaited together, before
@@ -491,6 +567,49 @@ async def _consume_batch(
         else:
             await guard.rejected(record, rejection, consumer, acks)
     await asyncio.gather(*acks)
+
+
+async def _handled_or_halted(
+    guard: ConsumerGuard,
+    records: Sequence[ConsumerRecord[Any, Any]],
+    events: Batch[M],
+    handler: BatchHandler[M],
+    consumer: Any,
+) -> Mapping[int, InvalidEvent]:
+    """The handler's refusals; a handler that commits itself and fails halts the consumer: part of
+    the batch may be with it already, so the batch can neither come again (nothing seeks back) nor
+    be passed over (a later commit would pass what it dropped)."""
+    try:
+        return await handler(events) if events else {}
+    except Exception as error:
+        halted = ConsumerHalted(f"batch handler failed: {type(error).__name__}: {error}", topic=records[0].topic)
+        pause = getattr(consumer, "pause", None)
+        if pause is not None:
+            pause(*consumer.assignment())
+        log.critical("consumer halted", extra={"topic": records[0].topic, "reason": halted.reason})
+        guard.halt.trip(halted)
+        raise halted from error
+
+
+async def _dead_letter_again(
+    guard: ConsumerGuard,
+    dead: Sequence[tuple[ConsumerRecord[Any, Any], InvalidEvent]],
+    consumer: Any,
+    error: Exception,
+) -> None:
+    """Send ``dead`` letters until all are acknowledged: a batch whose handler commits itself is not
+    redelivered, so its dead letters are retried here (halting once the redelivery policy gives up).
+    They are sent as they are, without the breaker's accounting again (the failure is the
+    dead-letter topic's, not the input's); a dead letter sent twice is deduplicated by its readers
+    on its origin headers."""
+    while True:
+        await guard.failed(dead[0][0], error, consumer)
+        try:
+            await asyncio.gather(*(guard.dead_letters.publish(record, reason) for record, reason in dead))
+        except Exception as again:
+            error = again
+            continue
+        return
 
 
 @asynccontextmanager

@@ -2,10 +2,14 @@
 
 Offsets with batching
 =====================
-The crm-writes subscriber uses ``AckPolicy.MANUAL`` and never calls ``msg.ack()`` (which would
-commit *every* consumed position, including commands still waiting in a batch). Instead:
+The crm-writes subscriber takes up to 500 commands at a time (``getmany``: faststream's path,
+its middlewares and the guard, once per batch instead of once per command) through
+:meth:`ServiceKafka.batch_subscriber` with its manual offsets (``AckPolicy.MANUAL``): faststream
+never commits, nor does anything here call ``msg.ack()`` (which would commit *every* consumed
+position, including commands still waiting in a batch). Instead:
 
-1. the handler decodes a command, registers it in :class:`~services.writer.inflight.InFlight`
+1. the handler decodes each command of the batch in offset order, registers it in
+   :class:`~services.writer.inflight.InFlight`
    with the number of record writes it carries, hands the writes to its tenant's
    :class:`~services.writer.tenant.TenantWriter` and returns; it never waits for a tenant: one
    that holds too many unsettled writes has its later commands parked in PostgreSQL instead
@@ -18,6 +22,12 @@ commit *every* consumed position, including commands still waiting in a batch). 
    parked (or one past the last seen), with explicit offsets, every ``commit_interval_ms`` and on
    partition revocation and shutdown.
 
+An invalid command (undecodable, or breaking the contract) is dead-lettered with its reason by the
+batch subscriber, as the guard does for any service; its offset is held in ``InFlight`` from
+before any later command of the batch is handed over until its dead letter is acknowledged, so no
+commit passes a record whose dead letter is not durable. Past the breaker's limit the consumer
+halts with that record held, never committed.
+
 A crash therefore replays exactly the commands without every outcome produced (and the settled
 ones after them); the replay is harmless because a write at or below the version already applied
 to its link is not sent again (:mod:`services.writer.versions`), creates are upserts on the
@@ -28,7 +38,9 @@ Rebalances
 Before partitions are given to another consumer, their writes not sent yet are dropped and the
 calls still sending some are waited for (:meth:`CommandConsumer.revoked`), so that two replicas
 never write one record at once: the version check happens before a call, and of two calls that
-both passed it the older could otherwise land last.
+both passed it the older could otherwise land last. For the same reason the rest of a batch
+fetched before a rebalance skips the commands of partitions no longer assigned (their new owner
+replays them).
 
 Shutdown
 ========
@@ -44,15 +56,15 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from faststream import AckPolicy
-from faststream.kafka.annotations import KafkaMessage
-from faststream.params import NoCast
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 
-from services.common.kafka import ServiceKafka
+from services.common.errors import InvalidEvent
+from services.common.kafka import Batch, ServiceKafka
 from services.common.metrics import Metrics
 from services.common.retry import RetryPolicy
 from services.common.topics import Topic
@@ -79,7 +91,7 @@ _ASSIGN_RETRY = RetryPolicy(base_delay=0.2, max_delay=5.0, max_attempts=None)
 class CommandConsumer:
     """The crm-writes subscriber and its committer (see the module doc).
 
-    Declares its subscriber on ``kafka`` when built, so build it before the broker starts, and
+    Call :meth:`subscribe` to declare its subscriber on ``kafka`` before the broker starts, and
     enter :meth:`running` once it has.
     """
 
@@ -123,21 +135,63 @@ class CommandConsumer:
         self._commit_lock = asyncio.Lock()
         # Cleared by the shutdown's last commit: no commit may start while the consumer closes.
         self._may_commit = True
-        self._subscriber = kafka.subscriber(
+        # Rebalance callbacks so far, and the count at each partition's latest revocation and
+        # assignment: a batch skips the commands of a partition revoked since it began, even one
+        # assigned here again (it is replayed), and nothing is held for a partition not owned.
+        self._rebalances = 0
+        self._revoked_at: dict[Partition, int] = {}
+        self._assigned_at: dict[Partition, int] = {}
+        self._kafka = kafka
+        self._subscriber: BatchSubscriber | None = None
+
+    def subscribe(self) -> None:
+        """Declare the crm-writes subscriber (before the broker starts)."""
+        if self._subscriber is not None:
+            raise RuntimeError("the crm-writes subscriber is declared already")
+        self._subscriber = self._kafka.batch_subscriber(
             Topic.CRM_WRITES,
             message_type=WriteRecords,
-            ack_policy=AckPolicy.MANUAL,
+            handler=self.handle_batch,
+            offsets=self,
             listener=_Rebalance(self),
         )
 
-        @self._subscriber
-        async def on_write_records(message: NoCast[WriteRecords], msg: KafkaMessage) -> None:
-            record = msg.raw_message
-            assert not isinstance(record, tuple)  # not a batch subscriber
-            await self.handle(command_of(message), record)
-
     def _token(self) -> str:
         return str(next(self._tokens))
+
+    async def handle_batch(self, batch: Batch[WriteRecords]) -> dict[int, InvalidEvent]:
+        """Hand over a batch's commands in offset order; returns the invalid ones (to dead-letter),
+        their offsets held (module doc)."""
+        refused: dict[int, InvalidEvent] = {}
+        begun = self._rebalances
+        for index, (message, record) in enumerate(zip(batch, batch.records, strict=True)):
+            # Revoked while the batch was handed over: its new owner replays the rest (and a
+            # refused command is dead-lettered there again, which dead-letter readers deduplicate).
+            partition = (record.topic, record.partition)
+            try:
+                command = command_of(message)
+            except InvalidEvent as error:
+                if self._revoked_at.get(partition, begun) <= begun:
+                    self.hold(record)
+                refused[index] = error
+                continue
+            await self._assignment_known.wait()
+            if self._revoked_at.get(partition, begun) <= begun:
+                await self.handle(command, record)
+        return refused
+
+    def hold(self, record: ConsumerRecord[Any, Any]) -> None:
+        """``record`` is being dead-lettered: its offset is not committed past until :meth:`release`."""
+        partition = (record.topic, record.partition)
+        # A partition revoked and not assigned again: an offset seen now would outlive its
+        # forgetting, and could later be committed past records not consumed yet.
+        if self._assigned_at.get(partition, -1) > self._revoked_at.get(partition, -1):
+            self._inflight.waiting(_placeholder(record))
+
+    def release(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        """The dead letters of ``records`` are acknowledged: their offsets may be committed past (a
+        record not held, or forgotten by a rebalance meanwhile, holds nothing to release)."""
+        self._inflight.released([_placeholder(record) for record in records])
 
     async def handle(self, command: Command, record: ConsumerRecord[bytes, bytes]) -> None:
         """Register ``command`` and hand its writes to its tenant (module doc, step 1)."""
@@ -164,12 +218,12 @@ class CommandConsumer:
                 self._tenants.of(command.tenant_id).submit(writes, refused)
 
     def _assigned(self) -> set[Partition]:
-        consumer = self._subscriber.consumer
+        consumer = None if self._subscriber is None else self._subscriber.consumer
         return set() if consumer is None else {(tp.topic, tp.partition) for tp in consumer.assignment()}
 
     async def commit(self, only: list[Partition] | None = None) -> None:
         """Commit every assigned partition's position that moved (of ``only``, when given)."""
-        consumer = self._subscriber.consumer
+        consumer = None if self._subscriber is None else self._subscriber.consumer
         if consumer is None or not self._may_commit:
             return
         async with self._commit_lock:
@@ -193,6 +247,8 @@ class CommandConsumer:
         """Partitions taken away by a rebalance: their writes not sent yet are dropped and the calls
         sending some are waited for (the new owner must not write the same records meanwhile);
         then what settled is committed, and the rest forgotten (the new owner replays it)."""
+        self._rebalances += 1
+        self._revoked_at.update(dict.fromkeys(partitions, self._rebalances))
         self._inflight.revoke(partitions)
         await self._tenants.revoke(within=self._revoke_wait)
         await self.commit(only=partitions)
@@ -203,6 +259,8 @@ class CommandConsumer:
         """Partitions given by a rebalance: learn which tenants have commands parked from them, so
         that their later commands queue behind those (retried, and no command is handled meanwhile:
         order depends on it)."""
+        self._rebalances += 1
+        self._assigned_at.update(dict.fromkeys(partitions, self._rebalances))
         self._assignment_known.clear()
         attempt = 0
         while True:
@@ -218,6 +276,8 @@ class CommandConsumer:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Committing every ``commit_interval`` until the block exits, then the shutdown (module doc)."""
+        if self._subscriber is None:
+            raise RuntimeError("subscribe() the crm-writes consumer before running it")
         committer = asyncio.get_running_loop().create_task(self._commit_loop(), name="writer-commits")
         try:
             yield
@@ -238,6 +298,7 @@ class CommandConsumer:
             log.warning("parking failed", extra={"reason": str(exc) or type(exc).__name__})
 
     async def _shut_down(self, committer: asyncio.Task[None]) -> None:
+        assert self._subscriber is not None
         consumer = self._subscriber.consumer
         if consumer is not None:
             consumer.pause(*consumer.assignment())
@@ -258,6 +319,22 @@ class CommandConsumer:
         # Settling is spread over every tenant's tasks; polling the one counter is simplest.
         while self._inflight.unfinished() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(_DRAIN_POLL_SECONDS)
+
+
+def _placeholder(record: ConsumerRecord[Any, Any]) -> Delivery:
+    """A delivery standing for a record being dead-lettered: only its offset counts."""
+    return Delivery(
+        token="",
+        command_id="",
+        tenant_id="",
+        partition=(record.topic, record.partition),
+        offset=record.offset,
+        backfill=False,
+        origin_commit_time=None,
+        key=record.key,
+        headers=tuple(record.headers or ()),
+        timestamp_ms=record.timestamp,
+    )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
