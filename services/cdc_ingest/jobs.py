@@ -38,7 +38,6 @@ from services.cdc_ingest.selection import Objects
 from services.cdc_ingest.store import LeaseLostError, Store
 from services.common import jobs
 from services.common.connections import ConnectionUnavailableError
-from services.common.governor_client import BudgetUnavailable
 from services.common.jobs import Job
 from services.common.retry import RetryPolicy
 from services.common.tenant_config import ObjectPair, TenantConfig
@@ -201,14 +200,7 @@ class JobRunner:
     async def _budgeted(self, job: Job, pair: ObjectPair) -> tuple[int, int | None, dict[str, Any]]:
         """The job's work, waiting for budget (as long as the governor says) whenever it is refused."""
         budget = BudgetEpisode(self.tenant_id, f"{job.kind} job {job.id} waits for budget", sleep=self._sleep)
-        while True:
-            try:
-                found = await self._work(job, pair)
-            except BudgetUnavailable as refusal:
-                await budget.wait(refusal, job=job.id)
-                continue
-            budget.granted()
-            return found
+        return await budget.until_granted(lambda: self._work(job, pair), job=job.id)
 
     async def _work(self, job: Job, pair: ObjectPair) -> tuple[int, int | None, dict[str, Any]]:
         entity = pair.salesforce.object

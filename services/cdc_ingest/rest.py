@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -49,6 +49,9 @@ LEAST_BUDGET_WAIT_SECONDS = 0.1
 def seconds_until(not_before: datetime, now: datetime) -> float:
     """How long to wait for budget the governor expects at ``not_before``."""
     return max(LEAST_BUDGET_WAIT_SECONDS, (not_before - now).total_seconds())
+
+
+T = TypeVar("T")
 
 
 class BudgetEpisode:
@@ -89,6 +92,17 @@ class BudgetEpisode:
         """Note the refusal, then wait until the governor expects budget."""
         self.note(refusal, **extra)
         await self._sleep(seconds_until(refusal.not_before, self._clock()))
+
+    async def until_granted(self, work: Callable[[], Awaitable[T]], **extra: Any) -> T:
+        """``work()``'s result, waiting for budget (as long as the governor says) each time it is refused."""
+        while True:
+            try:
+                result = await work()
+            except BudgetUnavailable as refusal:
+                await self.wait(refusal, **extra)
+                continue
+            self.granted()
+            return result
 
 
 # Called with (object, describe JSON) after every describe.

@@ -233,25 +233,11 @@ class Stream:
 
     async def _catch_up(self, state: StreamState, error: ReplayIdInvalidError) -> None:
         """The catch-up after an expired replay id, waiting in place for budget (it reads everything again)."""
-        while True:
-            try:
-                await self._repairs.catch_up_expired(state, error)
-            except BudgetUnavailable as refusal:
-                await self._repair_budget.wait(refusal)
-                continue
-            self._repair_budget.granted()
-            return
+        await self._repair_budget.until_granted(lambda: self._repairs.catch_up_expired(state, error))
 
     async def _repair(self, order: GapOrder | OverflowOrder) -> None:
         """A gap's or an overflow's re-read, waiting in place for budget as long as the governor says."""
-        while True:
-            try:
-                await self._repairs.repair(order)
-            except BudgetUnavailable as refusal:
-                await self._repair_budget.wait(refusal, entity=order.entity)
-                continue
-            self._repair_budget.granted()
-            return
+        await self._repair_budget.until_granted(lambda: self._repairs.repair(order), entity=order.entity)
 
     async def _translate(
         self, pubsub: PubSubClient, consumer_event: ConsumerEvent, replay_id: bytes
@@ -283,14 +269,9 @@ class Stream:
             return None
 
     async def _types(self, entity: str, schema: ChangeEventSchema) -> FieldTypes:
-        while True:
-            try:
-                types = await self._rest.fields(entity)
-                break
-            except BudgetUnavailable as refusal:
-                # Never described (the worker's start describes every object, or stands the stored
-                # describe in): nothing to decode with but what the call would return.
-                await self._describe_budget.wait(refusal, entity=entity)
+        # Refused only when never described (the worker's start describes every object, or stands the
+        # stored describe in): nothing to decode with but what the call would return.
+        types = await self._describe_budget.until_granted(lambda: self._rest.fields(entity), entity=entity)
         if schema.schema_id not in self._checked_schemas:
             # A new schema may carry fields added since describe was cached.
             names = [flat_name(f.name, c) for f in schema.fields[1:] for c in f.children] + [
