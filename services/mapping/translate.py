@@ -362,29 +362,16 @@ def _check_digits(crm_value: Value, info: CrmFieldInfo | None, field: str) -> No
     Salesforce rounds to the field's scale (half away from zero) before it checks, so 999.5 in a
     field of precision 3 and scale 0 is 1000 there, and refused.
     """
-    if info is None or not info.integer_digits or isinstance(crm_value, bool):
+    if info is None or not info.integer_digits:
         return
-    allowed = info.integer_digits
-    try:
-        if isinstance(crm_value, float):
-            # Its shortest repr is the number that was typed, and what Salesforce rounds.
-            number = Decimal(repr(crm_value))
-        elif isinstance(crm_value, int | Decimal):
-            number = Decimal(crm_value)
-        elif isinstance(crm_value, str):
-            number = Decimal(crm_value.strip())
-        else:
-            return
-    except InvalidOperation:
+    number = _decimal(crm_value)
+    if number is None:
         # Not a number: Salesforce's binder refuses it with its own error.
         return
-    if not number.is_finite():
-        return
+    allowed = info.integer_digits
     digits = _integer_digits(number)
     if digits <= allowed:
-        scale = info.scale if info.type in _FRACTIONAL_TYPES else 0
-        exact = Context(prec=digits + scale + 2)
-        digits = _integer_digits(number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP, context=exact))
+        digits = _integer_digits(_rounded(number, info.scale if info.type in _FRACTIONAL_TYPES else 0))
     if digits > allowed:
         raise RejectedChangeError(
             "NUMBER_OUTSIDE_VALID_RANGE", f"{digits} integer digits, at most {allowed} allowed", field
@@ -399,14 +386,36 @@ def _to_scale(crm_value: Value, info: CrmFieldInfo | None) -> Value:
     app's own row keeps what was typed (Duplex does not write a change back to its author)."""
     if info is None or info.type not in _FRACTIONAL_TYPES or not info.precision:
         return crm_value
-    if not isinstance(crm_value, float | Decimal) or isinstance(crm_value, bool):
+    number = _decimal(crm_value) if isinstance(crm_value, float | Decimal) else None
+    if number is None or -number.as_tuple().exponent <= info.scale:  # type: ignore[operator]
         return crm_value
-    number = Decimal(repr(crm_value)) if isinstance(crm_value, float) else crm_value
-    if not number.is_finite() or -number.as_tuple().exponent <= info.scale:  # type: ignore[operator]
-        return crm_value
-    exact = Context(prec=max(number.adjusted() + 1, 0) + info.scale + 2)
-    rounded = number.quantize(Decimal(1).scaleb(-info.scale), rounding=ROUND_HALF_UP, context=exact)
+    rounded = _rounded(number, info.scale)
     return float(rounded) if isinstance(crm_value, float) else rounded
+
+
+def _decimal(value: Value) -> Decimal | None:
+    """A finite number as Salesforce reads it (a float by its shortest repr, the number that was
+    typed), None for anything else."""
+    if isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, float):
+            number = Decimal(repr(value))
+        elif isinstance(value, int | Decimal):
+            number = Decimal(value)
+        elif isinstance(value, str):
+            number = Decimal(value.strip())
+        else:
+            return None
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _rounded(number: Decimal, scale: int) -> Decimal:
+    """``number`` at ``scale`` decimals, half away from zero, exactly (however many digits it has)."""
+    exact = Context(prec=_integer_digits(number) + scale + 2)
+    return number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP, context=exact)
 
 
 def _integer_digits(number: Decimal) -> int:
