@@ -126,7 +126,6 @@ async def run(
             shutdown_grace=settings.shutdown_grace_seconds,
             metrics=metrics,
         )
-        consumer.subscribe()
         running = await stack.enter_async_context(consuming(kafka, ready=(database_ready(pool),)))
         await stack.enter_async_context(consumer.running())
         yield running

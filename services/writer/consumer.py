@@ -61,7 +61,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from services.common.errors import InvalidEvent
 from services.common.kafka import Batch, ServiceKafka
@@ -91,7 +90,7 @@ _ASSIGN_RETRY = RetryPolicy(base_delay=0.2, max_delay=5.0, max_attempts=None)
 class CommandConsumer:
     """The crm-writes subscriber and its committer (see the module doc).
 
-    Call :meth:`subscribe` to declare its subscriber on ``kafka`` before the broker starts, and
+    Declares its subscriber on ``kafka`` when built, so build it before the broker starts, and
     enter :meth:`running` once it has.
     """
 
@@ -141,14 +140,7 @@ class CommandConsumer:
         self._rebalances = 0
         self._revoked_at: dict[Partition, int] = {}
         self._assigned_at: dict[Partition, int] = {}
-        self._kafka = kafka
-        self._subscriber: BatchSubscriber | None = None
-
-    def subscribe(self) -> None:
-        """Declare the crm-writes subscriber (before the broker starts)."""
-        if self._subscriber is not None:
-            raise RuntimeError("the crm-writes subscriber is declared already")
-        self._subscriber = self._kafka.batch_subscriber(
+        self._subscriber = kafka.batch_subscriber(
             Topic.CRM_WRITES,
             message_type=WriteRecords,
             handler=self.handle_batch,
@@ -218,12 +210,12 @@ class CommandConsumer:
                 self._tenants.of(command.tenant_id).submit(writes, refused)
 
     def _assigned(self) -> set[Partition]:
-        consumer = None if self._subscriber is None else self._subscriber.consumer
+        consumer = self._subscriber.consumer
         return set() if consumer is None else {(tp.topic, tp.partition) for tp in consumer.assignment()}
 
     async def commit(self, only: list[Partition] | None = None) -> None:
         """Commit every assigned partition's position that moved (of ``only``, when given)."""
-        consumer = None if self._subscriber is None else self._subscriber.consumer
+        consumer = self._subscriber.consumer
         if consumer is None or not self._may_commit:
             return
         async with self._commit_lock:
@@ -276,8 +268,6 @@ class CommandConsumer:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Committing every ``commit_interval`` until the block exits, then the shutdown (module doc)."""
-        if self._subscriber is None:
-            raise RuntimeError("subscribe() the crm-writes consumer before running it")
         committer = asyncio.get_running_loop().create_task(self._commit_loop(), name="writer-commits")
         try:
             yield
@@ -298,7 +288,6 @@ class CommandConsumer:
             log.warning("parking failed", extra={"reason": str(exc) or type(exc).__name__})
 
     async def _shut_down(self, committer: asyncio.Task[None]) -> None:
-        assert self._subscriber is not None
         consumer = self._subscriber.consumer
         if consumer is not None:
             consumer.pause(*consumer.assignment())

@@ -192,12 +192,9 @@ async def test_revocation_drops_unsent_writes_and_waits_for_the_call_sending_one
 class FakeKafka:
     """Just enough of ServiceKafka for CommandConsumer to declare its subscriber."""
 
-    def subscriber(self, *args: object, **kwargs: object) -> Any:
+    def batch_subscriber(self, *args: object, **kwargs: object) -> Any:
         class Subscriber:
             consumer = None
-
-            def __call__(self, handler: object) -> object:
-                return handler
 
         return Subscriber()
 
