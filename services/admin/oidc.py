@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,40 @@ ALL_TENANTS = "*"
 
 class IdentityProviderUnavailableError(Exception):
     """The JWKS could not be fetched: the token can be neither accepted nor refused."""
+
+
+class UnknownSigningKeyError(Exception):
+    """The token names no key of the provider's key set (or is too malformed to name one)."""
+
+
+async def signed_claims(
+    jwks: jwt.PyJWKClient, token: str, *, audience: str, issuer: str, require: Sequence[str]
+) -> dict[str, Any]:
+    """``token``'s claims, its signature checked against the provider's keys and its audience,
+    issuer, expiry and ``require``d claims checked too.
+
+    Raises :class:`IdentityProviderUnavailableError` when the keys cannot be fetched,
+    :class:`UnknownSigningKeyError` when the token names none of them, and
+    ``jwt.InvalidTokenError`` for anything else wrong with it.
+    """
+    try:
+        # pyjwt fetches with urllib: blocking, so off the event loop.
+        key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, token)
+    except jwt.PyJWKClientConnectionError as exc:
+        log.warning("cannot fetch the OIDC provider's keys: %s", exc)
+        raise IdentityProviderUnavailableError from None
+    except jwt.PyJWTError:  # malformed, no or unknown key id, unusable key set
+        raise UnknownSigningKeyError from None
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        key,
+        algorithms=list(ALGORITHMS),
+        audience=audience,
+        issuer=issuer,
+        leeway=LEEWAY_SECONDS,
+        options={"require": list(require)},
+    )
+    return claims
 
 
 @dataclass(frozen=True)
@@ -85,23 +119,13 @@ class OidcVerifier:
         Raises :class:`IdentityProviderUnavailableError` when the keys cannot be fetched.
         """
         try:
-            # pyjwt fetches with urllib: blocking, so off the event loop.
-            key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-        except jwt.PyJWKClientConnectionError as exc:
-            log.warning("cannot fetch the OIDC provider's keys: %s", exc)
-            raise IdentityProviderUnavailableError from None
-        except jwt.PyJWTError:  # malformed, no or unknown key id, unusable key set
-            return None
-        try:
-            claims = jwt.decode(
+            claims = await signed_claims(
+                self._jwks,
                 token,
-                key,
-                algorithms=list(ALGORITHMS),
                 audience=self._config.audience,
                 issuer=self._config.issuer,
-                leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "iss", "aud", "sub"]},
+                require=("exp", "iss", "aud", "sub"),
             )
-        except jwt.InvalidTokenError:
+        except (UnknownSigningKeyError, jwt.InvalidTokenError):
             return None
         return principal_from_claims(claims, self._config)

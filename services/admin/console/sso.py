@@ -36,7 +36,13 @@ import httpx
 import jwt
 from pydantic import SecretStr
 
-from services.admin.oidc import ALGORITHMS, JWKS_LIFESPAN, JWKS_TIMEOUT, LEEWAY_SECONDS
+from services.admin.oidc import (
+    JWKS_LIFESPAN,
+    JWKS_TIMEOUT,
+    IdentityProviderUnavailableError,
+    UnknownSigningKeyError,
+    signed_claims,
+)
 
 if TYPE_CHECKING:
     from services.admin.settings import AdminSettings
@@ -336,23 +342,17 @@ class SingleSignOn:
     async def _verify_id_token(self, id_token: str, flow: Flow) -> None:
         assert self._jwks is not None  # set with the metadata, which finish() read first
         try:
-            # pyjwt fetches with urllib: blocking, so off the event loop.
-            key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, id_token)
-        except jwt.PyJWKClientConnectionError as exc:
-            log.warning("cannot fetch the OIDC provider's keys: %s", exc)
-            raise SsoError("the identity provider's keys cannot be fetched right now; sign in again", 502) from None
-        except jwt.PyJWTError:
-            raise SsoError("the identity provider's ID token is not signed with one of its keys", 502) from None
-        try:
-            claims = jwt.decode(
+            claims = await signed_claims(
+                self._jwks,
                 id_token,
-                key,
-                algorithms=list(ALGORITHMS),
                 audience=self.config.client_id,
                 issuer=self.config.issuer,
-                leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+                require=("exp", "iat", "iss", "aud", "sub"),
             )
+        except IdentityProviderUnavailableError:
+            raise SsoError("the identity provider's keys cannot be fetched right now; sign in again", 502) from None
+        except UnknownSigningKeyError:
+            raise SsoError("the identity provider's ID token is not signed with one of its keys", 502) from None
         except jwt.InvalidTokenError as exc:
             raise SsoError(f"the identity provider's ID token is not valid ({shown(exc)})", 502) from None
         nonce = claims.get("nonce")
