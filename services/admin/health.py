@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import OrderedDict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from services.common.connections import ConnectionStatus
 from services.common.db import Connection
-from services.common.schema import CrmObject, stored_object
 from services.common.schema_drift import RuleWarning
-from services.common.schema_store import DescribedObject
+from services.common.schema_store import DescribedObject, ObjectState
 from services.common.tenant_config import TenantConfig
 
 QUARANTINE_EVENTS = ("pair.quarantined", "pair.released")
@@ -291,67 +289,6 @@ async def budget_states(conn: Connection, tenants: Collection[str]) -> dict[str,
         _by_tenant(tenants),
     )
     return {r["tenant_id"]: r["state"] for r in rows}
-
-
-@dataclass(frozen=True)
-class ObjectState:
-    """The newest describe of an object, as far as health needs it."""
-
-    name: str
-    described_at: datetime
-    # None once the object left the org.
-    object: CrmObject | None
-    cdc_selected: bool | None
-
-
-# A described object's version never changes once stored; with its time it names one describe even
-# across a tenant deleted and made again. Parsed once each (parsing them took a quarter of the overview).
-_Describe = tuple[str, str, int, datetime]
-_PARSED: OrderedDict[_Describe, CrmObject | None] = OrderedDict()
-_PARSED_SIZE = 4096
-
-
-async def described_objects(
-    conn: Connection, objects: Mapping[str, Collection[str]]
-) -> dict[str, dict[str, ObjectState]]:
-    """The newest describe of each tenant's objects named (any case): by tenant, then by lowercase name."""
-    wanted = sorted({(tenant, name.lower()) for tenant, names in objects.items() for name in names})
-    rows = await conn.fetch(
-        "SELECT DISTINCT ON (o.tenant_id, lower(o.object_name)) o.tenant_id, o.object_name, o.version,"
-        " o.described_at, o.cdc_selected FROM crm_schema_objects o"
-        " JOIN unnest($1::text[], $2::text[]) AS w (tenant_id, name)"
-        " ON o.tenant_id = w.tenant_id AND lower(o.object_name) = w.name"
-        " ORDER BY o.tenant_id, lower(o.object_name), o.version DESC",
-        [t for t, _ in wanted],
-        [n for _, n in wanted],
-    )
-    keys: list[_Describe] = [(r["tenant_id"], r["object_name"], r["version"], r["described_at"]) for r in rows]
-    missing = [key for key in keys if key not in _PARSED]
-    if missing:
-        described = await conn.fetch(
-            "SELECT o.tenant_id, o.object_name, o.version, o.describe FROM crm_schema_objects o"
-            " JOIN unnest($1::text[], $2::text[], $3::int[]) AS w (tenant_id, name, version)"
-            " ON o.tenant_id = w.tenant_id AND o.object_name = w.name AND o.version = w.version",
-            [k[0] for k in missing],
-            [k[1] for k in missing],
-            [k[2] for k in missing],
-        )
-        documents = {(d["tenant_id"], d["object_name"], d["version"]): d["describe"] for d in described}
-        for key in missing:
-            if key[:3] in documents:  # not when its tenant was deleted in between
-                document = documents[key[:3]]
-                _PARSED[key] = None if document is None else stored_object(_detail(document))
-    found: dict[str, dict[str, ObjectState]] = {}
-    for r, key in zip(rows, keys, strict=True):
-        if key not in _PARSED:
-            continue
-        _PARSED.move_to_end(key)
-        found.setdefault(r["tenant_id"], {})[r["object_name"].lower()] = ObjectState(
-            name=r["object_name"], described_at=r["described_at"], object=_PARSED[key], cdc_selected=r["cdc_selected"]
-        )
-    while len(_PARSED) > _PARSED_SIZE:
-        _PARSED.popitem(last=False)
-    return found
 
 
 async def active_jobs(conn: Connection, tenants: Collection[str]) -> dict[str, int]:

@@ -23,10 +23,8 @@ from services.admin.health import (
     PROBLEM_WINDOW,
     ApiBudget,
     LastSyncs,
-    ObjectState,
     api_budget,
     budget_states,
-    described_objects,
     last_syncs,
     needs_attention,
     problem_counts,
@@ -38,6 +36,7 @@ from services.admin.health import (
 from services.common.db import Connection
 from services.common.jobs import jobs_of
 from services.common.schema_drift import RuleWarning, standing_warnings
+from services.common.schema_store import ObjectState, described_objects
 from services.common.tenant_config import TenantConfig
 
 

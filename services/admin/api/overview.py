@@ -34,7 +34,6 @@ from services.admin.health import (
     active_jobs,
     budget_states,
     connection_states,
-    described_objects,
     last_syncs,
     needs_attention,
     pause_counts,
@@ -43,6 +42,7 @@ from services.admin.health import (
     quarantined,
 )
 from services.common.db import Connection
+from services.common.schema_store import described_objects
 from services.common.tenant_config import ConfigInvalidError, TenantConfig, parse_tenant_config
 
 
