@@ -350,7 +350,8 @@ async def problems_of(tenant: Tenant, delivered: Delivered | None = None) -> tup
     says which did): purging the org's events (replay expiry) drops those cdc-ingest had not read
     yet, and the record read back instead carries one modification time for all its fields, so
     newest-wins cannot order that edit against the app's. Such a field still has to agree on both
-    sides and hold the last edit of one of them.
+    sides and hold the last edit of one of them; or, when the lost edit is the field's newest, one
+    of the field's earlier edits (a write of it still on its way when the lost edit was made).
     """
     rows = await tenant.app.rows()
     accounts = await tenant.crm.accounts()
@@ -383,7 +384,18 @@ async def problems_of(tenant: Tenant, delivered: Delivered | None = None) -> tup
                 for side, edited, value in record.edits
             )
             agreed = row[column] == account[crm_field]
-            if agreed and lost and row[column] in (record.last("app", column), record.last("crm", column)):
+            # The newest edit is a Salesforce edit Duplex never heard of: a write of an earlier value
+            # still on its way (held by an exhausted API limit, say) lands on top of it, and nothing
+            # tells Duplex to undo that. Both sides must still agree on one of the field's edits.
+            unheard = (
+                delivered is not None
+                and record.last("crm", column) == want
+                and (tenant.name, record.crm_id, crm_field, want) not in delivered
+                and row[column] in [v for _, c, v in record.edits if c == column]
+            )
+            if agreed and (
+                (lost and row[column] in (record.last("app", column), record.last("crm", column))) or unheard
+            ):
                 unordered.append(problem)
             else:
                 found.append(problem)
