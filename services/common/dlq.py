@@ -243,12 +243,28 @@ def dead_letter_headers(
     return headers
 
 
-class Publish(Protocol):
-    """What the dead-letter publisher needs of a broker: a send of one record, acknowledged or not."""
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record on its way to a dead-letter topic: the original key and value, new headers.
 
-    def __call__(
-        self, message: Any, topic: str, *, key: bytes | None, headers: dict[str, str], no_confirm: bool = False
-    ) -> Awaitable[Any]: ...
+    ``partition`` is the source record's: a letter goes to that partition modulo the dead-letter
+    topic's partition count, so one key's letters keep their order there, as they had it in the
+    source topic, without hashing every key again (with the topic table's 12 and 3 partitions
+    that is the partition the key hashes to anyway).
+    """
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+
+class Send(Protocol):
+    """What the dead-letter publisher needs of a broker: the letters sent in order, returning once
+    the broker acknowledged them all (acks=all)."""
+
+    def __call__(self, letters: Sequence[DeadLetter]) -> Awaitable[None]: ...
 
 
 class DeadLetterPublisher:
@@ -256,13 +272,13 @@ class DeadLetterPublisher:
 
     def __init__(
         self,
-        publish: Publish,
+        send: Send,
         topic_names: TopicNames,
         *,
         service_name: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._publish = publish
+        self.send = send
         self._topic_names = topic_names
         self._service_name = service_name
         self._clock = clock
@@ -275,14 +291,8 @@ class DeadLetterPublisher:
             return None
         return self._topic_names(self._topic_names.dlq_of(logical))
 
-    async def publish(
-        self, record: ConsumerRecord[Any, Any], error: BaseException, acks: list[Awaitable[Any]] | None = None
-    ) -> str:
-        """Dead-letter ``record``; returns the dead-letter topic. Raises LookupError without one.
-
-        Waits for the broker's acknowledgement, unless ``acks`` is given: the acknowledgement is
-        then added to it, for the caller to wait for with others.
-        """
+    def letter(self, record: ConsumerRecord[Any, Any], error: BaseException) -> DeadLetter:
+        """``record``'s dead letter. Raises LookupError when its topic has no dead-letter topic."""
         target = self.dead_letter_topic(record.topic)
         if target is None:
             raise LookupError(f"topic {record.topic} has no dead-letter topic")
@@ -296,11 +306,14 @@ class DeadLetterPublisher:
             service=self._service_name,
             failed_at=self._clock(),
         )
-        if acks is None:
-            await self._publish(record.value, target, key=record.key, headers=headers)
-        else:
-            acks.append(await self._publish(record.value, target, key=record.key, headers=headers, no_confirm=True))
-        return target
+        return DeadLetter(target, record.partition, record.key, record.value, headers)
+
+    async def publish(self, record: ConsumerRecord[Any, Any], error: BaseException) -> str:
+        """Dead-letter ``record`` and wait for the broker's acknowledgement; returns the
+        dead-letter topic. Raises LookupError without one."""
+        letter = self.letter(record, error)
+        await self.send([letter])
+        return letter.topic
 
 
 # ----------------------------------------------------------------------------- the middleware
@@ -359,10 +372,11 @@ class ConsumerGuard:
         record: ConsumerRecord[Any, Any],
         error: InvalidEvent,
         consumer: Any,
-        acks: list[Awaitable[Any]] | None = None,
+        letters: list[DeadLetter] | None = None,
     ) -> None:
-        """Dead-letter ``record`` or, past the breaker's limit, halt. Returns only if dead-lettered
-        (acknowledged, or its acknowledgement added to ``acks`` for the caller to wait for)."""
+        """Dead-letter ``record`` or, past the breaker's limit, halt. Returns only if dead-lettered:
+        acknowledged or, given ``letters``, its letter added to them for the caller to send with
+        the others (a batch's letters then cost one produce request per partition, not one each)."""
         self._failures.pop((record.topic, record.partition), None)
         breaker = self.breaker(record.topic)
         if self.dead_letters.dead_letter_topic(record.topic) is None:
@@ -374,7 +388,11 @@ class ConsumerGuard:
         if trip is not None:
             breaker.trip(trip)
             self._halt(record, consumer, cause="breaker", reason=f"{trip}; last: {error.reason}", error=error)
-        target = await self.dead_letters.publish(record, error, acks)
+        if letters is None:
+            target = await self.dead_letters.publish(record, error)
+        else:
+            letters.append(self.dead_letters.letter(record, error))
+            target = letters[-1].topic
         if not error.contained:
             breaker.record_invalid()
         self._count(record, "dead_lettered")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,7 +23,7 @@ from duplex.writer.v1 import write_records_pb2
 from devstack.emulator import EmulatorProcess
 from services.common import kafka as kafka_module
 from services.common.codec import event_headers, link_key
-from services.common.dlq import ERROR_CLASS, ERROR_REASON, ORIGINAL_OFFSET, ORIGINAL_PARTITION
+from services.common.dlq import ERROR_CLASS, ERROR_REASON, ORIGINAL_OFFSET, ORIGINAL_PARTITION, DeadLetter
 from services.common.salesforce import UnlimitedBudget
 from services.common.topics import Topic, TopicNames
 from services.writer.app import run
@@ -55,19 +55,11 @@ class DeadLetterGate:
         original = kafka_module._DeadLetterSend.__call__
         gate = self
 
-        async def gated(
-            send: Any, message: Any, topic: str, *, key: bytes | None, headers: dict[str, str], no_confirm: bool = False
-        ) -> Any:
-            ack = await original(send, message, topic, key=key, headers=headers, no_confirm=True)
-            acknowledged = asyncio.ensure_future(gate._after_opening(ack))
-            return acknowledged if no_confirm else await acknowledged
+        async def gated(send: Any, letters: Sequence[DeadLetter]) -> None:
+            await original(send, letters)
+            await gate.open.wait()
 
         monkeypatch.setattr(kafka_module._DeadLetterSend, "__call__", gated)
-
-    async def _after_opening(self, ack: Any) -> Any:
-        result = await ack
-        await self.open.wait()
-        return result
 
 
 class Commits:

@@ -3,12 +3,12 @@ by the service-wide circuit breaker; uncontained ones still trip it."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 from aiokafka import ConsumerRecord
 
-from services.common.dlq import ConsumerGuard, DeadLetterPublisher, DlqLimit, Halt
+from services.common.dlq import ConsumerGuard, DeadLetter, DeadLetterPublisher, DlqLimit, Halt
 from services.common.errors import ConsumerHalted, InvalidEvent
 from services.common.retry import RetryPolicy
 from services.common.topics import Topic, TopicNames, load_topic_table
@@ -24,10 +24,8 @@ def record(offset: int) -> ConsumerRecord[bytes, bytes]:
 
 
 def guard(sent: list[int]) -> ConsumerGuard:
-    async def publish(
-        message: Any, topic: str, *, key: bytes | None, headers: dict[str, str], no_confirm: bool = False
-    ) -> None:
-        sent.append(int(headers["duplex-original-offset"]))
+    async def publish(letters: Sequence[DeadLetter]) -> None:
+        sent.extend(int(letter.headers["duplex-original-offset"]) for letter in letters)
 
     return ConsumerGuard(
         dead_letters=DeadLetterPublisher(publish, NAMES, service_name="mapping"),

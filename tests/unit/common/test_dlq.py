@@ -5,7 +5,7 @@ Handlers run on faststream's in-memory TestKafkaBroker; the guard's sleep is rec
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +28,7 @@ from services.common.dlq import (
     ORIGINAL_TIMESTAMP,
     ORIGINAL_TOPIC,
     SERVICE,
+    DeadLetter,
     DeadLetterPublisher,
     DlqLimit,
     dead_letter_headers,
@@ -140,12 +141,10 @@ def test_dead_letter_headers_name_origin_and_reason() -> None:
 
 
 async def test_dead_letter_publisher_keeps_key_value_and_headers() -> None:
-    sent: list[tuple[Any, str, bytes | None, dict[str, str]]] = []
+    sent: list[DeadLetter] = []
 
-    async def publish(
-        message: Any, topic: str, *, key: bytes | None, headers: dict[str, str], no_confirm: bool = False
-    ) -> None:
-        sent.append((message, topic, key, headers))
+    async def publish(letters: Sequence[DeadLetter]) -> None:
+        sent.extend(letters)
 
     publisher = DeadLetterPublisher(
         publish, NAMES, service_name="mapping", clock=lambda: datetime(2030, 1, 1, tzinfo=UTC)
@@ -154,8 +153,9 @@ async def test_dead_letter_publisher_keeps_key_value_and_headers() -> None:
         SOURCE, 3, 42, 1_700_000_000_000, 0, b"acme/Account/1", b"\x00bad", None, 14, 4, [("h", b"v")]
     )
     assert await publisher.publish(record, InvalidEvent("nope")) == DLQ
-    ((message, topic, key, headers),) = sent
-    assert (message, topic, key) == (b"\x00bad", DLQ, b"acme/Account/1")
+    ((letter),) = sent
+    assert (letter.value, letter.topic, letter.key, letter.partition) == (b"\x00bad", DLQ, b"acme/Account/1", 3)
+    headers = letter.headers
     assert headers["h"] == "v"
     assert headers[ORIGINAL_PARTITION] == "3"
     assert headers[ORIGINAL_OFFSET] == "42"

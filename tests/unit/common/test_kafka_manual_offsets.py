@@ -14,7 +14,7 @@ from faststream import AckPolicy
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from services.common.codec import MESSAGE_TYPE_HEADER
-from services.common.dlq import ERROR_REASON, ConsumerGuard, DeadLetterPublisher, DlqLimit, Halt
+from services.common.dlq import ERROR_REASON, ConsumerGuard, DeadLetter, DeadLetterPublisher, DlqLimit, Halt
 from services.common.errors import ConsumerHalted, InvalidEvent
 from services.common.kafka import AFTER_EFFECTS, Batch, _consume_batch, make_kafka
 from services.common.retry import RetryPolicy
@@ -52,20 +52,21 @@ class DeadLetters:
         self.acks: list[asyncio.Future[None]] = []
         self._sending = asyncio.Condition()
 
-    async def __call__(
-        self, message: Any, topic: str, *, key: bytes | None, headers: dict[str, str], no_confirm: bool = False
-    ) -> Any:
+    async def __call__(self, letters: Sequence[DeadLetter]) -> None:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("the dead-letter topic is away")
-        self.sent.append((int(headers["duplex-original-offset"]), headers))
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.acknowledged:
-            ack.set_result(None)
-        self.acks.append(ack)
+        acks: list[asyncio.Future[None]] = []
+        for letter in letters:
+            self.sent.append((int(letter.headers["duplex-original-offset"]), letter.headers))
+            ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self.acknowledged:
+                ack.set_result(None)
+            acks.append(ack)
+        self.acks.extend(acks)
         async with self._sending:
             self._sending.notify_all()
-        return ack if no_confirm else await ack
+        await asyncio.gather(*acks)
 
     async def until_sent(self, count: int) -> None:
         async with self._sending:
