@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,8 +30,8 @@ from services.common.dlq import (
     SERVICE,
     DlqLimit,
 )
-from services.common.errors import RetryableError
-from services.common.kafka import AFTER_EFFECTS, ServiceKafka, consuming, make_broker, make_kafka
+from services.common.errors import InvalidEvent, RetryableError
+from services.common.kafka import AFTER_EFFECTS, Batch, ServiceKafka, consuming, make_broker, make_kafka
 from services.common.retry import RetryPolicy
 from services.common.service import EXIT_HALTED, serve
 from services.common.settings import KafkaSettings, TelemetrySettings
@@ -302,3 +302,48 @@ async def test_the_breaker_halts_a_consumer_fed_mostly_garbage_without_draining_
     assert sorted(int(dict(r.headers)[ORIGINAL_OFFSET]) for r in dead) == [2, 3]
     # The event that tripped the breaker, and everything after it, is still there for after the fix.
     await eventually_committed(kafka_bootstrap, topic_names.prefix + SERVICE_NAME, source, 4)
+
+
+async def test_a_batchs_dead_letters_keep_each_source_partitions_order_in_the_dlq(
+    kafka_bootstrap: str, topic_names: TopicNames
+) -> None:
+    """A batch's letters go out as record batches per dead-letter partition: each lands in its
+    source partition modulo the DLQ's partitions, in its source order, key, value and headers kept
+    (values big enough to fill several record batches)."""
+    source = topic_names(Topic.CRM_CHANGES)
+    dlq = topic_names(Topic.CRM_CHANGES_DLQ)
+    dlq_partitions = topic_names.table.topics[Topic.CRM_CHANGES_DLQ].partitions
+    partitions = topic_names.table.topics[Topic.CRM_CHANGES].partitions
+    per_partition = 8
+    padding = "x" * 3000  # about five letters to a 16 KiB record batch
+    refused: list[int] = []
+
+    async def refuse_all(events: Batch[RecordChanged]) -> Mapping[int, InvalidEvent]:
+        refused.extend(range(len(events)))
+        return {index: InvalidEvent(f"refused {event.event_id}") for index, event in enumerate(events)}
+
+    kafka = service(kafka_bootstrap, topic_names)
+    kafka.batch_subscriber(Topic.CRM_CHANGES, message_type=RecordChanged, handler=refuse_all)
+    async with producer(kafka_bootstrap) as upstream:
+        for n in range(per_partition):
+            for partition in range(partitions):
+                event = RecordChanged(event_id=f"{partition}-{n}", tenant_id="acme", record_id=padding)
+                await upstream.publish(event, source, key=f"acme/Account/{partition}".encode(), partition=partition)
+        async with consuming(kafka):
+            await until(lambda: len(refused) == per_partition * partitions)
+            letters = await read_topic(
+                kafka_bootstrap, dlq, partition_count=dlq_partitions, at_least=per_partition * partitions
+            )
+
+    assert len(letters) == per_partition * partitions
+    by_source: dict[int, list[tuple[int, int]]] = {}
+    for letter in letters:
+        headers = {name: value.decode() for name, value in letter.headers}
+        origin = int(headers[ORIGINAL_PARTITION])
+        assert letter.partition == origin % dlq_partitions
+        assert letter.key == f"acme/Account/{origin}".encode()
+        assert headers[ERROR_REASON] == f"refused {RecordChanged.FromString(letter.value).event_id}"
+        by_source.setdefault(origin, []).append((letter.offset, int(headers[ORIGINAL_OFFSET])))
+    assert sorted(by_source) == list(range(partitions))
+    for origin, placed in by_source.items():
+        assert [offset for _, offset in sorted(placed)] == list(range(per_partition)), origin
