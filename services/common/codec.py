@@ -15,6 +15,7 @@ an all-default message; such an event has no id and no tenant and must not reach
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -106,6 +107,36 @@ def _key(*parts: str) -> bytes:
         if KEY_SEPARATOR in part:
             raise ValueError(f"{part!r} must not contain {KEY_SEPARATOR!r} (record key {parts!r})")
     return KEY_SEPARATOR.join(parts).encode()
+
+
+_MURMUR_M = 0x5BD1E995
+_U32 = 0xFFFFFFFF
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java's, and aiokafka's) puts ``key`` in: murmur2
+    of the key, sign bit cleared, modulo the partition count. Publishers that build record batches
+    themselves choose partitions with this, so a key lands where any other producer puts it (an
+    admin replay, an app's own client) and one key's records stay in order. Reads the key a word at
+    a time: half the cost of aiokafka's byte-at-a-time loop, paid on every record published."""
+    length = len(key)
+    h = 0x9747B28C ^ length
+    for k in struct.unpack_from(f"<{length >> 2}I", key):
+        k = (k * _MURMUR_M) & _U32
+        k = ((k ^ (k >> 24)) * _MURMUR_M) & _U32
+        h = ((h * _MURMUR_M) & _U32) ^ k
+    rest = length & 3
+    if rest:
+        tail = key[length - rest :]
+        if rest == 3:
+            h ^= tail[2] << 16
+        if rest >= 2:
+            h ^= tail[1] << 8
+        h = ((h ^ tail[0]) * _MURMUR_M) & _U32
+    h ^= h >> 13
+    h = (h * _MURMUR_M) & _U32
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
 
 
 def record_key(tenant: str, object_type: str, record_id: str) -> bytes:

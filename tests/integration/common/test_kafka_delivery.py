@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
 from duplex.change.v1 import record_changed_pb2
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -347,3 +348,32 @@ async def test_a_batchs_dead_letters_keep_each_source_partitions_order_in_the_dl
     assert sorted(by_source) == list(range(partitions))
     for origin, placed in by_source.items():
         assert [offset for _, offset in sorted(placed)] == list(range(per_partition)), origin
+
+
+async def test_a_senders_records_go_where_kafkas_default_partitioner_puts_their_keys_in_order(
+    kafka_bootstrap: str, topic_names: TopicNames
+) -> None:
+    """Sender builds its own record batches: each key still lands in the partition any Kafka
+    client would pick for it, one key's events in the order given, over several record batches."""
+    topic = topic_names(Topic.CRM_CHANGES)
+    partitions = topic_names.table.topics[Topic.CRM_CHANGES].partitions
+    keys = [record_key("acme", "Account", f"001{n:03d}") for n in range(40)]
+    padding = "x" * 2000  # several record batches per partition
+    events = [
+        (RecordChanged(event_id=f"{key.decode()}#{n}", tenant_id="acme", record_id=padding), key)
+        for n in range(5)
+        for key in keys
+    ]
+    kafka = service(kafka_bootstrap, topic_names)
+    async with consuming(kafka):
+        await kafka.sender(Topic.CRM_CHANGES).publish_all(events)
+    records = await read_topic(kafka_bootstrap, topic, partition_count=partitions, at_least=len(events))
+
+    every = list(range(partitions))
+    default = DefaultPartitioner()
+    seen: dict[bytes, list[int]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        assert record.partition == default(record.key, every, every)
+        event_id = RecordChanged.FromString(record.value).event_id
+        seen.setdefault(record.key, []).append(int(event_id.rpartition("#")[2]))
+    assert seen == {key: list(range(5)) for key in keys}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from duplex.change.v1 import record_changed_pb2, value_pb2
 from duplex.writer.v1 import write_settled_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,6 +18,7 @@ from services.common.codec import (
     encode_event,
     event_headers,
     link_key,
+    partition_of,
     record_key,
     tenant_of_key,
 )
@@ -142,3 +144,23 @@ def test_keys_refuse_empty_or_ambiguous_components(parts: tuple[str, str, str]) 
 )
 def test_tenant_of_key(key: bytes | None, tenant: str | None) -> None:
     assert tenant_of_key(key) == tenant
+
+
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=64))
+def test_a_key_goes_to_the_partition_kafkas_default_partitioner_picks(key: bytes, partitions: int) -> None:
+    every = list(range(partitions))
+    assert partition_of(key, partitions) == DefaultPartitioner()(key, every, every)
+
+
+def test_partition_of_matches_the_java_clients_murmur2_on_its_own_test_vectors() -> None:
+    # Java's Utils.murmur2 of these keys (Kafka's own unit test), sign bit cleared (toPositive).
+    java = {
+        b"21": -973932308,
+        b"foobar": -790332482,
+        b"a-little-bit-long-string": -985981536,
+        b"a-little-bit-longer-string": -1486304829,
+        b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+        b"abc": 479470107,
+    }
+    for key, murmur2 in java.items():
+        assert partition_of(key, 2**31 - 1) == (murmur2 & 0x7FFFFFFF) % (2**31 - 1), key
