@@ -1,25 +1,27 @@
 """Publishing to crm-changes: a batch is done only when Kafka acknowledged every record (acks=all).
 
-Records are handed to the producer one after another (so their order per key is the order
-given) and then awaited together, so a batch of 100 costs about one round trip, not 100.
+A batch goes out through :class:`~services.common.kafka.Sender`, in record batches built per
+partition (each key where Kafka's default partitioner puts it, so one record's changes keep their
+order), and is acknowledged as a whole: about a fifth of what a faststream publish per change
+cost, paid on every change ingested.
 
-A change larger than the producer's maximum request size (``KAFKA_MAX_REQUEST_SIZE``) is refused
-by the producer before anything is sent; it is returned, and the rest of the batch goes out. Sent
-again it would be refused again, so failing the batch would repeat it for ever.
+A change larger than the producer's maximum request size (``KAFKA_MAX_REQUEST_SIZE``) is found
+before anything is sent; it is returned, and the rest of the batch goes out. Sent again it would
+be refused again, so failing the batch would repeat it for ever.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiokafka.errors import MessageSizeTooLargeError
 
 from services.cdc_ingest.contract import RecordChanged
 from services.common.codec import record_key
 from services.common.dlq import ERROR_CLASS, ERROR_REASON, FAILED_AT, SERVICE
+from services.common.errors import RecordTooLargeError
 from services.common.kafka import ServiceKafka
 from services.common.topics import Topic
 
@@ -41,23 +43,20 @@ class ChangeSink(Protocol):
 class KafkaSink:
     def __init__(self, kafka: ServiceKafka, *, max_request_size: int) -> None:
         self._kafka = kafka
-        self._changes = kafka.publisher(Topic.CRM_CHANGES)
+        self._changes = kafka.sender(Topic.CRM_CHANGES)
         self._dlq_topic = kafka.topic(kafka.topic_names.dlq_of(Topic.CRM_CHANGES))
         self.max_request_size = max_request_size
 
     async def publish(self, changes: Sequence[RecordChanged]) -> list[RecordChanged]:
-        futures: list[asyncio.Future[Any]] = []
+        pending = [(change, record_key(change.tenant_id, change.object_type, change.record_id)) for change in changes]
         too_large: list[RecordChanged] = []
-        for change in changes:
-            key = record_key(change.tenant_id, change.object_type, change.record_id)
+        while True:
             try:
-                futures.append(await self._changes.publish(change, key=key, no_confirm=True))
-            except MessageSizeTooLargeError:
-                # Raised by the producer's own size check, before the record is queued.
-                too_large.append(change)
-        if futures:
-            await asyncio.gather(*futures)
-        return too_large
+                await self._changes.publish_all(pending)
+            except RecordTooLargeError as error:  # nothing was sent: the rest goes without it
+                too_large.append(pending.pop(error.index)[0])
+                continue
+            return too_large
 
     async def dead_letter(self, payload: bytes, *, tenant_id: str, reason: str, origin: dict[str, str]) -> None:
         headers = {

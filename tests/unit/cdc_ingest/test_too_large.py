@@ -3,7 +3,7 @@ published, a pointer goes to the dead-letter topic, the sync log says which reco
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
@@ -16,6 +16,7 @@ from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.sink import PAYLOAD_DROPPED, KafkaSink
 from services.common.change import Change, ChangeKind, Side
 from services.common.contract import to_proto
+from services.common.errors import RecordTooLargeError
 from services.common.kafka import ServiceKafka
 from services.common.topics import TopicNames, load_topic_table
 from tests.fixtures.telemetry import local_telemetry
@@ -28,7 +29,8 @@ LIMIT = 2_000
 
 
 class Producer:
-    """The producer's size check as aiokafka makes it: refused at send, before anything is queued."""
+    """Sender's size check (nothing of a batch is sent when one record is over the limit) and the
+    producer's own for dead letters (refused at send, before anything is queued)."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None]] = []
@@ -38,12 +40,11 @@ class Producer:
         if size > LIMIT:
             raise MessageSizeTooLargeError(f"The message is {size} bytes")
 
-    async def publish(self, change: RecordChanged, *, key: bytes, no_confirm: bool) -> asyncio.Future[None]:
-        self._check(change.ByteSize())
-        self.sent.append((change.record_id, key))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+    async def publish_all(self, events: Sequence[tuple[RecordChanged, bytes]]) -> None:
+        for index, (change, _) in enumerate(events):
+            if change.ByteSize() > LIMIT:
+                raise RecordTooLargeError(index, f"{change.ByteSize()} bytes")
+        self.sent.extend((change.record_id, key) for change, key in events)
 
     async def publish_dead_letter(self, payload: bytes, topic: str, *, key: bytes, headers: dict[str, str]) -> None:
         self._check(len(payload))
@@ -52,7 +53,7 @@ class Producer:
 
 def sink_over(producer: Producer) -> KafkaSink:
     kafka = SimpleNamespace(
-        publisher=lambda topic: producer,
+        sender=lambda topic: producer,
         topic=NAMES,
         topic_names=NAMES,
         service_name="cdc-ingest",
