@@ -102,7 +102,7 @@ async def run(
         inflight = InFlight()
         settlement = Settlement(
             publish=kafka.broker.publish,
-            outcomes_topic=names(Topic.WRITE_OUTCOMES),
+            outcomes=kafka.sender(Topic.WRITE_OUTCOMES).publish_all,
             dead_letter_topic=names(names.dlq_of(Topic.CRM_WRITES)),
             database=pool,
             inflight=inflight,

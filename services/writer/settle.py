@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from google.protobuf.message import Message
+
 from services.common import sync_log
 from services.common.codec import link_key
 from services.common.db import Pool
@@ -48,8 +50,11 @@ STAGE_WRITTEN = "written"
 ERROR_CODE_HEADER = "duplex-error-code"
 
 
-# Outcomes are sent without waiting one by one, then awaited together (the producer batches them).
+# Dead letters are sent without waiting one by one, then awaited together.
 _PUBLISH_CHUNK = 1000
+
+# Publishes (event, key) pairs in order, returning once all are acknowledged (Sender.publish_all).
+PublishAll = Callable[[Sequence[tuple[Message, bytes]]], Awaitable[None]]
 
 
 class Publish(Protocol):
@@ -71,7 +76,7 @@ class Settlement:
         self,
         *,
         publish: Publish,
-        outcomes_topic: str,
+        outcomes: PublishAll,
         dead_letter_topic: str,
         database: Pool,
         inflight: InFlight,
@@ -79,7 +84,7 @@ class Settlement:
         metrics: Metrics | None = None,
     ) -> None:
         self._publish = publish
-        self._outcomes_topic = outcomes_topic
+        self._outcomes = outcomes
         self._dead_letter_topic = dead_letter_topic
         self._database = database
         self._inflight = inflight
@@ -96,13 +101,11 @@ class Settlement:
         ]
         rejected = [result for result, _ in settled if result.outcome is Outcome.REJECTED]
         await self._send([self._dead_letter(result, now) for result in rejected])
-        await self._send(
+        await self._outcomes(
             [
                 (
                     write_settled(result, delivery, attempts=attempts, settled_at=now),
-                    self._outcomes_topic,
                     link_key(tenant_id, result.write.link_id),
-                    None,
                 )
                 for delivery, result, attempts in outcomes
             ]
@@ -147,7 +150,7 @@ class Settlement:
         key = delivery.key or link_key(write.tenant_id, write.link_id)
         return dead_letter_command(result, delivery), self._dead_letter_topic, key, headers
 
-    async def _send(self, messages: list[tuple[Any, str, bytes, dict[str, str] | None]]) -> None:
+    async def _send(self, messages: list[tuple[Any, str, bytes, dict[str, str]]]) -> None:
         for start in range(0, len(messages), _PUBLISH_CHUNK):
             pending = [
                 await self._publish(message, topic, key=key, headers=headers, no_confirm=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from services.common.metrics import Metrics
@@ -57,6 +58,10 @@ async def publish(
     return asyncio.sleep(0)
 
 
+async def outcomes(events: Sequence[tuple[Message, bytes]]) -> None:
+    pass
+
+
 def delivery(token: str, origin_seconds_ago: float | None) -> Delivery:
     origin = None if origin_seconds_ago is None else NOW - timedelta(seconds=origin_seconds_ago)
     return Delivery(
@@ -101,7 +106,7 @@ def settling(
         inflight.received(delivery(token, ago), 1)
     settlement = Settlement(
         publish=publish,
-        outcomes_topic="write-outcomes",
+        outcomes=outcomes,
         dead_letter_topic="crm-writes.dlq",
         database=database or Database(),
         inflight=inflight,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from duplex.writer.v1 import write_settled_pb2
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from services.common.metrics import Metrics
@@ -204,6 +205,9 @@ async def test_settling_raises_applied_versions_and_logs_and_counts_the_supersed
         published.append(message)
         return asyncio.sleep(0)
 
+    async def outcomes(events: Sequence[tuple[Message, bytes]]) -> None:
+        published.extend(event for event, _ in events)
+
     inflight = InFlight()
     for token in ("1", "2", "3"):
         inflight.received(
@@ -213,7 +217,7 @@ async def test_settling_raises_applied_versions_and_logs_and_counts_the_supersed
     database = Database()
     settlement = Settlement(
         publish=publish,
-        outcomes_topic="write-outcomes",
+        outcomes=outcomes,
         dead_letter_topic="crm-writes.dlq",
         database=database,
         inflight=inflight,
