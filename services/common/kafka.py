@@ -405,11 +405,11 @@ class Sender:
     :meth:`publish_all` hands every record to the broker's own idempotent producer in record
     batches it builds itself, each key in the partition Kafka's default partitioner gives it
     (:func:`~services.common.codec.partition_of`), then waits until the broker acknowledged them
-    all (acks=all); records of one key keep their order. The records look as if published through faststream (content type,
-    message type and W3C trace context headers: the trace continues from the current span, the
-    batch's), but faststream's per-publish middlewares are skipped: their span and metrics per
-    record cost more than everything else a batch handler does per record. Without ``traced``
-    (tracing off) no trace context is written at all.
+    all (acks=all); records of one key keep their order. The records look as if published
+    through faststream (content type, message type and W3C trace context headers: the trace
+    continues from the current span, the batch's), but faststream's per-publish middlewares are
+    skipped: their span and metrics per record cost more than everything else a batch handler
+    does per record. Without ``traced`` (tracing off) no trace context is written at all.
     """
 
     def __init__(

@@ -15,6 +15,7 @@ readable rather than exact.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date, datetime
 from decimal import Decimal
@@ -70,6 +71,21 @@ def storable_json(data: Json) -> Json:
     if isinstance(data, list | tuple):
         return [storable_json(v) for v in data]
     return data
+
+
+# What json.dumps (ASCII output) writes for U+0000 and for a surrogate code point: PostgreSQL's
+# jsonb refuses both. A string with a backslash before "u0000" matches too; it only costs the slow path.
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(0000|d[89a-f][0-9a-f]{2})")
+
+
+def storable_json_text(data: Json) -> str:
+    """``data`` as JSON text (keys sorted, anything else as ``str``), its strings made storable by
+    :func:`storable_text`. Most data needs no escaping: it is dumped once and checked, instead of
+    rebuilt string by string first."""
+    text = json.dumps(data, sort_keys=True, default=str)
+    if _UNSTORABLE_ESCAPE.search(text) is None:
+        return text
+    return json.dumps(storable_json(data), sort_keys=True, default=str)
 
 
 def encode_value(value: Value) -> Json:

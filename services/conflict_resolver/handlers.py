@@ -41,7 +41,6 @@ PostgreSQL when it runs (built in :mod:`app`), memory in unit tests.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -58,7 +57,7 @@ from services.common.kafka import oversize
 from services.common.metrics import Metrics
 from services.common.pauses import Way
 from services.common.tenant_config import ObjectPair
-from services.common.value_codec import storable_json, storable_text, unstorable
+from services.common.value_codec import storable_json_text, storable_text, unstorable
 from services.conflict_resolver.contract import (
     ChangeMapped,
     WriteSettled,
@@ -560,7 +559,7 @@ class Resolver:
         detail: dict[str, Any] | None = None,
     ) -> LogRow:
         """A sync log row; ``detail`` is stored as JSON. Texts from events are made storable."""
-        details = json.dumps(storable_json(detail or {}), sort_keys=True, default=str)
+        details = storable_json_text(detail or {})
         texts = (link_id, record_id, code, message)
         link, record, code, message = (None if t is None else storable_text(t) for t in texts)
         return (storable_text(tenant_id), self._service, event, link, record, code, message, details)

@@ -15,6 +15,7 @@ from services.common.value_codec import (
     encode_value,
     escape,
     storable_json,
+    storable_json_text,
     storable_text,
     unescape,
     unstorable,
@@ -115,3 +116,19 @@ def test_explanations_are_made_storable_keys_included() -> None:
         "n": 3,
         "l": ["x"],
     }
+
+
+# Text as hostile as a sync-log detail can get: NUL, lone surrogates, backslashes before "u0000".
+_TEXTS = st.text(alphabet=st.sampled_from(["a", "\\", "u", "0", "\x00", "\ud800", "\udfff", "\U0001f600", "é"]))
+_DETAILS = st.recursive(
+    st.none() | st.integers() | st.booleans() | _TEXTS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXTS, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(_DETAILS)
+def test_a_details_json_text_is_the_storable_details_dumped(detail: object) -> None:
+    text = storable_json_text(detail)
+    assert text == json.dumps(storable_json(detail), sort_keys=True, default=str)
+    assert "\\u0000" not in text.replace("\\\\", "")
