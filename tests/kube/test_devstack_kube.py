@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,42 @@ def test_down_with_nothing_running_stops_nothing(tmp_path: Path) -> None:
 def test_ports_of_a_cluster_never_started_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(kube.KubeError, match="is the cluster up"):
         kube.Cluster(tmp_path).ports()
+
+
+def _failing_once(error: kube.KubeError, calls: list[Path]) -> Callable[[kube.Cluster, float], None]:
+    """A stand-in for kube._start: the first attempt leaves a log and fails with ``error``."""
+
+    def start(cluster: kube.Cluster, within: float) -> None:
+        calls.append(cluster.state_dir)
+        if len(calls) == 1:
+            (cluster.state_dir / "logs").mkdir(parents=True)
+            (cluster.state_dir / "logs" / "etcd.log").write_text("why it stopped\n")
+            raise error
+
+    return start
+
+
+def test_a_component_exiting_while_starting_gets_one_fresh_start_its_logs_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(kube, "binary", lambda component: Path("/bin/true"))
+    monkeypatch.setattr(kube, "_start", _failing_once(kube.ComponentExitedError("etcd exited"), calls))
+
+    cluster = kube.up(tmp_path)
+
+    assert len(calls) == 2
+    assert cluster.state_dir == tmp_path.resolve()
+    assert (tmp_path / "logs-first-attempt" / "etcd.log").read_text() == "why it stopped\n"
+
+
+def test_a_control_plane_too_slow_to_start_is_not_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(kube, "binary", lambda component: Path("/bin/true"))
+    monkeypatch.setattr(kube, "_start", _failing_once(kube.KubeError("timed out"), calls))
+
+    with pytest.raises(kube.KubeError, match="timed out"):
+        kube.up(tmp_path)
+    assert len(calls) == 1

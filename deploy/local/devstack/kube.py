@@ -54,6 +54,10 @@ class KubeError(RuntimeError):
     """A build failed or the control plane did not come up; the message says what and where to look."""
 
 
+class ComponentExitedError(KubeError):
+    """A component exited while the control plane was coming up."""
+
+
 def find_go() -> str:
     go = shutil.which("go")
     if go is not None:
@@ -470,7 +474,8 @@ def component_commands(cluster: Cluster) -> dict[str, list[str]]:
             f"--initial-cluster=duplex-test={peer_url}",
             # A test cluster is thrown away; fsync on every write makes a loaded CI disk the bottleneck.
             "--unsafe-no-fsync=true",
-            "--log-level=warn",
+            # Info, not warn: why it stops is logged at info.
+            "--log-level=info",
         ],
         "kube-apiserver": [
             str(binary("kube-apiserver")),
@@ -579,7 +584,8 @@ def node_ready(api: Api) -> bool:
 def _wait(what: str, check: Callable[[], bool], cluster: Cluster, component: str, deadline: float) -> None:
     """Poll ``check`` until true; fail early, with ``component``'s log, if it exits or time runs out."""
     while not check():
-        if cluster.pid(component) is None:
+        exited = cluster.pid(component) is None
+        if exited:
             problem = f"{component} exited while waiting for {what}"
         elif time.monotonic() >= deadline:
             problem = f"timed out waiting for {what}"
@@ -587,7 +593,7 @@ def _wait(what: str, check: Callable[[], bool], cluster: Cluster, component: str
             time.sleep(0.1)
             continue
         msg = f"{problem}; end of {cluster.log(component)}:\n{processes.log_tail(cluster.log(component))}"
-        raise KubeError(msg)
+        raise ComponentExitedError(msg) if exited else KubeError(msg)
 
 
 def _etcd_healthy(ports: KubePorts) -> bool:
@@ -608,6 +614,22 @@ def up(state_dir: Path = STATE_DIR, within: float = 180.0) -> Cluster:
         return cluster
     for component in _COMPONENTS:
         binary(component)
+    try:
+        _start(cluster, within)
+    except ComponentExitedError as error:
+        # etcd once shut itself down just after reporting healthy, taking the apiserver with it (a
+        # fresh clone's CI run, 2026-12-07; its warn-level log gave no reason). One fresh start
+        # rather than a failed run; the first attempt's logs are kept beside the new ones.
+        kept = cluster.state_dir / "logs-first-attempt"
+        shutil.rmtree(kept, ignore_errors=True)
+        (cluster.state_dir / "logs").rename(kept)
+        print(f"kube: starting again (first attempt's logs in {kept}): {error}", file=sys.stderr)
+        _start(cluster, within)
+    return cluster
+
+
+def _start(cluster: Cluster, within: float) -> None:
+    """Start every component on fresh state and wait until a node is Ready; stops them all on failure."""
     # A fresh cluster every time: old etcd data would carry releases from a previous run into this one.
     # Only our own entries go; the directory may be one the caller keeps other things in.
     for sub in ("etcd", "pki", "logs", "pids"):
@@ -655,7 +677,6 @@ def up(state_dir: Path = STATE_DIR, within: float = 180.0) -> Cluster:
     except BaseException:
         down(cluster.state_dir)
         raise
-    return cluster
 
 
 def down(state_dir: Path = STATE_DIR, timeout: float = 30.0) -> list[str]:
