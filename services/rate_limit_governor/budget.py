@@ -81,6 +81,9 @@ class TenantBudget:
     granted_since_report: int = 0
     # Lease id -> expiry, for long-running calls.
     leases: dict[str, datetime] = field(default_factory=dict)
+    # Whether the tenant was below the warning line after the last decision. Stored, not derived
+    # from the ledger: limits are read afresh each time, and a cap lowered past the line must warn.
+    warned: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,6 @@ class Grant:
     reason: str
     not_before: datetime | None = None
     lease_id: str | None = None
-    warning: bool = False
 
 
 def _bucket(moment: datetime) -> datetime:
@@ -128,6 +130,15 @@ def remaining(budget: TenantBudget, now: datetime) -> int:
 def is_warning(budget: TenantBudget, now: datetime) -> bool:
     """True below 10 % of the daily cap remaining."""
     return remaining(budget, now) < WARNING_FRACTION * budget.limits.daily_cap
+
+
+def crossed_warning(budget: TenantBudget, now: datetime) -> tuple[TenantBudget, bool]:
+    """The budget with its warning state brought up to date, and whether it has just gone below
+    the line (once per crossing: it warns again only after climbing back above it)."""
+    warning = is_warning(budget, now)
+    if warning == budget.warned:
+        return budget, False
+    return replace(budget, warned=warning), warning
 
 
 def _refilled(budget: TenantBudget, now: datetime) -> tuple[float, datetime]:
@@ -170,7 +181,7 @@ def acquire(
     tokens, tokens_at = _refilled(budget, now)
 
     def deny(reason: str, not_before: datetime) -> Grant:
-        return Grant(False, budget, left, reason, not_before=not_before, warning=is_warning(budget, now))
+        return Grant(False, budget, left, reason, not_before=not_before)
 
     reserve = limits.live_reserve if priority is Priority.BACKFILL else 0.0
     probe = False
@@ -220,14 +231,7 @@ def acquire(
         # OAuth's, return no usage at all, so the probe may bring no report back).
         assert budget.org is not None
         budget = replace(budget, org=replace(budget.org, observed_at=now))
-    return Grant(
-        True,
-        budget,
-        remaining(budget, now),
-        "granted",
-        lease_id=lease_id if long_running else None,
-        warning=is_warning(budget, now),
-    )
+    return Grant(True, budget, remaining(budget, now), "granted", lease_id=lease_id if long_running else None)
 
 
 def release(budget: TenantBudget, lease_id: str) -> TenantBudget:

@@ -90,13 +90,10 @@ class Governor(governor_service_pb2_grpc.RateLimitGovernorServiceServicer):
         lease_id = uuid.uuid4().hex if request.long_running else None
 
         async def decide(budget: b.TenantBudget, conn: Any) -> tuple[b.TenantBudget, b.Grant]:
-            was_warning = b.is_warning(budget, now)
             grant = b.acquire(
                 budget, request.calls, now, priority=priority, long_running=request.long_running, lease_id=lease_id
             )
-            if grant.warning and not was_warning:
-                await self._warn(conn, request.tenant_id, grant)
-            return grant.budget, grant
+            return await self._warned(conn, request.tenant_id, grant.budget, now), grant
 
         grant = await self._update(request.tenant_id, decide, context)
         self._observe(request.tenant_id, grant.budget, now)
@@ -137,11 +134,7 @@ class Governor(governor_service_pb2_grpc.RateLimitGovernorServiceServicer):
         usage = b.OrgUsage(request.used, request.max, observed)
 
         async def apply(budget: b.TenantBudget, conn: Any) -> tuple[b.TenantBudget, b.TenantBudget]:
-            was_warning = b.is_warning(budget, now)
-            budget = b.report(budget, usage)
-            if b.is_warning(budget, now) and not was_warning:
-                grant = b.Grant(False, budget, b.remaining(budget, now), "org usage reported", warning=True)
-                await self._warn(conn, request.tenant_id, grant)
+            budget = await self._warned(conn, request.tenant_id, b.report(budget, usage), now)
             return budget, budget
 
         updated = await self._update(request.tenant_id, apply, context)
@@ -165,18 +158,22 @@ class Governor(governor_service_pb2_grpc.RateLimitGovernorServiceServicer):
         except TenantNotFoundError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
 
-    async def _warn(self, conn: Any, tenant_id: str, grant: b.Grant) -> None:
-        message = f"less than 10 % of the daily API budget left ({grant.remaining} calls)"
-        log.warning("budget warning", extra={"tenant_id": tenant_id, "remaining": grant.remaining})
-        await sync_log.record(
-            conn,
-            tenant_id=tenant_id,
-            service=SERVICE,
-            event="budget.warning",
-            code="BUDGET_LOW",
-            message=message,
-            detail={"remaining": grant.remaining},
-        )
+    async def _warned(self, conn: Any, tenant_id: str, budget: b.TenantBudget, now: datetime) -> b.TenantBudget:
+        """``budget`` with its warning state up to date; a sync-log row when it has just gone low."""
+        budget, crossed = b.crossed_warning(budget, now)
+        if crossed:
+            left = b.remaining(budget, now)
+            log.warning("budget warning", extra={"tenant_id": tenant_id, "remaining": left})
+            await sync_log.record(
+                conn,
+                tenant_id=tenant_id,
+                service=SERVICE,
+                event="budget.warning",
+                code="BUDGET_LOW",
+                message=f"less than 10 % of the daily API budget left ({left} calls)",
+                detail={"remaining": left},
+            )
+        return budget
 
     def _observe(self, tenant_id: str, budget: b.TenantBudget, now: datetime) -> None:
         """After each decision (grant, denial, usage report): the tenant's budget as it now stands."""

@@ -18,6 +18,7 @@ def dump(budget: TenantBudget) -> dict[str, Any]:
         "org": None if org is None else {"used": org.used, "max": org.max, "observedAt": org.observed_at.isoformat()},
         "grantedSinceReport": budget.granted_since_report,
         "leases": {lease: expiry.isoformat() for lease, expiry in budget.leases.items()},
+        "warned": budget.warned,
     }
 
 
@@ -36,4 +37,5 @@ def load(limits: Limits, stored: dict[str, Any] | None) -> TenantBudget:
         else OrgUsage(int(org["used"]), int(org["max"]), datetime.fromisoformat(org["observedAt"])),
         granted_since_report=int(stored.get("grantedSinceReport", 0)),
         leases={k: datetime.fromisoformat(v) for k, v in stored.get("leases", {}).items()},
+        warned=bool(stored.get("warned", False)),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from services.rate_limit_governor.budget import (
     Priority,
     TenantBudget,
     acquire,
+    crossed_warning,
     granted_in_window,
     is_warning,
     predicted_exhaustion,
@@ -139,6 +141,23 @@ def test_warning_below_ten_percent() -> None:
     b = acquire(budget(daily_cap=1000, burst=1000), 900, T0).budget
     assert not is_warning(b, T0)
     assert is_warning(acquire(b, 1, T0).budget, T0)
+
+
+def test_a_warning_is_raised_once_per_crossing_even_when_a_lowered_cap_crosses_the_line() -> None:
+    b, crossed = crossed_warning(acquire(budget(daily_cap=1000, burst=1000), 50, T0).budget, T0)
+    assert not crossed
+    # The cap is configuration, read afresh each time: lowered to 52, the tenant is below the line
+    # before any decision of the new cap's, and the stored state still says it was not warned.
+    lowered = replace(b, limits=replace(b.limits, daily_cap=52))
+    b, crossed = crossed_warning(acquire(lowered, 1, T0).budget, T0)
+    assert crossed
+    assert [crossed_warning(acquire(b, 1, T0).budget, T0)[1] for _ in range(3)] == [False] * 3
+    # Raised again, the tenant climbs back above the line; going below it warns again.
+    b, crossed = crossed_warning(replace(b, limits=replace(b.limits, daily_cap=1000)), T0)
+    assert not crossed
+    assert not b.warned
+    b, crossed = crossed_warning(acquire(replace(b, limits=replace(b.limits, daily_cap=53)), 1, T0).budget, T0)
+    assert crossed
 
 
 def test_predicted_exhaustion_follows_the_last_hours_rate() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -125,3 +125,17 @@ async def test_grants_denials_and_the_warning_are_exported_on_the_service_regist
     assert [s.value for s in denied] == [1]
     assert sample("duplex_governor_budget_warning", {"tenant": "acme"}) == 1
     assert sample("duplex_governor_predicted_exhaustion_seconds", {"tenant": "acme"}) is not None
+
+
+async def test_a_cap_lowered_below_the_warning_line_writes_one_warning_to_the_sync_log() -> None:
+    ledger = MemoryLedger({"acme": 1000})
+    governor = Governor(ledger, lambda: T0)
+    await governor.AcquireCalls(acquire("acme", 40), NO_CONTEXT)
+    assert ledger.conn.rows == []
+
+    # What an operator's new cap does: the next decision loads the same state under new limits.
+    ledger.budgets["acme"] = replace(ledger.budgets["acme"], limits=Limits(daily_cap=42, burst=100))
+    for _ in range(3):
+        await governor.AcquireCalls(acquire("acme", 1), NO_CONTEXT)
+
+    assert [row[2] for row in ledger.conn.rows] == ["budget.warning"]
