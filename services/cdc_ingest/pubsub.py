@@ -63,16 +63,20 @@ class PubSubUnavailableError(PubSubError):
 
 
 def classify(error: grpc.aio.AioRpcError) -> PubSubError:
+    return classify_status(error.code(), error.details(), error.trailing_metadata())
+
+
+def classify_status(status: grpc.StatusCode, details: str | None, trailing_metadata: Any) -> PubSubError:
+    """The error a call that ended with ``status`` stands for; Salesforce's ``error-code`` trailer decides first."""
     # grpc.aio.Metadata iterates as (key, value) pairs; its stubs do not say so.
-    trailers: Any = error.trailing_metadata() or ()
+    trailers: Any = trailing_metadata or ()
     code = next((str(value) for key, value in trailers if key == "error-code"), "")
-    message = f"{error.code().name}: {error.details()}"
-    status = error.code().name
+    message = f"{status.name}: {details}"
     if code in REPLAY_ERROR_CODES:
-        return ReplayIdInvalidError(message, code=code, status=status)
-    if code in AUTH_ERROR_CODES or error.code() is grpc.StatusCode.UNAUTHENTICATED:
-        return PubSubAuthError(message, code=code, status=status)
-    return PubSubUnavailableError(message, code=code, status=status)
+        return ReplayIdInvalidError(message, code=code, status=status.name)
+    if code in AUTH_ERROR_CODES or status is grpc.StatusCode.UNAUTHENTICATED:
+        return PubSubAuthError(message, code=code, status=status.name)
+    return PubSubUnavailableError(message, code=code, status=status.name)
 
 
 class TokenSource(Protocol):
@@ -211,8 +215,20 @@ class PubSubClient:
         # generator in a task of its own, which a cancelled call leaves pending (and its
         # generator unclosable) when the stream ends.
         call = self._stub.Subscribe(None, metadata=await self._metadata())
+
+        async def write(request: pb.FetchRequest) -> None:
+            try:
+                await call.write(request)
+            except asyncio.InvalidStateError:
+                # The server ended the call first (it refuses a token before reading a request):
+                # its status says why, and a refused token must not pass for a broken stream.
+                status = await call.code()
+                if status is grpc.StatusCode.OK:
+                    raise PubSubUnavailableError(f"the server ended the stream on {topic}") from None
+                raise classify_status(status, await call.details(), await call.trailing_metadata()) from None
+
         try:
-            await call.write(
+            await write(
                 pb.FetchRequest(
                     topic_name=topic, replay_preset=start.preset, replay_id=start.replay_id, num_requested=batch
                 )
@@ -235,7 +251,7 @@ class PubSubClient:
                 else:
                     yield response
                 if response.pending_num_requested == 0:
-                    await call.write(pb.FetchRequest(topic_name=topic, num_requested=batch))
+                    await write(pb.FetchRequest(topic_name=topic, num_requested=batch))
         except grpc.aio.AioRpcError as error:
             raise classify(error) from error
         finally:

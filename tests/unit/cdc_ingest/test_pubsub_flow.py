@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -15,7 +16,7 @@ import pytest
 from duplex.change.v1 import record_changed_pb2
 from eventbus.v1 import pubsub_api_pb2 as pb
 
-from services.cdc_ingest.pubsub import PubSubClient, PubSubUnavailableError, Start
+from services.cdc_ingest.pubsub import PubSubAuthError, PubSubClient, PubSubError, PubSubUnavailableError, Start
 from services.cdc_ingest.rest import SalesforceRest
 from services.cdc_ingest.settings import CdcIngestSettings
 from services.cdc_ingest.store import Store
@@ -35,15 +36,38 @@ SCHEMA_JSON = json.dumps(ACCOUNT_SCHEMA)
 Step = pb.FetchResponse | BaseException
 
 
+@dataclass(frozen=True)
+class Ended:
+    """A call the server ended before the client's first request: writing to it fails (grpc's
+    InvalidStateError) and only its status says why."""
+
+    status: grpc.StatusCode
+    error_code: str = ""
+
+
 class ScriptedCall:
     """One Subscribe call: its script is read in order, then it stays silent."""
 
-    def __init__(self, script: Sequence[Step], journal: list[str]) -> None:
+    def __init__(self, script: Sequence[Step] | Ended, journal: list[str]) -> None:
         self.requests: list[pb.FetchRequest] = []
-        self._script = list(script)
+        self._ended = script if isinstance(script, Ended) else None
+        self._script = [] if isinstance(script, Ended) else list(script)
         self._journal = journal
 
+    async def code(self) -> grpc.StatusCode:
+        assert self._ended is not None
+        return self._ended.status
+
+    async def details(self) -> str:
+        return "ended by the server"
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata:
+        assert self._ended is not None
+        return grpc.aio.Metadata(("error-code", self._ended.error_code))
+
     async def write(self, request: pb.FetchRequest) -> None:
+        if self._ended is not None:
+            raise asyncio.InvalidStateError("RPC already finished.")
         self.requests.append(request)
         self._journal.append(f"request {request.num_requested}")
 
@@ -63,7 +87,9 @@ class ScriptedCall:
 class ScriptedChannel:
     """Stands in for ``grpc.aio.Channel`` under the generated stub: one script per Subscribe call."""
 
-    def __init__(self, *scripts: Sequence[Step], schemas: dict[str, list[str | BaseException]] | None = None) -> None:
+    def __init__(
+        self, *scripts: Sequence[Step] | Ended, schemas: dict[str, list[str | BaseException]] | None = None
+    ) -> None:
         self.journal: list[str] = []
         self.calls: list[ScriptedCall] = []
         self.schema_requests: list[str] = []
@@ -170,6 +196,23 @@ async def test_a_broken_subscription_raises_unavailable() -> None:
     stream = channel.client().subscribe(TOPIC, Start.after(b"\x00" * 8), batch=BATCH, idle_timeout=5)
     with pytest.raises(PubSubUnavailableError):
         await anext(stream)
+
+
+@pytest.mark.parametrize(
+    ("ended", "expected"),
+    [
+        (Ended(grpc.StatusCode.UNAUTHENTICATED, "sfdc.platform.eventbus.grpc.service.auth.error"), PubSubAuthError),
+        (Ended(grpc.StatusCode.OK), PubSubUnavailableError),
+    ],
+)
+async def test_a_call_the_server_ended_before_the_first_request_fails_with_the_calls_own_status(
+    ended: Ended, expected: type[PubSubError]
+) -> None:
+    # A refused token must not pass for a broken stream: the stream logs in again only on an auth error.
+    stream = ScriptedChannel(ended).client().subscribe(TOPIC, Start.earliest(), batch=BATCH, idle_timeout=5)
+    with pytest.raises(PubSubError) as raised:
+        await anext(stream)
+    assert type(raised.value) is expected
 
 
 async def test_get_schema_is_asked_once_per_schema_id() -> None:
