@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from services.cdc_ingest.cursor import Cursor
+from services.cdc_ingest.handover import Snapshots
 from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.reading import RecordReader
 from services.cdc_ingest.rest import BulkJobGoneError, SalesforceRest
@@ -41,9 +42,12 @@ class Backfiller:
         reader: RecordReader,
         publisher: Publisher,
         objects: Objects,
+        snapshots: Snapshots,
         filters: Mapping[str, str] | None = None,
     ) -> None:
         self.tenant_id = tenant_id
+        # What the stream may leave out once it takes over (services.cdc_ingest.handover).
+        self._snapshots = snapshots
         # Each object's pair-filter clause to push into its reads (services.cdc_ingest.filters.pushdown).
         self._filters = filters or {}
         self._settings = settings
@@ -62,7 +66,9 @@ class Backfiller:
                 # A backfill asked for (a job) arrives without a count, and
                 # the count may have crossed the threshold since the last one: choose here, while
                 # nothing has been read and switching method costs nothing.
-                count = await self._rest.count(entity, self._filters.get(entity))
+                counted = await self._rest.count(entity, self._filters.get(entity))
+                self._snapshots.reading(entity, counted.server_time)
+                count = counted.records
                 method = "bulk" if count > self._settings.bulk_threshold else "rest"
                 if state is None:
                     await self._store.start_backfill(self.tenant_id, entity, method, count)

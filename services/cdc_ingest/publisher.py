@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from services.cdc_ingest.contract import RecordChanged
+from services.cdc_ingest.handover import Snapshots
 from services.cdc_ingest.rejection import Rejection, too_large
 from services.cdc_ingest.sink import ChangeSink
 from services.common.metrics import Metrics
@@ -38,11 +39,21 @@ class SyncLog(Protocol):
 
 
 class Publisher:
-    def __init__(self, tenant_id: str, sink: ChangeSink, sync_log: SyncLog, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        tenant_id: str,
+        sink: ChangeSink,
+        sync_log: SyncLog,
+        metrics: Metrics | None = None,
+        *,
+        snapshots: Snapshots | None = None,
+    ) -> None:
         self.tenant_id = tenant_id
         self._sink = sink
         self._sync_log = sync_log
         self._metrics = metrics
+        # Backfill snapshots once on crm-changes, for the stream to hand over from (services.cdc_ingest.handover).
+        self._snapshots = snapshots
 
     async def publish(self, changes: Sequence[RecordChanged], source: str) -> None:
         """Return once every change is durably on crm-changes (or rejected); ``source`` labels the metrics."""
@@ -63,6 +74,8 @@ class Publisher:
             # A pointer, not the change: it is too large for the dead-letter topic as well.
             await self.reject(rejection, b"")
         sent = [c for c in changes if not any(c is r for r in refused)]
+        if source == "backfill" and self._snapshots is not None:
+            self._snapshots.remember(sent)
         if self._metrics is not None and sent:
             self._metrics.cdc_events_ingested.labels(tenant=self.tenant_id, source=source).inc(len(sent))
             if source in _LIVE_SOURCES:

@@ -176,7 +176,7 @@ class Reconciler:
         compared = compared_fields(pair, described)
         conditions = pair.filter.salesforce if pair.filter is not None else ()
         where = pair_clause(pair)
-        estimated = await self._rest.count(entity, where)
+        estimated = (await self._rest.count(entity, where)).records
         # What Duplex holds and Salesforce has not returned yet; what is left at the end is gone.
         unseen = await self._store.linked_records(self.tenant_id, pair.name)
         found = Findings(duplex_records=len(unseen))

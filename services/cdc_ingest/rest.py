@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import email.utils
 import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -109,6 +110,21 @@ class BudgetEpisode:
 OnDescribe = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Counted:
+    """A SELECT COUNT()'s answer, and Salesforce's clock when it answered (its ``Date`` header)."""
+
+    records: int
+    server_time: datetime | None
+
+
+def _server_time(response: httpx.Response) -> datetime | None:
+    try:
+        return email.utils.parsedate_to_datetime(response.headers["Date"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class SalesforceRest:
     def __init__(self, client: SalesforceClient, *, on_describe: OnDescribe | None = None) -> None:
         self.client = client
@@ -189,10 +205,10 @@ class SalesforceRest:
                 return
             response = await self.client.request("GET", next_url, backfill=backfill)
 
-    async def count(self, entity: str, where: str | None = None) -> int:
+    async def count(self, entity: str, where: str | None = None) -> Counted:
         soql = f"SELECT COUNT() FROM {entity}" + (f" WHERE {where}" if where else "")
         response = await self.client.request("GET", f"{self.client.api_base}/query", params={"q": soql}, backfill=True)
-        return int(response.json()["totalSize"])
+        return Counted(int(response.json()["totalSize"]), _server_time(response))
 
     # --- Bulk 2.0 query jobs ---------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from services.cdc_ingest.cursor import IDS_PER_QUERY, merge_losers_query
 from services.cdc_ingest.describe import MASTER_RECORD_ID
 from services.cdc_ingest.event_schema import ChangeEventSchema, flat_name
 from services.cdc_ingest.filters import UpdateCompleter
+from services.cdc_ingest.handover import Snapshots
 from services.cdc_ingest.publisher import Publisher
 from services.cdc_ingest.pubsub import PubSubAuthError, PubSubClient, PubSubError, ReplayIdInvalidError, Start
 from services.cdc_ingest.rejection import UndecodableError, undecodable
@@ -86,6 +87,7 @@ class Stream:
         reconnect: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]],
         metrics: Metrics | None = None,
+        snapshots: Snapshots,
         completer: UpdateCompleter | None = None,
     ) -> None:
         self.tenant_id = tenant_id
@@ -100,6 +102,7 @@ class Stream:
         self._reconnect = reconnect
         self._sleep = sleep
         self._metrics = metrics
+        self._snapshots = snapshots
         self._checked_schemas: set[str] = set()
         self._masters_budget = BudgetEpisode(tenant_id, "merge masters wait for budget", sleep=sleep)
         self._repair_budget = BudgetEpisode(tenant_id, "gap repairs and catch-ups wait for budget", sleep=sleep)
@@ -177,7 +180,7 @@ class Stream:
                     pending = []
                     await self._repair(translated.order)
                 elif not skip:
-                    event.changes.extend(translated.changes)
+                    event.changes.extend(c for c in translated.changes if not self._snapshots.covers(c))
             pending.append(event)
         await self._flush(pending, state)
         if not pending and response.latest_replay_id:

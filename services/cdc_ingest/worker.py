@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable
 
 from services.cdc_ingest.backfill import Backfiller
 from services.cdc_ingest.filters import UpdateCompleter, pushdown
+from services.cdc_ingest.handover import Snapshots
 from services.cdc_ingest.jobs import JobRunner
 from services.cdc_ingest.polling import Poller
 from services.cdc_ingest.publisher import Publisher
@@ -117,7 +118,8 @@ class TenantWorker:
             max_delay=settings.reconnect_max_delay_seconds,
             max_attempts=None,
         )
-        publisher = Publisher(tenant_id, sink, store, metrics)
+        snapshots = Snapshots(config.spec.salesforce.call_options_client)
+        publisher = Publisher(tenant_id, sink, store, metrics, snapshots=snapshots)
         reader = RecordReader(tenant_id=tenant_id, rest=rest, publisher=publisher, page_size=settings.poll_page_size)
         repairs = Repairs(
             tenant_id=tenant_id,
@@ -144,6 +146,7 @@ class TenantWorker:
             sleep=sleep,
             metrics=metrics,
             completer=completer if completer.needed else None,
+            snapshots=snapshots,
         )
         self.poller = Poller(
             tenant_id=tenant_id,
@@ -163,6 +166,7 @@ class TenantWorker:
             reader=reader,
             publisher=publisher,
             objects=self.objects,
+            snapshots=snapshots,
             filters=pushdown(config),
         )
         self.jobs = JobRunner(

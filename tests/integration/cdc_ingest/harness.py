@@ -231,14 +231,26 @@ class ChangeReader:
             if remaining <= 0:
                 summary = [(c.object_type, c.record_id, c.kind) for c in self.changes[-20:]]
                 raise AssertionError(f"timed out with {len(self.changes)} changes; last: {summary}")
-            batch = await self.consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
-            for records in batch.values():
-                for record in records:
-                    change = RecordChanged()
-                    change.ParseFromString(record.value)
-                    assert record.key == f"{change.tenant_id}/{change.object_type}/{change.record_id}".encode()
-                    self.changes.append(change)
+            await self._read(wait_ms=int(min(remaining, 0.5) * 1000))
         return self.changes
+
+    async def drained(self, *, within: float = 30.0) -> list[RecordChanged]:
+        """Everything published up to now, on every partition (``until`` stops at what it waits for)."""
+        ends = await self.consumer.end_offsets(list(self.consumer.assignment()))
+        deadline = time.monotonic() + within
+        while [p for p, end in ends.items() if await self.consumer.position(p) < end]:
+            assert time.monotonic() < deadline, f"not drained within {within}s"
+            await self._read(wait_ms=500)
+        return self.changes
+
+    async def _read(self, *, wait_ms: int) -> None:
+        batch = await self.consumer.getmany(timeout_ms=wait_ms)
+        for records in batch.values():
+            for record in records:
+                change = RecordChanged()
+                change.ParseFromString(record.value)
+                assert record.key == f"{change.tenant_id}/{change.object_type}/{change.record_id}".encode()
+                self.changes.append(change)
 
     def of(self, record_id: str) -> list[RecordChanged]:
         return [c for c in self.changes if c.record_id == record_id]

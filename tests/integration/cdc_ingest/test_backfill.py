@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import re
+from datetime import datetime
 
 import asyncpg
 import pytest
@@ -15,7 +17,15 @@ from services.admin.auth import Role
 from services.admin.cli import app as cli
 from tests.fixtures.telemetry import local_telemetry
 from tests.integration.admin_api.harness import serving
-from tests.integration.cdc_ingest.harness import Harness, in_thread, sync_log, wait_backfilled
+from tests.integration.cdc_ingest.harness import (
+    CALL_OPTIONS_CLIENT,
+    Harness,
+    Tenant,
+    in_thread,
+    sync_log,
+    wait_backfilled,
+    wait_checkpoint,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -74,6 +84,51 @@ async def test_backfill_resumes_after_a_stop_without_starting_over(
     # Snapshots are dated by the records' last edit: they say nothing of how far behind the
     # stream is, so a backfill sets no lag.
     assert registry.get_sample_value("duplex_cdc_lag_seconds", {"tenant": tenant.id}) is None
+
+
+def salesforce_clock(tenant: Tenant) -> datetime:
+    """The emulator's clock, as Salesforce tells it: the ``Date`` of an answer."""
+    return email.utils.parsedate_to_datetime(tenant.org.emulator.admin("GET", "/orgs").headers["Date"])
+
+
+async def test_the_stream_takes_over_without_sending_again_what_the_snapshots_carried(cdc: Harness) -> None:
+    tenant = await cdc.tenant(["Account"])
+    loaded = [{"Name": f"Loaded {i:03d}"} for i in range(200)]
+    await in_thread(tenant.org.salesforce().bulk2.Account.insert, records=loaded, wait=0.2)
+    sf, ours = tenant.org.salesforce(), tenant.org.salesforce(client=CALL_OPTIONS_CLIENT)
+    edited = (await in_thread(sf.Account.create, {"Name": "Edited before"}))["id"]
+    await in_thread(sf.Account.update, edited, {"Name": "Edited before, twice"})
+    echoed = (await in_thread(ours.Account.create, {"Name": "Written by Duplex"}))["id"]
+    # The hand-over covers what committed before the backfill's first answer, by Salesforce's
+    # clock in whole seconds: let that clock pass the second of the last edit.
+    edits_done = await in_thread(salesforce_clock, tenant)
+    for _ in range(40):
+        if await in_thread(salesforce_clock, tenant) > edits_done:
+            break
+        await asyncio.sleep(0.05)
+    # The default overlap: the stream begins well before the backfill, in the middle of the load.
+    config = cdc.settings(poll_overlap_seconds=300)
+
+    async with cdc.reader() as reader, cdc.running(tenant, config):
+        await wait_backfilled(cdc.dsn, tenant.id, 1)
+        await reader.until(lambda changes: len({c.record_id for c in changes}) >= len(loaded) + 2, within=60)
+        await in_thread(sf.Account.update, edited, {"Name": "Edited after"})
+        await reader.until(lambda _: any(c.fields["Name"].string_value == "Edited after" for c in reader.of(edited)))
+        await wait_checkpoint(cdc.dsn, tenant.id, reader.of(edited)[-1].source_position.replay_id)
+        await reader.drained()
+
+    by_record: dict[str, list[int]] = {}
+    for c in reader.changes:
+        by_record.setdefault(c.record_id, []).append(c.kind)
+    snapshot_only = [pb.CHANGE_KIND_SNAPSHOT]
+    # Every record edited before the backfill came once, as its snapshot, ...
+    assert sum(kinds == snapshot_only for kinds in by_record.values()) == len(loaded)
+    # ... an edit after it came by the stream, ...
+    assert by_record[edited] == [pb.CHANGE_KIND_SNAPSHOT, pb.CHANGE_KIND_UPDATE]
+    assert [c.fields["Name"].string_value for c in reader.of(edited)] == ["Edited before, twice", "Edited after"]
+    # ... and Duplex's own write came again, tagged, so that the resolver learns it landed.
+    assert by_record[echoed] == [pb.CHANGE_KIND_SNAPSHOT, pb.CHANGE_KIND_CREATE]
+    assert reader.of(echoed)[-1].origin_client == CALL_OPTIONS_CLIENT
 
 
 async def test_a_backfill_requested_with_the_cli_runs_on_the_serving_replica_by_rest_or_bulk(cdc: Harness) -> None:

@@ -19,6 +19,7 @@ from duplex.change.v1 import record_changed_pb2 as pb
 from services.cdc_ingest.contract import RecordChanged
 from services.cdc_ingest.cursor import Cursor
 from services.cdc_ingest.filters import UpdateCompleter
+from services.cdc_ingest.handover import Snapshots
 from services.cdc_ingest.jobs import JobRunner
 from services.cdc_ingest.polling import Poller
 from services.cdc_ingest.publisher import Publisher
@@ -197,6 +198,7 @@ def stream(rest: Rest, log: Log, sleep: Sleeps) -> Stream:
         publisher=cast(Publisher, log),
         repairs=cast(Repairs, None),
         objects=Objects(streamed=["Account"], polled=[]),
+        snapshots=Snapshots("duplex"),
         reconnect=RetryPolicy(base_delay=0.1, max_delay=1.0, max_attempts=None),
         sleep=sleep,
     )
@@ -423,6 +425,7 @@ async def test_a_call_ended_while_the_stream_waited_is_a_reconnect_without_a_tra
         publisher=cast(Publisher, None),
         repairs=cast(Repairs, None),
         objects=Objects(streamed=["Account"], polled=[]),
+        snapshots=Snapshots("duplex"),
         reconnect=RetryPolicy(base_delay=0.1, max_delay=1.0, max_attempts=None),
         sleep=Sleeps(stop_after=1),
     )
