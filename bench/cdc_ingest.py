@@ -1,7 +1,11 @@
 """cdc-ingest's throughput and lag: Salesforce commit → RecordChanged acknowledged by Kafka.
 
 A private emulator, a Kafka broker and a PostgreSQL server are started; cdc-ingest runs in this
-process against them. Once its first-connection backfill is done, Accounts are created through
+process against them. First its first-connection backfill: 50,000 Accounts created before it
+starts (sObject Collections) are read (by a Bulk 2.0 query job, over the threshold); records/s is
+snapshots over the time from cdc-ingest's start to the broker's append of the last one, and the
+API calls are the emulator's count for Duplex's client over the backfill. Then, the stream: once
+the backfill is done, Accounts are created through
 sObject Collections (200 per call, one transaction each). crm-changes is switched to broker
 timestamps (``message.timestamp.type=LogAppendTime``), so a record's timestamp is when the broker
 appended it, just before it acknowledged it (acks=all, one broker): for every change the lag is
@@ -39,6 +43,9 @@ from services.common.topic_admin import topic_configs
 from services.common.topics import Topic, TopicNames
 
 CHANGES = 10_000
+BACKFILL = 50_000
+# The tenant leaves callOptionsClient at its default: the emulator counts Duplex's calls under it.
+DUPLEX_CLIENT = "duplex"
 BATCH = 200
 TENANT = "bench"
 CONSUME_WITHIN_SECONDS = 600
@@ -93,14 +100,34 @@ async def _wait_backfilled(dsn: str) -> None:
     raise RuntimeError("cdc-ingest did not finish its backfill")
 
 
-async def _write(emulator: EmulatorProcess, count: int) -> None:
+def _duplex_calls(emulator: EmulatorProcess) -> int:
+    usage = emulator.admin("GET", f"/orgs/{emulator.info['org_id']}/usage").json()
+    return int(usage["by_client"].get(DUPLEX_CLIENT, 0))
+
+
+async def _wait_streamed_past(dsn: str, commit_ms: int) -> None:
+    """Until the stream's checkpoint is at or past ``commit_ms`` (it starts where the backfill
+    began, less the overlap, and goes through the loaded records' events first)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        for _ in range(3000):
+            at = await connection.fetchval("SELECT max(commit_time) FROM replay_checkpoints")
+            if at is not None and at.timestamp() * 1000 >= commit_ms:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+    raise RuntimeError("cdc-ingest's stream did not get past the backfilled records")
+
+
+async def _write(emulator: EmulatorProcess, count: int, prefix: str) -> None:
     token = emulator.password_token()["access_token"]
     context = ssl.create_default_context(cafile=emulator.ca_cert)
     headers = {"Authorization": f"Bearer {token}", "Sforce-Call-Options": "client=bench"}
     url = f"/services/data/v{API_VERSION}/composite/sobjects"
     async with httpx.AsyncClient(base_url=emulator.instance_url, verify=context, headers=headers, timeout=60) as client:
         for start in range(0, count, BATCH):
-            records = [{"attributes": {"type": "Account"}, "Name": f"Bench {i}"} for i in range(start, start + BATCH)]
+            records = [{"attributes": {"type": "Account"}, "Name": f"{prefix}{i}"} for i in range(start, start + BATCH)]
             response = await client.post(url, json={"allOrNone": True, "records": records})
             response.raise_for_status()
 
@@ -123,8 +150,11 @@ async def _stamp_on_append(bootstrap: str, names: TopicNames) -> str:
     return topic
 
 
-async def _consume(bootstrap: str, topic: str, expected: int) -> list[tuple[int, int]]:
-    """(origin commit ms, broker append ms) of every change; fails unless all ``expected`` arrive."""
+async def _consume(
+    bootstrap: str, topic: str, expected: int, kind: record_changed_pb2.ChangeKind.ValueType, prefix: str
+) -> list[tuple[int, int]]:
+    """(origin commit ms, broker append ms) of every change of ``kind`` to an Account named ``prefix``…;
+    fails unless all ``expected`` arrive."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     seen: dict[str, tuple[int, int]] = {}
@@ -138,7 +168,7 @@ async def _consume(bootstrap: str, topic: str, expected: int) -> list[tuple[int,
                         raise RuntimeError(f"{topic} record at offset {record.offset} has no broker timestamp")
                     change = record_changed_pb2.RecordChanged()
                     change.ParseFromString(record.value)
-                    if change.kind == record_changed_pb2.CHANGE_KIND_CREATE:
+                    if change.kind == kind and change.fields["Name"].string_value.startswith(prefix):
                         # A retried send can append an event twice; its first append is when it was acked.
                         seen.setdefault(change.event_id, (change.origin_commit_time.ToMilliseconds(), record.timestamp))
     finally:
@@ -168,19 +198,52 @@ async def _run() -> Result:
                 "DUPLEX_SECRET_BENCH_SF": emulator.info["client_secret"],
                 "DUPLEX_SECRET_BENCH_SF_PASSWORD": emulator.info["password"],
             }
+            await _write(emulator, BACKFILL, "Backfill ")
+            snapshots = asyncio.create_task(
+                _consume(
+                    servers.bootstrap_servers, topic, BACKFILL, record_changed_pb2.CHANGE_KIND_SNAPSHOT, "Backfill "
+                )
+            )
+            calls_before = await asyncio.to_thread(_duplex_calls, emulator)
+            started_ms = time.time() * 1000
             async with run_cdc_ingest(settings, environ=environ, budget_for=unlimited_budgets()):
                 await _wait_backfilled(servers.dsn)
-                consumer = asyncio.create_task(_consume(servers.bootstrap_servers, topic, CHANGES))
-                await _write(emulator, CHANGES)
+                backfill_calls = await asyncio.to_thread(_duplex_calls, emulator) - calls_before
+                backfilled = await snapshots
+                await _wait_streamed_past(servers.dsn, max(committed for committed, _ in backfilled))
+                caught_up_ms = time.time() * 1000
+                consumer = asyncio.create_task(
+                    _consume(servers.bootstrap_servers, topic, CHANGES, record_changed_pb2.CHANGE_KIND_CREATE, "Bench ")
+                )
+                await _write(emulator, CHANGES, "Bench ")
                 pairs = await consumer
         finally:
             emulator.stop()
+    backfill_span = (max(acked for _, acked in backfilled) - started_ms) / 1000
     lags = [(acked - committed) / 1000 for committed, acked in pairs]
     span = (max(acked for _, acked in pairs) - min(committed for committed, _ in pairs)) / 1000
     return Result(
         "cdc-ingest",
-        {"changes": CHANGES, "writes": f"sObject Collections, {BATCH} per call", "delivered": len(pairs)},
+        {
+            "backfill": f"{BACKFILL:,} Accounts",
+            "changes": CHANGES,
+            "writes": f"sObject Collections, {BATCH} per call",
+            "delivered": len(pairs),
+        },
         [
+            Figure("backfill, start → last snapshot acked (records/s)", BACKFILL / backfill_span, "records/s", 10_000),
+            Figure(
+                "backfill: Duplex's API calls per 50,000 records",
+                backfill_calls / BACKFILL * 50_000,
+                "calls",
+                10,
+                False,
+            ),
+            Figure(
+                "stream past the loaded records' events, start → checkpoint (s)",
+                (caught_up_ms - started_ms) / 1000,
+                "s",
+            ),
             Figure("ingest throughput, commit → Kafka ack (events/s)", len(pairs) / span, "events/s"),
             Figure("lag p50 (commit → Kafka ack)", statistics.median(lags), "s"),
             Figure("lag p99 (commit → Kafka ack)", percentile(lags, 0.99), "s"),
