@@ -88,36 +88,40 @@ async def _configure(dsn: str, emulator: EmulatorProcess) -> None:
     await configure_tenant(dsn, _tenant(emulator))
 
 
-async def _wait_backfilled(dsn: str) -> None:
+async def _wait_until(dsn: str, holds: str, *args: object, seconds: float, what: str) -> None:
+    """Until the query ``holds`` (a boolean, with ``args``) is true, asked every 0.1 s."""
     connection = await asyncpg.connect(dsn)
     try:
-        for _ in range(600):
-            if await connection.fetchval("SELECT count(*) FROM backfills WHERE status = 'done'"):
+        for _ in range(int(seconds * 10)):
+            if await connection.fetchval(holds, *args):
                 return
             await asyncio.sleep(0.1)
     finally:
         await connection.close()
-    raise RuntimeError("cdc-ingest did not finish its backfill")
+    raise RuntimeError(f"cdc-ingest did not {what} within {seconds:.0f} s")
 
 
-def _duplex_calls(emulator: EmulatorProcess) -> int:
-    usage = emulator.admin("GET", f"/orgs/{emulator.info['org_id']}/usage").json()
-    return int(usage["by_client"].get(DUPLEX_CLIENT, 0))
+async def _wait_backfilled(dsn: str) -> None:
+    await _wait_until(
+        dsn, "SELECT count(*) > 0 FROM backfills WHERE status = 'done'", seconds=60, what="finish its backfill"
+    )
 
 
 async def _wait_streamed_past(dsn: str, commit_ms: int) -> None:
     """Until the stream's checkpoint is at or past ``commit_ms`` (it starts where the backfill
     began, less the overlap, and goes through the loaded records' events first)."""
-    connection = await asyncpg.connect(dsn)
-    try:
-        for _ in range(3000):
-            at = await connection.fetchval("SELECT max(commit_time) FROM replay_checkpoints")
-            if at is not None and at.timestamp() * 1000 >= commit_ms:
-                return
-            await asyncio.sleep(0.1)
-    finally:
-        await connection.close()
-    raise RuntimeError("cdc-ingest's stream did not get past the backfilled records")
+    await _wait_until(
+        dsn,
+        "SELECT coalesce(max(commit_time) >= to_timestamp($1 / 1000.0), false) FROM replay_checkpoints",
+        commit_ms,
+        seconds=300,
+        what="get its stream past the backfilled records",
+    )
+
+
+def _duplex_calls(emulator: EmulatorProcess) -> int:
+    usage = emulator.admin("GET", f"/orgs/{emulator.info['org_id']}/usage").json()
+    return int(usage["by_client"].get(DUPLEX_CLIENT, 0))
 
 
 async def _write(emulator: EmulatorProcess, count: int, prefix: str) -> None:
